@@ -54,7 +54,7 @@ def check_ndim(value: torch.Tensor, name: str, ndims: int | Sequence[int], layou
 def check_finite(value: torch.Tensor, name: str) -> None:
     """Raise ``ValueError`` if ``value`` holds NaN or infinite entries, saying how many."""
     if value.is_floating_point() or value.is_complex():
-        bad = ~torch.isfinite(value)
+        bad = ~torch.isfinite(value.detach())
         if bool(bad.any()):
             raise ValueError(
                 f"{name}: expected finite values, got {int(bad.sum())} non-finite "
@@ -91,7 +91,8 @@ def check_probabilities(
     probs = check_float_tensor(probs, name, ndims, "[batch, classes]")
     if probs.numel() == 0:
         raise ValueError(f"{name}: expected at least one example, got shape {tuple(probs.shape)}")
-    lo, hi = float(probs.min()), float(probs.max())
+    values = probs.detach()  # reading values must not warn about (or touch) an autograd graph
+    lo, hi = float(values.min()), float(values.max())
     if lo < 0.0 or hi > 1.0:
         raise ValueError(
             f"{name}: expected probabilities in [0, 1], got values in [{lo:.4g}, {hi:.4g}]"
@@ -99,7 +100,7 @@ def check_probabilities(
         )
     if atol is None:
         atol = 1e-6 if probs.dtype == torch.float64 else 1e-3
-    sums = probs.sum(dim=-1)
+    sums = values.sum(dim=-1)
     if bool(((sums - 1.0).abs() > atol).any()):
         raise ValueError(
             f"{name}: expected probabilities summing to 1 along dim -1, got sums in "
