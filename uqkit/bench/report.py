@@ -1,0 +1,960 @@
+"""The benchmark report: check ``results.json``, render leaderboards, write Markdown and HTML with figures.
+
+``uqkit bench`` writes every number of a run into ``results.json`` (schema version 1, documented key by key
+in ``docs/results-schema.md``); this module is its consumer:
+
+* :func:`validate_results` checks a results dict against :data:`REQUIRED_KEYS` and a few consistency rules,
+  raising ``ValueError`` with the path of the first bad key
+  (``results.tasks['fashion-mnist'].methods['deterministic'].metrics: missing key 'ece'``);
+* :func:`build_leaderboard` builds the table of one task (methods sorted by NLL, best values marked);
+  :func:`format_leaderboard` renders it as fixed-width text for the terminal and
+  :func:`leaderboard_markdown` as GitHub Markdown; the HTML report renders the same rows;
+* :func:`write_report` writes ``report.md``, a self-contained ``report.html`` and ``figures/*.png``
+  (drawn by :mod:`uqkit.bench.plots`, which needs matplotlib).
+
+Only the figures need matplotlib; validation and leaderboards use the standard library alone.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import math
+import os
+import re
+import secrets
+import textwrap
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "REQUIRED_KEYS",
+    "SCHEMA_VERSION",
+    "Leaderboard",
+    "LeaderboardColumn",
+    "ListOf",
+    "MapOf",
+    "NotRequired",
+    "Nullable",
+    "Number",
+    "build_leaderboard",
+    "format_leaderboard",
+    "leaderboard_markdown",
+    "method_order",
+    "schema_key_paths",
+    "validate_results",
+    "write_report",
+]
+
+SCHEMA_VERSION = 1
+"""Version of the ``results.json`` layout that this module reads and documents."""
+
+_INSTALL_HINT = "pip install 'uqkit[bench]'"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Schema
+# ---------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Number:
+    """A JSON number (int or float, not bool), optionally bounded; NaN passes the bounds (undefined).
+
+    Args:
+        low: smallest allowed value, or None for no lower bound.
+        high: largest allowed value, or None for no upper bound.
+        nullable: whether ``null`` (an undefined value, rendered as "—") is allowed.
+    """
+
+    low: float | None = None
+    high: float | None = None
+    nullable: bool = True
+
+
+@dataclass(frozen=True)
+class Nullable:
+    """``spec`` or ``null``."""
+
+    spec: Any
+
+
+@dataclass(frozen=True)
+class NotRequired:
+    """An optional key of a fixed-key object: may be absent; checked against ``spec`` when present."""
+
+    spec: Any
+
+
+@dataclass(frozen=True)
+class ListOf:
+    """A JSON array whose every item matches ``spec``."""
+
+    spec: Any
+
+
+@dataclass(frozen=True)
+class MapOf:
+    """A JSON object with free (user-chosen) string keys, e.g. task or method names, values matching ``spec``.
+
+    Args:
+        spec: what every value must match.
+        min_items: the fewest entries allowed.
+    """
+
+    spec: Any
+    min_items: int = 0
+
+
+FRACTION = Number(0.0, 1.0)
+"""A fraction in ``[0, 1]`` (accuracy, ECE, AUROC, ...), or null."""
+NON_NEGATIVE = Number(0.0, None)
+"""A number ``>= 0`` (NLL, seconds, ...), or null."""
+
+_OOD_SCORES = {"auroc": FRACTION, "aupr": FRACTION, "fpr95": FRACTION}
+
+_METHOD_KEYS: dict[str, Any] = {
+    "num_samples": int,
+    "num_parameters": int,
+    "train_time_s": NON_NEGATIVE,
+    "inference_ms_per_example": NON_NEGATIVE,
+    "description": NotRequired(str),
+    "shares_training_with": NotRequired(Nullable(str)),
+    "metrics": {
+        "accuracy": FRACTION,
+        "nll": NON_NEGATIVE,
+        "brier": Number(0.0, 2.0),
+        "ece": FRACTION,
+        "aurc": FRACTION,
+    },
+    "calibration_curve": {
+        "bin_lower": ListOf(Number(0.0, 1.0)),
+        "bin_upper": ListOf(Number(0.0, 1.0)),
+        "confidence": ListOf(FRACTION),
+        "accuracy": ListOf(FRACTION),
+        "count": ListOf(Number(0.0, None, nullable=False)),
+    },
+    "referral_curve": {"referred_fraction": ListOf(FRACTION), "accuracy": ListOf(FRACTION)},
+    "risk_coverage": {"coverage": ListOf(FRACTION), "risk": ListOf(FRACTION)},
+    "ood": MapOf(
+        {
+            "total": _OOD_SCORES,
+            "epistemic": _OOD_SCORES,
+            "scores": {"kind": str, "in": ListOf(Number()), "ood": ListOf(Number())},
+        }
+    ),
+    "shift": Nullable(
+        {
+            "values": ListOf(Number(nullable=False)),
+            "accuracy": ListOf(FRACTION),
+            "ece": ListOf(FRACTION),
+            "nll": ListOf(NON_NEGATIVE),
+        }
+    ),
+    "history": ListOf(
+        {
+            "epoch": int,
+            "train_loss": Number(),
+            "val_accuracy": FRACTION,
+            "val_nll": NON_NEGATIVE,
+            "time_s": NON_NEGATIVE,
+        }
+    ),
+}
+
+REQUIRED_KEYS: dict[str, Any] = {
+    "schema_version": int,
+    "created": str,
+    "command": str,
+    "environment": {
+        "uqkit": str,
+        "torch": str,
+        "python": str,
+        "numpy": str,
+        "platform": str,
+        "cpu": str,
+        "cpu_count": NotRequired(Nullable(int)),
+        "threads": int,
+        "device": str,
+        "gpu": NotRequired(str),
+    },
+    "config": {
+        "tasks": ListOf(str),
+        "methods": Nullable(ListOf(str)),
+        "epochs": Nullable(int),
+        "seed": int,
+        "quick": bool,
+        "batch_size": Nullable(int),
+        "learning_rate": NotRequired(Number(0.0, None)),
+        "model": Nullable(str),
+        "device": NotRequired(str),
+    },
+    "tasks": MapOf(
+        {
+            "description": str,
+            "num_classes": int,
+            "input_shape": ListOf(int),
+            "num_train": int,
+            "num_val": int,
+            "num_test": int,
+            "model": NotRequired(str),
+            "training": NotRequired(
+                {"epochs": int, "batch_size": int, "learning_rate": Number(0.0, None), "optimizer": str}
+            ),
+            "ood_sets": MapOf(str),
+            "shift": Nullable({"name": str, "unit": str, "values": ListOf(Number(nullable=False))}),
+            "methods": MapOf(_METHOD_KEYS, min_items=1),
+        },
+        min_items=1,
+    ),
+}
+"""The layout of ``results.json`` version 1, as nested Python values.
+
+A ``dict`` is an object with exactly these keys required (extra keys are allowed and ignored);
+:class:`MapOf` an object with free keys (task, method and OOD set names); :class:`ListOf` an array;
+:class:`Number` a number or null within bounds; :class:`Nullable` a value or null; :class:`NotRequired` a key
+that may be absent; ``int``, ``str``, ``bool`` the JSON scalars. ``docs/results-schema.md`` explains every
+key and its units.
+"""
+
+_SAME_LENGTH = {
+    "calibration_curve": ("bin_lower", "bin_upper", "confidence", "accuracy", "count"),
+    "referral_curve": ("referred_fraction", "accuracy"),
+    "risk_coverage": ("coverage", "risk"),
+    "shift": ("values", "accuracy", "ece", "nll"),
+}
+
+
+def _describe(value: Any) -> str:
+    return f"{type(value).__name__} {value!r}"[:120]
+
+
+def _spec_name(spec: Any) -> str:
+    if isinstance(spec, Number):
+        low = "-inf" if spec.low is None else f"{spec.low:g}"
+        high = "inf" if spec.high is None else f"{spec.high:g}"
+        bounds = "" if spec.low is None and spec.high is None else f" in [{low}, {high}]"
+        return f"a number{bounds}{' or null' if spec.nullable else ''}"
+    if isinstance(spec, Nullable):
+        return f"{_spec_name(spec.spec)} or null"
+    if isinstance(spec, ListOf):
+        return "a list"
+    if isinstance(spec, (dict, MapOf)):
+        return "an object (dict)"
+    return {int: "an int", str: "a string", bool: "a bool"}[spec]
+
+
+def _has_kind(value: Any, spec: Any) -> bool:
+    """Whether ``value`` is of the JSON kind of ``spec`` (object, list, number, ...), contents unchecked."""
+    if isinstance(spec, (dict, MapOf)):
+        return isinstance(value, dict)
+    if isinstance(spec, ListOf):
+        return isinstance(value, (list, tuple))
+    if spec is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if isinstance(spec, Number):
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return isinstance(value, spec)
+
+
+def _check_number(value: Any, spec: Number, path: str) -> None:
+    if value is None and spec.nullable:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{path}: expected {_spec_name(spec)}, got {_describe(value)}")
+    if math.isnan(value):
+        return
+    if (spec.low is not None and value < spec.low) or (spec.high is not None and value > spec.high):
+        raise ValueError(f"{path}: expected {_spec_name(spec)}, got {value!r}")
+
+
+def _check_value(value: Any, spec: Any, path: str) -> None:
+    """Raise ``ValueError`` naming ``path`` unless ``value`` matches ``spec`` (see :data:`REQUIRED_KEYS`)."""
+    if isinstance(spec, Number):
+        _check_number(value, spec, path)
+    elif isinstance(spec, Nullable):
+        if value is None:
+            return
+        if not _has_kind(value, spec.spec):
+            raise ValueError(f"{path}: expected {_spec_name(spec)}, got {_describe(value)}")
+        _check_value(value, spec.spec, path)
+    elif isinstance(spec, ListOf):
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"{path}: expected a list, got {_describe(value)}")
+        for index, item in enumerate(value):
+            _check_value(item, spec.spec, f"{path}[{index}]")
+    elif isinstance(spec, MapOf):
+        if not isinstance(value, dict):
+            raise ValueError(f"{path}: expected an object (dict), got {_describe(value)}")
+        if len(value) < spec.min_items:
+            raise ValueError(f"{path}: expected at least {spec.min_items} entry, got an empty object")
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise ValueError(f"{path}: expected string keys, got {_describe(key)}")
+            _check_value(item, spec.spec, f"{path}[{key!r}]")
+    elif isinstance(spec, dict):
+        if not isinstance(value, dict):
+            raise ValueError(f"{path}: expected an object (dict), got {_describe(value)}")
+        for key, sub_spec in spec.items():
+            if key not in value:
+                if isinstance(sub_spec, NotRequired):
+                    continue
+                raise ValueError(f"{path}: missing key {key!r}")
+            if isinstance(sub_spec, NotRequired):
+                sub_spec = sub_spec.spec
+            _check_value(value[key], sub_spec, f"{path}.{key}")
+    elif spec is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"{path}: expected an int, got {_describe(value)}")
+    elif not isinstance(value, spec):
+        raise ValueError(f"{path}: expected {_spec_name(spec)}, got {_describe(value)}")
+
+
+def _check_consistency(results: Mapping[str, Any]) -> None:
+    """Rules across keys: OOD sets and shifts agree between a task and its methods; curve lengths match."""
+    for task_name, task in results["tasks"].items():
+        task_path = f"results.tasks[{task_name!r}]"
+        for method_name, method in task["methods"].items():
+            path = f"{task_path}.methods[{method_name!r}]"
+            for ood_name in task["ood_sets"]:
+                if ood_name not in method["ood"]:
+                    raise ValueError(f"{path}.ood: missing key {ood_name!r} (listed in {task_path}.ood_sets)")
+            for ood_name in method["ood"]:
+                if ood_name not in task["ood_sets"]:
+                    raise ValueError(
+                        f"{path}.ood: unexpected OOD set {ood_name!r}, not listed in {task_path}.ood_sets"
+                    )
+            if (task["shift"] is None) != (method["shift"] is None):
+                expected = "null" if task["shift"] is None else "an object"
+                state = "null" if task["shift"] is None else "not null"
+                raise ValueError(f"{path}.shift: expected {expected} because {task_path}.shift is {state}")
+            for block_name, keys in _SAME_LENGTH.items():
+                block = method[block_name]
+                if block is None:
+                    continue
+                lengths = {key: len(block[key]) for key in keys}
+                if len(set(lengths.values())) > 1:
+                    desc = ", ".join(f"{key} has {n}" for key, n in lengths.items())
+                    raise ValueError(f"{path}.{block_name}: expected lists of the same length, got {desc}")
+
+
+def validate_results(results: Any) -> None:
+    """Check a results dict against ``results.json`` schema version :data:`SCHEMA_VERSION`.
+
+    Checks every key of :data:`REQUIRED_KEYS` (presence, type, and bounds such as fractions in ``[0, 1]``,
+    which catch percentages written as fractions), then the rules across keys: every OOD set of a task
+    appears in each of its methods and no other; a method has a ``shift`` block exactly when its task has
+    one; the parallel lists of a curve have the same length. Extra keys are allowed.
+
+    Args:
+        results: the parsed ``results.json``.
+
+    Returns:
+        None; raises on the first problem found.
+
+    Raises:
+        ValueError: naming the path of the bad key and what was expected, e.g.
+            ``results.tasks['fashion-mnist'].methods['deterministic'].metrics: missing key 'ece'``.
+    """
+    if not isinstance(results, dict):
+        raise ValueError(
+            f"results: expected an object (dict) parsed from results.json, got {_describe(results)}"
+        )
+    if "schema_version" in results and results["schema_version"] != SCHEMA_VERSION:
+        raise ValueError(
+            f"results.schema_version: this uqkit reads schema version {SCHEMA_VERSION}, "
+            f"got {results['schema_version']!r}"
+        )
+    _check_value(results, REQUIRED_KEYS, "results")
+    _check_consistency(results)
+
+
+def schema_key_paths(spec: Any = None, prefix: str = "") -> list[str]:
+    """Every key path of the schema, e.g. ``tasks.<task>.methods.<method>.metrics.ece``.
+
+    Free keys (:class:`MapOf`) appear as ``<task>``, ``<method>``, ``<ood set>`` or ``<name>``; list items as
+    ``[]``. Used to keep ``docs/results-schema.md`` complete.
+
+    Args:
+        spec: a part of :data:`REQUIRED_KEYS` (default: all of it).
+        prefix: the path of ``spec``.
+
+    Returns:
+        The paths in schema order, parents before children.
+    """
+    spec = REQUIRED_KEYS if spec is None else spec
+    if isinstance(spec, (Nullable, NotRequired)):
+        return schema_key_paths(spec.spec, prefix)
+    if isinstance(spec, ListOf):
+        return schema_key_paths(spec.spec, f"{prefix}[]") if isinstance(spec.spec, dict) else []
+    if isinstance(spec, MapOf):
+        placeholder = {"tasks": "<task>", "methods": "<method>", "ood": "<ood set>"}.get(
+            prefix.rsplit(".", 1)[-1], "<name>"
+        )
+        return schema_key_paths(spec.spec, f"{prefix}.{placeholder}")
+    if not isinstance(spec, dict):
+        return []
+    paths = []
+    for key, sub_spec in spec.items():
+        path = f"{prefix}.{key}" if prefix else key
+        paths.append(path)
+        paths.extend(schema_key_paths(sub_spec, path))
+    return paths
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Leaderboard: built in one place, rendered as text, Markdown and HTML
+# ---------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class LeaderboardColumn:
+    """One numeric column of a leaderboard.
+
+    Attributes:
+        header: the column title.
+        better: ``"higher"`` or ``"lower"`` for a quality column (its best value is marked), None for a cost
+            or size column (never marked).
+        formatter: turns a value into its cell text.
+    """
+
+    header: str
+    better: str | None
+    formatter: Callable[[float], str]
+
+    def format(self, value: float | None) -> str:
+        """The cell text; ``"—"`` for an undefined (null or NaN) value."""
+        return "—" if value is None else self.formatter(value)
+
+
+@dataclass(frozen=True)
+class Leaderboard:
+    """The leaderboard of one task: one row per method, sorted by NLL (undefined NLL last).
+
+    Attributes:
+        task: the task name.
+        description: the task description.
+        num_test: the number of test examples.
+        columns: the numeric columns (the method name column is implicit).
+        methods: method names, row order.
+        values: ``values[row][column]`` in display units (percent for accuracy and ECE), None if undefined.
+        best: ``best[row][column]`` true where the value is the best of a quality column (ties all marked).
+    """
+
+    task: str
+    description: str
+    num_test: int
+    columns: tuple[LeaderboardColumn, ...]
+    methods: tuple[str, ...]
+    values: tuple[tuple[float | None, ...], ...]
+    best: tuple[tuple[bool, ...], ...]
+
+    def cells(self) -> list[list[str]]:
+        """``cells[row][column]`` formatted text, without best-value marks."""
+        return [
+            [column.format(value) for column, value in zip(self.columns, row, strict=True)]
+            for row in self.values
+        ]
+
+
+def _defined(value: Any) -> float | None:
+    """``value`` as a float, or None where it is null or NaN (undefined)."""
+    if value is None:
+        return None
+    value = float(value)
+    return None if math.isnan(value) else value
+
+
+def _fixed(decimals: int) -> Callable[[float], str]:
+    return lambda value: f"{value:.{decimals}f}"
+
+
+def _leaderboard_columns(ood_names: Sequence[str]) -> list[tuple[LeaderboardColumn, Callable[[dict], Any]]]:
+    """The columns of a task's leaderboard, each with how to read its value from a method's block."""
+
+    def metric(key: str, scale: float = 1.0) -> Callable[[dict], Any]:
+        return lambda method: None if method["metrics"][key] is None else method["metrics"][key] * scale
+
+    columns: list[tuple[LeaderboardColumn, Callable[[dict], Any]]] = [
+        (LeaderboardColumn("S", None, lambda v: f"{v:.0f}"), lambda m: m["num_samples"]),
+        (LeaderboardColumn("acc %", "higher", _fixed(2)), metric("accuracy", 100.0)),
+        (LeaderboardColumn("NLL", "lower", _fixed(3)), metric("nll")),
+        (LeaderboardColumn("Brier", "lower", _fixed(4)), metric("brier")),
+        (LeaderboardColumn("ECE %", "lower", _fixed(2)), metric("ece", 100.0)),
+    ]
+    for ood_name in ood_names:
+        for kind in ("total", "epistemic"):
+            columns.append(
+                (
+                    LeaderboardColumn(f"AUROC {ood_name} ({kind})", "higher", _fixed(3)),
+                    lambda m, o=ood_name, k=kind: m["ood"][o][k]["auroc"],
+                )
+            )
+    columns += [
+        (LeaderboardColumn("train s", None, _fixed(1)), lambda m: m["train_time_s"]),
+        (LeaderboardColumn("ms/ex", None, _fixed(3)), lambda m: m["inference_ms_per_example"]),
+        (LeaderboardColumn("params", None, lambda v: f"{v:,.0f}"), lambda m: m["num_parameters"]),
+    ]
+    return columns
+
+
+def _task_names(results: Mapping[str, Any], task: str | None) -> list[str]:
+    if task is None:
+        return list(results["tasks"])
+    if not isinstance(task, str):
+        raise TypeError(f"task: expected a task name (str) or None, got {_describe(task)}")
+    if task not in results["tasks"]:
+        raise ValueError(f"task: expected one of {', '.join(map(repr, results['tasks']))}, got {task!r}")
+    return [task]
+
+
+def build_leaderboard(results: Mapping[str, Any], task: str) -> Leaderboard:
+    """The leaderboard of ``task``: the one place where the rows of every rendering are built.
+
+    Columns: ``S`` (samples at prediction), accuracy %, NLL, Brier, ECE % (Guo et al. 2017), AUROC of each
+    OOD set with total and with epistemic uncertainty as the score, training seconds, inference
+    milliseconds per example, parameter count. Rows are sorted by NLL ascending (the proper scoring rule
+    that rewards both accuracy and calibration); methods with an undefined NLL come last, ties keep the
+    results order. In each quality column, every row holding the best defined value is marked, unless all
+    defined values of the column are equal (e.g. an epistemic AUROC of 0.5 for every method with S = 1).
+
+    Args:
+        results: a valid results dict (see :func:`validate_results`).
+        task: a task name in ``results["tasks"]``.
+
+    Returns:
+        The :class:`Leaderboard`.
+    """
+    validate_results(results)
+    if not isinstance(task, str):
+        raise TypeError(f"task: expected a task name (str), got {_describe(task)}")
+    (task,) = _task_names(results, task)
+    return _build_leaderboard(results, task)
+
+
+def _build_leaderboard(results: Mapping[str, Any], task: str) -> Leaderboard:
+    """:func:`build_leaderboard` for already validated ``results`` and an existing ``task``."""
+    block = results["tasks"][task]
+    columns = _leaderboard_columns(list(block["ood_sets"]))
+    rows = [
+        (name, tuple(_defined(read(method)) for _, read in columns))
+        for name, method in block["methods"].items()
+    ]
+    nll_index = [column.header for column, _ in columns].index("NLL")
+    rows.sort(key=lambda row: (row[1][nll_index] is None, row[1][nll_index] or 0.0))
+    best_values: list[float | None] = []
+    for index, (column, _) in enumerate(columns):
+        defined = [row[1][index] for row in rows if row[1][index] is not None]
+        if column.better is None or len(set(defined)) < 2:  # nothing to tell apart: no mark
+            best_values.append(None)
+        else:
+            best_values.append(max(defined) if column.better == "higher" else min(defined))
+    best = tuple(
+        tuple(
+            best_value is not None and value == best_value
+            for value, best_value in zip(values, best_values, strict=True)
+        )
+        for _, values in rows
+    )
+    return Leaderboard(
+        task=task,
+        description=block["description"],
+        num_test=block["num_test"],
+        columns=tuple(column for column, _ in columns),
+        methods=tuple(name for name, _ in rows),
+        values=tuple(values for _, values in rows),
+        best=best,
+    )
+
+
+def _legend(board: Leaderboard) -> str:
+    """What the columns mean, for the line under a table."""
+    text = "Sorted by NLL. Higher is better for acc"
+    if any(column.header.startswith("AUROC") for column in board.columns):
+        return (
+            f"{text} and AUROC, lower for NLL, Brier and ECE. AUROC (total) scores inputs by the entropy of "
+            "the predictive distribution, (epistemic) by the mutual information; a method with S = 1 has no "
+            "epistemic uncertainty, so its epistemic AUROC is 0.5."
+        )
+    return f"{text}, lower for NLL, Brier and ECE."
+
+
+def _text_table(board: Leaderboard) -> str:
+    header = ["method", *(column.header for column in board.columns)]
+    body = []
+    for name, cells, marks in zip(board.methods, board.cells(), board.best, strict=True):
+        row = [name]
+        for column, cell, is_best in zip(board.columns, cells, marks, strict=True):
+            # quality columns get a one-character mark slot so that decimals stay aligned
+            row.append(cell + ("*" if is_best else " ") if column.better else cell)
+        body.append(row)
+    widths = [max(len(row[i]) for row in [header, *body]) for i in range(len(header))]
+
+    def line(row: list[str]) -> str:
+        parts = [row[0].ljust(widths[0])] + [
+            cell.rjust(width) for cell, width in zip(row[1:], widths[1:], strict=True)
+        ]
+        return "  ".join(parts).rstrip()
+
+    title = (
+        f"Task {board.task}: {board.description} ({board.num_test:,} test examples)"
+        if board.description
+        else f"Task {board.task} ({board.num_test:,} test examples)"
+    )
+    rule = "  ".join("-" * width for width in widths)
+    legend = textwrap.wrap(f"* best in column. {_legend(board)}", max(len(rule), 80))
+    return "\n".join([title, line(header), rule, *map(line, body), *legend])
+
+
+def format_leaderboard(results: Mapping[str, Any], task: str | None = None) -> str:
+    """Fixed-width text leaderboards for the terminal, one per task (see :func:`build_leaderboard`).
+
+    Numbers are right-aligned; the best value of each quality column carries a ``*``; undefined values
+    show as ``—``.
+
+    Args:
+        results: a valid results dict.
+        task: a single task to show, or None for every task in results order.
+
+    Returns:
+        The tables, separated by blank lines.
+    """
+    validate_results(results)
+    return "\n\n".join(_text_table(_build_leaderboard(results, name)) for name in _task_names(results, task))
+
+
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*\[\]<>|#{}&])")
+_EMPHASIS_UNDERSCORE = re.compile(r"(?<![A-Za-z0-9])_|_(?![A-Za-z0-9])")  # intraword ``_`` is literal
+
+
+def _md(text: Any) -> str:
+    """``text`` with Markdown (and inline HTML) syntax escaped, on one line."""
+    text = _MARKDOWN_SPECIAL.sub(r"\\\1", " ".join(str(text).split()))
+    return _EMPHASIS_UNDERSCORE.sub(r"\\_", text)
+
+
+def _md_code(text: str) -> str:
+    """A Markdown code span holding ``text`` verbatim, whatever backticks it contains."""
+    longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
+    fence = "`" * (longest + 1)
+    return f"{fence} {text} {fence}" if longest else f"{fence}{text}{fence}"
+
+
+def _markdown_table(board: Leaderboard) -> str:
+    header = ["method", *(column.header for column in board.columns)]
+    lines = [
+        "| " + " | ".join(_md(cell) for cell in header) + " |",
+        "|:---|" + "---:|" * len(board.columns),
+    ]
+    for name, cells, marks in zip(board.methods, board.cells(), board.best, strict=True):
+        row = [_md(name)] + [
+            f"**{cell}**" if is_best else cell for cell, is_best in zip(cells, marks, strict=True)
+        ]
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def _markdown_board(board: Leaderboard) -> str:
+    return f"{_markdown_table(board)}\n\nBest value per column in bold. {_legend(board)}"
+
+
+def leaderboard_markdown(results: Mapping[str, Any], task: str | None = None) -> str:
+    """The leaderboards of :func:`format_leaderboard` as GitHub Markdown tables, best values in bold.
+
+    Args:
+        results: a valid results dict.
+        task: a single task to show, or None for every task.
+
+    Returns:
+        For each task a ``#### <task>`` heading line, the table and a legend line, separated by blank
+        lines.
+    """
+    validate_results(results)
+    boards = [_build_leaderboard(results, name) for name in _task_names(results, task)]
+    return "\n\n".join(f"#### {_md(board.task)}\n\n{_markdown_board(board)}" for board in boards)
+
+
+def _html_table(board: Leaderboard) -> str:
+    esc = html.escape
+    head = "".join(f'<th class="num">{esc(column.header)}</th>' for column in board.columns)
+    rows = []
+    for name, cells, marks in zip(board.methods, board.cells(), board.best, strict=True):
+        tds = "".join(
+            f'<td class="num best"><strong>{esc(cell)}</strong></td>'
+            if is_best
+            else f'<td class="num">{esc(cell)}</td>'
+            for cell, is_best in zip(cells, marks, strict=True)
+        )
+        rows.append(f'<tr><th scope="row">{esc(name)}</th>{tds}</tr>')
+    return (
+        f'<table class="leaderboard"><thead><tr><th>method</th>{head}</tr></thead>'
+        f"<tbody>{''.join(rows)}</tbody></table>"
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The written report
+# ---------------------------------------------------------------------------------------------------------
+def method_order(results: Mapping[str, Any]) -> list[str]:
+    """Every method of the run, once: ``config.methods`` order first, then by first appearance.
+
+    This order keys the colour palette, so that a method has the same colour in every figure and task.
+
+    Args:
+        results: a valid results dict.
+
+    Returns:
+        The method names.
+    """
+    names = list(results["config"].get("methods") or [])
+    for task in results["tasks"].values():
+        names += [name for name in task["methods"] if name not in names]
+    return list(dict.fromkeys(names))
+
+
+def _plain(value: Any) -> str:
+    """A JSON value as report text: lists joined by commas, booleans and null as in JSON."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, tuple)):
+        return ", ".join(_plain(item) for item in value)
+    if isinstance(value, dict):
+        return ", ".join(f"{key}: {_plain(item)}" for key, item in value.items())
+    return str(value)
+
+
+def _task_facts(task: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """(label, text) lines describing a task's data, OOD sets and shift."""
+    shape = "×".join(str(n) for n in task["input_shape"])
+    facts = [
+        (
+            "data",
+            f"{task['num_classes']} classes, input {shape}; {task['num_train']:,} train, "
+            f"{task['num_val']:,} validation, {task['num_test']:,} test examples",
+        ),
+    ]
+    if task.get("model"):
+        facts.append(("model", str(task["model"])))
+    if isinstance(task.get("training"), dict):
+        facts.append(("training", _plain(task["training"])))
+    for name, description in task["ood_sets"].items():
+        facts.append((f"OOD set {name}", description))
+    shift = task["shift"]
+    if shift is not None:
+        values = ", ".join(f"{v:g}" for v in shift["values"])
+        facts.append(("shift", f"{shift['name']} ({shift['unit']}): {values}"))
+    return facts
+
+
+@dataclass(frozen=True)
+class _RenderedFigure:
+    task: str
+    file_name: str
+    caption: str
+    png: bytes
+
+
+def _methods_rows(task: Mapping[str, Any]) -> list[tuple[str, str, str]]:
+    """(method, S, description) for the methods of a task that describe themselves."""
+    rows = []
+    for name, method in task["methods"].items():
+        note = method.get("description") or ""
+        if method.get("shares_training_with"):
+            note += f" (reuses the network trained for {method['shares_training_with']})"
+        rows.append((name, str(method["num_samples"]), note.strip()))
+    return rows if any(note for _, _, note in rows) else []
+
+
+def _markdown_report(results: Mapping[str, Any], figures: Sequence[_RenderedFigure]) -> str:
+    lines = [
+        "# uqkit benchmark report",
+        "",
+        f"Command: {_md_code(results['command'])}  ",
+        f"Created: {_md(results['created'])}  ",
+        f"Schema version: {results['schema_version']}",
+        "",
+        "## Environment",
+        "",
+        "| | |",
+        "|:---|:---|",
+        *(f"| {_md(key)} | {_md(_plain(value))} |" for key, value in results["environment"].items()),
+        "",
+        "## Configuration",
+        "",
+        "| | |",
+        "|:---|:---|",
+        *(f"| {_md(key)} | {_md(_plain(value))} |" for key, value in results["config"].items()),
+    ]
+    for task_name, task in results["tasks"].items():
+        lines += ["", f"## Task {_md(task_name)}", "", _md(task["description"]), ""]
+        lines += [f"- **{_md(label)}**: {_md(text)}" for label, text in _task_facts(task)]
+        lines += ["", "### Leaderboard", "", _markdown_board(_build_leaderboard(results, task_name))]
+        method_rows = _methods_rows(task)
+        if method_rows:
+            lines += ["", "### Methods", "", "| method | S | description |", "|:---|---:|:---|"]
+            lines += [f"| {_md(name)} | {s} | {_md(note)} |" for name, s, note in method_rows]
+        task_figures = [figure for figure in figures if figure.task == task_name]
+        if task_figures:
+            lines += ["", "### Figures"]
+        for figure in task_figures:
+            alt = _md(figure.caption.split(":")[0])
+            lines += ["", f"![{alt}](figures/{figure.file_name})", "", f"*{_md(figure.caption)}*"]
+    return "\n".join(lines) + "\n"
+
+
+_CSS = """
+body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: #1f2328;
+       max-width: 1180px; margin: 2em auto; padding: 0 1em; line-height: 1.45; }
+h1, h2, h3 { line-height: 1.2; }
+h2 { border-bottom: 1px solid #d0d7de; padding-bottom: .25em; margin-top: 2em; }
+code { background: #f6f8fa; padding: .1em .3em; border-radius: 4px; }
+table { border-collapse: collapse; margin: .5em 0 1em; font-size: .9em; }
+th, td { border: 1px solid #d0d7de; padding: .25em .6em; vertical-align: top; }
+thead th { background: #f6f8fa; }
+td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
+td.best { background: #dafbe1; }
+.wide { overflow-x: auto; }
+.legend { color: #57606a; font-size: .9em; }
+figure { margin: 1.5em 0; } figure img { max-width: 100%; height: auto; border: 1px solid #eaeef2; }
+figcaption { color: #57606a; font-size: .9em; }
+dl.facts { display: grid; grid-template-columns: max-content auto; gap: .15em 1em; }
+dl.facts dt { font-weight: 600; } dl.facts dd { margin: 0; }
+"""
+
+
+def _html_key_value_table(mapping: Mapping[str, Any]) -> str:
+    rows = "".join(
+        f'<tr><th scope="row">{html.escape(str(key))}</th><td>{html.escape(_plain(value))}</td></tr>'
+        for key, value in mapping.items()
+    )
+    return f"<table>{rows}</table>"
+
+
+def _html_report(results: Mapping[str, Any], figures: Sequence[_RenderedFigure]) -> str:
+    esc = html.escape
+    body = [
+        "<h1>uqkit benchmark report</h1>",
+        f"<p>Command: <code>{esc(results['command'])}</code><br>Created: {esc(results['created'])}<br>"
+        f"Schema version: {esc(str(results['schema_version']))}</p>",
+        "<h2>Environment</h2>",
+        _html_key_value_table(results["environment"]),
+        "<h2>Configuration</h2>",
+        _html_key_value_table(results["config"]),
+    ]
+    for task_name, task in results["tasks"].items():
+        facts = "".join(f"<dt>{esc(label)}</dt><dd>{esc(text)}</dd>" for label, text in _task_facts(task))
+        board = _build_leaderboard(results, task_name)
+        body += [
+            f"<h2>Task {esc(task_name)}</h2>",
+            f"<p>{esc(task['description'])}</p>",
+            f'<dl class="facts">{facts}</dl>',
+            "<h3>Leaderboard</h3>",
+            f'<div class="wide">{_html_table(board)}</div>',
+            f'<p class="legend">Best value per column in bold. {esc(_legend(board))}</p>',
+        ]
+        method_rows = _methods_rows(task)
+        if method_rows:
+            rows = "".join(
+                f'<tr><th scope="row">{esc(name)}</th><td class="num">{esc(s)}</td><td>{esc(note)}</td></tr>'
+                for name, s, note in method_rows
+            )
+            body += [
+                "<h3>Methods</h3>",
+                "<table><thead><tr><th>method</th><th>S</th><th>description</th></tr></thead>"
+                f"<tbody>{rows}</tbody></table>",
+            ]
+        task_figures = [figure for figure in figures if figure.task == task_name]
+        if task_figures:
+            body.append("<h3>Figures</h3>")
+        for figure in task_figures:
+            data = base64.b64encode(figure.png).decode("ascii")
+            body.append(
+                f'<figure><img src="data:image/png;base64,{data}" alt="{esc(figure.caption.split(":")[0])}">'
+                f"<figcaption>{esc(figure.caption)}</figcaption></figure>"
+            )
+    title = "uqkit benchmark report: " + ", ".join(results["tasks"])
+    return (
+        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
+        f"<title>{esc(title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n"
+        + "\n".join(body)
+        + "\n</body>\n</html>\n"
+    )
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    """Write ``data`` to a temporary file beside ``path``, then rename it onto ``path``.
+
+    The file gets the usual permissions (``0o666`` less the umask), unlike ``tempfile.mkstemp``'s 0o600:
+    a report is meant to be shared.
+    """
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    try:
+        with open(tmp, "xb") as handle:
+            handle.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _import_plots():
+    try:
+        from uqkit.bench import plots
+    except ImportError as error:
+        raise ImportError(f"uqkit's benchmark figures need matplotlib: {_INSTALL_HINT}") from error
+    return plots
+
+
+def write_report(results: Mapping[str, Any], run_dir: str | os.PathLike) -> dict[str, Any]:
+    """Write the report of a run: ``report.md``, a self-contained ``report.html`` and ``figures/*.png``.
+
+    ``report.md`` holds the command, creation time, environment and configuration, then for each task its
+    data, the Markdown leaderboard (:func:`leaderboard_markdown`'s table), the methods and the figures as
+    ``figures/<name>.png`` links. ``report.html`` has the same content with the figures embedded as base64
+    ``data:`` URIs, inline CSS and no external resource, every string HTML-escaped: it can be mailed or
+    opened offline. Figures (:func:`uqkit.bench.plots.task_figures`) are drawn with matplotlib's Agg
+    canvas directly, without pyplot, so the user's matplotlib backend and global state are untouched.
+    Files are written atomically; existing ones are replaced.
+
+    Args:
+        results: a valid results dict (see :func:`validate_results`).
+        run_dir: the run directory (created if missing).
+
+    Returns:
+        ``{"markdown": Path, "html": Path, "figures": list[Path]}``: the paths written, figures in report
+        order (per task: reliability, referral, OOD histograms per OOD set, shift, risk-coverage).
+
+    Raises:
+        ValueError: if ``results`` does not follow the schema.
+        ImportError: if matplotlib is not installed (``pip install 'uqkit[bench]'``).
+    """
+    validate_results(results)
+    if not isinstance(run_dir, (str, os.PathLike)):
+        raise TypeError(f"run_dir: expected a path (str or os.PathLike), got {_describe(run_dir)}")
+    plots = _import_plots()
+    run_dir = Path(run_dir)
+    figure_dir = run_dir / "figures"
+    figure_dir.mkdir(parents=True, exist_ok=True)
+
+    colors = plots.method_colors(method_order(results))
+    rendered: list[_RenderedFigure] = []
+    used_names: set[str] = set()
+    for task_name, task in results["tasks"].items():
+        for task_figure in plots.task_figures(task_name, task, colors):
+            stem, suffix = task_figure.name, 2
+            while f"{stem}.png" in used_names:  # distinct names that slug to the same file name
+                stem, suffix = f"{task_figure.name}-{suffix}", suffix + 1
+            used_names.add(f"{stem}.png")
+            png = plots.figure_png(task_figure.figure)
+            rendered.append(_RenderedFigure(task_name, f"{stem}.png", task_figure.caption, png))
+
+    figure_paths = []
+    for figure in rendered:
+        path = figure_dir / figure.file_name
+        _atomic_write(path, figure.png)
+        figure_paths.append(path)
+    markdown_path, html_path = run_dir / "report.md", run_dir / "report.html"
+    _atomic_write(markdown_path, _markdown_report(results, rendered).encode("utf-8"))
+    _atomic_write(html_path, _html_report(results, rendered).encode("utf-8"))
+    return {"markdown": markdown_path, "html": html_path, "figures": figure_paths}
