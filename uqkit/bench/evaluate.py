@@ -1,0 +1,161 @@
+"""Evaluation of a trained method on a task, every number computed from :class:`uqkit.Prediction`.
+
+The output is the per-method block of ``results.json`` (docs/results-schema.md): test metrics, the
+reliability curve, referral and risk-coverage curves, OOD detection with total and epistemic uncertainty for
+every OOD set of the task, accuracy/ECE/NLL along the task's shift, and the inference cost.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any
+
+import torch
+
+from uqkit import metrics
+from uqkit.bench.progress import progress_bar
+from uqkit.bench.registry import Method
+from uqkit.bench.tasks import Task
+from uqkit.prediction import Prediction
+
+__all__ = ["evaluate_method", "predict_in_batches"]
+
+NUM_BINS = 15
+MAX_SCORES_SAVED = 2000
+MAX_CURVE_POINTS = 200
+
+
+def predict_in_batches(
+    method: Method,
+    inputs: torch.Tensor,
+    batch_size: int,
+    device: str = "cpu",
+    desc: str = "predict",
+    progress: bool = True,
+) -> Prediction:
+    """Predict ``inputs`` in batches (no gradients, eval mode); logits gathered on the CPU."""
+    method.eval()
+    parts = []
+    num_batches = math.ceil(len(inputs) / batch_size)
+    with torch.no_grad(), progress_bar(num_batches, desc, enabled=progress) as bar:
+        for start in range(0, len(inputs), batch_size):
+            batch = inputs[start : start + batch_size].to(device)
+            parts.append(method.predict(batch).logits.cpu())
+            bar.update(1)
+    return Prediction(torch.cat(parts, dim=1))
+
+
+def _finite(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+def _classification_metrics(prediction: Prediction, labels: torch.Tensor) -> dict[str, float]:
+    probs = prediction.probs
+    correct = prediction.predicted_class == labels
+    return {
+        "accuracy": metrics.accuracy(probs, labels),
+        "nll": metrics.nll(probs, labels),
+        "brier": metrics.brier_score(probs, labels),
+        "ece": metrics.expected_calibration_error(probs, labels, num_bins=NUM_BINS),
+        "aurc": metrics.aurc(prediction.total, correct),
+    }
+
+
+def _evenly_spaced(values: torch.Tensor, count: int) -> list[float]:
+    """At most ``count`` entries of a sorted curve, evenly spaced, always keeping the last one."""
+    if len(values) <= count:
+        return values.tolist()
+    index = torch.linspace(0, len(values) - 1, count).round().long()
+    return values[index].tolist()
+
+
+def _score_sample(scores: torch.Tensor, seed: int) -> list[float]:
+    if len(scores) > MAX_SCORES_SAVED:
+        generator = torch.Generator().manual_seed(seed)
+        scores = scores[torch.randperm(len(scores), generator=generator)[:MAX_SCORES_SAVED]]
+    return [round(float(s), 6) for s in scores]
+
+
+def _ood_block(in_prediction: Prediction, ood_prediction: Prediction, seed: int) -> dict[str, Any]:
+    block: dict[str, Any] = {}
+    for kind in ("total", "epistemic"):
+        in_scores = in_prediction.uncertainty(kind)
+        ood_scores = ood_prediction.uncertainty(kind)
+        block[kind] = {
+            "auroc": metrics.ood_auroc(in_scores, ood_scores),
+            "aupr": metrics.ood_aupr(in_scores, ood_scores),
+            "fpr95": metrics.fpr_at_95_tpr(in_scores, ood_scores),
+        }
+    block["scores"] = {
+        "kind": "total",
+        "in": _score_sample(in_prediction.total, seed),
+        "ood": _score_sample(ood_prediction.total, seed + 1),
+    }
+    return block
+
+
+def evaluate_method(
+    method: Method,
+    task: Task,
+    batch_size: int = 1000,
+    device: str = "cpu",
+    seed: int = 0,
+    progress: bool = True,
+    name: str = "",
+) -> dict[str, Any]:
+    """Evaluate ``method`` on ``task``; returns the per-method result block (without training fields).
+
+    Stochastic predictions draw from torch's global generator, seeded here with ``seed`` so that the same
+    trained method always gets the same numbers.
+    """
+    torch.manual_seed(seed)
+    label = name or type(method).__name__
+    test_inputs, test_labels = task.test.inputs, task.test.labels
+
+    started = time.perf_counter()
+    prediction = predict_in_batches(method, test_inputs, batch_size, device, f"{label} test", progress)
+    inference_s = time.perf_counter() - started
+
+    probs = prediction.probs
+    correct = prediction.predicted_class == test_labels
+    curve = metrics.calibration_curve(probs, test_labels, num_bins=NUM_BINS)
+    referral = metrics.referral_curve(prediction.total, correct)
+    risk_coverage = metrics.risk_coverage_curve(prediction.total, correct)
+
+    result: dict[str, Any] = {
+        "num_samples": prediction.num_samples,
+        "num_parameters": sum(p.numel() for p in method.parameters()),
+        "inference_ms_per_example": 1000.0 * inference_s / len(test_labels),
+        "metrics": _classification_metrics(prediction, test_labels),
+        "calibration_curve": curve.to_dict(),
+        "referral_curve": referral.to_dict(),
+        "risk_coverage": {
+            "coverage": _evenly_spaced(risk_coverage.coverage, MAX_CURVE_POINTS),
+            "risk": _evenly_spaced(risk_coverage.risk, MAX_CURVE_POINTS),
+        },
+        "ood": {},
+        "shift": None,
+    }
+    for offset, (ood_name, ood_set) in enumerate(task.ood_sets.items()):
+        ood_prediction = predict_in_batches(
+            method, ood_set.inputs, batch_size, device, f"{label} OOD {ood_name}", progress
+        )
+        result["ood"][ood_name] = _ood_block(prediction, ood_prediction, seed + 10 * offset)
+
+    if task.shift is not None:
+        shift = {"values": list(task.shift.values), "accuracy": [], "ece": [], "nll": []}
+        with progress_bar(len(task.shift.values), f"{label} {task.shift.name}", progress, "level") as bar:
+            for value in task.shift.values:
+                shifted = predict_in_batches(
+                    method, task.shift.inputs_at(value), batch_size, device, "", progress=False
+                )
+                shifted_probs = shifted.probs
+                shift["accuracy"].append(metrics.accuracy(shifted_probs, test_labels))
+                shift["ece"].append(
+                    metrics.expected_calibration_error(shifted_probs, test_labels, num_bins=NUM_BINS)
+                )
+                shift["nll"].append(metrics.nll(shifted_probs, test_labels))
+                bar.update(1)
+        result["shift"] = shift
+    return result

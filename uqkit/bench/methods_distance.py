@@ -1,0 +1,151 @@
+"""Benchmark methods with distance-aware or input-dependent uncertainty: ``sngp`` and ``heteroscedastic``.
+
+Importing this module registers both methods in :data:`uqkit.bench.registry.METHODS`.
+
+* ``sngp`` (Liu et al. 2020): a residual, spectrally normalised version of the task's backbone and a
+  random-feature GP head (:class:`uqkit.SNGP`). MLP backbones become residual MLPs of the same width:
+  ``mlp`` (784-512-512-10 on Fashion-MNIST) becomes an input projection to 512 and one residual block of
+  width 512, the same weight matrices as the MLP's two hidden layers; ``resmlp`` (two moons) keeps its
+  structure (projection to 128, three residual blocks), the SNGP paper's two-moons network. The
+  convolutional backbones (``lenet5``, ``cnn1d``) keep their hidden layers, spectrally normalised, and are
+  *not* residual, so there SNGP's distance preservation is only an upper bound (see :class:`uqkit.SNGP`).
+  The precision matrix is reset at the start of every epoch (through ``on_epoch_start``), so after training
+  it is the exact sum over the last epoch (Liu et al. 2020, Algorithm 1); prediction uses Monte Carlo
+  samples of the GP logits, so that the epistemic part (mutual information) is reported too.
+* ``heteroscedastic`` (Collier et al. 2021): the task's backbone without its output layer, followed by a
+  :class:`uqkit.nn.HeteroscedasticHead`.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from uqkit.bench.models import ResidualMLP, build_model
+from uqkit.bench.registry import Method, MethodContext, register_method
+from uqkit.methods.sngp import SNGP
+from uqkit.nn.heteroscedastic import HeteroscedasticHead
+from uqkit.prediction import Prediction
+
+__all__ = ["HeteroscedasticClassifier", "SNGPClassifier", "split_output_layer"]
+
+SNGP_SPECTRAL_BOUND = {"mlp": 0.95, "resmlp": 0.95, "lenet5": 6.0, "cnn1d": 6.0}
+SNGP_NUM_FEATURES = 256
+SNGP_SAMPLES = 10
+SNGP_MLP_WIDTH = 512
+HETEROSCEDASTIC_FACTORS = 4
+HETEROSCEDASTIC_SAMPLES = 16
+
+
+def split_output_layer(model: nn.Module) -> tuple[nn.Sequential, nn.Linear]:
+    """Split a sequential backbone into its hidden layers and its final ``nn.Linear`` output layer.
+
+    Nested ``nn.Sequential`` models (e.g. ``Flatten`` then a ``ResidualMLP``) are flattened first.
+
+    Raises:
+        ValueError: if the model does not end with an ``nn.Linear``.
+    """
+    layers: list[nn.Module] = []
+
+    def flatten(module: nn.Module) -> None:
+        if isinstance(module, nn.Sequential):
+            for child in module.children():
+                flatten(child)
+        else:
+            layers.append(module)
+
+    flatten(model)
+    if not layers or not isinstance(layers[-1], nn.Linear):
+        raise ValueError(
+            f"model: expected a sequential backbone ending with an nn.Linear output layer, got "
+            f"{type(model).__name__} ending with {type(layers[-1]).__name__ if layers else 'nothing'}"
+        )
+    return nn.Sequential(*layers[:-1]), layers[-1]
+
+
+def _sngp_backbone(context: MethodContext) -> tuple[nn.Sequential, int]:
+    """The hidden part of the task's backbone in SNGP's residual form; returns it and its output width."""
+    in_features = int(torch.Size(context.input_shape).numel())
+    if context.model == "mlp":
+        network = ResidualMLP(in_features, context.num_classes, width=SNGP_MLP_WIDTH, depth=1)
+    elif context.model == "resmlp":
+        network = ResidualMLP(in_features, context.num_classes)
+    else:
+        network = build_model(context.model, context.input_shape, context.num_classes)
+        hidden, head = split_output_layer(network)
+        return hidden, head.in_features
+    hidden, head = split_output_layer(network)
+    return nn.Sequential(nn.Flatten(), *hidden), head.in_features
+
+
+class SNGPClassifier(Method):
+    """Benchmark wrapper of :class:`uqkit.SNGP`: cross-entropy on the posterior-mean logits, precision reset
+    at every epoch start, ``S`` Monte Carlo samples of the GP logits at prediction."""
+
+    def __init__(self, network: SNGP, num_samples: int) -> None:
+        super().__init__()
+        self.network = network
+        self.num_samples = num_samples
+
+    def on_epoch_start(self, epoch: int, num_epochs: int) -> None:
+        """Reset the GP precision, so that it sums over exactly one epoch (the last, after training)."""
+        self.network.reset_precision()
+
+    def training_loss(self, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(self.network(inputs), labels)
+
+    def predict(self, inputs: torch.Tensor) -> Prediction:
+        return self.network.predict(inputs, num_samples=self.num_samples)
+
+
+class HeteroscedasticClassifier(Method):
+    """Hidden layers + :class:`~uqkit.nn.HeteroscedasticHead`; NLL of the Monte Carlo predictive."""
+
+    def __init__(self, hidden: nn.Module, head: HeteroscedasticHead) -> None:
+        super().__init__()
+        self.network = nn.Sequential(hidden, head)
+        self.num_samples = head.num_samples
+
+    def training_loss(self, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return F.nll_loss(self.network(inputs), labels)
+
+    def predict(self, inputs: torch.Tensor) -> Prediction:
+        hidden, head = self.network
+        return head.predict(hidden(inputs))
+
+
+def build_sngp(context: MethodContext) -> SNGPClassifier:
+    backbone, width = _sngp_backbone(context)
+    network = SNGP(
+        backbone,
+        width,
+        context.num_classes,
+        spectral_bound=SNGP_SPECTRAL_BOUND.get(context.model, 0.95),
+        num_features=SNGP_NUM_FEATURES,
+    )
+    return SNGPClassifier(network, SNGP_SAMPLES)
+
+
+def build_heteroscedastic(context: MethodContext) -> HeteroscedasticClassifier:
+    network = build_model(context.model, context.input_shape, context.num_classes)
+    hidden, output = split_output_layer(network)
+    head = HeteroscedasticHead(
+        output.in_features,
+        context.num_classes,
+        num_factors=min(HETEROSCEDASTIC_FACTORS, context.num_classes),
+        num_samples=HETEROSCEDASTIC_SAMPLES,
+    )
+    return HeteroscedasticClassifier(hidden, head)
+
+
+register_method(
+    "sngp",
+    f"SNGP: residual spectral-normalised backbone + random-feature GP ({SNGP_NUM_FEATURES} features), "
+    f"{SNGP_SAMPLES} MC samples (Liu et al. 2020)",
+)(build_sngp)
+register_method(
+    "heteroscedastic",
+    f"heteroscedastic head, rank-{HETEROSCEDASTIC_FACTORS} + diagonal logit noise, "
+    f"{HETEROSCEDASTIC_SAMPLES} MC samples (Collier et al. 2021)",
+)(build_heteroscedastic)

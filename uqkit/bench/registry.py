@@ -1,0 +1,213 @@
+"""Methods behind one interface, and the registry that names them.
+
+A method is built from the task (input shape, number of classes, backbone name, training-set size) and
+gives two things: a training loss for a batch, and ``predict(x) -> Prediction`` with the leading sample or
+member dimension of :class:`uqkit.Prediction`. The trainer and the evaluation only ever talk to this
+interface, so a new method is one builder registered here (or from another module with
+:func:`register_method`), and nothing else changes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from uqkit.bench.models import build_model
+from uqkit.prediction import Prediction
+
+__all__ = [
+    "METHODS",
+    "Method",
+    "MethodContext",
+    "MethodEntry",
+    "build_method",
+    "methods_for_task",
+    "register_method",
+]
+
+
+@dataclass(frozen=True)
+class MethodContext:
+    """What a method builder knows about the task it is built for."""
+
+    input_shape: tuple[int, ...]
+    num_classes: int
+    model: str
+    num_train: int
+    task: str = ""
+
+
+class Method(nn.Module):
+    """Base class of benchmark methods.
+
+    Subclasses keep the trained backbone in ``self.network`` (the trainer and checkpoints rely on the
+    name when a method shares its training with another) and implement :meth:`training_loss` and
+    :meth:`predict`.
+
+    Attributes:
+        num_samples: ``S``, the leading dimension of the predictions (1 for a deterministic model).
+        shares_training_with: name of a method whose trained ``network`` this one reuses as-is (same
+            architecture, seed and training); the runner then copies that network instead of retraining.
+    """
+
+    num_samples: int = 1
+    shares_training_with: str | None = None
+
+    def training_loss(self, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Scalar loss of one training batch."""
+        raise NotImplementedError(f"{type(self).__name__} must implement training_loss")
+
+    def predict(self, inputs: torch.Tensor) -> Prediction:
+        """Prediction with ``[S, B, C]`` logits for a batch of inputs."""
+        raise NotImplementedError(f"{type(self).__name__} must implement predict")
+
+    def fit_post_hoc(self, inputs: torch.Tensor, labels: torch.Tensor) -> None:
+        """Fit anything that is fitted after training, on the validation split (default: nothing)."""
+
+
+@dataclass(frozen=True)
+class MethodEntry:
+    """A registered method: its builder, a one-line description, and the tasks it applies to."""
+
+    builder: Callable[[MethodContext], Method]
+    description: str
+    tasks: tuple[str, ...] | None = None  # None: every classification task
+
+
+METHODS: dict[str, MethodEntry] = {}
+
+
+def register_method(name: str, description: str, tasks: tuple[str, ...] | None = None):
+    """Decorator registering a builder ``MethodContext -> Method`` under ``name``."""
+
+    def decorate(builder: Callable[[MethodContext], Method]) -> Callable[[MethodContext], Method]:
+        if name in METHODS:
+            raise ValueError(f"method {name!r} is already registered")
+        METHODS[name] = MethodEntry(builder, description, tasks)
+        return builder
+
+    return decorate
+
+
+def methods_for_task(task: str) -> list[str]:
+    """Names of the registered methods that apply to ``task``, in registration order."""
+    return [name for name, entry in METHODS.items() if entry.tasks is None or task in entry.tasks]
+
+
+def build_method(name: str, context: MethodContext) -> Method:
+    """Build the registered method ``name`` for the task described by ``context``."""
+    if name not in METHODS:
+        raise ValueError(f"method: expected one of {', '.join(METHODS)}, got {name!r}")
+    return METHODS[name].builder(context)
+
+
+# --------------------------------------------------------------------------------------------------------
+# The methods of the benchmark spine.
+
+
+class SingleNetwork(Method):
+    """One network trained with cross-entropy; predicts with ``S = 1``."""
+
+    def __init__(self, network: nn.Module) -> None:
+        super().__init__()
+        self.network = network
+
+    def training_loss(self, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(self.network(inputs), labels)
+
+    def predict(self, inputs: torch.Tensor) -> Prediction:
+        return Prediction(self.network(inputs).unsqueeze(0))
+
+
+class TemperatureScaled(SingleNetwork):
+    """The deterministic network plus a :class:`~uqkit.calibration.TemperatureScaler` (Guo et al. 2017)
+    fitted on the validation split held out from the training data."""
+
+    shares_training_with = "deterministic"
+
+    def __init__(self, network: nn.Module) -> None:
+        super().__init__(network)
+        from uqkit.calibration import TemperatureScaler
+
+        self.scaler = TemperatureScaler()
+
+    def fit_post_hoc(self, inputs: torch.Tensor, labels: torch.Tensor) -> None:
+        with torch.no_grad():
+            logits = self.network(inputs)
+        self.scaler.fit(logits, labels)
+
+    def predict(self, inputs: torch.Tensor) -> Prediction:
+        return Prediction(self.scaler(self.network(inputs)).unsqueeze(0))
+
+
+class MonteCarloDropout(SingleNetwork):
+    """Dropout kept on at prediction time; ``S`` stochastic passes (Gal & Ghahramani 2016)."""
+
+    def __init__(self, network: nn.Module, num_samples: int) -> None:
+        super().__init__(network)
+        self.num_samples = num_samples
+
+    def predict(self, inputs: torch.Tensor) -> Prediction:
+        from uqkit.methods.predict import predict
+
+        return predict(self.network, inputs, num_samples=self.num_samples)
+
+
+class LoopEnsemble(Method):
+    """``M`` independently initialised networks (Lakshminarayanan et al. 2017), predicting ``[M, B, C]``.
+
+    The training loss is the sum of the members' cross-entropies on the same batch. Members share no
+    parameters and Adam's update is per parameter, so this is exactly M independent trainings that see
+    the same batch order.
+    """
+
+    def __init__(self, members: list[nn.Module]) -> None:
+        super().__init__()
+        self.members = nn.ModuleList(members)
+        self.num_samples = len(members)
+
+    def training_loss(self, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return sum(F.cross_entropy(member(inputs), labels) for member in self.members)
+
+    def predict(self, inputs: torch.Tensor) -> Prediction:
+        return Prediction(torch.stack([member(inputs) for member in self.members]))
+
+
+MC_DROPOUT_RATE = 0.1
+MC_DROPOUT_SAMPLES = 10
+ENSEMBLE_MEMBERS = 5
+
+
+def _backbone(context: MethodContext, dropout=None) -> nn.Module:
+    return build_model(context.model, context.input_shape, context.num_classes, dropout=dropout)
+
+
+@register_method("deterministic", "one network, softmax probabilities")
+def _deterministic(context: MethodContext) -> Method:
+    return SingleNetwork(_backbone(context))
+
+
+@register_method("temperature-scaled", "the deterministic network + temperature scaling fitted on validation")
+def _temperature_scaled(context: MethodContext) -> Method:
+    return TemperatureScaled(_backbone(context))
+
+
+@register_method(
+    "mc-dropout", f"MC dropout, rate {MC_DROPOUT_RATE}, {MC_DROPOUT_SAMPLES} samples (Gal & Ghahramani 2016)"
+)
+def _mc_dropout(context: MethodContext) -> Method:
+    from uqkit.nn import MCDropout
+
+    network = _backbone(context, dropout=lambda: MCDropout(MC_DROPOUT_RATE))
+    return MonteCarloDropout(network, MC_DROPOUT_SAMPLES)
+
+
+@register_method(
+    "deep-ensemble", f"{ENSEMBLE_MEMBERS} networks, independent initialisations (Lakshminarayanan 2017)"
+)
+def _deep_ensemble(context: MethodContext) -> Method:
+    return LoopEnsemble([_backbone(context) for _ in range(ENSEMBLE_MEMBERS)])

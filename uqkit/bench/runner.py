@@ -1,0 +1,314 @@
+"""Run a benchmark suite: tasks x methods, resumable, writing ``results.json`` and the report.
+
+Layout of a run directory::
+
+    config.json                      the suite's configuration (checked on --resume)
+    checkpoints/<task>/<method>.pt   epoch checkpoint while a method trains
+    models/<task>/<method>.pt        the finished method (after training and post-hoc fitting)
+    methods/<task>/<method>.json     the finished method's evaluation; its presence means "done"
+    results.json                     everything, schema in docs/results-schema.md
+    report.md, report.html, figures/
+
+A method is finished once its JSON is written (atomically); ``--resume`` skips finished methods, continues a
+method from its last epoch checkpoint, and never loses a finished result.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+import uqkit
+from uqkit.bench.evaluate import evaluate_method
+from uqkit.bench.registry import METHODS, MethodContext, build_method, methods_for_task
+from uqkit.bench.report import SCHEMA_VERSION
+from uqkit.bench.tasks import TASKS, Task, build_task
+from uqkit.bench.trainer import TrainConfig, atomic_torch_save, load_checkpoint, train_method
+
+__all__ = ["BenchConfig", "RunConfigMismatchError", "environment", "run_bench"]
+
+DEFAULT_TASKS = ("fashion-mnist",)
+
+
+class RunConfigMismatchError(ValueError):
+    """``--resume`` was asked for a run directory made with a different configuration."""
+
+
+@dataclass
+class BenchConfig:
+    """Configuration of one ``uqkit bench`` run (the command line, parsed)."""
+
+    out: Path
+    tasks: list[str] = field(default_factory=lambda: list(DEFAULT_TASKS))
+    methods: list[str] | None = None
+    model: str | None = None
+    epochs: int | None = None
+    batch_size: int | None = None
+    learning_rate: float | None = None
+    seed: int = 0
+    device: str = "cpu"
+    quick: bool = False
+    resume: bool = False
+    progress: bool = True
+    command: str = ""
+
+    def identity(self) -> dict[str, Any]:
+        """The fields that must match between a run and its resumption."""
+        keys = ("tasks", "methods", "model", "epochs", "batch_size", "learning_rate", "seed", "quick")
+        return {key: getattr(self, key) for key in keys}
+
+
+def environment(device: str) -> dict[str, Any]:
+    """Versions and hardware the numbers were measured on."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    env = {
+        "uqkit": uqkit.__version__,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "platform": platform.platform(),
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+        "device": device,
+    }
+    if device.startswith("cuda") and torch.cuda.is_available():
+        env["gpu"] = torch.cuda.get_device_name(torch.device(device))
+    return env
+
+
+def _atomic_write_json(obj: Any, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(obj, handle, indent=1, allow_nan=False, default=_json_default)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def _clean(value: Any) -> Any:
+    """Replace NaN/inf floats by None (JSON has no NaN) recursively."""
+    if isinstance(value, float):
+        return value if value == value and abs(value) != float("inf") else None
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    return value
+
+
+def _check_config(config: BenchConfig) -> None:
+    for task in config.tasks:
+        if task not in TASKS:
+            raise ValueError(f"--task: expected one of {', '.join(TASKS)}, got {task!r}")
+        if config.model is not None and config.model not in TASKS[task].models:
+            raise ValueError(
+                f"--model: task {task!r} supports {', '.join(TASKS[task].models)}, got {config.model!r}"
+            )
+        for method in config.methods or []:
+            if method not in METHODS:
+                raise ValueError(f"--methods: unknown method {method!r}; known: {', '.join(METHODS)}")
+            if method not in methods_for_task(task):
+                raise ValueError(f"--methods: method {method!r} does not apply to task {task!r}")
+    if config.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device: {config.device!r} asked for, but CUDA is not available here; use cpu")
+    if config.device != "cpu" and not config.device.startswith("cuda"):
+        raise ValueError(f"--device: expected 'cpu' or 'cuda[:N]', got {config.device!r}")
+    for name in ("epochs", "batch_size"):
+        value = getattr(config, name)
+        if value is not None and value < 1:
+            raise ValueError(f"--{name.replace('_', '-')}: expected a positive integer, got {value}")
+    if config.learning_rate is not None and not config.learning_rate > 0:
+        raise ValueError(f"--lr: expected a positive number, got {config.learning_rate}")
+
+
+def _prepare_run_dir(config: BenchConfig) -> None:
+    config_path = config.out / "config.json"
+    if config_path.exists():
+        if not config.resume:
+            raise RunConfigMismatchError(
+                f"run directory {config.out} already holds a run; pass --resume to continue it, "
+                "or --out to start a new one"
+            )
+        saved = json.loads(config_path.read_text(encoding="utf-8"))
+        if saved.get("identity") != config.identity():
+            raise RunConfigMismatchError(
+                f"--resume: {config.out} was started with {saved.get('identity')}, "
+                f"but this command asks for {config.identity()}"
+            )
+    else:
+        _atomic_write_json({"identity": config.identity(), "command": config.command}, config_path)
+
+
+def _train_config(config: BenchConfig, task_name: str) -> TrainConfig:
+    info = TASKS[task_name]
+    default_epochs = info.quick_epochs if config.quick else info.epochs
+    return TrainConfig(
+        epochs=config.epochs if config.epochs is not None else default_epochs,
+        batch_size=config.batch_size or info.batch_size,
+        learning_rate=config.learning_rate or info.learning_rate,
+        seed=config.seed,
+        device=config.device,
+        progress=config.progress,
+    )
+
+
+def _run_method(config: BenchConfig, task: Task, method_name: str, train_config: TrainConfig) -> dict:
+    """Train (or reload), post-hoc fit and evaluate one method; returns its result block."""
+    run = config.out
+    context = MethodContext(task.input_shape, task.num_classes, task.model, len(task.train), task.name)
+    torch.manual_seed(config.seed)
+    method = build_method(method_name, context)
+    model_path = run / "models" / task.name / f"{method_name}.pt"
+    history: list[dict[str, float]]
+    if model_path.exists():  # finished training earlier, killed during evaluation
+        state = load_checkpoint(model_path)
+        method.load_state_dict(state["method"])
+        history, train_time, shared = state["history"], float(state["train_time_s"]), state["shared"]
+    else:
+        base = method.shares_training_with
+        base_path = run / "models" / task.name / f"{base}.pt" if base else None
+        if base_path is not None and base_path.exists():
+            state = load_checkpoint(base_path)
+            prefix = "network."
+            network_state = {k[len(prefix) :]: v for k, v in state["method"].items() if k.startswith(prefix)}
+            method.network.load_state_dict(network_state)
+            history, train_time, shared = state["history"], float(state["train_time_s"]), base
+        else:
+            result = train_method(
+                method,
+                method_name,
+                task.train.inputs,
+                task.train.labels,
+                task.val.inputs,
+                task.val.labels,
+                train_config,
+                checkpoint_path=run / "checkpoints" / task.name / f"{method_name}.pt",
+            )
+            history, train_time, shared = result.history, result.train_time_s, None
+        method.to(config.device)
+        started = time.perf_counter()
+        method.fit_post_hoc(task.val.inputs.to(config.device), task.val.labels.to(config.device))
+        train_time += time.perf_counter() - started
+        atomic_torch_save(
+            {"method": method.state_dict(), "history": history, "train_time_s": train_time, "shared": shared},
+            model_path,
+        )
+    method.to(config.device)
+    block = evaluate_method(
+        method, task, device=config.device, seed=config.seed, progress=config.progress, name=method_name
+    )
+    block["train_time_s"] = train_time
+    block["shares_training_with"] = shared
+    block["history"] = history
+    block["description"] = METHODS[method_name].description
+    return _clean(block)
+
+
+def _task_header(task: Task) -> dict[str, Any]:
+    return {
+        "description": task.description,
+        "num_classes": task.num_classes,
+        "input_shape": list(task.input_shape),
+        "model": task.model,
+        "num_train": len(task.train),
+        "num_val": len(task.val),
+        "num_test": len(task.test),
+        "ood_sets": {name: ood.description for name, ood in task.ood_sets.items()},
+        "shift": (
+            None
+            if task.shift is None
+            else {"name": task.shift.name, "unit": task.shift.unit, "values": list(task.shift.values)}
+        ),
+        "methods": {},
+    }
+
+
+def run_bench(config: BenchConfig, log=print) -> dict[str, Any]:
+    """Run the suite described by ``config``; returns the results dict also written to results.json."""
+    _check_config(config)
+    config.out.mkdir(parents=True, exist_ok=True)
+    _prepare_run_dir(config)
+    results: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "command": config.command,
+        "environment": environment(config.device),
+        "config": {
+            **asdict(config),
+            "out": str(config.out),
+            "tasks": list(config.tasks),
+        },
+        "tasks": {},
+    }
+    results["config"].pop("progress")
+    for task_name in config.tasks:
+        log(f"[uqkit] building task {task_name}{' (quick)' if config.quick else ''}")
+        task = build_task(task_name, config.model, quick=config.quick, seed=config.seed)
+        header = _task_header(task)
+        train_config = _train_config(config, task_name)
+        header["training"] = {
+            "epochs": train_config.epochs,
+            "batch_size": train_config.batch_size,
+            "learning_rate": train_config.learning_rate,
+            "optimizer": "Adam",
+        }
+        names = config.methods or methods_for_task(task_name)
+        for index, method_name in enumerate(names, start=1):
+            done_path = config.out / "methods" / task_name / f"{method_name}.json"
+            if done_path.exists():
+                log(f"[uqkit] {task_name} [{index}/{len(names)}] {method_name}: finished earlier, kept")
+                block = json.loads(done_path.read_text(encoding="utf-8"))
+            else:
+                log(f"[uqkit] {task_name} [{index}/{len(names)}] {method_name}")
+                block = _run_method(config, task, method_name, train_config)
+                _atomic_write_json(block, done_path)
+            header["methods"][method_name] = block
+        results["tasks"][task_name] = header
+    _atomic_write_json(results, config.out / "results.json")
+    return results
+
+
+def default_run_dir(root: str | os.PathLike = "runs") -> Path:
+    """``runs/<UTC timestamp>``: a fresh directory name for a new run."""
+    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
+    return Path(root) / stamp
+
+
+def latest_run_dir(root: str | os.PathLike = "runs") -> Path | None:
+    """The most recent run directory under ``root`` (by name), or None."""
+    root = Path(root)
+    if not root.is_dir():
+        return None
+    runs = sorted(p for p in root.iterdir() if (p / "config.json").exists())
+    return runs[-1] if runs else None

@@ -1,0 +1,168 @@
+"""The ``uqkit`` command: ``uqkit bench``, ``uqkit list``, ``uqkit report RUN_DIR``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from pathlib import Path
+
+__all__ = ["main"]
+
+
+def _comma_list(text: str) -> list[str]:
+    items = [item.strip() for item in text.split(",") if item.strip()]
+    if not items:
+        raise argparse.ArgumentTypeError(f"expected a comma-separated list of names, got {text!r}")
+    return items
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive finite number, got {text!r}")
+    return value
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="uqkit", description="Uncertainty for PyTorch models: benchmark methods side by side."
+    )
+    sub = parser.add_subparsers(dest="command", metavar="{bench,list,report}")
+    sub.required = True
+
+    bench = sub.add_parser("bench", help="train and evaluate methods on a task, write results and report")
+    bench.add_argument("--task", type=_comma_list, default=None, help="task name(s), comma separated")
+    bench.add_argument("--methods", type=_comma_list, default=None, help="comma list (default: all)")
+    bench.add_argument("--model", default=None, help="backbone (e.g. mlp, lenet5; default per task)")
+    bench.add_argument("--epochs", type=_positive_int, default=None, help="epochs (default per task)")
+    bench.add_argument("--batch-size", type=_positive_int, default=None, help="training batch size")
+    bench.add_argument("--lr", type=_positive_float, default=None, help="Adam learning rate")
+    bench.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    bench.add_argument("--out", type=Path, default=None, help="run directory (default runs/<timestamp>)")
+    bench.add_argument("--resume", action="store_true", help="continue the run in --out (or the latest)")
+    bench.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]")
+    bench.add_argument("--quick", action="store_true", help="seconds-long smoke configuration")
+    bench.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    sub.add_parser("list", help="show tasks and methods")
+
+    report = sub.add_parser("report", help="rebuild report.md/report.html from a run's results.json")
+    report.add_argument("run_dir", type=Path)
+    return parser
+
+
+def _cmd_list() -> int:
+    from uqkit.bench.registry import METHODS, methods_for_task
+    from uqkit.bench.tasks import TASKS
+
+    print("tasks:")
+    for name, info in TASKS.items():
+        print(f"  {name:<24} {info.description}")
+        print(f"  {'':<24} models: {', '.join(info.models)}; default epochs {info.epochs}")
+    print("methods:")
+    for name, entry in METHODS.items():
+        print(f"  {name:<24} {entry.description}")
+    print("methods per task:")
+    for name in TASKS:
+        print(f"  {name:<24} {', '.join(methods_for_task(name))}")
+    return 0
+
+
+def _finish_report(results: dict, run_dir: Path) -> Path:
+    from uqkit.bench.report import format_leaderboard, write_report
+
+    paths = write_report(results, run_dir)
+    print(format_leaderboard(results))
+    return Path(paths["html"])
+
+
+def _cmd_bench(args: argparse.Namespace, argv: list[str]) -> int:
+    from uqkit.bench.runner import BenchConfig, default_run_dir, latest_run_dir, run_bench
+
+    out = args.out
+    if out is None:
+        if args.resume:
+            out = latest_run_dir()
+            if out is None:
+                raise ValueError("--resume: no earlier run found under runs/; pass --out RUN_DIR")
+        else:
+            out = default_run_dir()
+    config = BenchConfig(
+        out=out,
+        tasks=args.task or ["fashion-mnist"],
+        methods=args.methods,
+        model=args.model,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        learning_rate=args.lr,
+        seed=args.seed,
+        device=args.device,
+        quick=args.quick,
+        resume=args.resume,
+        progress=not args.no_progress,
+        command=shlex.join(["uqkit", *argv]),
+    )
+    print(f"[uqkit] run directory: {out}")
+    try:
+        results = run_bench(config)
+    except KeyboardInterrupt:
+        print(
+            f"\n[uqkit] interrupted; finished methods are saved. Continue with:\n"
+            f"  uqkit bench --resume --out {shlex.quote(str(out))}  (plus the same options)",
+            file=sys.stderr,
+        )
+        return 130
+    html = _finish_report(results, out)
+    print(f"[uqkit] results: {out / 'results.json'}")
+    print(f"[uqkit] report:  {html}  (and {out / 'report.md'})")
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    path = args.run_dir / "results.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist; pass the directory of a finished `uqkit bench` run")
+    from uqkit.bench.report import validate_results
+
+    results = json.loads(path.read_text(encoding="utf-8"))
+    validate_results(results)
+    html = _finish_report(results, args.run_dir)
+    print(f"[uqkit] report: {html}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``uqkit`` console script; returns the exit status."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = _parser().parse_args(argv)
+    from uqkit.bench.trainer import NonFiniteLossError
+    from uqkit.data import DatasetNotFoundError
+
+    try:
+        if args.command == "list":
+            return _cmd_list()
+        if args.command == "bench":
+            return _cmd_bench(args, argv)
+        return _cmd_report(args)
+    except (DatasetNotFoundError, FileNotFoundError, ValueError, ImportError, NonFiniteLossError) as error:
+        print(f"uqkit: error: {error}", file=sys.stderr)
+        return 2 if not isinstance(error, NonFiniteLossError) else 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
