@@ -1,0 +1,125 @@
+"""Monte Carlo prediction with a stochastic model: :func:`predict` returns ``[S, B, C]`` logits.
+
+Each of the ``S`` samples is one forward pass through the model with fresh noise in every stochastic layer.
+When every sampling layer draws its noise independently (or, for Flipout, uncorrelatedly) per example
+(``per_example_noise``: Flipout, Gaussian with local reparameterisation, MC dropout), the ``S`` samples of a
+batch are computed in one forward pass over the batch repeated ``S`` times: ``[S * B, ...]`` costs less than
+``S`` calls of ``[B, ...]`` because larger matrix products run closer to peak speed and the per-call overhead
+(and, for Flipout, the draw of the weight noise) is paid once. Each sample of each example has exactly the
+law of the posterior predictive. Samples are independent for local reparameterisation and dropout. Flipout's
+copies share one ``Delta W`` per layer and draw independent sign vectors (Wen et al. 2018, Sec. 3.1): they are
+pairwise uncorrelated at every pre-activation but not independent, so averages of nonlinear functions
+(softmax probabilities, entropies) vary somewhat more from call to call than with ``S`` independent passes,
+the more so the narrower the layers (given ``Delta W`` a pre-activation sums ``fan_in`` sign-flipped terms,
+close to its marginal Gaussian for a fan-in in the hundreds). Pass ``samples_per_pass=1`` for independent
+samples.
+
+It is *not* valid for layers that share one weight sample across the batch (plain reparameterisation:
+``GaussianLinear`` without local reparameterisation, ``GaussianConv*``, ``GaussianLSTM``): all ``S`` copies
+would see the same weights. Models with such a layer get one forward pass per sample.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from uqkit._validation import check_float_tensor, check_positive_int, check_tensor
+from uqkit.nn import StochasticModule
+from uqkit.prediction import Prediction
+
+__all__ = ["predict"]
+
+
+def _repeat_along(x: torch.Tensor, copies: int, dim: int) -> torch.Tensor:
+    if copies == 1:
+        return x
+    repeats = [1] * x.ndim
+    repeats[dim] = copies
+    return x.repeat(*repeats)  # copy-major: [x, x, ..., x] along dim
+
+
+def predict(
+    model: nn.Module,
+    x: torch.Tensor,
+    num_samples: int,
+    *,
+    batch_dim: int = 0,
+    samples_per_pass: int | None = None,
+) -> Prediction:
+    """Draw ``num_samples`` stochastic forward passes of a classifier and return them as a Prediction.
+
+    The model runs in eval mode (batch-norm uses its running statistics; ``nn.Dropout`` is off) and under
+    ``torch.no_grad()``; the stochastic layers of :mod:`uqkit.nn` sample in eval mode too. Each module's
+    training flag is restored afterwards.
+
+    Args:
+        model: a classifier returning ``[B, C]`` logits, with stochastic layers (e.g. after
+            :func:`uqkit.bayesianize_`, or with :class:`uqkit.nn.MCDropout`).
+        x: the input batch; its batch dimension is ``batch_dim``.
+        num_samples: ``S``, the number of Monte Carlo samples (1 for a single pass).
+        batch_dim: the dimension of ``x`` that indexes examples (e.g. 1 for a time-major LSTM input).
+        samples_per_pass: how many samples to compute in one forward pass over the repeated batch (memory
+            grows with it). Default: all ``S`` when every sampling layer has per-example noise, else 1. Values
+            above 1 are refused for models with a shared-sample layer.
+
+    Returns:
+        :class:`uqkit.Prediction` holding ``[S, B, C]`` logits.
+
+    Raises:
+        TypeError: for a ``model`` that is not an ``nn.Module`` or an ``x`` that is not a tensor.
+        ValueError: for bad ``num_samples``, ``batch_dim`` or ``samples_per_pass``, for ``num_samples > 1``
+            with no sampling layer (every sample would be the same), for batched samples with a shared-sample
+            layer, or for model outputs that are not ``[B, C]`` logits.
+
+    Example:
+        >>> pred = uqkit.predict(model, x, num_samples=32)
+        >>> pred.probs, pred.epistemic
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
+    check_tensor(x, "x")
+    num_samples = check_positive_int(num_samples, "num_samples")
+    if isinstance(batch_dim, bool) or not isinstance(batch_dim, int) or not -x.ndim <= batch_dim < x.ndim:
+        raise ValueError(f"batch_dim: expected an int in [{-x.ndim}, {x.ndim - 1}], got {batch_dim!r}")
+    batch_dim %= x.ndim
+    batch = x.shape[batch_dim]
+
+    sampling = [(n, m) for n, m in model.named_modules() if isinstance(m, StochasticModule) and m.samples]
+    if num_samples > 1 and not sampling:
+        raise ValueError(
+            f"num_samples: expected 1 for a model with no sampling layer, got {num_samples}; every sample "
+            "would be identical (convert the model with uqkit.bayesianize_, add uqkit.nn.MCDropout, or leave "
+            "uqkit.nn.use_posterior_mean)"
+        )
+    shared = [n or type(m).__name__ for n, m in sampling if not m.per_example_noise]
+    if samples_per_pass is None:
+        samples_per_pass = 1 if shared else num_samples
+    samples_per_pass = min(check_positive_int(samples_per_pass, "samples_per_pass"), num_samples)
+    if shared and samples_per_pass > 1:
+        raise ValueError(
+            f"samples_per_pass: expected 1 because {', '.join(shared)} share(s) one weight sample across the "
+            f"batch, so repeated copies would get identical samples; got {samples_per_pass}"
+        )
+
+    training = [(m, m.training) for m in model.modules()]
+    model.eval()
+    chunks = []
+    try:
+        with torch.no_grad():
+            done = 0
+            while done < num_samples:
+                copies = min(samples_per_pass, num_samples - done)
+                logits = model(_repeat_along(x, copies, batch_dim))
+                check_float_tensor(logits, "model output", 2, "[batch, classes] logits")
+                if logits.shape[0] != copies * batch:
+                    raise ValueError(
+                        f"model output: expected {copies * batch} rows ({copies} sample(s) of a batch of "
+                        f"{batch}), got shape {tuple(logits.shape)}; is batch_dim={batch_dim} right?"
+                    )
+                chunks.append(logits.view(copies, batch, logits.shape[1]))
+                done += copies
+    finally:
+        for module, was_training in training:
+            module.training = was_training
+    return Prediction(torch.cat(chunks))
