@@ -1,0 +1,329 @@
+"""Random-feature Gaussian-process output layer with a Laplace posterior (Liu et al. 2020, SNGP).
+
+The layer approximates a Gaussian process with the RBF kernel
+
+    k(h, h') = exp(-||h - h'||^2 / (2 l^2))
+
+by ``D`` random Fourier features (Rahimi & Recht 2007, Sec. 3): with ``W_j ~ N(0, I / l^2)`` and
+``b_j ~ U[0, 2 pi)`` drawn once and frozen,
+
+    phi(h) = sqrt(2 / D) cos(W h + b),       E[phi(h)^T phi(h')] = k(h, h'),
+
+and a GP with that kernel is the Bayesian linear model ``f(h) = phi(h)^T beta`` with ``beta ~ N(0, I)``
+(Liu et al. 2020, eq. (7)). Each class ``k`` has its own ``beta_k``; the logits are ``phi(h)^T beta``.
+
+Training finds the MAP ``beta`` by gradient descent (the usual cross-entropy; the ``N(0, I)`` prior is weight
+decay on ``beta``). The posterior over ``beta`` is its Laplace approximation (Liu et al. 2020, eq. (9)):
+a Gaussian with precision
+
+    P = ridge * I + sum_i w_i phi_i phi_i^T
+
+accumulated over the training data. For the softmax likelihood the Hessian weight of example ``i`` is
+``w_i = p_i (1 - p_i)``. Eq. (9) keeps one ``D x D`` precision per class, with ``p_i`` the probability of
+that class; this layer keeps a single precision shared by the classes (one matrix instead of ``C``) and
+takes ``p_i`` to be the example's largest softmax probability, a simplification of this library.
+``likelihood="gaussian"`` uses ``w_i = 1``, the exact posterior precision of GP regression with unit noise
+variance (the default of edward2's implementation, also for classification). Any other weights can be
+passed to :meth:`RandomFeatureGP.update_precision`.
+
+Prediction: the posterior variance of every class's logit is ``var(h) = phi(h)^T P^{-1} phi(h)`` (computed
+through the Cholesky factor ``P = L L^T`` as ``||L^{-1} phi(h)||^2``, never forming a ``B x B`` matrix), and
+the predictive distribution is either the mean-field approximation of the softmax-Gaussian integral
+``softmax(logits / sqrt(1 + lambda var))``, ``lambda = pi / 8`` (Lu et al. 2020, "Mean-field approximation
+to Gaussian-softmax integral", as used by Liu et al. 2020, Sec. 3.2), or Monte Carlo samples
+``logits + sqrt(var) * eps``.
+
+When to accumulate (Liu et al. 2020, Sec. 3.2 and Algorithm 1): with ``momentum=None`` the precision is an
+exact sum; call :meth:`RandomFeatureGP.reset_precision` at the start of every epoch (or of the last one) so
+that the precision after training is the sum over the last epoch. With ``momentum=m`` in ``(0, 1)`` the data
+term is an exponentially discounted sum ``m * old + batch``, i.e. the precision of roughly the last
+``batch_size / (1 - m)`` examples, with no reset needed.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from uqkit._validation import (
+    check_choice,
+    check_float_tensor,
+    check_positive_float,
+    check_positive_int,
+    check_unit_interval,
+)
+from uqkit.prediction import Prediction
+
+__all__ = ["RandomFeatureGP"]
+
+_LIKELIHOODS = ("softmax", "gaussian")
+
+
+class RandomFeatureGP(nn.Module):
+    """Gaussian-process output layer: random Fourier features, trainable output weights, Laplace precision.
+
+    Args:
+        in_features: size ``H`` of the hidden representation.
+        num_classes: number of outputs ``C`` (classes), ``>= 1``.
+        num_features: number ``D`` of random Fourier features. Default 1024.
+        length_scale: ``l`` of the RBF kernel ``exp(-||h - h'||^2 / (2 l^2))`` on the (normalised) hidden
+            representation. Default ``None``: ``sqrt(in_features) / 4``, sized for the layer-normalised
+            input, whose ``H`` coordinates have unit variance: two unrelated representations lie about
+            ``sqrt(2 H)`` apart, where the kernel is ``exp(-16)`` (uncorrelated), while representations a
+            quarter of that distance apart keep a correlation ``exp(-1)``. The scale is then the same for
+            every width (with ``l = 1`` and ``H = 512`` the kernel between any two distinct training
+            points is ~0, the features carry no smoothness, and training fails). Pass a number when
+            ``normalize_input=False``.
+        ridge_penalty: prior precision of ``beta`` (the ``ridge * I`` term of ``P``); 1.0 is the unit-variance
+            GP prior.
+        momentum: ``None`` (default) for an exact sum of the precision over training batches, or a discount
+            ``m`` in ``(0, 1)`` for a moving precision (see the module docstring).
+        mean_field_factor: ``lambda`` of the mean-field logits ``logits / sqrt(1 + lambda var)``;
+            ``pi / 8`` (the probit approximation of the logistic sigmoid).
+        normalize_input: layer-normalise ``h`` (without affine parameters, so the kernel's length scale is
+            not learned away) before the random features. Default ``True``.
+        likelihood: ``"softmax"`` (Laplace weights ``p(1 - p)`` of the largest softmax probability) or
+            ``"gaussian"`` (unit weights). Default ``"softmax"``.
+
+    Attributes:
+        track_precision: when ``True`` (default), every forward pass in training mode adds the batch to the
+            precision (the logits are detached: the precision is not differentiated).
+
+    Buffers:
+        ``feature_weight`` ``[D, H]`` and ``feature_bias`` ``[D]``: the frozen random features.
+        ``precision``: ``[D, D]``, the posterior precision ``P`` of every class's ``beta``.
+
+    Shape:
+        input ``[B, H]``; ``forward`` returns ``[B, C]`` logits (the posterior mean).
+
+    Example:
+        >>> gp = RandomFeatureGP(128, 10, num_features=512)
+        >>> gp.reset_precision()              # at the start of an epoch
+        >>> loss = F.cross_entropy(gp(h), y)  # training forward passes also update gp.precision
+        >>> gp.eval(); prediction = gp.predict(h)  # mean-field logits as a uqkit.Prediction
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        num_classes: int,
+        num_features: int = 1024,
+        length_scale: float | None = None,
+        ridge_penalty: float = 1.0,
+        momentum: float | None = None,
+        mean_field_factor: float = math.pi / 8,
+        normalize_input: bool = True,
+        likelihood: str = "softmax",
+    ) -> None:
+        super().__init__()
+        self.in_features = check_positive_int(in_features, "in_features")
+        self.num_classes = check_positive_int(num_classes, "num_classes")
+        self.num_features = check_positive_int(num_features, "num_features")
+        if length_scale is None:
+            length_scale = math.sqrt(in_features) / 4.0
+        self.length_scale = check_positive_float(length_scale, "length_scale")
+        self.ridge_penalty = check_positive_float(ridge_penalty, "ridge_penalty")
+        if momentum is not None:
+            momentum = check_unit_interval(momentum, "momentum", open_left=True, open_right=True)
+        self.momentum = momentum
+        self.mean_field_factor = check_positive_float(mean_field_factor, "mean_field_factor", allow_zero=True)
+        self.likelihood = check_choice(likelihood, "likelihood", _LIKELIHOODS)
+        self.normalize_input = bool(normalize_input)
+        self.track_precision = True
+
+        self.register_buffer("feature_weight", torch.randn(num_features, in_features) / self.length_scale)
+        self.register_buffer("feature_bias", torch.rand(num_features) * (2 * math.pi))
+        self.register_buffer("precision", self.ridge_penalty * torch.eye(num_features))
+        # Cholesky factor of the precision and its inverse, recomputed lazily after the precision changes
+        # (see _invalidate); not saved.
+        self.register_buffer("_precision_cholesky", torch.zeros(0), persistent=False)
+        self.register_buffer("_inverse_cholesky", torch.zeros(0), persistent=False)
+        self.output = nn.Linear(num_features, num_classes, bias=False)
+
+    # -- features and mean -----------------------------------------------------------------------------------
+    def _check_hidden(self, hidden: torch.Tensor, finite: bool = False) -> torch.Tensor:
+        # Shape and dtype only on the hot path (non-finite values propagate to the logits, as in any layer).
+        hidden = check_float_tensor(hidden, "hidden", 2, "[batch, in_features]", finite=finite)
+        if hidden.shape[1] != self.in_features:
+            raise ValueError(
+                f"hidden: expected {self.in_features} features (shape [batch, {self.in_features}]), "
+                f"got shape {tuple(hidden.shape)}"
+            )
+        return hidden
+
+    def random_features(self, hidden: torch.Tensor) -> torch.Tensor:
+        """``phi(h) = sqrt(2 / D) cos(W norm(h) + b)`` (Rahimi & Recht 2007), shape ``[B, D]``."""
+        hidden = self._check_hidden(hidden)
+        if self.normalize_input:
+            hidden = F.layer_norm(hidden, (self.in_features,))
+        projection = F.linear(hidden, self.feature_weight, self.feature_bias)
+        return math.sqrt(2.0 / self.num_features) * torch.cos(projection)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Posterior-mean logits ``phi(h)^T beta``, ``[B, C]``; in training mode, updates the precision."""
+        features = self.random_features(hidden)
+        logits = self.output(features)
+        if self.training and self.track_precision:
+            self._accumulate(features.detach(), self._likelihood_weights(logits.detach()))
+        return logits
+
+    # -- precision -----------------------------------------------------------------------------------------
+    def _likelihood_weights(self, logits: torch.Tensor) -> torch.Tensor:
+        if self.likelihood == "gaussian":
+            return torch.ones(logits.shape[0], dtype=logits.dtype, device=logits.device)
+        top = torch.softmax(logits, dim=-1).max(dim=-1).values
+        return top * (1.0 - top)
+
+    @torch.no_grad()
+    def _accumulate(self, features: torch.Tensor, weights: torch.Tensor) -> None:
+        features = features.to(self.precision.dtype)
+        batch_term = features.t() @ (features * weights.to(features.dtype).unsqueeze(1))
+        if self.momentum is None:
+            self.precision.add_(batch_term)
+        else:
+            prior = self.ridge_penalty * torch.eye(
+                self.num_features, dtype=self.precision.dtype, device=self.precision.device
+            )
+            self.precision.sub_(prior).mul_(self.momentum).add_(prior).add_(batch_term)
+        self._invalidate()
+
+    def update_precision(self, hidden: torch.Tensor, weights: torch.Tensor | None = None) -> None:
+        """Add a batch to the precision: ``P += sum_i w_i phi_i phi_i^T`` (or the discounted update).
+
+        Args:
+            hidden: ``[B, H]`` hidden representations of training examples.
+            weights: ``[B]`` non-negative Hessian weights ``w_i``; ``None`` computes them from the current
+                logits with the layer's likelihood. For GP regression with noise variance ``s^2`` (prior
+                ``ridge_penalty=1``) pass ``1 / s^2``.
+        """
+        features = self.random_features(self._check_hidden(hidden, finite=True)).detach()
+        if weights is None:
+            weights = self._likelihood_weights(self.output(features).detach())
+        else:
+            weights = check_float_tensor(weights, "weights", 1, "[batch]")
+            if weights.shape[0] != features.shape[0]:
+                raise ValueError(
+                    f"weights: expected one weight per example ({features.shape[0]}), got {weights.shape[0]}"
+                )
+            if bool((weights < 0).any()):
+                raise ValueError(
+                    f"weights: expected non-negative values, got minimum {float(weights.min()):.4g}"
+                )
+        self._accumulate(features, weights.detach())
+
+    @torch.no_grad()
+    def reset_precision(self) -> None:
+        """Reset the precision to the prior, ``ridge_penalty * I`` (call at the start of an epoch)."""
+        self.precision.copy_(
+            self.ridge_penalty
+            * torch.eye(self.num_features, dtype=self.precision.dtype, device=self.precision.device)
+        )
+        self._invalidate()
+
+    def _load_from_state_dict(self, *args, **kwargs) -> None:
+        super()._load_from_state_dict(*args, **kwargs)
+        self._invalidate()
+
+    def _invalidate(self) -> None:
+        self._precision_cholesky = self._precision_cholesky.new_zeros(0)
+        self._inverse_cholesky = self._inverse_cholesky.new_zeros(0)
+
+    def precision_cholesky(self) -> torch.Tensor:
+        """Lower Cholesky factor ``L`` of the precision, ``P = L L^T`` (cached until ``P`` changes).
+
+        Computed in float64 and cast back, so a float32 precision summed over many examples stays stable.
+
+        Raises:
+            RuntimeError: if the precision is not positive definite.
+        """
+        if self._precision_cholesky.shape != self.precision.shape:
+            factor, info = torch.linalg.cholesky_ex(self.precision.detach().double())
+            if int(info) != 0:
+                raise RuntimeError(
+                    "RandomFeatureGP: the precision matrix is not positive definite (non-finite features or "
+                    "negative weights?); call reset_precision()"
+                )
+            self._precision_cholesky = factor.to(self.precision.dtype)
+        return self._precision_cholesky
+
+    def covariance(self) -> torch.Tensor:
+        """The posterior covariance ``P^{-1}`` of every class's ``beta``, ``[D, D]`` (via Cholesky)."""
+        return torch.cholesky_inverse(self.precision_cholesky())
+
+    # -- predictive distribution --------------------------------------------------------------------------
+    def _whitened(self, features: torch.Tensor) -> torch.Tensor:
+        """Rows ``L^{-1} phi_i``, ``[B, D]``: their squared norms are the predictive variances.
+
+        A batch of at least ``D`` examples builds and caches ``L^{-1}`` (``D^3`` operations once, then a
+        matrix product per batch, the cheapest for repeated prediction); a smaller batch with no cached
+        inverse uses a triangular solve (``B D^2``).
+        """
+        factor = self.precision_cholesky()
+        features = features.to(factor.dtype)
+        if self._inverse_cholesky.shape != factor.shape and features.shape[0] >= self.num_features:
+            identity = torch.eye(self.num_features, dtype=torch.float64, device=factor.device)
+            inverse = torch.linalg.solve_triangular(factor.double(), identity, upper=False)
+            self._inverse_cholesky = inverse.to(factor.dtype)
+        if self._inverse_cholesky.shape == factor.shape:
+            return features @ self._inverse_cholesky.t()
+        return torch.linalg.solve_triangular(factor, features.t(), upper=False).t()
+
+    def predictive_variance(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Posterior variance ``phi(h)^T P^{-1} phi(h)`` of an example's logits (each class), ``[B]``.
+
+        Only the diagonal: the cost is ``O(B D^2)`` and no ``B x B`` matrix is formed.
+        """
+        whitened = self._whitened(self.random_features(hidden))
+        return whitened.square().sum(dim=1).to(hidden.dtype)
+
+    def predictive_covariance(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Joint posterior covariance ``Phi P^{-1} Phi^T`` of the batch's logits (each class), ``[B, B]``."""
+        whitened = self._whitened(self.random_features(hidden))
+        return (whitened @ whitened.t()).to(hidden.dtype)
+
+    def mean_and_variance(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Posterior-mean logits ``[B, C]`` and their variance ``[B]``, from one feature computation."""
+        features = self.random_features(hidden)
+        mean = self.output(features)
+        variance = self._whitened(features).square().sum(dim=1).to(mean.dtype)
+        return mean, variance
+
+    def predict(
+        self,
+        hidden: torch.Tensor,
+        num_samples: int | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Prediction:
+        """Predictive distribution of the GP classifier.
+
+        Args:
+            hidden: ``[B, H]`` hidden representations.
+            num_samples: ``None`` for the mean-field logits ``logits / sqrt(1 + lambda var)`` (``S = 1``;
+                Lu et al. 2020; Liu et al. 2020, Sec. 3.2); an int ``S`` for ``S`` Monte Carlo samples
+                of the logits from their Gaussian posterior ``N(logits, var)``, independent across classes
+                (the classes' ``beta_k`` are independent a posteriori).
+            generator: optional ``torch.Generator`` for the Monte Carlo draws.
+
+        Returns:
+            A :class:`~uqkit.Prediction` with ``[S, B, C]`` logits.
+        """
+        mean, variance = self.mean_and_variance(hidden)
+        if num_samples is None:
+            scale = torch.rsqrt(1.0 + self.mean_field_factor * variance)
+            return Prediction((mean * scale.unsqueeze(1)).unsqueeze(0))
+        num_samples = check_positive_int(num_samples, "num_samples")
+        noise = torch.randn(
+            (num_samples, *mean.shape), dtype=mean.dtype, device=mean.device, generator=generator
+        )
+        return Prediction(mean + variance.sqrt().unsqueeze(1) * noise)
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_features={self.in_features}, num_classes={self.num_classes}, "
+            f"num_features={self.num_features}, length_scale={self.length_scale}, "
+            f"ridge_penalty={self.ridge_penalty}, momentum={self.momentum}, likelihood={self.likelihood!r}, "
+            f"normalize_input={self.normalize_input}"
+        )
