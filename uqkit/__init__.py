@@ -1,7 +1,22 @@
 """uqkit: trustworthy uncertainty for PyTorch models at close to the cost of one model."""
 
+from uqkit.methods.convert import FlipoutConfig, GaussianConfig, bayesianize_
+from uqkit.methods.predict import predict
+from uqkit.methods.sngp import SNGP
+from uqkit.objectives import ELBO, kl_divergence
 from uqkit.prediction import GaussianPrediction, Prediction
 
 __version__ = "0.1.0"
 
-__all__ = ["GaussianPrediction", "Prediction", "__version__"]
+__all__ = [
+    "ELBO",
+    "SNGP",
+    "FlipoutConfig",
+    "GaussianConfig",
+    "GaussianPrediction",
+    "Prediction",
+    "__version__",
+    "bayesianize_",
+    "kl_divergence",
+    "predict",
+]

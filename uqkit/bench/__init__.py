@@ -1,0 +1,10 @@
+"""The reliability benchmark: tasks, methods, one trainer, evaluation and report.
+
+Importing the package registers every benchmark method (the spine's in :mod:`uqkit.bench.registry`, the
+Bayesian ones in :mod:`uqkit.bench.methods_bayesian`, SNGP and heteroscedastic in
+:mod:`uqkit.bench.methods_distance`).
+"""
+
+from uqkit.bench import methods_bayesian, methods_distance, registry
+
+__all__ = ["methods_bayesian", "methods_distance", "registry"]

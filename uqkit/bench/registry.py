@@ -65,6 +65,12 @@ class Method(nn.Module):
         """Prediction with ``[S, B, C]`` logits for a batch of inputs."""
         raise NotImplementedError(f"{type(self).__name__} must implement predict")
 
+    def on_epoch_start(self, epoch: int, num_epochs: int) -> None:
+        """Called by the trainer before each epoch (0-based ``epoch``); default: nothing.
+
+        SNGP uses it to reset its precision matrix, so that after training it holds the last epoch's sum.
+        """
+
     def fit_post_hoc(self, inputs: torch.Tensor, labels: torch.Tensor) -> None:
         """Fit anything that is fitted after training, on the validation split (default: nothing)."""
 

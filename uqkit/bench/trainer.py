@@ -134,6 +134,7 @@ def train_method(
     method.train()
     for epoch in range(start_epoch, config.epochs):
         started = time.perf_counter()
+        method.on_epoch_start(epoch, config.epochs)
         order = torch.randperm(num_examples, generator=shuffle)
         loss_sum = 0.0
         bar = progress_bar(

@@ -1,0 +1,21 @@
+"""Methods that turn a model into one that predicts with uncertainty."""
+
+from uqkit.methods.convert import (
+    ConversionReport,
+    FlipoutConfig,
+    GaussianConfig,
+    bayesianize_,
+    register_conversion,
+)
+from uqkit.methods.predict import predict
+from uqkit.methods.sngp import SNGP
+
+__all__ = [
+    "ConversionReport",
+    "FlipoutConfig",
+    "GaussianConfig",
+    "SNGP",
+    "bayesianize_",
+    "predict",
+    "register_conversion",
+]

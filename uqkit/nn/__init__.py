@@ -1,0 +1,40 @@
+"""Stochastic layers: drop-in Bayesian twins of ``torch.nn`` layers and always-on MC dropout.
+
+Every layer is a plain module, ``y = layer(x)``, that samples on each forward pass in training and eval
+mode; :func:`use_posterior_mean` gives the deterministic mean-weight output. Bayesian layers expose
+``kl_divergence()``; :func:`uqkit.kl_divergence` sums them over a model.
+"""
+
+from uqkit.nn import priors
+from uqkit.nn._noise import rademacher
+from uqkit.nn._posterior import BayesianModule, StochasticModule, use_posterior_mean
+from uqkit.nn.dropout import MCDropout
+from uqkit.nn.flipout import FlipoutConv1d, FlipoutConv2d, FlipoutLinear, FlipoutLSTM
+from uqkit.nn.gp import RandomFeatureGP
+from uqkit.nn.heteroscedastic import HeteroscedasticHead
+from uqkit.nn.priors import NormalPrior, ScaleMixtureNormalPrior
+from uqkit.nn.reparam import GaussianConv1d, GaussianConv2d, GaussianLinear, GaussianLSTM
+from uqkit.nn.spectral import BoundedSpectralNorm, spectral_norm
+
+__all__ = [
+    "BayesianModule",
+    "BoundedSpectralNorm",
+    "FlipoutConv1d",
+    "FlipoutConv2d",
+    "FlipoutLSTM",
+    "FlipoutLinear",
+    "GaussianConv1d",
+    "GaussianConv2d",
+    "GaussianLSTM",
+    "GaussianLinear",
+    "HeteroscedasticHead",
+    "MCDropout",
+    "NormalPrior",
+    "RandomFeatureGP",
+    "ScaleMixtureNormalPrior",
+    "StochasticModule",
+    "priors",
+    "rademacher",
+    "spectral_norm",
+    "use_posterior_mean",
+]
