@@ -11,10 +11,10 @@ from uqkit.methods.predict import predict
 from uqkit.methods.sngp import SNGP
 
 __all__ = [
+    "SNGP",
     "ConversionReport",
     "FlipoutConfig",
     "GaussianConfig",
-    "SNGP",
     "bayesianize_",
     "predict",
     "register_conversion",
