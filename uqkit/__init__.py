@@ -1,5 +1,6 @@
 """uqkit: trustworthy uncertainty for PyTorch models at close to the cost of one model."""
 
+from uqkit import calibration, data, metrics, nn
 from uqkit.methods.convert import FlipoutConfig, GaussianConfig, bayesianize_
 from uqkit.methods.predict import predict
 from uqkit.methods.sngp import SNGP
@@ -17,6 +18,10 @@ __all__ = [
     "Prediction",
     "__version__",
     "bayesianize_",
+    "calibration",
+    "data",
     "kl_divergence",
+    "metrics",
+    "nn",
     "predict",
 ]

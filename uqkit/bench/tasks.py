@@ -189,7 +189,7 @@ TASKS: dict[str, TaskInfo] = {
     "fashion-mnist": TaskInfo(
         "Fashion-MNIST, 10 classes; far-OOD: digits; shift: rotation 0-180 degrees",
         ("mlp", "lenet5"),
-        epochs=5,
+        epochs=8,
         batch_size=128,
         learning_rate=1e-3,
         builder=_build_fashion_mnist,
@@ -197,7 +197,7 @@ TASKS: dict[str, TaskInfo] = {
     "fashion-mnist-holdout": TaskInfo(
         "Fashion-MNIST classes 0-5; near-OOD: classes 6-9; far-OOD: digits; shift: rotation",
         ("mlp", "lenet5"),
-        epochs=5,
+        epochs=8,
         batch_size=128,
         learning_rate=1e-3,
         builder=_build_fashion_mnist_holdout,
