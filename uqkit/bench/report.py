@@ -22,12 +22,13 @@ import html
 import math
 import os
 import re
-import secrets
 import textwrap
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from uqkit.bench._atomic import atomic_write
 
 __all__ = [
     "REQUIRED_KEYS",
@@ -883,19 +884,7 @@ def _html_report(results: Mapping[str, Any], figures: Sequence[_RenderedFigure])
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temporary file beside ``path``, then rename it onto ``path``.
-
-    The file gets the usual permissions (``0o666`` less the umask), unlike ``tempfile.mkstemp``'s 0o600:
-    a report is meant to be shared.
-    """
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:
-        with open(tmp, "xb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda handle: handle.write(data))
 
 
 def _import_plots():

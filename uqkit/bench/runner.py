@@ -19,7 +19,6 @@ import datetime as _dt
 import json
 import os
 import platform
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -29,6 +28,7 @@ import numpy as np
 import torch
 
 import uqkit
+from uqkit.bench._atomic import atomic_write
 from uqkit.bench.evaluate import evaluate_method
 from uqkit.bench.registry import METHODS, MethodContext, build_method, methods_for_task
 from uqkit.bench.report import SCHEMA_VERSION
@@ -96,18 +96,8 @@ def environment(device: str) -> dict[str, Any]:
 
 
 def _atomic_write_json(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(obj, handle, indent=1, allow_nan=False, default=_json_default)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    text = json.dumps(obj, indent=1, allow_nan=False, default=_json_default)
+    atomic_write(path, lambda handle: handle.write(text.encode("utf-8")))
 
 
 def _json_default(value: Any) -> Any:
