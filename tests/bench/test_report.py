@@ -612,3 +612,98 @@ def test_method_colors_rejects_duplicates():
         plots.method_colors(["a", "a"])
     with pytest.raises(TypeError, match="methods: expected a sequence of method names, got str"):
         plots.method_colors("abc")
+
+
+# -- the uncertainty surface of a 2-D task ----------------------------------------------------------------
+SURFACE_X = np.linspace(-1.0, 1.0, 6)
+SURFACE_Y = np.linspace(0.0, 2.0, 5)
+SURFACE_PEAK = 0.8  # the largest normalised uncertainty on the synthetic surface
+
+
+def _surface(num_classes: int, scale: float) -> dict:
+    """Total uncertainty ``log(C) * SURFACE_PEAK * scale * (x + 1) / 2 * y / 2`` on the grid, in nats."""
+    grid_x, grid_y = np.meshgrid(SURFACE_X, SURFACE_Y)  # rows follow y
+    normalised = SURFACE_PEAK * scale * (grid_x + 1) / 2 * grid_y / 2
+    total = math.log(num_classes) * normalised
+    return {
+        "x": SURFACE_X.tolist(),
+        "y": SURFACE_Y.tolist(),
+        "total": total.tolist(),
+        "epistemic": (0.5 * total).tolist(),
+        "train_points": {"x": [-0.5, 0.0, 0.5], "y": [0.5, 1.0, 1.5], "label": [0, 1, 9]},
+        "ood_points": {"x": [0.9, 0.8], "y": [1.9, 1.8]},
+    }
+
+
+def _with_surfaces(results: dict, methods=("deterministic", "deep-ensemble")) -> dict:
+    """``results`` with a surface on some methods of the plain task (10 classes); the first peaks at 0.8."""
+    results = copy.deepcopy(results)
+    task = results["tasks"][PLAIN_TASK]
+    for index, name in enumerate(methods):
+        task["methods"][name]["surface"] = _surface(task["num_classes"], 1.0 / (index + 1))
+    return results
+
+
+def test_surface_is_optional_and_valid(results):
+    validate_results(_with_surfaces(results))
+    assert "tasks.<task>.methods.<method>.surface.train_points.label" in schema_key_paths()
+
+
+S = f"results.tasks['{PLAIN_TASK}'].methods['deterministic'].surface"
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda s: s.pop("epistemic"), f"{S}: missing key 'epistemic'"),
+        (lambda s: s["total"].pop(), f"{S}.total: expected 5 rows (len(y)) of 6 values (len(x)), got 4 rows"),
+        (lambda s: s["epistemic"][2].pop(), f"{S}.epistemic: expected 5 rows (len(y)) of 6 values"),
+        (lambda s: s["x"].reverse(), f"{S}.x: expected at least 2 strictly increasing grid coordinates"),
+        (
+            lambda s: s["total"][0].__setitem__(0, -0.1),
+            f"{S}.total[0][0]: expected a number in [0, inf] or null, got -0.1",
+        ),
+        (
+            lambda s: s["train_points"]["label"].pop(),
+            f"{S}.train_points: expected lists of the same length, got x has 3, y has 3, label has 2",
+        ),
+        (lambda s: s["train_points"]["label"].__setitem__(0, 10), f"{S}.train_points.label: expected class"),
+        (lambda s: s["ood_points"]["y"].append(None), f"{S}.ood_points.y[2]: expected a number"),
+    ],
+)
+def test_bad_surface_is_named_with_its_path(results, edit, message):
+    bad = _with_surfaces(results)
+    edit(bad["tasks"][PLAIN_TASK]["methods"]["deterministic"]["surface"])
+    with pytest.raises(ValueError, match=re.escape(message)):
+        validate_results(bad)
+
+
+def test_surface_figure_shows_normalised_uncertainty_and_the_points(results):
+    with_surfaces = _with_surfaces(results)
+    task = with_surfaces["tasks"][PLAIN_TASK]
+    assert plots.surface_figure(PLAIN_TASK, results["tasks"][PLAIN_TASK], _colors(results)) is None
+    figure = plots.surface_figure(PLAIN_TASK, task, _colors(with_surfaces))
+    panels = [ax for ax in figure.axes if ax.get_title()]
+    assert [ax.get_title().split("\n")[0] for ax in panels] == ["deterministic", "deep-ensemble"]
+    colorbars = [ax for ax in figure.axes if not ax.get_title()]
+    assert len(colorbars) == 1 and "entropy / log C" in colorbars[0].get_ylabel()  # one shared scale
+    for ax, scale in zip(panels, (1.0, 0.5), strict=True):
+        contour = ax.collections[0]
+        # total / log(10): the synthetic surface's own peak, on the shared [0, 1] levels
+        assert contour.zmax == pytest.approx(SURFACE_PEAK * scale)
+        assert contour.levels[0] == 0.0 and contour.levels[-1] == 1.0
+        train, ood = ax.collections[1], ax.collections[2]
+        np.testing.assert_allclose(train.get_offsets(), [[-0.5, 0.5], [0.0, 1.0], [0.5, 1.5]])
+        colours = [matplotlib.colors.to_hex(c) for c in train.get_facecolors()]
+        assert colours[0] != colours[1] and len(set(colours)) == 3  # one colour per class
+        np.testing.assert_allclose(ood.get_offsets(), [[0.9, 1.9], [0.8, 1.8]])
+        assert ax.get_xlim() == pytest.approx((-1.0, 1.0)) and ax.get_ylim() == pytest.approx((0.0, 2.0))
+
+
+def test_write_report_puts_the_surface_first(results, tmp_path):
+    paths = write_report(_with_surfaces(results), tmp_path)
+    names = [path.name for path in paths["figures"]]
+    expected = _expected_figure_names()
+    assert names == [*expected[:6], f"{PLAIN_TASK}_surface.png", *expected[6:]]
+    markdown = paths["markdown"].read_text(encoding="utf-8")
+    assert "Uncertainty surface (Liu et al. 2020, fig. 1)" in markdown

@@ -2,13 +2,16 @@
 
 The output is the per-method block of ``results.json`` (docs/results-schema.md): test metrics, the
 reliability curve, referral and risk-coverage curves, OOD detection with total and epistemic uncertainty for
-every OOD set of the task, accuracy/ECE/NLL along the task's shift, and the inference cost.
+every OOD set of the task, accuracy/ECE/NLL along the task's shift, and the inference cost. For a task with
+2-D vector inputs (two moons) it adds the method's uncertainty surface on a regular grid (the SNGP paper's
+figure 1, Liu et al. 2020).
 """
 
 from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -19,11 +22,18 @@ from uqkit.bench.registry import Method
 from uqkit.bench.tasks import Task
 from uqkit.prediction import Prediction
 
-__all__ = ["evaluate_method", "predict_in_batches"]
+__all__ = ["SurfaceGrid", "evaluate_method", "predict_in_batches", "surface_grid"]
 
 NUM_BINS = 15
 MAX_SCORES_SAVED = 2000
 MAX_CURVE_POINTS = 200
+SURFACE_RESOLUTION = 48
+"""Grid points per axis of the uncertainty surface of a 2-D task."""
+SURFACE_PADDING = 1.0
+"""Margin added on every side of the bounding box of the training and OOD inputs (input units)."""
+SURFACE_DECIMALS = 3
+MAX_SURFACE_POINTS = 300
+"""Most training (and, separately, OOD) points stored with a surface to be overlaid on the figure."""
 
 
 def predict_in_batches(
@@ -95,6 +105,90 @@ def _ood_block(in_prediction: Prediction, ood_prediction: Prediction, seed: int)
     return block
 
 
+@dataclass(frozen=True)
+class SurfaceGrid:
+    """A regular grid over the plane: ``x`` (``[nx]``) and ``y`` (``[ny]``) coordinates, increasing."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+
+    def points(self) -> torch.Tensor:
+        """``[ny * nx, 2]`` grid points, row-major: point ``i * nx + j`` is ``(x[j], y[i])``."""
+        grid_y, grid_x = torch.meshgrid(self.y, self.x, indexing="ij")
+        return torch.stack([grid_x.reshape(-1), grid_y.reshape(-1)], dim=1)
+
+
+def surface_grid(
+    points: torch.Tensor, resolution: int = SURFACE_RESOLUTION, padding: float = SURFACE_PADDING
+) -> SurfaceGrid:
+    """A ``resolution x resolution`` grid over the bounding box of ``points`` padded by ``padding``.
+
+    Args:
+        points: ``[N, 2]`` inputs whose bounding box the grid covers (training and OOD inputs).
+        resolution: grid points per axis, at least 2.
+        padding: margin added on each side of the bounding box, in input units, ``>= 0``.
+
+    Returns:
+        The grid; its ``x`` spans ``[min x - padding, max x + padding]``, likewise ``y``.
+
+    Shape:
+        points: ``[N, 2]`` with ``N >= 1``.
+    """
+    if not isinstance(points, torch.Tensor):
+        raise TypeError(f"points: expected a torch.Tensor, got {type(points).__name__}")
+    if points.dim() != 2 or points.shape[1] != 2 or points.shape[0] == 0:
+        raise ValueError(f"points: expected shape [N, 2] with N >= 1, got {list(points.shape)}")
+    if not bool(torch.isfinite(points).all()):
+        raise ValueError("points: expected finite values, got NaN or inf")
+    if isinstance(resolution, bool) or not isinstance(resolution, int) or resolution < 2:
+        raise ValueError(f"resolution: expected an int >= 2, got {resolution!r}")
+    if isinstance(padding, bool) or not isinstance(padding, (int, float)) or not padding >= 0:
+        raise ValueError(f"padding: expected a number >= 0, got {padding!r}")
+    low = points.min(dim=0).values.double() - padding
+    high = points.max(dim=0).values.double() + padding
+    axes = [torch.linspace(float(low[d]), float(high[d]), resolution) for d in range(2)]
+    return SurfaceGrid(axes[0], axes[1])
+
+
+def _rounded(values: torch.Tensor, decimals: int = SURFACE_DECIMALS) -> list:
+    return torch.round(values.double(), decimals=decimals).tolist()
+
+
+def _point_sample(inputs: torch.Tensor, seed: int) -> torch.Tensor:
+    """At most :data:`MAX_SURFACE_POINTS` rows of ``inputs``, a fixed random subset."""
+    if len(inputs) <= MAX_SURFACE_POINTS:
+        return torch.arange(len(inputs))
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randperm(len(inputs), generator=generator)[:MAX_SURFACE_POINTS].sort().values
+
+
+def _surface_block(
+    method: Method, task: Task, batch_size: int, device: str, seed: int, label: str, progress: bool
+) -> dict[str, Any]:
+    """Total and epistemic uncertainty of ``method`` on a grid over the task's training and OOD inputs."""
+    ood_inputs = [ood_set.inputs.reshape(-1, 2) for ood_set in task.ood_sets.values()]
+    grid = surface_grid(torch.cat([task.train.inputs.reshape(-1, 2), *ood_inputs]))
+    grid_points = grid.points().to(task.train.inputs.dtype)
+    prediction = predict_in_batches(method, grid_points, batch_size, device, f"{label} surface", progress)
+    shape = (len(grid.y), len(grid.x))
+    train_index = _point_sample(task.train.inputs, seed)
+    train_points = task.train.inputs[train_index].reshape(-1, 2)
+    all_ood = torch.cat(ood_inputs) if ood_inputs else torch.zeros(0, 2)
+    ood_points = all_ood[_point_sample(all_ood, seed + 1)]
+    return {
+        "x": _rounded(grid.x),
+        "y": _rounded(grid.y),
+        "total": _rounded(prediction.total.reshape(shape)),
+        "epistemic": _rounded(prediction.epistemic.reshape(shape)),
+        "train_points": {
+            "x": _rounded(train_points[:, 0]),
+            "y": _rounded(train_points[:, 1]),
+            "label": task.train.labels[train_index].tolist(),
+        },
+        "ood_points": {"x": _rounded(ood_points[:, 0]), "y": _rounded(ood_points[:, 1])},
+    }
+
+
 def evaluate_method(
     method: Method,
     task: Task,
@@ -107,7 +201,9 @@ def evaluate_method(
     """Evaluate ``method`` on ``task``; returns the per-method result block (without training fields).
 
     Stochastic predictions draw from torch's global generator, seeded here with ``seed`` so that the same
-    trained method always gets the same numbers.
+    trained method always gets the same numbers. For a task with 2-D vector inputs (``input_shape == (2,)``)
+    the block gets a ``surface``: total and epistemic uncertainty on a :func:`surface_grid` over the
+    training and OOD inputs, with (a sample of) those inputs to overlay.
     """
     torch.manual_seed(seed)
     label = name or type(method).__name__
@@ -158,4 +254,6 @@ def evaluate_method(
                 shift["nll"].append(metrics.nll(shifted_probs, test_labels))
                 bar.update(1)
         result["shift"] = shift
+    if tuple(task.input_shape) == (2,):
+        result["surface"] = _surface_block(method, task, batch_size, device, seed, label, progress)
     return result

@@ -2,8 +2,9 @@
 
 Per task: reliability diagrams (Guo et al. 2017, fig. 1), referral curves (Filos et al. 2019),
 histograms of the uncertainty score on in-distribution and OOD inputs, accuracy and ECE along the task's
-shift (Ovadia et al. 2019, fig. 2) and risk-coverage curves (Geifman & El-Yaniv 2017). A method keeps its
-colour in every figure (:func:`method_colors`).
+shift (Ovadia et al. 2019, fig. 2) and risk-coverage curves (Geifman & El-Yaniv 2017); for a task with
+2-D inputs, the uncertainty surface of every method (Liu et al. 2020, fig. 1). A method keeps its colour in
+every figure (:func:`method_colors`).
 
 Figures are :class:`matplotlib.figure.Figure` objects attached to an Agg canvas directly, never through
 pyplot: nothing global (backend, open-figure registry, rcParams) is touched, and they are freed like any
@@ -26,6 +27,7 @@ import numpy as np
 try:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
     from matplotlib.ticker import LogLocator, NullFormatter
 except ImportError as _error:  # pragma: no cover - exercised by a test that hides matplotlib
@@ -44,6 +46,7 @@ __all__ = [
     "reliability_figure",
     "risk_coverage_figure",
     "shift_figure",
+    "surface_figure",
     "task_figures",
 ]
 
@@ -66,6 +69,10 @@ PALETTE = (
 Tableau's. No grey: grey is the in-distribution colour of the OOD histograms."""
 
 _IN_DISTRIBUTION_COLOR = "#9A9A9A"
+_SURFACE_CMAP = "Blues"
+_CLASS_COLORS = ("#E69F00", "#009E73", "#CC79A7", "#D55E00", "#F0E442", "#882255")
+"""Training-point colours per class on the surface figure: none of them blue, the surface's colour map."""
+_OOD_POINT_COLOR = "#C0392B"
 _GAP_COLOR = "#C0392B"
 _TITLE_SIZE = 9.5
 _LABEL_SIZE = 8.5
@@ -478,11 +485,93 @@ def shift_figure(task_name: str, task: Mapping[str, Any], colors: Mapping[str, s
     return figure
 
 
+def surface_figure(task_name: str, task: Mapping[str, Any], colors: Mapping[str, str]) -> Figure | None:
+    """Predictive uncertainty over the input plane, one panel per method (Liu et al. 2020, fig. 1).
+
+    Each panel fills the contours of the total predictive entropy divided by ``log C`` (0: certain, 1: the
+    uniform prediction) on the method's ``surface`` grid, on one colour scale shared by every panel, and
+    overlays the stored training points (coloured by class) and OOD points (red crosses). The panel title
+    gives the method's OOD AUROC (total uncertainty) of each of the task's OOD sets.
+
+    Args:
+        task_name: the task's name (figure title).
+        task: the task's block of ``results.json``.
+        colors: ``{method: colour}`` from :func:`method_colors` (sets the panel order).
+
+    Returns:
+        The figure, or None when no method of the task has a ``surface``.
+    """
+    methods = [name for name in _ordered_methods(task, colors) if "surface" in task["methods"][name]]
+    if not methods:
+        return None
+    normaliser = math.log(task["num_classes"]) if task["num_classes"] > 1 else 1.0
+    levels = np.linspace(0.0, 1.0, 11)
+    rows, columns = _grid(len(methods))
+    figure = _new_figure(2.7 * columns + 0.9, 2.55 * rows + 0.8)
+    axes, filled = [], None
+    for index, name in enumerate(methods):
+        method = task["methods"][name]
+        surface = method["surface"]
+        x, y = _floats(surface["x"]), _floats(surface["y"])
+        uncertainty = np.clip(np.array(surface["total"], dtype=float) / normaliser, 0.0, 1.0)
+        ax = figure.add_subplot(rows, columns, index + 1)
+        axes.append(ax)
+        filled = ax.contourf(x, y, uncertainty, levels=levels, cmap=_SURFACE_CMAP, vmin=0.0, vmax=1.0)
+        train = surface["train_points"]
+        labels = np.asarray(train["label"], dtype=int)
+        point_colors = [_CLASS_COLORS[label % len(_CLASS_COLORS)] for label in labels]
+        ax.scatter(
+            _floats(train["x"]), _floats(train["y"]), c=point_colors, s=4, linewidths=0, alpha=0.8, zorder=3
+        )
+        ood = surface["ood_points"]
+        ax.scatter(
+            _floats(ood["x"]),
+            _floats(ood["y"]),
+            marker="x",
+            s=7,
+            linewidths=0.7,
+            color=_OOD_POINT_COLOR,
+            zorder=4,
+        )
+        aurocs = ", ".join(_format_fraction(block["total"]["auroc"]) for block in method["ood"].values())
+        title = _text(name, 26) + (f"\nOOD AUROC {aurocs}" if aurocs else "")
+        ax.set_title(title, fontsize=_TITLE_SIZE, color=_color(name, colors))
+        ax.set_xlim(x[0], x[-1])
+        ax.set_ylim(y[0], y[-1])
+        ax.set_aspect("equal", adjustable="box")
+        ax.tick_params(labelsize=_TICK_SIZE)
+    colorbar = figure.colorbar(filled, ax=axes, shrink=0.85, ticks=levels[::2])
+    colorbar.set_label("total uncertainty: entropy / log C", fontsize=_LABEL_SIZE)
+    colorbar.ax.tick_params(labelsize=_TICK_SIZE)
+    num_classes = max(1, task["num_classes"])
+    handles = [
+        Line2D(
+            [],
+            [],
+            linestyle="",
+            marker="o",
+            markersize=4,
+            color=_CLASS_COLORS[c % len(_CLASS_COLORS)],
+            label=f"train, class {c}",
+        )
+        for c in range(min(num_classes, len(_CLASS_COLORS)))
+    ]
+    handles.append(
+        Line2D([], [], linestyle="", marker="x", markersize=5, color=_OOD_POINT_COLOR, label="OOD inputs")
+    )
+    figure.legend(
+        handles=handles, loc="outside lower center", ncols=len(handles), fontsize=_TICK_SIZE, frameon=False
+    )
+    figure.suptitle(f"{_text(task_name, 60)}: predictive uncertainty over the input plane", fontsize=11)
+    return figure
+
+
 def task_figures(task_name: str, task: Mapping[str, Any], colors: Mapping[str, str]) -> list[TaskFigure]:
     """Every figure of one task, in report order.
 
-    Reliability diagrams, referral curves, one OOD score figure per OOD set, accuracy/ECE under shift (when
-    the task has a shift), risk-coverage curves.
+    The uncertainty surface (when the methods have a ``surface``, i.e. for 2-D inputs), reliability
+    diagrams, referral curves, one OOD score figure per OOD set, accuracy/ECE under shift (when the task has
+    a shift), risk-coverage curves.
 
     Args:
         task_name: the task's name.
@@ -494,7 +583,19 @@ def task_figures(task_name: str, task: Mapping[str, Any], colors: Mapping[str, s
     """
     stem = _slug(task_name)
     num_bins = len(next(iter(task["methods"].values()))["calibration_curve"]["bin_lower"])
-    figures = [
+    figures = []
+    surface = surface_figure(task_name, task, colors)
+    if surface is not None:
+        figures.append(
+            TaskFigure(
+                f"{stem}_surface",
+                "Uncertainty surface (Liu et al. 2020, fig. 1): total predictive entropy divided by log C "
+                "(0 certain, 1 uniform) over the input plane, one colour scale for every method; dots: "
+                "training points coloured by class; red crosses: OOD inputs; OOD AUROC in each title.",
+                surface,
+            )
+        )
+    figures += [
         TaskFigure(
             f"{stem}_reliability",
             "Reliability diagrams: accuracy per confidence bin (bars) against perfect calibration "

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import html
+import itertools
 import math
 import os
 import re
@@ -150,6 +151,20 @@ _METHOD_KEYS: dict[str, Any] = {
             "accuracy": ListOf(FRACTION),
             "ece": ListOf(FRACTION),
             "nll": ListOf(NON_NEGATIVE),
+        }
+    ),
+    "surface": NotRequired(
+        {
+            "x": ListOf(Number(nullable=False)),
+            "y": ListOf(Number(nullable=False)),
+            "total": ListOf(ListOf(NON_NEGATIVE)),
+            "epistemic": ListOf(ListOf(NON_NEGATIVE)),
+            "train_points": {
+                "x": ListOf(Number(nullable=False)),
+                "y": ListOf(Number(nullable=False)),
+                "label": ListOf(int),
+            },
+            "ood_points": {"x": ListOf(Number(nullable=False)), "y": ListOf(Number(nullable=False))},
         }
     ),
     "history": ListOf(
@@ -337,6 +352,32 @@ def _check_consistency(results: Mapping[str, Any]) -> None:
                 if len(set(lengths.values())) > 1:
                     desc = ", ".join(f"{key} has {n}" for key, n in lengths.items())
                     raise ValueError(f"{path}.{block_name}: expected lists of the same length, got {desc}")
+            if "surface" in method:
+                _check_surface(method["surface"], task["num_classes"], f"{path}.surface")
+
+
+def _check_surface(surface: Mapping[str, Any], num_classes: int, path: str) -> None:
+    """A surface grid is ``len(y)`` rows of ``len(x)`` values with increasing axes; point lists pair up."""
+    for axis in ("x", "y"):
+        values = surface[axis]
+        if len(values) < 2 or any(b <= a for a, b in itertools.pairwise(values)):
+            raise ValueError(f"{path}.{axis}: expected at least 2 strictly increasing grid coordinates")
+    rows, columns = len(surface["y"]), len(surface["x"])
+    for kind in ("total", "epistemic"):
+        grid = surface[kind]
+        if len(grid) != rows or any(len(row) != columns for row in grid):
+            raise ValueError(
+                f"{path}.{kind}: expected {rows} rows (len(y)) of {columns} values (len(x)), got "
+                f"{len(grid)} rows of lengths {sorted({len(row) for row in grid})}"
+            )
+    for name, keys in (("train_points", ("x", "y", "label")), ("ood_points", ("x", "y"))):
+        lengths = {key: len(surface[name][key]) for key in keys}
+        if len(set(lengths.values())) > 1:
+            desc = ", ".join(f"{key} has {n}" for key, n in lengths.items())
+            raise ValueError(f"{path}.{name}: expected lists of the same length, got {desc}")
+    labels = surface["train_points"]["label"]
+    if any(not 0 <= label < num_classes for label in labels):
+        raise ValueError(f"{path}.train_points.label: expected class indices in [0, {num_classes - 1}]")
 
 
 def validate_results(results: Any) -> None:
@@ -345,7 +386,9 @@ def validate_results(results: Any) -> None:
     Checks every key of :data:`REQUIRED_KEYS` (presence, type, and bounds such as fractions in ``[0, 1]``,
     which catch percentages written as fractions), then the rules across keys: every OOD set of a task
     appears in each of its methods and no other; a method has a ``shift`` block exactly when its task has
-    one; the parallel lists of a curve have the same length. Extra keys are allowed.
+    one; the parallel lists of a curve have the same length; an optional ``surface`` grid has ``len(y)`` rows
+    of ``len(x)`` values over increasing axes, its point lists pair up and its labels are class indices.
+    Extra keys are allowed.
 
     Args:
         results: the parsed ``results.json``.
@@ -912,7 +955,8 @@ def write_report(results: Mapping[str, Any], run_dir: str | os.PathLike) -> dict
 
     Returns:
         ``{"markdown": Path, "html": Path, "figures": list[Path]}``: the paths written, figures in report
-        order (per task: reliability, referral, OOD histograms per OOD set, shift, risk-coverage).
+        order (per task: uncertainty surface for 2-D inputs, reliability, referral, OOD histograms per OOD
+        set, shift, risk-coverage).
 
     Raises:
         ValueError: if ``results`` does not follow the schema.

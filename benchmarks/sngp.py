@@ -1,0 +1,180 @@
+"""Inference cost of the ``sngp`` benchmark method against ``deterministic`` (project issue 7).
+
+Both methods are built exactly as ``uqkit bench`` builds them for Fashion-MNIST with the MLP backbone
+(:func:`uqkit.bench.registry.build_method`): ``deterministic`` is the MLP 784-512-512-10 with one softmax;
+``sngp`` is the residual spectral-normalised MLP with a random-feature GP output layer and ``S`` Monte Carlo
+samples of the GP logits (Liu et al. 2020). SNGP's precision matrix is first accumulated over one pass of
+training-mode batches (as after its last epoch), and one warm-up prediction builds its cached Cholesky
+factors, so the timings are those of repeated prediction, as in evaluation. The inputs are random (the cost
+does not depend on the pixel values).
+
+Timing: ``method.predict`` on one batch, eval mode, no gradients; the two methods alternate within each
+repeat (interleaved, one process), and the median over repeats is reported per batch size, with the ratio
+SNGP / deterministic.
+
+Writes ``benchmarks/results/sngp.json`` (command, arguments, environment, results) and prints a Markdown
+table. Run: ``.venv/bin/python benchmarks/sngp.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from uqkit.bench.registry import Method, MethodContext, build_method
+
+METHODS = ("deterministic", "sngp")
+CONTEXT = MethodContext(
+    input_shape=(1, 28, 28), num_classes=10, model="mlp", num_train=54_000, task="fashion-mnist"
+)
+
+
+def build(name: str, precision_batches: int, seed: int) -> Method:
+    """The bench method ``name``; SNGP with its precision accumulated over ``precision_batches`` batches."""
+    torch.manual_seed(seed)
+    method = build_method(name, CONTEXT)
+    if name == "sngp":
+        method.train()
+        method.on_epoch_start(0, 1)
+        generator = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for _ in range(precision_batches):
+                method.network(torch.randn(128, *CONTEXT.input_shape, generator=generator))
+    return method.eval()
+
+
+def time_predict(method: Method, inputs: torch.Tensor) -> float:
+    """Seconds of one ``method.predict(inputs)`` with no gradients."""
+    with torch.no_grad():
+        started = time.perf_counter()
+        method.predict(inputs)
+        return time.perf_counter() - started
+
+
+def measure(
+    batch_sizes: list[int], repeats: int, warmup: int, precision_batches: int, seed: int
+) -> list[dict]:
+    methods = {name: build(name, precision_batches, seed) for name in METHODS}
+    generator = torch.Generator().manual_seed(seed + 1)
+    rows = []
+    for batch_size in batch_sizes:
+        inputs = torch.randn(batch_size, *CONTEXT.input_shape, generator=generator)
+        for _ in range(warmup):
+            for method in methods.values():
+                time_predict(method, inputs)
+        times: dict[str, list[float]] = {name: [] for name in METHODS}
+        for _ in range(repeats):
+            for name, method in methods.items():  # interleaved: drift affects both methods alike
+                times[name].append(time_predict(method, inputs))
+        medians = {name: statistics.median(values) for name, values in times.items()}
+        rows.append(
+            {
+                "batch_size": batch_size,
+                **{
+                    name: {
+                        "num_samples": methods[name].num_samples,
+                        "num_parameters": sum(p.numel() for p in methods[name].parameters()),
+                        "median_ms_per_batch": 1000 * medians[name],
+                        "median_ms_per_example": 1000 * medians[name] / batch_size,
+                        "min_ms_per_batch": 1000 * min(times[name]),
+                        "max_ms_per_batch": 1000 * max(times[name]),
+                    }
+                    for name in METHODS
+                },
+                "sngp_over_deterministic": medians["sngp"] / medians["deterministic"],
+            }
+        )
+    return rows
+
+
+def environment() -> dict:
+    cpu = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
+        ).stdout.strip()
+    except OSError:
+        commit = ""
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "platform": platform.platform(),
+        "uqkit_commit": commit,
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def markdown(rows: list[dict]) -> str:
+    lines = [
+        "| batch | deterministic (ms / batch) | sngp (ms / batch) | sngp S | sngp / deterministic |",
+        "|---:|---:|---:|---:|---:|",
+    ]
+    for row in rows:
+        det, sngp = row["deterministic"], row["sngp"]
+        lines.append(
+            f"| {row['batch_size']} | {det['median_ms_per_batch']:.2f} | {sngp['median_ms_per_batch']:.2f} "
+            f"| {sngp['num_samples']} | {row['sngp_over_deterministic']:.2f}x |"
+        )
+    return "\n".join(lines)
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an int >= 1, got {text}")
+    return value
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch-sizes", type=_positive_int, nargs="+", default=[1000, 256])
+    parser.add_argument("--repeats", type=_positive_int, default=100)
+    parser.add_argument("--warmup", type=_positive_int, default=3)
+    parser.add_argument("--precision-batches", type=_positive_int, default=20)
+    parser.add_argument(
+        "--threads", type=_positive_int, default=None, help="torch threads (default: torch's)"
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "sngp.json")
+    args = parser.parse_args(argv)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    rows = measure(args.batch_sizes, args.repeats, args.warmup, args.precision_batches, args.seed)
+    results = {
+        "command": shlex.join([os.path.relpath(sys.executable), *(sys.argv if argv is None else argv)]),
+        "arguments": {
+            key: os.path.relpath(value) if isinstance(value, Path) else value
+            for key, value in vars(args).items()
+        },
+        "environment": environment(),
+        "inference": rows,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    print(markdown(rows))
+    return results
+
+
+if __name__ == "__main__":
+    main()
