@@ -18,14 +18,11 @@ Markdown tables. Run with ``.venv-bench/bin/python benchmarks/bayesian_layers.py
 from __future__ import annotations
 
 import argparse
-import datetime
 import itertools
 import json
 import os
-import platform
 import shlex
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -33,6 +30,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from _env import benchmark_environment
 from torch import nn
 
 from uqkit.methods import predict
@@ -285,37 +283,13 @@ def run_variance(args: argparse.Namespace) -> list[dict]:
 
 # -- output --------------------------------------------------------------------------------------------------
 def environment(args: argparse.Namespace) -> dict:
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     try:
         from importlib.metadata import PackageNotFoundError, version
 
         bt_version = version("bayesian-torch") if bayesian_torch_layers() else None
     except PackageNotFoundError:
         bt_version = None
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
-        ).stdout.strip()
-    except OSError:
-        commit = ""
-    return {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "bayesian_torch": bt_version,
-        "threads": torch.get_num_threads(),
-        "cpu": cpu,
-        "cpu_count": os.cpu_count(),
-        "platform": platform.platform(),
-        "uqkit_commit": commit,
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-    }
+    return benchmark_environment(bayesian_torch=bt_version)
 
 
 def markdown(results: dict) -> str:
