@@ -10,14 +10,7 @@ from uqkit.methods import predict
 from uqkit.nn import FlipoutLinear, FlipoutLSTM, GaussianLinear, MCDropout, use_posterior_mean
 from uqkit.prediction import Prediction
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors gain nothing from threads, and on a busy machine each OpenMP region can stall."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_batched_samples_keep_examples_in_order():

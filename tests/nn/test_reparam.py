@@ -17,16 +17,10 @@ from uqkit.nn import (
     use_posterior_mean,
 )
 
-pytestmark = pytest.mark.filterwarnings("ignore:TF32 acceleration on top of oneDNN")
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors gain nothing from threads, and on a busy machine each OpenMP region can stall."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:TF32 acceleration on top of oneDNN"),
+    pytest.mark.usefixtures("one_thread"),
+]
 
 
 def load_means(bayesian: BayesianModule, twin: nn.Module) -> None:
