@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from uqkit.bench._atomic import atomic_write
+from uqkit.bench.evaluate import predict_in_batches
 from uqkit.bench.progress import progress_bar
 from uqkit.bench.registry import Method
 
@@ -66,19 +67,16 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     return torch.load(Path(path), map_location="cpu", weights_only=True)
 
 
-def _evaluate_validation(method: Method, inputs: torch.Tensor, labels: torch.Tensor, batch_size: int):
-    method.eval()
-    correct, nll_sum = 0, 0.0
-    with torch.no_grad():
-        for start in range(0, len(labels), batch_size):
-            x = inputs[start : start + batch_size]
-            y = labels[start : start + batch_size]
-            prediction = method.predict(x)
-            log_probs = prediction.log_probs
-            correct += int((log_probs.argmax(dim=-1) == y).sum())
-            nll_sum += float(-log_probs.gather(1, y.unsqueeze(1)).sum())
+def _evaluate_validation(
+    method: Method, inputs: torch.Tensor, labels: torch.Tensor, batch_size: int, device: str
+) -> tuple[float, float]:
+    """Validation accuracy and mean NLL of the predictive distribution; leaves the method in train mode."""
+    prediction = predict_in_batches(method, inputs, batch_size, device, progress=False)
+    log_probs = prediction.log_probs
     method.train()
-    return correct / len(labels), nll_sum / len(labels)
+    accuracy = float((log_probs.argmax(dim=-1) == labels).double().mean())
+    nll = float(-log_probs.gather(1, labels.unsqueeze(1)).double().mean())
+    return accuracy, nll
 
 
 def train_method(
@@ -146,7 +144,7 @@ def train_method(
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss_sum / min(num_examples, (step + 1) * config.batch_size):.4f}")
         val_accuracy, val_nll = _evaluate_validation(
-            method, val_inputs.to(device), val_labels.to(device), max(config.batch_size, 512)
+            method, val_inputs, val_labels.cpu(), max(config.batch_size, 512), config.device
         )
         epoch_time = time.perf_counter() - started
         elapsed += epoch_time
