@@ -58,6 +58,7 @@ class Prediction:
         self.logits = logits
         self._sample_log_probs: torch.Tensor | None = None
         self._log_probs: torch.Tensor | None = None
+        self._probs: torch.Tensor | None = None
 
     # -- shapes -----------------------------------------------------------------------------------------
     @property
@@ -90,8 +91,10 @@ class Prediction:
     @property
     def probs(self) -> torch.Tensor:
         """``[B, C]`` predictive probabilities: the mean over samples of the softmax."""
-        probs = self.log_probs.exp()
-        return probs / probs.sum(dim=-1, keepdim=True)
+        if self._probs is None:
+            probs = self.log_probs.exp()
+            self._probs = probs / probs.sum(dim=-1, keepdim=True)
+        return self._probs
 
     @property
     def confidence(self) -> torch.Tensor:
