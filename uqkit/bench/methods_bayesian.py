@@ -31,11 +31,11 @@ class VariationalNetwork(Method):
     """A Bayesian network trained on the ELBO (KL annealed in over the first epoch) and predicting with
     ``S`` samples of its weights."""
 
-    def __init__(self, network: torch.nn.Module, num_train: int, batch_size_hint: int, num_samples: int):
+    def __init__(self, network: torch.nn.Module, num_train: int, batch_size: int, num_samples: int):
         super().__init__()
         self.network = network
         self.num_samples = num_samples
-        steps_per_epoch = max(1, -(-num_train // batch_size_hint))
+        steps_per_epoch = max(1, -(-num_train // batch_size))
         self.elbo = ELBO(num_data=num_train, warmup_steps=BNN_KL_WARMUP_EPOCHS * steps_per_epoch)
 
     def training_loss(self, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -48,7 +48,7 @@ class VariationalNetwork(Method):
 def _variational(context: MethodContext, config) -> Method:
     network = build_model(context.model, context.input_shape, context.num_classes)
     bayesianize_(network, config)
-    return VariationalNetwork(network, context.num_train, batch_size_hint=128, num_samples=BNN_SAMPLES)
+    return VariationalNetwork(network, context.num_train, context.batch_size, num_samples=BNN_SAMPLES)
 
 
 @register_method(

@@ -39,6 +39,7 @@ class MethodContext:
     model: str
     num_train: int
     task: str = ""
+    batch_size: int = 128  # training batch size (e.g. to express a schedule in epochs)
 
 
 class Method(nn.Module):

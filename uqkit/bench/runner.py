@@ -176,7 +176,14 @@ def _train_config(config: BenchConfig, task_name: str) -> TrainConfig:
 def _run_method(config: BenchConfig, task: Task, method_name: str, train_config: TrainConfig) -> dict:
     """Train (or reload), post-hoc fit and evaluate one method; returns its result block."""
     run = config.out
-    context = MethodContext(task.input_shape, task.num_classes, task.model, len(task.train), task.name)
+    context = MethodContext(
+        task.input_shape,
+        task.num_classes,
+        task.model,
+        len(task.train),
+        task.name,
+        batch_size=train_config.batch_size,
+    )
     torch.manual_seed(config.seed)
     method = build_method(method_name, context)
     model_path = run / "models" / task.name / f"{method_name}.pt"
