@@ -2,6 +2,7 @@
 
 from uqkit import calibration, data, metrics, nn
 from uqkit.methods.convert import FlipoutConfig, GaussianConfig, bayesianize_
+from uqkit.methods.ensemble import DeepEnsemble
 from uqkit.methods.predict import predict
 from uqkit.methods.sngp import SNGP
 from uqkit.objectives import ELBO, kl_divergence
@@ -12,6 +13,7 @@ __version__ = "0.1.0"
 __all__ = [
     "ELBO",
     "SNGP",
+    "DeepEnsemble",
     "FlipoutConfig",
     "GaussianConfig",
     "GaussianPrediction",

@@ -17,6 +17,12 @@ samples.
 It is *not* valid for layers that share one weight sample across the batch (plain reparameterisation:
 ``GaussianLinear`` without local reparameterisation, ``GaussianConv*``, ``GaussianLSTM``): all ``S`` copies
 would see the same weights. Models with such a layer get one forward pass per sample.
+
+Member-vectorized models (:class:`uqkit.DeepEnsemble`, or any module with a class attribute
+``member_vectorized = True`` and an int ``num_members``) return ``[M, B, C]`` logits from one forward pass:
+each pass gives ``M`` samples, one per member, so ``num_samples`` must be a multiple of ``M``: exactly ``M``
+for deterministic members, and ``k * M`` (``k`` passes, batched like the samples above) for members with
+sampling layers (e.g. an ensemble of MC-dropout networks).
 """
 
 from __future__ import annotations
@@ -39,6 +45,18 @@ def _repeat_along(x: torch.Tensor, copies: int, dim: int) -> torch.Tensor:
     return x.repeat(*repeats)  # copy-major: [x, x, ..., x] along dim
 
 
+def _num_members(model: nn.Module) -> int:
+    """``M`` for a member-vectorized model (``member_vectorized = True``), else 1."""
+    if getattr(type(model), "member_vectorized", False) is not True:
+        return 1
+    members = getattr(model, "num_members", None)
+    if isinstance(members, bool) or not isinstance(members, int) or members < 1:
+        raise TypeError(
+            f"model: expected a member-vectorized model to have an int num_members >= 1, got {members!r}"
+        )
+    return members
+
+
 def predict(
     model: nn.Module,
     x: torch.Tensor,
@@ -55,22 +73,27 @@ def predict(
 
     Args:
         model: a classifier returning ``[B, C]`` logits, with stochastic layers (e.g. after
-            :func:`uqkit.bayesianize_`, or with :class:`uqkit.nn.MCDropout`).
+            :func:`uqkit.bayesianize_`, or with :class:`uqkit.nn.MCDropout`), or a member-vectorized model
+            (``member_vectorized = True``, such as :class:`uqkit.DeepEnsemble`) returning ``[M, B, C]``.
         x: the input batch; its batch dimension is ``batch_dim``.
-        num_samples: ``S``, the number of Monte Carlo samples (1 for a single pass).
+        num_samples: ``S``, the number of Monte Carlo samples (1 for a single pass); for a member-vectorized
+            model a multiple of ``M`` (``M`` for one pass, one sample per member).
         batch_dim: the dimension of ``x`` that indexes examples (e.g. 1 for a time-major LSTM input).
-        samples_per_pass: how many samples to compute in one forward pass over the repeated batch (memory
-            grows with it). Default: all ``S`` when every sampling layer has per-example noise, else 1. Values
-            above 1 are refused for models with a shared-sample layer.
+        samples_per_pass: how many samples (per member, for a member-vectorized model) to compute in one
+            forward pass over the repeated batch (memory grows with it). Default: all of them when every
+            sampling layer has per-example noise, else 1. Values above 1 are refused for models with a
+            shared-sample layer.
 
     Returns:
-        :class:`uqkit.Prediction` holding ``[S, B, C]`` logits.
+        :class:`uqkit.Prediction` holding ``[S, B, C]`` logits (for a member-vectorized model, sample
+        ``p * M + m`` is member ``m`` in pass ``p``).
 
     Raises:
         TypeError: for a ``model`` that is not an ``nn.Module`` or an ``x`` that is not a tensor.
         ValueError: for bad ``num_samples``, ``batch_dim`` or ``samples_per_pass``, for ``num_samples > 1``
-            with no sampling layer (every sample would be the same), for batched samples with a shared-sample
-            layer, or for model outputs that are not ``[B, C]`` logits.
+            with no sampling layer (every sample would be the same), for a ``num_samples`` that is not a
+            multiple of a member-vectorized model's ``M``, for batched samples with a shared-sample layer, or
+            for model outputs that are not ``[B, C]`` (``[M, B, C]``) logits.
 
     Example:
         >>> pred = uqkit.predict(model, x, num_samples=32)
@@ -85,8 +108,21 @@ def predict(
     batch_dim %= x.ndim
     batch = x.shape[batch_dim]
 
+    members = _num_members(model)
+    if num_samples % members:
+        raise ValueError(
+            f"num_samples: expected a multiple of the model's {members} members (each forward pass gives one "
+            f"sample per member), got {num_samples}"
+        )
+    passes = num_samples // members  # samples per member
+
     sampling = [(n, m) for n, m in model.named_modules() if isinstance(m, StochasticModule) and m.samples]
-    if num_samples > 1 and not sampling:
+    if members > 1 and passes > 1 and not sampling:
+        raise ValueError(
+            f"num_samples: expected {members} (one per member) for a member-vectorized model with no "
+            f"sampling layer, got {num_samples}; every member's samples would be identical"
+        )
+    if members == 1 and num_samples > 1 and not sampling:
         raise ValueError(
             f"num_samples: expected 1 for a model with no sampling layer, got {num_samples}; every sample "
             "would be identical (convert the model with uqkit.bayesianize_, add uqkit.nn.MCDropout, or leave "
@@ -94,8 +130,8 @@ def predict(
         )
     shared = [n or type(m).__name__ for n, m in sampling if not m.per_example_noise]
     if samples_per_pass is None:
-        samples_per_pass = 1 if shared else num_samples
-    samples_per_pass = min(check_positive_int(samples_per_pass, "samples_per_pass"), num_samples)
+        samples_per_pass = 1 if shared else passes
+    samples_per_pass = min(check_positive_int(samples_per_pass, "samples_per_pass"), passes)
     if shared and samples_per_pass > 1:
         raise ValueError(
             f"samples_per_pass: expected 1 because {', '.join(shared)} share(s) one weight sample across the "
@@ -108,16 +144,23 @@ def predict(
     try:
         with torch.no_grad():
             done = 0
-            while done < num_samples:
-                copies = min(samples_per_pass, num_samples - done)
+            while done < passes:
+                copies = min(samples_per_pass, passes - done)
                 logits = model(_repeat_along(x, copies, batch_dim))
-                check_float_tensor(logits, "model output", 2, "[batch, classes] logits")
-                if logits.shape[0] != copies * batch:
+                if members == 1:
+                    check_float_tensor(logits, "model output", 2, "[batch, classes] logits")
+                    logits = logits.unsqueeze(0)
+                else:
+                    check_float_tensor(logits, "model output", 3, "[members, batch, classes] logits")
+                if logits.shape[:2] != (members, copies * batch):
+                    rows = f"{copies * batch}" if members == 1 else f"{members} x {copies * batch}"
                     raise ValueError(
-                        f"model output: expected {copies * batch} rows ({copies} sample(s) of a batch of "
-                        f"{batch}), got shape {tuple(logits.shape)}; is batch_dim={batch_dim} right?"
+                        f"model output: expected {rows} rows ({copies} sample(s) of a batch of {batch}), got "
+                        f"shape {tuple(logits.shape)}; is batch_dim={batch_dim} right?"
                     )
-                chunks.append(logits.view(copies, batch, logits.shape[1]))
+                # [M, copies * B, C] -> [copies * M, B, C], copy-major as in _repeat_along
+                logits = logits.view(members, copies, batch, -1).transpose(0, 1)
+                chunks.append(logits.reshape(copies * members, batch, logits.shape[-1]))
                 done += copies
     finally:
         for module, was_training in training:

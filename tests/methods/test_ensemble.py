@@ -1,0 +1,370 @@
+"""Vectorized deep ensembles (uqkit/methods/ensemble.py): every result is checked against a loop over the
+exported members, in float64 so that the tolerance is rounding only."""
+
+from __future__ import annotations
+
+import copy
+import itertools
+
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+import uqkit
+from uqkit.bench.models import Conv1dNet, LeNet5, ResidualMLP, mlp
+from uqkit.methods import DeepEnsemble, predict, register_vectorization, vmap_vectorization
+from uqkit.methods.ensemble import (
+    _REGISTRY,
+    SharedBatchMemberwise,
+    StackedBatchNorm,
+    StackedConv,
+    StackedLinear,
+    VmapStacked,
+)
+from uqkit.nn import MCDropout
+from uqkit.nn.members import Memberwise
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+M = 3
+TOL = {"rtol": 1e-10, "atol": 1e-10}
+
+
+class Scale(nn.Module):
+    """A module with a parameter of its own and a buffer: no registered type, so it runs through vmap."""
+
+    def __init__(self, features: int) -> None:
+        super().__init__()
+        self.log_scale = nn.Parameter(0.3 * torch.randn(features))
+        self.register_buffer("shift", torch.randn(features))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.log_scale.exp() + self.shift
+
+
+class Gate(nn.Module):
+    """A custom module with parameters only in its children and a rank-agnostic forward."""
+
+    def __init__(self, features: int) -> None:
+        super().__init__()
+        self.value = nn.Linear(features, features)
+        self.gate = nn.Linear(features, features, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.value(x) * torch.sigmoid(self.gate(x)), x], dim=-1)
+
+
+def _fallback_net() -> nn.Module:
+    return nn.Sequential(nn.Linear(5, 6), Scale(6), nn.GroupNorm(2, 6), nn.Tanh(), nn.Linear(6, 3))
+
+
+def _norm_net() -> nn.Module:
+    return nn.Sequential(
+        nn.Conv2d(2, 4, 3, padding=1),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(4 * 5 * 5, 6),
+        nn.LayerNorm(6),
+        nn.BatchNorm1d(6, momentum=None),
+        Gate(6),
+        nn.Linear(12, 3),
+    )
+
+
+def _conv_variants() -> nn.Module:
+    return nn.Sequential(
+        nn.Conv2d(4, 6, (3, 2), stride=(2, 1), padding=1, groups=2, bias=False),
+        nn.ELU(),
+        nn.Conv2d(6, 6, 3, padding="same", padding_mode="reflect"),
+        nn.AdaptiveAvgPool2d(2),
+        nn.Flatten(),
+        nn.Linear(24, 3),
+    )
+
+
+# name -> (factory, example shape, example_dims passed)
+ARCHITECTURES = {
+    "mlp": (lambda: mlp((1, 4, 4), 3, hidden=(8, 8)), (1, 4, 4), 3),
+    "lenet5": (lambda: LeNet5(1, 4), (1, 28, 28), None),
+    "cnn1d": (lambda: Conv1dNet(2, 20, 3), (2, 20), None),
+    "resmlp": (lambda: ResidualMLP(5, 3, width=8, depth=2), (5,), None),
+    "vmap-fallback": (_fallback_net, (5,), None),
+    "norms-and-custom-block": (_norm_net, (2, 5, 5), None),
+    "conv-groups-padding": (_conv_variants, (4, 7, 6), None),
+}
+
+
+def _ensemble(name: str, seed: int = 0) -> DeepEnsemble:
+    factory, _, example_dims = ARCHITECTURES[name]
+    torch.manual_seed(seed)
+    return DeepEnsemble(lambda: factory().double(), M, example_dims=example_dims)
+
+
+def _inputs(name: str, *leading: int) -> torch.Tensor:
+    return torch.randn(*leading, *ARCHITECTURES[name][1], dtype=torch.float64)
+
+
+def _loop(members: list[nn.Module], x: torch.Tensor) -> torch.Tensor:
+    """The reference: member ``m`` on ``x[m]``."""
+    return torch.stack([member(xm) for member, xm in zip(members, x, strict=True)])
+
+
+def _stacked_grads(ensemble: DeepEnsemble, member: int) -> dict[str, torch.Tensor]:
+    """Member ``member``'s slice of the stacked gradients, under the exported member's parameter names."""
+    grads = {}
+    for name, twin_name in ensemble._leaves:
+        twin = ensemble.get_submodule(twin_name)
+        owner = twin.module if isinstance(twin, VmapStacked) else twin
+        for key, _ in owner.named_parameters():
+            grads[f"{name}.{key}" if name else key] = owner.get_parameter(key).grad[member]
+    return grads
+
+
+@pytest.mark.parametrize("name", ARCHITECTURES)
+@pytest.mark.parametrize("per_member", [False, True], ids=["broadcast", "per-member"])
+@pytest.mark.parametrize("mode", ["eval", "train"])
+def test_vectorized_equals_loop_over_exported_members(name, per_member, mode):
+    ensemble = _ensemble(name)
+    ensemble.train(mode == "train")
+    members = ensemble.members()  # exported before the forward: batch norm updates both the same way
+    torch.manual_seed(1)
+    x = _inputs(name, M, 4) if per_member else _inputs(name, 4)
+    out = ensemble(x)
+    reference = _loop(members, x if per_member else x.expand(M, *x.shape))
+    torch.testing.assert_close(out, reference, **TOL)
+
+    # gradients of a loss that weighs every member and output differently
+    weights = torch.randn_like(reference)
+    (out * weights).sum().backward()
+    (reference * weights).sum().backward()
+    assert sum(1 for _ in ensemble.parameters()) == sum(1 for _ in members[0].parameters())
+    for index, member in enumerate(members):
+        grads = _stacked_grads(ensemble, index)
+        assert sorted(grads) == sorted(n for n, _ in member.named_parameters())
+        for param_name, param in member.named_parameters():
+            torch.testing.assert_close(grads[param_name], param.grad, **TOL, msg=param_name)
+    # running statistics (batch norm) moved exactly as the members' did
+    for after, before in zip(ensemble.members(), members, strict=True):
+        for (n, a), (_, b) in zip(after.named_buffers(), before.named_buffers(), strict=True):
+            torch.testing.assert_close(a, b, **TOL, msg=n)
+
+
+def test_layers_map_to_stacked_twins_and_fallback():
+    ensemble = _ensemble("vmap-fallback")
+    kinds = [type(m) for m in ensemble.network]
+    assert kinds == [StackedLinear, VmapStacked, VmapStacked, SharedBatchMemberwise, StackedLinear]
+    norms = _ensemble("norms-and-custom-block").network
+    assert [type(m) for m in norms][:3] == [StackedConv, StackedBatchNorm, SharedBatchMemberwise]
+    # a custom block is kept, with its children stacked
+    assert type(norms[7]) is Gate and type(norms[7].value) is StackedLinear
+    assert type(_ensemble("mlp").network) is nn.Sequential
+    assert type(_ensemble("lenet5").network) is LeNet5
+
+
+def test_members_come_from_independent_factory_calls():
+    factory = ARCHITECTURES["lenet5"][0]
+    torch.manual_seed(5)
+    expected = [factory() for _ in range(M)]
+    torch.manual_seed(5)
+    ensemble = DeepEnsemble(factory, M)
+    for member, reference in zip(ensemble.members(), expected, strict=True):
+        assert type(member) is LeNet5
+        for a, b in zip(member.state_dict().values(), reference.state_dict().values(), strict=True):
+            assert torch.equal(a, b)
+    first, second = ensemble.members()[:2]
+    assert not torch.equal(first[0].weight, second[0].weight)
+
+
+def test_exported_members_are_independent_copies():
+    ensemble = _ensemble("mlp")
+    member = ensemble.members()[1]
+    before = ensemble.network[1].weight.detach().clone()
+    with torch.no_grad():
+        member[1].weight.add_(1.0)
+    assert torch.equal(ensemble.network[1].weight, before)
+    assert member[1].weight.requires_grad and member.training == ensemble.training
+    ensemble.eval()
+    assert all(not m.training for m in ensemble.members()[0].modules())
+
+
+def test_one_adam_step_on_the_stack_equals_independent_adams():
+    # Adam is per element: one optimizer over the stacked parameters is M independent optimizers
+    ensemble = _ensemble("norms-and-custom-block").train()
+    members = ensemble.members()
+    torch.manual_seed(2)
+    x, y = _inputs("norms-and-custom-block", 6), torch.randint(0, 3, (6,))
+    stacked_opt = torch.optim.Adam(ensemble.parameters(), lr=0.01)
+    member_opts = [torch.optim.Adam(m.parameters(), lr=0.01) for m in members]
+    for _ in range(2):
+        stacked_opt.zero_grad()
+        logits = ensemble(x)
+        # sum over members of the mean cross-entropy, labels broadcast to the members (never repeated)
+        (F.cross_entropy(logits.permute(1, 2, 0), y[:, None].expand(-1, M)) * M).backward()
+        stacked_opt.step()
+        for member, opt in zip(members, member_opts, strict=True):
+            opt.zero_grad()
+            F.cross_entropy(member(x), y).backward()
+            opt.step()
+    for after, reference in zip(ensemble.members(), members, strict=True):
+        for (n, a), (_, b) in zip(after.state_dict().items(), reference.state_dict().items(), strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9, msg=n)
+
+
+def test_state_dict_round_trip_and_deepcopy():
+    ensemble = _ensemble("norms-and-custom-block").eval()
+    x = _inputs("norms-and-custom-block", 4)
+    other = _ensemble("norms-and-custom-block", seed=9).eval()
+    assert not torch.allclose(other(x), ensemble(x))
+    other.load_state_dict(ensemble.state_dict())
+    torch.testing.assert_close(other(x), ensemble(x), rtol=0, atol=0)
+    assert all(value.shape[0] == M for value in ensemble.state_dict().values())
+
+    twin = copy.deepcopy(ensemble)
+    torch.testing.assert_close(twin(x), ensemble(x), rtol=0, atol=0)
+    with torch.no_grad():
+        twin.network[0].weight.zero_()
+    assert not torch.equal(twin(x), ensemble(x))
+    assert len(twin.members()) == M
+
+
+def test_dtype_and_device_moves_carry_to_the_members():
+    torch.manual_seed(0)
+    ensemble = DeepEnsemble(lambda: nn.Sequential(nn.Linear(3, 2)), 2).double()
+    assert all(p.dtype == torch.float64 for m in ensemble.members() for p in m.parameters())
+
+
+def test_dropout_members_draw_independent_masks_and_shared_batches_stay_views():
+    torch.manual_seed(0)
+    ensemble = DeepEnsemble(lambda: nn.Sequential(nn.Linear(6, 50), nn.ReLU(), nn.Dropout(0.5)), 2).train()
+    with torch.no_grad():
+        ensemble.network[0].weight.copy_(ensemble.network[0].weight[:1].expand(2, -1, -1))
+        ensemble.network[0].bias.fill_(1.0)
+    out = ensemble(torch.randn(4, 6))
+    assert not torch.equal(out[0] == 0, out[1] == 0)  # same pre-activations, different masks
+    relu = SharedBatchMemberwise(nn.ReLU())
+    x = torch.randn(5, 3)
+    shared = relu(x.expand(M, 5, 3))
+    assert shared.stride(0) == 0 and torch.equal(shared, Memberwise(nn.ReLU())(x.expand(M, 5, 3)))
+
+
+def test_predict_returns_the_members_as_samples():
+    ensemble = _ensemble("mlp").train()
+    x = _inputs("mlp", 5)
+    pred = predict(ensemble, x, num_samples=M)
+    assert isinstance(pred, uqkit.Prediction) and pred.logits.shape == (M, 5, 3)
+    members = [m.eval() for m in ensemble.members()]
+    torch.testing.assert_close(pred.logits, torch.stack([m(x) for m in members]), **TOL)
+    assert ensemble.training  # mode restored
+    per_member = _inputs("mlp", M, 5)
+    pred = predict(ensemble, per_member, num_samples=M, batch_dim=1)
+    torch.testing.assert_close(pred.logits, _loop(members, per_member), **TOL)
+    with pytest.raises(ValueError, match=r"num_samples: expected a multiple of the model's 3 members"):
+        predict(ensemble, x, num_samples=4)
+    with pytest.raises(ValueError, match=r"num_samples: expected 3 \(one per member\)"):
+        predict(ensemble, x, num_samples=6)
+
+
+def test_predict_with_stochastic_members_stacks_passes():
+    torch.manual_seed(0)
+    ensemble = DeepEnsemble(lambda: nn.Sequential(nn.Linear(4, 64), MCDropout(0.5), nn.Linear(64, 2)), 2)
+    x = torch.randn(3, 4)
+    for per_pass in (None, 1):
+        logits = predict(ensemble, x, num_samples=6, samples_per_pass=per_pass).logits
+        assert logits.shape == (6, 3, 2)
+        assert len({tuple(row.flatten().tolist()) for row in logits}) == 6  # fresh dropout in every sample
+    with torch.no_grad():  # sample p * M + m belongs to member m: zero member 1's head
+        ensemble.network[2].weight[1].zero_()
+        ensemble.network[2].bias[1].zero_()
+    logits = predict(ensemble, x, num_samples=6).logits
+    assert bool((logits[1::2] == 0).all()) and bool((logits[0::2] != 0).any())
+
+
+def test_bad_arguments_are_rejected():
+    with pytest.raises(TypeError, match="factory: expected a callable"):
+        DeepEnsemble(nn.Linear(2, 2), 2)
+    with pytest.raises(ValueError, match=r"num_members: expected an int >= 1, got 0"):
+        DeepEnsemble(lambda: nn.Linear(2, 2), 0)
+    with pytest.raises(TypeError, match="num_members: expected an int"):
+        DeepEnsemble(lambda: nn.Linear(2, 2), True)
+    with pytest.raises(TypeError, match=r"factory: expected it to return an nn\.Module, got int"):
+        DeepEnsemble(lambda: 3, 2)
+    widths = itertools.count(2)
+    with pytest.raises(ValueError, match=r"factory: expected every call to build the same architecture"):
+        DeepEnsemble(lambda: nn.Linear(2, next(widths)), 2)
+    model = nn.Linear(2, 2)
+    with pytest.raises(ValueError, match="factory: expected a new model on every call"):
+        DeepEnsemble(lambda: model, 2)
+
+    def tied():
+        net = nn.Sequential(nn.Linear(3, 3), nn.Linear(3, 3))
+        net[1].weight = net[0].weight
+        return net
+
+    with pytest.raises(ValueError, match="tied"):
+        DeepEnsemble(tied, 2)
+    with pytest.raises(ValueError, match=r"example_dims: expected an int .* found Flatten"):
+        DeepEnsemble(lambda: mlp((1, 4, 4), 3), 2)
+    with pytest.raises(ValueError, match=r"Flatten at '0' acts on the batch dimension"):
+        DeepEnsemble(lambda: nn.Sequential(nn.Flatten(0), nn.Linear(4, 2)), 2, example_dims=1)
+
+    ensemble = DeepEnsemble(lambda: nn.Sequential(nn.Linear(4, 2)), 2)
+    with pytest.raises(
+        ValueError, match=r"inputs: expected \[B, \.\.\.\] with 2 dimensions or \[M, B, \.\.\.\]"
+    ):
+        ensemble(torch.randn(4))
+    with pytest.raises(ValueError, match=r"inputs: expected a leading member dimension of size 2"):
+        ensemble(torch.randn(3, 5, 4))
+    with pytest.raises(
+        ValueError, match=r"StackedLinear input: expected \[M, \*, 4\], got shape \[2, 5, 3\]"
+    ):
+        ensemble(torch.randn(5, 3))
+
+
+def test_an_op_that_vmap_cannot_batch_is_named():
+    class DataDependent(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.weight = nn.Parameter(torch.ones(3))
+
+        def forward(self, x):
+            return x * self.weight if x.sum() > 0 else x
+
+    ensemble = DeepEnsemble(lambda: nn.Sequential(nn.Linear(3, 3), DataDependent()), 2)
+    with pytest.raises(
+        RuntimeError,
+        match=r"DataDependent at '1' has no registered stacked implementation.*"
+        r"data-dependent control flow",
+    ):
+        ensemble(torch.randn(4, 3))
+
+
+def test_register_vectorization_routes_a_type():
+    class Reshaper(nn.Module):
+        """Stateless but reshapes with x.shape[0]: structural reuse on [M, B, ...] would be wrong."""
+
+        def __init__(self):
+            super().__init__()
+            self.inner = nn.Identity()
+
+        def forward(self, x):
+            return self.inner(x).reshape(x.shape[0], -1)
+
+    factory = lambda: nn.Sequential(nn.Conv1d(1, 2, 3), Reshaper(), nn.Linear(8, 2))  # noqa: E731
+    try:
+        register_vectorization(Reshaper, vmap_vectorization)
+        torch.manual_seed(0)
+        ensemble = DeepEnsemble(factory, 2)
+        x = torch.randn(5, 1, 6)
+        torch.testing.assert_close(ensemble(x), torch.stack([m(x) for m in ensemble.members()]))
+    finally:
+        del _REGISTRY[Reshaper]
+    with pytest.raises(TypeError, match=r"module_type: expected a subclass of nn\.Module"):
+        register_vectorization(int, vmap_vectorization)
+    with pytest.raises(TypeError, match="converter: expected a callable"):
+        register_vectorization(Reshaper, None)
+
+
+def test_uqkit_exports():
+    assert uqkit.DeepEnsemble is DeepEnsemble
