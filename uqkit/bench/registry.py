@@ -164,24 +164,28 @@ class MonteCarloDropout(SingleNetwork):
         return predict(self.network, inputs, num_samples=self.num_samples)
 
 
-class LoopEnsemble(Method):
+class DeepEnsembleMethod(Method):
     """``M`` independently initialised networks (Lakshminarayanan et al. 2017), predicting ``[M, B, C]``.
 
-    The training loss is the sum of the members' cross-entropies on the same batch. Members share no
-    parameters and Adam's update is per parameter, so this is exactly M independent trainings that see
-    the same batch order.
+    The members run as one vectorized computation (:class:`uqkit.DeepEnsemble`, kept in ``self.network``).
+    The training loss is the sum of the members' mean cross-entropies on the same batch, with the ``[B]``
+    labels broadcast to the ``[M, B, C]`` logits (never repeated). Members share no parameters and Adam's
+    update is per element, so this is exactly M independent trainings that see the same batch order.
     """
 
-    def __init__(self, members: list[nn.Module]) -> None:
+    def __init__(self, network: nn.Module) -> None:
         super().__init__()
-        self.members = nn.ModuleList(members)
-        self.num_samples = len(members)
+        self.network = network
+        self.num_samples = network.num_members
 
     def training_loss(self, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return sum(F.cross_entropy(member(inputs), labels) for member in self.members)
+        logits = self.network(inputs)  # [M, B, C]
+        members, batch = logits.shape[:2]
+        per_member = F.cross_entropy(logits.permute(1, 2, 0), labels[:, None].expand(batch, members))
+        return members * per_member  # the mean over M * B entries, times M: the sum of the members' means
 
     def predict(self, inputs: torch.Tensor) -> Prediction:
-        return Prediction(torch.stack([member(inputs) for member in self.members]))
+        return Prediction(self.network(inputs))
 
 
 MC_DROPOUT_RATE = 0.1
@@ -217,4 +221,9 @@ def _mc_dropout(context: MethodContext) -> Method:
     "deep-ensemble", f"{ENSEMBLE_MEMBERS} networks, independent initialisations (Lakshminarayanan 2017)"
 )
 def _deep_ensemble(context: MethodContext) -> Method:
-    return LoopEnsemble([_backbone(context) for _ in range(ENSEMBLE_MEMBERS)])
+    from uqkit.methods.ensemble import DeepEnsemble
+
+    network = DeepEnsemble(
+        lambda: _backbone(context), ENSEMBLE_MEMBERS, example_dims=len(context.input_shape)
+    )
+    return DeepEnsembleMethod(network)
