@@ -14,6 +14,7 @@ from uqkit.nn.flipout import FlipoutConv1d, FlipoutConv2d, FlipoutLinear, Flipou
 from uqkit.nn.gp import RandomFeatureGP
 from uqkit.nn.heteroscedastic import HeteroscedasticHead
 from uqkit.nn.priors import NormalPrior, ScaleMixtureNormalPrior
+from uqkit.nn.rank1 import Rank1Conv1d, Rank1Conv2d, Rank1Linear
 from uqkit.nn.reparam import GaussianConv1d, GaussianConv2d, GaussianLinear, GaussianLSTM
 from uqkit.nn.spectral import BoundedSpectralNorm, spectral_norm
 
@@ -35,6 +36,9 @@ __all__ = [
     "MCDropout",
     "NormalPrior",
     "RandomFeatureGP",
+    "Rank1Conv1d",
+    "Rank1Conv2d",
+    "Rank1Linear",
     "ScaleMixtureNormalPrior",
     "StochasticModule",
     "priors",
