@@ -1,7 +1,13 @@
 """uqkit: trustworthy uncertainty for PyTorch models at close to the cost of one model."""
 
 from uqkit import calibration, data, metrics, nn
-from uqkit.methods.convert import FlipoutConfig, GaussianConfig, bayesianize_
+from uqkit.methods.convert import (
+    BatchEnsembleConfig,
+    FlipoutConfig,
+    GaussianConfig,
+    Rank1Config,
+    bayesianize_,
+)
 from uqkit.methods.predict import predict
 from uqkit.methods.sngp import SNGP
 from uqkit.objectives import ELBO, kl_divergence
@@ -12,10 +18,12 @@ __version__ = "0.1.0"
 __all__ = [
     "ELBO",
     "SNGP",
+    "BatchEnsembleConfig",
     "FlipoutConfig",
     "GaussianConfig",
     "GaussianPrediction",
     "Prediction",
+    "Rank1Config",
     "__version__",
     "bayesianize_",
     "calibration",

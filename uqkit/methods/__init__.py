@@ -1,9 +1,11 @@
 """Methods that turn a model into one that predicts with uncertainty."""
 
 from uqkit.methods.convert import (
+    BatchEnsembleConfig,
     ConversionReport,
     FlipoutConfig,
     GaussianConfig,
+    Rank1Config,
     bayesianize_,
     register_conversion,
 )
@@ -12,9 +14,11 @@ from uqkit.methods.sngp import SNGP
 
 __all__ = [
     "SNGP",
+    "BatchEnsembleConfig",
     "ConversionReport",
     "FlipoutConfig",
     "GaussianConfig",
+    "Rank1Config",
     "bayesianize_",
     "predict",
     "register_conversion",
