@@ -8,6 +8,7 @@ from uqkit.methods.convert import (
     Rank1Config,
     bayesianize_,
 )
+from uqkit.methods.mimo import MIMO
 from uqkit.methods.predict import predict
 from uqkit.methods.sngp import SNGP
 from uqkit.objectives import ELBO, kl_divergence
@@ -17,6 +18,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ELBO",
+    "MIMO",
     "SNGP",
     "BatchEnsembleConfig",
     "FlipoutConfig",

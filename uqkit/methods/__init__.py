@@ -9,10 +9,12 @@ from uqkit.methods.convert import (
     bayesianize_,
     register_conversion,
 )
+from uqkit.methods.mimo import MIMO
 from uqkit.methods.predict import predict
 from uqkit.methods.sngp import SNGP
 
 __all__ = [
+    "MIMO",
     "SNGP",
     "BatchEnsembleConfig",
     "ConversionReport",
