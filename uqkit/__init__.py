@@ -1,8 +1,15 @@
 """uqkit: trustworthy uncertainty for PyTorch models at close to the cost of one model."""
 
 from uqkit import calibration, data, metrics, nn
-from uqkit.methods.convert import FlipoutConfig, GaussianConfig, bayesianize_
+from uqkit.methods.convert import (
+    BatchEnsembleConfig,
+    FlipoutConfig,
+    GaussianConfig,
+    Rank1Config,
+    bayesianize_,
+)
 from uqkit.methods.ensemble import DeepEnsemble
+from uqkit.methods.mimo import MIMO
 from uqkit.methods.predict import predict
 from uqkit.methods.sngp import SNGP
 from uqkit.objectives import ELBO, kl_divergence
@@ -12,12 +19,15 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ELBO",
+    "MIMO",
     "SNGP",
+    "BatchEnsembleConfig",
     "DeepEnsemble",
     "FlipoutConfig",
     "GaussianConfig",
     "GaussianPrediction",
     "Prediction",
+    "Rank1Config",
     "__version__",
     "bayesianize_",
     "calibration",

@@ -2,9 +2,10 @@
 
 Importing the package registers every benchmark method (the spine's in :mod:`uqkit.bench.registry`, the
 Bayesian ones in :mod:`uqkit.bench.methods_bayesian`, SNGP and heteroscedastic in
-:mod:`uqkit.bench.methods_distance`).
+:mod:`uqkit.bench.methods_distance`, BatchEnsemble, MIMO and rank-1 BNNs in
+:mod:`uqkit.bench.methods_ensembles`).
 """
 
-from uqkit.bench import methods_bayesian, methods_distance, registry
+from uqkit.bench import methods_bayesian, methods_distance, methods_ensembles, registry
 
-__all__ = ["methods_bayesian", "methods_distance", "registry"]
+__all__ = ["methods_bayesian", "methods_distance", "methods_ensembles", "registry"]

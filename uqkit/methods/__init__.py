@@ -1,22 +1,28 @@
 """Methods that turn a model into one that predicts with uncertainty."""
 
 from uqkit.methods.convert import (
+    BatchEnsembleConfig,
     ConversionReport,
     FlipoutConfig,
     GaussianConfig,
+    Rank1Config,
     bayesianize_,
     register_conversion,
 )
 from uqkit.methods.ensemble import DeepEnsemble, register_vectorization, vmap_vectorization
+from uqkit.methods.mimo import MIMO
 from uqkit.methods.predict import predict
 from uqkit.methods.sngp import SNGP
 
 __all__ = [
+    "MIMO",
     "SNGP",
+    "BatchEnsembleConfig",
     "ConversionReport",
     "DeepEnsemble",
     "FlipoutConfig",
     "GaussianConfig",
+    "Rank1Config",
     "bayesianize_",
     "predict",
     "register_conversion",

@@ -1,10 +1,17 @@
-"""In-place conversion of a deterministic model into a Bayesian one: :func:`bayesianize_`.
+"""In-place conversion of a deterministic model into a Bayesian or member-vectorized one: bayesianize_.
 
 One entry point, a config object and a filter, as in ``torchao.quantize_(model, config, filter_fn)``: every
 ``nn.Linear``, ``nn.Conv1d``, ``nn.Conv2d`` and ``nn.LSTM`` anywhere in the model (nested containers, shared
-modules, any qualified name) is replaced by its stochastic twin of the family that the config names, with the
-pretrained weights copied into the posterior means. Anything left alone is listed in the returned
-:class:`ConversionReport`: nothing is skipped silently.
+modules, any qualified name) is replaced by its twin of the family that the config names, with the
+pretrained weights copied into the posterior means (Flipout, Gaussian) or the shared weight (BatchEnsemble,
+rank-1). Anything left alone is listed in the returned :class:`ConversionReport`: nothing is skipped
+silently.
+
+The member-vectorized families (:class:`BatchEnsembleConfig`, :class:`Rank1Config`) turn the model into one
+that maps ``[M, B, ...]`` to ``[M, B, ...]``: besides the layers with weights, the registered parameter-free
+layers that fold dimension 1 (``nn.Flatten``, pooling, ``nn.Unflatten``) are wrapped in
+:class:`uqkit.nn.members.Memberwise`; elementwise modules (activations, dropout) and residual additions work
+on ``[M, B, ...]`` as they are.
 
 The type registry maps ``(config type, module type)`` to a converter; :func:`register_conversion` adds
 entries (e.g. for your own layers). Only exact types match: a subclass of ``nn.Linear`` (such as the output
@@ -22,8 +29,11 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from uqkit._validation import check_positive_float
+from uqkit._validation import check_positive_float, check_positive_int
 from uqkit.nn import (
+    BatchEnsembleConv1d,
+    BatchEnsembleConv2d,
+    BatchEnsembleLinear,
     BayesianModule,
     FlipoutConv1d,
     FlipoutConv2d,
@@ -33,21 +43,29 @@ from uqkit.nn import (
     GaussianConv2d,
     GaussianLinear,
     GaussianLSTM,
+    Rank1Conv1d,
+    Rank1Conv2d,
+    Rank1Linear,
     StochasticModule,
 )
 from uqkit.nn._posterior import _check_prior
+from uqkit.nn.batchensemble import MemberConvBase, MemberLinearBase, _check_fast_weight_init
+from uqkit.nn.members import Memberwise
 from uqkit.nn.priors import NormalPrior, Prior
+from uqkit.nn.rank1 import RANK1_POSTERIOR_SCALE_INIT, default_rank1_prior
 
 __all__ = [
+    "BatchEnsembleConfig",
     "ConversionReport",
     "FlipoutConfig",
     "GaussianConfig",
+    "Rank1Config",
     "bayesianize_",
     "register_conversion",
 ]
 
 
-def _validate_config(config: FlipoutConfig | GaussianConfig) -> None:
+def _validate_config(config: Any) -> None:
     _check_prior(config.prior)
     check_positive_float(config.posterior_scale_init, "posterior_scale_init", allow_zero=True)
 
@@ -106,7 +124,82 @@ class GaussianConfig:
         return kwargs
 
 
-Config = FlipoutConfig | GaussianConfig
+@dataclass(frozen=True)
+class BatchEnsembleConfig:
+    """Convert to BatchEnsemble layers (Wen et al. 2020): ``M`` members sharing each weight, rank-1 factors.
+
+    The converted model takes ``[M, B, ...]`` inputs (or ``[B, ...]`` when its first module is a converted
+    layer, which broadcasts) and returns ``[M, B, ...]``: feed a ``[B, ...]`` batch through
+    :func:`uqkit.nn.members.with_member_dim` when the model starts with e.g. ``nn.Flatten``. The pretrained
+    weight becomes the shared ``W`` and its bias every member's bias; with ``fast_weight_init="ones"`` every
+    member then computes what the original computed.
+
+    Args:
+        num_members: ``M`` (default 4, as Wen et al.).
+        fast_weight_init: ``"random_sign"`` (default), ``"normal"`` or ``"ones"``; see
+            :class:`uqkit.nn.BatchEnsembleLinear`.
+        fast_weight_std: standard deviation of the ``"normal"`` initialisation (default 0.5).
+    """
+
+    num_members: int = 4
+    fast_weight_init: str = "random_sign"
+    fast_weight_std: float = 0.5
+    family: ClassVar[str] = "batchensemble"
+
+    def __post_init__(self) -> None:
+        check_positive_int(self.num_members, "num_members")
+        _check_fast_weight_init(self.fast_weight_init, self.fast_weight_std)
+
+    def layer_kwargs(self, source: nn.Module) -> dict[str, Any]:
+        """Keyword arguments that the config adds to the constructor of the twin of ``source``."""
+        return {
+            "num_members": self.num_members,
+            "fast_weight_init": self.fast_weight_init,
+            "fast_weight_std": self.fast_weight_std,
+        }
+
+
+@dataclass(frozen=True)
+class Rank1Config:
+    """Convert to rank-1 BNN layers (Dusenberry et al. 2020): BatchEnsemble with Gaussian factors.
+
+    Inputs and outputs as :class:`BatchEnsembleConfig`; the KL of the factors is collected by
+    :func:`uqkit.kl_divergence`. With ``posterior_scale_init=0`` and ``fast_weight_init="ones"`` every
+    member computes what the original computed.
+
+    Args:
+        num_members: ``M``, the number of mixture components (default 4).
+        prior: prior of every factor entry (default ``NormalPrior(scale=0.1, loc=1.0)``).
+        posterior_scale_init: initial posterior standard deviation of the factors (default ~0.0316).
+        fast_weight_init: initialisation of the factor means (default ``"normal"``, ``N(1, 0.5^2)``).
+        fast_weight_std: standard deviation of the ``"normal"`` initialisation (default 0.5).
+    """
+
+    num_members: int = 4
+    prior: Prior = field(default_factory=default_rank1_prior)
+    posterior_scale_init: float = RANK1_POSTERIOR_SCALE_INIT
+    fast_weight_init: str = "normal"
+    fast_weight_std: float = 0.5
+    family: ClassVar[str] = "rank1"
+
+    def __post_init__(self) -> None:
+        check_positive_int(self.num_members, "num_members")
+        _validate_config(self)
+        _check_fast_weight_init(self.fast_weight_init, self.fast_weight_std)
+
+    def layer_kwargs(self, source: nn.Module) -> dict[str, Any]:
+        """Keyword arguments that the config adds to the constructor of the twin of ``source``."""
+        return {
+            "num_members": self.num_members,
+            "prior": self.prior,
+            "posterior_scale_init": self.posterior_scale_init,
+            "fast_weight_init": self.fast_weight_init,
+            "fast_weight_std": self.fast_weight_std,
+        }
+
+
+Config = FlipoutConfig | GaussianConfig | BatchEnsembleConfig | Rank1Config
+_CONFIG_TYPES = (FlipoutConfig, GaussianConfig, BatchEnsembleConfig, Rank1Config)
 Converter = Callable[[nn.Module, Any], nn.Module]
 
 
@@ -203,6 +296,66 @@ for _config, _twins in (
         register_conversion(_config, _source, _twin_converter(_twin, _arguments))
 
 
+def _member_converter(twin: type[nn.Module], keywords: tuple[str, ...]) -> Converter:
+    """A converter to a member-vectorized twin: the source's weight becomes the shared ``W`` and its bias
+    the bias of every member."""
+
+    def convert(module: nn.Module, config: Config) -> nn.Module:
+        arguments = {name: getattr(module, name) for name in keywords}
+        arguments["bias"] = module.bias is not None
+        layer = twin(**arguments, **config.layer_kwargs(module), **_factory(module))
+        with torch.no_grad():
+            layer.weight.copy_(module.weight)
+            if module.bias is not None:
+                layer.bias.copy_(module.bias.expand_as(layer.bias))
+        return layer.train(module.training)
+
+    return convert
+
+
+def _memberwise(module: nn.Module, config: Config) -> nn.Module:
+    return Memberwise(module)
+
+
+_LINEAR_KEYWORDS = ("in_features", "out_features")
+_CONV_KEYWORDS = (
+    "in_channels",
+    "out_channels",
+    "kernel_size",
+    "stride",
+    "padding",
+    "dilation",
+    "groups",
+    "padding_mode",
+)
+# Parameter-free modules that treat dimension 1 as the example's first dimension: wrapped in Memberwise.
+MEMBERWISE_TYPES: tuple[type[nn.Module], ...] = (
+    nn.Flatten,
+    nn.Unflatten,
+    nn.MaxPool1d,
+    nn.MaxPool2d,
+    nn.AvgPool1d,
+    nn.AvgPool2d,
+    nn.AdaptiveAvgPool1d,
+    nn.AdaptiveAvgPool2d,
+    nn.AdaptiveMaxPool1d,
+    nn.AdaptiveMaxPool2d,
+)
+for _config, _twins in (
+    (BatchEnsembleConfig, (BatchEnsembleLinear, BatchEnsembleConv1d, BatchEnsembleConv2d)),
+    (Rank1Config, (Rank1Linear, Rank1Conv1d, Rank1Conv2d)),
+):
+    for _source, _twin, _keywords in zip(
+        (nn.Linear, nn.Conv1d, nn.Conv2d),
+        _twins,
+        (_LINEAR_KEYWORDS, _CONV_KEYWORDS, _CONV_KEYWORDS),
+        strict=True,
+    ):
+        register_conversion(_config, _source, _member_converter(_twin, _keywords))
+    for _source in MEMBERWISE_TYPES:
+        register_conversion(_config, _source, _memberwise)
+
+
 @dataclass
 class ConversionReport:
     """What :func:`bayesianize_` did.
@@ -233,6 +386,8 @@ def _skip_reason(module: nn.Module, config: Config) -> str | None:
     """Why a module with parameters of no registered type is left alone."""
     if isinstance(module, StochasticModule):
         return "already a stochastic layer"
+    if isinstance(module, (MemberLinearBase, MemberConvBase)):
+        return "already a member-vectorized layer"
     for config_type, module_type in _REGISTRY:
         if config_type is type(config) and isinstance(module, module_type):
             return f"a subclass of nn.{module_type.__name__}; only exact types are converted"
@@ -249,7 +404,7 @@ def bayesianize_(
     config: Config,
     filter_fn: Callable[[nn.Module, str], bool] | None = None,
 ) -> ConversionReport:
-    """Replace, in place, the supported layers of ``model`` by Bayesian twins of the ``config``'s family.
+    """Replace, in place, the supported layers of ``model`` by twins of the ``config``'s family.
 
     ``nn.Linear``, ``nn.Conv1d``, ``nn.Conv2d`` and ``nn.LSTM`` become Flipout layers under
     :class:`FlipoutConfig` and reparameterised Gaussian layers under :class:`GaussianConfig`, with the same
@@ -258,10 +413,17 @@ def bayesianize_(
     names is replaced by one twin shared the same way. With ``posterior_scale_init=0`` the converted model
     computes what the original computed.
 
+    Under :class:`BatchEnsembleConfig` and :class:`Rank1Config`, ``nn.Linear``, ``nn.Conv1d`` and
+    ``nn.Conv2d`` become BatchEnsemble or rank-1 layers of ``config.num_members`` members (the pretrained
+    weight shared, its bias copied to every member), and the parameter-free layers of
+    :data:`MEMBERWISE_TYPES` are wrapped in :class:`uqkit.nn.members.Memberwise`, so that the model maps
+    ``[M, B, ...]`` to ``[M, B, ...]`` (LSTMs and normalisation layers are reported, not converted).
+
     Args:
         model: the model to convert (modified in place). It cannot itself be a supported layer: wrap it,
             e.g. ``nn.Sequential(layer)``.
-        config: :class:`FlipoutConfig` or :class:`GaussianConfig` (defaults are usable as they are).
+        config: :class:`FlipoutConfig`, :class:`GaussianConfig`, :class:`BatchEnsembleConfig` or
+            :class:`Rank1Config` (defaults are usable as they are).
         filter_fn: optional ``filter_fn(module, qualified_name) -> bool`` called on each supported module;
             only those for which it returns ``True`` are converted.
 
@@ -282,9 +444,10 @@ def bayesianize_(
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
-    if not isinstance(config, (FlipoutConfig, GaussianConfig)):
+    if not isinstance(config, _CONFIG_TYPES):
         raise TypeError(
-            f"config: expected uqkit.FlipoutConfig() or uqkit.GaussianConfig(), got {type(config).__name__}"
+            "config: expected uqkit.FlipoutConfig(), uqkit.GaussianConfig(), uqkit.BatchEnsembleConfig() or "
+            f"uqkit.Rank1Config(), got {type(config).__name__}"
         )
     if filter_fn is not None and not callable(filter_fn):
         raise TypeError(
@@ -303,12 +466,13 @@ def bayesianize_(
         names_of.setdefault(id(module), []).append(name)
         modules[id(module)] = module
 
+    wrapped = {id(m.module) for m in modules.values() if isinstance(m, Memberwise)}
     replacements: dict[int, nn.Module] = {}
     for key, module in modules.items():
         names = names_of[key]
         kind = type(module).__name__
-        if isinstance(module, parametrize.ParametrizationList):
-            continue  # reported through the parametrized module that owns it
+        if isinstance(module, parametrize.ParametrizationList) or key in wrapped:
+            continue  # reported through its owner (parametrized module), or already member-wise
         if parametrize.is_parametrized(module):
             report.skipped += [(name, kind, "has parametrizations (e.g. weight norm)") for name in names]
             continue

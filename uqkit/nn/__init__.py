@@ -8,15 +8,20 @@ mode; :func:`use_posterior_mean` gives the deterministic mean-weight output. Bay
 from uqkit.nn import priors
 from uqkit.nn._noise import rademacher
 from uqkit.nn._posterior import BayesianModule, StochasticModule, use_posterior_mean
+from uqkit.nn.batchensemble import BatchEnsembleConv1d, BatchEnsembleConv2d, BatchEnsembleLinear
 from uqkit.nn.dropout import MCDropout
 from uqkit.nn.flipout import FlipoutConv1d, FlipoutConv2d, FlipoutLinear, FlipoutLSTM
 from uqkit.nn.gp import RandomFeatureGP
 from uqkit.nn.heteroscedastic import HeteroscedasticHead
 from uqkit.nn.priors import NormalPrior, ScaleMixtureNormalPrior
+from uqkit.nn.rank1 import Rank1Conv1d, Rank1Conv2d, Rank1Linear
 from uqkit.nn.reparam import GaussianConv1d, GaussianConv2d, GaussianLinear, GaussianLSTM
 from uqkit.nn.spectral import BoundedSpectralNorm, spectral_norm
 
 __all__ = [
+    "BatchEnsembleConv1d",
+    "BatchEnsembleConv2d",
+    "BatchEnsembleLinear",
     "BayesianModule",
     "BoundedSpectralNorm",
     "FlipoutConv1d",
@@ -31,6 +36,9 @@ __all__ = [
     "MCDropout",
     "NormalPrior",
     "RandomFeatureGP",
+    "Rank1Conv1d",
+    "Rank1Conv2d",
+    "Rank1Linear",
     "ScaleMixtureNormalPrior",
     "StochasticModule",
     "priors",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
@@ -45,6 +46,87 @@ def _as_tuple(value: Any, n: int, name: str, minimum: int) -> tuple[int, ...]:
     ):
         raise ValueError(f"{name}: expected an int >= {minimum} or a tuple of {n} such ints, got {value!r}")
     return tuple(values)
+
+
+@dataclass(frozen=True)
+class ConvGeometry:
+    """Validated constructor arguments of an ``nn.Conv1d`` / ``nn.Conv2d``, one tuple entry per spatial dim.
+
+    ``pad_widths`` are the ``F.pad`` widths (last dim first) used for the non-zero padding modes.
+    """
+
+    in_channels: int
+    out_channels: int
+    kernel_size: tuple[int, ...]
+    stride: tuple[int, ...]
+    padding: str | tuple[int, ...]
+    dilation: tuple[int, ...]
+    groups: int
+    padding_mode: str
+    pad_widths: tuple[int, ...]
+
+
+def conv_geometry(
+    spatial_dims: int,
+    in_channels: int,
+    out_channels: int,
+    kernel_size: int | tuple[int, ...],
+    stride: int | tuple[int, ...],
+    padding: str | int | tuple[int, ...],
+    dilation: int | tuple[int, ...],
+    groups: int,
+    padding_mode: str,
+) -> ConvGeometry:
+    """Check a convolution's constructor arguments as ``torch.nn.Conv{1,2}d`` does; return them as tuples."""
+    n = spatial_dims
+    in_channels = check_positive_int(in_channels, "in_channels")
+    out_channels = check_positive_int(out_channels, "out_channels")
+    groups = check_positive_int(groups, "groups")
+    if in_channels % groups or out_channels % groups:
+        raise ValueError(
+            f"groups: expected a divisor of in_channels ({in_channels}) and out_channels "
+            f"({out_channels}), got {groups}"
+        )
+    kernel = _as_tuple(kernel_size, n, "kernel_size", 1)
+    strides = _as_tuple(stride, n, "stride", 1)
+    dilations = _as_tuple(dilation, n, "dilation", 1)
+    if isinstance(padding, str):
+        if padding not in ("same", "valid"):
+            raise ValueError(f"padding: expected 'same', 'valid' or ints, got {padding!r}")
+        if padding == "same" and any(s != 1 for s in strides):
+            raise ValueError(f"padding: 'same' needs stride 1, got stride {strides}")
+        pads: str | tuple[int, ...] = padding
+    else:
+        pads = _as_tuple(padding, n, "padding", 0)
+    if padding_mode not in _PADDING_MODES:
+        raise ValueError(f"padding_mode: expected one of {_PADDING_MODES}, got {padding_mode!r}")
+    widths: list[int] = []
+    for d in reversed(range(n)):
+        if pads == "valid":
+            left = right = 0
+        elif pads == "same":
+            total = dilations[d] * (kernel[d] - 1)
+            left, right = total // 2, total - total // 2
+        else:
+            left = right = pads[d]
+        widths += [left, right]
+    return ConvGeometry(
+        in_channels, out_channels, kernel, strides, pads, dilations, groups, padding_mode, tuple(widths)
+    )
+
+
+def convolve(
+    conv: Callable[..., torch.Tensor],
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    geometry: ConvGeometry,
+) -> torch.Tensor:
+    """``conv(x, weight, bias)`` with the stride, padding (any mode), dilation and groups of ``geometry``."""
+    if geometry.padding_mode == "zeros":
+        return conv(x, weight, bias, geometry.stride, geometry.padding, geometry.dilation, geometry.groups)
+    x = F.pad(x, geometry.pad_widths, mode=geometry.padding_mode)
+    return conv(x, weight, bias, geometry.stride, 0, geometry.dilation, geometry.groups)
 
 
 def _reset_like_linear(layer: BayesianModule) -> None:
@@ -129,30 +211,25 @@ class ConvPosterior(BayesianModule):
         dtype: torch.dtype | None = None,
     ) -> None:
         super().__init__(prior, posterior_scale_init)
-        n = self.spatial_dims
-        self.in_channels = check_positive_int(in_channels, "in_channels")
-        self.out_channels = check_positive_int(out_channels, "out_channels")
-        self.groups = check_positive_int(groups, "groups")
-        if in_channels % groups or out_channels % groups:
-            raise ValueError(
-                f"groups: expected a divisor of in_channels ({in_channels}) and out_channels "
-                f"({out_channels}), got {groups}"
-            )
-        self.kernel_size = _as_tuple(kernel_size, n, "kernel_size", 1)
-        self.stride = _as_tuple(stride, n, "stride", 1)
-        self.dilation = _as_tuple(dilation, n, "dilation", 1)
-        if isinstance(padding, str):
-            if padding not in ("same", "valid"):
-                raise ValueError(f"padding: expected 'same', 'valid' or ints, got {padding!r}")
-            if padding == "same" and any(s != 1 for s in self.stride):
-                raise ValueError(f"padding: 'same' needs stride 1, got stride {self.stride}")
-            self.padding: str | tuple[int, ...] = padding
-        else:
-            self.padding = _as_tuple(padding, n, "padding", 0)
-        if padding_mode not in _PADDING_MODES:
-            raise ValueError(f"padding_mode: expected one of {_PADDING_MODES}, got {padding_mode!r}")
-        self.padding_mode = padding_mode
-        self._pad_widths = self._explicit_pad_widths()
+        geometry = conv_geometry(
+            self.spatial_dims,
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride,
+            padding,
+            dilation,
+            groups,
+            padding_mode,
+        )
+        self.in_channels, self.out_channels = geometry.in_channels, geometry.out_channels
+        self.kernel_size, self.stride, self.padding = geometry.kernel_size, geometry.stride, geometry.padding
+        self.dilation, self.groups, self.padding_mode = (
+            geometry.dilation,
+            geometry.groups,
+            geometry.padding_mode,
+        )
+        self._geometry = geometry
         factory = {"device": device, "dtype": dtype}
         shape = (out_channels, in_channels // groups, *self.kernel_size)
         self._register_posterior("weight", shape, **factory)
@@ -162,26 +239,9 @@ class ConvPosterior(BayesianModule):
 
     reset_parameters = _reset_like_linear
 
-    def _explicit_pad_widths(self) -> tuple[int, ...]:
-        """``F.pad`` widths (last dim first) for the non-zero padding modes."""
-        widths: list[int] = []
-        for d in reversed(range(self.spatial_dims)):
-            if self.padding == "valid":
-                left = right = 0
-            elif self.padding == "same":
-                total = self.dilation[d] * (self.kernel_size[d] - 1)
-                left, right = total // 2, total - total // 2
-            else:
-                left = right = self.padding[d]
-            widths += [left, right]
-        return tuple(widths)
-
     def _convolve(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         """The twin's convolution with the given weights (``x`` batched)."""
-        if self.padding_mode == "zeros":
-            return type(self).conv(x, weight, bias, self.stride, self.padding, self.dilation, self.groups)
-        x = F.pad(x, self._pad_widths, mode=self.padding_mode)
-        return type(self).conv(x, weight, bias, self.stride, 0, self.dilation, self.groups)
+        return convolve(type(self).conv, x, weight, bias, self._geometry)
 
     def _batched(self, x: Any) -> tuple[torch.Tensor, bool]:
         """Check the input; return it with a batch dimension, and whether one was added."""

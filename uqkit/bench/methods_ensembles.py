@@ -1,0 +1,162 @@
+"""Efficient-ensemble benchmark methods: ``batchensemble``, ``mimo`` and ``rank1-bnn``.
+
+Importing this module registers the three in :data:`uqkit.bench.registry.METHODS`, for every classification
+task and its backbone:
+
+* ``batchensemble`` (Wen et al. 2020): the backbone converted in place with
+  :func:`uqkit.bayesianize_` and :class:`uqkit.BatchEnsembleConfig` (``M = 4``, random-sign fast weights);
+  trained on the mean over members of the cross-entropy, every member on the whole batch (the batch is
+  broadcast, the labels are never repeated); predicts ``[M, B, C]``.
+* ``rank1-bnn`` (Dusenberry et al. 2020): the same conversion with :class:`uqkit.Rank1Config`; trained on
+  :class:`uqkit.ELBO` (mean NLL over members, factors' KL annealed in over the first epoch, as the other BNN
+  methods); predicts ``[M * S, B, C]``: ``S`` samples of each of the ``M`` mixture components.
+* ``mimo`` (Havasi et al. 2021): the backbone built with ``M = 3`` times its input channels and outputs,
+  wrapped in :class:`uqkit.MIMO`, trained on independent per-member batches; at test time the same input to
+  all members, ``[M, B, C]``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from uqkit.bench.models import build_model
+from uqkit.bench.registry import Method, MethodContext, register_method
+from uqkit.methods.convert import BatchEnsembleConfig, Rank1Config, bayesianize_
+from uqkit.methods.mimo import MIMO
+from uqkit.nn.members import with_member_dim
+from uqkit.objectives import ELBO
+from uqkit.prediction import Prediction
+
+__all__ = ["BatchEnsembleNetwork", "MIMONetwork", "Rank1Network"]
+
+BATCHENSEMBLE_MEMBERS = 4
+RANK1_MEMBERS = 4
+RANK1_SAMPLES_PER_MEMBER = 2
+RANK1_KL_WARMUP_EPOCHS = 1
+MIMO_MEMBERS = 3
+MIMO_INPUT_REPETITION = 0.0
+MIMO_BATCH_REPETITION = 1
+
+
+class BatchEnsembleNetwork(Method):
+    """A member-vectorized network (``[M, B, ...] -> [M, B, C]``) trained on the members' mean
+    cross-entropy, each member on the whole batch."""
+
+    def __init__(self, network: nn.Module, num_members: int, example_dims: int) -> None:
+        super().__init__()
+        self.network = network
+        self.num_members = num_members
+        self.num_samples = num_members
+        self.example_dims = example_dims
+
+    def member_logits(self, inputs: torch.Tensor) -> torch.Tensor:
+        """``[M, B, C]`` logits of the ``[B, ...]`` batch broadcast to every member."""
+        return self.network(with_member_dim(inputs, self.num_members, self.example_dims))
+
+    def training_loss(self, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        logits = self.member_logits(inputs)  # [M, B, C]; cross_entropy wants [B, C, M] against [B, M]
+        return nn.functional.cross_entropy(
+            logits.permute(1, 2, 0), labels[:, None].expand(len(labels), self.num_members)
+        )
+
+    def predict(self, inputs: torch.Tensor) -> Prediction:
+        return Prediction(self.member_logits(inputs))
+
+
+class Rank1Network(BatchEnsembleNetwork):
+    """A rank-1 BNN trained on the ELBO; predicts ``S`` samples of each of the ``M`` members.
+
+    The factors are sampled per example, so the ``S`` samples of a batch come from one forward pass over
+    the batch repeated ``S`` times.
+    """
+
+    def __init__(
+        self,
+        network: nn.Module,
+        num_members: int,
+        example_dims: int,
+        num_train: int,
+        batch_size: int,
+        samples_per_member: int,
+    ) -> None:
+        super().__init__(network, num_members, example_dims)
+        self.samples_per_member = samples_per_member
+        self.num_samples = num_members * samples_per_member
+        steps_per_epoch = max(1, -(-num_train // batch_size))
+        self.elbo = ELBO(num_data=num_train, warmup_steps=RANK1_KL_WARMUP_EPOCHS * steps_per_epoch)
+
+    def training_loss(self, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return self.elbo(self.member_logits(inputs), labels, self.network)
+
+    def predict(self, inputs: torch.Tensor) -> Prediction:
+        samples, batch = self.samples_per_member, inputs.shape[0]
+        repeated = inputs.repeat(samples, *([1] * (inputs.dim() - 1)))  # [S * B, ...], sample-major
+        logits = self.member_logits(repeated)  # [M, S * B, C]
+        return Prediction(logits.reshape(self.num_members * samples, batch, logits.shape[-1]))
+
+
+class MIMONetwork(Method):
+    """A :class:`uqkit.MIMO` network: independent examples per member in training, a shared input at test."""
+
+    def __init__(self, network: MIMO) -> None:
+        super().__init__()
+        self.network = network
+        self.num_samples = network.num_members
+
+    def training_loss(self, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return self.network.training_loss(inputs, labels)
+
+    def predict(self, inputs: torch.Tensor) -> Prediction:
+        return self.network.predict(inputs)
+
+
+def _converted(context: MethodContext, config: BatchEnsembleConfig | Rank1Config) -> nn.Module:
+    network = build_model(context.model, context.input_shape, context.num_classes)
+    bayesianize_(network, config)
+    return network
+
+
+@register_method(
+    "batchensemble",
+    f"BatchEnsemble (Wen et al. 2020), {BATCHENSEMBLE_MEMBERS} members sharing each weight, random-sign "
+    "rank-1 fast weights",
+)
+def _batchensemble(context: MethodContext) -> Method:
+    network = _converted(context, BatchEnsembleConfig(num_members=BATCHENSEMBLE_MEMBERS))
+    return BatchEnsembleNetwork(network, BATCHENSEMBLE_MEMBERS, len(context.input_shape))
+
+
+@register_method(
+    "rank1-bnn",
+    f"rank-1 BNN (Dusenberry et al. 2020), {RANK1_MEMBERS}-component Gaussian mixture on the rank-1 factors, "
+    f"ELBO, {RANK1_SAMPLES_PER_MEMBER} samples per member",
+)
+def _rank1_bnn(context: MethodContext) -> Method:
+    network = _converted(context, Rank1Config(num_members=RANK1_MEMBERS))
+    return Rank1Network(
+        network,
+        RANK1_MEMBERS,
+        len(context.input_shape),
+        context.num_train,
+        context.batch_size,
+        RANK1_SAMPLES_PER_MEMBER,
+    )
+
+
+@register_method(
+    "mimo",
+    f"MIMO (Havasi et al. 2021), {MIMO_MEMBERS} subnetworks in one network, independent examples per member",
+)
+def _mimo(context: MethodContext) -> Method:
+    channels, *rest = context.input_shape
+    shape = (MIMO_MEMBERS * channels, *rest)
+    backbone = build_model(context.model, shape, MIMO_MEMBERS * context.num_classes)
+    network = MIMO(
+        backbone,
+        MIMO_MEMBERS,
+        len(context.input_shape),
+        input_repetition=MIMO_INPUT_REPETITION,
+        batch_repetition=MIMO_BATCH_REPETITION,
+    )
+    return MIMONetwork(network)

@@ -1,0 +1,418 @@
+"""BatchEnsemble layers (Wen et al. 2020): ``M`` ensemble members sharing one weight matrix.
+
+Member ``m`` of a BatchEnsemble layer uses the weight ``W_m = W * (s_m r_m^T)``: a weight ``W`` shared by
+all members, times the rank-1 matrix of two per-member "fast weight" vectors, ``r_m`` over the input
+features and ``s_m`` over the output features, plus a per-member bias ``b_m``. Because the rank-1 factor
+acts elementwise, the member's output needs no member-specific matrix (Wen et al. 2020, eq. (5), the
+vectorised form):
+
+    ``y_m = ((x_m * r_m) W^T) * s_m + b_m``
+
+so all ``M`` members are computed with *one* matrix product (or convolution) over the folded batch
+``[M * B, ...]``: the cost of one layer on an ``M`` times larger batch, and ``M (in + 2 out)`` parameters
+on top of the shared ``W`` (1-2 % of a layer's). For a convolution ``r_m`` scales the input channels and
+``s_m`` the output channels, broadcast over the spatial positions.
+
+Inputs carry a leading member dimension, ``[M, B, ...]``; an input without it, ``[B, ...]``, is broadcast to
+all members (:func:`uqkit.nn.members.with_member_dim`). Outputs are always ``[M, B, ...]``, so layers stack
+directly; parameter-free layers in between (pooling, ``Flatten``) run through
+:class:`uqkit.nn.members.Memberwise`.
+
+Fast-weight initialisation (``fast_weight_init``): Wen et al. 2020 (Sec. 3, Appendix B) initialise ``r`` and
+``s`` with random signs so that the members start decorrelated; the reference implementation (edward2 /
+uncertainty-baselines, flag ``random_sign_init``) offers either random signs (entries ``+-1``) or a Gaussian
+around 1. ``"random_sign"`` (default) draws exact ``+-1`` entries with probability 1/2 each through
+:func:`uqkit.nn.rademacher`; ``"normal"`` draws ``N(1, fast_weight_std^2)`` (uncertainty-baselines' CIFAR
+default, ``random_sign_init = -0.5``); ``"ones"`` starts every member at ``W`` itself. The shared ``W`` is
+initialised as its ``torch.nn`` twin initialises its weight; each member's bias is drawn independently from
+the twin's bias distribution.
+
+The shared structure (parameters, input handling, the one batched product) lives in the mixins
+:class:`MemberLinearBase` / :class:`MemberConvBase`, which the rank-1 BNN layers (:mod:`uqkit.nn.rank1`)
+reuse with random fast weights.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from uqkit._validation import check_choice, check_float_tensor, check_positive_float, check_positive_int
+from uqkit.nn._noise import rademacher
+from uqkit.nn._twins import conv_geometry, convolve
+from uqkit.nn.members import with_member_dim
+
+__all__ = ["BatchEnsembleConv1d", "BatchEnsembleConv2d", "BatchEnsembleLinear"]
+
+FAST_WEIGHT_INITS = ("random_sign", "normal", "ones")
+
+
+def init_fast_weights_(tensor: torch.Tensor, init: str, std: float) -> torch.Tensor:
+    """Fill ``tensor`` in place with fast-weight values: ``+-1`` signs, ``N(1, std^2)``, or ones."""
+    with torch.no_grad():
+        if init == "random_sign":
+            tensor.copy_(rademacher(tensor.shape, dtype=tensor.dtype, device=tensor.device))
+        elif init == "normal":
+            tensor.normal_(1.0, std)
+        else:
+            tensor.fill_(1.0)
+    return tensor
+
+
+def _check_fast_weight_init(init: Any, std: Any) -> tuple[str, float]:
+    return check_choice(init, "fast_weight_init", FAST_WEIGHT_INITS), check_positive_float(
+        std, "fast_weight_std", allow_zero=True
+    )
+
+
+class _MemberBase(nn.Module):
+    """The shared weight ``W`` and the per-member bias ``[M, out]`` of a member-vectorized layer.
+
+    Subclasses define ``example_dims``, ``_weight_shape()``, ``_check_example()``, ``_product()`` (the one
+    batched product of ``W`` with a folded input) and how the factors broadcast (``_factor_view``).
+    """
+
+    example_dims: ClassVar[int]
+
+    def _setup_shared(self, num_members: int, out_features: int, bias: bool, factory: dict[str, Any]) -> None:
+        self.num_members = check_positive_int(num_members, "num_members")
+        if not isinstance(bias, bool):
+            raise TypeError(f"bias: expected a bool, got {type(bias).__name__}")
+        self.weight = nn.Parameter(torch.empty(self._weight_shape(), **factory))
+        if bias:
+            self.bias = nn.Parameter(torch.empty(num_members, out_features, **factory))
+        else:
+            self.register_parameter("bias", None)
+
+    def reset_shared_parameters(self) -> None:
+        """``W`` as the ``torch.nn`` twin initialises its weight (Kaiming uniform, ``a = sqrt(5)``); each
+        member's bias independently ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))``."""
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+        if self.bias is not None:
+            fan_in = self.weight[0].numel()
+            bound = 1.0 / math.sqrt(fan_in) if fan_in > 0 else 0.0
+            nn.init.uniform_(self.bias, -bound, bound)
+
+    def _member_input(self, input: Any) -> torch.Tensor:
+        """Check ``input`` and return it as ``[M, B, *example]`` (broadcasting ``[B, *example]``)."""
+        check_float_tensor(input, "input", finite=False)
+        x = with_member_dim(input, self.num_members, self.example_dims)
+        self._check_example(x)
+        return x
+
+    def _combine(self, x: torch.Tensor, r: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        """``((x * r) W^T) * s + b`` for ``x`` ``[M, B, ...]``, factors ``[M, in]`` or ``[M, B, in]``.
+
+        Factors of shape ``[M, features]`` apply to every example of a member; ``[M, B, features]`` give
+        each example its own factors (the rank-1 BNN's per-example samples).
+        """
+        members, batch = x.shape[:2]
+        scaled = x * self._factor_view(r)
+        out = self._product(scaled.reshape(members * batch, *x.shape[2:]))
+        out = out.view(members, batch, *out.shape[1:])
+        if self.bias is None:
+            return out * self._factor_view(s)
+        return torch.addcmul(self._factor_view(self.bias), out, self._factor_view(s))
+
+    def _factor_view(self, factor: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class MemberLinearBase(_MemberBase):
+    """Parameters and batched product of a member-vectorized ``nn.Linear`` (BatchEnsemble, rank-1)."""
+
+    example_dims: ClassVar[int] = 1
+
+    def _setup_linear(
+        self, in_features: int, out_features: int, num_members: int, bias: bool, factory: dict[str, Any]
+    ) -> None:
+        self.in_features = check_positive_int(in_features, "in_features")
+        self.out_features = check_positive_int(out_features, "out_features")
+        self._setup_shared(num_members, out_features, bias, factory)
+
+    @property
+    def input_size(self) -> int:
+        return self.in_features
+
+    @property
+    def output_size(self) -> int:
+        return self.out_features
+
+    def _weight_shape(self) -> tuple[int, ...]:
+        return (self.out_features, self.in_features)
+
+    def _check_example(self, x: torch.Tensor) -> None:
+        if x.shape[-1] != self.in_features:
+            raise ValueError(
+                f"input: expected [B, {self.in_features}] or [M, B, {self.in_features}] (in_features last), "
+                f"got shape {list(x.shape)}"
+            )
+
+    def _factor_view(self, factor: torch.Tensor) -> torch.Tensor:
+        return factor if factor.dim() == 3 else factor.unsqueeze(1)  # [M, 1|B, features]
+
+    def _product(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight)
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, "
+            f"num_members={self.num_members}, bias={self.bias is not None}"
+        )
+
+
+class MemberConvBase(_MemberBase):
+    """Parameters and batched convolution of a member-vectorized ``nn.Conv1d`` / ``nn.Conv2d``.
+
+    Subclasses set ``spatial_dims`` and ``conv`` (``F.conv1d`` or ``F.conv2d``).
+    """
+
+    spatial_dims: ClassVar[int]
+    conv: ClassVar[Callable[..., torch.Tensor]]
+
+    def _setup_conv(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | tuple[int, ...],
+        num_members: int,
+        stride: int | tuple[int, ...],
+        padding: str | int | tuple[int, ...],
+        dilation: int | tuple[int, ...],
+        groups: int,
+        bias: bool,
+        padding_mode: str,
+        factory: dict[str, Any],
+    ) -> None:
+        geometry = conv_geometry(
+            self.spatial_dims,
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride,
+            padding,
+            dilation,
+            groups,
+            padding_mode,
+        )
+        self._geometry = geometry
+        self.in_channels, self.out_channels = geometry.in_channels, geometry.out_channels
+        self.kernel_size, self.stride, self.padding = geometry.kernel_size, geometry.stride, geometry.padding
+        self.dilation, self.groups = geometry.dilation, geometry.groups
+        self.padding_mode = geometry.padding_mode
+        self._setup_shared(num_members, out_channels, bias, factory)
+
+    @property
+    def example_dims(self) -> int:  # type: ignore[override]
+        return self.spatial_dims + 1
+
+    @property
+    def input_size(self) -> int:
+        return self.in_channels
+
+    @property
+    def output_size(self) -> int:
+        return self.out_channels
+
+    def _weight_shape(self) -> tuple[int, ...]:
+        return (self.out_channels, self.in_channels // self.groups, *self.kernel_size)
+
+    def _check_example(self, x: torch.Tensor) -> None:
+        n = self.spatial_dims
+        if x.shape[2] != self.in_channels:
+            raise ValueError(
+                f"input: expected {self.in_channels} channels in [B, C, {n} spatial dims] or "
+                f"[M, B, C, {n} spatial dims], got shape {list(x.shape)}"
+            )
+
+    def _factor_view(self, factor: torch.Tensor) -> torch.Tensor:
+        base = factor if factor.dim() == 3 else factor.unsqueeze(1)  # [M, 1|B, channels]
+        return base.reshape(*base.shape, *((1,) * self.spatial_dims))
+
+    def _product(self, x: torch.Tensor) -> torch.Tensor:
+        return convolve(type(self).conv, x, self.weight, None, self._geometry)
+
+    def extra_repr(self) -> str:
+        text = (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+            f"num_members={self.num_members}, stride={self.stride}, padding={self.padding}, "
+            f"dilation={self.dilation}, groups={self.groups}, bias={self.bias is not None}"
+        )
+        if self.padding_mode != "zeros":
+            text += f", padding_mode={self.padding_mode!r}"
+        return text
+
+
+class _BatchEnsembleMixin:
+    """Deterministic fast weights ``r`` ``[M, in]`` and ``s`` ``[M, out]``, and the forward pass."""
+
+    def _setup_fast_weights(self, init: str, std: float, factory: dict[str, Any]) -> None:
+        self.fast_weight_init, self.fast_weight_std = _check_fast_weight_init(init, std)
+        members = self.num_members
+        self.r = nn.Parameter(torch.empty(members, self.input_size, **factory))
+        self.s = nn.Parameter(torch.empty(members, self.output_size, **factory))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Shared weight and biases as the ``torch.nn`` twin; fast weights per ``fast_weight_init``."""
+        self.reset_shared_parameters()
+        init_fast_weights_(self.r, self.fast_weight_init, self.fast_weight_std)
+        init_fast_weights_(self.s, self.fast_weight_init, self.fast_weight_std)
+
+    def member_weights(self) -> torch.Tensor:
+        """The ``M`` members' full weights ``W * (s_m r_m^T)``, ``[M, *weight.shape]`` (for inspection).
+
+        For grouped convolutions, ``r`` indexes all input channels; member ``m``'s weight entry
+        ``[o, j, ...]`` of group ``g = o // (out / groups)`` is scaled by
+        ``s_m[o] * r_m[g * in / groups + j]``.
+        """
+        out_size, in_per_group = self.weight.shape[:2]
+        groups = getattr(self, "groups", 1)
+        group_of_output = torch.arange(out_size, device=self.weight.device) // (out_size // groups)
+        input_index = group_of_output[:, None] * in_per_group + torch.arange(
+            in_per_group, device=self.weight.device
+        )
+        scale = self.s[:, :, None] * self.r[:, input_index]  # [M, out, in / groups]
+        return self.weight * scale.reshape(*scale.shape, *((1,) * (self.weight.dim() - 2)))
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        x = self._member_input(input)
+        return self._combine(x, self.r, self.s)
+
+    def extra_repr(self) -> str:
+        text = super().extra_repr()  # type: ignore[misc]
+        return f"{text}, fast_weight_init={self.fast_weight_init!r}"
+
+
+class BatchEnsembleLinear(_BatchEnsembleMixin, MemberLinearBase):
+    """``M`` members of an ``nn.Linear`` sharing one weight: ``W_m = W * (s_m r_m^T)`` (Wen et al. 2020).
+
+    Computes ``y_m = ((x_m * r_m) W^T) * s_m + b_m`` for all members with one matrix product.
+
+    Args:
+        in_features, out_features, bias, device, dtype: as ``torch.nn.Linear``.
+        num_members: ``M``, the ensemble size (Wen et al. use 4).
+        fast_weight_init: ``"random_sign"`` (default, entries exactly ``+-1``), ``"normal"``
+            (``N(1, fast_weight_std^2)``) or ``"ones"``; see the module docstring.
+        fast_weight_std: standard deviation of the ``"normal"`` initialisation (default 0.5).
+
+    Shape:
+        input ``[M, B, in_features]`` or ``[B, in_features]`` (broadcast to every member); output
+        ``[M, B, out_features]``.
+
+    Attributes:
+        weight: the shared ``W``, ``[out_features, in_features]``.
+        r: input fast weights, ``[M, in_features]``.
+        s: output fast weights, ``[M, out_features]``.
+        bias: per-member biases, ``[M, out_features]`` (or ``None``).
+
+    Example:
+        >>> layer = BatchEnsembleLinear(784, 10, num_members=4)
+        >>> layer(torch.randn(32, 784)).shape
+        torch.Size([4, 32, 10])
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        num_members: int,
+        bias: bool = True,
+        *,
+        fast_weight_init: str = "random_sign",
+        fast_weight_std: float = 0.5,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        factory = {"device": device, "dtype": dtype}
+        self._setup_linear(in_features, out_features, num_members, bias, factory)
+        self._setup_fast_weights(fast_weight_init, fast_weight_std, factory)
+
+
+class _BatchEnsembleConvNd(_BatchEnsembleMixin, MemberConvBase):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | tuple[int, ...],
+        num_members: int,
+        stride: int | tuple[int, ...] = 1,
+        padding: str | int | tuple[int, ...] = 0,
+        dilation: int | tuple[int, ...] = 1,
+        groups: int = 1,
+        bias: bool = True,
+        padding_mode: str = "zeros",
+        *,
+        fast_weight_init: str = "random_sign",
+        fast_weight_std: float = 0.5,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        factory = {"device": device, "dtype": dtype}
+        self._setup_conv(
+            in_channels,
+            out_channels,
+            kernel_size,
+            num_members,
+            stride,
+            padding,
+            dilation,
+            groups,
+            bias,
+            padding_mode,
+            factory,
+        )
+        self._setup_fast_weights(fast_weight_init, fast_weight_std, factory)
+
+
+class BatchEnsembleConv1d(_BatchEnsembleConvNd):
+    """``M`` members of an ``nn.Conv1d`` sharing one kernel (Wen et al. 2020), one batched convolution.
+
+    Member ``m`` convolves with ``W * (s_m r_m^T)``: ``r_m`` scales the input channels and ``s_m`` the output
+    channels, ``y_m = conv(x_m * r_m, W) * s_m + b_m``.
+
+    Args:
+        in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias, padding_mode,
+            device, dtype: as ``torch.nn.Conv1d``.
+        num_members: ``M``, the ensemble size.
+        fast_weight_init, fast_weight_std: as :class:`BatchEnsembleLinear`.
+
+    Shape:
+        input ``[M, B, C_in, L]`` or ``[B, C_in, L]`` (broadcast); output ``[M, B, C_out, L_out]``.
+    """
+
+    spatial_dims: ClassVar[int] = 1
+    conv = staticmethod(F.conv1d)
+
+
+class BatchEnsembleConv2d(_BatchEnsembleConvNd):
+    """``M`` members of an ``nn.Conv2d`` sharing one kernel (Wen et al. 2020), one batched convolution.
+
+    Member ``m`` convolves with ``W * (s_m r_m^T)``: ``r_m`` scales the input channels and ``s_m`` the output
+    channels (broadcast over kernel positions), ``y_m = conv(x_m * r_m, W) * s_m + b_m``.
+
+    Args:
+        in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias, padding_mode,
+            device, dtype: as ``torch.nn.Conv2d`` (non-square kernels, strides and paddings included).
+        num_members: ``M``, the ensemble size.
+        fast_weight_init, fast_weight_std: as :class:`BatchEnsembleLinear`.
+
+    Shape:
+        input ``[M, B, C_in, H, W]`` or ``[B, C_in, H, W]`` (broadcast); output
+        ``[M, B, C_out, H_out, W_out]``.
+
+    Example:
+        >>> layer = BatchEnsembleConv2d(3, 8, 3, num_members=4, padding=1)
+        >>> layer(torch.randn(2, 3, 16, 16)).shape
+        torch.Size([4, 2, 8, 16, 16])
+    """
+
+    spatial_dims: ClassVar[int] = 2
+    conv = staticmethod(F.conv2d)
