@@ -16,7 +16,7 @@ from uqkit.bench.models import Conv1dNet, LeNet5, ResidualMLP, mlp
 from uqkit.methods import DeepEnsemble, predict, register_vectorization, vmap_vectorization
 from uqkit.methods.ensemble import (
     _REGISTRY,
-    SharedBatchMemberwise,
+    FoldedMemberwise,
     StackedBatchNorm,
     StackedConv,
     StackedLinear,
@@ -154,9 +154,9 @@ def test_vectorized_equals_loop_over_exported_members(name, per_member, mode):
 def test_layers_map_to_stacked_twins_and_fallback():
     ensemble = _ensemble("vmap-fallback")
     kinds = [type(m) for m in ensemble.network]
-    assert kinds == [StackedLinear, VmapStacked, VmapStacked, SharedBatchMemberwise, StackedLinear]
+    assert kinds == [StackedLinear, VmapStacked, VmapStacked, FoldedMemberwise, StackedLinear]
     norms = _ensemble("norms-and-custom-block").network
-    assert [type(m) for m in norms][:3] == [StackedConv, StackedBatchNorm, SharedBatchMemberwise]
+    assert [type(m) for m in norms][:3] == [StackedConv, StackedBatchNorm, FoldedMemberwise]
     # a custom block is kept, with its children stacked
     assert type(norms[7]) is Gate and type(norms[7].value) is StackedLinear
     assert type(_ensemble("mlp").network) is nn.Sequential
@@ -243,10 +243,19 @@ def test_dropout_members_draw_independent_masks_and_shared_batches_stay_views():
         ensemble.network[0].bias.fill_(1.0)
     out = ensemble(torch.randn(4, 6))
     assert not torch.equal(out[0] == 0, out[1] == 0)  # same pre-activations, different masks
-    relu = SharedBatchMemberwise(nn.ReLU())
+    relu = FoldedMemberwise(nn.ReLU())
     x = torch.randn(5, 3)
     shared = relu(x.expand(M, 5, 3))
     assert shared.stride(0) == 0 and torch.equal(shared, Memberwise(nn.ReLU())(x.expand(M, 5, 3)))
+    # a batch-major input ([B, M, ...] transposed, as a grouped convolution leaves it) is folded as a view
+    # and keeps its layout; the result is the same as member by member
+    pool = FoldedMemberwise(nn.MaxPool2d(2))
+    batch_major = torch.randn(5, M, 2, 4, 4).transpose(0, 1)
+    pooled = pool(batch_major)
+    assert pooled.transpose(0, 1).is_contiguous()
+    torch.testing.assert_close(
+        pooled, torch.stack([F.max_pool2d(xm, 2) for xm in batch_major]), rtol=0, atol=0
+    )
 
 
 def test_predict_returns_the_members_as_samples():

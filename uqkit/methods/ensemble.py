@@ -19,8 +19,8 @@ factory's architecture is replaced by a member-vectorized twin through a type re
 * ``nn.LayerNorm`` -> :class:`StackedLayerNorm`; ``nn.BatchNorm1d``/``nn.BatchNorm2d``/``nn.BatchNorm3d`` ->
   :class:`StackedBatchNorm` with per-member batch statistics and running statistics ``[M, C]``.
 * Parameter-free modules that treat batch elements independently (activations, pooling, ``Flatten``,
-  dropout, ``Identity``, ...) -> :class:`uqkit.nn.members.Memberwise`, which folds the member dimension into
-  the batch.
+  dropout, ``Identity``, ...) -> :class:`FoldedMemberwise`, a :class:`uqkit.nn.members.Memberwise` that
+  folds the member dimension into the batch without copying.
 * Containers (``nn.Sequential``, ``nn.ModuleList``, ``nn.ModuleDict``) and custom modules without parameters
   or buffers of their own (e.g. a residual block ``x + act(linear(x))``) are kept, with their children
   converted, and run their own ``forward`` on ``[M, B, ...]`` tensors. Such a ``forward`` must be agnostic of
@@ -62,7 +62,7 @@ from uqkit.nn.members import Memberwise, with_member_dim
 
 __all__ = [
     "DeepEnsemble",
-    "SharedBatchMemberwise",
+    "FoldedMemberwise",
     "StackedBatchNorm",
     "StackedConv",
     "StackedLayerNorm",
@@ -441,8 +441,8 @@ def register_vectorization(module_type: type[nn.Module], converter: Converter) -
         converter: ``converter(modules, qualified_name) -> module`` receives the ``M`` members' modules at
             one position and returns one module mapping ``[M, B, ...]`` to ``[M, B, ...]``. It must return a
             :class:`StackedModule` (whose :meth:`~StackedModule.member_state` rebuilds each member) or a
-            module without parameters and buffers. :func:`vmap_vectorization` and ``Memberwise``-wrapping
-            (``lambda modules, name: Memberwise(modules[0])``) are ready-made converters.
+            module without parameters and buffers. :func:`vmap_vectorization` and folding into the batch
+            (``lambda modules, name: FoldedMemberwise(modules[0])``) are ready-made converters.
 
     Raises:
         TypeError: for a ``module_type`` that is not an ``nn.Module`` subclass or a non-callable converter.
@@ -459,32 +459,56 @@ def vmap_vectorization(modules: Sequence[nn.Module], name: str = "") -> nn.Modul
     return VmapStacked(modules, name)
 
 
-class SharedBatchMemberwise(Memberwise):
-    """:class:`~uqkit.nn.members.Memberwise` for deterministic modules, keeping a broadcast batch broadcast.
+class FoldedMemberwise(Memberwise):
+    """:class:`~uqkit.nn.members.Memberwise` that folds members into the batch without copying.
 
-    When the input is one batch expanded to all members (stride 0 along ``M``, as ``DeepEnsemble`` passes a
-    ``[B, ...]`` input on), the module runs once on that batch and its output is expanded again (a view):
-    folding an expanded input into ``[M * B, ...]`` would copy it ``M`` times and compute ``M`` identical
-    results, and the broadcast reaching the first layer with parameters lets it use one matrix product for all
-    members. Only valid for modules whose output is a function of their input (not dropout).
+    The stacked layers hand on tensors in one of two layouts: member-major (``[M, B, ...]`` contiguous) or
+    batch-major (a transposed view of a contiguous ``[B, M, ...]``, which is what a grouped convolution or a
+    broadcast matrix product produces). A member-agnostic module treats the rows of a folded batch
+    independently, so any fold order is exact: member-major inputs fold to ``[M * B, ...]``, batch-major ones
+    to ``[B * M, ...]``, both views, and the output keeps the input's layout (so the next stacked layer can
+    fold it for free too). ``Memberwise`` alone would copy a batch-major tensor.
+
+    With ``deterministic=True`` (modules whose output is a function of their input, not dropout) an input
+    that is one batch expanded to all members (stride 0 along ``M``, as ``DeepEnsemble`` passes a
+    ``[B, ...]`` input on) runs once and its output is expanded again (a view), so that the broadcast reaches
+    the first layer with parameters.
+
+    Args:
+        module: a module without parameters that treats batch elements independently.
+        deterministic: whether the module's output is a function of its input (default ``True``).
 
     Shape:
         input ``[M, B, *in_shape]``, output ``[M, B, *out_shape]``.
     """
 
+    def __init__(self, module: nn.Module, deterministic: bool = True) -> None:
+        super().__init__(module)
+        self.deterministic = deterministic
+
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
-        if inputs.dim() >= 2 and _is_broadcast(inputs):
+        if inputs.dim() < 2:
+            raise ValueError(f"inputs: expected [M, B, ...], got shape {list(inputs.shape)}")
+        members, batch = inputs.shape[:2]
+        if self.deterministic and _is_broadcast(inputs):
             outputs = self.module(inputs[0])
-            return outputs.unsqueeze(0).expand(inputs.shape[0], *outputs.shape)
+            return outputs.unsqueeze(0).expand(members, *outputs.shape)
+        swapped = inputs.transpose(0, 1)
+        if not inputs.is_contiguous() and swapped.is_contiguous():  # batch-major
+            outputs = self.module(swapped.reshape(batch * members, *inputs.shape[2:]))
+            return outputs.view(batch, members, *outputs.shape[1:]).transpose(0, 1)
         return super().forward(inputs)
+
+    def extra_repr(self) -> str:
+        return f"members folded into the batch, deterministic={self.deterministic}"
 
 
 def _memberwise(modules: Sequence[nn.Module], name: str) -> nn.Module:
-    return Memberwise(modules[0])
+    return FoldedMemberwise(modules[0], deterministic=False)
 
 
 def _shared_memberwise(modules: Sequence[nn.Module], name: str) -> nn.Module:
-    return SharedBatchMemberwise(modules[0])
+    return FoldedMemberwise(modules[0])
 
 
 def _registered_names() -> list[str]:
