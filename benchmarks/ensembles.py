@@ -17,7 +17,9 @@ gradients, one forward pass giving all members' logits) as medians over interlea
 and peak memory: the largest amount of tensor memory allocated during one call beyond what was allocated
 before it (activations, gradients, temporaries; parameters and optimizer state live before the call and
 are reported as ``parameters``), from ``torch.profiler`` with ``profile_memory=True`` (the running sum of
-every allocation and free recorded by the CPU allocator, in time order).
+every allocation and free recorded by the CPU allocator, in time order; the profiler does not see frees of
+blocks allocated before it started, such as the previous step's gradients, so this is the peak of the memory
+allocated during the call).
 
 Losses: one model and MIMO on their own objective; every ensemble-like row on the sum over members of the
 mean cross-entropy (labels broadcast, never repeated; torch-uncertainty: its convention, labels repeated);

@@ -31,10 +31,12 @@ factory's architecture is replaced by a member-vectorized twin through a type re
   ``torch.func.vmap`` over ``functional_call`` with stacked parameters (:class:`VmapStacked`). An op that vmap
   cannot batch raises a ``RuntimeError`` naming the module, its position and vmap's message about the op.
 
-Measured on 2 CPU cores (torch 2.13, ``benchmarks/ensembles.py``, 4 members): the stacked implementation of
-an MLP 784-512-512-10 beats a Python loop over the members, and ``torch.func.vmap`` over stacked parameters
-is slower than the loop for this MLP, hence the registry with vmap only as the fallback. Numbers in
-``benchmarks/results/ensembles.json``.
+Measured on 2 CPU cores (torch 2.13, ``benchmarks/ensembles.py``, 4 members, time relative to a Python loop
+over 4 models, rows interleaved in one process; ``benchmarks/results/ensembles.json``): MLP 784-512-512-10
+training step 0.78x at batch 16 and 0.95x at batch 256, inference 0.85x and 1.04x; LeNet-5 training step
+0.76x and 0.92x, inference 1.05x and 0.90x. ``torch.func.vmap`` over stacked parameters of the whole model
+measured 0.89x to 1.56x (training 1.56x, 1.11x, 0.80x, 1.26x), hence the registry with vmap only as the
+fallback. Repeated runs on this shared virtual machine moved single ratios by up to about 0.2.
 
 Inputs: ``ensemble(x)`` takes ``[B, *example_shape]`` (broadcast to every member, an expanded view with no
 copy) or ``[M, B, *example_shape]`` (one batch per member, e.g. bootstrap or per-split training). The rank of
