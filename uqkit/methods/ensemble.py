@@ -35,8 +35,9 @@ Measured on 2 CPU cores (torch 2.13, ``benchmarks/ensembles.py``, 4 members, tim
 over 4 models, rows interleaved in one process; ``benchmarks/results/ensembles.json``): MLP 784-512-512-10
 training step 0.78x at batch 16 and 0.95x at batch 256, inference 0.85x and 1.04x; LeNet-5 training step
 0.76x and 0.92x, inference 1.05x and 0.90x. ``torch.func.vmap`` over stacked parameters of the whole model
-measured 0.89x to 1.56x (training 1.56x, 1.11x, 0.80x, 1.26x), hence the registry with vmap only as the
-fallback. Repeated runs on this shared virtual machine moved single ratios by up to about 0.2.
+measured, in the same order, training 1.56x, 1.11x, 0.80x, 1.26x and inference 0.89x, 1.04x, 1.19x,
+1.23x, hence the registry with vmap only as the fallback. Repeated runs on this shared virtual machine
+moved single ratios by up to about 0.2.
 
 Inputs: ``ensemble(x)`` takes ``[B, *example_shape]`` (broadcast to every member, an expanded view with no
 copy) or ``[M, B, *example_shape]`` (one batch per member, e.g. bootstrap or per-split training). The rank of
