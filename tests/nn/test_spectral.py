@@ -220,6 +220,8 @@ def test_eval_cache_follows_every_change_of_weight_vectors_and_bound():
             expected = F.linear(x, w * 0.1 / max(float(u @ w @ v), 0.1), layer.bias)
             output = torch.func.functional_call(layer, {"parametrizations.weight.original": w}, (x,))
             torch.testing.assert_close(output, expected)
+        original.data = torch.randn(4, 5)  # a new storage without a version bump (as .to() swaps it)
+        torch.testing.assert_close(layer.weight, _eval_weight(layer))
         layer64 = copy.deepcopy(layer).double()
         torch.testing.assert_close(layer64.weight, _eval_weight(layer64))
     # with gradients enabled the weight is recomputed with its graph, and gradients reach the raw weight

@@ -26,11 +26,12 @@ once the iteration has converged (as in ``torch.nn.utils.parametrizations.spectr
 Eval-mode cache: where no graph is built (eval mode, and gradients disabled or the weight not requiring
 them) the bounded weight is a function of the raw weight, the stored vectors and the bound alone, so it is
 computed once and reused by later forward passes, which then cost what the unnormalised layer costs. It is
-recomputed when any of them is replaced or changed in place (autograd's version counters: optimiser steps,
-``load_state_dict``, ``copy_``/``add_`` under ``no_grad``, ``.to()``), when the bound changes, and at every
-``train()``/``eval()`` switch; it is never used in training mode, under ``torch.compile``, ``torch.func``
-transforms or ``inference_mode``. Writes through ``.data``, which autograd's version counters do not see,
-are not detected: after such a write in eval mode call ``model.eval()`` again.
+recomputed when any of them is replaced, gets new storage or is changed in place (tensor identity, data
+pointer and autograd's version counter: optimiser steps, ``load_state_dict``, ``copy_``/``add_`` under
+``no_grad``, ``.to()``, ``param.data = ...``), when the bound changes, and at every ``train()``/``eval()``
+switch; it is never used in training mode, under ``torch.compile``, ``torch.func`` transforms or
+``inference_mode``. In-place writes through ``.data`` (``w.data.add_(...)``), which the version counter does
+not see, are not detected: after one in eval mode call ``model.eval()`` again.
 
 A convolution's operator depends on the input's spatial shape. Pass it as ``input_shape`` or let the first
 forward pass record it (a forward pre-hook stores it in a buffer and runs a warm-up of power iterations);
@@ -256,7 +257,8 @@ class BoundedSpectralNorm(nn.Module):
         # Eval mode without a graph: the result depends only on the weight, the stored vectors and the
         # bound, so it is computed once and reused until one of them changes (see the module docstring).
         tensors = (weight, self.u, self.v)
-        versions = (*(t._version for t in tensors), self.bound)
+        # data_ptr: `param.data = other` swaps the storage without a version bump
+        versions = (*(t._version for t in tensors), *(t.data_ptr() for t in tensors), self.bound)
         cache = self._eval_cache
         if (
             cache is None
