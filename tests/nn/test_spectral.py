@@ -187,6 +187,72 @@ def test_eval_uses_stored_vectors_and_training_updates_them():
     assert not torch.equal(parametrization.u, u_before)
 
 
+def _eval_weight(layer: nn.Module) -> torch.Tensor:
+    """The eval-mode bounded weight from scratch: W * c / max(u^T A v, c) with the stored vectors."""
+    parametrization = layer.parametrizations.weight[0]
+    raw = layer.parametrizations.weight.original.detach()
+    sigma = parametrization.u @ raw @ parametrization.v
+    return raw * parametrization.bound / max(float(sigma), parametrization.bound)
+
+
+def test_eval_cache_follows_every_change_of_weight_vectors_and_bound():
+    torch.manual_seed(8)
+    layer = spectral_norm(nn.Linear(5, 4), bound=0.3).eval()
+    parametrization = layer.parametrizations.weight[0]
+    original = layer.parametrizations.weight.original
+    x = torch.randn(3, 5)
+    with torch.no_grad():
+        first = layer.weight
+        assert layer.weight is first  # cached: no graph in eval mode under no_grad
+        torch.testing.assert_close(first, _eval_weight(layer))
+        original.add_(torch.randn(4, 5))  # in-place change of the raw weight (as an optimiser step)
+        torch.testing.assert_close(layer(x), F.linear(x, _eval_weight(layer), layer.bias))
+        parametrization.v.copy_(F.normalize(torch.randn(5), dim=0))  # as load_state_dict does
+        torch.testing.assert_close(layer.weight, _eval_weight(layer))
+        parametrization.bound = 0.1
+        torch.testing.assert_close(layer.weight, _eval_weight(layer))
+        layer.weight.mul_(0.0)  # writing into the returned tensor does not poison later calls
+        torch.testing.assert_close(layer.weight, _eval_weight(layer))
+        # a new raw weight of the same shape (as torch.func.functional_call passes) is not mistaken for
+        # the cached one, even where the allocator reuses the old one's memory
+        u, v = parametrization.u, parametrization.v
+        for w in (torch.ones(4, 5), torch.eye(4, 5), torch.randn(4, 5)):
+            expected = F.linear(x, w * 0.1 / max(float(u @ w @ v), 0.1), layer.bias)
+            output = torch.func.functional_call(layer, {"parametrizations.weight.original": w}, (x,))
+            torch.testing.assert_close(output, expected)
+        original.data = torch.randn(4, 5)  # a new storage without a version bump (as .to() swaps it)
+        torch.testing.assert_close(layer.weight, _eval_weight(layer))
+        layer64 = copy.deepcopy(layer).double()
+        torch.testing.assert_close(layer64.weight, _eval_weight(layer64))
+    # with gradients enabled the weight is recomputed with its graph, and gradients reach the raw weight
+    weight = layer.weight
+    assert weight.grad_fn is not None
+    layer(x).sum().backward()
+    assert original.grad is not None and bool(original.grad.abs().sum() > 0)
+    # training mode never uses the cache, and the power iteration moves u again
+    layer.train()
+    u_before = parametrization.u.clone()
+    with torch.no_grad():
+        layer(x)
+    assert not torch.equal(parametrization.u, u_before)
+    layer.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(layer.weight, _eval_weight(layer))
+
+
+def test_eval_cache_survives_deepcopy():
+    torch.manual_seed(9)
+    model = nn.Sequential(spectral_norm(nn.Linear(4, 4), bound=0.5)).eval()
+    x = torch.randn(2, 4)
+    with torch.no_grad():
+        expected = model(x)  # fills the cache
+        clone = copy.deepcopy(model)
+        torch.testing.assert_close(clone(x), expected, rtol=0, atol=0)
+        clone[0].parametrizations.weight.original.add_(torch.eye(4))
+        torch.testing.assert_close(model(x), expected, rtol=0, atol=0)  # the copy's change is its own
+        assert not torch.allclose(clone(x), expected)
+
+
 def test_gradients_through_repeated_training_forwards():
     torch.manual_seed(6)
     model = nn.Sequential(spectral_norm(nn.Linear(5, 5), bound=0.5), nn.ReLU(), nn.Linear(5, 1))

@@ -160,7 +160,10 @@ class RandomFeatureGP(nn.Module):
         if self.normalize_input:
             hidden = F.layer_norm(hidden, (self.in_features,))
         projection = F.linear(hidden, self.feature_weight, self.feature_bias)
-        return math.sqrt(2.0 / self.num_features) * torch.cos(projection)
+        scale = math.sqrt(2.0 / self.num_features)
+        if torch.is_grad_enabled() and projection.requires_grad:
+            return scale * torch.cos(projection)
+        return projection.cos_().mul_(scale)  # no graph: reuse the projection's memory
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         """Posterior-mean logits ``phi(h)^T beta``, ``[B, C]``; in training mode, updates the precision."""
@@ -318,7 +321,7 @@ class RandomFeatureGP(nn.Module):
         noise = torch.randn(
             (num_samples, *mean.shape), dtype=mean.dtype, device=mean.device, generator=generator
         )
-        return Prediction(mean + variance.sqrt().unsqueeze(1) * noise)
+        return Prediction(torch.addcmul(mean, variance.sqrt().unsqueeze(1), noise))
 
     def extra_repr(self) -> str:
         return (

@@ -23,6 +23,16 @@ space) live in buffers of the parametrization (``module.parametrizations.weight[
 vectors are used as they are and ``sigma = u^T A v`` is recomputed from the current weight, which is exact
 once the iteration has converged (as in ``torch.nn.utils.parametrizations.spectral_norm``).
 
+Eval-mode cache: where no graph is built (eval mode, and gradients disabled or the weight not requiring
+them) the bounded weight is a function of the raw weight, the stored vectors and the bound alone, so it is
+computed once and reused by later forward passes, which then cost what the unnormalised layer costs. It is
+recomputed when any of them is replaced, gets new storage or is changed in place (tensor identity, data
+pointer and autograd's version counter: optimiser steps, ``load_state_dict``, ``copy_``/``add_`` under
+``no_grad``, ``.to()``, ``param.data = ...``), when the bound changes, and at every ``train()``/``eval()``
+switch; it is never used in training mode, under ``torch.compile``, ``torch.func`` transforms or
+``inference_mode``. In-place writes through ``.data`` (``w.data.add_(...)``), which the version counter does
+not see, are not detected: after one in eval mode call ``model.eval()`` again.
+
 A convolution's operator depends on the input's spatial shape. Pass it as ``input_shape`` or let the first
 forward pass record it (a forward pre-hook stores it in a buffer and runs a warm-up of power iterations);
 later inputs of another size reuse the recorded shape (for zero padding the operator norm grows with the
@@ -32,6 +42,7 @@ input size towards that of the infinite-input convolution, so record the largest
 from __future__ import annotations
 
 import math
+import weakref
 from collections.abc import Sequence
 
 import torch
@@ -50,6 +61,16 @@ _CONV_FUNCTIONS = {
     1: (F.conv1d, F.conv_transpose1d),
     2: (F.conv2d, F.conv_transpose2d),
 }
+
+
+def _cacheable(weight: torch.Tensor) -> bool:
+    """Whether an eval-mode bounded weight computed from ``weight`` may be cached (a plain eager tensor)."""
+    if torch.compiler.is_compiling():
+        return False
+    is_wrapped = getattr(torch._C._functorch, "is_functorch_wrapped_tensor", None)
+    if is_wrapped is not None and is_wrapped(weight):  # torch.func transforms: no stable identity
+        return False
+    return not torch.is_inference_mode_enabled() and not weight.is_inference()  # no version counters
 
 
 def _normalize(x: torch.Tensor) -> torch.Tensor:
@@ -101,6 +122,8 @@ class BoundedSpectralNorm(nn.Module):
         super().__init__()
         self.bound = bound
         self.n_power_iterations = n_power_iterations
+        # (weak refs to weight, u, v; their versions and the bound; bounded weight; its version): forward()
+        self._eval_cache: tuple | None = None
         weight = module.weight
         factory = {"dtype": weight.dtype, "device": weight.device}
         self.is_conv = isinstance(module, (nn.Conv1d, nn.Conv2d))
@@ -228,9 +251,41 @@ class BoundedSpectralNorm(nn.Module):
         return (u * self.operator(weight, v)).sum()
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        if self.training or (torch.is_grad_enabled() and weight.requires_grad) or not _cacheable(weight):
+            self._eval_cache = None
+            return self._bounded(weight)
+        # Eval mode without a graph: the result depends only on the weight, the stored vectors and the
+        # bound, so it is computed once and reused until one of them changes (see the module docstring).
+        tensors = (weight, self.u, self.v)
+        # data_ptr: `param.data = other` swaps the storage without a version bump
+        versions = (*(t._version for t in tensors), *(t.data_ptr() for t in tensors), self.bound)
+        cache = self._eval_cache
+        if (
+            cache is None
+            or any(ref() is not t for ref, t in zip(cache[0], tensors, strict=True))
+            or cache[1] != versions
+            or cache[2]._version != cache[3]
+        ):
+            bounded = self._bounded(weight)
+            # weak references: identity without keeping replaced tensors (after .to()) alive
+            refs = tuple(weakref.ref(t) for t in tensors)
+            self._eval_cache = cache = (refs, versions, bounded, bounded._version)
+        return cache[2]
+
+    def _bounded(self, weight: torch.Tensor) -> torch.Tensor:
         sigma = self.spectral_norm_estimate(weight)
         bound = torch.as_tensor(self.bound, dtype=sigma.dtype, device=sigma.device)
         return weight * (bound / torch.maximum(sigma, bound))
+
+    def train(self, mode: bool = True) -> BoundedSpectralNorm:
+        self._eval_cache = None
+        return super().train(mode)
+
+    def __getstate__(self) -> dict:
+        # The cache holds weak references (not picklable) and is rebuilt on demand: never copied or saved.
+        state = super().__getstate__()
+        state["_eval_cache"] = None
+        return state
 
     def _record_input_shape(self, module: nn.Module, args: tuple) -> None:
         """Forward pre-hook of a convolution: record the spatial shape of its first input."""
