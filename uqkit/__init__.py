@@ -4,7 +4,7 @@ from uqkit import calibration, data, metrics, nn
 from uqkit.methods.convert import FlipoutConfig, GaussianConfig, bayesianize_
 from uqkit.methods.predict import predict
 from uqkit.methods.sngp import SNGP
-from uqkit.objectives import ELBO, kl_divergence
+from uqkit.objectives import ELBO, gaussian_nll_loss, kl_divergence
 from uqkit.prediction import GaussianPrediction, Prediction
 
 __version__ = "0.1.0"
@@ -20,6 +20,7 @@ __all__ = [
     "bayesianize_",
     "calibration",
     "data",
+    "gaussian_nll_loss",
     "kl_divergence",
     "metrics",
     "nn",

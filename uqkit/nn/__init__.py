@@ -15,6 +15,7 @@ from uqkit.nn.heteroscedastic import HeteroscedasticHead
 from uqkit.nn.priors import NormalPrior, ScaleMixtureNormalPrior
 from uqkit.nn.reparam import GaussianConv1d, GaussianConv2d, GaussianLinear, GaussianLSTM
 from uqkit.nn.spectral import BoundedSpectralNorm, spectral_norm
+from uqkit.nn.stacked import StackedDropout, StackedFlipoutLinear, StackedGaussianMLP, StackedLinear
 
 __all__ = [
     "BayesianModule",
@@ -32,6 +33,10 @@ __all__ = [
     "NormalPrior",
     "RandomFeatureGP",
     "ScaleMixtureNormalPrior",
+    "StackedDropout",
+    "StackedFlipoutLinear",
+    "StackedGaussianMLP",
+    "StackedLinear",
     "StochasticModule",
     "priors",
     "rademacher",
