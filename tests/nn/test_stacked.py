@@ -101,8 +101,8 @@ def test_stacked_flipout_kl_is_the_sum_of_the_single_layers():
 
 
 def test_stacked_flipout_matches_the_single_layer_in_distribution():
-    """Per example, ``y = x mean + b + s * ((x * r) Delta W + Delta b)`` is Gaussian with mean ``x mean + b`` and
-    variance ``sum_i x_i^2 sigma_ij^2 + sigma_bj^2`` (signs square away); examples are uncorrelated.
+    """Per example, ``y = x mean + b + s * ((x * r) Delta W + Delta b)`` is Gaussian with mean
+    ``x mean + b`` and variance ``sum_i x_i^2 sigma_ij^2 + sigma_bj^2`` (signs square away); examples are uncorrelated.
 
     The stack holds ``draws`` copies of one posterior, so one forward pass gives ``draws`` independent
     samples (each model draws its own ``Delta W``); the single layer is sampled in a loop.
@@ -180,10 +180,10 @@ def test_stacked_gaussian_mlp_equals_loop_over_single_networks():
         (0.5 * want_var.log() + (y[k] - want_mean) ** 2 / (2 * want_var)).sum().backward()
         torch.testing.assert_close(model.hidden.weight.grad[k], hidden[k].weight.grad.T, rtol=0, atol=1e-12)
         torch.testing.assert_close(model.output.bias.grad[k], output[k].bias.grad, rtol=0, atol=1e-12)
-    norms = model.weight_norms()
+    norms = model.weight_norms().detach()
     for k in range(3):
         want = hidden[k].weight.square().sum() + output[k].weight.square().sum()
-        assert float(norms[k]) == pytest.approx(float(want), rel=1e-12)
+        assert float(norms[k]) == pytest.approx(float(want.detach()), rel=1e-12)
 
 
 def test_stacked_gaussian_mlp_is_a_plain_module():

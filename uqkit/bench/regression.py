@@ -39,6 +39,7 @@ import torch
 
 from uqkit._validation import check_choice, check_positive_int
 from uqkit.bench.report import SCHEMA_VERSION
+from uqkit.bench.trainer import NonFiniteLossError
 from uqkit.data.uci import RegressionTable, Standardizer, load_uci_directory, uci_boston, uci_concrete
 from uqkit.metrics.regression import gaussian_nll, interval_coverage, rmse
 from uqkit.nn.priors import NormalPrior
@@ -405,6 +406,7 @@ def _train_stack(
     seed: int,
     snapshot_epochs: torch.Tensor | None = None,
     on_epoch: Callable[[int, StackedGaussianMLP], None] | None = None,
+    raise_on_nonfinite: bool = True,
 ) -> StackedGaussianMLP:
     """Train ``K`` models, model ``k`` on split ``split_of_model[k]`` of ``phase``, as one stack.
 
@@ -416,6 +418,8 @@ def _train_stack(
         snapshot_epochs: ``[K]`` epoch (1-based) after which each model's parameters are kept; the returned
             stack holds those (the models are independent, so training the others longer changes nothing).
         on_epoch: called as ``on_epoch(epoch, model)`` after each epoch (validation scoring).
+        raise_on_nonfinite: raise :class:`~uqkit.bench.trainer.NonFiniteLossError` when a model's loss is
+            not finite; off while scoring a grid, where a diverged configuration simply scores ``inf``.
     """
     models = split_of_model.numel()
     num_train, in_features = phase.train_x.shape[1], phase.train_x.shape[2]
@@ -426,6 +430,7 @@ def _train_stack(
     weight_decay = method.lengthscale**2 * (1.0 - dropout) / (2.0 * num_train)
     kept = {name: value.detach().clone() for name, value in model.state_dict().items()}
     rows = split_of_model.unsqueeze(1)
+    diverged = torch.zeros(models, dtype=torch.bool)
     epsilon = None
     if method.adversarial > 0:
         ranges = phase.train_x.amax(dim=1) - phase.train_x.amin(dim=1)  # [P, D]
@@ -439,23 +444,28 @@ def _train_stack(
             if epsilon is not None:
                 inputs = inputs.requires_grad_(True)
             mean, variance = model(inputs)
-            loss = gaussian_nll_loss(mean, variance, targets, beta=method.beta).mean(dim=(1, 2)).sum()
+            per_model = gaussian_nll_loss(mean, variance, targets, beta=method.beta).mean(dim=(1, 2))
             if epsilon is not None:
-                (grad,) = torch.autograd.grad(loss, inputs, retain_graph=True)
+                (grad,) = torch.autograd.grad(per_model.sum(), inputs, retain_graph=True)
                 adversarial = (inputs + epsilon * grad.sign()).detach()
                 mean, variance = model(adversarial)
-                loss = (
-                    loss + gaussian_nll_loss(mean, variance, targets, beta=method.beta).mean(dim=(1, 2)).sum()
-                )
+                adversarial_loss = gaussian_nll_loss(mean, variance, targets, beta=method.beta)
+                per_model = per_model + adversarial_loss.mean(dim=(1, 2))
             if method.dropout_rates is not None:
-                loss = loss + (weight_decay.to(loss.dtype) * model.weight_norms()).sum()
+                per_model = per_model + weight_decay.to(per_model.dtype) * model.weight_norms()
+            diverged |= ~torch.isfinite(per_model.detach())
+            if raise_on_nonfinite and bool(diverged.any()):
+                bad = diverged.nonzero().flatten()
+                raise NonFiniteLossError(
+                    f"{method.name}: non-finite training loss at epoch {epoch} for {bad.numel()} models "
+                    f"(splits {sorted(set(split_of_model[bad].tolist()))[:5]}, learning rates "
+                    f"{sorted(set(learning_rates[bad].tolist()))})"
+                )
+            # A diverged model (possible while scoring a grid) only spoils its own slice: the gradient of a
+            # sum reaches each term with weight 1 whatever the others hold.
+            loss = per_model.sum()
             if method.flipout:
                 loss = loss + kl_divergence(model) / num_train
-            if not torch.isfinite(loss):
-                raise FloatingPointError(
-                    f"{method.name}: non-finite training loss at epoch {epoch}; lower the learning rates "
-                    f"{sorted(set(learning_rates.tolist()))}"
-                )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -518,7 +528,17 @@ def _select(
             scores.append(nll.reshape(splits, len(grid)))
             epochs_scored.append(epoch)
 
-    _train_stack(method, phase, split_of_model, lrs, dropout, method.epochs, seed, on_epoch=score)
+    _train_stack(
+        method,
+        phase,
+        split_of_model,
+        lrs,
+        dropout,
+        method.epochs,
+        seed,
+        on_epoch=score,
+        raise_on_nonfinite=False,
+    )
     table_scores = torch.stack(scores)  # [E, splits, G]
     table_scores = torch.where(
         torch.isfinite(table_scores), table_scores, torch.full_like(table_scores, math.inf)
