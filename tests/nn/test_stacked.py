@@ -102,7 +102,8 @@ def test_stacked_flipout_kl_is_the_sum_of_the_single_layers():
 
 def test_stacked_flipout_matches_the_single_layer_in_distribution():
     """Per example, ``y = x mean + b + s * ((x * r) Delta W + Delta b)`` is Gaussian with mean
-    ``x mean + b`` and variance ``sum_i x_i^2 sigma_ij^2 + sigma_bj^2`` (signs square away); examples are uncorrelated.
+    ``x mean + b`` and variance ``sum_i x_i^2 sigma_ij^2 + sigma_bj^2`` (signs square away); examples are
+    uncorrelated.
 
     The stack holds ``draws`` copies of one posterior, so one forward pass gives ``draws`` independent
     samples (each model draws its own ``Delta W``); the single layer is sampled in a loop.
