@@ -149,6 +149,8 @@ class RegressionMethod:
         flipout: mean-field Gaussian weights with Flipout, trained on the ELBO (KL / N).
         num_samples: stochastic forward passes per network at test time (1 for deterministic networks).
         validation_samples: stochastic passes per network when scoring validation NLL.
+        score_every: score the validation NLL every this many epochs (and after the last), when
+            ``select_epochs``; the epoch count is chosen among the scored epochs.
         beta: beta-NLL exponent (Seitzer et al. 2022); 0 is the Gaussian NLL.
         adversarial: ``epsilon`` of adversarial training (Lakshminarayanan et al. 2017, Sec. 2.3, the fast
             gradient sign method of Goodfellow et al. 2015) as a fraction of each standardised input
@@ -168,6 +170,7 @@ class RegressionMethod:
     flipout: bool = False
     num_samples: int = 1
     validation_samples: int = 1
+    score_every: int = 1
     beta: float = 0.0
     adversarial: float = 0.0
     lengthscale: float = 1e-2
@@ -233,6 +236,7 @@ register_regression_method(
         select_epochs=True,
         num_samples=100,
         validation_samples=20,
+        score_every=5,
     )
 )
 register_regression_method(
@@ -246,6 +250,7 @@ register_regression_method(
         flipout=True,
         num_samples=100,
         validation_samples=20,
+        score_every=5,
     )
 )
 
@@ -518,7 +523,7 @@ def _select(
     epochs_scored: list[int] = []
 
     def score(epoch: int, model: StackedGaussianMLP) -> None:
-        if method.select_epochs or epoch == method.epochs:
+        if (method.select_epochs and epoch % method.score_every == 0) or epoch == method.epochs:
             x = phase.eval_x[eval_rows, torch.arange(phase.eval_x.shape[1])]
             mean, variance = _sample_predictions(model, x, method.validation_samples)
             groups = splits * len(grid)
@@ -610,15 +615,21 @@ def evaluate_regression_method(
     per_split: dict[str, list[float]] = {"nll": [], "rmse": [], "nll_mixture": [], "coverage_95": []}
     coverage = torch.zeros(len(COVERAGE_LEVELS), dtype=torch.float64)
     inference_started = time.perf_counter()
+    # All splits' test sets in one stacked pass: model k sees the test rows of its split, padded with
+    # zeros to the longest test set (padded rows are dropped before scoring).
+    test_sets = [full.standardizers[s].inputs(table.inputs[test]) for s, (_, test) in enumerate(table.splits)]
+    longest = max(len(x) for x in test_sets)
+    padded = torch.zeros(splits, longest, table.num_features, dtype=full.train_x.dtype)
+    for split, x in enumerate(test_sets):
+        padded[split, : len(x)] = x.to(padded.dtype)
+    all_mean, all_variance = _sample_predictions(model, padded[split_of_model], method.num_samples)
     num_test = 0
     for split, (_, test_index) in enumerate(table.splits):
         standardizer = full.standardizers[split]
-        x = standardizer.inputs(table.inputs[test_index]).to(full.train_x.dtype)
         targets = table.targets[test_index].reshape(-1, 1)
-        rows = slice(split * members, (split + 1) * members)
-        stacked_x = x.unsqueeze(0).expand(splits * members, *x.shape)
-        mean, variance = _sample_predictions(model, stacked_x, method.num_samples)
-        mean, variance = mean[rows].double(), variance[rows].double()
+        rows, size = slice(split * members, (split + 1) * members), int(test_index.numel())
+        mean = all_mean[rows, :, :size].double()
+        variance = all_variance[rows, :, :size].double()
         mean = standardizer.mean_to_original(mean).reshape(-1, *mean.shape[-2:])
         variance = standardizer.variance_to_original(variance).reshape(-1, *variance.shape[-2:])
         prediction = GaussianPrediction(mean, variance)
@@ -711,6 +722,8 @@ def run_regression_bench(
     """Run regression ``methods`` (default: all) on ``tasks``; write ``results.json`` and the report.
 
     Each finished method's block is also written to ``methods/<task>/<method>.json`` as soon as it is done.
+    The run uses one torch thread (restored afterwards): its batched products are far too small to gain
+    from more, and on a busy machine every OpenMP region can stall.
 
     Args:
         out: the run directory.
@@ -724,7 +737,7 @@ def run_regression_bench(
     Returns:
         The results dict written to ``out/results.json``.
     """
-    from uqkit.bench.runner import _atomic_write_json, _clean, environment
+    from uqkit.bench.runner import _atomic_write_json, environment
 
     for task in tasks:
         check_choice(task, "--task", REGRESSION_TASKS)
@@ -752,6 +765,28 @@ def run_regression_bench(
         },
         "tasks": {},
     }
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the stacked products are small: threads only add OpenMP synchronisation
+    try:
+        _run_tasks(results, out, tasks, names, data_dir, seed, log)
+    finally:
+        torch.set_num_threads(threads)
+    results["created"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    _atomic_write_json(results, out / "results.json")
+    return results
+
+
+def _run_tasks(
+    results: dict[str, Any],
+    out: Path,
+    tasks: Sequence[str],
+    names: Sequence[str],
+    data_dir: str | os.PathLike | None,
+    seed: int,
+    log: Callable[[str], None],
+) -> None:
+    from uqkit.bench.runner import _atomic_write_json, _clean
+
     total_started = time.perf_counter()
     for task in tasks:
         table = load_regression_table(task, None if data_dir is None or task != "uci" else str(data_dir))
@@ -770,6 +805,4 @@ def run_regression_bench(
             )
         results["tasks"][task_name] = block
     results["total_time_s"] = time.perf_counter() - total_started
-    results["created"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-    _atomic_write_json(results, out / "results.json")
-    return results
+    results["environment"]["threads"] = torch.get_num_threads()

@@ -189,8 +189,8 @@ class StackedDropout(StochasticModule):
         if not self.samples or not bool((self.rates > 0).any()):
             return input
         keep = (1.0 - self.rates).to(input.dtype).reshape(-1, *([1] * (input.dim() - 1)))
-        mask = torch.rand_like(input) < keep
-        return input * mask / keep
+        mask = torch.rand_like(input).lt_(keep).div_(keep)  # 0 or 1 / (1 - p), in place: one buffer
+        return input * mask
 
     def extra_repr(self) -> str:
         return f"num_models={self.num_models}"
