@@ -169,22 +169,7 @@ def write_regression_report(results: Mapping[str, Any], run_dir: str | os.PathLi
     run_dir = Path(run_dir)
     (run_dir / "figures").mkdir(parents=True, exist_ok=True)
     colors = plots.method_colors(_report.method_order(results))
-    md = [
-        "# uqkit regression benchmark report",
-        "",
-        f"Command: {_report._md_code(results['command'])}  ",
-        f"Created: {_report._md(results['created'])}  ",
-        f"Schema version: {results['schema_version']}",
-        "",
-        "## Environment",
-        "",
-        "| | |",
-        "|:---|:---|",
-        *(
-            f"| {_report._md(k)} | {_report._md(_report._plain(v))} |"
-            for k, v in results["environment"].items()
-        ),
-    ]
+    md = _report._markdown_header(results, "uqkit regression benchmark report")
     body = [
         "<h1>uqkit regression benchmark report</h1>",
         f"<p>Command: <code>{html.escape(results['command'])}</code><br>Created: "

@@ -943,9 +943,10 @@ def _methods_rows(task: Mapping[str, Any]) -> list[tuple[str, str, str]]:
     return rows if any(note for _, _, note in rows) else []
 
 
-def _markdown_report(results: Mapping[str, Any], figures: Sequence[_RenderedFigure]) -> str:
-    lines = [
-        "# uqkit benchmark report",
+def _markdown_header(results: Mapping[str, Any], title: str) -> list[str]:
+    """The report's title, command, creation time, schema version and environment table (Markdown lines)."""
+    return [
+        f"# {title}",
         "",
         f"Command: {_md_code(results['command'])}  ",
         f"Created: {_md(results['created'])}  ",
@@ -956,6 +957,12 @@ def _markdown_report(results: Mapping[str, Any], figures: Sequence[_RenderedFigu
         "| | |",
         "|:---|:---|",
         *(f"| {_md(key)} | {_md(_plain(value))} |" for key, value in results["environment"].items()),
+    ]
+
+
+def _markdown_report(results: Mapping[str, Any], figures: Sequence[_RenderedFigure]) -> str:
+    lines = [
+        *_markdown_header(results, "uqkit benchmark report"),
         "",
         "## Configuration",
         "",
