@@ -215,11 +215,11 @@ register_regression_method(
 register_regression_method(
     RegressionMethod(
         "deep-ensemble",
-        "5 Gaussian-head networks with adversarial training, at most 40 epochs, their mixture "
-        "(Lakshminarayanan et al. 2017); lr and epochs chosen on validation",
+        "5 Gaussian-head networks with adversarial training, their mixture (Lakshminarayanan et al. "
+        "2017); lr and epochs (at most 100) chosen on validation",
         members=5,
         learning_rates=(1e-3, 1e-2, 1e-1),
-        epochs=40,
+        epochs=100,
         select_epochs=True,
         adversarial=0.01,
         num_samples=1,
