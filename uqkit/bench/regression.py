@@ -218,7 +218,7 @@ register_regression_method(
         "5 Gaussian-head networks with adversarial training, their mixture (Lakshminarayanan et al. "
         "2017); lr and epochs (at most 100) chosen on validation",
         members=5,
-        learning_rates=(1e-3, 1e-2, 1e-1),
+        learning_rates=(1e-3, 1e-2),
         epochs=100,
         select_epochs=True,
         adversarial=0.01,
