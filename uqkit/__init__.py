@@ -12,7 +12,7 @@ from uqkit.methods.ensemble import DeepEnsemble
 from uqkit.methods.mimo import MIMO
 from uqkit.methods.predict import predict
 from uqkit.methods.sngp import SNGP
-from uqkit.objectives import ELBO, kl_divergence
+from uqkit.objectives import ELBO, gaussian_nll_loss, kl_divergence
 from uqkit.prediction import GaussianPrediction, Prediction
 
 __version__ = "0.1.0"
@@ -32,6 +32,7 @@ __all__ = [
     "bayesianize_",
     "calibration",
     "data",
+    "gaussian_nll_loss",
     "kl_divergence",
     "metrics",
     "nn",

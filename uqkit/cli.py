@@ -58,6 +58,9 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]")
     bench.add_argument("--quick", action="store_true", help="seconds-long smoke configuration")
     bench.add_argument("--no-progress", action="store_true", help="no progress bars")
+    bench.add_argument(
+        "--data-dir", type=Path, default=None, help="UCI-format directory for --task uci (regression)"
+    )
 
     sub.add_parser("list", help="show tasks and methods")
 
@@ -80,6 +83,14 @@ def _cmd_list() -> int:
     print("methods per task:")
     for name in TASKS:
         print(f"  {name:<24} {', '.join(methods_for_task(name))}")
+    from uqkit.bench.regression import REGRESSION_METHODS, REGRESSION_TASKS
+
+    print("regression tasks (20 standard splits each):")
+    for name, info in REGRESSION_TASKS.items():
+        print(f"  {name:<24} {info.description}")
+    print("regression methods (every regression task):")
+    for name, method in REGRESSION_METHODS.items():
+        print(f"  {name:<24} {method.description}")
     return 0
 
 
@@ -91,8 +102,48 @@ def _finish_report(results: dict, run_dir: Path) -> Path:
     return Path(paths["html"])
 
 
+def _cmd_regression(args: argparse.Namespace, argv: list[str]) -> int:
+    """``uqkit bench`` on regression tasks: the UCI protocol, all splits trained as stacked models."""
+    from uqkit.bench.regression import REGRESSION_TASKS, run_regression_bench
+    from uqkit.bench.runner import default_run_dir
+
+    if any(task not in REGRESSION_TASKS for task in args.task):
+        raise ValueError(
+            f"--task: expected only regression tasks ({', '.join(REGRESSION_TASKS)}) or only classification "
+            f"tasks in one run, got {', '.join(args.task)}"
+        )
+    fixed = {"--model": args.model, "--epochs": args.epochs, "--batch-size": args.batch_size, "--lr": args.lr}
+    given = [flag for flag, value in fixed.items() if value is not None]
+    given += [flag for flag, on in (("--resume", args.resume), ("--quick", args.quick)) if on]
+    if args.device != "cpu":
+        given.append("--device")
+    if given:
+        raise ValueError(
+            f"{', '.join(given)}: not used by regression tasks (the UCI protocol fixes the network and "
+            "batch; learning rates and epochs are chosen on validation)"
+        )
+    if args.data_dir is not None and "uci" not in args.task:
+        raise ValueError("--data-dir: only the task 'uci' reads a directory; add --task uci")
+    out = args.out or default_run_dir()
+    print(f"[uqkit] run directory: {out}")
+    results = run_regression_bench(
+        out, args.task, args.methods, args.data_dir, args.seed, command=shlex.join(["uqkit", *argv])
+    )
+    html = _finish_report(results, out)
+    print(f"[uqkit] total time {results['total_time_s']:.1f} s")
+    print(f"[uqkit] results: {Path(out) / 'results.json'}")
+    print(f"[uqkit] report:  {html}  (and {Path(out) / 'report.md'})")
+    return 0
+
+
 def _cmd_bench(args: argparse.Namespace, argv: list[str]) -> int:
+    from uqkit.bench.regression import REGRESSION_TASKS
     from uqkit.bench.runner import BenchConfig, default_run_dir, latest_run_dir, run_bench
+
+    if args.task and any(task in REGRESSION_TASKS for task in args.task):
+        return _cmd_regression(args, argv)
+    if args.data_dir is not None:
+        raise ValueError("--data-dir: only the regression task 'uci' reads a directory; add --task uci")
 
     out = args.out
     if out is None:

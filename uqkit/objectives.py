@@ -6,6 +6,7 @@ in :class:`ELBO`, by ``1 / num_data``. Layers never return ``(output, kl)`` tupl
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -21,7 +22,9 @@ from uqkit._validation import (
     check_tensor,
 )
 
-__all__ = ["ELBO", "kl_divergence"]
+__all__ = ["ELBO", "gaussian_nll_loss", "kl_divergence"]
+
+_HALF_LOG_TWO_PI = 0.5 * math.log(2.0 * math.pi)
 
 
 def _kl_modules(model: nn.Module) -> list[nn.Module]:
@@ -41,6 +44,44 @@ def _kl_modules(model: nn.Module) -> list[nn.Module]:
 
     visit(model)
     return found
+
+
+def gaussian_nll_loss(
+    mean: torch.Tensor, variance: torch.Tensor, targets: torch.Tensor, beta: float = 0.0
+) -> torch.Tensor:
+    """Per-example Gaussian negative log-likelihood, optionally beta-weighted (Seitzer et al. 2022).
+
+    ``l_i = 1/2 log(2 pi sigma_i^2) + (y_i - mu_i)^2 / (2 sigma_i^2)`` (Nix & Weigend 1994;
+    Lakshminarayanan et al. 2017, eq. (1)), the constant included so that ``beta = 0`` gives the true NLL.
+    With ``beta > 0`` each term is weighted by ``stop_gradient(sigma_i^(2 beta))`` ("beta-NLL", Seitzer et
+    al. 2022, eq. (5)): ``beta = 0`` is the NLL, ``beta = 1`` gives the mean the gradient of the squared
+    error, and values in between (0.5 is the paper's recommendation) keep high-variance points from being
+    ignored by the mean.
+
+    Args:
+        mean: predicted means.
+        variance: predicted variances, ``> 0``, the same shape.
+        targets: observed values, broadcastable to ``mean`` (e.g. ``[B, 1]`` against ``[K, B, 1]``).
+        beta: the weighting exponent in ``[0, 1]``.
+
+    Returns:
+        The per-element loss, the broadcast shape of the inputs (reduce it as the model needs: a stacked
+        model averages over examples and sums over models).
+    """
+    check_tensor(mean, "mean")
+    check_tensor(variance, "variance")
+    check_tensor(targets, "targets")
+    if mean.shape != variance.shape:
+        raise ValueError(
+            f"mean and variance: expected the same shape, got {tuple(mean.shape)} and {tuple(variance.shape)}"
+        )
+    beta = check_positive_float(beta, "beta", allow_zero=True)
+    if beta > 1.0:
+        raise ValueError(f"beta: expected a number in [0, 1], got {beta}")
+    loss = 0.5 * variance.log() + (targets - mean).square() / (2.0 * variance) + _HALF_LOG_TWO_PI
+    if beta > 0.0:
+        loss = loss * variance.detach().pow(beta)
+    return loss
 
 
 def kl_divergence(model: nn.Module) -> torch.Tensor:

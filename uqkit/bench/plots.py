@@ -39,6 +39,7 @@ __all__ = [
     "DPI",
     "PALETTE",
     "TaskFigure",
+    "coverage_figure",
     "figure_png",
     "method_colors",
     "ood_score_figure",
@@ -656,3 +657,44 @@ def figure_png(figure: Figure, dpi: int = DPI) -> bytes:
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=dpi, facecolor="white")
     return buffer.getvalue()
+
+
+def coverage_figure(task_name: str, task: Mapping[str, Any], colors: Mapping[str, str]) -> Figure:
+    """Regression calibration: observed vs expected coverage of the central Gaussian prediction intervals.
+
+    For each nominal probability ``q`` the interval ``mu +- Phi^{-1}((1 + q) / 2) sigma`` of the predictive
+    Gaussian should hold a fraction ``q`` of the test targets; the curve is the observed fraction, averaged
+    over the splits. Above the diagonal the predictions are under-confident, below it over-confident.
+
+    Args:
+        task_name: the task's name (figure title).
+        task: a regression task's block of ``results.json``.
+        colors: ``{method: colour}`` from :func:`method_colors`.
+
+    Returns:
+        The figure: the diagonal and one line per method.
+    """
+    methods = _ordered_methods(task, colors)
+    figure = _new_figure(5.2, 4.6)
+    ax = figure.add_subplot()
+    ax.plot([0, 100], [0, 100], color="#444444", linewidth=1.0, linestyle="--", label="calibrated")
+    for name in methods:
+        curve = task["methods"][name]["coverage_curve"]
+        ax.plot(
+            100 * _floats(curve["expected"]),
+            100 * _floats(curve["observed"]),
+            color=_color(name, colors),
+            linewidth=1.8,
+            marker="o",
+            markersize=2.5,
+            label=_text(name),
+        )
+    ax.set_xlim(0, 100)
+    ax.set_ylim(0, 100)
+    ax.set_aspect("equal")
+    ax.set_xlabel("expected coverage of the central interval (%)", fontsize=_LABEL_SIZE)
+    ax.set_ylabel("observed coverage on test, mean over splits (%)", fontsize=_LABEL_SIZE)
+    ax.set_title(f"{_text(task_name, 60)}: interval coverage", fontsize=_TITLE_SIZE + 1)
+    _style(ax)
+    _line_legend(ax, len(methods) + 1)
+    return figure

@@ -101,7 +101,15 @@ def register_method(name: str, description: str, tasks: tuple[str, ...] | None =
 
 
 def methods_for_task(task: str) -> list[str]:
-    """Names of the registered methods that apply to ``task``, in registration order."""
+    """Names of the registered methods that apply to ``task``, in registration order.
+
+    For a regression task (``uci-boston``, ``uci-concrete``, ``uci``) these are the regression methods of
+    :data:`uqkit.bench.regression.REGRESSION_METHODS`, which share names with their classification twins.
+    """
+    from uqkit.bench.regression import REGRESSION_METHODS, REGRESSION_TASKS
+
+    if task in REGRESSION_TASKS:
+        return list(REGRESSION_METHODS)
     return [name for name, entry in METHODS.items() if entry.tasks is None or task in entry.tasks]
 
 

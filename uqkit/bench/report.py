@@ -32,8 +32,10 @@ from typing import Any
 from uqkit.bench._atomic import atomic_write
 
 __all__ = [
+    "REGRESSION_TASK_KEYS",
     "REQUIRED_KEYS",
     "SCHEMA_VERSION",
+    "ByKind",
     "Leaderboard",
     "LeaderboardColumn",
     "ListOf",
@@ -43,6 +45,7 @@ __all__ = [
     "Number",
     "build_leaderboard",
     "format_leaderboard",
+    "is_regression_task",
     "leaderboard_markdown",
     "method_order",
     "schema_key_paths",
@@ -93,6 +96,19 @@ class ListOf:
     """A JSON array whose every item matches ``spec``."""
 
     spec: Any
+
+
+@dataclass(frozen=True)
+class ByKind:
+    """An object checked against ``specs[value["kind"]]``, or ``default`` when it has no ``kind`` key.
+
+    Args:
+        default: the spec of objects without ``kind`` (what every file before the key existed holds).
+        specs: ``kind`` value -> spec.
+    """
+
+    default: Any
+    specs: Mapping[str, Any]
 
 
 @dataclass(frozen=True)
@@ -178,6 +194,67 @@ _METHOD_KEYS: dict[str, Any] = {
     ),
 }
 
+_SUMMARY = {"mean": Number(), "se": NON_NEGATIVE}
+
+_REGRESSION_METHOD_KEYS: dict[str, Any] = {
+    "description": str,
+    "num_models": int,
+    "num_samples": int,
+    "num_parameters": int,
+    "train_time_s": NON_NEGATIVE,
+    "selection_time_s": NON_NEGATIVE,
+    "inference_ms_per_example": NON_NEGATIVE,
+    "metrics": {
+        "nll": _SUMMARY,
+        "rmse": {"mean": NON_NEGATIVE, "se": NON_NEGATIVE},
+        "nll_mixture": _SUMMARY,
+        "coverage_95": {"mean": FRACTION, "se": NON_NEGATIVE},
+    },
+    "per_split": {
+        "nll": ListOf(Number()),
+        "rmse": ListOf(NON_NEGATIVE),
+        "nll_mixture": ListOf(Number()),
+        "coverage_95": ListOf(FRACTION),
+        "learning_rate": ListOf(Number(0.0, None)),
+        "dropout": Nullable(ListOf(FRACTION)),
+        "epochs": ListOf(int),
+    },
+    "selection": {
+        "grid": ListOf(MapOf(Number())),
+        "select_epochs": bool,
+        "max_epochs": int,
+        "validation_fraction": FRACTION,
+        "validation_nll": ListOf(ListOf(Number())),
+    },
+    "coverage_curve": {"expected": ListOf(FRACTION), "observed": ListOf(FRACTION)},
+}
+
+REGRESSION_TASK_KEYS: dict[str, Any] = {
+    "kind": str,
+    "description": str,
+    "source": str,
+    "num_rows": int,
+    "num_features": int,
+    "num_splits": int,
+    "num_train": int,
+    "num_test": int,
+    "protocol": {
+        "hidden_units": int,
+        "batch_size": int,
+        "optimizer": str,
+        "validation_fraction": FRACTION,
+        "standardization": str,
+    },
+    "published": MapOf({"nll": Nullable(ListOf(Number())), "rmse": Nullable(ListOf(Number()))}),
+    "methods": MapOf(_REGRESSION_METHOD_KEYS, min_items=1),
+}
+"""The layout of a regression task (``tasks.<task>.kind == "regression"``) in ``results.json`` version 1.
+
+Regression tasks were added without a version change: a task without ``kind`` (every file written before)
+is a classification task checked against ``REQUIRED_KEYS["tasks"]``; one with ``kind: "regression"`` is
+checked against this spec instead. See the regression section of ``docs/results-schema.md``.
+"""
+
 REQUIRED_KEYS: dict[str, Any] = {
     "schema_version": int,
     "created": str,
@@ -206,21 +283,24 @@ REQUIRED_KEYS: dict[str, Any] = {
         "device": NotRequired(str),
     },
     "tasks": MapOf(
-        {
-            "description": str,
-            "num_classes": int,
-            "input_shape": ListOf(int),
-            "num_train": int,
-            "num_val": int,
-            "num_test": int,
-            "model": NotRequired(str),
-            "training": NotRequired(
-                {"epochs": int, "batch_size": int, "learning_rate": Number(0.0, None), "optimizer": str}
-            ),
-            "ood_sets": MapOf(str),
-            "shift": Nullable({"name": str, "unit": str, "values": ListOf(Number(nullable=False))}),
-            "methods": MapOf(_METHOD_KEYS, min_items=1),
-        },
+        ByKind(
+            {
+                "description": str,
+                "num_classes": int,
+                "input_shape": ListOf(int),
+                "num_train": int,
+                "num_val": int,
+                "num_test": int,
+                "model": NotRequired(str),
+                "training": NotRequired(
+                    {"epochs": int, "batch_size": int, "learning_rate": Number(0.0, None), "optimizer": str}
+                ),
+                "ood_sets": MapOf(str),
+                "shift": Nullable({"name": str, "unit": str, "values": ListOf(Number(nullable=False))}),
+                "methods": MapOf(_METHOD_KEYS, min_items=1),
+            },
+            {"regression": REGRESSION_TASK_KEYS},
+        ),
         min_items=1,
     ),
 }
@@ -288,6 +368,14 @@ def _check_value(value: Any, spec: Any, path: str) -> None:
     """Raise ``ValueError`` naming ``path`` unless ``value`` matches ``spec`` (see :data:`REQUIRED_KEYS`)."""
     if isinstance(spec, Number):
         _check_number(value, spec, path)
+    elif isinstance(spec, ByKind):
+        if isinstance(value, dict) and "kind" in value:
+            if value["kind"] not in spec.specs:
+                kinds = ", ".join(map(repr, spec.specs))
+                raise ValueError(f"{path}.kind: expected one of {kinds}, got {_describe(value['kind'])}")
+            _check_value(value, spec.specs[value["kind"]], path)
+        else:
+            _check_value(value, spec.default, path)
     elif isinstance(spec, Nullable):
         if value is None:
             return
@@ -326,10 +414,46 @@ def _check_value(value: Any, spec: Any, path: str) -> None:
         raise ValueError(f"{path}: expected {_spec_name(spec)}, got {_describe(value)}")
 
 
+def is_regression_task(task: Mapping[str, Any]) -> bool:
+    """Whether a task block of ``results.json`` is a regression task (``kind == "regression"``)."""
+    return task.get("kind") == "regression"
+
+
+def _regression_run(results: Mapping[str, Any]) -> bool:
+    """True for a run of regression tasks only; ``ValueError`` for a run mixing both kinds."""
+    kinds = {is_regression_task(task) for task in results["tasks"].values()}
+    if len(kinds) > 1:
+        raise ValueError(
+            "results: expected regression or classification tasks, got both in one run; run them apart"
+        )
+    return kinds == {True}
+
+
+def _check_regression_consistency(task: Mapping[str, Any], task_path: str) -> None:
+    """Per-split lists hold one value per split; the coverage curve's lists pair up."""
+    splits = task["num_splits"]
+    for method_name, method in task["methods"].items():
+        path = f"{task_path}.methods[{method_name!r}]"
+        for key, values in method["per_split"].items():
+            if values is not None and len(values) != splits:
+                raise ValueError(
+                    f"{path}.per_split.{key}: expected {splits} values (one per split), got {len(values)}"
+                )
+        curve = method["coverage_curve"]
+        if len(curve["expected"]) != len(curve["observed"]):
+            raise ValueError(
+                f"{path}.coverage_curve: expected lists of the same length, got expected has "
+                f"{len(curve['expected'])}, observed has {len(curve['observed'])}"
+            )
+
+
 def _check_consistency(results: Mapping[str, Any]) -> None:
     """Rules across keys: OOD sets and shifts agree between a task and its methods; curve lengths match."""
     for task_name, task in results["tasks"].items():
         task_path = f"results.tasks[{task_name!r}]"
+        if is_regression_task(task):
+            _check_regression_consistency(task, task_path)
+            continue
         for method_name, method in task["methods"].items():
             path = f"{task_path}.methods[{method_name!r}]"
             for ood_name in task["ood_sets"]:
@@ -427,6 +551,8 @@ def schema_key_paths(spec: Any = None, prefix: str = "") -> list[str]:
         The paths in schema order, parents before children.
     """
     spec = REQUIRED_KEYS if spec is None else spec
+    if isinstance(spec, ByKind):  # the default (classification) layout; regression: REGRESSION_TASK_KEYS
+        return schema_key_paths(spec.default, prefix)
     if isinstance(spec, (Nullable, NotRequired)):
         return schema_key_paths(spec.spec, prefix)
     if isinstance(spec, ListOf):
@@ -662,6 +788,10 @@ def format_leaderboard(results: Mapping[str, Any], task: str | None = None) -> s
         The tables, separated by blank lines.
     """
     validate_results(results)
+    if _regression_run(results):
+        from uqkit.bench.regression_report import format_regression_tables
+
+        return format_regression_tables(results)
     return "\n\n".join(_text_table(_build_leaderboard(results, name)) for name in _task_names(results, task))
 
 
@@ -712,6 +842,10 @@ def leaderboard_markdown(results: Mapping[str, Any], task: str | None = None) ->
         lines.
     """
     validate_results(results)
+    if _regression_run(results):
+        raise ValueError(
+            "results: a regression run has no leaderboard; use format_leaderboard or write_report"
+        )
     boards = [_build_leaderboard(results, name) for name in _task_names(results, task)]
     return "\n\n".join(f"#### {_md(board.task)}\n\n{_markdown_board(board)}" for board in boards)
 
@@ -809,9 +943,10 @@ def _methods_rows(task: Mapping[str, Any]) -> list[tuple[str, str, str]]:
     return rows if any(note for _, _, note in rows) else []
 
 
-def _markdown_report(results: Mapping[str, Any], figures: Sequence[_RenderedFigure]) -> str:
-    lines = [
-        "# uqkit benchmark report",
+def _markdown_header(results: Mapping[str, Any], title: str) -> list[str]:
+    """The report's title, command, creation time, schema version and environment table (Markdown lines)."""
+    return [
+        f"# {title}",
         "",
         f"Command: {_md_code(results['command'])}  ",
         f"Created: {_md(results['created'])}  ",
@@ -822,6 +957,12 @@ def _markdown_report(results: Mapping[str, Any], figures: Sequence[_RenderedFigu
         "| | |",
         "|:---|:---|",
         *(f"| {_md(key)} | {_md(_plain(value))} |" for key, value in results["environment"].items()),
+    ]
+
+
+def _markdown_report(results: Mapping[str, Any], figures: Sequence[_RenderedFigure]) -> str:
+    lines = [
+        *_markdown_header(results, "uqkit benchmark report"),
         "",
         "## Configuration",
         "",
@@ -965,6 +1106,10 @@ def write_report(results: Mapping[str, Any], run_dir: str | os.PathLike) -> dict
     validate_results(results)
     if not isinstance(run_dir, (str, os.PathLike)):
         raise TypeError(f"run_dir: expected a path (str or os.PathLike), got {_describe(run_dir)}")
+    if _regression_run(results):
+        from uqkit.bench.regression_report import write_regression_report
+
+        return write_regression_report(results, run_dir)
     plots = _import_plots()
     run_dir = Path(run_dir)
     figure_dir = run_dir / "figures"

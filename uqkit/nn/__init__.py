@@ -17,6 +17,7 @@ from uqkit.nn.priors import NormalPrior, ScaleMixtureNormalPrior
 from uqkit.nn.rank1 import Rank1Conv1d, Rank1Conv2d, Rank1Linear
 from uqkit.nn.reparam import GaussianConv1d, GaussianConv2d, GaussianLinear, GaussianLSTM
 from uqkit.nn.spectral import BoundedSpectralNorm, spectral_norm
+from uqkit.nn.stacked import StackedDropout, StackedFlipoutLinear, StackedGaussianMLP, StackedLinear
 
 __all__ = [
     "BatchEnsembleConv1d",
@@ -40,6 +41,10 @@ __all__ = [
     "Rank1Conv2d",
     "Rank1Linear",
     "ScaleMixtureNormalPrior",
+    "StackedDropout",
+    "StackedFlipoutLinear",
+    "StackedGaussianMLP",
+    "StackedLinear",
     "StochasticModule",
     "priors",
     "rademacher",

@@ -1,0 +1,268 @@
+"""UCI regression benchmark (uqkit/bench/regression.py): stacked training, selection on validation only,
+results schema, report and CLI, on tiny tables made here."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from uqkit.bench import regression
+from uqkit.bench.regression import (
+    REGRESSION_METHODS,
+    StackedAdam,
+    _phase_data,
+    _train_stack,
+    evaluate_regression_method,
+    run_regression_bench,
+)
+from uqkit.bench.report import (
+    REGRESSION_TASK_KEYS,
+    format_leaderboard,
+    schema_key_paths,
+    validate_results,
+    write_report,
+)
+from uqkit.cli import main
+from uqkit.data import RegressionTable, load_uci_directory
+from uqkit.objectives import gaussian_nll_loss
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _tiny_table(rows: int = 60, splits: int = 3, seed: int = 0) -> RegressionTable:
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(rows, 3))
+    y = x @ np.array([1.0, -2.0, 0.5]) + 0.3 * rng.normal(size=rows) * (1 + np.abs(x[:, 0]))
+    pairs = []
+    for _ in range(splits):
+        perm = rng.permutation(rows)
+        pairs.append((torch.from_numpy(perm[:50]), torch.from_numpy(perm[50:])))
+    return RegressionTable(
+        "tiny",
+        torch.from_numpy(x),
+        torch.from_numpy(y * 10 + 100),
+        ("a", "b", "c"),
+        "y",
+        tuple(pairs),
+        "test",
+    )
+
+
+def _small(name: str, **changes) -> regression.RegressionMethod:
+    defaults = {"epochs": 4, "num_samples": 4, "validation_samples": 2}
+    return dataclasses.replace(REGRESSION_METHODS[name], **{**defaults, **changes})
+
+
+def test_gaussian_nll_loss_is_the_normal_log_density_and_beta_weights_its_gradient():
+    torch.manual_seed(0)
+    mean = torch.randn(7, 1, dtype=torch.float64, requires_grad=True)
+    variance = (torch.rand(7, 1, dtype=torch.float64) + 0.1).requires_grad_(True)
+    y = torch.randn(7, 1, dtype=torch.float64)
+    loss = gaussian_nll_loss(mean, variance, y)
+    want = -torch.distributions.Normal(mean, variance.sqrt()).log_prob(y)
+    torch.testing.assert_close(loss, want)
+    beta = 0.5
+    gaussian_nll_loss(mean, variance, y, beta=beta).sum().backward()
+    # Seitzer et al. 2022: the NLL gradient scaled by stop_gradient(variance ** beta)
+    grad_mean = -(y - mean.detach()) / variance.detach() * variance.detach() ** beta
+    grad_var = (0.5 / variance.detach() - (y - mean.detach()) ** 2 / (2 * variance.detach() ** 2)) * (
+        variance.detach() ** beta
+    )
+    torch.testing.assert_close(mean.grad, grad_mean)
+    torch.testing.assert_close(variance.grad, grad_var)
+    with pytest.raises(ValueError, match="beta"):
+        gaussian_nll_loss(mean, variance, y, beta=1.5)
+
+
+@pytest.fixture
+def float64_default():
+    """torch.optim.Adam keeps its step count in the default dtype: float64 makes its bias correction exact."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)
+
+
+def test_stacked_adam_equals_torch_adam_per_model_with_its_own_learning_rate(float64_default):
+    torch.manual_seed(0)
+    stacked = torch.randn(3, 4, 2, dtype=torch.float64, requires_grad=True)
+    singles = [stacked[k].detach().clone().requires_grad_(True) for k in range(3)]
+    rates = [1e-3, 1e-2, 1e-1]
+    optimizer = StackedAdam([stacked], torch.tensor(rates, dtype=torch.float64))
+    references = [torch.optim.Adam([p], lr=lr) for p, lr in zip(singles, rates, strict=True)]
+    targets = torch.randn(3, 4, 2, dtype=torch.float64)
+    for _ in range(5):
+        optimizer.zero_grad()
+        ((stacked - targets) ** 4).sum().backward()
+        optimizer.step()
+        for k, (param, reference) in enumerate(zip(singles, references, strict=True)):
+            reference.zero_grad()
+            ((param - targets[k]) ** 4).sum().backward()
+            reference.step()
+    for k in range(3):
+        torch.testing.assert_close(stacked[k].detach(), singles[k].detach(), rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match="lr"):
+        StackedAdam([stacked], torch.tensor([1e-3, -1.0, 1.0]))
+
+
+def test_a_snapshot_equals_the_shorter_training_of_the_same_model():
+    """Models in a stack are independent, so keeping model k after epoch e is training it for e epochs."""
+    table = _tiny_table()
+    phase = _phase_data(table, [(train, test) for train, test in table.splits])
+    method = _small("deep-ensemble", members=1)
+    splits = torch.arange(3)
+    lrs, dropout = torch.full((3,), 1e-2), torch.zeros(3)
+    long = _train_stack(
+        method, phase, splits, lrs, dropout, 3, seed=5, snapshot_epochs=torch.tensor([1, 3, 2])
+    )
+    one = _train_stack(method, phase, splits, lrs, dropout, 1, seed=5)
+    two = _train_stack(method, phase, splits, lrs, dropout, 2, seed=5)
+    for name, value in long.state_dict().items():
+        torch.testing.assert_close(value[0], one.state_dict()[name][0], rtol=0, atol=0)
+        torch.testing.assert_close(value[2], two.state_dict()[name][2], rtol=0, atol=0)
+    assert not torch.equal(long.state_dict()["hidden.weight"][1], one.state_dict()["hidden.weight"][1])
+
+
+@pytest.mark.parametrize("name", ["deep-ensemble", "mc-dropout"])
+def test_hyper_parameters_never_depend_on_test_data(name):
+    table = _tiny_table()
+    changed_targets = table.targets.clone()
+    test = table.splits[0][1]
+    changed_targets[test] = changed_targets[test] * -50 + 1e4  # wildly different test targets of split 0
+    changed = dataclasses.replace(table, targets=changed_targets)
+    method = _small(name, learning_rates=(1e-3, 3e-2), select_epochs=True)
+    first = evaluate_regression_method(method, table, seed=1)
+    second = evaluate_regression_method(method, changed, seed=1)
+    # Split 0's choice sees only split 0's training rows (other splits may train on those test rows).
+    assert first["selection"]["validation_nll"][0] == second["selection"]["validation_nll"][0]
+    for key in ("learning_rate", "epochs"):
+        assert first["per_split"][key][0] == second["per_split"][key][0]
+    if name == "mc-dropout":
+        assert first["per_split"]["dropout"][0] == second["per_split"]["dropout"][0]
+    assert first["per_split"]["nll"][0] != second["per_split"]["nll"][0]  # its test data did change
+
+
+def test_reported_nll_and_rmse_are_in_original_units():
+    """Scaling the target by c adds log c to every split's NLL and multiplies RMSE by c, exactly as the
+    change of variables says, because the network only ever sees standardised targets."""
+    table = _tiny_table()
+    scaled = dataclasses.replace(table, targets=table.targets * 1000.0 + 7.0)
+    method = _small("deterministic", learning_rates=(1e-2,))
+    base = evaluate_regression_method(method, table, seed=0)
+    big = evaluate_regression_method(method, scaled, seed=0)
+    for a, b in zip(base["per_split"]["nll"], big["per_split"]["nll"], strict=True):
+        assert b == pytest.approx(a + math.log(1000.0), abs=1e-4)
+    for a, b in zip(base["per_split"]["rmse"], big["per_split"]["rmse"], strict=True):
+        assert b == pytest.approx(1000.0 * a, rel=1e-4)
+
+
+def _write_directory(directory: Path, rows: int = 40, seed: int = 0) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(rows, 2))
+    y = x[:, 0] - x[:, 1] + 0.2 * rng.normal(size=rows)
+    np.savetxt(directory / "data.txt", np.column_stack([x, y]))
+    (directory / "index_features.txt").write_text("0\n1\n")
+    (directory / "index_target.txt").write_text("2\n")
+    return directory
+
+
+@pytest.fixture
+def small_methods(monkeypatch):
+    for name in list(REGRESSION_METHODS):
+        monkeypatch.setitem(REGRESSION_METHODS, name, _small(name, epochs=2))
+
+
+def test_run_writes_valid_results_and_report(tmp_path, small_methods):
+    data = _write_directory(tmp_path / "toy")
+    results = run_regression_bench(tmp_path / "run", ["uci"], data_dir=data, log=lambda _: None)
+    validate_results(json.loads((tmp_path / "run" / "results.json").read_text()))
+    task = results["tasks"]["uci-toy"]
+    assert task["kind"] == "regression" and task["num_splits"] == 20 and task["num_train"] == 36
+    assert list(task["methods"]) == list(REGRESSION_METHODS)
+    ensemble = task["methods"]["deep-ensemble"]
+    assert ensemble["num_models"] == 5 and len(ensemble["per_split"]["nll"]) == 20
+    values = ensemble["per_split"]["nll"]
+    mean, se = np.mean(values), np.std(values, ddof=1) / np.sqrt(20)
+    assert ensemble["metrics"]["nll"]["mean"] == pytest.approx(mean) and ensemble["metrics"]["nll"]["se"] == (
+        pytest.approx(se)
+    )
+    paths = write_report(results, tmp_path / "run")
+    assert paths["figures"][0].name == "uci-toy_coverage.png" and paths["figures"][0].stat().st_size > 1000
+    text = paths["markdown"].read_text()
+    assert "deep-ensemble" in text and "±" in text
+    assert "deep-ensemble" in format_leaderboard(results)
+
+
+def test_results_validation_catches_regression_mistakes(tmp_path, small_methods):
+    data = _write_directory(tmp_path / "toy")
+    results = run_regression_bench(
+        tmp_path / "run", ["uci"], ["deterministic"], data_dir=data, log=lambda _: None
+    )
+    bad = json.loads(json.dumps(results))
+    bad["tasks"]["uci-toy"]["methods"]["deterministic"]["per_split"]["nll"].pop()
+    with pytest.raises(ValueError, match=r"per_split.nll: expected 20 values"):
+        validate_results(bad)
+    bad = json.loads(json.dumps(results))
+    bad["tasks"]["uci-toy"]["methods"]["deterministic"]["metrics"]["coverage_95"]["mean"] = 95.0
+    with pytest.raises(ValueError, match=r"coverage_95.mean: expected a number in \[0, 1\]"):
+        validate_results(bad)
+    bad = json.loads(json.dumps(results))
+    bad["tasks"]["uci-toy"]["kind"] = "ranking"
+    with pytest.raises(ValueError, match="kind: expected one of 'regression'"):
+        validate_results(bad)
+
+
+def test_schema_doc_lists_every_regression_key():
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "results-schema.md").read_text(encoding="utf-8")
+    paths = schema_key_paths(REGRESSION_TASK_KEYS, "tasks.<task>")
+    missing = [path for path in paths if f"`{path}`" not in doc]
+    assert not missing, f"docs/results-schema.md does not document {missing}"
+
+
+def test_cli_malformed_directory_names_file_and_line(tmp_path, capsys):
+    data = _write_directory(tmp_path / "toy")
+    lines = (data / "data.txt").read_text().splitlines()
+    lines[6] = "1.0 oops 2.0"
+    (data / "data.txt").write_text("\n".join(lines) + "\n")
+    assert main(["bench", "--task", "uci", "--data-dir", str(data), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "data.txt line 7" in err and "'oops'" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--task", "uci-boston,fashion-mnist"], "expected only regression tasks"),
+        (["--task", "uci"], "--data-dir: task 'uci' reads a UCI directory"),
+        (["--task", "uci-boston", "--epochs", "3"], "--epochs: not used by regression tasks"),
+        (["--task", "uci-boston", "--methods", "sngp"], "--methods: expected one of 'deterministic'"),
+        (["--task", "fashion-mnist", "--data-dir", "x"], "--data-dir: only the regression task 'uci'"),
+    ],
+)
+def test_cli_regression_option_errors(tmp_path, capsys, argv, message):
+    assert main(["bench", *argv, "--out", str(tmp_path / "run")]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_list_shows_regression_tasks_and_methods(capsys):
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    for name in ("uci-boston", "uci-concrete", "uci ", "flipout-bnn"):
+        assert name in out
+
+
+def test_energy_and_wine_from_shared_data_load_in_the_literature_shapes():
+    root = Path(__file__).resolve().parents[3] / "shared" / "data" / "uci"
+    if not root.is_dir():
+        pytest.skip("shared UCI tables not present")
+    energy = load_uci_directory(root / "energy")
+    wine = load_uci_directory(root / "wine-quality-red")
+    assert energy.inputs.shape == (768, 8) and [len(s) for s in energy.splits[0]] == [691, 77]
+    assert wine.inputs.shape == (1599, 11) and [len(s) for s in wine.splits[0]] == [1439, 160]

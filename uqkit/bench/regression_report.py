@@ -1,0 +1,228 @@
+"""The report of a regression run: NLL and RMSE tables beside the published numbers, coverage figures.
+
+Reads only ``results.json`` (regression tasks, ``kind: "regression"``, see docs/results-schema.md), so
+``uqkit report RUN_DIR`` rebuilds it. :func:`uqkit.bench.report.format_leaderboard` and
+:func:`uqkit.bench.report.write_report` hand regression runs to :func:`format_regression_tables` and
+:func:`write_regression_report`.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import os
+from collections import Counter
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from uqkit.bench import report as _report
+
+__all__ = ["PUBLISHED_LABELS", "format_regression_tables", "regression_rows", "write_regression_report"]
+
+PUBLISHED_LABELS = {
+    "deep-ensemble": "Deep Ensembles (Lakshminarayanan et al. 2017), published",
+    "mc-dropout": "MC dropout (Gal & Ghahramani, 2018 grid-search rerun), published",
+    "pbp": "PBP (Hernandez-Lobato & Adams 2015), published",
+}
+"""Row labels of the published numbers kept in ``tasks.<task>.published``."""
+
+_HEADER = ("method", "NLL", "RMSE", "NLL (mixture)", "95% cov.", "members x S", "params", "train s", "chosen")
+
+
+def _pm(summary: Mapping[str, Any] | None, decimals: int = 2) -> str:
+    if not summary or summary.get("mean") is None:
+        return "—"
+    return f"{summary['mean']:.{decimals}f} ± {summary['se']:.{decimals}f}"
+
+
+def _pair(values: Any) -> str:
+    if not values:
+        return "—"
+    return f"{values[0]:.2f} ± {values[1]:.2f}"
+
+
+def _chosen(method: Mapping[str, Any]) -> str:
+    """The hyper-parameters chosen on validation, summarised over splits (e.g. ``lr 0.01 x14``)."""
+    per_split = method["per_split"]
+    parts = []
+    rates = Counter(per_split["learning_rate"])
+    if len(method["selection"]["grid"]) > 1 or len(rates) > 1:
+        parts.append("lr " + ", ".join(f"{lr:g} x{n}" for lr, n in sorted(rates.items())))
+    if per_split.get("dropout"):
+        drops = Counter(per_split["dropout"])
+        parts.append("p " + ", ".join(f"{p:g} x{n}" for p, n in sorted(drops.items())))
+    epochs = sorted(per_split["epochs"])
+    if method["selection"]["select_epochs"]:
+        parts.append(f"epochs {epochs[0]}-{epochs[-1]} (median {epochs[len(epochs) // 2]})")
+    else:
+        parts.append(f"epochs {epochs[0]}")
+    return "; ".join(parts)
+
+
+def regression_rows(task: Mapping[str, Any]) -> list[list[str]]:
+    """Table rows of a regression task: one per method, then one per published reference.
+
+    Args:
+        task: a regression task's block of ``results.json``.
+
+    Returns:
+        Rows of cells in the order of :data:`_HEADER` (NLL and RMSE as ``mean ± standard error``).
+    """
+    rows = []
+    for name, method in task["methods"].items():
+        metrics = method["metrics"]
+        rows.append(
+            [
+                name,
+                _pm(metrics["nll"]),
+                _pm(metrics["rmse"]),
+                _pm(metrics["nll_mixture"]),
+                f"{100 * metrics['coverage_95']['mean']:.1f}%",
+                f"{method['num_models']} x {method['num_samples'] // method['num_models']}",
+                f"{method['num_parameters']:,}",
+                f"{method['train_time_s']:.1f}",
+                _chosen(method),
+            ]
+        )
+    for key, published in task["published"].items():
+        label = PUBLISHED_LABELS.get(key, f"{key}, published")
+        rows.append([label, _pair(published.get("nll")), _pair(published.get("rmse"))] + ["—"] * 6)
+    return rows
+
+
+def _text_table(rows: list[list[str]]) -> str:
+    table = [list(_HEADER), *rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(_HEADER))]
+    lines = []
+    for index, row in enumerate(table):
+        lines.append("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip())
+        if index == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def format_regression_tables(results: Mapping[str, Any]) -> str:
+    """Fixed-width text tables, one per regression task, for the terminal."""
+    parts = []
+    for name, task in results["tasks"].items():
+        if not _report.is_regression_task(task):
+            continue
+        header = (
+            f"{name}: {task['description']} ({task['num_splits']} splits, {task['num_test']} test rows each)"
+        )
+        parts.append(f"{header}\n{_text_table(regression_rows(task))}")
+    return "\n\n".join(parts)
+
+
+def _markdown_table(rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(_HEADER) + " |", "|:---|" + "---:|" * (len(_HEADER) - 2) + ":---|"]
+    lines += ["| " + " | ".join(_report._md(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+_LEGEND = (
+    "NLL: Gaussian negative log-likelihood of the test targets (nats, original units) under the moment-"
+    "matched mixture of the members and samples (Lakshminarayanan et al. 2017); NLL (mixture): under the "
+    "exact equal-weight Gaussian mixture. Mean ± standard error over the splits (sample standard deviation / "
+    "sqrt(splits)). 95% cov.: fraction of test targets inside the central 95% interval. chosen: "
+    "hyper-parameters chosen on the validation split of each training split (x = number of splits)."
+)
+
+
+def _facts(task: Mapping[str, Any]) -> list[tuple[str, str]]:
+    protocol = task["protocol"]
+    return [
+        ("data", f"{task['num_rows']} rows x {task['num_features']} features; source {task['source']}"),
+        (
+            "splits",
+            f"{task['num_splits']} splits of {task['num_train']} train / {task['num_test']} test rows",
+        ),
+        (
+            "protocol",
+            f"one hidden layer of {protocol['hidden_units']} ReLU units, batch {protocol['batch_size']}, "
+            f"{protocol['optimizer']}; validation {100 * protocol['validation_fraction']:.0f}% of each "
+            f"training split; {protocol['standardization']}",
+        ),
+    ]
+
+
+def write_regression_report(results: Mapping[str, Any], run_dir: str | os.PathLike) -> dict[str, Any]:
+    """Write ``report.md``, a self-contained ``report.html`` and ``figures/<task>_coverage.png``.
+
+    Args:
+        results: a valid results dict whose tasks are all regression tasks.
+        run_dir: the run directory (created if missing).
+
+    Returns:
+        ``{"markdown": Path, "html": Path, "figures": list[Path]}``.
+
+    Raises:
+        ValueError: if ``results`` does not follow the schema or holds a classification task.
+        ImportError: if matplotlib is not installed (``pip install 'uqkit[bench]'``).
+    """
+    _report.validate_results(results)
+    kinds = {_report.is_regression_task(task) for task in results["tasks"].values()}
+    if kinds != {True}:
+        raise ValueError("results: expected only regression tasks; run regression and classification apart")
+    plots = _report._import_plots()
+    run_dir = Path(run_dir)
+    (run_dir / "figures").mkdir(parents=True, exist_ok=True)
+    colors = plots.method_colors(_report.method_order(results))
+    md = _report._markdown_header(results, "uqkit regression benchmark report")
+    body = [
+        "<h1>uqkit regression benchmark report</h1>",
+        f"<p>Command: <code>{html.escape(results['command'])}</code><br>Created: "
+        f"{html.escape(results['created'])}</p>",
+        "<h2>Environment</h2>",
+        _report._html_key_value_table(results["environment"]),
+    ]
+    figure_paths = []
+    for name, task in results["tasks"].items():
+        rows = regression_rows(task)
+        png = plots.figure_png(plots.coverage_figure(name, task, colors))
+        file_name = f"{plots._slug(name)}_coverage.png"
+        path = run_dir / "figures" / file_name
+        _report._atomic_write(path, png)
+        figure_paths.append(path)
+        caption = (
+            "Interval coverage: observed fraction of test targets inside the central interval of each "
+            "nominal probability, mean over splits; the dashed diagonal is perfect calibration."
+        )
+        md += ["", f"## Task {_report._md(name)}", "", _report._md(task["description"]), ""]
+        md += [f"- **{label}**: {_report._md(text)}" for label, text in _facts(task)]
+        md += [
+            "",
+            _markdown_table(rows),
+            "",
+            _report._md(_LEGEND),
+            "",
+            f"![interval coverage](figures/{file_name})",
+        ]
+        md += ["", f"*{_report._md(caption)}*"]
+        head = "".join(f"<th>{html.escape(h)}</th>" for h in _HEADER)
+        trs = "".join(
+            "<tr>" + "".join(f'<td class="num">{html.escape(c)}</td>' for c in row) + "</tr>" for row in rows
+        )
+        facts = "".join(f"<dt>{html.escape(a)}</dt><dd>{html.escape(b)}</dd>" for a, b in _facts(task))
+        data = base64.b64encode(png).decode("ascii")
+        body += [
+            f"<h2>Task {html.escape(name)}</h2>",
+            f"<p>{html.escape(task['description'])}</p>",
+            f'<dl class="facts">{facts}</dl>',
+            f'<div class="wide"><table><thead><tr>{head}</tr></thead><tbody>{trs}</tbody></table></div>',
+            f'<p class="legend">{html.escape(_LEGEND)}</p>',
+            f'<figure><img src="data:image/png;base64,{data}" alt="interval coverage">'
+            f"<figcaption>{html.escape(caption)}</figcaption></figure>",
+        ]
+    markdown_path, html_path = run_dir / "report.md", run_dir / "report.html"
+    _report._atomic_write(markdown_path, ("\n".join(md) + "\n").encode("utf-8"))
+    title = "uqkit regression report: " + ", ".join(results["tasks"])
+    page = (
+        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+        f"<title>{html.escape(title)}</title>\n<style>{_report._CSS}</style>\n</head>\n<body>\n"
+        + "\n".join(body)
+        + "\n</body>\n</html>\n"
+    )
+    _report._atomic_write(html_path, page.encode("utf-8"))
+    return {"markdown": markdown_path, "html": html_path, "figures": figure_paths}
