@@ -241,17 +241,18 @@ def evaluate_method(
 
     if task.shift is not None:
         shift = {"values": list(task.shift.values), "accuracy": [], "ece": [], "nll": []}
+        shift_labels = test_labels if task.shift.labels is None else task.shift.labels.to(test_labels.device)
         with progress_bar(len(task.shift.values), f"{label} {task.shift.name}", progress, "level") as bar:
             for value in task.shift.values:
                 shifted = predict_in_batches(
                     method, task.shift.inputs_at(value), batch_size, device, "", progress=False
                 )
                 shifted_probs = shifted.probs
-                shift["accuracy"].append(metrics.accuracy(shifted_probs, test_labels))
+                shift["accuracy"].append(metrics.accuracy(shifted_probs, shift_labels))
                 shift["ece"].append(
-                    metrics.expected_calibration_error(shifted_probs, test_labels, num_bins=NUM_BINS)
+                    metrics.expected_calibration_error(shifted_probs, shift_labels, num_bins=NUM_BINS)
                 )
-                shift["nll"].append(metrics.nll(shifted_probs, test_labels))
+                shift["nll"].append(metrics.nll(shifted_probs, shift_labels))
                 bar.update(1)
         result["shift"] = shift
     if tuple(task.input_shape) == (2,):
