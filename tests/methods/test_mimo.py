@@ -1,5 +1,6 @@
 """MIMO (uqkit/methods/mimo.py): member inputs and outputs, training batches, the folded test-time input."""
 
+import copy
 import math
 
 import pytest
@@ -162,3 +163,43 @@ def test_bad_arguments():
         MIMO(nn.Sequential(nn.Linear(6, 5)), 3, 1)(torch.randn(4, 2))
     with pytest.raises(ValueError, match=r"labels: expected shape \[3, 4\]"):
         MIMO.loss(torch.randn(3, 4, 2), torch.zeros(4, dtype=torch.long))
+
+
+def test_folded_weight_is_cached_without_a_graph_and_follows_weight_updates():
+    torch.manual_seed(3)
+    mimo = _mimo("mlp", (1, 28, 28)).eval()
+    x = torch.randn(5, 1, 28, 28, dtype=torch.float64)
+    with torch.no_grad():
+        first = mimo(x)
+        cached = mimo._fold_cache[2]
+        torch.testing.assert_close(mimo(x), first, rtol=0, atol=0)
+        assert mimo._fold_cache[2] is cached  # reused
+    # an optimizer step changes the weight in place: the next call must see it
+    optimizer = torch.optim.SGD(mimo.parameters(), lr=0.1)
+    mimo.training_loss(x, torch.tensor([0, 1, 2, 3, 0])).backward()
+    optimizer.step()
+    with torch.no_grad():
+        after = mimo(x)
+        tiled = mimo(x.expand(3, *x.shape))
+    torch.testing.assert_close(after, tiled, rtol=1e-10, atol=1e-12)
+    assert (after - first).abs().max() > 1e-6
+    copied = copy.deepcopy(mimo)  # the weak reference is not copied
+    with torch.no_grad():
+        torch.testing.assert_close(copied(x), after, rtol=0, atol=0)
+
+
+def test_folding_keeps_gradients_and_follows_nested_sequentials():
+    torch.manual_seed(4)
+    network = nn.Sequential(
+        nn.Flatten(), nn.Sequential(nn.Identity(), nn.Linear(3 * 6, 8), nn.Tanh()), nn.Linear(8, 3 * 2)
+    ).double()
+    mimo = MIMO(network, 3, 2)
+    x = torch.randn(4, 1, 6, dtype=torch.float64)
+    folded = mimo(x)
+    grads = torch.autograd.grad(folded.square().sum(), list(mimo.parameters()))
+    mimo.fold_shared_input = False
+    tiled = mimo(x)
+    reference = torch.autograd.grad(tiled.square().sum(), list(mimo.parameters()))
+    torch.testing.assert_close(folded, tiled, rtol=1e-10, atol=1e-12)
+    for grad, expected in zip(grads, reference, strict=True):
+        torch.testing.assert_close(grad, expected, rtol=1e-10, atol=1e-12)

@@ -28,38 +28,57 @@ is that of one network with an ``M`` times wider head, exactly (up to float roun
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.func import functional_call
 
 from uqkit._validation import check_float_tensor, check_labels, check_positive_int, check_unit_interval
+from uqkit.nn._cache import is_cacheable
 from uqkit.nn.members import with_member_dim
 from uqkit.prediction import Prediction
 
 __all__ = ["MIMO"]
 
 
-def _first_layer(network: nn.Module) -> tuple[str, nn.Module] | None:
-    """The first module with weights that ``network`` applies, when only ``nn.Flatten`` may precede it.
+_FOLDABLE = (nn.Linear, nn.Conv1d, nn.Conv2d)
 
-    Only chains of ``nn.Sequential`` (with ``nn.Sequential``'s own ``forward``) are followed, because their
-    execution order is their registration order.
+
+def _first_layer_path(network: nn.Module) -> tuple[list[tuple[list[nn.Module], int]], nn.Module] | None:
+    """Where the first module with weights sits when only ``nn.Flatten`` / ``nn.Identity`` may precede it.
+
+    Only chains of ``nn.Sequential`` (with ``nn.Sequential``'s own ``forward`` and no hooks) are followed,
+    because their execution order is their registration order.
+
+    Returns:
+        ``(path, layer)``: ``path`` lists, outermost first, each ``nn.Sequential``'s children and the index of
+        the child that leads to ``layer``; ``None`` when ``network`` is not such a chain or its first layer
+        is not an ``nn.Linear`` / ``nn.Conv1d`` / ``nn.Conv2d`` with ``groups = 1`` and no hooks.
     """
-    prefix, module = "", network
+    path: list[tuple[list[nn.Module], int]] = []
+    module = network
     while type(module).forward is nn.Sequential.forward:
-        for name, child in module.named_children():
-            if isinstance(child, nn.Flatten) and (child.start_dim, child.end_dim) in ((1, -1),):
+        if _has_hooks(module):
+            return None
+        children = list(module.children())
+        for index, child in enumerate(children):
+            if isinstance(child, nn.Flatten) and child.start_dim == 1 and child.end_dim == -1:
                 continue
             if isinstance(child, nn.Identity):
                 continue
-            prefix, module = f"{prefix}{name}.", child
+            path.append((children, index))
+            module = child
             break
         else:
             return None
-    if type(module) in (nn.Linear, nn.Conv1d, nn.Conv2d) and getattr(module, "groups", 1) == 1:
-        return prefix[:-1], module
+    if type(module) in _FOLDABLE and getattr(module, "groups", 1) == 1 and not _has_hooks(module):
+        return path, module
     return None
+
+
+def _has_hooks(module: nn.Module) -> bool:
+    return bool(module._forward_hooks or module._forward_pre_hooks)
 
 
 class MIMO(nn.Module):
@@ -124,23 +143,63 @@ class MIMO(nn.Module):
             )
         return outputs.view(batch, self.num_members, -1).transpose(0, 1)
 
-    def _folded_forward(self, x: torch.Tensor) -> torch.Tensor | None:
-        found = _first_layer(self.network)
-        if found is None:
-            return None
-        name, layer = found
+    def _folded_weight(self, layer: nn.Module, channels: int) -> torch.Tensor | None:
+        """``sum_m W_m`` of the first layer's member blocks, or ``None`` when the shapes do not fold.
+
+        Without a graph to build (eval mode, or ``torch.no_grad``) the sum is cached and reused until the
+        weight changes (its version counter, storage or identity), since summing the ``M`` blocks reads as
+        much memory as a small batch's forward pass does.
+        """
         weight = layer.weight
         members = self.num_members
-        if isinstance(layer, nn.Linear):
-            if weight.shape[1] % members or weight.shape[1] // members != x[0].numel():
-                return None
-            folded = weight.view(weight.shape[0], members, -1).sum(1)
-        else:
-            channels = x.shape[1]
-            if weight.shape[1] != members * channels:
-                return None
+        if weight.shape[1] != members * channels:
+            return None
+        if (torch.is_grad_enabled() and weight.requires_grad) or not is_cacheable(weight):
+            self.__dict__["_fold_cache"] = None
+            return weight.view(weight.shape[0], members, channels, *weight.shape[2:]).sum(1)
+        key = (weight._version, weight.data_ptr(), members)
+        cache = self.__dict__.get("_fold_cache")
+        if cache is None or cache[0]() is not weight or cache[1] != key:
             folded = weight.view(weight.shape[0], members, channels, *weight.shape[2:]).sum(1)
-        return functional_call(self.network, {f"{name}.weight" if name else "weight": folded}, (x,))
+            # a weak reference: identity without keeping a replaced weight (after .to()) alive
+            self.__dict__["_fold_cache"] = cache = (weakref.ref(weight), key, folded)
+        return cache[2]
+
+    def _folded_forward(self, x: torch.Tensor) -> torch.Tensor | None:
+        """The network on ``M`` copies of ``x``, its first layer with the summed member blocks."""
+        found = _first_layer_path(self.network)
+        if found is None:
+            return None
+        path, layer = found
+        for children, index in path:  # nn.Flatten / nn.Identity before the first layer, outermost first
+            for child in children[:index]:
+                x = child(x)
+        if isinstance(layer, nn.Linear):
+            if x.dim() != 2:  # the members' features are concatenated along dimension 1
+                return None
+            folded = self._folded_weight(layer, x.shape[1])
+            if folded is None:
+                return None
+            out = F.linear(x, folded, layer.bias)
+        else:
+            folded = self._folded_weight(layer, x.shape[1])
+            if folded is None:
+                return None
+            out = layer._conv_forward(x, folded, layer.bias)
+        for children, index in reversed(path):
+            for child in children[index + 1 :]:
+                out = child(out)
+        return out
+
+    def train(self, mode: bool = True) -> MIMO:
+        self.__dict__["_fold_cache"] = None
+        return super().train(mode)
+
+    def __getstate__(self) -> dict:
+        # The fold cache holds a weak reference (not picklable) and is rebuilt on demand: never copied.
+        state = super().__getstate__()
+        state["_fold_cache"] = None
+        return state
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         """The ``M`` heads' outputs ``[M, B, K]``.
@@ -149,13 +208,12 @@ class MIMO(nn.Module):
             inputs: ``[B, C, *rest]`` (the same input for every member) or ``[M, B, C, *rest]`` (one each).
         """
         check_float_tensor(inputs, "inputs", finite=False)
-        shared = inputs.dim() == self.example_dims + 1
-        x = with_member_dim(inputs, self.num_members, self.example_dims)
-        batch = x.shape[1]
-        if shared and self.fold_shared_input:
+        if self.fold_shared_input and inputs.dim() == self.example_dims + 1:
             outputs = self._folded_forward(inputs)
             if outputs is not None:
-                return self._split_heads(outputs, batch)
+                return self._split_heads(outputs, inputs.shape[0])
+        x = with_member_dim(inputs, self.num_members, self.example_dims)
+        batch = x.shape[1]
         # [M, B, C, *rest] -> [B, M * C, *rest]: member-major along the channel dimension
         stacked = x.transpose(0, 1).reshape(batch, self.num_members * x.shape[2], *x.shape[3:])
         return self._split_heads(self.network(stacked), batch)

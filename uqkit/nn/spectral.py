@@ -51,6 +51,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from uqkit._validation import check_positive_float, check_positive_int
+from uqkit.nn._cache import is_cacheable
 
 __all__ = ["BoundedSpectralNorm", "spectral_norm"]
 
@@ -61,16 +62,6 @@ _CONV_FUNCTIONS = {
     1: (F.conv1d, F.conv_transpose1d),
     2: (F.conv2d, F.conv_transpose2d),
 }
-
-
-def _cacheable(weight: torch.Tensor) -> bool:
-    """Whether an eval-mode bounded weight computed from ``weight`` may be cached (a plain eager tensor)."""
-    if torch.compiler.is_compiling():
-        return False
-    is_wrapped = getattr(torch._C._functorch, "is_functorch_wrapped_tensor", None)
-    if is_wrapped is not None and is_wrapped(weight):  # torch.func transforms: no stable identity
-        return False
-    return not torch.is_inference_mode_enabled() and not weight.is_inference()  # no version counters
 
 
 def _normalize(x: torch.Tensor) -> torch.Tensor:
@@ -251,7 +242,7 @@ class BoundedSpectralNorm(nn.Module):
         return (u * self.operator(weight, v)).sum()
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
-        if self.training or (torch.is_grad_enabled() and weight.requires_grad) or not _cacheable(weight):
+        if self.training or (torch.is_grad_enabled() and weight.requires_grad) or not is_cacheable(weight):
             self._eval_cache = None
             return self._bounded(weight)
         # Eval mode without a graph: the result depends only on the weight, the stored vectors and the
