@@ -216,10 +216,10 @@ register_regression_method(
     RegressionMethod(
         "deep-ensemble",
         "5 Gaussian-head networks with adversarial training, their mixture (Lakshminarayanan et al. "
-        "2017); lr and epochs (at most 100) chosen on validation",
+        "2017); lr and epochs (at most 400, as every method) chosen on validation",
         members=5,
         learning_rates=(1e-3, 1e-2),
-        epochs=100,
+        epochs=400,
         select_epochs=True,
         adversarial=0.01,
         num_samples=1,
