@@ -123,11 +123,29 @@ def test_conv_equals_member_convs_with_channel_scaled_kernels(
     )
 
 
-def test_broadcast_input_equals_explicitly_repeated_input():
+@pytest.mark.parametrize(
+    ("layer", "shape"),
+    [
+        (lambda: BatchEnsembleConv2d(3, 5, 3, num_members=4, padding=1), (6, 3, 8, 8)),
+        (lambda: BatchEnsembleConv1d(1, 4, 3, num_members=3, padding_mode="reflect", padding=1), (5, 1, 9)),
+        (lambda: BatchEnsembleLinear(7, 4, num_members=2), (6, 7)),
+    ],
+)
+def test_broadcast_input_equals_explicitly_repeated_input_with_gradients(layer, shape):
+    # a shared input takes the folded-weights path, a repeated one the scaled-input path
     torch.manual_seed(2)
-    layer = BatchEnsembleConv2d(3, 5, 3, num_members=4, padding=1)
-    x = torch.randn(6, 3, 8, 8)
-    torch.testing.assert_close(layer(x), layer(x.expand(4, *x.shape).clone()), rtol=0, atol=0)
+    layer = layer().double()
+    _randomize(layer)
+    x = torch.randn(shape, dtype=torch.float64)
+    repeated = x.expand(layer.num_members, *x.shape).clone()
+    outputs, grads = [], []
+    for inputs in (x, repeated):
+        out = layer(inputs)
+        outputs.append(out)
+        grads.append(torch.autograd.grad(out.sin().sum(), list(layer.parameters())))
+    torch.testing.assert_close(outputs[0], outputs[1], rtol=1e-12, atol=1e-12)
+    for shared, explicit in zip(*grads, strict=True):
+        torch.testing.assert_close(shared, explicit, rtol=1e-12, atol=1e-12)
 
 
 def test_sign_init_gives_only_plus_minus_one_with_half_probability_each():

@@ -50,16 +50,21 @@ def _batch_ensemble_twin(rank1, be_cls, args, kwargs):
 
 
 @pytest.mark.parametrize(("cls", "be_cls", "args", "kwargs", "shape"), CASES)
-def test_zero_posterior_scale_equals_batch_ensemble_exactly(cls, be_cls, args, kwargs, shape):
+def test_zero_posterior_scale_equals_batch_ensemble(cls, be_cls, args, kwargs, shape):
     torch.manual_seed(0)
-    layer = cls(*args, 3, **kwargs, posterior_scale_init=0.0)
-    be = _batch_ensemble_twin(layer, be_cls, args, kwargs)
-    x = torch.randn(shape)
-    assert torch.equal(layer(x), be(x))
+    layer = cls(*args, 3, **kwargs, posterior_scale_init=0.0).double()
+    be = _batch_ensemble_twin(layer, be_cls, args, kwargs).double()
+    x = torch.randn(shape, dtype=torch.float64)
+    shared = x.dim() == layer.example_dims + 1
+    per_member = torch.randn(3, *shape, dtype=torch.float64) if shared else x  # [M, B, ...]
+    assert torch.equal(layer(per_member), be(per_member))  # the same products, exactly
+    # a shared [B, ...] input: BatchEnsemble folds the factors into the weights, rank-1 samples per example
+    torch.testing.assert_close(layer(x), be(x), rtol=1e-12, atol=1e-12)
     layer.reset_posterior_scale(0.1)
-    assert not torch.equal(layer(x), be(x))
+    assert (layer(x) - be(x)).abs().max() > 1e-3
     with use_posterior_mean(layer):
         assert torch.equal(layer(x), be(x))
+        assert torch.equal(layer(per_member), be(per_member))
     assert not torch.equal(layer(x), layer(x))  # samples on every forward pass
 
 
@@ -184,3 +189,28 @@ def test_torch_compile():
     assert not torch.equal(a, b)
     a.sum().backward()
     assert layer.r_rho.grad is not None
+
+
+@pytest.mark.parametrize(
+    ("layer", "shape"),
+    [
+        (lambda: Rank1Conv2d(1, 4, 3, num_members=3, padding=1), (5, 1, 6, 6)),
+        (lambda: Rank1Conv1d(1, 2, 3, num_members=2, padding_mode="circular", padding=1), (4, 1, 7)),
+        (lambda: Rank1Linear(1, 3, num_members=2), (4, 1)),
+    ],
+)
+def test_shared_one_channel_input_equals_repeated_input_with_the_same_samples(layer, shape):
+    # one input channel and a shared input: the product runs once and each sample scales its output
+    layer = layer().double()
+    layer.reset_posterior_scale(0.3)
+    x = torch.randn(shape, dtype=torch.float64)
+    repeated = x.expand(layer.num_members, *x.shape).clone()
+    outputs, grads = [], []
+    for inputs in (x, repeated):
+        torch.manual_seed(5)  # the same factor samples for both
+        out = layer(inputs)
+        outputs.append(out)
+        grads.append(torch.autograd.grad(out.cos().sum(), list(layer.parameters())))
+    torch.testing.assert_close(outputs[0], outputs[1], rtol=1e-12, atol=1e-12)
+    for shared, explicit in zip(*grads, strict=True):
+        torch.testing.assert_close(shared, explicit, rtol=1e-12, atol=1e-12)

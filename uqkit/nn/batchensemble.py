@@ -112,12 +112,55 @@ class _MemberBase(nn.Module):
         each example its own factors (the rank-1 BNN's per-example samples).
         """
         members, batch = x.shape[:2]
-        scaled = x * self._factor_view(r)
-        out = self._product(scaled.reshape(members * batch, *x.shape[2:]))
-        out = out.view(members, batch, *out.shape[1:])
+        if r.shape[-1] == 1 and self._shares_input(x):
+            # One input feature or channel: ``(x * r) W^T = r (x W^T)`` with ``r`` a scalar per member (and
+            # example), so the product runs once on the un-repeated input and needs no input gradient.
+            out = self._product(x[0], self.weight).unsqueeze(0) * self._factor_view(r)
+        else:
+            scaled = x * self._factor_view(r)
+            out = self._product(scaled.reshape(members * batch, *x.shape[2:]), self.weight)
+            out = out.view(members, batch, *out.shape[1:])
         if self.bias is None:
             return out * self._factor_view(s)
         return torch.addcmul(self._factor_view(self.bias), out, self._factor_view(s))
+
+    def _combine_shared(self, x: torch.Tensor, r: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        """:meth:`_combine` for one input ``x`` ``[B, ...]`` shared by the members, factors ``[M, feat]``.
+
+        By linearity ``((x * r_m) W^T) * s_m = x (W * (s_m r_m^T))^T``: one product of the un-repeated input
+        with the members' weights side by side (``M * out`` outputs), read back as ``[M, B, out, ...]`` (a
+        batch-major view). Same result; it avoids repeating the input ``M`` times and, in training, the
+        gradient with respect to the scaled input, which a first layer does not need (for a one-channel
+        convolution on CPU that gradient alone cost more than the rest of a LeNet-5 step, batch 4 x 256).
+        """
+        weight = self._scaled_weights(r, s)  # [M, out, in / groups, *kernel]
+        members, out_size = weight.shape[:2]
+        bias = None if self.bias is None else self.bias.reshape(-1)
+        out = self._product(x, weight.reshape(members * out_size, *weight.shape[2:]), bias)
+        return out.view(out.shape[0], members, out_size, *out.shape[2:]).transpose(0, 1)
+
+    def _shares_input(self, x: torch.Tensor) -> bool:
+        """Whether ``x`` ``[M, B, ...]`` is one batch expanded to the members (see ``_combine_shared``)."""
+        return x.shape[0] > 1 and x.stride(0) == 0 and getattr(self, "groups", 1) == 1
+
+    def _scaled_weights(self, r: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        """The ``M`` members' weights ``W * (s_m r_m^T)``, ``[M, *weight.shape]``, for factors ``[M, feat]``.
+
+        For grouped convolutions, ``r`` indexes all input channels; member ``m``'s weight entry
+        ``[o, j, ...]`` of group ``g = o // (out / groups)`` is scaled by
+        ``s_m[o] * r_m[g * in / groups + j]``.
+        """
+        out_size, in_per_group = self.weight.shape[:2]
+        groups = getattr(self, "groups", 1)
+        if groups == 1:
+            scale = s[:, :, None] * r[:, None, :]
+        else:
+            group_of_output = torch.arange(out_size, device=self.weight.device) // (out_size // groups)
+            input_index = group_of_output[:, None] * in_per_group + torch.arange(
+                in_per_group, device=self.weight.device
+            )
+            scale = s[:, :, None] * r[:, input_index]  # [M, out, in / groups]
+        return self.weight * scale.reshape(*scale.shape, *((1,) * (self.weight.dim() - 2)))
 
     def _factor_view(self, factor: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -156,8 +199,10 @@ class MemberLinearBase(_MemberBase):
     def _factor_view(self, factor: torch.Tensor) -> torch.Tensor:
         return factor if factor.dim() == 3 else factor.unsqueeze(1)  # [M, 1|B, features]
 
-    def _product(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight)
+    def _product(
+        self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        return F.linear(x, weight, bias)
 
     def extra_repr(self) -> str:
         return (
@@ -234,8 +279,10 @@ class MemberConvBase(_MemberBase):
         base = factor if factor.dim() == 3 else factor.unsqueeze(1)  # [M, 1|B, channels]
         return base.reshape(*base.shape, *((1,) * self.spatial_dims))
 
-    def _product(self, x: torch.Tensor) -> torch.Tensor:
-        return convolve(type(self).conv, x, self.weight, None, self._geometry)
+    def _product(
+        self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        return convolve(type(self).conv, x, weight, bias, self._geometry)
 
     def extra_repr(self) -> str:
         text = (
@@ -271,17 +318,12 @@ class _BatchEnsembleMixin:
         ``[o, j, ...]`` of group ``g = o // (out / groups)`` is scaled by
         ``s_m[o] * r_m[g * in / groups + j]``.
         """
-        out_size, in_per_group = self.weight.shape[:2]
-        groups = getattr(self, "groups", 1)
-        group_of_output = torch.arange(out_size, device=self.weight.device) // (out_size // groups)
-        input_index = group_of_output[:, None] * in_per_group + torch.arange(
-            in_per_group, device=self.weight.device
-        )
-        scale = self.s[:, :, None] * self.r[:, input_index]  # [M, out, in / groups]
-        return self.weight * scale.reshape(*scale.shape, *((1,) * (self.weight.dim() - 2)))
+        return self._scaled_weights(self.r, self.s)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         x = self._member_input(input)
+        if self._shares_input(x):
+            return self._combine_shared(x[0], self.r, self.s)
         return self._combine(x, self.r, self.s)
 
     def extra_repr(self) -> str:

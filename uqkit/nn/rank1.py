@@ -89,6 +89,8 @@ class _Rank1Mixin:
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         x = self._member_input(input)
         if not self.samples:
+            if self._shares_input(x):
+                return self._combine_shared(x[0], self.r_mean, self.s_mean)
             return self._combine(x, self.r_mean, self.s_mean)
         batch = x.shape[1]
         return self._combine(x, self._factor_sample("r", batch), self._factor_sample("s", batch))
