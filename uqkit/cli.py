@@ -105,7 +105,7 @@ def _finish_report(results: dict, run_dir: Path) -> Path:
 def _cmd_regression(args: argparse.Namespace, argv: list[str]) -> int:
     """``uqkit bench`` on regression tasks: the UCI protocol, all splits trained as stacked models."""
     from uqkit.bench.regression import REGRESSION_TASKS, run_regression_bench
-    from uqkit.bench.runner import default_run_dir
+    from uqkit.bench.runner import default_run_dir, latest_run_dir
 
     if any(task not in REGRESSION_TASKS for task in args.task):
         raise ValueError(
@@ -114,7 +114,7 @@ def _cmd_regression(args: argparse.Namespace, argv: list[str]) -> int:
         )
     fixed = {"--model": args.model, "--epochs": args.epochs, "--batch-size": args.batch_size, "--lr": args.lr}
     given = [flag for flag, value in fixed.items() if value is not None]
-    given += [flag for flag, on in (("--resume", args.resume), ("--quick", args.quick)) if on]
+    given += ["--quick"] if args.quick else []
     if args.device != "cpu":
         given.append("--device")
     if given:
@@ -124,11 +124,29 @@ def _cmd_regression(args: argparse.Namespace, argv: list[str]) -> int:
         )
     if args.data_dir is not None and "uci" not in args.task:
         raise ValueError("--data-dir: only the task 'uci' reads a directory; add --task uci")
-    out = args.out or default_run_dir()
+    out = args.out
+    if out is None:
+        out = latest_run_dir() if args.resume else default_run_dir()
+        if out is None:
+            raise ValueError("--resume: no earlier run found under runs/; pass --out RUN_DIR")
     print(f"[uqkit] run directory: {out}")
-    results = run_regression_bench(
-        out, args.task, args.methods, args.data_dir, args.seed, command=shlex.join(["uqkit", *argv])
-    )
+    try:
+        results = run_regression_bench(
+            out,
+            args.task,
+            args.methods,
+            args.data_dir,
+            args.seed,
+            command=shlex.join(["uqkit", *argv]),
+            resume=args.resume,
+        )
+    except KeyboardInterrupt:
+        print(
+            f"\n[uqkit] interrupted; finished methods are saved. Continue with:\n"
+            f"  uqkit bench --resume --out {shlex.quote(str(out))}  (plus the same options)",
+            file=sys.stderr,
+        )
+        return 130
     html = _finish_report(results, out)
     print(f"[uqkit] total time {results['total_time_s']:.1f} s")
     print(f"[uqkit] results: {Path(out) / 'results.json'}")

@@ -28,6 +28,7 @@ from uqkit.bench.report import (
     validate_results,
     write_report,
 )
+from uqkit.bench.runner import RunConfigMismatchError
 from uqkit.cli import main
 from uqkit.data import RegressionTable, load_uci_directory
 from uqkit.objectives import gaussian_nll_loss
@@ -217,6 +218,41 @@ def test_results_validation_catches_regression_mistakes(tmp_path, small_methods)
     bad["tasks"]["uci-toy"]["kind"] = "ranking"
     with pytest.raises(ValueError, match="kind: expected one of 'regression'"):
         validate_results(bad)
+
+
+def test_resume_keeps_finished_methods_and_refuses_other_runs(tmp_path, small_methods, monkeypatch):
+    data = _write_directory(tmp_path / "toy")
+    run = tmp_path / "run"
+    first = run_regression_bench(run, ["uci"], ["deterministic"], data_dir=data, log=lambda _: None)
+    with pytest.raises(RunConfigMismatchError, match="already holds a run; pass --resume"):
+        run_regression_bench(run, ["uci"], ["deterministic"], data_dir=data, log=lambda _: None)
+    with pytest.raises(RunConfigMismatchError, match="differs in: methods, recipes"):
+        run_regression_bench(run, ["uci"], ["mc-dropout"], data_dir=data, log=lambda _: None, resume=True)
+    with pytest.raises(RunConfigMismatchError, match="differs in: seed"):
+        run_regression_bench(run, ["uci"], ["deterministic"], data_dir=data, seed=1, resume=True)
+    # a killed run: results.json never written; the finished method must not be trained again
+    (run / "results.json").unlink()
+
+    def fail(*args, **kwargs):
+        raise AssertionError("a finished method was retrained")
+
+    monkeypatch.setattr(regression, "evaluate_regression_method", fail)
+    resumed = run_regression_bench(
+        run, ["uci"], ["deterministic"], data_dir=data, log=lambda _: None, resume=True
+    )
+    kept, before = resumed["tasks"]["uci-toy"]["methods"], first["tasks"]["uci-toy"]["methods"]
+    assert kept["deterministic"]["per_split"] == before["deterministic"]["per_split"]
+    validate_results(json.loads((run / "results.json").read_text()))
+
+
+def test_cli_regression_resume(tmp_path, small_methods, capsys):
+    data = _write_directory(tmp_path / "toy")
+    argv = ["bench", "--task", "uci", "--data-dir", str(data), "--methods", "deterministic"]
+    assert main([*argv, "--out", str(tmp_path / "run"), "--no-progress"]) == 0
+    assert main([*argv, "--out", str(tmp_path / "run"), "--no-progress"]) == 2
+    assert "pass --resume" in capsys.readouterr().err
+    assert main([*argv, "--out", str(tmp_path / "run"), "--no-progress", "--resume"]) == 0
+    assert "finished in the earlier run, kept" in capsys.readouterr().out
 
 
 def test_schema_doc_lists_every_regression_key():

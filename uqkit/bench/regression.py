@@ -25,8 +25,10 @@ weights with Flipout, trained on the ELBO with the KL divided by the training-se
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import itertools
+import json
 import math
 import os
 import time
@@ -710,6 +712,42 @@ def _task_block(task: str, table: RegressionTable) -> dict[str, Any]:
     }
 
 
+def _run_identity(
+    tasks: Sequence[str], names: Sequence[str], data_dir: str | os.PathLike | None, seed: int
+) -> dict[str, Any]:
+    """What a resumed run must share with the run it continues (JSON-normalised)."""
+    identity = {
+        "kind": "regression",
+        "tasks": list(tasks),
+        "methods": list(names),
+        "seed": seed,
+        "data_dir": None if data_dir is None else str(Path(data_dir).resolve()),
+        "recipes": {name: dataclasses.asdict(REGRESSION_METHODS[name]) for name in names},
+    }
+    return json.loads(json.dumps(identity))
+
+
+def _prepare_run_dir(out: Path, identity: dict[str, Any], resume: bool, command: str) -> None:
+    from uqkit.bench.runner import RunConfigMismatchError, _atomic_write_json
+
+    config_path = out / "config.json"
+    if not config_path.exists():
+        _atomic_write_json({"identity": identity, "command": command}, config_path)
+        return
+    if not resume:
+        raise RunConfigMismatchError(
+            f"run directory {out} already holds a run; pass --resume to continue it, or --out to start a "
+            "new one"
+        )
+    saved = json.loads(config_path.read_text(encoding="utf-8")).get("identity")
+    if saved != identity:
+        differing = sorted(k for k in identity if not isinstance(saved, dict) or saved.get(k) != identity[k])
+        raise RunConfigMismatchError(
+            f"--resume: {out} was started with a different configuration (differs in: "
+            f"{', '.join(differing) or 'its format'}); pass --out to start a new run"
+        )
+
+
 def run_regression_bench(
     out: str | os.PathLike,
     tasks: Sequence[str],
@@ -718,10 +756,14 @@ def run_regression_bench(
     seed: int = 0,
     command: str = "",
     log: Callable[[str], None] = print,
+    resume: bool = False,
 ) -> dict[str, Any]:
     """Run regression ``methods`` (default: all) on ``tasks``; write ``results.json`` and the report.
 
-    Each finished method's block is also written to ``methods/<task>/<method>.json`` as soon as it is done.
+    Each finished method's block is also written (atomically) to ``methods/<task>/<method>.json`` as soon as
+    it is done, and the run's identity (tasks, methods, seed, data directory and every method's recipe) to
+    ``config.json``. A run directory that holds a run is only continued with ``resume=True`` and the same
+    identity; finished methods are then read back instead of retrained.
     The run uses one torch thread (restored afterwards): its batched products are far too small to gain
     from more, and on a busy machine every OpenMP region can stall.
 
@@ -733,9 +775,13 @@ def run_regression_bench(
         seed: the run's seed.
         command: the command line, recorded in the results.
         log: progress printer.
+        resume: continue the run in ``out`` (``uqkit bench --resume``), keeping its finished methods.
 
     Returns:
         The results dict written to ``out/results.json``.
+
+    Raises:
+        RunConfigMismatchError: ``out`` holds a run and ``resume`` is False, or it holds a different run.
     """
     from uqkit.bench.runner import _atomic_write_json, environment
 
@@ -747,6 +793,7 @@ def run_regression_bench(
     check_positive_int(seed, "--seed", minimum=0)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    _prepare_run_dir(out, _run_identity(tasks, names, data_dir, seed), resume, command)
     results: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
         "created": "",
@@ -768,7 +815,7 @@ def run_regression_bench(
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the stacked products are small: threads only add OpenMP synchronisation
     try:
-        _run_tasks(results, out, tasks, names, data_dir, seed, log)
+        _run_tasks(results, out, tasks, names, data_dir, seed, log, resume)
     finally:
         torch.set_num_threads(threads)
     results["created"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
@@ -784,6 +831,7 @@ def _run_tasks(
     data_dir: str | os.PathLike | None,
     seed: int,
     log: Callable[[str], None],
+    resume: bool,
 ) -> None:
     from uqkit.bench.runner import _atomic_write_json, _clean
 
@@ -795,8 +843,13 @@ def _run_tasks(
         log(f"[uqkit] {task_name}: {len(table)} rows, {len(table.splits)} splits")
         for index, name in enumerate(names, start=1):
             log(f"[uqkit] {task_name} [{index}/{len(names)}] {name}")
-            method_block = _clean(evaluate_regression_method(REGRESSION_METHODS[name], table, seed, log))
-            _atomic_write_json(method_block, out / "methods" / task_name / f"{name}.json")
+            done_path = out / "methods" / task_name / f"{name}.json"
+            if resume and done_path.exists():
+                method_block = json.loads(done_path.read_text(encoding="utf-8"))
+                log(f"[uqkit]   {name}: finished in the earlier run, kept ({done_path})")
+            else:
+                method_block = _clean(evaluate_regression_method(REGRESSION_METHODS[name], table, seed, log))
+                _atomic_write_json(method_block, done_path)
             block["methods"][name] = method_block
             nll, error = method_block["metrics"]["nll"], method_block["metrics"]["rmse"]
             log(
