@@ -111,7 +111,7 @@ def test_quick_run_of_the_three_methods(fake_fashion_mnist, tmp_path):
     assert list(methods) == list(METHODS)
     expected_samples = {
         "batchensemble": 4,
-        "mimo": 3,
+        "mimo": methods_ensembles.MIMO_MEMBERS,
         "rank1-bnn": 4 * methods_ensembles.RANK1_SAMPLES_PER_MEMBER,
     }
     for name, block in methods.items():
