@@ -32,12 +32,14 @@ factory's architecture is replaced by a member-vectorized twin through a type re
   cannot batch raises a ``RuntimeError`` naming the module, its position and vmap's message about the op.
 
 Measured on 2 CPU cores (torch 2.13, ``benchmarks/ensembles.py``, 4 members, time relative to a Python loop
-over 4 models, rows interleaved in one process; ``benchmarks/results/ensembles.json``): MLP 784-512-512-10
-training step 0.78x at batch 16 and 0.95x at batch 256, inference 0.85x and 1.04x; LeNet-5 training step
-0.76x and 0.92x, inference 1.05x and 0.90x. ``torch.func.vmap`` over stacked parameters of the whole model
-measured, in the same order, training 1.56x, 1.11x, 0.80x, 1.26x and inference 0.89x, 1.04x, 1.19x,
-1.23x, hence the registry with vmap only as the fallback. Repeated runs on this shared virtual machine
-moved single ratios by up to about 0.2.
+over 4 models, rows interleaved in one process; ``benchmarks/results/ensembles.json``, 2026-12-02): MLP
+784-512-512-10 training step 1.06x at batch 16 and 0.98x at batch 256, inference 1.08x and 1.11x; LeNet-5
+training step 0.87x and 0.91x, inference 0.94x and 0.87x (on 2026-12-01 the MLP measured 0.78x, 0.95x,
+0.85x, 1.04x: on this shared virtual machine single ratios move by up to about 0.2 between runs).
+``torch.func.vmap`` over stacked parameters of the whole model measured, in the same order, training
+1.51x, 1.14x, 0.93x, 1.24x and inference 1.20x, 1.06x, 1.06x, 1.21x, hence the registry with vmap only as
+the fallback. On this CPU a stacked product costs about what the members' separate products cost (four
+784x512 products: 0.74x at batch 16, 1.02x at batch 256), so the gain is bounded by that.
 
 Inputs: ``ensemble(x)`` takes ``[B, *example_shape]`` (broadcast to every member, an expanded view with no
 copy) or ``[M, B, *example_shape]`` (one batch per member, e.g. bootstrap or per-split training). The rank of
