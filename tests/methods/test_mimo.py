@@ -203,3 +203,18 @@ def test_folding_keeps_gradients_and_follows_nested_sequentials():
     torch.testing.assert_close(folded, tiled, rtol=1e-10, atol=1e-12)
     for grad, expected in zip(grads, reference, strict=True):
         torch.testing.assert_close(grad, expected, rtol=1e-10, atol=1e-12)
+
+
+def test_replacing_the_first_layer_or_adding_a_hook_after_a_call_is_seen():
+    torch.manual_seed(5)
+    mimo = _mimo("mlp", (1, 28, 28)).eval()
+    x = torch.randn(3, 1, 28, 28, dtype=torch.float64)
+    with torch.no_grad():
+        mimo(x)  # the first layer's place in the network and its folded weight are now cached
+        replacement = nn.Linear(3 * 28 * 28, mimo.network[1].out_features).double()
+        mimo.network[1] = replacement
+        torch.testing.assert_close(mimo(x), mimo(x.expand(3, *x.shape)), rtol=1e-10, atol=1e-12)
+        calls = []
+        replacement.register_forward_hook(lambda module, args, out: calls.append(out.shape))
+        mimo(x)
+    assert calls == [torch.Size([3, replacement.out_features])]  # hooked: run as a module, on [B, M * C]

@@ -45,18 +45,21 @@ __all__ = ["MIMO"]
 _FOLDABLE = (nn.Linear, nn.Conv1d, nn.Conv2d)
 
 
-def _first_layer_path(network: nn.Module) -> tuple[list[tuple[list[nn.Module], int]], nn.Module] | None:
+_Path = list[tuple[nn.Sequential, list[nn.Module], int]]
+
+
+def _first_layer_path(network: nn.Module) -> tuple[_Path, nn.Module] | None:
     """Where the first module with weights sits when only ``nn.Flatten`` / ``nn.Identity`` may precede it.
 
     Only chains of ``nn.Sequential`` (with ``nn.Sequential``'s own ``forward`` and no hooks) are followed,
     because their execution order is their registration order.
 
     Returns:
-        ``(path, layer)``: ``path`` lists, outermost first, each ``nn.Sequential``'s children and the index of
-        the child that leads to ``layer``; ``None`` when ``network`` is not such a chain or its first layer
+        ``(path, layer)``: ``path`` lists, outermost first, each ``nn.Sequential``, its children and the index
+        of the child that leads to ``layer``; ``None`` when ``network`` is not such a chain or its first layer
         is not an ``nn.Linear`` / ``nn.Conv1d`` / ``nn.Conv2d`` with ``groups = 1`` and no hooks.
     """
-    path: list[tuple[list[nn.Module], int]] = []
+    path: _Path = []
     module = network
     while type(module).forward is nn.Sequential.forward:
         if _has_hooks(module):
@@ -67,7 +70,7 @@ def _first_layer_path(network: nn.Module) -> tuple[list[tuple[list[nn.Module], i
                 continue
             if isinstance(child, nn.Identity):
                 continue
-            path.append((children, index))
+            path.append((module, children, index))
             module = child
             break
         else:
@@ -75,6 +78,17 @@ def _first_layer_path(network: nn.Module) -> tuple[list[tuple[list[nn.Module], i
     if type(module) in _FOLDABLE and getattr(module, "groups", 1) == 1 and not _has_hooks(module):
         return path, module
     return None
+
+
+def _path_is_current(path: _Path, layer: nn.Module) -> bool:
+    """Whether a path found by :func:`_first_layer_path` still describes the network (no child replaced)."""
+    for sequential, children, _ in path:
+        modules = sequential._modules
+        if _has_hooks(sequential) or len(modules) != len(children):
+            return False
+        if not all(a is b for a, b in zip(modules.values(), children, strict=True)):
+            return False
+    return not _has_hooks(layer)
 
 
 def _has_hooks(module: nn.Module) -> bool:
@@ -167,11 +181,14 @@ class MIMO(nn.Module):
 
     def _folded_forward(self, x: torch.Tensor) -> torch.Tensor | None:
         """The network on ``M`` copies of ``x``, its first layer with the summed member blocks."""
-        found = _first_layer_path(self.network)
+        found = self.__dict__.get("_fold_path")
+        if found is None or not _path_is_current(*found):
+            found = _first_layer_path(self.network)
+            self.__dict__["_fold_path"] = found  # reused while no child is replaced and no hook added
         if found is None:
             return None
         path, layer = found
-        for children, index in path:  # nn.Flatten / nn.Identity before the first layer, outermost first
+        for _, children, index in path:  # nn.Flatten / nn.Identity before the first layer, outermost first
             for child in children[:index]:
                 x = child(x)
         if isinstance(layer, nn.Linear):
@@ -186,7 +203,7 @@ class MIMO(nn.Module):
             if folded is None:
                 return None
             out = layer._conv_forward(x, folded, layer.bias)
-        for children, index in reversed(path):
+        for _, children, index in reversed(path):
             for child in children[index + 1 :]:
                 out = child(out)
         return out
@@ -199,6 +216,7 @@ class MIMO(nn.Module):
         # The fold cache holds a weak reference (not picklable) and is rebuilt on demand: never copied.
         state = super().__getstate__()
         state["_fold_cache"] = None
+        state["_fold_path"] = None
         return state
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
