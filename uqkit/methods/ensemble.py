@@ -33,11 +33,11 @@ factory's architecture is replaced by a member-vectorized twin through a type re
 
 Measured on 2 CPU cores (torch 2.13, ``benchmarks/ensembles.py``, 4 members, time relative to a Python loop
 over 4 models, rows interleaved in one process; ``benchmarks/results/ensembles.json``, 2026-12-02): MLP
-784-512-512-10 training step 1.06x at batch 16 and 0.98x at batch 256, inference 1.08x and 1.11x; LeNet-5
-training step 0.87x and 0.91x, inference 0.94x and 0.87x (on 2026-12-01 the MLP measured 0.78x, 0.95x,
-0.85x, 1.04x: on this shared virtual machine single ratios move by up to about 0.2 between runs).
+784-512-512-10 training step 0.96x at batch 16 and 1.02x at batch 256, inference 1.02x and 0.93x; LeNet-5
+training step 0.79x and 0.94x, inference 1.00x and 0.91x (a run 17 minutes earlier measured the MLP at
+1.06x, 0.98x, 1.08x, 1.11x: on this shared virtual machine single ratios move by up to about 0.2).
 ``torch.func.vmap`` over stacked parameters of the whole model measured, in the same order, training
-1.51x, 1.14x, 0.93x, 1.24x and inference 1.20x, 1.06x, 1.06x, 1.21x, hence the registry with vmap only as
+1.92x, 1.14x, 0.83x, 1.26x and inference 1.15x, 0.99x, 1.19x, 1.25x, hence the registry with vmap only as
 the fallback. On this CPU a stacked product costs about what the members' separate products cost (four
 784x512 products: 0.74x at batch 16, 1.02x at batch 256), so the gain is bounded by that.
 
