@@ -187,7 +187,10 @@ class StackedLinear(StackedModule):
             )
         members, middle = inputs.shape[0], inputs.shape[1:-1]
         flat = inputs.reshape(members, -1, self.in_features)
-        out = _StackedLinearFunction.apply(flat, self.weight, self.bias)
+        if torch.is_grad_enabled():
+            out = _StackedLinearFunction.apply(flat, self.weight, self.bias)
+        else:  # no graph: the same product without autograd.Function's per-call argument binding
+            out = _StackedLinearFunction.forward(flat, self.weight, self.bias)
         return out.reshape(members, *middle, self.out_features)
 
     def extra_repr(self) -> str:
@@ -475,17 +478,23 @@ class FoldedMemberwise(Memberwise):
     ``[B, ...]`` input on) runs once and its output is expanded again (a view), so that the broadcast reaches
     the first layer with parameters.
 
+    With ``elementwise=True`` (activations, ``nn.Identity``: modules that act on each entry alone and accept
+    any shape) a non-broadcast input is passed to the module as it is, ``[M, B, ...]``, with no fold: the
+    output keeps the input's layout, and two reshapes per call are saved.
+
     Args:
         module: a module without parameters that treats batch elements independently.
         deterministic: whether the module's output is a function of its input (default ``True``).
+        elementwise: whether the module acts on each entry alone, for any input shape (default ``False``).
 
     Shape:
         input ``[M, B, *in_shape]``, output ``[M, B, *out_shape]``.
     """
 
-    def __init__(self, module: nn.Module, deterministic: bool = True) -> None:
+    def __init__(self, module: nn.Module, deterministic: bool = True, elementwise: bool = False) -> None:
         super().__init__(module)
         self.deterministic = deterministic
+        self.elementwise = elementwise
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         if inputs.dim() < 2:
@@ -494,6 +503,8 @@ class FoldedMemberwise(Memberwise):
         if self.deterministic and _is_broadcast(inputs):
             outputs = self.module(inputs[0])
             return outputs.unsqueeze(0).expand(members, *outputs.shape)
+        if self.elementwise:
+            return self.module(inputs)
         swapped = inputs.transpose(0, 1)
         if not inputs.is_contiguous() and swapped.is_contiguous():  # batch-major
             outputs = self.module(swapped.reshape(batch * members, *inputs.shape[2:]))
@@ -501,6 +512,8 @@ class FoldedMemberwise(Memberwise):
         return super().forward(inputs)
 
     def extra_repr(self) -> str:
+        if self.elementwise:
+            return f"elementwise on [M, B, ...], deterministic={self.deterministic}"
         return f"members folded into the batch, deterministic={self.deterministic}"
 
 
@@ -510,6 +523,10 @@ def _memberwise(modules: Sequence[nn.Module], name: str) -> nn.Module:
 
 def _shared_memberwise(modules: Sequence[nn.Module], name: str) -> nn.Module:
     return FoldedMemberwise(modules[0])
+
+
+def _elementwise(modules: Sequence[nn.Module], name: str) -> nn.Module:
+    return FoldedMemberwise(modules[0], elementwise=True)
 
 
 def _registered_names() -> list[str]:
@@ -524,11 +541,13 @@ for _norm in (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d):
     register_vectorization(_norm, lambda modules, name: StackedBatchNorm(modules))
 for _random in (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, MCDropout):
     register_vectorization(_random, _memberwise)  # each member draws its own mask (distinct rows once folded)
-for _deterministic in (
-    # activations
+for _activation in (
     nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish, nn.Sigmoid,
     nn.Tanh, nn.Softplus, nn.Hardtanh, nn.Hardswish, nn.Hardsigmoid, nn.LogSigmoid, nn.Softsign,
     nn.Tanhshrink, nn.Identity,
+):  # fmt: skip
+    register_vectorization(_activation, _elementwise)
+for _deterministic in (
     # pooling
     nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
     nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d, nn.AdaptiveMaxPool1d,
