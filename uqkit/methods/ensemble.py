@@ -33,13 +33,13 @@ factory's architecture is replaced by a member-vectorized twin through a type re
 
 Measured on 2 CPU cores (torch 2.13, ``benchmarks/ensembles.py``, 4 members, time relative to a Python loop
 over 4 models, rows interleaved in one process; ``benchmarks/results/ensembles.json``, 2026-12-02): MLP
-784-512-512-10 training step 0.96x at batch 16 and 1.02x at batch 256, inference 1.02x and 0.93x; LeNet-5
-training step 0.79x and 0.94x, inference 1.00x and 0.91x (a run 17 minutes earlier measured the MLP at
-1.06x, 0.98x, 1.08x, 1.11x: on this shared virtual machine single ratios move by up to about 0.2).
-``torch.func.vmap`` over stacked parameters of the whole model measured, in the same order, training
-1.92x, 1.14x, 0.83x, 1.26x and inference 1.15x, 0.99x, 1.19x, 1.25x, hence the registry with vmap only as
-the fallback. On this CPU a stacked product costs about what the members' separate products cost (four
-784x512 products: 0.74x at batch 16, 1.02x at batch 256), so the gain is bounded by that.
+784-512-512-10 training step 0.93x at batch 16 and 0.93x at batch 256, inference 0.61x and 0.96x; LeNet-5
+training step 0.73x and 0.97x, inference 0.88x and 0.93x (single ratios move by 0.1-0.2 between runs on
+this shared virtual machine). ``torch.func.vmap`` over stacked parameters of the whole model measured, in
+the same order, training 1.85x, 1.05x, 0.80x, 1.30x and inference 0.80x, 1.02x, 1.14x, 1.25x, hence the
+registry with vmap only as the fallback. On this CPU a stacked product costs about what the members'
+separate products cost at large batches (four 784x512 products: 0.74x at batch 16, 1.02x at batch 256);
+at small batches most of the gain is the Python and dispatch overhead of ``4 x depth`` module calls.
 
 Inputs: ``ensemble(x)`` takes ``[B, *example_shape]`` (broadcast to every member, an expanded view with no
 copy) or ``[M, B, *example_shape]`` (one batch per member, e.g. bootstrap or per-split training). The rank of
