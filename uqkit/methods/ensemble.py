@@ -20,7 +20,8 @@ factory's architecture is replaced by a member-vectorized twin through a type re
   :class:`StackedBatchNorm` with per-member batch statistics and running statistics ``[M, C]``.
 * Parameter-free modules that treat batch elements independently (activations, pooling, ``Flatten``,
   dropout, ``Identity``, ...) -> :class:`FoldedMemberwise`, a :class:`uqkit.nn.members.Memberwise` that
-  folds the member dimension into the batch without copying.
+  folds the member dimension into the batch without copying (activations and ``Identity``, which act on
+  each entry alone, take the ``[M, B, ...]`` tensor as it is).
 * Containers (``nn.Sequential``, ``nn.ModuleList``, ``nn.ModuleDict``) and custom modules without parameters
   or buffers of their own (e.g. a residual block ``x + act(linear(x))``) are kept, with their children
   converted, and run their own ``forward`` on ``[M, B, ...]`` tensors. Such a ``forward`` must be agnostic of
