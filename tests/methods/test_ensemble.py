@@ -256,6 +256,21 @@ def test_dropout_members_draw_independent_masks_and_shared_batches_stay_views():
     torch.testing.assert_close(
         pooled, torch.stack([F.max_pool2d(xm, 2) for xm in batch_major]), rtol=0, atol=0
     )
+    # an elementwise module takes [M, B, ...] as it is and keeps a batch-major layout
+    elementwise = FoldedMemberwise(nn.Tanh(), elementwise=True)
+    out = elementwise(batch_major)
+    assert out.transpose(0, 1).is_contiguous() and torch.equal(out, batch_major.tanh())
+
+
+def test_inference_without_a_graph_equals_the_autograd_path():
+    # without a graph StackedLinear calls the product directly instead of through autograd.Function
+    ensemble = _ensemble("mlp").eval()
+    x = _inputs("mlp", 7)
+    with_graph = ensemble(x)
+    assert with_graph.requires_grad
+    with torch.no_grad():
+        without = ensemble(x)
+    assert torch.equal(with_graph.detach(), without)
 
 
 def test_predict_returns_the_members_as_samples():
