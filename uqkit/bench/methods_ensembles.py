@@ -20,7 +20,7 @@ task and its backbone:
   members, ``[M, B, C]``. ``M`` and ``rho`` were chosen on the validation split of the default 5-epoch
   suite (validation NLL after epoch 5: ``M = 2, rho = 0.6``: 0.323; ``M = 2, rho = 0.8``: 0.331;
   ``M = 3, rho = 0.6``: 0.334; ``M = 3, rho = 0.8``: 0.331; ``M = 3, rho = 0.6`` with batch repetition 2:
-  0.329, at twice the training cost).
+  0.329 and ``M = 2, rho = 0.6`` with batch repetition 2: 0.335, each at twice the training cost).
 """
 
 from __future__ import annotations
