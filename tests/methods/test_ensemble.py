@@ -392,3 +392,18 @@ def test_register_vectorization_routes_a_type():
 
 def test_uqkit_exports():
     assert uqkit.DeepEnsemble is DeepEnsemble
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated")
+def test_torch_compile_matches_eager_in_training_and_eval():
+    torch.manual_seed(9)
+    ensemble = DeepEnsemble(lambda: nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3)), 3)
+    compiled = torch.compile(ensemble)
+    x = torch.randn(5, 4)
+    out = compiled(x)
+    torch.testing.assert_close(out, ensemble(x), rtol=1e-6, atol=1e-6)
+    out.sum().backward()
+    assert ensemble.network[0].weight.grad.shape == (3, 8, 4)
+    ensemble.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), ensemble(x), rtol=1e-6, atol=1e-6)

@@ -218,3 +218,14 @@ def test_replacing_the_first_layer_or_adding_a_hook_after_a_call_is_seen():
         replacement.register_forward_hook(lambda module, args, out: calls.append(out.shape))
         mimo(x)
     assert calls == [torch.Size([3, replacement.out_features])]  # hooked: run as a module, on [B, M * C]
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated")
+def test_torch_compile_matches_eager_with_the_folded_input():
+    torch.manual_seed(6)
+    mimo = MIMO(nn.Sequential(nn.Linear(3 * 4, 8), nn.ReLU(), nn.Linear(8, 3 * 2)), 3, 1).eval()
+    compiled = torch.compile(mimo)
+    x = torch.randn(5, 4)
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), mimo(x), rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(compiled(x.expand(3, 5, 4)), mimo(x), rtol=1e-5, atol=1e-6)
