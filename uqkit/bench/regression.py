@@ -715,8 +715,8 @@ def _task_block(task: str, table: RegressionTable) -> dict[str, Any]:
 def _run_identity(
     tasks: Sequence[str], names: Sequence[str], data_dir: str | os.PathLike | None, seed: int
 ) -> dict[str, Any]:
-    """What a resumed run must share with the run it continues (JSON-normalised)."""
-    identity = {
+    """What a resumed run must share with the run it continues."""
+    return {
         "kind": "regression",
         "tasks": list(tasks),
         "methods": list(names),
@@ -724,28 +724,6 @@ def _run_identity(
         "data_dir": None if data_dir is None else str(Path(data_dir).resolve()),
         "recipes": {name: dataclasses.asdict(REGRESSION_METHODS[name]) for name in names},
     }
-    return json.loads(json.dumps(identity))
-
-
-def _prepare_run_dir(out: Path, identity: dict[str, Any], resume: bool, command: str) -> None:
-    from uqkit.bench.runner import RunConfigMismatchError, _atomic_write_json
-
-    config_path = out / "config.json"
-    if not config_path.exists():
-        _atomic_write_json({"identity": identity, "command": command}, config_path)
-        return
-    if not resume:
-        raise RunConfigMismatchError(
-            f"run directory {out} already holds a run; pass --resume to continue it, or --out to start a "
-            "new one"
-        )
-    saved = json.loads(config_path.read_text(encoding="utf-8")).get("identity")
-    if saved != identity:
-        differing = sorted(k for k in identity if not isinstance(saved, dict) or saved.get(k) != identity[k])
-        raise RunConfigMismatchError(
-            f"--resume: {out} was started with a different configuration (differs in: "
-            f"{', '.join(differing) or 'its format'}); pass --out to start a new run"
-        )
 
 
 def run_regression_bench(
@@ -783,7 +761,7 @@ def run_regression_bench(
     Raises:
         RunConfigMismatchError: ``out`` holds a run and ``resume`` is False, or it holds a different run.
     """
-    from uqkit.bench.runner import _atomic_write_json, environment
+    from uqkit.bench.runner import _atomic_write_json, _prepare_run_dir, environment
 
     for task in tasks:
         check_choice(task, "--task", REGRESSION_TASKS)

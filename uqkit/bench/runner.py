@@ -142,22 +142,35 @@ def _check_config(config: BenchConfig) -> None:
         raise ValueError(f"--lr: expected a positive number, got {config.learning_rate}")
 
 
-def _prepare_run_dir(config: BenchConfig) -> None:
-    config_path = config.out / "config.json"
-    if config_path.exists():
-        if not config.resume:
-            raise RunConfigMismatchError(
-                f"run directory {config.out} already holds a run; pass --resume to continue it, "
-                "or --out to start a new one"
-            )
-        saved = json.loads(config_path.read_text(encoding="utf-8"))
-        if saved.get("identity") != config.identity():
-            raise RunConfigMismatchError(
-                f"--resume: {config.out} was started with {saved.get('identity')}, "
-                f"but this command asks for {config.identity()}"
-            )
-    else:
-        _atomic_write_json({"identity": config.identity(), "command": config.command}, config_path)
+def _prepare_run_dir(out: Path, identity: dict[str, Any], resume: bool, command: str) -> None:
+    """Start a run directory (write ``config.json``) or check that ``--resume`` continues the same run.
+
+    Shared by the classification suite and the regression benchmark; ``identity`` is what a resumed run
+    must share with the run it continues (compared after a JSON round trip, as it is stored).
+
+    Raises:
+        RunConfigMismatchError: ``out`` holds a run and ``resume`` is False, or it holds a different run.
+    """
+    identity = json.loads(json.dumps(identity))
+    config_path = out / "config.json"
+    if not config_path.exists():
+        _atomic_write_json({"identity": identity, "command": command}, config_path)
+        return
+    if not resume:
+        raise RunConfigMismatchError(
+            f"run directory {out} already holds a run; pass --resume to continue it, or --out to start a "
+            "new one"
+        )
+    saved = json.loads(config_path.read_text(encoding="utf-8")).get("identity")
+    if saved != identity:
+        saved = saved if isinstance(saved, dict) else {}
+        differing = [key for key in sorted(set(identity) | set(saved)) if saved.get(key) != identity.get(key)]
+        values = [f"{key} {identity.get(key)!r} here, {saved.get(key)!r} in the run" for key in differing]
+        details = "".join(f"; {text}" for text in values if len(text) <= 100)  # long ones: the name only
+        raise RunConfigMismatchError(
+            f"--resume: {out} was started with a different configuration (differs in: "
+            f"{', '.join(differing)}{details}); pass --out to start a new run"
+        )
 
 
 def _train_config(config: BenchConfig, task_name: str) -> TrainConfig:
@@ -255,7 +268,7 @@ def run_bench(config: BenchConfig, log=print) -> dict[str, Any]:
     """Run the suite described by ``config``; returns the results dict also written to results.json."""
     _check_config(config)
     config.out.mkdir(parents=True, exist_ok=True)
-    _prepare_run_dir(config)
+    _prepare_run_dir(config.out, config.identity(), config.resume, config.command)
     results: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
