@@ -6,6 +6,7 @@ import argparse
 import json
 import shlex
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 __all__ = ["main"]
@@ -102,10 +103,37 @@ def _finish_report(results: dict, run_dir: Path) -> Path:
     return Path(paths["html"])
 
 
+def _run_dir(args: argparse.Namespace) -> Path:
+    """``--out``, else the latest run under ``runs/`` for ``--resume``, else a new run directory."""
+    from uqkit.bench.runner import default_run_dir, latest_run_dir
+
+    if args.out is not None:
+        return args.out
+    if not args.resume:
+        return default_run_dir()
+    out = latest_run_dir()
+    if out is None:
+        raise ValueError("--resume: no earlier run found under runs/; pass --out RUN_DIR")
+    return out
+
+
+def _interruptible(out: Path, run: Callable[[], dict]) -> dict | None:
+    """``run()`` in the run directory ``out``; on Ctrl-C say how to resume and return ``None``."""
+    print(f"[uqkit] run directory: {out}")
+    try:
+        return run()
+    except KeyboardInterrupt:
+        print(
+            f"\n[uqkit] interrupted; finished methods are saved. Continue with:\n"
+            f"  uqkit bench --resume --out {shlex.quote(str(out))}  (plus the same options)",
+            file=sys.stderr,
+        )
+        return None
+
+
 def _cmd_regression(args: argparse.Namespace, argv: list[str]) -> int:
     """``uqkit bench`` on regression tasks: the UCI protocol, all splits trained as stacked models."""
     from uqkit.bench.regression import REGRESSION_TASKS, run_regression_bench
-    from uqkit.bench.runner import default_run_dir, latest_run_dir
 
     if any(task not in REGRESSION_TASKS for task in args.task):
         raise ValueError(
@@ -124,14 +152,10 @@ def _cmd_regression(args: argparse.Namespace, argv: list[str]) -> int:
         )
     if args.data_dir is not None and "uci" not in args.task:
         raise ValueError("--data-dir: only the task 'uci' reads a directory; add --task uci")
-    out = args.out
-    if out is None:
-        out = latest_run_dir() if args.resume else default_run_dir()
-        if out is None:
-            raise ValueError("--resume: no earlier run found under runs/; pass --out RUN_DIR")
-    print(f"[uqkit] run directory: {out}")
-    try:
-        results = run_regression_bench(
+    out = _run_dir(args)
+    results = _interruptible(
+        out,
+        lambda: run_regression_bench(
             out,
             args.task,
             args.methods,
@@ -139,13 +163,9 @@ def _cmd_regression(args: argparse.Namespace, argv: list[str]) -> int:
             args.seed,
             command=shlex.join(["uqkit", *argv]),
             resume=args.resume,
-        )
-    except KeyboardInterrupt:
-        print(
-            f"\n[uqkit] interrupted; finished methods are saved. Continue with:\n"
-            f"  uqkit bench --resume --out {shlex.quote(str(out))}  (plus the same options)",
-            file=sys.stderr,
-        )
+        ),
+    )
+    if results is None:
         return 130
     html = _finish_report(results, out)
     print(f"[uqkit] total time {results['total_time_s']:.1f} s")
@@ -156,21 +176,14 @@ def _cmd_regression(args: argparse.Namespace, argv: list[str]) -> int:
 
 def _cmd_bench(args: argparse.Namespace, argv: list[str]) -> int:
     from uqkit.bench.regression import REGRESSION_TASKS
-    from uqkit.bench.runner import BenchConfig, default_run_dir, latest_run_dir, run_bench
+    from uqkit.bench.runner import BenchConfig, run_bench
 
     if args.task and any(task in REGRESSION_TASKS for task in args.task):
         return _cmd_regression(args, argv)
     if args.data_dir is not None:
         raise ValueError("--data-dir: only the regression task 'uci' reads a directory; add --task uci")
 
-    out = args.out
-    if out is None:
-        if args.resume:
-            out = latest_run_dir()
-            if out is None:
-                raise ValueError("--resume: no earlier run found under runs/; pass --out RUN_DIR")
-        else:
-            out = default_run_dir()
+    out = _run_dir(args)
     config = BenchConfig(
         out=out,
         tasks=args.task or ["fashion-mnist"],
@@ -186,15 +199,8 @@ def _cmd_bench(args: argparse.Namespace, argv: list[str]) -> int:
         progress=not args.no_progress,
         command=shlex.join(["uqkit", *argv]),
     )
-    print(f"[uqkit] run directory: {out}")
-    try:
-        results = run_bench(config)
-    except KeyboardInterrupt:
-        print(
-            f"\n[uqkit] interrupted; finished methods are saved. Continue with:\n"
-            f"  uqkit bench --resume --out {shlex.quote(str(out))}  (plus the same options)",
-            file=sys.stderr,
-        )
+    results = _interruptible(out, lambda: run_bench(config))
+    if results is None:
         return 130
     html = _finish_report(results, out)
     print(f"[uqkit] results: {out / 'results.json'}")

@@ -74,3 +74,22 @@ def test_resume_without_a_run_and_report_without_results(capsys, tmp_path, monke
     monkeypatch.chdir(tmp_path)
     assert "no earlier run found" in _error(capsys, ["bench", "--resume"])
     assert "does not exist" in _error(capsys, ["report", str(tmp_path / "nothing")])
+
+
+@pytest.mark.parametrize(
+    ("argv", "runner"),
+    [
+        ([], "uqkit.bench.runner.run_bench"),
+        (["--task", "uci-boston"], "uqkit.bench.regression.run_regression_bench"),
+    ],
+)
+def test_ctrl_c_says_how_to_resume(capsys, tmp_path, monkeypatch, argv, runner):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner, interrupted)
+    out = tmp_path / "run"
+    assert main(["bench", *argv, "--out", str(out), "--no-progress"]) == 130
+    captured = capsys.readouterr()
+    assert f"run directory: {out}" in captured.out
+    assert f"uqkit bench --resume --out {out}" in captured.err and "Traceback" not in captured.err
