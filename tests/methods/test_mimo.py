@@ -171,9 +171,9 @@ def test_folded_weight_is_cached_without_a_graph_and_follows_weight_updates():
     x = torch.randn(5, 1, 28, 28, dtype=torch.float64)
     with torch.no_grad():
         first = mimo(x)
-        cached = mimo._fold_cache[2]
+        cached = mimo._fold_cache.value
         torch.testing.assert_close(mimo(x), first, rtol=0, atol=0)
-        assert mimo._fold_cache[2] is cached  # reused
+        assert mimo._fold_cache.value is cached  # reused
     # an optimizer step changes the weight in place: the next call must see it
     optimizer = torch.optim.SGD(mimo.parameters(), lr=0.1)
     mimo.training_loss(x, torch.tensor([0, 1, 2, 3, 0])).backward()

@@ -28,14 +28,12 @@ is that of one network with an ``M`` times wider head, exactly (up to float roun
 
 from __future__ import annotations
 
-import weakref
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from uqkit._validation import check_float_tensor, check_labels, check_positive_int, check_unit_interval
-from uqkit.nn._cache import is_cacheable
+from uqkit.nn._cache import VersionedCache, is_cacheable
 from uqkit.nn.members import with_member_dim
 from uqkit.prediction import Prediction
 
@@ -168,16 +166,17 @@ class MIMO(nn.Module):
         members = self.num_members
         if weight.shape[1] != members * channels:
             return None
+
+        def fold() -> torch.Tensor:
+            return weight.view(weight.shape[0], members, channels, *weight.shape[2:]).sum(1)
+
         if (torch.is_grad_enabled() and weight.requires_grad) or not is_cacheable(weight):
             self.__dict__["_fold_cache"] = None
-            return weight.view(weight.shape[0], members, channels, *weight.shape[2:]).sum(1)
-        key = (weight._version, weight.data_ptr(), members)
+            return fold()
         cache = self.__dict__.get("_fold_cache")
-        if cache is None or cache[0]() is not weight or cache[1] != key:
-            folded = weight.view(weight.shape[0], members, channels, *weight.shape[2:]).sum(1)
-            # a weak reference: identity without keeping a replaced weight (after .to()) alive
-            self.__dict__["_fold_cache"] = cache = (weakref.ref(weight), key, folded)
-        return cache[2]
+        if cache is None:
+            cache = self.__dict__["_fold_cache"] = VersionedCache()
+        return cache.get((weight,), members, fold)
 
     def _folded_forward(self, x: torch.Tensor) -> torch.Tensor | None:
         """The network on ``M`` copies of ``x``, its first layer with the summed member blocks."""
@@ -191,18 +190,13 @@ class MIMO(nn.Module):
         for _, children, index in path:  # nn.Flatten / nn.Identity before the first layer, outermost first
             for child in children[:index]:
                 x = child(x)
-        if isinstance(layer, nn.Linear):
-            if x.dim() != 2:  # the members' features are concatenated along dimension 1
-                return None
-            folded = self._folded_weight(layer, x.shape[1])
-            if folded is None:
-                return None
-            out = F.linear(x, folded, layer.bias)
-        else:
-            folded = self._folded_weight(layer, x.shape[1])
-            if folded is None:
-                return None
-            out = layer._conv_forward(x, folded, layer.bias)
+        linear = isinstance(layer, nn.Linear)
+        if linear and x.dim() != 2:  # the members' features are concatenated along dimension 1
+            return None
+        folded = self._folded_weight(layer, x.shape[1])
+        if folded is None:
+            return None
+        out = F.linear(x, folded, layer.bias) if linear else layer._conv_forward(x, folded, layer.bias)
         for _, children, index in reversed(path):
             for child in children[index + 1 :]:
                 out = child(out)
@@ -213,7 +207,7 @@ class MIMO(nn.Module):
         return super().train(mode)
 
     def __getstate__(self) -> dict:
-        # The fold cache holds a weak reference (not picklable) and is rebuilt on demand: never copied.
+        # The fold cache holds weak references (not picklable) and is rebuilt on demand: never copied.
         state = super().__getstate__()
         state["_fold_cache"] = None
         state["_fold_path"] = None

@@ -1,10 +1,13 @@
-"""When a value computed from a tensor may be cached across eval-mode calls (shared by the layers)."""
+"""Eval-mode caches of tensors derived from parameters (shared by the layers that keep one)."""
 
 from __future__ import annotations
 
+import weakref
+from collections.abc import Callable, Hashable, Sequence
+
 import torch
 
-__all__ = ["is_cacheable"]
+__all__ = ["VersionedCache", "is_cacheable"]
 
 
 def is_cacheable(tensor: torch.Tensor) -> bool:
@@ -19,3 +22,43 @@ def is_cacheable(tensor: torch.Tensor) -> bool:
     if is_wrapped is not None and is_wrapped(tensor):
         return False
     return not torch.is_inference_mode_enabled() and not tensor.is_inference()
+
+
+class VersionedCache:
+    """One tensor computed from some source tensors, reused while neither they nor it have changed.
+
+    A change is an in-place write (a version-counter bump) of a source or of the value, a new storage
+    (``param.data = other`` swaps it without a version bump), a different source tensor (after ``.to()``),
+    or a different ``extra`` key. Sources are held by weak reference, so replaced tensors are not kept
+    alive; for the same reason the cache cannot be pickled or deep-copied: owners drop it in
+    ``__getstate__`` and it is rebuilt on demand.
+    """
+
+    def __init__(self) -> None:
+        self._sources: tuple[weakref.ref, ...] = ()
+        self._key: tuple | None = None
+        self._value: torch.Tensor | None = None
+        self._value_version = -1
+
+    @property
+    def value(self) -> torch.Tensor | None:
+        """The cached tensor (``None`` before the first :meth:`get`)."""
+        return self._value
+
+    def get(
+        self, sources: Sequence[torch.Tensor], extra: Hashable, compute: Callable[[], torch.Tensor]
+    ) -> torch.Tensor:
+        """The cached value if ``sources`` and ``extra`` are as when it was computed, else ``compute()``."""
+        key = (tuple(t._version for t in sources), tuple(t.data_ptr() for t in sources), extra)
+        if (
+            self._value is None
+            or self._key != key
+            or self._value._version != self._value_version
+            or len(self._sources) != len(sources)
+            or any(ref() is not t for ref, t in zip(self._sources, sources, strict=True))
+        ):
+            self._value = compute()
+            self._sources = tuple(weakref.ref(t) for t in sources)
+            self._key = key
+            self._value_version = self._value._version
+        return self._value

@@ -42,7 +42,6 @@ input size towards that of the infinite-input convolution, so record the largest
 from __future__ import annotations
 
 import math
-import weakref
 from collections.abc import Sequence
 
 import torch
@@ -51,7 +50,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from uqkit._validation import check_positive_float, check_positive_int
-from uqkit.nn._cache import is_cacheable
+from uqkit.nn._cache import VersionedCache, is_cacheable
 
 __all__ = ["BoundedSpectralNorm", "spectral_norm"]
 
@@ -113,8 +112,7 @@ class BoundedSpectralNorm(nn.Module):
         super().__init__()
         self.bound = bound
         self.n_power_iterations = n_power_iterations
-        # (weak refs to weight, u, v; their versions and the bound; bounded weight; its version): forward()
-        self._eval_cache: tuple | None = None
+        self._eval_cache: VersionedCache | None = None  # the eval-mode bounded weight, see forward()
         weight = module.weight
         factory = {"dtype": weight.dtype, "device": weight.device}
         self.is_conv = isinstance(module, (nn.Conv1d, nn.Conv2d))
@@ -247,21 +245,9 @@ class BoundedSpectralNorm(nn.Module):
             return self._bounded(weight)
         # Eval mode without a graph: the result depends only on the weight, the stored vectors and the
         # bound, so it is computed once and reused until one of them changes (see the module docstring).
-        tensors = (weight, self.u, self.v)
-        # data_ptr: `param.data = other` swaps the storage without a version bump
-        versions = (*(t._version for t in tensors), *(t.data_ptr() for t in tensors), self.bound)
-        cache = self._eval_cache
-        if (
-            cache is None
-            or any(ref() is not t for ref, t in zip(cache[0], tensors, strict=True))
-            or cache[1] != versions
-            or cache[2]._version != cache[3]
-        ):
-            bounded = self._bounded(weight)
-            # weak references: identity without keeping replaced tensors (after .to()) alive
-            refs = tuple(weakref.ref(t) for t in tensors)
-            self._eval_cache = cache = (refs, versions, bounded, bounded._version)
-        return cache[2]
+        if self._eval_cache is None:
+            self._eval_cache = VersionedCache()
+        return self._eval_cache.get((weight, self.u, self.v), self.bound, lambda: self._bounded(weight))
 
     def _bounded(self, weight: torch.Tensor) -> torch.Tensor:
         sigma = self.spectral_norm_estimate(weight)
