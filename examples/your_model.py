@@ -18,6 +18,8 @@ accuracy, NLL and mean epistemic uncertainty (mutual information) on the data an
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -47,6 +49,20 @@ def report(name: str, prediction: uqkit.Prediction, labels: torch.Tensor, far: u
     )
 
 
+def fit(model: nn.Module, loss: Callable[[], torch.Tensor], steps: int) -> None:
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(steps):
+        optimizer.zero_grad()
+        loss().backward()
+        optimizer.step()
+
+
+def members_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Sum over members of the mean cross-entropy of ``[M, B, C]`` logits; the labels broadcast."""
+    members = logits.shape[0]
+    return members * F.cross_entropy(logits.permute(1, 2, 0), labels[:, None].expand(-1, members))
+
+
 def main(steps: int = 200, seed: int = 0) -> dict[str, uqkit.Prediction]:
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
@@ -60,37 +76,21 @@ def main(steps: int = 200, seed: int = 0) -> dict[str, uqkit.Prediction]:
     bnn = your_model()
     conversion = uqkit.bayesianize_(bnn, uqkit.FlipoutConfig())
     print(f"bayesianize_: {len(conversion.converted)} layers converted")
-    elbo = uqkit.ELBO(num_data=len(x))
-    optimizer = torch.optim.Adam(bnn.parameters(), lr=1e-2)
-    for _ in range(steps):
-        optimizer.zero_grad()
-        elbo(bnn(x), y, bnn).backward()  # mean NLL + KL / N, the KL collected from the model's layers
-        optimizer.step()
+    elbo = uqkit.ELBO(num_data=len(x))  # mean NLL + KL / N, the KL collected from the model's layers
+    fit(bnn, lambda: elbo(bnn(x), y, bnn), steps)
     results["flipout-bnn"] = uqkit.predict(bnn, x_test, num_samples=16)
     report("flipout-bnn", results["flipout-bnn"], y_test, uqkit.predict(bnn, far, num_samples=16))
 
     # 2. Deep ensemble: M copies with independent initialisations, one vectorized forward, [M, B, C] out
     ensemble = uqkit.DeepEnsemble(your_model, 4)
-    optimizer = torch.optim.Adam(ensemble.parameters(), lr=1e-2)
-    for _ in range(steps):
-        optimizer.zero_grad()
-        logits = ensemble(x)  # [4, B, 2]; labels broadcast, never repeated
-        loss = 4 * F.cross_entropy(logits.permute(1, 2, 0), y[:, None].expand(-1, 4))
-        loss.backward()
-        optimizer.step()
+    fit(ensemble, lambda: members_nll(ensemble(x), y), steps)  # ensemble(x): [4, B, 2]
     results["deep-ensemble"] = uqkit.predict(ensemble, x_test, num_samples=4)
     report("deep-ensemble", results["deep-ensemble"], y_test, uqkit.predict(ensemble, far, num_samples=4))
 
     # 3. BatchEnsemble: members share each weight and differ by rank-1 factors; inputs [M, B, ...]
     batchensemble = your_model()
     uqkit.bayesianize_(batchensemble, uqkit.BatchEnsembleConfig(num_members=4))
-    optimizer = torch.optim.Adam(batchensemble.parameters(), lr=1e-2)
-    for _ in range(steps):
-        optimizer.zero_grad()
-        logits = batchensemble(with_member_dim(x, 4, example_dims=1))  # [4, B, 2]
-        loss = 4 * F.cross_entropy(logits.permute(1, 2, 0), y[:, None].expand(-1, 4))
-        loss.backward()
-        optimizer.step()
+    fit(batchensemble, lambda: members_nll(batchensemble(with_member_dim(x, 4, example_dims=1)), y), steps)
     batchensemble.eval()
     with torch.no_grad():
         results["batchensemble"] = uqkit.Prediction(batchensemble(with_member_dim(x_test, 4, 1)))
