@@ -66,6 +66,14 @@ class Method(nn.Module):
         """Prediction with ``[S, B, C]`` logits for a batch of inputs."""
         raise NotImplementedError(f"{type(self).__name__} must implement predict")
 
+    def parameter_groups(self, learning_rate: float) -> list[dict]:
+        """Adam parameter groups for training at base ``learning_rate`` (default: one group, every parameter).
+
+        A method whose parameters need their own step size (e.g. the posterior scales of a Bayesian
+        network) returns several groups, each a dict with ``"params"`` and its ``"lr"``.
+        """
+        return [{"params": [p for p in self.parameters() if p.requires_grad], "lr": learning_rate}]
+
     def on_epoch_start(self, epoch: int, num_epochs: int) -> None:
         """Called by the trainer before each epoch (0-based ``epoch``); default: nothing.
 

@@ -100,7 +100,7 @@ def train_method(
     """
     device = torch.device(config.device)
     method.to(device)
-    optimizer = torch.optim.Adam(method.parameters(), lr=config.learning_rate)
+    optimizer = torch.optim.Adam(method.parameter_groups(config.learning_rate), lr=config.learning_rate)
     shuffle = torch.Generator().manual_seed(config.seed)
     history: list[dict[str, float]] = []
     start_epoch, elapsed = 0, 0.0
