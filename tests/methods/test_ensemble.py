@@ -394,6 +394,7 @@ def test_uqkit_exports():
     assert uqkit.DeepEnsemble is DeepEnsemble
 
 
+@pytest.mark.compile
 @pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated")
 def test_torch_compile_matches_eager_in_training_and_eval():
     torch.manual_seed(9)

@@ -220,6 +220,7 @@ def test_replacing_the_first_layer_or_adding_a_hook_after_a_call_is_seen():
     assert calls == [torch.Size([3, replacement.out_features])]  # hooked: run as a module, on [B, M * C]
 
 
+@pytest.mark.compile
 @pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated")
 def test_torch_compile_matches_eager_with_the_folded_input():
     torch.manual_seed(6)
