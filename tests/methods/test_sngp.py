@@ -161,10 +161,11 @@ def test_bench_methods_train_and_predict(name, model):
         prediction = method.predict(x[:7])
     assert isinstance(prediction, Prediction)
     assert prediction.logits.shape == (method.num_samples, 7, context.num_classes)
-    expected_samples = (
-        methods_distance.SNGP_SAMPLES if name == "sngp" else methods_distance.HETEROSCEDASTIC_SAMPLES
-    )
+    # SNGP's samples are posterior draws; the heteroscedastic head's label-noise draws make one distribution
+    expected_samples = methods_distance.SNGP_SAMPLES if name == "sngp" else 1
     assert method.num_samples == expected_samples
+    if name == "heteroscedastic":
+        assert method.network[1].num_samples == methods_distance.HETEROSCEDASTIC_SAMPLES
 
 
 def test_sngp_parameter_count_matches_the_mlp():

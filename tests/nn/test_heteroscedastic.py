@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from uqkit.nn.heteroscedastic import HeteroscedasticHead
 from uqkit.prediction import Prediction
@@ -29,7 +30,7 @@ def test_zero_noise_equals_tempered_softmax():
     expected = torch.log_softmax(mean / 0.5, dim=1)
     torch.testing.assert_close(head(hidden), expected)
     prediction = head.predict(hidden)
-    assert isinstance(prediction, Prediction) and prediction.num_samples == 7
+    assert isinstance(prediction, Prediction) and prediction.num_samples == 1
     torch.testing.assert_close(prediction.log_probs, expected)
 
 
@@ -98,6 +99,50 @@ def test_monte_carlo_predictive_converges_to_the_expectation():
         probs = head(hidden).exp()
     # each estimate has standard error <= 0.5 / sqrt(20000); the difference of two, 5 standard errors
     assert float((probs - reference).abs().max()) <= 5 * math.sqrt(2) * 0.5 / math.sqrt(draws)
+
+
+def test_prediction_is_the_averaged_predictive_with_no_epistemic_part():
+    """The noise is label noise (aleatoric, Collier et al. 2021): predict gives the one distribution
+    p = (1/S) sum_s softmax(logits_s) of the head's own draws, with total = aleatoric = H[p], epistemic = 0.
+
+    Reading the S draws as posterior samples (the former behaviour) reports their mutual information as
+    epistemic: with noise as large as here it is far from 0, and the aleatoric part is the mean entropy of
+    the draws, below H[p].
+    """
+    head = _head(num_samples=64)
+    with torch.no_grad():
+        head.diagonal.bias.fill_(2.0)  # noise scale ~2 on logits of scale ~1: the draws disagree
+    hidden = torch.randn(5, 6, dtype=torch.float64)
+    with torch.no_grad():
+        prediction = head.predict(hidden, generator=torch.Generator().manual_seed(7))
+        draws = head.sample_logits(hidden, generator=torch.Generator().manual_seed(7))
+    probs = torch.softmax(draws, dim=-1).mean(0)  # the Monte Carlo predictive of the same 64 draws
+    entropy = -(probs * probs.log()).sum(-1)
+    assert prediction.num_samples == 1 and prediction.logits.shape == (1, 5, 4)
+    torch.testing.assert_close(prediction.probs, probs)
+    torch.testing.assert_close(prediction.total, entropy)
+    torch.testing.assert_close(prediction.aleatoric, entropy)
+    assert bool((prediction.epistemic == 0).all())
+    # the draws' mutual information, what was reported as epistemic, is not negligible here
+    assert float(Prediction(draws).epistemic.min()) > 0.05
+
+
+def test_benchmark_method_reports_label_noise_as_aleatoric():
+    from uqkit.bench.methods_distance import HeteroscedasticClassifier
+
+    torch.manual_seed(0)
+    method = HeteroscedasticClassifier(nn.Sequential(nn.Linear(3, 6), nn.Tanh()), _head().float())
+    x = torch.randn(8, 3)
+    with torch.no_grad():
+        prediction = method.predict(x)
+        torch.manual_seed(1)
+        log_probs = method.network(x)  # forward: log of the Monte Carlo mean softmax, used for training
+        torch.manual_seed(1)
+        again = method.predict(x)
+    assert method.num_samples == 1 and prediction.logits.shape == (1, 8, 4)
+    assert bool((prediction.epistemic == 0).all())
+    torch.testing.assert_close(prediction.total, prediction.aleatoric)
+    torch.testing.assert_close(again.log_probs, log_probs)  # same draws: the same distribution
 
 
 def test_bad_inputs():

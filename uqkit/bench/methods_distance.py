@@ -13,7 +13,8 @@ Importing this module registers both methods in :data:`uqkit.bench.registry.METH
   it is the exact sum over the last epoch (Liu et al. 2020, Algorithm 1); prediction uses Monte Carlo
   samples of the GP logits, so that the epistemic part (mutual information) is reported too.
 * ``heteroscedastic`` (Collier et al. 2021): the task's backbone without its output layer, followed by a
-  :class:`uqkit.nn.HeteroscedasticHead`.
+  :class:`uqkit.nn.HeteroscedasticHead`. Its Monte Carlo draws are label noise, averaged into one predictive
+  distribution (``S = 1``): all of its uncertainty is aleatoric.
 """
 
 from __future__ import annotations
@@ -102,12 +103,16 @@ class SNGPClassifier(Method):
 
 
 class HeteroscedasticClassifier(Method):
-    """Hidden layers + :class:`~uqkit.nn.HeteroscedasticHead`; NLL of the Monte Carlo predictive."""
+    """Hidden layers + :class:`~uqkit.nn.HeteroscedasticHead`; NLL of the Monte Carlo predictive.
+
+    The head's Monte Carlo draws are label noise (aleatoric), averaged into one predictive distribution
+    (Collier et al. 2021): the prediction has ``S = 1`` and no epistemic part.
+    """
 
     def __init__(self, hidden: nn.Module, head: HeteroscedasticHead) -> None:
         super().__init__()
         self.network = nn.Sequential(hidden, head)
-        self.num_samples = head.num_samples
+        self.num_samples = 1  # one distribution; the head averages its own head.num_samples draws
 
     def training_loss(self, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return F.nll_loss(self.network(inputs), labels)

@@ -10,6 +10,12 @@ and the label distribution ``p(y = c | x) = E_eps[softmax(u / tau)_c]``, with a 
 Noise is drawn by reparameterisation, ``eps = V(x) z_R + d(x) * z_C`` with ``z_R ~ N(0, I_R)`` and
 ``z_C ~ N(0, I_C)``, and the expectation is a Monte Carlo average over ``S`` draws; training minimises the
 negative log of that average.
+
+The noise ``eps`` models label noise: it is aleatoric uncertainty, part of one predictive distribution, not
+a sample from a posterior over the model (Collier et al. 2021, Sec. 3; Kendall & Gal 2017).
+:meth:`HeteroscedasticHead.predict` therefore returns that one distribution (``S = 1``), so that its total
+uncertainty is all aleatoric and its epistemic part (mutual information) is 0; the draws themselves are
+available from :meth:`HeteroscedasticHead.sample_logits`.
 """
 
 from __future__ import annotations
@@ -41,12 +47,13 @@ class HeteroscedasticHead(nn.Module):
 
     Shape:
         input ``[B, H]``; :meth:`forward` returns ``[B, C]`` log-probabilities (the log of the Monte Carlo
-        mean of the softmax); :meth:`sample_logits` returns ``[S, B, C]``.
+        mean of the softmax); :meth:`predict` a :class:`~uqkit.Prediction` of that distribution (``S = 1``);
+        :meth:`sample_logits` returns ``[S, B, C]``.
 
     Example:
         >>> head = HeteroscedasticHead(512, 10, num_factors=4)
         >>> loss = F.nll_loss(head(hidden), labels)  # forward gives log-probabilities, not logits
-        >>> prediction = head.predict(hidden)         # uqkit.Prediction with S = 16 samples
+        >>> prediction = head.predict(hidden)         # uqkit.Prediction of the predictive (S = 1)
     """
 
     def __init__(
@@ -112,13 +119,17 @@ class HeteroscedasticHead(nn.Module):
         correlated = torch.bmm(loading, z_factors.permute(1, 2, 0)).permute(2, 0, 1)
         return (mean + correlated + scale * z_diagonal) / self.temperature
 
+    @staticmethod
+    def _log_mean_softmax(logits: torch.Tensor) -> torch.Tensor:
+        """``log (1/S) sum_s softmax(logits_s)`` of ``[S, B, C]`` logits, with log-sum-exp over samples."""
+        return torch.logsumexp(torch.log_softmax(logits, dim=-1), dim=0) - math.log(logits.shape[0])
+
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         """Log of the Monte Carlo predictive, ``log (1/S) sum_s softmax(logits_s)``, ``[B, C]``.
 
         Computed with log-sum-exp over samples (Collier et al. 2021); use it with ``F.nll_loss``.
         """
-        logits = self.sample_logits(hidden)
-        return torch.logsumexp(torch.log_softmax(logits, dim=-1), dim=0) - math.log(logits.shape[0])
+        return self._log_mean_softmax(self.sample_logits(hidden))
 
     def predict(
         self,
@@ -126,8 +137,24 @@ class HeteroscedasticHead(nn.Module):
         num_samples: int | None = None,
         generator: torch.Generator | None = None,
     ) -> Prediction:
-        """A :class:`~uqkit.Prediction` of ``[S, B, C]`` Monte Carlo logits (see :meth:`sample_logits`)."""
-        return Prediction(self.sample_logits(hidden, num_samples, generator))
+        """The predictive ``p(y | h) = E_eps[softmax((mu + eps) / tau)]`` as a :class:`~uqkit.Prediction`.
+
+        The ``S`` draws of ``eps`` are label noise (aleatoric), not posterior samples, so they are averaged
+        into one distribution (Collier et al. 2021, Sec. 3) before the uncertainty is split: the
+        prediction has ``S = 1``, its logits are the log of the Monte Carlo mean softmax (exact, since
+        ``softmax(log p) = p``), ``total = aleatoric = H[p]`` and ``epistemic = 0``. For the draws
+        themselves use :meth:`sample_logits`.
+
+        Args:
+            hidden: ``[B, H]`` hidden representations.
+            num_samples: Monte Carlo draws ``S`` of the noise; default the head's ``num_samples``.
+            generator: optional ``torch.Generator`` for the noise (as in :meth:`sample_logits`).
+
+        Returns:
+            A :class:`~uqkit.Prediction` of ``[1, B, C]`` logits.
+        """
+        logits = self.sample_logits(hidden, num_samples, generator)
+        return Prediction(self._log_mean_softmax(logits))
 
     def extra_repr(self) -> str:
         return (
