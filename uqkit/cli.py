@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 import sys
 from collections.abc import Callable
@@ -212,10 +211,14 @@ def _cmd_report(args: argparse.Namespace) -> int:
     path = args.run_dir / "results.json"
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist; pass the directory of a finished `uqkit bench` run")
+    from uqkit.bench._atomic import read_json
     from uqkit.bench.report import validate_results
 
-    results = json.loads(path.read_text(encoding="utf-8"))
-    validate_results(results)
+    results = read_json(path)  # a truncated or garbled file: a CorruptFileError naming it
+    try:
+        validate_results(results)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{path}: not a valid results file: {error}") from None
     html = _finish_report(results, args.run_dir)
     print(f"[uqkit] report: {html}")
     return 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -163,3 +164,148 @@ def test_resume_after_sigkill(fake_fashion_mnist, tmp_path):
     history = results["tasks"]["fashion-mnist"]["methods"]["deep-ensemble"]["history"]
     assert [h["epoch"] for h in history] == list(range(1, 41))
     assert all(math.isfinite(h["train_loss"]) for h in history)
+
+
+# --- corrupt files in a run directory: named, set aside (never deleted), redone; finished methods kept ---
+
+CORRUPT_METHODS = ["deterministic", "mc-dropout"]
+
+
+@pytest.fixture(scope="module")
+def finished_run(fake_fashion_mnist_dir, tmp_path_factory):
+    """A finished two-method quick run; each test below corrupts a copy of it and resumes."""
+    out = tmp_path_factory.mktemp("finished") / "run"
+    previous = os.environ.get("UQKIT_DATA")
+    os.environ["UQKIT_DATA"] = str(fake_fashion_mnist_dir)
+    try:
+        results = run_bench(_config(out, CORRUPT_METHODS), log=lambda *_: None)
+    finally:
+        if previous is None:
+            del os.environ["UQKIT_DATA"]
+        else:
+            os.environ["UQKIT_DATA"] = previous
+    return out, results
+
+
+def _truncate(path: Path) -> bytes:
+    """Cut ``path`` to half its size, as a full disk or a cut copy leaves it; returns the cut bytes."""
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    return data[: len(data) // 2]
+
+
+def _resume_copy(finished_run, tmp_path, monkeypatch, corrupt):
+    """Copy the finished run, let ``corrupt(run_dir)`` damage it, resume; returns what the resume did."""
+    source, uninterrupted = finished_run
+    out = tmp_path / "run"
+    shutil.copytree(source, out)
+    (out / "results.json").unlink()  # as a run killed before its end leaves it
+    corrupt(out)
+    finished = (out / "methods" / "fashion-mnist" / "deterministic.json").read_bytes()
+    trained: list[str] = []
+    original = runner.train_method
+
+    def record(method, name, *args, **kwargs):
+        trained.append(name)
+        return original(method, name, *args, **kwargs)
+
+    monkeypatch.setattr(runner, "train_method", record)
+    messages: list[str] = []
+    resumed = run_bench(_config(out, CORRUPT_METHODS, resume=True), log=messages.append)
+    # the finished method is kept, byte for byte, and every result equals the uninterrupted run's
+    assert (out / "methods" / "fashion-mnist" / "deterministic.json").read_bytes() == finished
+    for name in CORRUPT_METHODS:
+        a = _without_timings(uninterrupted["tasks"]["fashion-mnist"]["methods"][name])
+        b = _without_timings(resumed["tasks"]["fashion-mnist"]["methods"][name])
+        assert a == b, name  # the same ops replayed in the same process: exactly equal
+    validate_results(json.loads((out / "results.json").read_text()))
+    return out, trained, [m for m in messages if "warning" in m]
+
+
+def _check_set_aside(out: Path, relative: str, cut: bytes, warnings: list[str]) -> None:
+    """One warning naming the file and the problem; the bad bytes kept beside it as ``<name>.corrupt``."""
+    path = out / relative
+    assert len(warnings) == 1, warnings
+    assert str(path) in warnings[0] and "unreadable" in warnings[0] and ".corrupt" in warnings[0]
+    assert path.with_name(path.name + ".corrupt").read_bytes() == cut
+    assert path.exists()  # written again by the redone work
+
+
+def test_corrupt_model_file_is_set_aside_and_the_method_retrained_from_its_checkpoint(
+    fake_fashion_mnist, finished_run, tmp_path, monkeypatch
+):
+    relative = "models/fashion-mnist/mc-dropout.pt"
+    cut = b""
+
+    def corrupt(out: Path) -> None:
+        nonlocal cut
+        (out / "methods" / "fashion-mnist" / "mc-dropout.json").unlink()  # killed during evaluation
+        cut = _truncate(out / relative)
+
+    out, trained, warnings = _resume_copy(finished_run, tmp_path, monkeypatch, corrupt)
+    _check_set_aside(out, relative, cut, warnings)
+    assert "PytorchStreamReader" in warnings[0]  # torch's own reason, on one line
+    assert trained == ["mc-dropout"]  # resumed from its last (complete) epoch checkpoint
+
+
+def test_corrupt_checkpoint_is_set_aside_and_the_method_trained_from_scratch(
+    fake_fashion_mnist, finished_run, tmp_path, monkeypatch
+):
+    relative = "checkpoints/fashion-mnist/mc-dropout.pt"
+    cut = b""
+
+    def corrupt(out: Path) -> None:
+        nonlocal cut
+        (out / "methods" / "fashion-mnist" / "mc-dropout.json").unlink()  # killed during training
+        (out / "models" / "fashion-mnist" / "mc-dropout.pt").unlink()
+        cut = _truncate(out / relative)
+
+    out, trained, warnings = _resume_copy(finished_run, tmp_path, monkeypatch, corrupt)
+    _check_set_aside(out, relative, cut, warnings)
+    assert "from scratch" in warnings[0]
+    assert trained == ["mc-dropout", "mc-dropout"]  # the failed resume, then from scratch
+
+
+def test_corrupt_method_results_are_set_aside_and_the_method_evaluated_again(
+    fake_fashion_mnist, finished_run, tmp_path, monkeypatch
+):
+    relative = "methods/fashion-mnist/mc-dropout.json"
+    cut = b""
+
+    def corrupt(out: Path) -> None:
+        nonlocal cut
+        cut = _truncate(out / relative)
+
+    out, trained, warnings = _resume_copy(finished_run, tmp_path, monkeypatch, corrupt)
+    _check_set_aside(out, relative, cut, warnings)
+    assert "invalid JSON" in warnings[0]
+    assert trained == []  # its model file is intact: evaluated again, not retrained
+
+
+def test_corrupt_config_stops_resume_with_the_file_named(fake_fashion_mnist, finished_run, tmp_path, capsys):
+    out = tmp_path / "run"
+    shutil.copytree(finished_run[0], out)
+    (out / "config.json").write_text('{"identity": {"tasks": ["fashion-mnist"], ')
+    argv = ["bench", "--quick", "--no-progress", "--methods", ",".join(CORRUPT_METHODS), "--out", str(out)]
+    assert main([*argv, "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("uqkit: error: ") and "Traceback" not in err
+    assert f"{out / 'config.json'}: unreadable, invalid JSON" in err
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        ('{\n "schema_version": 1,\n', "invalid JSON"),
+        ("", "empty file"),
+        ("[1, 2]", "expected a JSON object, got a JSON array"),
+        ('{"schema_version": 1}', "not a valid results file: results: missing key"),
+    ],
+)
+def test_report_on_a_corrupt_results_file_names_it(tmp_path, capsys, content, problem):
+    (tmp_path / "results.json").write_text(content)
+    assert main(["report", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("uqkit: error: ") and "Traceback" not in err
+    assert str(tmp_path / "results.json") in err and problem in err
+    assert not (tmp_path / "report.md").exists()

@@ -245,6 +245,28 @@ def test_resume_keeps_finished_methods_and_refuses_other_runs(tmp_path, small_me
     validate_results(json.loads((run / "results.json").read_text()))
 
 
+def test_resume_sets_aside_a_corrupt_method_file_and_runs_that_method_again(tmp_path, small_methods):
+    data = _write_directory(tmp_path / "toy")
+    run = tmp_path / "run"
+    methods = ["deterministic", "mc-dropout"]
+    first = run_regression_bench(run, ["uci"], methods, data_dir=data, log=lambda _: None)
+    (run / "results.json").unlink()  # killed before the end
+    bad = run / "methods" / "uci-toy" / "mc-dropout.json"
+    cut = bad.read_bytes()[:100]
+    bad.write_bytes(cut)  # truncated
+    kept = (run / "methods" / "uci-toy" / "deterministic.json").read_bytes()
+    messages: list[str] = []
+    resumed = run_regression_bench(run, ["uci"], methods, data_dir=data, log=messages.append, resume=True)
+    warnings = [m for m in messages if "warning" in m]
+    assert len(warnings) == 1 and str(bad) in warnings[0] and "invalid JSON" in warnings[0]
+    assert bad.with_name("mc-dropout.json.corrupt").read_bytes() == cut  # set aside, not deleted
+    assert (run / "methods" / "uci-toy" / "deterministic.json").read_bytes() == kept
+    assert any("deterministic: finished in the earlier run, kept" in m for m in messages)
+    again, before = resumed["tasks"]["uci-toy"]["methods"], first["tasks"]["uci-toy"]["methods"]
+    assert again["mc-dropout"]["per_split"] == before["mc-dropout"]["per_split"]  # same ops, same process
+    validate_results(json.loads((run / "results.json").read_text()))
+
+
 def test_cli_regression_resume(tmp_path, small_methods, capsys):
     data = _write_directory(tmp_path / "toy")
     argv = ["bench", "--task", "uci", "--data-dir", str(data), "--methods", "deterministic"]

@@ -28,7 +28,6 @@ from __future__ import annotations
 import dataclasses
 import datetime as _dt
 import itertools
-import json
 import math
 import os
 import time
@@ -811,7 +810,7 @@ def _run_tasks(
     log: Callable[[str], None],
     resume: bool,
 ) -> None:
-    from uqkit.bench.runner import _atomic_write_json, _clean
+    from uqkit.bench.runner import _atomic_write_json, _clean, _load_finished
 
     total_started = time.perf_counter()
     for task in tasks:
@@ -822,8 +821,8 @@ def _run_tasks(
         for index, name in enumerate(names, start=1):
             log(f"[uqkit] {task_name} [{index}/{len(names)}] {name}")
             done_path = out / "methods" / task_name / f"{name}.json"
-            if resume and done_path.exists():
-                method_block = json.loads(done_path.read_text(encoding="utf-8"))
+            method_block = _load_finished(done_path, f"running {name} again", log) if resume else None
+            if method_block is not None:
                 log(f"[uqkit]   {name}: finished in the earlier run, kept ({done_path})")
             else:
                 method_block = _clean(evaluate_regression_method(REGRESSION_METHODS[name], table, seed, log))

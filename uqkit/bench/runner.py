@@ -10,7 +10,10 @@ Layout of a run directory::
     report.md, report.html, figures/
 
 A method is finished once its JSON is written (atomically); ``--resume`` skips finished methods, continues a
-method from its last epoch checkpoint, and never loses a finished result.
+method from its last epoch checkpoint, and never loses a finished result. A truncated or garbled file (a
+disk filled up, a copy cut short) is reported by name and moved aside to ``<name>.corrupt``, never deleted;
+the work it held is redone: a method's JSON from its model file, a model file from its epoch checkpoint, an
+epoch checkpoint from scratch. A corrupt ``config.json`` stops ``--resume`` with an error naming it.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import json
 import os
 import platform
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,12 +32,18 @@ import numpy as np
 import torch
 
 import uqkit
-from uqkit.bench._atomic import atomic_write
+from uqkit.bench._atomic import CorruptFileError, atomic_write, read_json, set_aside
 from uqkit.bench.evaluate import evaluate_method
-from uqkit.bench.registry import METHODS, MethodContext, build_method, methods_for_task
+from uqkit.bench.registry import METHODS, Method, MethodContext, build_method, methods_for_task
 from uqkit.bench.report import SCHEMA_VERSION
 from uqkit.bench.tasks import TASKS, Task, build_task
-from uqkit.bench.trainer import TrainConfig, atomic_torch_save, load_checkpoint, train_method
+from uqkit.bench.trainer import (
+    TrainConfig,
+    TrainResult,
+    atomic_torch_save,
+    load_checkpoint,
+    train_method,
+)
 
 __all__ = ["BenchConfig", "RunConfigMismatchError", "environment", "run_bench"]
 
@@ -161,7 +171,7 @@ def _prepare_run_dir(out: Path, identity: dict[str, Any], resume: bool, command:
             f"run directory {out} already holds a run; pass --resume to continue it, or --out to start a "
             "new one"
         )
-    saved = json.loads(config_path.read_text(encoding="utf-8")).get("identity")
+    saved = read_json(config_path).get("identity")
     if saved != identity:
         saved = saved if isinstance(saved, dict) else {}
         differing = [key for key in sorted(set(identity) | set(saved)) if saved.get(key) != identity.get(key)]
@@ -186,7 +196,45 @@ def _train_config(config: BenchConfig, task_name: str) -> TrainConfig:
     )
 
 
-def _run_method(config: BenchConfig, task: Task, method_name: str, train_config: TrainConfig) -> dict:
+def _set_aside_corrupt(error: CorruptFileError, redo: str, log: Callable[[str], None]) -> None:
+    """Warn that ``error.path`` is corrupt, move it to ``<name>.corrupt``, and say what is redone."""
+    aside = set_aside(error.path)
+    log(f"[uqkit] warning: {error}; moved it to {aside.name} and {redo}")
+
+
+def _load_state(path: Path, redo: str, log: Callable[[str], None]) -> dict[str, Any] | None:
+    """The checkpoint in ``path``; ``None`` if there is none, or if it was corrupt (then set aside)."""
+    if not path.exists():
+        return None
+    try:
+        return load_checkpoint(path)
+    except CorruptFileError as error:
+        _set_aside_corrupt(error, redo, log)
+        return None
+
+
+def _train(
+    method: Method,
+    method_name: str,
+    task: Task,
+    train_config: TrainConfig,
+    checkpoint: Path,
+    log: Callable[[str], None],
+) -> TrainResult:
+    """:func:`train_method`, resuming from ``checkpoint``; from scratch if that checkpoint is corrupt."""
+    arguments = (task.train.inputs, task.train.labels, task.val.inputs, task.val.labels, train_config)
+    try:
+        return train_method(method, method_name, *arguments, checkpoint_path=checkpoint)
+    except CorruptFileError as error:
+        if error.path != checkpoint:
+            raise
+        _set_aside_corrupt(error, f"training {method_name} from scratch", log)
+    return train_method(method, method_name, *arguments, checkpoint_path=checkpoint)
+
+
+def _run_method(
+    config: BenchConfig, task: Task, method_name: str, train_config: TrainConfig, log: Callable[[str], None]
+) -> dict:
     """Train (or reload), post-hoc fit and evaluate one method; returns its result block."""
     run = config.out
     context = MethodContext(
@@ -201,30 +249,23 @@ def _run_method(config: BenchConfig, task: Task, method_name: str, train_config:
     method = build_method(method_name, context)
     model_path = run / "models" / task.name / f"{method_name}.pt"
     history: list[dict[str, float]]
-    if model_path.exists():  # finished training earlier, killed during evaluation
-        state = load_checkpoint(model_path)
+    checkpoint = run / "checkpoints" / task.name / f"{method_name}.pt"
+    state = _load_state(model_path, f"training {method_name} again (from its epoch checkpoint if any)", log)
+    if state is not None:  # finished training earlier, killed during evaluation
         method.load_state_dict(state["method"])
         history, train_time, shared = state["history"], float(state["train_time_s"]), state["shared"]
     else:
         base = method.shares_training_with
         base_path = run / "models" / task.name / f"{base}.pt" if base else None
-        if base_path is not None and base_path.exists():
-            state = load_checkpoint(base_path)
+        redo = f"training {method_name} on its own, without {base}'s network"
+        state = None if base_path is None else _load_state(base_path, redo, log)
+        if state is not None:
             prefix = "network."
             network_state = {k[len(prefix) :]: v for k, v in state["method"].items() if k.startswith(prefix)}
             method.network.load_state_dict(network_state)
             history, train_time, shared = state["history"], float(state["train_time_s"]), base
         else:
-            result = train_method(
-                method,
-                method_name,
-                task.train.inputs,
-                task.train.labels,
-                task.val.inputs,
-                task.val.labels,
-                train_config,
-                checkpoint_path=run / "checkpoints" / task.name / f"{method_name}.pt",
-            )
+            result = _train(method, method_name, task, train_config, checkpoint, log)
             history, train_time, shared = result.history, result.train_time_s, None
         method.to(config.device)
         started = time.perf_counter()
@@ -264,6 +305,20 @@ def _task_header(task: Task) -> dict[str, Any]:
     }
 
 
+def _load_finished(path: Path, redo: str, log: Callable[[str], None]) -> dict[str, Any] | None:
+    """A finished method's result block from ``path``; ``None`` if absent or corrupt (then set aside).
+
+    Shared by the classification suite and the regression benchmark.
+    """
+    if not path.exists():
+        return None
+    try:
+        return read_json(path)
+    except CorruptFileError as error:
+        _set_aside_corrupt(error, redo, log)
+        return None
+
+
 def run_bench(config: BenchConfig, log=print) -> dict[str, Any]:
     """Run the suite described by ``config``; returns the results dict also written to results.json."""
     _check_config(config)
@@ -296,12 +351,12 @@ def run_bench(config: BenchConfig, log=print) -> dict[str, Any]:
         names = config.methods or methods_for_task(task_name)
         for index, method_name in enumerate(names, start=1):
             done_path = config.out / "methods" / task_name / f"{method_name}.json"
-            if done_path.exists():
+            block = _load_finished(done_path, f"evaluating {method_name} again", log)
+            if block is not None:
                 log(f"[uqkit] {task_name} [{index}/{len(names)}] {method_name}: finished earlier, kept")
-                block = json.loads(done_path.read_text(encoding="utf-8"))
             else:
                 log(f"[uqkit] {task_name} [{index}/{len(names)}] {method_name}")
-                block = _run_method(config, task, method_name, train_config)
+                block = _run_method(config, task, method_name, train_config, log)
                 _atomic_write_json(block, done_path)
             header["methods"][method_name] = block
         results["tasks"][task_name] = header

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from uqkit.bench._atomic import atomic_write
+from uqkit.bench._atomic import atomic_write, read_torch
 from uqkit.bench.evaluate import predict_in_batches
 from uqkit.bench.progress import progress_bar
 from uqkit.bench.registry import Method
@@ -63,8 +63,12 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """Load a checkpoint written by this module, with ``weights_only=True`` (no arbitrary unpickling)."""
-    return torch.load(Path(path), map_location="cpu", weights_only=True)
+    """Load a checkpoint written by this module, with ``weights_only=True`` (no arbitrary unpickling).
+
+    Raises:
+        CorruptFileError: naming the file, when it is truncated or garbled (see :func:`read_torch`).
+    """
+    return read_torch(path)
 
 
 def _evaluate_validation(
