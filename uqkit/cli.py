@@ -57,7 +57,11 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--resume", action="store_true", help="continue the run in --out (or the latest)")
     bench.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]")
     bench.add_argument("--quick", action="store_true", help="seconds-long smoke configuration")
-    bench.add_argument("--no-progress", action="store_true", help="no progress bars")
+    bench.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="no progress output (bars on a terminal, one line per epoch elsewhere)",
+    )
     bench.add_argument(
         "--data-dir", type=Path, default=None, help="UCI-format directory for --task uci (regression)"
     )

@@ -22,7 +22,7 @@ import torch
 
 from uqkit.bench._atomic import atomic_write, read_torch
 from uqkit.bench.evaluate import predict_in_batches
-from uqkit.bench.progress import progress_bar
+from uqkit.bench.progress import progress_bar, report_epoch
 from uqkit.bench.registry import Method
 
 __all__ = [
@@ -161,6 +161,7 @@ def train_method(
                 "time_s": epoch_time,
             }
         )
+        report_epoch(name, history[-1], config.epochs, enabled=config.progress)
         if checkpoint_path is not None:
             atomic_torch_save(
                 {
