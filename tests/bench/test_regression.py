@@ -14,6 +14,7 @@ import torch
 
 from uqkit.bench import regression
 from uqkit.bench.regression import (
+    PUBLISHED,
     REGRESSION_METHODS,
     StackedAdam,
     _phase_data,
@@ -324,3 +325,17 @@ def test_energy_and_wine_from_shared_data_load_in_the_literature_shapes():
     wine = load_uci_directory(root / "wine-quality-red")
     assert energy.inputs.shape == (768, 8) and [len(s) for s in energy.splits[0]] == [691, 77]
     assert wine.inputs.shape == (1599, 11) and [len(s) for s in wine.splits[0]] == [1439, 160]
+
+
+def test_published_nll_sits_beside_the_like_for_like_number():
+    """Gal's readme reports the exact Monte Carlo mixture log-likelihood; Lakshminarayanan et al. (Sec. 2.4)
+    and PBP score one Gaussian. Each published NLL must sit in the column of the NLL it compares with."""
+    from uqkit.bench.regression_report import _HEADER, regression_rows
+
+    task = {"methods": {}, "published": {key: dict(PUBLISHED["boston"][key]) for key in PUBLISHED["boston"]}}
+    rows = {row[0].split(" ")[0]: dict(zip(_HEADER, row, strict=True)) for row in regression_rows(task)}
+    moment, mixture = "NLL (moment-matched)", "NLL (mixture)"
+    assert rows["MC"][mixture] == "2.40 ± 0.04" and rows["MC"][moment] == "—"
+    assert rows["Deep"][moment] == "2.41 ± 0.25" and rows["Deep"][mixture] == "—"
+    assert rows["PBP"][moment] == "2.57 ± 0.09" and rows["PBP"][mixture] == "—"
+    assert rows["MC"]["RMSE"] == "2.90 ± 0.18"
