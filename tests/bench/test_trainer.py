@@ -1,6 +1,9 @@
-"""The trainer: golden losses, determinism, non-finite detection, epoch checkpoints and resume."""
+"""The trainer: golden losses, determinism, learning-rate schedule, non-finite losses, checkpoints, resume."""
 
 from __future__ import annotations
+
+import math
+import pickle
 
 import pytest
 import torch
@@ -12,6 +15,7 @@ from uqkit.bench.trainer import (
     NonFiniteLossError,
     TrainConfig,
     atomic_torch_save,
+    learning_rate_factor,
     load_checkpoint,
     train_method,
 )
@@ -32,13 +36,15 @@ def _method(dropout: bool = True) -> SingleNetwork:
     return SingleNetwork(nn.Sequential(*layers))
 
 
-def _train(epochs: int = 3, checkpoint=None, method=None, seed: int = 0):
+def _train(epochs: int = 3, checkpoint=None, method=None, seed: int = 0, schedule: str = "constant"):
     """Train ``method`` (by default a fresh one, built right after seeding torch's global generator)."""
     inputs, labels = _data()
     if method is None:
         torch.manual_seed(seed)
         method = _method()
-    config = TrainConfig(epochs=epochs, batch_size=32, learning_rate=1e-2, seed=seed, progress=False)
+    config = TrainConfig(
+        epochs=epochs, batch_size=32, learning_rate=1e-2, seed=seed, progress=False, schedule=schedule
+    )
     result = train_method(method, "toy", inputs, labels, inputs[:32], labels[:32], config, checkpoint)
     return method, result
 
@@ -87,8 +93,9 @@ class _InterruptError(Exception):
     pass
 
 
-def test_resume_from_epoch_checkpoint_reproduces_uninterrupted_training(tmp_path):
-    reference, reference_result = _train(epochs=3, checkpoint=tmp_path / "reference.pt")
+@pytest.mark.parametrize("schedule", ["constant", "cosine"])
+def test_resume_from_epoch_checkpoint_reproduces_uninterrupted_training(tmp_path, schedule):
+    reference, reference_result = _train(epochs=3, checkpoint=tmp_path / "reference.pt", schedule=schedule)
 
     # Interrupt during epoch 3 (after two complete epochs were checkpointed).
     torch.manual_seed(0)
@@ -104,16 +111,71 @@ def test_resume_from_epoch_checkpoint_reproduces_uninterrupted_training(tmp_path
 
     interrupted.training_loss = loss_then_interrupt
     with pytest.raises(_InterruptError):
-        _train(epochs=3, checkpoint=tmp_path / "run.pt", method=interrupted)
+        _train(epochs=3, checkpoint=tmp_path / "run.pt", method=interrupted, schedule=schedule)
     assert load_checkpoint(tmp_path / "run.pt")["epoch"] == 2
 
     # A fresh process would rebuild the method from the seed and resume from the checkpoint.
     torch.random.manual_seed(12345)  # unrelated global state must not matter: the checkpoint restores it
-    resumed, resumed_result = _train(epochs=3, checkpoint=tmp_path / "run.pt", method=_method())
+    resumed, resumed_result = _train(
+        epochs=3, checkpoint=tmp_path / "run.pt", method=_method(), schedule=schedule
+    )
     for key, value in reference.state_dict().items():
         assert torch.equal(value, resumed.state_dict()[key]), key
     strip = [{k: v for k, v in h.items() if k != "time_s"} for h in reference_result.history]
     assert strip == [{k: v for k, v in h.items() if k != "time_s"} for h in resumed_result.history]
+
+
+def test_resume_with_another_schedule_names_the_checkpoint(tmp_path):
+    _train(epochs=1, checkpoint=tmp_path / "run.pt", schedule="constant")
+    with pytest.raises(ValueError, match=r"run\.pt.*'constant'.*'cosine'"):
+        _train(epochs=2, checkpoint=tmp_path / "run.pt", schedule="cosine")
+
+
+def test_cosine_factor_closed_form_and_unknown_schedule():
+    assert learning_rate_factor("cosine", 0, 100) == 1.0
+    assert learning_rate_factor("cosine", 50, 100) == pytest.approx(0.5, abs=1e-15)
+    assert learning_rate_factor("cosine", 99, 100) == pytest.approx((1 + math.cos(math.pi * 0.99)) / 2)
+    assert learning_rate_factor("constant", 99, 100) == 1.0
+    with pytest.raises(ValueError, match=r"schedule: expected one of cosine, constant, got 'linear'"):
+        learning_rate_factor("linear", 0, 1)
+    with pytest.raises(ValueError, match="schedule"):
+        _train(epochs=1, schedule="linear")
+
+
+def test_cosine_schedule_equals_torch_cosine_annealing_per_step():
+    """Oracle: a plain loop over the trainer's batches with ``torch.optim.lr_scheduler.CosineAnnealingLR``
+    (``T_max`` = all steps, ``eta_min = 0``, stepped after every batch), in float64 without dropout."""
+    inputs, labels = _data()
+    inputs = inputs.double()
+    torch.manual_seed(0)
+    method = _method(dropout=False).double()
+    plain = SingleNetwork(pickle.loads(pickle.dumps(method.network)))
+    epochs, batch = 3, 32
+    config = TrainConfig(epochs, batch, learning_rate=1e-2, seed=5, progress=False, schedule="cosine")
+    train_method(method, "toy", inputs, labels, inputs[:32], labels[:32], config)
+
+    optimizer = torch.optim.Adam(plain.parameters(), lr=1e-2)
+    steps = epochs * math.ceil(len(labels) / batch)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps, eta_min=0.0)
+    shuffle = torch.Generator().manual_seed(5)
+    for _ in range(epochs):
+        for index in torch.randperm(len(labels), generator=shuffle).split(batch):
+            optimizer.zero_grad()
+            plain.training_loss(inputs[index], labels[index]).backward()
+            optimizer.step()
+            scheduler.step()
+    for key, value in plain.state_dict().items():
+        torch.testing.assert_close(method.state_dict()[key], value, rtol=1e-10, atol=1e-12, msg=key)
+    # The schedule matters: the same run at a constant learning rate ends elsewhere.
+    constant = SingleNetwork(pickle.loads(pickle.dumps(plain.network)))
+    config = TrainConfig(epochs, batch, learning_rate=1e-2, seed=5, progress=False, schedule="constant")
+    train_method(constant, "toy", inputs, labels, inputs[:32], labels[:32], config)
+    assert not torch.allclose(constant.network[0].weight, method.network[0].weight, atol=1e-3)
+
+
+def test_history_records_validation_ece():
+    _, result = _train(epochs=2)
+    assert all(0.0 <= entry["val_ece"] <= 1.0 for entry in result.history)
 
 
 def test_atomic_save_leaves_previous_file_when_interrupted(tmp_path, monkeypatch):

@@ -53,10 +53,15 @@ class Method(nn.Module):
         num_samples: ``S``, the leading dimension of the predictions (1 for a deterministic model).
         shares_training_with: name of a method whose trained ``network`` this one reuses as-is (same
             architecture, seed and training); the runner then copies that network instead of retraining.
+        num_batch_orders: ``k``, the number of independent batch orders the trainer draws (1: one shuffle of
+            the training set per epoch). With ``k > 1``, :meth:`training_loss` receives ``[k, B, ...]`` inputs
+            and ``[k, B]`` labels, row ``j`` from the ``j``-th order (a deep ensemble's members, each
+            shuffled independently).
     """
 
     num_samples: int = 1
     shares_training_with: str | None = None
+    num_batch_orders: int = 1
 
     def training_loss(self, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Scalar loss of one training batch."""
@@ -168,11 +173,25 @@ class TemperatureScaled(SingleNetwork):
 
 
 class MonteCarloDropout(SingleNetwork):
-    """Dropout kept on at prediction time; ``S`` stochastic passes (Gal & Ghahramani 2016)."""
+    """Dropout kept on at prediction time; ``S`` stochastic passes (Gal & Ghahramani 2016).
 
-    def __init__(self, network: nn.Module, num_samples: int) -> None:
+    The training loss is the paper's objective per example: the mean cross-entropy (dropout on) plus the KL
+    term, an L2 penalty ``l^2 (1 - p) / (2 N)`` on the weights behind a dropout of rate ``p`` and
+    ``l^2 / (2 N)`` on the biases and undropped layers (:func:`uqkit.nn.dropout.dropout_weight_decay`),
+    with prior length-scale ``l`` and ``N`` training examples. The optimiser applies no weight decay.
+    """
+
+    def __init__(self, network: nn.Module, num_samples: int, length_scale: float, num_data: int) -> None:
         super().__init__(network)
         self.num_samples = num_samples
+        self.length_scale = length_scale
+        self.num_data = num_data
+
+    def training_loss(self, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        from uqkit.nn.dropout import dropout_weight_decay
+
+        penalty = dropout_weight_decay(self.network, self.length_scale, self.num_data)
+        return super().training_loss(inputs, labels) + penalty
 
     def predict(self, inputs: torch.Tensor) -> Prediction:
         from uqkit.methods.predict import predict
@@ -184,20 +203,25 @@ class DeepEnsembleMethod(Method):
     """``M`` independently initialised networks (Lakshminarayanan et al. 2017), predicting ``[M, B, C]``.
 
     The members run as one vectorized computation (:class:`uqkit.DeepEnsemble`, kept in ``self.network``).
-    The training loss is the sum of the members' mean cross-entropies on the same batch, with the ``[B]``
-    labels broadcast to the ``[M, B, C]`` logits (never repeated). Members share no parameters and Adam's
-    update is per element, so this is exactly M independent trainings that see the same batch order.
+    Each member is shuffled independently, as in the paper: ``num_batch_orders = M``, so the trainer hands
+    member ``m`` its own batch (``[M, B, ...]`` inputs, ``[M, B]`` labels; order ``m`` is seeded with
+    ``seed + m``). The training loss is the sum of the members' mean cross-entropies on their batches.
+    Members share no parameters and Adam's update is per element, so this is exactly M independent
+    trainings, member ``m`` with the batches of a single model trained with seed ``seed + m``.
     """
 
     def __init__(self, network: nn.Module) -> None:
         super().__init__()
         self.network = network
         self.num_samples = network.num_members
+        self.num_batch_orders = network.num_members
 
     def training_loss(self, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Sum of the members' mean cross-entropies; labels ``[M, B]`` (a batch per member) or ``[B]``."""
         logits = self.network(inputs)  # [M, B, C]
         members, batch = logits.shape[:2]
-        per_member = F.cross_entropy(logits.permute(1, 2, 0), labels[:, None].expand(batch, members))
+        labels = labels.expand(members, batch)  # a view; [B] labels are broadcast, never repeated
+        per_member = F.cross_entropy(logits.permute(1, 2, 0), labels.transpose(0, 1))
         return members * per_member  # the mean over M * B entries, times M: the sum of the members' means
 
     def predict(self, inputs: torch.Tensor) -> Prediction:
@@ -206,6 +230,8 @@ class DeepEnsembleMethod(Method):
 
 MC_DROPOUT_RATE = 0.1
 MC_DROPOUT_SAMPLES = 10
+MC_DROPOUT_LENGTH_SCALE = 1e-2
+"""Prior length-scale ``l`` of MC dropout's weight decay, the value of Gal's reference code."""
 ENSEMBLE_MEMBERS = 5
 
 
@@ -230,7 +256,7 @@ def _mc_dropout(context: MethodContext) -> Method:
     from uqkit.nn import MCDropout
 
     network = _backbone(context, dropout=lambda: MCDropout(MC_DROPOUT_RATE))
-    return MonteCarloDropout(network, MC_DROPOUT_SAMPLES)
+    return MonteCarloDropout(network, MC_DROPOUT_SAMPLES, MC_DROPOUT_LENGTH_SCALE, context.num_train)
 
 
 @register_method(

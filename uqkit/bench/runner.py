@@ -193,6 +193,7 @@ def _train_config(config: BenchConfig, task_name: str) -> TrainConfig:
         seed=config.seed,
         device=config.device,
         progress=config.progress,
+        schedule=info.schedule,
     )
 
 
@@ -346,6 +347,7 @@ def run_bench(config: BenchConfig, log=print) -> dict[str, Any]:
             "epochs": train_config.epochs,
             "batch_size": train_config.batch_size,
             "learning_rate": train_config.learning_rate,
+            "schedule": train_config.schedule,
             "optimizer": "Adam",
         }
         names = config.methods or methods_for_task(task_name)

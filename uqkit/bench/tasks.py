@@ -56,7 +56,10 @@ class Task:
 
 @dataclass(frozen=True)
 class TaskInfo:
-    """How to build a task, and its training defaults (used unless the command line overrides them)."""
+    """How to build a task, and its training defaults (used unless the command line overrides them).
+
+    ``schedule`` is the learning-rate schedule of :func:`uqkit.bench.trainer.learning_rate_factor`.
+    """
 
     description: str
     models: tuple[str, ...]
@@ -65,6 +68,7 @@ class TaskInfo:
     learning_rate: float
     builder: Callable[[str, bool, int], Task]
     quick_epochs: int = 1
+    schedule: str = "constant"
 
 
 _QUICK_SIZES = {"train": 1500, "val": 300, "test": 600, "ood": 400}

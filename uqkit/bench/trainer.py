@@ -1,9 +1,20 @@
 """One training loop for every method: seeded, checked for non-finite losses, checkpointed, resumable.
 
-Determinism: the batch order comes from a ``torch.Generator`` seeded with the run's seed, and stochastic
-layers (dropout, weight noise) draw from torch's global generator, seeded before the method is built. Both
-generators' states are saved in every epoch checkpoint, so a run resumed after a kill continues with the
-same batches and the same noise as an uninterrupted run, and ends with the same weights (on CPU).
+Learning rate: ``TrainConfig.schedule`` ``"cosine"`` decays every parameter group's learning rate per step
+from its base value to 0 over the run, ``lr_t = lr * (1 + cos(pi * t / T)) / 2`` for step ``t`` of ``T``
+(Loshchilov & Hutter 2017 without restarts, as uncertainty-baselines trains its models); ``"constant"``
+keeps it. The factor is a function of the global step alone, so a resumed run recomputes it.
+
+Batch order: a method with ``num_batch_orders = k > 1`` (a deep ensemble: one per member, as
+Lakshminarayanan et al. 2017 shuffle each member independently) gets ``k`` independent permutations of the
+training set per epoch, order ``j`` from a ``torch.Generator`` seeded with ``seed + j``; its loss receives
+``[k, B, ...]`` inputs and ``[k, B]`` labels. Order 0 is the single-order methods' order, so member ``j`` sees
+exactly the batches of a single model trained with seed ``seed + j``.
+
+Determinism: stochastic layers (dropout, weight noise) draw from torch's global generator, seeded before
+the method is built. Every generator's state is saved in every epoch checkpoint, so a run resumed after a
+kill continues with the same batches and the same noise as an uninterrupted run, and ends with the same
+weights (on CPU).
 
 Checkpoints are written atomically (temporary file, then ``os.replace``) and read with
 ``torch.load(weights_only=True)``: they hold only tensors, numbers, strings, lists and dicts.
@@ -21,18 +32,23 @@ from typing import Any
 import torch
 
 from uqkit.bench._atomic import atomic_write, read_torch
-from uqkit.bench.evaluate import predict_in_batches
+from uqkit.bench.evaluate import NUM_BINS, predict_in_batches
 from uqkit.bench.progress import progress_bar, report_epoch
 from uqkit.bench.registry import Method
+from uqkit.metrics import expected_calibration_error
 
 __all__ = [
+    "SCHEDULES",
     "NonFiniteLossError",
     "TrainConfig",
     "TrainResult",
     "atomic_torch_save",
+    "learning_rate_factor",
     "load_checkpoint",
     "train_method",
 ]
+
+SCHEDULES = ("cosine", "constant")
 
 
 class NonFiniteLossError(RuntimeError):
@@ -41,7 +57,7 @@ class NonFiniteLossError(RuntimeError):
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Hyper-parameters of one training run (Adam, constant learning rate)."""
+    """Hyper-parameters of one training run (Adam; ``schedule``: one of :data:`SCHEDULES`)."""
 
     epochs: int
     batch_size: int
@@ -49,6 +65,23 @@ class TrainConfig:
     seed: int = 0
     device: str = "cpu"
     progress: bool = True
+    schedule: str = "constant"
+
+
+def learning_rate_factor(schedule: str, step: int, total_steps: int) -> float:
+    """The factor on the base learning rate at 0-based ``step`` of ``total_steps``.
+
+    ``"cosine"``: ``(1 + cos(pi * step / total_steps)) / 2``, 1 at the first step and decaying towards 0
+    (Loshchilov & Hutter 2017, SGDR eq. (5) with ``eta_min = 0`` and one cycle); ``"constant"``: 1.
+
+    Raises:
+        ValueError: for a ``schedule`` that is not in :data:`SCHEDULES`.
+    """
+    if schedule == "constant":
+        return 1.0
+    if schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * step / max(total_steps, 1)))
+    raise ValueError(f"schedule: expected one of {', '.join(SCHEDULES)}, got {schedule!r}")
 
 
 @dataclass
@@ -73,14 +106,18 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
 
 def _evaluate_validation(
     method: Method, inputs: torch.Tensor, labels: torch.Tensor, batch_size: int, device: str
-) -> tuple[float, float]:
-    """Validation accuracy and mean NLL of the predictive distribution; leaves the method in train mode."""
+) -> tuple[float, float, float]:
+    """Validation accuracy, mean NLL and ECE (15 bins, as the evaluation) of the predictive distribution.
+
+    Leaves the method in train mode.
+    """
     prediction = predict_in_batches(method, inputs, batch_size, device, progress=False)
     log_probs = prediction.log_probs
     method.train()
     accuracy = float((log_probs.argmax(dim=-1) == labels).double().mean())
     nll = float(-log_probs.gather(1, labels.unsqueeze(1)).double().mean())
-    return accuracy, nll
+    ece = expected_calibration_error(log_probs.exp(), labels, num_bins=NUM_BINS)
+    return accuracy, nll, ece
 
 
 def train_method(
@@ -96,33 +133,53 @@ def train_method(
     """Train ``method`` with Adam on its :meth:`~uqkit.bench.registry.Method.training_loss`.
 
     The caller seeds torch's global generator before building the method; this function seeds the batch
-    order. With ``checkpoint_path``, an epoch checkpoint is written after every epoch, and training resumes
-    from it when it exists.
+    orders (``method.num_batch_orders`` of them, see the module docstring) and sets the learning rate of
+    every parameter group at every step by ``config.schedule``. With ``checkpoint_path``, an epoch checkpoint
+    is written after every epoch, and training resumes from it when it exists.
 
     Raises:
         NonFiniteLossError: naming the method, epoch and step, when a loss is NaN or infinite.
+        ValueError: for an unknown ``config.schedule``, or a checkpoint written with another schedule.
     """
+    learning_rate_factor(config.schedule, 0, 1)  # validates the name before any work
     device = torch.device(config.device)
     method.to(device)
     optimizer = torch.optim.Adam(method.parameter_groups(config.learning_rate), lr=config.learning_rate)
-    shuffle = torch.Generator().manual_seed(config.seed)
+    base_learning_rates = [group["lr"] for group in optimizer.param_groups]
+    num_orders = int(method.num_batch_orders)
+    shuffles = [torch.Generator().manual_seed(config.seed + order) for order in range(num_orders)]
     history: list[dict[str, float]] = []
     start_epoch, elapsed = 0, 0.0
     if checkpoint_path is not None and Path(checkpoint_path).exists():
         state = load_checkpoint(checkpoint_path)
         method.load_state_dict(state["method"])
         optimizer.load_state_dict(state["optimizer"])
-        shuffle.set_state(state["shuffle_rng"])
+        saved_schedule = state.get("schedule", "constant")
+        if saved_schedule != config.schedule:
+            raise ValueError(
+                f"checkpoint {checkpoint_path}: written with learning-rate schedule {saved_schedule!r}, this "
+                f"run uses {config.schedule!r}; start a new run (--out)"
+            )
+        saved_rngs = state["shuffle_rng"]
+        saved_rngs = saved_rngs if isinstance(saved_rngs, list) else [saved_rngs]
+        if len(saved_rngs) != num_orders:
+            raise ValueError(
+                f"checkpoint {checkpoint_path}: holds {len(saved_rngs)} batch order(s), this method draws "
+                f"{num_orders}; start a new run (--out)"
+            )
+        for shuffle, rng in zip(shuffles, saved_rngs, strict=True):
+            shuffle.set_state(rng)
         torch.set_rng_state(state["torch_rng"])
         history, start_epoch, elapsed = state["history"], int(state["epoch"]), float(state["elapsed_s"])
 
     num_examples = len(train_labels)
     steps_per_epoch = math.ceil(num_examples / config.batch_size)
+    total_steps = config.epochs * steps_per_epoch
     method.train()
     for epoch in range(start_epoch, config.epochs):
         started = time.perf_counter()
         method.on_epoch_start(epoch, config.epochs)
-        order = torch.randperm(num_examples, generator=shuffle)
+        orders = torch.stack([torch.randperm(num_examples, generator=shuffle) for shuffle in shuffles])
         loss_sum = 0.0
         bar = progress_bar(
             total=steps_per_epoch,
@@ -131,7 +188,9 @@ def train_method(
         )
         with bar:
             for step in range(steps_per_epoch):
-                index = order[step * config.batch_size : (step + 1) * config.batch_size]
+                index = orders[:, step * config.batch_size : (step + 1) * config.batch_size]
+                if num_orders == 1:
+                    index = index[0]
                 x = train_inputs[index].to(device, non_blocking=True)
                 y = train_labels[index].to(device, non_blocking=True)
                 loss = method.training_loss(x, y)
@@ -141,13 +200,16 @@ def train_method(
                         f"method {name!r}: non-finite training loss ({value}) at epoch {epoch + 1}, "
                         f"step {step + 1}; lower the learning rate (--lr) or check the inputs"
                     )
+                factor = learning_rate_factor(config.schedule, epoch * steps_per_epoch + step, total_steps)
+                for group, base in zip(optimizer.param_groups, base_learning_rates, strict=True):
+                    group["lr"] = base * factor
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
-                loss_sum += float(loss.detach()) * len(index)
+                loss_sum += float(loss.detach()) * index.shape[-1]
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss_sum / min(num_examples, (step + 1) * config.batch_size):.4f}")
-        val_accuracy, val_nll = _evaluate_validation(
+        val_accuracy, val_nll, val_ece = _evaluate_validation(
             method, val_inputs, val_labels.cpu(), max(config.batch_size, 512), config.device
         )
         epoch_time = time.perf_counter() - started
@@ -158,6 +220,7 @@ def train_method(
                 "train_loss": loss_sum / num_examples,
                 "val_accuracy": val_accuracy,
                 "val_nll": val_nll,
+                "val_ece": val_ece,
                 "time_s": epoch_time,
             }
         )
@@ -168,7 +231,8 @@ def train_method(
                     "epoch": epoch + 1,
                     "method": method.state_dict(),
                     "optimizer": optimizer.state_dict(),
-                    "shuffle_rng": shuffle.get_state(),
+                    "shuffle_rng": [shuffle.get_state() for shuffle in shuffles],
+                    "schedule": config.schedule,
                     "torch_rng": torch.get_rng_state(),
                     "history": history,
                     "elapsed_s": elapsed,

@@ -4,19 +4,21 @@ Averaging the network's output over dropout masks approximates the predictive di
 network with a Bernoulli variational posterior over the rows of the next layer's weights (Gal & Ghahramani
 2016, Sec. 3). :class:`MCDropout` therefore drops units in training *and* eval mode; inside
 :func:`uqkit.nn.use_posterior_mean` it is the identity, the expectation of inverted dropout. Its KL term is,
-up to constants, the L2 weight decay of the following layer (Gal & Ghahramani 2016, eq. (4)): use the
-optimiser's ``weight_decay``, not :func:`uqkit.kl_divergence`.
+up to constants, an L2 penalty on the weights (Gal & Ghahramani 2016, eq. (4)); :func:`dropout_weight_decay`
+computes it per training example, to be added to the mean cross-entropy. :func:`uqkit.kl_divergence` does
+not include it, and no optimiser ``weight_decay`` is implied.
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
-from uqkit._validation import check_unit_interval
+from uqkit._validation import check_positive_int, check_unit_interval
 from uqkit.nn._posterior import StochasticModule
 
-__all__ = ["MCDropout"]
+__all__ = ["MCDropout", "dropout_weight_decay"]
 
 
 class MCDropout(StochasticModule):
@@ -46,3 +48,51 @@ class MCDropout(StochasticModule):
 
     def extra_repr(self) -> str:
         return f"p={self.p}, inplace={self.inplace}"
+
+
+def dropout_weight_decay(model: nn.Module, length_scale: float, num_data: int) -> torch.Tensor:
+    """MC dropout's KL term per training example: L2 weight decay (Gal & Ghahramani 2016, eq. (4)).
+
+    With a prior ``N(0, I / l^2)`` on the weights and keep probability ``1 - p`` on a layer's inputs, the
+    objective is the mean cross-entropy plus
+
+    ``sum_i l^2 (1 - p_i) / (2 N) ||W_i||^2 + l^2 / (2 N) ||b_i||^2``
+
+    (for classification, model precision ``tau = 1``), applied to the weights ``W_i`` as they are stored, as
+    in Gal's reference code (DropoutUncertaintyExps, ``reg = l^2 (1 - p) / (2 N tau)``). Here ``p_i`` is the
+    rate of the last :class:`MCDropout` before layer ``i`` in module registration order (the forward order
+    of an ``nn.Sequential``), 0 when none comes between it and the previous layer with parameters: an input
+    that is never dropped has keep probability 1. Every parameter named ``bias`` gets ``l^2 / (2 N)``.
+
+    Args:
+        model: the network; its modules with parameters of their own are the layers ``i``.
+        length_scale: the prior length-scale ``l > 0`` (Gal's code uses ``1e-2``).
+        num_data: ``N``, the number of training examples.
+
+    Returns:
+        A scalar tensor (differentiable in the parameters), in nats per example.
+
+    Raises:
+        ValueError: for a non-positive ``length_scale`` or ``num_data``.
+    """
+    if not length_scale > 0:
+        raise ValueError(f"length_scale: expected a positive prior length-scale, got {length_scale!r}")
+    num_data = check_positive_int(num_data, "num_data")
+    base = length_scale**2 / (2.0 * num_data)
+    total: torch.Tensor | None = None
+    drop_rate = 0.0
+    for module in model.modules():
+        if isinstance(module, MCDropout):
+            drop_rate = module.p
+            continue
+        parameters = list(module.named_parameters(recurse=False))
+        if not parameters:
+            continue
+        for name, parameter in parameters:
+            keep = 1.0 if name == "bias" else 1.0 - drop_rate
+            term = base * keep * parameter.square().sum()
+            total = term if total is None else total + term
+        drop_rate = 0.0
+    if total is None:
+        return torch.zeros(())
+    return total
