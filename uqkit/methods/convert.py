@@ -79,18 +79,28 @@ class FlipoutConfig:
         posterior_scale_init: initial posterior standard deviation of every converted parameter, ``>= 0``
             (default 0.01). 0 makes the converted model compute exactly what the original computed, to check
             a conversion; its KL is infinite, so train from a positive scale.
+        batch_dim: the dimension that indexes examples in the inputs of converted ``nn.Linear`` layers
+            (:class:`~uqkit.nn.FlipoutLinear`'s ``batch_dim``), ``>= 0``: default 0, 1 for layers that see
+            time-major ``[T, B, F]`` inputs. Each example draws its own signs, shared by its other positions.
+            Convolutions always take ``[B, C, ...]`` and LSTMs follow their ``batch_first``; convert layers
+            of different layouts with two calls and a ``filter_fn``.
     """
 
     prior: Prior = field(default_factory=NormalPrior)
     posterior_scale_init: float = 1e-2
+    batch_dim: int = 0
     family: ClassVar[str] = "flipout"
 
     def __post_init__(self) -> None:
         _validate_config(self)
+        check_positive_int(self.batch_dim, "batch_dim", minimum=0)
 
     def layer_kwargs(self, source: nn.Module) -> dict[str, Any]:
         """Keyword arguments that the config adds to the constructor of the twin of ``source``."""
-        return {"prior": self.prior, "posterior_scale_init": self.posterior_scale_init}
+        kwargs: dict[str, Any] = {"prior": self.prior, "posterior_scale_init": self.posterior_scale_init}
+        if type(source) is nn.Linear:
+            kwargs["batch_dim"] = self.batch_dim
+        return kwargs
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,11 @@ the more so the narrower the layers (given ``Delta W`` a pre-activation sums ``f
 close to its marginal Gaussian for a fan-in in the hundreds). Pass ``samples_per_pass=1`` for independent
 samples.
 
+The copies are stacked along ``batch_dim``, so every Flipout layer must draw its signs along the dimension
+that carries them in its own input (``FlipoutLinear(batch_dim=...)``, ``FlipoutLSTM``'s ``batch_first``);
+otherwise copies and examples would share one perturbation and the samples come out identical. The layers
+check it during the call (:func:`uqkit.nn.flipout.check_example_dims`) and raise instead.
+
 It is *not* valid for layers that share one weight sample across the batch (plain reparameterisation:
 ``GaussianLinear`` without local reparameterisation, ``GaussianConv*``, ``GaussianLSTM``): all ``S`` copies
 would see the same weights. Models with such a layer get one forward pass per sample.
@@ -32,6 +37,7 @@ from torch import nn
 
 from uqkit._validation import check_float_tensor, check_positive_int, check_tensor
 from uqkit.nn import StochasticModule
+from uqkit.nn.flipout import check_example_dims
 from uqkit.prediction import Prediction
 
 __all__ = ["predict"]
@@ -78,7 +84,11 @@ def predict(
         x: the input batch; its batch dimension is ``batch_dim``.
         num_samples: ``S``, the number of Monte Carlo samples (1 for a single pass); for a member-vectorized
             model a multiple of ``M`` (``M`` for one pass, one sample per member).
-        batch_dim: the dimension of ``x`` that indexes examples (e.g. 1 for a time-major LSTM input).
+        batch_dim: the dimension of ``x`` that indexes examples (e.g. 1 for a time-major LSTM input). The
+            Flipout layers must draw their signs along the repeated examples: ``FlipoutLinear`` layers that
+            see the time-major input need ``batch_dim=1`` too (their own argument, or
+            ``uqkit.FlipoutConfig(batch_dim=1)``); a layer that does not raises a ``ValueError`` rather than
+            giving samples that share one perturbation.
         samples_per_pass: how many samples (per member, for a member-vectorized model) to compute in one
             forward pass over the repeated batch (memory grows with it). Default: all of them when every
             sampling layer has per-example noise, else 1. Values above 1 are refused for models with a
@@ -92,8 +102,9 @@ def predict(
         TypeError: for a ``model`` that is not an ``nn.Module`` or an ``x`` that is not a tensor.
         ValueError: for bad ``num_samples``, ``batch_dim`` or ``samples_per_pass``, for ``num_samples > 1``
             with no sampling layer (every sample would be the same), for a ``num_samples`` that is not a
-            multiple of a member-vectorized model's ``M``, for batched samples with a shared-sample layer, or
-            for model outputs that are not ``[B, C]`` (``[M, B, C]``) logits.
+            multiple of a member-vectorized model's ``M``, for batched samples with a shared-sample layer, for
+            a sampling Flipout layer whose example dimension does not hold the repeated examples, or for
+            model outputs that are not ``[B, C]`` (``[M, B, C]``) logits.
 
     Example:
         >>> pred = uqkit.predict(model, x, num_samples=32)
@@ -142,10 +153,16 @@ def predict(
     model.eval()
     chunks = []
     try:
-        with torch.no_grad():
+        with torch.no_grad(), check_example_dims(model) as expect_examples:
             done = 0
             while done < passes:
                 copies = min(samples_per_pass, passes - done)
+                # each Flipout layer must draw its signs along these copies * batch examples (members of a
+                # member-vectorized model may ride in the same dimension)
+                expect_examples(
+                    {copies * batch, members * copies * batch},
+                    f"predict(..., batch_dim={batch_dim}): {copies} sample(s) x a batch of {batch}",
+                )
                 logits = model(_repeat_along(x, copies, batch_dim))
                 if members == 1:
                     check_float_tensor(logits, "model output", 2, "[batch, classes] logits")
