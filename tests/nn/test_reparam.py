@@ -193,3 +193,54 @@ def test_bad_arguments():
         GaussianLinear(3, 2, local_reparameterization=1)
     with pytest.raises(ValueError, match="expected 3 features"):
         GaussianConv1d(3, 2, 1)(torch.randn(2, 4, 5))
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_local_reparameterization_gradients_at_zero_variance_are_zero_not_nan(bias):
+    # Without bias an all-zero input row has pre-activation variance sum_i x_i^2 s_i^2 = 0: its output is the
+    # mean whatever the scales, so its noise term contributes nothing to any gradient. sqrt's backward at 0 is
+    # infinite, and infinity times dv = 0 made every rho gradient NaN. Reference: the same noise (the forward
+    # pass's only draw, same seed) applied by hand to the rows with positive variance, double precision.
+    torch.manual_seed(0)
+    layer = GaussianLinear(4, 3, bias=bias, posterior_scale_init=0.2, local_reparameterization=True).double()
+    x = torch.randn(5, 4, dtype=torch.float64)
+    x[2] = 0.0
+    x.requires_grad_(True)
+    upstream = torch.randn(5, 3, dtype=torch.float64)
+    torch.manual_seed(1)
+    (layer(x) * upstream).sum().backward()
+
+    torch.manual_seed(1)
+    eps = torch.randn(5, 3, dtype=torch.float64)
+    params = {name: p.detach().clone().requires_grad_(True) for name, p in layer.named_parameters()}
+    x_ref = x.detach().clone().requires_grad_(True)
+    bias_mean = params["bias_mean"] if bias else None
+    bias_var = F.softplus(params["bias_rho"]).square() if bias else None
+    mean = F.linear(x_ref, params["weight_mean"], bias_mean)
+    var = F.linear(x_ref.square(), F.softplus(params["weight_rho"]).square(), bias_var)
+    positive = var > 0
+    assert bool(positive.all()) == bias  # the case under test: only the zero row without bias has v = 0
+    reference = mean + torch.where(positive, var, 1.0).sqrt() * torch.where(positive, eps, 0.0)
+    (reference * upstream).sum().backward()
+
+    for name, p in layer.named_parameters():
+        assert torch.isfinite(p.grad).all(), name
+        torch.testing.assert_close(p.grad, params[name].grad, rtol=1e-12, atol=1e-12, msg=name)
+    assert torch.isfinite(x.grad).all()
+    torch.testing.assert_close(x.grad, x_ref.grad, rtol=1e-12, atol=1e-12)
+
+
+def test_local_reparameterization_input_gradient_at_zero_scale_equals_the_twins():
+    # Zero posterior scales give variance 0 everywhere: the layer is nn.Linear, and so is its input gradient
+    # (it was NaN: infinity from sqrt's backward times the zero variances of the weights).
+    torch.manual_seed(0)
+    twin = nn.Linear(4, 3).double()
+    layer = GaussianLinear(4, 3, posterior_scale_init=0.0, local_reparameterization=True).double()
+    load_means(layer, twin)
+    x = torch.randn(6, 4, dtype=torch.float64, requires_grad=True)
+    x_twin = x.detach().clone().requires_grad_(True)
+    upstream = torch.randn(6, 3, dtype=torch.float64)
+    (layer(x) * upstream).sum().backward()
+    (twin(x_twin) * upstream).sum().backward()
+    torch.testing.assert_close(x.grad, x_twin.grad, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(layer.weight_mean.grad, twin.weight.grad, rtol=1e-12, atol=1e-12)

@@ -83,12 +83,27 @@ class GaussianLinear(LinearPosterior):
             weight_var = self.posterior_scale("weight").square()
             bias_var = self.posterior_scale("bias").square() if self.has_bias else None
             variance = F.linear(input * input, weight_var, bias_var)
-            return torch.addcmul(mean, variance.sqrt(), torch.randn_like(mean))
+            return torch.addcmul(mean, _std_from_variance(variance), torch.randn_like(mean))
         bias = self.posterior_sample("bias") if self.has_bias else None
         return F.linear(input, self.posterior_sample("weight"), bias)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, local_reparameterization={self.local_reparameterization}"
+
+
+def _std_from_variance(variance: torch.Tensor) -> torch.Tensor:
+    """``sqrt(variance)``, with gradient 0 (not ``inf * 0 = NaN``) where the variance is 0.
+
+    The pre-activation variance ``sum_i x_i^2 sigma_i^2 (+ sigma_b^2)`` is 0 for an all-zero input row of a
+    layer without bias (or for zero posterior scales). There the output is the mean whatever ``sigma`` and
+    ``x`` in a neighbourhood along which it is defined, so 0 is the gradient (the minimum-norm subgradient
+    of the norm ``sqrt(sum_i x_i^2 sigma_i^2)``); ``variance.sqrt()``'s backward, ``1 / (2 sqrt(v))``, would
+    be infinite and multiply the chain rule's ``dv = 0`` into NaN. The inner ``where`` keeps the
+    unselected branch's gradient finite (the usual double-``where``), so the function stays differentiable
+    to every order elsewhere.
+    """
+    positive = variance > 0
+    return torch.where(positive, torch.where(positive, variance, 1.0).sqrt(), 0.0)
 
 
 class _GaussianConvNd(ConvPosterior):
