@@ -1,6 +1,8 @@
 """bayesianize_ with the member-vectorized configs (BatchEnsembleConfig, Rank1Config)."""
 
 import copy
+import dataclasses
+import math
 
 import pytest
 import torch
@@ -49,10 +51,58 @@ def test_conversion_with_unit_factors_gives_every_member_the_original_function(n
         torch.testing.assert_close(out[m], expected, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("config", [BatchEnsembleConfig(), Rank1Config()], ids=["batchensemble", "rank1"])
+def test_default_conversion_keeps_the_pretrained_function_and_members_differ(config):
+    """With the default ``N(1, 0.1^2)`` factors every member stays near the original function.
+
+    For one layer with ``r, s ~ N(1, sigma^2)``, ``y_m - y = sigma (delta * W x + W (eps * x)) + O(sigma^2)``:
+    relative mean-square change ``sigma^2 (1 + sum W^2 x^2 / |W x|^2)``, about ``2 sigma^2`` for generic
+    weights; over ``L`` layers the changes add, ``2 L sigma^2``. A rank-1 member also samples its factors,
+    ``sigma^2 = 0.1^2 + 0.0316^2``. The test allows twice the resulting RMS, ``2 sqrt(2 L) sigma`` (0.51 for
+    the MLP's three layers); random signs change the output by more than its whole size (relative change
+    above 1: the signs flip on both sides of every ReLU), and so fail it.
+    """
+    torch.manual_seed(3)
+    original = build_model("mlp", (1, 28, 28), 10)
+    x = torch.randn(256, 1, 28, 28)
+    with torch.no_grad():
+        expected = original(x)
+    sigma = math.hypot(0.1, getattr(config, "posterior_scale_init", 0.0))
+    bound = 2 * math.sqrt(2 * 3) * sigma
+    for explicit, keeps in (({}, True), ({"fast_weight_init": "random_sign"}, False)):
+        model = copy.deepcopy(original)
+        bayesianize_(model, dataclasses.replace(config, **explicit))
+        with torch.no_grad():
+            out = model(with_member_dim(x, config.num_members, 3))
+        change = [float((out[m] - expected).norm() / expected.norm()) for m in range(config.num_members)]
+        assert all(c < bound for c in change) == keeps, (explicit, change, bound)
+        if keeps:  # and the members differ from each other: 4 independent draws, not one function
+            assert all(c > 0.1 * bound for c in change), change
+            assert not torch.allclose(out[0], out[1], rtol=0, atol=0.01 * float(expected.abs().mean()))
+
+
+def test_fast_weight_inits_of_the_configs():
+    """Default ``N(1, 0.1^2)`` fast weights and factor means (mean and std within 5 standard errors);
+    ``"random_sign"`` passed explicitly still gives entries exactly ``+-1``, about half of each."""
+    torch.manual_seed(4)
+    for config, names in ((BatchEnsembleConfig, ("r", "s")), (Rank1Config, ("r_mean", "s_mean"))):
+        model = nn.Sequential(nn.Linear(300, 200))
+        bayesianize_(model, config())
+        values = torch.cat([getattr(model[0], name).detach().flatten() for name in names])
+        n = values.numel()
+        assert abs(float(values.mean()) - 1.0) < 5 * 0.1 / math.sqrt(n)
+        assert abs(float(values.std()) - 0.1) < 5 * 0.1 / math.sqrt(2 * n)
+        model = nn.Sequential(nn.Linear(300, 200))
+        bayesianize_(model, config(fast_weight_init="random_sign"))
+        values = torch.cat([getattr(model[0], name).detach().flatten() for name in names])
+        assert set(values.unique().tolist()) == {-1.0, 1.0}
+        assert abs(float(values.mean())) < 5 / math.sqrt(values.numel())
+
+
 def test_converted_lenet_has_the_expected_layers_and_members_differ_with_sign_init():
     torch.manual_seed(1)
     model = build_model("lenet5", (1, 28, 28), 10)
-    report = bayesianize_(model, BatchEnsembleConfig(num_members=4))
+    report = bayesianize_(model, BatchEnsembleConfig(num_members=4, fast_weight_init="random_sign"))
     kinds = [new for _, _, new in report.converted]
     assert kinds.count("BatchEnsembleConv2d") == 2 and kinds.count("BatchEnsembleLinear") == 3
     assert kinds.count("Memberwise") == 3  # two max-pools and the flatten

@@ -40,6 +40,7 @@ from uqkit.prediction import Prediction
 __all__ = ["BatchEnsembleNetwork", "MIMONetwork", "Rank1Network"]
 
 BATCHENSEMBLE_MEMBERS = 4
+BATCHENSEMBLE_FAST_WEIGHT_INIT = "random_sign"  # Wen et al. 2020, from scratch (conversions: N(1, 0.1^2))
 RANK1_MEMBERS = 4
 RANK1_SAMPLES_PER_MEMBER = 1
 RANK1_KL_WARMUP_EPOCHS = 1
@@ -134,7 +135,8 @@ def _converted(context: MethodContext, config: BatchEnsembleConfig | Rank1Config
     "rank-1 fast weights",
 )
 def _batchensemble(context: MethodContext) -> Method:
-    network = _converted(context, BatchEnsembleConfig(num_members=BATCHENSEMBLE_MEMBERS))
+    config = BatchEnsembleConfig(BATCHENSEMBLE_MEMBERS, fast_weight_init=BATCHENSEMBLE_FAST_WEIGHT_INIT)
+    network = _converted(context, config)
     return BatchEnsembleNetwork(network, BATCHENSEMBLE_MEMBERS, len(context.input_shape))
 
 

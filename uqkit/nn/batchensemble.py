@@ -22,10 +22,13 @@ Fast-weight initialisation (``fast_weight_init``): Wen et al. 2020 (Sec. 3, Appe
 ``s`` with random signs so that the members start decorrelated; the reference implementation (edward2 /
 uncertainty-baselines, flag ``random_sign_init``) offers either random signs (entries ``+-1``) or a Gaussian
 around 1. ``"random_sign"`` (default) draws exact ``+-1`` entries with probability 1/2 each through
-:func:`uqkit.nn.rademacher`; ``"normal"`` draws ``N(1, fast_weight_std^2)`` (uncertainty-baselines' CIFAR
-default, ``random_sign_init = -0.5``); ``"ones"`` starts every member at ``W`` itself. The shared ``W`` is
-initialised as its ``torch.nn`` twin initialises its weight; each member's bias is drawn independently from
-the twin's bias distribution.
+:func:`uqkit.nn.rademacher`; ``"normal"`` draws ``N(1, fast_weight_std^2)`` (uncertainty-baselines'
+BatchEnsemble CIFAR default, ``random_sign_init = -0.5``); ``"ones"`` starts every member at ``W`` itself.
+These defaults are for a layer trained from scratch. On a pretrained ``W`` random signs flip the signs on
+both sides of every ReLU and the pretrained function is gone, so :func:`uqkit.bayesianize_` defaults to
+``"normal"`` with std 0.1 (:class:`uqkit.BatchEnsembleConfig`, where the choice is measured). The shared
+``W`` is initialised as its ``torch.nn`` twin initialises its weight; each member's bias is drawn
+independently from the twin's bias distribution.
 
 The shared structure (parameters, input handling, the one batched product) lives in the mixins
 :class:`MemberLinearBase` / :class:`MemberConvBase`, which the rank-1 BNN layers (:mod:`uqkit.nn.rank1`)
