@@ -26,10 +26,17 @@ variance compared with one sample per batch (``per_example_noise = True``). Insi
 :func:`uqkit.nn.use_posterior_mean`, or with the posterior scales at zero, the layer uses the means and equals
 the :class:`~uqkit.nn.BatchEnsembleLinear` / ``Conv`` layer with ``r = mu_r``, ``s = mu_s`` exactly.
 
-Defaults follow uncertainty-baselines' rank-1 CIFAR configuration: factor means ``N(1, 0.5^2)``
-(``random_sign_init = -0.5``; ``fast_weight_init="random_sign"`` gives BatchEnsemble's ``+-1`` start),
-posterior standard deviations ``sqrt(0.001 / 0.999) ~ 0.0316`` (their ``dropout_rate = 1e-3``),
-prior ``N(1, 0.1^2)``.
+Defaults: posterior standard deviations ``sqrt(0.001 / 0.999) ~ 0.0316`` (``dropout_rate = 1e-3``) and
+prior ``N(1, 0.1^2)`` as in uncertainty-baselines' rank-1 CIFAR configuration, factor means ``N(1, 0.5^2)``
+(their BatchEnsemble CIFAR default, ``random_sign_init = -0.5``; their rank-1 CIFAR script starts the means
+at random signs, ``random_sign_init = 0.5``, and anneals the KL in over 200 of its 250 epochs;
+``fast_weight_init="random_sign"`` gives that start). Choose the means' initialisation and the prior together:
+per entry the KL at initialisation is ``log(p / s) + s^2 / (2 p^2) - 1/2 + (mu - 1)^2 / (2 p^2)`` for prior
+scale ``p`` and posterior scale ``s``, so a mean drawn from the prior costs 1/2 nat on average beyond the
+``mu = 1`` value, a ``N(1, 0.5^2)`` mean under the ``N(1, 0.1^2)`` prior 12.5 nats and a ``-1`` mean 200 nats.
+:class:`uqkit.Rank1Config` (conversions) draws the means from ``N(1, 0.1^2)``; the benchmark's ``rank1-bnn``
+starts them at random signs under the prior ``N(1, 2)``, of which they are a typical draw
+(:mod:`uqkit.bench.methods_ensembles`).
 """
 
 from __future__ import annotations
