@@ -201,6 +201,13 @@ def _build_two_moons(model: str, quick: bool, seed: int) -> Task:
     )
 
 
+FASHION_MNIST_SCHEDULE = "cosine"
+"""Chosen on the validation split (``uqkit bench --methods deterministic,deep-ensemble --epochs 10``, MLP,
+seed 0): the deterministic network's last-epoch validation NLL / ECE is 0.288 / 2.57% with cosine decay and
+0.361 / 4.28% at a constant rate, whose best epoch (7: 0.315 / 1.87%, optimistic: selected on the same
+split) is still worse. With cosine the best epoch is the last, so no best-epoch selection is needed. The
+other tasks keep a constant rate (not measured)."""
+
 TASKS: dict[str, TaskInfo] = {
     "fashion-mnist": TaskInfo(
         "Fashion-MNIST, 10 classes; far-OOD: digits; shift: rotation 0-180 degrees",
@@ -209,6 +216,7 @@ TASKS: dict[str, TaskInfo] = {
         batch_size=128,
         learning_rate=1e-3,
         builder=_build_fashion_mnist,
+        schedule=FASHION_MNIST_SCHEDULE,
     ),
     "fashion-mnist-holdout": TaskInfo(
         "Fashion-MNIST classes 0-5; near-OOD: classes 6-9; far-OOD: digits; shift: rotation",
@@ -217,6 +225,7 @@ TASKS: dict[str, TaskInfo] = {
         batch_size=128,
         learning_rate=1e-3,
         builder=_build_fashion_mnist_holdout,
+        schedule=FASHION_MNIST_SCHEDULE,
     ),
     "mnist1d": TaskInfo(
         "MNIST-1D (generated locally), 10 classes",
