@@ -64,7 +64,13 @@ def main() -> None:
     nets = [train_one(x_train, train.labels, args.epochs, args.seed + m) for m in range(args.members)]
     with torch.no_grad():
         test_logits = torch.stack([net(x_test) for net in nets])
-        scaler = TemperatureScaler().fit(nets[0](x_val), val.labels)
+        val_logits = torch.stack([net(x_val) for net in nets])
+    scaler = TemperatureScaler().fit(val_logits[0], val.labels)  # outside no_grad: fit differentiates
+    with torch.no_grad():
+        validation = {
+            "deterministic": scores(val_logits[0].softmax(-1), val.labels),
+            f"ensemble-{args.members}": scores(val_logits.softmax(-1).mean(0), val.labels),
+        }
         rows = {
             "deterministic": scores(test_logits[0].softmax(-1), test.labels),
             "temperature-scaled": scores(scaler(test_logits[0]).softmax(-1), test.labels),
@@ -78,6 +84,7 @@ def main() -> None:
             "command": " ".join([".venv/bin/python", *sys.argv]),
             "environment": benchmark_environment(train_time_s=time.perf_counter() - started),
             "config": vars(args),
+            "validation": validation,
             "test": rows,
         }
         with open(args.out, "w", encoding="utf-8") as handle:
