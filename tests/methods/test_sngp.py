@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -43,7 +45,8 @@ def _fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int = 30) -
         model.train()
         model.reset_precision()
         for start in range(0, len(y), 50):
-            loss = F.cross_entropy(model(x[start : start + 50]), y[start : start + 50])
+            batch = slice(start, start + 50)
+            loss = F.cross_entropy(model(x[batch]), y[batch]) + model.prior_penalty(len(y))
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -56,35 +59,91 @@ def test_every_hidden_layer_is_bounded_after_training():
     model = _sngp(spectral_bound=0.9)
     x, y = _two_clusters()
     _fit(model, x, y, epochs=60)
-    for name in ("0", "1.linear", "2.linear"):
-        layer = model.backbone.get_submodule(name)
+    layers = [model.backbone.get_submodule(name) for name in ("0", "1.linear", "2.linear")]
+    sigmas = [float(torch.linalg.matrix_norm(layer.weight.detach(), ord=2)) for layer in layers]
+    # One power-iteration step per forward lags behind weights that move at lr 1e-2: with the top singular
+    # values of the raw weight 0.95 apart (here: 1.42 vs 1.34) the measured lag is up to 4%.
+    assert max(sigmas) <= 0.9 * 1.05, sigmas
+    # With the weights fixed, the iteration converges like (sigma_2 / sigma_1)^(2k): after 300 steps the
+    # bound holds to float32 round-off.
+    model.train()
+    with torch.no_grad():
+        for _ in range(300):
+            model.backbone(x[:1])
+    for layer in layers:
         sigma = float(torch.linalg.matrix_norm(layer.weight.detach(), ord=2))
-        # one power-iteration step per training forward tracks the moving weight to within ~1%
-        assert sigma <= 0.9 * 1.01, (name, sigma)
+        assert sigma <= 0.9 * (1 + 1e-4), sigma
 
 
-@pytest.mark.parametrize("likelihood", ["gaussian", "softmax"])
-def test_sngp_is_distance_aware_after_training(likelihood):
+# Query points at distance r from the nearest cluster centre, on rays pointing away from the other cluster.
+_AWAY_ANGLES = torch.tensor([90.0, 135.0, 180.0, 225.0, 270.0]) * (torch.pi / 180)
+_RADII = (1.0, 2.0, 4.0, 8.0)
+
+
+def _points_at_distance(radius: float) -> torch.Tensor:
+    left = torch.stack([_AWAY_ANGLES.cos(), _AWAY_ANGLES.sin()], dim=1)  # unit vectors with x <= 0
+    right = left * torch.tensor([-1.0, 1.0])
+    return torch.cat([torch.tensor([-1.0, 0.0]) + radius * left, torch.tensor([1.0, 0.0]) + radius * right])
+
+
+def _variance_profile(model: SNGP, x: torch.Tensor) -> torch.Tensor:
+    """Mean posterior variance of the logits on the training data, then at each distance in ``_RADII``."""
+    with torch.no_grad():
+        points = [x, *(_points_at_distance(radius) for radius in _RADII)]
+        return torch.stack([model.gp.predictive_variance(model.backbone(p)).mean() for p in points])
+
+
+def _is_distance_aware(
+    profile: torch.Tensor, min_ratio: float, prior_variance: float, tolerance: float
+) -> bool:
+    """The variance grows strictly with the distance from the data, far away it is back at the prior's
+    variance, and the far/near ratio is at least ``min_ratio``."""
+    return (
+        bool((profile.diff() > 0).all())
+        and abs(float(profile[-1]) - prior_variance) <= tolerance
+        and float(profile[-1] / profile[0]) >= min_ratio
+    )
+
+
+@pytest.mark.parametrize(("likelihood", "min_ratio"), [("softmax", 1.5), ("gaussian", 10.0)])
+def test_sngp_variance_grows_with_distance_from_the_training_data(likelihood, min_ratio):
+    """Distance awareness (Liu et al. 2020, Sec. 3) is a property of the GP posterior variance.
+
+    Far from the data (r = 8, kernel correlation with the clusters ~0) the variance must be back at the
+    prior's, ``phi^T phi / ridge = 1`` up to the random-feature noise (std ``1 / sqrt(2 D)`` per point;
+    tolerance 4 of them), and it must grow strictly with the distance r from the training clusters. Near
+    the data the precision ``ridge I + sum_i w_i phi_i phi_i^T`` shrinks it: with unit weights (GP regression,
+    100 points per cluster within one length scale) to a few percent of the prior; with the Laplace
+    weights ``p (1 - p)`` of the MAP, which are small where the classifier is confident, only by a factor
+    of about 2 (measured: 0.53 on the training points vs 1.00 at r = 8; 0.027 vs 0.96 with unit weights).
+    The bounds ``min_ratio`` keep a margin below these; a constant variance (ratio 1, no growth) and a
+    model whose mean logits alone shrink away from the data fail.
+    """
     model = _sngp(likelihood=likelihood)
     x, y = _two_clusters()
     losses = _fit(model, x, y)
     assert losses[-1] < 0.5 * losses[0]
-    far_points = torch.tensor([[0.0, 6.0], [0.0, -6.0], [8.0, 8.0], [-8.0, 5.0]])
     with torch.no_grad():
-        train_prediction = model.predict(x)
-        near = model.gp.predictive_variance(model.backbone(x))
-        far = model.gp.predictive_variance(model.backbone(far_points))
-        far_prediction = model.predict(far_points)
-    print(f"{likelihood}: mean variance near {float(near.mean()):.3f}, far {far.tolist()}")
-    assert float((train_prediction.predicted_class == y).float().mean()) > 0.95
-    assert bool((far > near.mean()).all())
-    if likelihood == "gaussian":  # unit Hessian weights: the GP-regression posterior shrinks near the data
-        assert bool((far > 2 * near.mean()).all()) and bool((far > near.max()).all())
-    # With the softmax Laplace weights p (1 - p), confidently classified training points barely shrink
-    # the posterior (here: mean variance ~0.9 near vs ~1 far); distance awareness then comes mostly from
-    # the mean logits, which fall back towards zero away from the data:
-    # far away the predictive distribution is less confident than on the training data
-    assert float(far_prediction.confidence.max()) < float(train_prediction.confidence.mean())
+        assert float((model.predict(x).predicted_class == y).float().mean()) > 0.95
+    profile = _variance_profile(model, x)
+    tolerance = 4 / math.sqrt(2 * model.gp.num_features)
+    print(f"{likelihood}: mean variance on the training data, then at r = {_RADII}: {profile.tolist()}")
+    assert _is_distance_aware(profile, min_ratio, prior_variance=1.0, tolerance=tolerance)
+    # Power: a constant variance, or one that does not return to the prior, fails the same check.
+    assert not _is_distance_aware(torch.full_like(profile, 1.0), min_ratio, 1.0, tolerance)
+    assert not _is_distance_aware(profile * 0.5, min_ratio, 1.0, tolerance)
+
+
+def test_training_loss_is_the_negative_log_posterior_per_example():
+    """The benchmark's SNGP loss adds the N(0, I) prior of the GP output weights, ||beta||^2 / (2 N)."""
+    context = CONTEXTS["resmlp"]
+    torch.manual_seed(0)
+    method = build_method("sngp", context)
+    x, y = torch.randn(16, 2), torch.arange(16) % 2
+    method.eval()  # in training mode every forward runs a power-iteration step and changes the weights
+    beta = method.network.gp.output.weight
+    expected = F.cross_entropy(method.network(x), y) + beta.square().sum() / (2 * context.num_train)
+    torch.testing.assert_close(method.training_loss(x, y), expected)
 
 
 def test_predict_sample_counts():
@@ -180,9 +239,10 @@ def test_on_epoch_start_resets_the_precision():
     gp = method.network.gp
     method.train()
     method.training_loss(torch.randn(8, 2), torch.zeros(8, dtype=torch.long))
-    assert not torch.equal(gp.precision, torch.eye(gp.num_features))
+    prior = torch.eye(gp.num_features).expand(gp.num_precisions, -1, -1)
+    assert not torch.equal(gp.precision, prior)
     method.on_epoch_start(1, 3)
-    assert torch.equal(gp.precision, torch.eye(gp.num_features))
+    assert torch.equal(gp.precision, prior)
 
 
 def test_trainer_checkpoint_round_trip_with_lazy_convolutions(tmp_path):

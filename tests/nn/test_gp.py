@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from uqkit.nn.gp import RandomFeatureGP
 from uqkit.prediction import Prediction
@@ -112,12 +113,12 @@ def test_random_feature_posterior_matches_exact_gp(dim):
     gp.update_precision(train_x, weights=torch.full((n,), 1 / noise_variance, dtype=dtype))
     features = gp.random_features(train_x)
     beta = torch.cholesky_solve(
-        (features.t() @ train_y / noise_variance).unsqueeze(1), gp.precision_cholesky()
+        (features.t() @ train_y / noise_variance).unsqueeze(1), gp.precision_cholesky()[0]
     )
     with torch.no_grad():
         gp.output.weight.copy_(beta.t())
     gp.eval()
-    rff_variance = gp.predictive_variance(test_x)
+    rff_variance = gp.predictive_variance(test_x)[:, 0]
     with torch.no_grad():
         rff_mean = gp(test_x).squeeze(1)
     var_error, mean_error = (rff_variance - variance).abs(), (rff_mean - mean).abs()
@@ -146,11 +147,13 @@ def test_predictive_variance_grows_with_distance_from_training_data():
     gp.update_precision(train_x, weights=torch.full((40,), 100.0, dtype=dtype))
     distances = torch.tensor([0.0, 0.25, 0.5, 1.0, 1.5], dtype=dtype)
     variance = gp.predictive_variance((1.0 + distances).unsqueeze(1))
+    torch.testing.assert_close(variance[:, 1], variance[:, 0], rtol=0, atol=0)  # [B] weights: one for all
+    variance = variance[:, 0]
     print("variance at distances", distances.tolist(), "->", [round(v, 4) for v in variance.tolist()])
     assert bool((variance.diff() > 0).all())
     assert float(variance[0]) < 0.05
     # Far away the posterior returns to the prior: phi^T phi = 1 up to the feature noise (std <= 1/sqrt(D)).
-    far = gp.predictive_variance(torch.tensor([[8.0], [-9.0]], dtype=dtype))
+    far = gp.predictive_variance(torch.tensor([[8.0], [-9.0]], dtype=dtype))[:, 0]
     torch.testing.assert_close(far, torch.ones(2, dtype=dtype), atol=5 / math.sqrt(2048), rtol=0)
 
 
@@ -176,59 +179,165 @@ def test_feature_buffers_follow_rahimi_recht():
     assert RandomFeatureGP(64, 2).length_scale == pytest.approx(2.0)  # default sqrt(H) / 4
 
 
-def test_precision_update_equals_closed_form_on_a_batch():
-    torch.manual_seed(22)
-    gp = RandomFeatureGP(6, 4, num_features=32, ridge_penalty=0.5).double()
-    first, second = torch.randn(10, 6, dtype=torch.float64), torch.randn(7, 6, dtype=torch.float64)
-
-    def batch_term(hidden):
-        phi = _reference_features(gp, hidden)
-        top = torch.softmax(phi @ gp.output.weight.t().detach(), dim=1).max(dim=1).values
-        return (phi * (top * (1 - top)).unsqueeze(1)).t() @ phi
-
-    gp.train()
-    gp(first)
-    expected = 0.5 * torch.eye(32, dtype=torch.float64) + batch_term(first)
-    torch.testing.assert_close(gp.precision, expected)
-    gp(second)
-    expected = expected + batch_term(second)
-    torch.testing.assert_close(gp.precision, expected)
-    # eval-mode and untracked forwards leave it alone
-    gp.eval()
-    gp(first)
-    gp.train()
-    gp.track_precision = False
-    gp(first)
-    torch.testing.assert_close(gp.precision, expected)
-    # reset gives the prior back
-    gp.reset_precision()
-    torch.testing.assert_close(gp.precision, 0.5 * torch.eye(32, dtype=torch.float64))
+def _three_clusters(num_classes: int, n: int = 90, seed: int = 22) -> tuple[torch.Tensor, torch.Tensor]:
+    """Overlapping Gaussian clusters in 4-D (float64): the MAP probabilities stay away from 0 and 1."""
+    generator = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % num_classes
+    centres = 1.5 * torch.randn(num_classes, 4, generator=generator, dtype=torch.float64)
+    return centres[labels] + torch.randn(n, 4, generator=generator, dtype=torch.float64), labels
 
 
-def test_gaussian_likelihood_and_momentum_update():
+def _newton_map(features: torch.Tensor, labels: torch.Tensor, num_classes: int, ridge: float):
+    """MAP of softmax regression on fixed features under ``beta ~ N(0, I / ridge)`` and the Hessian there.
+
+    An oracle independent of the layer: the negative log posterior
+    ``sum_i -log softmax(phi_i^T beta)_{y_i} + (ridge / 2) ||beta||^2`` (Liu et al. 2020, Algorithm 1) is
+    minimised by Newton's method with its exact Hessian from autograd, in float64, until the step is below
+    1e-12. Returns ``beta`` ``[C, D]`` and the full ``[C D, C D]`` Hessian (index ``k * D + d``).
+    """
+    dim = features.shape[1]
+
+    def objective(flat: torch.Tensor) -> torch.Tensor:
+        logits = features @ flat.view(num_classes, dim).t()
+        return F.cross_entropy(logits, labels, reduction="sum") + 0.5 * ridge * flat.square().sum()
+
+    flat = torch.zeros(num_classes * dim, dtype=torch.float64)
+    for _ in range(100):
+        gradient = torch.autograd.functional.jacobian(objective, flat)
+        step = torch.linalg.solve(torch.autograd.functional.hessian(objective, flat), gradient)
+        flat = flat - step
+        if float(step.abs().max()) < 1e-12:
+            break
+    else:
+        raise AssertionError("Newton's method did not converge")
+    return flat.view(num_classes, dim), torch.autograd.functional.hessian(objective, flat)
+
+
+@pytest.mark.parametrize(
+    ("likelihood", "num_classes"), [("softmax", 3), ("softmax", 2), ("softmax-shared", 2)]
+)
+def test_precision_is_the_laplace_hessian_at_the_map(likelihood, num_classes):
+    """Liu et al. 2020, eq. (9): after one training pass at the MAP, P_k is the k-th diagonal block of the
+    Hessian of the negative log posterior, computed by autograd at the Newton MAP (float64).
+
+    With two classes p_1 (1 - p_1) = p_2 (1 - p_2) = p_top (1 - p_top), so the shared top-class precision
+    must equal both blocks too. The tolerance is float64 round-off of sums of 90 terms of size <= 1.
+    """
+    ridge, num_features = 1.5, 12
+    hidden, labels = _three_clusters(num_classes)
     torch.manual_seed(23)
     gp = RandomFeatureGP(
-        5, 2, num_features=16, likelihood="gaussian", momentum=0.9, ridge_penalty=2.0
+        4,
+        num_classes,
+        num_features=num_features,
+        length_scale=2.0,
+        ridge_penalty=ridge,
+        likelihood=likelihood,
     ).double()
-    prior = 2.0 * torch.eye(16, dtype=torch.float64)
-    first, second = torch.randn(8, 5, dtype=torch.float64), torch.randn(8, 5, dtype=torch.float64)
+    beta, hessian = _newton_map(gp.random_features(hidden).detach(), labels, num_classes, ridge)
+    probabilities = torch.softmax(gp.random_features(hidden).detach() @ beta.t(), dim=1)
+    assert (
+        float(probabilities.min()) > 0.01 and float(probabilities.max()) < 0.99
+    )  # weights p (1 - p) >= 0.01
+    with torch.no_grad():
+        gp.output.weight.copy_(beta)
+
+    # The library's per-example training loss has zero gradient at the paper's MAP: it is the negative log
+    # posterior divided by N (a missing or mis-scaled prior term leaves a gradient of order 1e-2 here).
     gp.train()
-    gp(first)
-    phi_1 = _reference_features(gp, first)
-    expected = 0.9 * (prior - prior) + prior + phi_1.t() @ phi_1
-    torch.testing.assert_close(gp.precision, expected)
-    gp(second)
-    phi_2 = _reference_features(gp, second)
-    expected = 0.9 * (expected - prior) + prior + phi_2.t() @ phi_2
-    torch.testing.assert_close(gp.precision, expected)
-    # explicit weights
-    gp.update_precision(first, weights=torch.linspace(0, 1, 8, dtype=torch.float64))
-    expected = (
-        0.9 * (expected - prior)
-        + prior
-        + (phi_1 * torch.linspace(0, 1, 8, dtype=torch.float64)[:, None]).t() @ phi_1
+    gp.track_precision = False
+    loss = F.cross_entropy(gp(hidden), labels) + gp.prior_penalty(len(labels))
+    (gradient,) = torch.autograd.grad(loss, gp.output.weight)
+    assert float(gradient.abs().max()) < 1e-9
+    (likelihood_only,) = torch.autograd.grad(F.cross_entropy(gp(hidden), labels), gp.output.weight)
+    assert float(likelihood_only.abs().max()) > 1e-3
+
+    # One pass of training-mode batches accumulates the precision.
+    gp.track_precision = True
+    gp.reset_precision()
+    with torch.no_grad():
+        for batch in hidden.split(32):
+            gp(batch)
+    blocks = [
+        hessian[k * num_features : (k + 1) * num_features, k * num_features : (k + 1) * num_features]
+        for k in range(num_classes)
+    ]
+    for k in range(num_classes):
+        precision = gp.precision[k if gp.num_precisions > 1 else 0]
+        torch.testing.assert_close(precision, blocks[k], rtol=1e-10, atol=1e-10)
+    # the predictive variance of class k's logit is phi^T (H_kk)^-1 phi
+    gp.eval()
+    test_hidden = torch.randn(6, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    phi = gp.random_features(test_hidden)
+    expected = torch.stack([(phi * torch.linalg.solve(block, phi.t()).t()).sum(1) for block in blocks], dim=1)
+    torch.testing.assert_close(gp.predictive_variance(test_hidden), expected, rtol=1e-9, atol=1e-12)
+    if num_classes == 3:  # the blocks differ: one shared precision could not match them
+        assert float((blocks[0] - blocks[1]).abs().max()) > 1e-2
+
+
+def test_unit_weights_match_sklearn_gaussian_process_regression():
+    """``likelihood="gaussian"``: GP regression with unit noise on the random features. scikit-learn's
+    GaussianProcessRegressor with the linear kernel ``phi^T phi' / ridge`` on the features (the function-space
+    form: an n x n solve, not the layer's D x D precision) gives the same posterior variance and mean."""
+    from sklearn.gaussian_process import GaussianProcessRegressor
+    from sklearn.gaussian_process.kernels import ConstantKernel, DotProduct
+
+    ridge = 2.0
+    hidden, _ = _three_clusters(3, n=50)
+    targets = torch.sin(hidden).sum(1)
+    torch.manual_seed(24)
+    gp = RandomFeatureGP(4, 1, num_features=40, ridge_penalty=ridge, likelihood="gaussian").double()
+    gp.train()
+    with torch.no_grad():
+        for batch in hidden.split(16):
+            gp(batch)  # unit weights do not depend on the (random) output weights
+    features = gp.random_features(hidden).detach().numpy()
+    test_hidden = torch.randn(8, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(6)) * 2
+    kernel = ConstantKernel(1.0 / ridge, "fixed") * DotProduct(0.0, "fixed")
+    regressor = GaussianProcessRegressor(kernel, alpha=1.0, optimizer=None).fit(features, targets.numpy())
+    test_features = gp.random_features(test_hidden).detach()
+    mean, std = regressor.predict(test_features.numpy(), return_std=True)
+    gp.eval()
+    torch.testing.assert_close(
+        gp.predictive_variance(test_hidden)[:, 0], torch.from_numpy(std**2), rtol=1e-8, atol=1e-12
     )
-    torch.testing.assert_close(gp.precision, expected)
+    # the posterior mean P^-1 Phi^T y set as the output weights reproduces sklearn's mean
+    beta = torch.cholesky_solve(
+        (gp.random_features(hidden).t() @ targets).unsqueeze(1), gp.precision_cholesky()[0]
+    )
+    with torch.no_grad():
+        gp.output.weight.copy_(beta.t())
+        torch.testing.assert_close(gp(test_hidden)[:, 0], torch.from_numpy(mean), rtol=1e-8, atol=1e-10)
+
+
+def test_momentum_precision_is_a_discounted_sum():
+    """``momentum=m``: after batches 1..T the data term weighs batch t by m^(T - t); an exact-sum layer fed
+    all examples at once with those weights (through update_precision) is the oracle."""
+    torch.manual_seed(25)
+    momentum, ridge = 0.9, 2.0
+    moving = RandomFeatureGP(5, 3, num_features=16, momentum=momentum, ridge_penalty=ridge).double()
+    exact = copy.deepcopy(moving)
+    exact.momentum = None
+    batches = [torch.randn(8, 5, dtype=torch.float64) for _ in range(3)]
+    moving.train()
+    weights = []
+    with torch.no_grad():
+        for age, batch in zip((2, 1, 0), batches, strict=True):
+            moving(batch)
+            probabilities = torch.softmax(moving.output(moving.random_features(batch)), dim=1)
+            weights.append(momentum**age * probabilities * (1 - probabilities))  # eq. (9), per class
+    exact.update_precision(torch.cat(batches), weights=torch.cat(weights))
+    torch.testing.assert_close(moving.precision, exact.precision, rtol=1e-12, atol=1e-12)
+    # eval-mode and untracked forwards leave the precision alone; a reset gives the prior back
+    before = moving.precision.clone()
+    moving.eval()
+    moving(batches[0])
+    moving.train()
+    moving.track_precision = False
+    moving(batches[0])
+    torch.testing.assert_close(moving.precision, before, rtol=0, atol=0)
+    moving.reset_precision()
+    torch.testing.assert_close(moving.precision, ridge * torch.eye(16, dtype=torch.float64).expand(3, -1, -1))
 
 
 def _trained_layer(seed: int = 24) -> tuple[RandomFeatureGP, torch.Tensor]:
@@ -243,8 +352,9 @@ def _trained_layer(seed: int = 24) -> tuple[RandomFeatureGP, torch.Tensor]:
 
 
 def _reference_variance(gp: RandomFeatureGP, hidden: torch.Tensor) -> torch.Tensor:
+    """``[B, C]``: phi^T P_k^-1 phi for each class's precision, by a dense solve."""
     phi = _reference_features(gp, hidden)
-    return (phi * torch.linalg.solve(gp.precision, phi.t()).t()).sum(1)
+    return torch.stack([(phi * torch.linalg.solve(p, phi.t()).t()).sum(1) for p in gp.precision], dim=1)
 
 
 def test_mean_field_prediction():
@@ -253,9 +363,7 @@ def test_mean_field_prediction():
     variance = _reference_variance(gp, hidden)
     prediction = gp.predict(hidden)
     assert isinstance(prediction, Prediction) and prediction.num_samples == 1
-    torch.testing.assert_close(
-        prediction.logits[0], logits / torch.sqrt(1 + math.pi / 8 * variance).unsqueeze(1)
-    )
+    torch.testing.assert_close(prediction.logits[0], logits / torch.sqrt(1 + math.pi / 8 * variance))
     torch.testing.assert_close(gp.predictive_variance(hidden), variance)
     mean, var = gp.mean_and_variance(hidden)
     torch.testing.assert_close(mean, logits)
@@ -270,28 +378,26 @@ def test_monte_carlo_prediction_moments():
     mean, variance = gp.mean_and_variance(hidden)
     # sample mean within 5 standard errors; sample variance within 5 * var * sqrt(2 / S)
     sample_mean, sample_var = prediction.logits.mean(0), prediction.logits.var(0)
-    assert bool(((sample_mean - mean).abs() <= 5 * torch.sqrt(variance / samples).unsqueeze(1)).all())
-    assert bool(
-        (
-            (sample_var - variance.unsqueeze(1)).abs() <= 5 * variance.unsqueeze(1) * math.sqrt(2 / samples)
-        ).all()
-    )
+    assert variance.shape == (5, 3) and float((variance[:, 0] - variance[:, 1]).abs().max()) > 1e-3
+    assert bool(((sample_mean - mean).abs() <= 5 * torch.sqrt(variance / samples)).all())
+    assert bool(((sample_var - variance).abs() <= 5 * variance * math.sqrt(2 / samples)).all())
 
 
 def test_covariance_paths_agree():
     gp, hidden = _trained_layer()
     # covariance() is P^-1
-    torch.testing.assert_close(gp.covariance() @ gp.precision, torch.eye(64, dtype=torch.float64))
-    # joint covariance: Phi P^-1 Phi^T, whose diagonal is the variance
+    eye = torch.eye(64, dtype=torch.float64).expand(3, -1, -1)
+    torch.testing.assert_close(gp.covariance() @ gp.precision, eye)
+    # joint covariance of each class: Phi P_k^-1 Phi^T, whose diagonal is the class's variance
     phi = _reference_features(gp, hidden)
     joint = gp.predictive_covariance(hidden)
     torch.testing.assert_close(joint, phi @ torch.linalg.solve(gp.precision, phi.t()))
-    torch.testing.assert_close(torch.diagonal(joint), gp.predictive_variance(hidden))
+    torch.testing.assert_close(torch.diagonal(joint, dim1=1, dim2=2).t(), gp.predictive_variance(hidden))
     # a batch >= D caches L^-1 and then small batches use it: same numbers as the triangular solve
     small_before = gp.predictive_variance(hidden)
     big = torch.randn(100, 8, dtype=torch.float64)
     torch.testing.assert_close(gp.predictive_variance(big), _reference_variance(gp, big))
-    assert gp._inverse_cholesky.shape == (64, 64)
+    assert gp._inverse_cholesky.shape == (3, 64, 64)
     torch.testing.assert_close(gp.predictive_variance(hidden), small_before)
 
 
@@ -311,9 +417,11 @@ def test_state_dict_deepcopy_and_cache_invalidation():
     torch.testing.assert_close(other.predict(hidden).logits, gp.predict(hidden).logits)
 
     gp.reset_precision()  # the cached factor must not survive a reset
-    torch.testing.assert_close(
-        gp.predictive_variance(hidden), _reference_features(gp, hidden).square().sum(1)
-    )
+    prior_variance = _reference_features(gp, hidden).square().sum(1, keepdim=True).expand(-1, 3)
+    torch.testing.assert_close(gp.predictive_variance(hidden), prior_variance)
+    shared = RandomFeatureGP(8, 3, num_features=64, likelihood="gaussian").double()
+    with pytest.raises(RuntimeError, match=r"precision: expected a precision of shape \(1, 64, 64\)"):
+        shared.load_state_dict(gp.state_dict())
 
 
 def test_bad_inputs():
@@ -329,8 +437,12 @@ def test_bad_inputs():
         RandomFeatureGP(2, 3, ridge_penalty=0.0)
     with pytest.raises(ValueError, match=r"momentum: expected a number in \(0, 1\)"):
         RandomFeatureGP(2, 3, momentum=1.0)
-    with pytest.raises(ValueError, match="likelihood: expected one of 'softmax', 'gaussian'"):
+    with pytest.raises(
+        ValueError, match="likelihood: expected one of 'softmax', 'softmax-shared', 'gaussian'"
+    ):
         RandomFeatureGP(2, 3, likelihood="poisson")
+    with pytest.raises(ValueError, match="one 16384 x 16384 precision per class"):
+        RandomFeatureGP(2, 3, num_features=16384)
     gp = RandomFeatureGP(4, 3, num_features=8)
     with pytest.raises(
         ValueError, match=r"hidden: expected 4 features \(shape \[batch, 4\]\), got shape \(2, 5\)"
@@ -344,8 +456,12 @@ def test_bad_inputs():
         gp(torch.ones(2, 4, dtype=torch.long))
     with pytest.raises(ValueError, match="hidden: expected finite values"):
         gp.update_precision(torch.full((2, 4), float("nan")))
-    with pytest.raises(ValueError, match=r"weights: expected one weight per example \(2\), got 3"):
+    with pytest.raises(ValueError, match=r"weights: expected shape \[2\] or \[2, 3\] .*, got \(3,\)"):
         gp.update_precision(torch.randn(2, 4), weights=torch.ones(3))
+    with pytest.raises(ValueError, match=r"weights: expected shape \[2\] or \[2, 3\] .*, got \(2, 2\)"):
+        gp.update_precision(torch.randn(2, 4), weights=torch.ones(2, 2))
+    with pytest.raises(ValueError, match="num_data: expected an int >= 1"):
+        gp.prior_penalty(0)
     with pytest.raises(ValueError, match="weights: expected non-negative values"):
         gp.update_precision(torch.randn(2, 4), weights=torch.tensor([1.0, -1.0]))
     with pytest.raises(ValueError, match="num_samples: expected an int >= 1"):

@@ -36,6 +36,9 @@ SNGP_SPECTRAL_BOUND = {"mlp": 0.95, "resmlp": 0.95, "lenet5": 6.0, "cnn1d": 6.0}
 # network on the image MLP (the GP head costs D * (H + D) per example, H = 512 there).
 SNGP_NUM_FEATURES = {"mlp": 128, "resmlp": 128, "lenet5": 256, "cnn1d": 128}
 SNGP_SAMPLES = 10
+# Laplace weights of the GP precision: the paper's per-class p_k (1 - p_k) (Liu et al. 2020, eq. (9));
+# docs/sngp.md compares it with the alternatives.
+SNGP_LIKELIHOOD = "softmax"
 SNGP_MLP_WIDTH = 512
 HETEROSCEDASTIC_FACTORS = 4
 HETEROSCEDASTIC_SAMPLES = 16
@@ -86,17 +89,20 @@ class SNGPClassifier(Method):
     """Benchmark wrapper of :class:`uqkit.SNGP`: cross-entropy on the posterior-mean logits, precision reset
     at every epoch start, ``S`` Monte Carlo samples of the GP logits at prediction."""
 
-    def __init__(self, network: SNGP, num_samples: int) -> None:
+    def __init__(self, network: SNGP, num_samples: int, num_data: int) -> None:
         super().__init__()
         self.network = network
         self.num_samples = num_samples
+        self.num_data = num_data
 
     def on_epoch_start(self, epoch: int, num_epochs: int) -> None:
         """Reset the GP precision, so that it sums over exactly one epoch (the last, after training)."""
         self.network.reset_precision()
 
     def training_loss(self, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(self.network(inputs), labels)
+        """Per-example negative log posterior: cross-entropy plus the ``N(0, I)`` prior's
+        ``||beta||^2 / (2 N)`` on the GP output weights (Liu et al. 2020, Algorithm 1)."""
+        return F.cross_entropy(self.network(inputs), labels) + self.network.prior_penalty(self.num_data)
 
     def predict(self, inputs: torch.Tensor) -> Prediction:
         return self.network.predict(inputs, num_samples=self.num_samples)
@@ -122,7 +128,8 @@ class HeteroscedasticClassifier(Method):
         return head.predict(hidden(inputs))
 
 
-def build_sngp(context: MethodContext) -> SNGPClassifier:
+def build_sngp(context: MethodContext, likelihood: str = SNGP_LIKELIHOOD) -> SNGPClassifier:
+    """The ``sngp`` method for a task; ``likelihood`` chooses the Laplace weights of the GP precision."""
     backbone, width = _sngp_backbone(context)
     network = SNGP(
         backbone,
@@ -130,8 +137,9 @@ def build_sngp(context: MethodContext) -> SNGPClassifier:
         context.num_classes,
         spectral_bound=SNGP_SPECTRAL_BOUND.get(context.model, 0.95),
         num_features=SNGP_NUM_FEATURES.get(context.model, 128),
+        likelihood=likelihood,
     )
-    return SNGPClassifier(network, SNGP_SAMPLES)
+    return SNGPClassifier(network, SNGP_SAMPLES, context.num_train)
 
 
 def build_heteroscedastic(context: MethodContext) -> HeteroscedasticClassifier:

@@ -16,10 +16,12 @@ of a test input from the training data, with two changes:
    (:class:`uqkit.nn.RandomFeatureGP`); far from the training data its predictive variance returns to
    the prior's and its predictions to uniform.
 
-Training is plain cross-entropy on the posterior-mean logits; the precision matrix is accumulated during
-training forward passes and must be reset at the start of each epoch (or of the last epoch) with
-:meth:`SNGP.reset_precision`, so that after training it holds the sum over one pass over the training data
-(Liu et al. 2020, Algorithm 1).
+Training minimises the negative log posterior of the output weights (Liu et al. 2020, Algorithm 1): per
+example, the cross-entropy of the posterior-mean logits plus :meth:`SNGP.prior_penalty` ``(N)``, the
+``N(0, I)`` prior's ``||beta||^2 / (2 N)``. The precision matrices are accumulated during training forward
+passes and must be reset at the start of each epoch (or of the last epoch) with :meth:`SNGP.reset_precision`,
+so that after training they hold the sum over one pass over the training data (Liu et al. 2020,
+Algorithm 1).
 """
 
 from __future__ import annotations
@@ -74,7 +76,8 @@ class SNGP(nn.Module):
         >>> for epoch in range(num_epochs):
         ...     model.reset_precision()
         ...     for x, y in loader:
-        ...         F.cross_entropy(model(x), y).backward(); optimizer.step(); optimizer.zero_grad()
+        ...         loss = F.cross_entropy(model(x), y) + model.prior_penalty(len(loader.dataset))
+        ...         loss.backward(); optimizer.step(); optimizer.zero_grad()
         >>> model.eval(); prediction = model.predict(x_test)
     """
 
@@ -111,6 +114,11 @@ class SNGP(nn.Module):
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         """Posterior-mean logits ``[B, C]``; in training mode also accumulates the GP precision."""
         return self.gp(self.backbone(inputs))
+
+    def prior_penalty(self, num_data: int) -> torch.Tensor:
+        """The GP prior's share of one example's loss, ``ridge ||beta||^2 / (2 N)``; add it to the mean
+        cross-entropy (see :meth:`uqkit.nn.RandomFeatureGP.prior_penalty`)."""
+        return self.gp.prior_penalty(num_data)
 
     def reset_precision(self) -> None:
         """Reset the GP precision to its prior (call at the start of each epoch, or of the last one)."""

@@ -12,26 +12,35 @@ by ``D`` random Fourier features (Rahimi & Recht 2007, Sec. 3): with ``W_j ~ N(0
 and a GP with that kernel is the Bayesian linear model ``f(h) = phi(h)^T beta`` with ``beta ~ N(0, I)``
 (Liu et al. 2020, eq. (7)). Each class ``k`` has its own ``beta_k``; the logits are ``phi(h)^T beta``.
 
-Training finds the MAP ``beta`` by gradient descent (the usual cross-entropy; the ``N(0, I)`` prior is weight
-decay on ``beta``). The posterior over ``beta`` is its Laplace approximation (Liu et al. 2020, eq. (9)):
-a Gaussian with precision
+**Training** finds the MAP ``beta`` (Liu et al. 2020, Algorithm 1; Liu et al. 2022, JMLR, Sec. 3.2): it
+minimises ``-log p(D | beta) + (ridge / 2) ||beta||^2``, the negative log posterior under the prior
+``beta ~ N(0, I / ridge)``. Per training example that is the cross-entropy plus
+:meth:`RandomFeatureGP.prior_penalty` ``= ridge ||beta||^2 / (2 N)`` with ``N`` the training-set size (the
+trainer must add it; edward2's ``l2_regularization`` plays this role there).
 
-    P = ridge * I + sum_i w_i phi_i phi_i^T
+**Posterior.** The posterior over ``beta`` is its Laplace approximation at the MAP: a Gaussian whose
+precision is the prior precision plus the Hessian of the negative log-likelihood, accumulated over the
+training data. The ``likelihood`` option chooses the Hessian weights ``w_ik``:
 
-accumulated over the training data. For the softmax likelihood the Hessian weight of example ``i`` is
-``w_i = p_i (1 - p_i)``. Eq. (9) keeps one ``D x D`` precision per class, with ``p_i`` the probability of
-that class; this layer keeps a single precision shared by the classes (one matrix instead of ``C``) and
-takes ``p_i`` to be the example's largest softmax probability, a simplification of this library.
-``likelihood="gaussian"`` uses ``w_i = 1``, the exact posterior precision of GP regression with unit noise
-variance (the default of edward2's implementation, also for classification). Any other weights can be
-passed to :meth:`RandomFeatureGP.update_precision`.
+* ``"softmax"`` (default; Liu et al. 2020, eq. (9)): one ``D x D`` precision per class,
+  ``P_k = ridge * I + sum_i p_ik (1 - p_ik) phi_i phi_i^T`` with ``p_ik`` the softmax probability of class
+  ``k``. These are the diagonal blocks of the exact softmax Hessian ``sum_i (diag(p_i) - p_i p_i^T) x
+  phi_i phi_i^T``; the classes' ``beta_k`` are independent a posteriori.
+* ``"softmax-shared"``: one precision shared by the classes, weighted by the largest softmax probability,
+  ``w_i = p_i (1 - p_i)``; an approximation of this library (its former default), kept for comparison.
+* ``"gaussian"``: one shared precision with unit weights, ``P = ridge * I + sum_i phi_i phi_i^T``: the exact
+  posterior of GP regression with unit noise (edward2's and uncertainty-baselines' default
+  ``gp_cov_likelihood='gaussian'``; edward2's ``'binary_logistic'`` weight ``p (1 - p)`` is for one logit
+  only).
 
-Prediction: the posterior variance of every class's logit is ``var(h) = phi(h)^T P^{-1} phi(h)`` (computed
-through the Cholesky factor ``P = L L^T`` as ``||L^{-1} phi(h)||^2``, never forming a ``B x B`` matrix), and
-the predictive distribution is either the mean-field approximation of the softmax-Gaussian integral
-``softmax(logits / sqrt(1 + lambda var))``, ``lambda = pi / 8`` (Lu et al. 2020, "Mean-field approximation
-to Gaussian-softmax integral", as used by Liu et al. 2020, Sec. 3.2), or Monte Carlo samples
-``logits + sqrt(var) * eps``.
+Any other weights can be passed to :meth:`RandomFeatureGP.update_precision`.
+
+**Prediction**: the posterior variance of class ``k``'s logit is ``var_k(h) = phi(h)^T P_k^{-1} phi(h)``
+(computed through the Cholesky factor ``P_k = L_k L_k^T`` as ``||L_k^{-1} phi(h)||^2``, never forming a
+``B x B`` matrix), and the predictive distribution is either the mean-field approximation of the
+softmax-Gaussian integral ``softmax(logits / sqrt(1 + lambda var))``, ``lambda = pi / 8`` (Lu et al. 2020,
+"Mean-field approximation to Gaussian-softmax integral", as used by Liu et al. 2020, Sec. 3.2), or Monte
+Carlo samples ``logits + sqrt(var) * eps``.
 
 When to accumulate (Liu et al. 2020, Sec. 3.2 and Algorithm 1): with ``momentum=None`` the precision is an
 exact sum; call :meth:`RandomFeatureGP.reset_precision` at the start of every epoch (or of the last one) so
@@ -59,7 +68,9 @@ from uqkit.prediction import Prediction
 
 __all__ = ["RandomFeatureGP"]
 
-_LIKELIHOODS = ("softmax", "gaussian")
+_LIKELIHOODS = ("softmax", "softmax-shared", "gaussian")
+# Per-class precisions hold C * D^2 numbers; beyond this many (1 GiB of float32) ask for a shared one.
+_MAX_PRECISION_ELEMENTS = 2**28
 
 
 class RandomFeatureGP(nn.Module):
@@ -77,32 +88,40 @@ class RandomFeatureGP(nn.Module):
             every width (with ``l = 1`` and ``H = 512`` the kernel between any two distinct training
             points is ~0, the features carry no smoothness, and training fails). Pass a number when
             ``normalize_input=False``.
-        ridge_penalty: prior precision of ``beta`` (the ``ridge * I`` term of ``P``); 1.0 is the unit-variance
-            GP prior.
+        ridge_penalty: prior precision of ``beta`` (prior ``N(0, I / ridge)``; the ``ridge * I`` term of
+            ``P``, and the weight of :meth:`prior_penalty`); 1.0 is the unit-variance GP prior.
         momentum: ``None`` (default) for an exact sum of the precision over training batches, or a discount
             ``m`` in ``(0, 1)`` for a moving precision (see the module docstring).
         mean_field_factor: ``lambda`` of the mean-field logits ``logits / sqrt(1 + lambda var)``;
             ``pi / 8`` (the probit approximation of the logistic sigmoid).
         normalize_input: layer-normalise ``h`` (without affine parameters, so the kernel's length scale is
             not learned away) before the random features. Default ``True``.
-        likelihood: ``"softmax"`` (Laplace weights ``p(1 - p)`` of the largest softmax probability) or
-            ``"gaussian"`` (unit weights). Default ``"softmax"``.
+        likelihood: the Laplace weights of the precision: ``"softmax"`` (default; one precision per class,
+            weights ``p_k (1 - p_k)``, Liu et al. 2020, eq. (9)), ``"softmax-shared"`` (one precision,
+            weight ``p (1 - p)`` of the largest probability) or ``"gaussian"`` (one precision, unit
+            weights). See the module docstring.
 
     Attributes:
         track_precision: when ``True`` (default), every forward pass in training mode adds the batch to the
             precision (the logits are detached: the precision is not differentiated).
+        num_precisions: ``K``, the number of precision matrices: ``C`` for ``"softmax"``, else 1.
 
     Buffers:
         ``feature_weight`` ``[D, H]`` and ``feature_bias`` ``[D]``: the frozen random features.
-        ``precision``: ``[D, D]``, the posterior precision ``P`` of every class's ``beta``.
+        ``precision``: ``[K, D, D]``, the posterior precisions ``P_k`` of the classes' ``beta_k`` (``K = 1``:
+        one shared by every class).
 
     Shape:
         input ``[B, H]``; ``forward`` returns ``[B, C]`` logits (the posterior mean).
 
+    Raises:
+        ValueError: for ``likelihood="softmax"`` when the ``C`` precisions would hold more than ``2^28``
+            numbers (use fewer features or ``likelihood="gaussian"``).
+
     Example:
         >>> gp = RandomFeatureGP(128, 10, num_features=512)
         >>> gp.reset_precision()              # at the start of an epoch
-        >>> loss = F.cross_entropy(gp(h), y)  # training forward passes also update gp.precision
+        >>> loss = F.cross_entropy(gp(h), y) + gp.prior_penalty(num_data)  # also updates gp.precision
         >>> gp.eval(); prediction = gp.predict(h)  # mean-field logits as a uqkit.Prediction
     """
 
@@ -131,14 +150,21 @@ class RandomFeatureGP(nn.Module):
         self.momentum = momentum
         self.mean_field_factor = check_positive_float(mean_field_factor, "mean_field_factor", allow_zero=True)
         self.likelihood = check_choice(likelihood, "likelihood", _LIKELIHOODS)
+        self.num_precisions = num_classes if likelihood == "softmax" else 1
+        if self.num_precisions * num_features**2 > _MAX_PRECISION_ELEMENTS:
+            raise ValueError(
+                f"likelihood='softmax' keeps one {num_features} x {num_features} precision per class: "
+                f"{num_classes} of them hold {num_classes * num_features**2:,} numbers (more than "
+                f"{_MAX_PRECISION_ELEMENTS:,}); use fewer num_features or likelihood='gaussian'"
+            )
         self.normalize_input = bool(normalize_input)
         self.track_precision = True
 
         self.register_buffer("feature_weight", torch.randn(num_features, in_features) / self.length_scale)
         self.register_buffer("feature_bias", torch.rand(num_features) * (2 * math.pi))
-        self.register_buffer("precision", self.ridge_penalty * torch.eye(num_features))
-        # Cholesky factor of the precision and its inverse, recomputed lazily after the precision changes
-        # (see _invalidate); not saved.
+        self.register_buffer("precision", self._prior_precision(torch.float32, torch.device("cpu")))
+        # Cholesky factors of the precisions and their inverses, recomputed lazily after the precision
+        # changes (see _invalidate); not saved.
         self.register_buffer("_precision_cholesky", torch.zeros(0), persistent=False)
         self.register_buffer("_inverse_cholesky", torch.zeros(0), persistent=False)
         self.output = nn.Linear(num_features, num_classes, bias=False)
@@ -173,44 +199,67 @@ class RandomFeatureGP(nn.Module):
             self._accumulate(features.detach(), self._likelihood_weights(logits.detach()))
         return logits
 
+    def prior_penalty(self, num_data: int) -> torch.Tensor:
+        """The prior's share of one example's loss, ``ridge ||beta||^2 / (2 N)`` (a scalar tensor).
+
+        Adding it to the mean cross-entropy of a batch makes the training objective the negative log
+        posterior of ``beta`` under the prior ``N(0, I / ridge)`` divided by ``N`` (Liu et al. 2020,
+        Algorithm 1), so that gradient descent finds the MAP at which the Laplace precision is taken.
+
+        Args:
+            num_data: ``N``, the number of training examples.
+        """
+        num_data = check_positive_int(num_data, "num_data")
+        return self.output.weight.square().sum() * (self.ridge_penalty / (2.0 * num_data))
+
     # -- precision -----------------------------------------------------------------------------------------
+    def _prior_precision(self, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        eye = torch.eye(self.num_features, dtype=dtype, device=device)
+        return (self.ridge_penalty * eye).expand(self.num_precisions, -1, -1).clone()
+
     def _likelihood_weights(self, logits: torch.Tensor) -> torch.Tensor:
+        """Hessian weights ``[B, K]`` of the likelihood at the current logits."""
         if self.likelihood == "gaussian":
-            return torch.ones(logits.shape[0], dtype=logits.dtype, device=logits.device)
-        top = torch.softmax(logits, dim=-1).max(dim=-1).values
-        return top * (1.0 - top)
+            return torch.ones(logits.shape[0], 1, dtype=logits.dtype, device=logits.device)
+        probabilities = torch.softmax(logits, dim=-1)
+        if self.likelihood == "softmax-shared":
+            probabilities = probabilities.max(dim=-1, keepdim=True).values
+        return probabilities * (1.0 - probabilities)
 
     @torch.no_grad()
     def _accumulate(self, features: torch.Tensor, weights: torch.Tensor) -> None:
+        """``P_k += sum_i w_ik phi_i phi_i^T`` (or the discounted update) for every precision ``k``."""
         features = features.to(self.precision.dtype)
-        batch_term = features.t() @ (features * weights.to(features.dtype).unsqueeze(1))
+        weights = weights.to(features.dtype).t().unsqueeze(2)  # [K, B, 1]
+        batch_term = (features * weights).transpose(1, 2) @ features  # [K, D, D]
         if self.momentum is None:
             self.precision.add_(batch_term)
         else:
-            prior = self.ridge_penalty * torch.eye(
-                self.num_features, dtype=self.precision.dtype, device=self.precision.device
-            )
+            prior = self._prior_precision(self.precision.dtype, self.precision.device)
             self.precision.sub_(prior).mul_(self.momentum).add_(prior).add_(batch_term)
         self._invalidate()
 
     def update_precision(self, hidden: torch.Tensor, weights: torch.Tensor | None = None) -> None:
-        """Add a batch to the precision: ``P += sum_i w_i phi_i phi_i^T`` (or the discounted update).
+        """Add a batch to the precision: ``P_k += sum_i w_ik phi_i phi_i^T`` (or the discounted update).
 
         Args:
             hidden: ``[B, H]`` hidden representations of training examples.
-            weights: ``[B]`` non-negative Hessian weights ``w_i``; ``None`` computes them from the current
-                logits with the layer's likelihood. For GP regression with noise variance ``s^2`` (prior
-                ``ridge_penalty=1``) pass ``1 / s^2``.
+            weights: non-negative Hessian weights, ``[B]`` (the same for every precision) or ``[B, K]``;
+                ``None`` computes them from the current logits with the layer's likelihood. For GP
+                regression with noise variance ``s^2`` (prior ``ridge_penalty=1``) pass ``1 / s^2``.
         """
         features = self.random_features(self._check_hidden(hidden, finite=True)).detach()
         if weights is None:
             weights = self._likelihood_weights(self.output(features).detach())
         else:
-            weights = check_float_tensor(weights, "weights", 1, "[batch]")
-            if weights.shape[0] != features.shape[0]:
+            weights = check_float_tensor(weights, "weights", (1, 2), "[batch] or [batch, K]")
+            expected = (features.shape[0], self.num_precisions)
+            if weights.shape not in (expected[:1], expected):
                 raise ValueError(
-                    f"weights: expected one weight per example ({features.shape[0]}), got {weights.shape[0]}"
+                    f"weights: expected shape [{expected[0]}] or [{expected[0]}, {expected[1]}] (one weight "
+                    f"per example and precision), got {tuple(weights.shape)}"
                 )
+            weights = weights.reshape(expected[0], -1).expand(expected)
             if bool((weights < 0).any()):
                 raise ValueError(
                     f"weights: expected non-negative values, got minimum {float(weights.min()):.4g}"
@@ -220,14 +269,20 @@ class RandomFeatureGP(nn.Module):
     @torch.no_grad()
     def reset_precision(self) -> None:
         """Reset the precision to the prior, ``ridge_penalty * I`` (call at the start of an epoch)."""
-        self.precision.copy_(
-            self.ridge_penalty
-            * torch.eye(self.num_features, dtype=self.precision.dtype, device=self.precision.device)
-        )
+        self.precision.copy_(self._prior_precision(self.precision.dtype, self.precision.device))
         self._invalidate()
 
-    def _load_from_state_dict(self, *args, **kwargs) -> None:
-        super()._load_from_state_dict(*args, **kwargs)
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        key = prefix + "precision"
+        saved = state_dict.get(key)
+        if saved is not None and saved.shape != self.precision.shape:
+            raise RuntimeError(
+                f"{key}: expected a precision of shape {tuple(self.precision.shape)} "
+                f"(likelihood={self.likelihood!r}, {self.num_precisions} of {self.num_features} x "
+                f"{self.num_features}), got {tuple(saved.shape)}; build the layer with the likelihood and "
+                "num_features it was saved with"
+            )
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
         self._invalidate()
 
     def _invalidate(self) -> None:
@@ -235,16 +290,16 @@ class RandomFeatureGP(nn.Module):
         self._inverse_cholesky = self._inverse_cholesky.new_zeros(0)
 
     def precision_cholesky(self) -> torch.Tensor:
-        """Lower Cholesky factor ``L`` of the precision, ``P = L L^T`` (cached until ``P`` changes).
+        """Lower Cholesky factors ``L_k`` of the precisions, ``P_k = L_k L_k^T``, ``[K, D, D]`` (cached).
 
         Computed in float64 and cast back, so a float32 precision summed over many examples stays stable.
 
         Raises:
-            RuntimeError: if the precision is not positive definite.
+            RuntimeError: if a precision is not positive definite.
         """
         if self._precision_cholesky.shape != self.precision.shape:
             factor, info = torch.linalg.cholesky_ex(self.precision.detach().double())
-            if int(info) != 0:
+            if bool((info != 0).any()):
                 raise RuntimeError(
                     "RandomFeatureGP: the precision matrix is not positive definite (non-finite features or "
                     "negative weights?); call reset_precision()"
@@ -253,16 +308,16 @@ class RandomFeatureGP(nn.Module):
         return self._precision_cholesky
 
     def covariance(self) -> torch.Tensor:
-        """The posterior covariance ``P^{-1}`` of every class's ``beta``, ``[D, D]`` (via Cholesky)."""
+        """The posterior covariances ``P_k^{-1}`` of the classes' ``beta_k``, ``[K, D, D]`` (via Cholesky)."""
         return torch.cholesky_inverse(self.precision_cholesky())
 
     # -- predictive distribution --------------------------------------------------------------------------
     def _whitened(self, features: torch.Tensor) -> torch.Tensor:
-        """Rows ``L^{-1} phi_i``, ``[B, D]``: their squared norms are the predictive variances.
+        """Rows ``L_k^{-1} phi_i``, ``[K, B, D]``: their squared norms are the predictive variances.
 
-        A batch of at least ``D`` examples builds and caches ``L^{-1}`` (``D^3`` operations once, then a
+        A batch of at least ``D`` examples builds and caches ``L_k^{-1}`` (``K D^3`` operations once, then a
         matrix product per batch, the cheapest for repeated prediction); a smaller batch with no cached
-        inverse uses a triangular solve (``B D^2``).
+        inverse uses a triangular solve (``K B D^2``).
         """
         factor = self.precision_cholesky()
         features = features.to(factor.dtype)
@@ -271,28 +326,33 @@ class RandomFeatureGP(nn.Module):
             inverse = torch.linalg.solve_triangular(factor.double(), identity, upper=False)
             self._inverse_cholesky = inverse.to(factor.dtype)
         if self._inverse_cholesky.shape == factor.shape:
-            return features @ self._inverse_cholesky.t()
-        return torch.linalg.solve_triangular(factor, features.t(), upper=False).t()
+            return features @ self._inverse_cholesky.transpose(1, 2)
+        return torch.linalg.solve_triangular(factor, features.t(), upper=False).transpose(1, 2)
+
+    def _class_variance(self, whitened: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """``[K, B, D]`` whitened features -> ``[B, C]`` variances (a shared precision broadcast)."""
+        variance = whitened.square().sum(dim=2).t().to(dtype)  # [B, K]
+        return variance.expand(-1, self.num_classes)
 
     def predictive_variance(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Posterior variance ``phi(h)^T P^{-1} phi(h)`` of an example's logits (each class), ``[B]``.
+        """Posterior variance ``phi(h)^T P_k^{-1} phi(h)`` of each class's logit, ``[B, C]``.
 
-        Only the diagonal: the cost is ``O(B D^2)`` and no ``B x B`` matrix is formed.
+        Only the diagonal: the cost is ``O(K B D^2)`` and no ``B x B`` matrix is formed. With a shared
+        precision (``K = 1``) the ``C`` columns are one tensor, broadcast.
         """
-        whitened = self._whitened(self.random_features(hidden))
-        return whitened.square().sum(dim=1).to(hidden.dtype)
+        return self._class_variance(self._whitened(self.random_features(hidden)), hidden.dtype)
 
     def predictive_covariance(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Joint posterior covariance ``Phi P^{-1} Phi^T`` of the batch's logits (each class), ``[B, B]``."""
+        """Joint posterior covariance ``Phi P_k^{-1} Phi^T`` of each class's batch logits, ``[C, B, B]``."""
         whitened = self._whitened(self.random_features(hidden))
-        return (whitened @ whitened.t()).to(hidden.dtype)
+        joint = (whitened @ whitened.transpose(1, 2)).to(hidden.dtype)
+        return joint.expand(self.num_classes, -1, -1)
 
     def mean_and_variance(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Posterior-mean logits ``[B, C]`` and their variance ``[B]``, from one feature computation."""
+        """Posterior-mean logits ``[B, C]`` and their variances ``[B, C]``, from one feature computation."""
         features = self.random_features(hidden)
         mean = self.output(features)
-        variance = self._whitened(features).square().sum(dim=1).to(mean.dtype)
-        return mean, variance
+        return mean, self._class_variance(self._whitened(features), mean.dtype)
 
     def predict(
         self,
@@ -315,13 +375,12 @@ class RandomFeatureGP(nn.Module):
         """
         mean, variance = self.mean_and_variance(hidden)
         if num_samples is None:
-            scale = torch.rsqrt(1.0 + self.mean_field_factor * variance)
-            return Prediction((mean * scale.unsqueeze(1)).unsqueeze(0))
+            return Prediction((mean * torch.rsqrt(1.0 + self.mean_field_factor * variance)).unsqueeze(0))
         num_samples = check_positive_int(num_samples, "num_samples")
         noise = torch.randn(
             (num_samples, *mean.shape), dtype=mean.dtype, device=mean.device, generator=generator
         )
-        return Prediction(torch.addcmul(mean, variance.sqrt().unsqueeze(1), noise))
+        return Prediction(torch.addcmul(mean, variance.sqrt(), noise))
 
     def extra_repr(self) -> str:
         return (
