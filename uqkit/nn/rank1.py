@@ -27,10 +27,12 @@ variance compared with one sample per batch (``per_example_noise = True``). Insi
 the :class:`~uqkit.nn.BatchEnsembleLinear` / ``Conv`` layer with ``r = mu_r``, ``s = mu_s`` exactly.
 
 Defaults: posterior standard deviations ``sqrt(0.001 / 0.999) ~ 0.0316`` (``dropout_rate = 1e-3``) and
-prior ``N(1, 0.1^2)`` as in uncertainty-baselines' rank-1 CIFAR configuration, factor means ``N(1, 0.5^2)``
-(their BatchEnsemble CIFAR default, ``random_sign_init = -0.5``; their rank-1 CIFAR script starts the means
-at random signs, ``random_sign_init = 0.5``, and anneals the KL in over 200 of its 250 epochs;
-``fast_weight_init="random_sign"`` gives that start). Choose the means' initialisation and the prior together:
+prior ``N(1, 0.1^2)`` as in uncertainty-baselines' rank-1 CIFAR configuration, and factor means drawn from
+that prior, ``N(1, 0.1^2)`` (:data:`RANK1_FAST_WEIGHT_STD`), so that the initial means are a typical draw of
+the prior. (uncertainty-baselines' BatchEnsemble CIFAR default is ``N(1, 0.5^2)``,
+``random_sign_init = -0.5``; their rank-1 CIFAR script starts the means at random signs,
+``random_sign_init = 0.5``, and anneals the KL in over 200 of its 250 epochs;
+``fast_weight_init="random_sign"`` gives that start.) Choose the means' initialisation and the prior together:
 per entry the KL at initialisation is ``log(p / s) + s^2 / (2 p^2) - 1/2 + (mu - 1)^2 / (2 p^2)`` for prior
 scale ``p`` and posterior scale ``s``, so a mean drawn from the prior costs 1/2 nat on average beyond the
 ``mu = 1`` value, a ``N(1, 0.5^2)`` mean under the ``N(1, 0.1^2)`` prior 12.5 nats and a ``-1`` mean 200 nats.
@@ -60,6 +62,11 @@ __all__ = ["Rank1Conv1d", "Rank1Conv2d", "Rank1Linear"]
 
 RANK1_POSTERIOR_SCALE_INIT = math.sqrt(1e-3 / (1.0 - 1e-3))
 """Initial posterior standard deviation of the factors (uncertainty-baselines: ``dropout_rate = 1e-3``)."""
+
+RANK1_FAST_WEIGHT_STD = 0.1
+"""Standard deviation of the default ``"normal"`` factor-mean initialisation: the default prior's scale, so
+the means start as a typical draw of :func:`default_rank1_prior` (KL 1/2 nat per entry, not 12.5 as for
+``N(1, 0.5^2)`` means under that prior)."""
 
 
 def default_rank1_prior() -> NormalPrior:
@@ -135,7 +142,8 @@ class Rank1Linear(_Rank1Mixin, MemberLinearBase, BayesianModule):
             with ``r = r_mean``, ``s = s_mean`` (with an infinite KL: train from a positive scale).
         fast_weight_init: initialisation of the factor means, as :class:`~uqkit.nn.BatchEnsembleLinear`
             (default ``"normal"``).
-        fast_weight_std: standard deviation of the ``"normal"`` initialisation (default 0.5).
+        fast_weight_std: standard deviation of the ``"normal"`` initialisation (default
+            :data:`RANK1_FAST_WEIGHT_STD` = 0.1, the default prior's scale).
 
     Shape:
         input ``[M, B, in_features]`` or ``[B, in_features]`` (broadcast to every member); output
@@ -158,7 +166,7 @@ class Rank1Linear(_Rank1Mixin, MemberLinearBase, BayesianModule):
         prior: Prior | None = None,
         posterior_scale_init: float = RANK1_POSTERIOR_SCALE_INIT,
         fast_weight_init: str = "normal",
-        fast_weight_std: float = 0.5,
+        fast_weight_std: float = RANK1_FAST_WEIGHT_STD,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
@@ -185,7 +193,7 @@ class _Rank1ConvNd(_Rank1Mixin, MemberConvBase, BayesianModule):
         prior: Prior | None = None,
         posterior_scale_init: float = RANK1_POSTERIOR_SCALE_INIT,
         fast_weight_init: str = "normal",
-        fast_weight_std: float = 0.5,
+        fast_weight_std: float = RANK1_FAST_WEIGHT_STD,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
