@@ -8,6 +8,15 @@ compared side by side, e.g. a 5-epoch run against a longer one::
 
     python benchmarks/posterior_scales.py runs/default runs/default-10-epochs
     python benchmarks/posterior_scales.py runs/default --methods flipout-bnn --task fashion-mnist
+
+The trainer keeps only the last epoch's checkpoint. To see the scales move epoch by epoch, run the benchmark
+through ``record``, which runs ``uqkit <args>`` unchanged except that every epoch checkpoint it writes also
+appends the quantiles of each ``*_rho`` tensor and the epoch's history entry (train loss = -ELBO / N, with
+the KL warm-up's weight in epoch 1; validation NLL and ECE) to ``<out>/sigma_epochs.jsonl``; the report then
+prints them as a second table::
+
+    python benchmarks/posterior_scales.py record bench --methods flipout-bnn --out runs/bnn
+    python benchmarks/posterior_scales.py runs/bnn --methods flipout-bnn
 """
 
 from __future__ import annotations
@@ -48,14 +57,23 @@ def scale_quantiles(state: dict[str, torch.Tensor]) -> list[tuple[str, int, list
     return rows
 
 
-def _load_state(run: Path, task: str, method: str) -> dict[str, torch.Tensor]:
+def _load_state(run: Path, task: str, method: str) -> tuple[dict[str, torch.Tensor], str]:
+    """The finished method's state, or else its last epoch checkpoint's; and a label saying which."""
     path = run / "models" / task / f"{method}.pt"
+    label = run.name
     if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist; pass the directory of a run that trained {method!r}")
+        path = run / "checkpoints" / task / f"{method}.pt"
+        if not path.exists():
+            raise FileNotFoundError(
+                f"{run}: neither models/ nor checkpoints/{task}/{method}.pt exists; pass the directory of a "
+                f"run that trained {method!r}"
+            )
     saved = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(saved, dict) or "method" not in saved:
-        raise ValueError(f"{path}: expected a finished method file with a 'method' state dict")
-    return saved["method"]
+        raise ValueError(f"{path}: expected a method file or checkpoint with a 'method' state dict")
+    if "epoch" in saved and "optimizer" in saved:
+        label = f"{run.name} (unfinished: epoch {saved['epoch']} checkpoint)"
+    return saved["method"], label
 
 
 def _validation_nll(run: Path, task: str, method: str) -> str:
@@ -66,7 +84,60 @@ def _validation_nll(run: Path, task: str, method: str) -> str:
     return " / ".join(f"{epoch['val_nll']:.4f}" for epoch in history) or "n/a"
 
 
+EPOCH_LOG = "sigma_epochs.jsonl"
+
+
+def record(uqkit_args: list[str]) -> int:
+    """Run ``uqkit <uqkit_args>`` (which must name ``--out``) logging each epoch checkpoint's scales."""
+    from uqkit.bench import trainer
+    from uqkit.cli import main as uqkit_main
+
+    if "--out" not in uqkit_args:
+        raise SystemExit("record: pass the run directory with --out, e.g. record bench --out runs/bnn")
+    log = Path(uqkit_args[uqkit_args.index("--out") + 1]) / EPOCH_LOG
+    save = trainer.atomic_torch_save
+
+    def save_and_log(obj, path):
+        if isinstance(obj, dict) and "history" in obj and "method" in obj:
+            rows = {name: values for name, _, values in scale_quantiles(obj["method"])}
+            entry = {"path": str(path), "epoch": obj["epoch"], "hist": obj["history"][-1], "sigma": rows}
+            with open(log, "a", encoding="utf-8") as handle:
+                handle.write(json.dumps(entry) + "\n")
+        return save(obj, path)
+
+    trainer.atomic_torch_save = save_and_log
+    return uqkit_main(uqkit_args)
+
+
+def _epoch_rows(run: Path, method: str) -> list[str]:
+    """Markdown rows of ``<run>/sigma_epochs.jsonl`` for ``method`` (none if the run was not recorded)."""
+    path = run / EPOCH_LOG
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        entry = json.loads(line)
+        if Path(entry["path"]).stem != method:
+            continue
+        hist = entry["hist"]
+        cells = " | ".join(
+            f"{values[1]:.4f} / {values[2]:.4f} / {values[3]:.4f}"
+            for name, values in entry["sigma"].items()
+            if name.endswith("weight")
+        )
+        rows.append(
+            f"| {run.name} | {method} | {entry['epoch']} | {cells} | {hist['train_loss']:.3f} | "
+            f"{hist['val_nll']:.4f} | {100 * hist.get('val_ece', float('nan')):.2f}% |"
+        )
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
+    import sys
+
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["record"]:
+        return record(argv[1:])
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -83,14 +154,23 @@ def main(argv: list[str] | None = None) -> int:
     nll_lines = []
     for run in args.runs:
         for method in args.methods.split(","):
-            for name, count, values in scale_quantiles(_load_state(run, args.task, method)):
+            state, label = _load_state(run, args.task, method)
+            for name, count, values in scale_quantiles(state):
                 cells = " | ".join(f"{v:.4f}" for v in values)
-                print(f"| {run.name} | {method} | {name} | {count:,} | {cells} |")
+                print(f"| {label} | {method} | {name} | {count:,} | {cells} |")
             nll_lines.append(
                 f"{run.name} {method}: val NLL per epoch {_validation_nll(run, args.task, method)}"
             )
     print()
     print("\n".join(nll_lines))
+    epoch_rows = [row for run in args.runs for m in args.methods.split(",") for row in _epoch_rows(run, m)]
+    if epoch_rows:
+        layers = epoch_rows[0].count(" / ") // 2
+        heads = " | ".join(f"weights {i + 1}: sigma q10 / q50 / q90" for i in range(layers))
+        print()
+        print(f"| run | method | epoch | {heads} | -ELBO / N | val NLL | val ECE |")
+        print("|---|---|--:|" + "---|" * layers + "--:|--:|--:|")
+        print("\n".join(epoch_rows))
     return 0
 
 
