@@ -98,7 +98,7 @@ def record(uqkit_args: list[str]) -> int:
     save = trainer.atomic_torch_save
 
     def save_and_log(obj, path):
-        if isinstance(obj, dict) and "history" in obj and "method" in obj:
+        if isinstance(obj, dict) and {"epoch", "history", "method"} <= obj.keys():  # an epoch checkpoint
             rows = {name: values for name, _, values in scale_quantiles(obj["method"])}
             entry = {"path": str(path), "epoch": obj["epoch"], "hist": obj["history"][-1], "sigma": rows}
             with open(log, "a", encoding="utf-8") as handle:
