@@ -151,18 +151,25 @@ def main(argv: list[str] | None = None) -> int:
     print("|---|---|---|--:|" + "--:|" * len(QUANTILES))
     init = f"{BNN_POSTERIOR_SCALE_INIT:.4g}"
     print(f"| (before training) | every | every | | {' | '.join([init] * len(QUANTILES))} |")
-    nll_lines = []
+    nll_lines, missing, found = [], [], 0
     for run in args.runs:
         for method in args.methods.split(","):
-            state, label = _load_state(run, args.task, method)
+            try:
+                state, label = _load_state(run, args.task, method)
+            except FileNotFoundError as error:
+                missing.append(str(error))
+                continue
+            found += 1
             for name, count, values in scale_quantiles(state):
                 cells = " | ".join(f"{v:.4f}" for v in values)
                 print(f"| {label} | {method} | {name} | {count:,} | {cells} |")
             nll_lines.append(
                 f"{run.name} {method}: val NLL per epoch {_validation_nll(run, args.task, method)}"
             )
+    if not found:
+        raise SystemExit("\n".join(missing))
     print()
-    print("\n".join(nll_lines))
+    print("\n".join(nll_lines + [f"skipped: {line}" for line in missing]))
     epoch_rows = [row for run in args.runs for m in args.methods.split(",") for row in _epoch_rows(run, m)]
     if epoch_rows:
         layers = epoch_rows[0].count(" / ") // 2
