@@ -9,9 +9,11 @@ Importing this module registers both methods in :data:`uqkit.bench.registry.METH
   structure (projection to 128, three residual blocks), the SNGP paper's two-moons network. The
   convolutional backbones (``lenet5``, ``cnn1d``) keep their hidden layers, spectrally normalised, and are
   *not* residual, so there SNGP's distance preservation is only an upper bound (see :class:`uqkit.SNGP`).
-  The precision matrix is reset at the start of every epoch (through ``on_epoch_start``), so after training
-  it is the exact sum over the last epoch (Liu et al. 2020, Algorithm 1); prediction uses Monte Carlo
-  samples of the GP logits, so that the epistemic part (mutual information) is reported too.
+  The loss is the per-example negative log posterior of the GP output weights, cross-entropy plus the
+  ``N(0, I)`` prior's ``||beta||^2 / (2 N)``; the Laplace precisions (one per class, Liu et al. 2020,
+  eq. (9)) are reset at the start of every epoch (through ``on_epoch_start``), so after training they are
+  the exact sums over the last epoch (Algorithm 1); prediction uses Monte Carlo samples of the GP logits,
+  so that the epistemic part (mutual information) is reported too.
 * ``heteroscedastic`` (Collier et al. 2021): the task's backbone without its output layer, followed by a
   :class:`uqkit.nn.HeteroscedasticHead`. Its Monte Carlo draws are label noise, averaged into one predictive
   distribution (``S = 1``): all of its uncertainty is aleatoric.
