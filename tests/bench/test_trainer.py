@@ -205,3 +205,18 @@ def test_checkpoints_load_with_weights_only(tmp_path):
     # torch's restricted unpickler refuses the class (nothing is constructed); the error names the file
     with pytest.raises(CorruptFileError, match=r"evil\.pt: unreadable.*Unsupported global"):
         load_checkpoint(path)
+
+
+def test_a_method_with_its_own_schedule_trains_with_it_and_records_it():
+    from dataclasses import replace
+
+    from uqkit.bench.methods_distance import SNGP_SCHEDULE, SNGPClassifier
+    from uqkit.bench.runner import _method_train_config
+
+    task_config = TrainConfig(epochs=1, batch_size=8, learning_rate=1e-3, schedule="cosine")
+    plain = SingleNetwork(nn.Linear(2, 3))
+    assert _method_train_config(plain, task_config) is task_config
+    assert SNGPClassifier.learning_rate_schedule == SNGP_SCHEDULE == "constant"
+    own = SingleNetwork(nn.Linear(2, 3))
+    own.learning_rate_schedule = "constant"
+    assert _method_train_config(own, task_config) == replace(task_config, schedule="constant")

@@ -57,11 +57,15 @@ class Method(nn.Module):
             the training set per epoch). With ``k > 1``, :meth:`training_loss` receives ``[k, B, ...]`` inputs
             and ``[k, B]`` labels, row ``j`` from the ``j``-th order (a deep ensemble's members, each
             shuffled independently).
+        learning_rate_schedule: the method's own learning-rate schedule (one of
+            :data:`uqkit.bench.trainer.SCHEDULES`), where validation chose another than the task's;
+            ``None`` (default): the task's.
     """
 
     num_samples: int = 1
     shares_training_with: str | None = None
     num_batch_orders: int = 1
+    learning_rate_schedule: str | None = None
 
     def training_loss(self, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Scalar loss of one training batch."""

@@ -138,6 +138,7 @@ _METHOD_KEYS: dict[str, Any] = {
     "inference_ms_per_example": NON_NEGATIVE,
     "description": NotRequired(str),
     "shares_training_with": NotRequired(Nullable(str)),
+    "learning_rate_schedule": NotRequired(str),
     "metrics": {
         "accuracy": FRACTION,
         "nll": NON_NEGATIVE,

@@ -24,7 +24,7 @@ import os
 import platform
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -214,6 +214,13 @@ def _load_state(path: Path, redo: str, log: Callable[[str], None]) -> dict[str, 
         return None
 
 
+def _method_train_config(method: Method, train_config: TrainConfig) -> TrainConfig:
+    """The task's training configuration, with the method's own learning-rate schedule where it has one."""
+    if method.learning_rate_schedule is None:
+        return train_config
+    return replace(train_config, schedule=method.learning_rate_schedule)
+
+
 def _train(
     method: Method,
     method_name: str,
@@ -266,7 +273,9 @@ def _run_method(
             method.network.load_state_dict(network_state)
             history, train_time, shared = state["history"], float(state["train_time_s"]), base
         else:
-            result = _train(method, method_name, task, train_config, checkpoint, log)
+            result = _train(
+                method, method_name, task, _method_train_config(method, train_config), checkpoint, log
+            )
             history, train_time, shared = result.history, result.train_time_s, None
         method.to(config.device)
         started = time.perf_counter()
@@ -283,6 +292,7 @@ def _run_method(
     block["train_time_s"] = train_time
     block["shares_training_with"] = shared
     block["history"] = history
+    block["learning_rate_schedule"] = _method_train_config(method, train_config).schedule
     block["description"] = METHODS[method_name].description
     return _clean(block)
 
