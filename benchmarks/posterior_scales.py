@@ -17,6 +17,11 @@ prints them as a second table::
 
     python benchmarks/posterior_scales.py record bench --methods flipout-bnn --out runs/bnn
     python benchmarks/posterior_scales.py runs/bnn --methods flipout-bnn
+
+Whether the scales still move at the end (a decaying schedule stops them either way): ``drift RUN METHOD``
+prints Adam's expected normalised step on each layer's ``rho`` at the final state::
+
+    python benchmarks/posterior_scales.py drift runs/bnn flipout-bnn
 """
 
 from __future__ import annotations
@@ -109,6 +114,58 @@ def record(uqkit_args: list[str]) -> int:
     return uqkit_main(uqkit_args)
 
 
+def drift(run: Path, method: str, batches: int = 60, task_name: str = "fashion-mnist") -> int:
+    """Print, per weight ``rho`` tensor, Adam's expected normalised step ``E[g] / rms(g)`` at the run's final
+    state (or last checkpoint): ``batches`` training minibatches of 128 (seeded), full KL weight.
+
+    At a stationary point of the ELBO ``E[g] = 0`` for every ``rho``; a layer mean far from 0 (the noise of
+    one weight's estimate is about ``1 / sqrt(batches)``, of a layer's mean far less) means its scales were
+    still moving when training stopped, whatever a decayed learning rate made them do. Rebuilds the MLP
+    with today's ``methods_bayesian`` constants (prior, initial scale), which must match the run's.
+    """
+    from uqkit.bench import methods_bayesian as mb
+    from uqkit.bench.models import build_model
+    from uqkit.bench.tasks import build_task
+    from uqkit.methods.convert import FlipoutConfig, GaussianConfig, bayesianize_
+    from uqkit.nn.priors import NormalPrior
+
+    state, label = _load_state(run, task_name, method)
+    task = build_task(task_name)
+    network = build_model(task.model, task.input_shape, task.num_classes)
+    prior = NormalPrior(scale=mb.BNN_PRIOR_SCALE)
+    if method == "flipout-bnn":
+        config = FlipoutConfig(prior=prior, posterior_scale_init=mb.BNN_POSTERIOR_SCALE_INIT)
+    else:
+        config = GaussianConfig(
+            prior=prior, posterior_scale_init=mb.BNN_POSTERIOR_SCALE_INIT, local_reparameterization=True
+        )
+    bayesianize_(network, config)
+    model = mb.VariationalNetwork(network, len(task.train.labels), 128, mb.BNN_SAMPLES)
+    model.load_state_dict(state)
+    model.train()
+    rhos = {n: p for n, p in model.named_parameters() if n.endswith("weight_rho")}
+    first = {n: torch.zeros_like(p) for n, p in rhos.items()}
+    second = {n: torch.zeros_like(p) for n, p in rhos.items()}
+    generator = torch.Generator().manual_seed(123)
+    torch.manual_seed(123)
+    for _ in range(batches):
+        index = torch.randint(0, len(task.train.labels), (128,), generator=generator)
+        model.zero_grad()
+        model.training_loss(task.train.inputs[index], task.train.labels[index]).backward()
+        for n, p in rhos.items():
+            first[n] += p.grad
+            second[n] += p.grad.square()
+    print(f"{label} {method}: KL weight {model.elbo.current_kl_weight:g}, {batches} minibatches of 128")
+    for n in rhos:
+        ratio = first[n] / second[n].sqrt().clamp_min(1e-30) / batches**0.5  # E[g] / rms(g)
+        print(
+            f"  {n}: layer mean E[g]/rms(g) {float(ratio.mean()):+.4f}, share of E[g] > 0 "
+            f"{float((first[n] > 0).float().mean()):.3f}, median rho drift per 422 steps at lr 1e-2: "
+            f"{float(-(4.22 * ratio).median()):+.3f}"
+        )
+    return 0
+
+
 def _epoch_rows(run: Path, method: str) -> list[str]:
     """Markdown rows of ``<run>/sigma_epochs.jsonl`` for ``method`` (none if the run was not recorded)."""
     path = run / EPOCH_LOG
@@ -138,6 +195,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["record"]:
         return record(argv[1:])
+    if argv[:1] == ["drift"]:
+        if len(argv) not in (3, 4):
+            raise SystemExit("usage: posterior_scales.py drift RUN METHOD [BATCHES]")
+        return drift(Path(argv[1]), argv[2], int(argv[3]) if len(argv) == 4 else 60)
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
