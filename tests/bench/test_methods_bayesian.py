@@ -88,3 +88,21 @@ def test_parameter_groups_put_every_parameter_in_exactly_one_group_with_the_scal
     fast = 1e-3 * methods_bayesian.BNN_SCALE_LR_FACTOR
     assert fast > 1e-3 and not math.isclose(fast, 1e-3)
     assert by_lr[fast] == {n for n, _ in method.named_parameters() if n.endswith("_rho")}
+
+
+def test_prior_scale_is_the_tasks_own_where_its_validation_chose_one():
+    from uqkit.bench.methods_bayesian import BNN_TASK_PRIOR_SCALES
+    from uqkit.bench.registry import MethodContext, build_method
+
+    contexts = {
+        BNN_TASK_PRIOR_SCALES["two-moons"]: MethodContext((2,), 2, "resmlp", 100, "two-moons"),
+        BNN_PRIOR_SCALE: MethodContext((1, 28, 28), 10, "mlp", 100, "fashion-mnist"),
+    }
+    assert len(contexts) == 2  # the two tasks' scales differ
+    for expected, context in contexts.items():
+        for name in ("flipout-bnn", "gaussian-bnn"):
+            method = build_method(name, context)
+            priors = {
+                module.prior for module in method.network.modules() if hasattr(module, "posterior_names")
+            }
+            assert priors == {NormalPrior(scale=expected)}, (context.task, name, priors)

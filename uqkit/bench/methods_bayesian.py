@@ -29,6 +29,17 @@ for 0.3; at epoch 1 0.448, against 0.510 for a fan-in prior ``1 / sqrt(fan_in)``
 docs/bayesian_layers.md, "Posterior scales in the benchmark"). Under N(0, 1) the
 mean-field posterior of the 670,000-weight MLP over-regularises: its KL is about 19 nats per training example
 and the validation NLL rises as the scales grow."""
+BNN_TASK_PRIOR_SCALES = {"two-moons": 1.0}
+"""Tasks whose own validation chose another prior scale than :data:`BNN_PRIOR_SCALE`. Two moons (900 training
+points, a residual MLP of width 128): validation NLL after 100 epochs, flipout / gaussian, 0.070 / 0.064 under
+N(0, 1), 0.110 / 0.109 under N(0, 0.3^2), 0.283 / 0.277 under N(0, 0.1^2) (2026-12-07)."""
+
+
+def bnn_prior(context: MethodContext) -> NormalPrior:
+    """The task's ``N(0, s^2)`` weight prior: :data:`BNN_TASK_PRIOR_SCALES`, else :data:`BNN_PRIOR_SCALE`."""
+    return NormalPrior(scale=BNN_TASK_PRIOR_SCALES.get(context.task, BNN_PRIOR_SCALE))
+
+
 BNN_POSTERIOR_SCALE_INIT = 1e-3
 BNN_KL_WARMUP_EPOCHS = 1
 BNN_SCALE_LR_FACTOR = 10.0
@@ -85,7 +96,7 @@ def _variational(context: MethodContext, config) -> Method:
     f"mean-field Gaussian weights with Flipout (Wen et al. 2018), ELBO, {BNN_SAMPLES} samples",
 )
 def _flipout_bnn(context: MethodContext) -> Method:
-    prior = NormalPrior(scale=BNN_PRIOR_SCALE)
+    prior = bnn_prior(context)
     return _variational(context, FlipoutConfig(prior=prior, posterior_scale_init=BNN_POSTERIOR_SCALE_INIT))
 
 
@@ -94,7 +105,7 @@ def _flipout_bnn(context: MethodContext) -> Method:
     f"mean-field Gaussian weights, local reparameterization (Kingma 2015), ELBO, {BNN_SAMPLES} samples",
 )
 def _gaussian_bnn(context: MethodContext) -> Method:
-    prior = NormalPrior(scale=BNN_PRIOR_SCALE)
+    prior = bnn_prior(context)
     config = GaussianConfig(
         prior=prior, posterior_scale_init=BNN_POSTERIOR_SCALE_INIT, local_reparameterization=True
     )
