@@ -810,7 +810,8 @@ def _run_tasks(
     log: Callable[[str], None],
     resume: bool,
 ) -> None:
-    from uqkit.bench.runner import _atomic_write_json, _clean, _load_finished
+    from uqkit.bench._atomic import read_json
+    from uqkit.bench.runner import _atomic_write_json, _clean, _read_or_set_aside
 
     total_started = time.perf_counter()
     for task in tasks:
@@ -821,7 +822,8 @@ def _run_tasks(
         for index, name in enumerate(names, start=1):
             log(f"[uqkit] {task_name} [{index}/{len(names)}] {name}")
             done_path = out / "methods" / task_name / f"{name}.json"
-            method_block = _load_finished(done_path, f"running {name} again", log) if resume else None
+            redo = f"running {name} again"
+            method_block = _read_or_set_aside(done_path, read_json, redo, log) if resume else None
             if method_block is not None:
                 log(f"[uqkit]   {name}: finished in the earlier run, kept ({done_path})")
             else:

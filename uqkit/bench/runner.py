@@ -203,12 +203,19 @@ def _set_aside_corrupt(error: CorruptFileError, redo: str, log: Callable[[str], 
     log(f"[uqkit] warning: {error}; moved it to {aside.name} and {redo}")
 
 
-def _load_state(path: Path, redo: str, log: Callable[[str], None]) -> dict[str, Any] | None:
-    """The checkpoint in ``path``; ``None`` if there is none, or if it was corrupt (then set aside)."""
+def _read_or_set_aside(
+    path: Path, read: Callable[[Path], dict[str, Any]], redo: str, log: Callable[[str], None]
+) -> dict[str, Any] | None:
+    """``read(path)``; ``None`` if there is no such file, or if it was corrupt (then set aside; ``redo``
+    says what is done instead).
+
+    ``read`` is :func:`load_checkpoint` for checkpoints and model files, :func:`read_json` for a finished
+    method's result block. Shared by the classification suite and the regression benchmark.
+    """
     if not path.exists():
         return None
     try:
-        return load_checkpoint(path)
+        return read(path)
     except CorruptFileError as error:
         _set_aside_corrupt(error, redo, log)
         return None
@@ -255,10 +262,12 @@ def _run_method(
     )
     torch.manual_seed(config.seed)
     method = build_method(method_name, context)
+    method_config = _method_train_config(method, train_config)
     model_path = run / "models" / task.name / f"{method_name}.pt"
     history: list[dict[str, float]]
     checkpoint = run / "checkpoints" / task.name / f"{method_name}.pt"
-    state = _load_state(model_path, f"training {method_name} again (from its epoch checkpoint if any)", log)
+    redo = f"training {method_name} again (from its epoch checkpoint if any)"
+    state = _read_or_set_aside(model_path, load_checkpoint, redo, log)
     if state is not None:  # finished training earlier, killed during evaluation
         method.load_state_dict(state["method"])
         history, train_time, shared = state["history"], float(state["train_time_s"]), state["shared"]
@@ -266,16 +275,14 @@ def _run_method(
         base = method.shares_training_with
         base_path = run / "models" / task.name / f"{base}.pt" if base else None
         redo = f"training {method_name} on its own, without {base}'s network"
-        state = None if base_path is None else _load_state(base_path, redo, log)
+        state = None if base_path is None else _read_or_set_aside(base_path, load_checkpoint, redo, log)
         if state is not None:
             prefix = "network."
             network_state = {k[len(prefix) :]: v for k, v in state["method"].items() if k.startswith(prefix)}
             method.network.load_state_dict(network_state)
             history, train_time, shared = state["history"], float(state["train_time_s"]), base
         else:
-            result = _train(
-                method, method_name, task, _method_train_config(method, train_config), checkpoint, log
-            )
+            result = _train(method, method_name, task, method_config, checkpoint, log)
             history, train_time, shared = result.history, result.train_time_s, None
         method.to(config.device)
         started = time.perf_counter()
@@ -292,7 +299,7 @@ def _run_method(
     block["train_time_s"] = train_time
     block["shares_training_with"] = shared
     block["history"] = history
-    block["learning_rate_schedule"] = _method_train_config(method, train_config).schedule
+    block["learning_rate_schedule"] = method_config.schedule
     block["description"] = METHODS[method_name].description
     return _clean(block)
 
@@ -314,20 +321,6 @@ def _task_header(task: Task) -> dict[str, Any]:
         ),
         "methods": {},
     }
-
-
-def _load_finished(path: Path, redo: str, log: Callable[[str], None]) -> dict[str, Any] | None:
-    """A finished method's result block from ``path``; ``None`` if absent or corrupt (then set aside).
-
-    Shared by the classification suite and the regression benchmark.
-    """
-    if not path.exists():
-        return None
-    try:
-        return read_json(path)
-    except CorruptFileError as error:
-        _set_aside_corrupt(error, redo, log)
-        return None
 
 
 def run_bench(config: BenchConfig, log=print) -> dict[str, Any]:
@@ -363,7 +356,7 @@ def run_bench(config: BenchConfig, log=print) -> dict[str, Any]:
         names = config.methods or methods_for_task(task_name)
         for index, method_name in enumerate(names, start=1):
             done_path = config.out / "methods" / task_name / f"{method_name}.json"
-            block = _load_finished(done_path, f"evaluating {method_name} again", log)
+            block = _read_or_set_aside(done_path, read_json, f"evaluating {method_name} again", log)
             if block is not None:
                 log(f"[uqkit] {task_name} [{index}/{len(names)}] {method_name}: finished earlier, kept")
             else:
