@@ -116,12 +116,14 @@ def record(uqkit_args: list[str]) -> int:
 
 def drift(run: Path, method: str, batches: int = 60, task_name: str = "fashion-mnist") -> int:
     """Print, per weight ``rho`` tensor, Adam's expected normalised step ``E[g] / rms(g)`` at the run's final
-    state (or last checkpoint): ``batches`` training minibatches of 128 (seeded), full KL weight.
+    state (or last checkpoint): ``batches`` training minibatches of 128 (seeded), the task's KL weight
+    (``methods_bayesian.BNN_TASK_KL_WEIGHTS``; 1 is the ELBO).
 
-    At a stationary point of the ELBO ``E[g] = 0`` for every ``rho``; a layer mean far from 0 (the noise of
-    one weight's estimate is about ``1 / sqrt(batches)``, of a layer's mean far less) means its scales were
-    still moving when training stopped, whatever a decayed learning rate made them do. Rebuilds the MLP
-    with today's ``methods_bayesian`` constants (prior, initial scale), which must match the run's.
+    At a stationary point of the (weighted) ELBO ``E[g] = 0`` for every ``rho``; a layer mean far from 0 (the
+    noise of one weight's estimate is about ``1 / sqrt(batches)``, of a layer's mean far less) means its
+    scales were still moving when training stopped, whatever a decayed learning rate made them do.
+    Rebuilds the MLP with today's ``methods_bayesian`` constants (prior, initial scale,
+    KL weight), which must match the run's.
     """
     from uqkit.bench import methods_bayesian as mb
     from uqkit.bench.models import build_model
@@ -140,7 +142,8 @@ def drift(run: Path, method: str, batches: int = 60, task_name: str = "fashion-m
             prior=prior, posterior_scale_init=mb.BNN_POSTERIOR_SCALE_INIT, local_reparameterization=True
         )
     bayesianize_(network, config)
-    model = mb.VariationalNetwork(network, len(task.train.labels), 128, mb.BNN_SAMPLES)
+    kl_weight = mb.BNN_TASK_KL_WEIGHTS.get(task_name, mb.BNN_KL_WEIGHT)
+    model = mb.VariationalNetwork(network, len(task.train.labels), 128, mb.BNN_SAMPLES, kl_weight=kl_weight)
     model.load_state_dict(state)
     model.train()
     rhos = {n: p for n, p in model.named_parameters() if n.endswith("weight_rho")}

@@ -40,22 +40,52 @@ def bnn_prior(context: MethodContext) -> NormalPrior:
     return NormalPrior(scale=BNN_TASK_PRIOR_SCALES.get(context.task, BNN_PRIOR_SCALE))
 
 
+BNN_KL_WEIGHT = 1.0
+"""Weight of the KL term in the loss (``uqkit.ELBO(kl_weight=...)``): 1 is the ELBO."""
+BNN_TASK_KL_WEIGHTS = {"fashion-mnist": 0.01, "fashion-mnist-holdout": 0.01}
+"""Tasks whose validation chose a tempered ("cold") posterior, ``kl_weight < 1`` (Wenzel et al. 2020, "How
+good is the Bayes posterior in deep neural networks really?"; Zhang et al. 2018 weigh the KL the same
+way). A deliberate deviation from the ELBO, measured: on Fashion-MNIST (MLP, 5 epochs, seed 0, prior
+``N(0, 0.1^2)``, 2026-12-07) the full ELBO's mean-field optimum underfits, and validation NLL after 5
+epochs was, for ``flipout-bnn``, 0.418 (weight 1), 0.303 (0.1), **0.289** (0.01), 0.290 (0.001, where the
+scales hardly leave their initial 1e-3); ``gaussian-bnn`` 0.423 (1) and 0.300 (0.01). The held-out-classes
+task shares the data and model and inherits the choice. Two moons keeps the ELBO (its validation under
+``N(0, 1)``, 0.070 / 0.064, shows no underfitting); MNIST-1D was not measured and keeps the ELBO.
+docs/bayesian_layers.md has the scales."""
+
+
+def bnn_kl_weight(context: MethodContext) -> float:
+    """The task's KL weight: :data:`BNN_TASK_KL_WEIGHTS`, else :data:`BNN_KL_WEIGHT`."""
+    return BNN_TASK_KL_WEIGHTS.get(context.task, BNN_KL_WEIGHT)
+
+
 BNN_POSTERIOR_SCALE_INIT = 1e-3
 BNN_KL_WARMUP_EPOCHS = 1
+ADAM_EPS = 1e-8
+"""``torch.optim.Adam``'s default ``eps``, which the trainer uses."""
 BNN_SCALE_LR_FACTOR = 10.0
 """The posterior scales' ``rho`` train at this multiple of the base learning rate (``parameter_groups``)."""
 
 
 class VariationalNetwork(Method):
-    """A Bayesian network trained on the ELBO (KL annealed in over the first epoch) and predicting with
-    ``S`` samples of its weights."""
+    """A Bayesian network trained on the ELBO (KL annealed in over the first epoch; weighted by ``kl_weight``,
+    1 for the ELBO itself) and predicting with ``S`` samples of its weights."""
 
-    def __init__(self, network: torch.nn.Module, num_train: int, batch_size: int, num_samples: int):
+    def __init__(
+        self,
+        network: torch.nn.Module,
+        num_train: int,
+        batch_size: int,
+        num_samples: int,
+        kl_weight: float = BNN_KL_WEIGHT,
+    ):
         super().__init__()
         self.network = network
         self.num_samples = num_samples
         steps_per_epoch = max(1, -(-num_train // batch_size))
-        self.elbo = ELBO(num_data=num_train, warmup_steps=BNN_KL_WARMUP_EPOCHS * steps_per_epoch)
+        self.elbo = ELBO(
+            num_data=num_train, kl_weight=kl_weight, warmup_steps=BNN_KL_WARMUP_EPOCHS * steps_per_epoch
+        )
 
     def parameter_groups(self, learning_rate: float) -> list[dict]:
         """Two Adam groups: the posterior means at ``learning_rate``, the scales' ``rho`` at
@@ -75,7 +105,12 @@ class VariationalNetwork(Method):
         others = [p for p in self.parameters() if p.requires_grad and id(p) not in chosen]
         groups = [{"params": others, "lr": learning_rate}]
         if scales:
-            groups.append({"params": scales, "lr": learning_rate * BNN_SCALE_LR_FACTOR})
+            # Adam's eps (1e-8) stands for "a negligible gradient"; a KL weight below 1 shrinks the scales'
+            # KL gradient by that factor, so eps shrinks with it (else near its optimum a scale the
+            # likelihood ignores stalls where its gradient is comparable to eps: 88% of the prior scale at
+            # kl_weight 0.01 in the test budget).
+            eps = ADAM_EPS * min(1.0, self.elbo.kl_weight)
+            groups.append({"params": scales, "lr": learning_rate * BNN_SCALE_LR_FACTOR, "eps": eps})
         return groups
 
     def training_loss(self, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -88,12 +123,15 @@ class VariationalNetwork(Method):
 def _variational(context: MethodContext, config) -> Method:
     network = build_model(context.model, context.input_shape, context.num_classes)
     bayesianize_(network, config)
-    return VariationalNetwork(network, context.num_train, context.batch_size, num_samples=BNN_SAMPLES)
+    return VariationalNetwork(
+        network, context.num_train, context.batch_size, BNN_SAMPLES, kl_weight=bnn_kl_weight(context)
+    )
 
 
 @register_method(
     "flipout-bnn",
-    f"mean-field Gaussian weights with Flipout (Wen et al. 2018), ELBO, {BNN_SAMPLES} samples",
+    f"mean-field Gaussian weights with Flipout (Wen et al. 2018), ELBO (KL weight per task), "
+    f"{BNN_SAMPLES} samples",
 )
 def _flipout_bnn(context: MethodContext) -> Method:
     prior = bnn_prior(context)
@@ -102,7 +140,8 @@ def _flipout_bnn(context: MethodContext) -> Method:
 
 @register_method(
     "gaussian-bnn",
-    f"mean-field Gaussian weights, local reparameterization (Kingma 2015), ELBO, {BNN_SAMPLES} samples",
+    f"mean-field Gaussian weights, local reparameterization (Kingma 2015), ELBO (KL weight per task), "
+    f"{BNN_SAMPLES} samples",
 )
 def _gaussian_bnn(context: MethodContext) -> Method:
     prior = bnn_prior(context)
