@@ -27,6 +27,7 @@ from torch.nn import functional as F
 
 from uqkit.bench.models import ResidualMLP, build_model
 from uqkit.bench.registry import Method, MethodContext, register_method
+from uqkit.methods.predict import predict
 from uqkit.methods.sngp import SNGP
 from uqkit.nn.heteroscedastic import HeteroscedasticHead
 from uqkit.prediction import Prediction
@@ -116,7 +117,7 @@ class SNGPClassifier(Method):
         return F.cross_entropy(self.network(inputs), labels) + self.network.prior_penalty(self.num_data)
 
     def predict(self, inputs: torch.Tensor) -> Prediction:
-        return self.network.predict(inputs, num_samples=self.num_samples)
+        return predict(self.network, inputs, num_samples=self.num_samples)  # S Monte Carlo GP samples
 
 
 class HeteroscedasticClassifier(Method):
@@ -135,8 +136,7 @@ class HeteroscedasticClassifier(Method):
         return F.nll_loss(self.network(inputs), labels)
 
     def predict(self, inputs: torch.Tensor) -> Prediction:
-        hidden, head = self.network
-        return head.predict(hidden(inputs))
+        return predict(self.network, inputs)  # S = 1: the head's forward is its averaged predictive
 
 
 def build_sngp(context: MethodContext, likelihood: str = SNGP_LIKELIHOOD) -> SNGPClassifier:
