@@ -206,6 +206,9 @@ class MonteCarloDropout(SingleNetwork):
 class DeepEnsembleMethod(Method):
     """``M`` independently initialised networks (Lakshminarayanan et al. 2017), predicting ``[M, B, C]``.
 
+    The network returns ``[M * B, C]`` (members folded into the batch, member-major); the prediction
+    unfolds it.
+
     The members run as one vectorized computation (:class:`uqkit.DeepEnsemble`, kept in ``self.network``).
     Each member is shuffled independently, as in the paper: ``num_batch_orders = M``, so the trainer hands
     member ``m`` its own batch (``[M, B, ...]`` inputs, ``[M, B]`` labels; order ``m`` is seeded with
@@ -221,15 +224,23 @@ class DeepEnsembleMethod(Method):
         self.num_batch_orders = network.num_members
 
     def training_loss(self, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Sum of the members' mean cross-entropies; labels ``[M, B]`` (a batch per member) or ``[B]``."""
-        logits = self.network(inputs)  # [M, B, C]
-        members, batch = logits.shape[:2]
-        labels = labels.expand(members, batch)  # a view; [B] labels are broadcast, never repeated
-        per_member = F.cross_entropy(logits.permute(1, 2, 0), labels.transpose(0, 1))
-        return members * per_member  # the mean over M * B entries, times M: the sum of the members' means
+        """Sum of the members' mean cross-entropies; ``[M, B, ...]`` inputs with ``[M, B]`` labels (a batch
+        per member, folded into the batch inside ``pretiled()``) or ``[B, ...]`` with ``[B]`` (tiled)."""
+        from uqkit.nn.members import fold_members, pretiled, tile_members
+
+        members = self.network.num_members
+        if labels.dim() == 2:
+            with pretiled():
+                logits = self.network(fold_members(inputs))  # [M * B, C], member-major
+            labels = fold_members(labels)
+        else:
+            logits, labels = self.network(inputs), tile_members(labels, members)
+        return members * F.cross_entropy(logits, labels)  # mean over M * B, times M: the sum of the means
 
     def predict(self, inputs: torch.Tensor) -> Prediction:
-        return Prediction(self.network(inputs))
+        from uqkit.nn.members import unfold_members
+
+        return Prediction(unfold_members(self.network(inputs), self.network.num_members))
 
 
 MC_DROPOUT_RATE = 0.1
@@ -269,7 +280,5 @@ def _mc_dropout(context: MethodContext) -> Method:
 def _deep_ensemble(context: MethodContext) -> Method:
     from uqkit.methods.ensemble import DeepEnsemble
 
-    network = DeepEnsemble(
-        lambda: _backbone(context), ENSEMBLE_MEMBERS, example_dims=len(context.input_shape)
-    )
+    network = DeepEnsemble(lambda: _backbone(context), ENSEMBLE_MEMBERS)
     return DeepEnsembleMethod(network)
