@@ -306,7 +306,9 @@ def predict(
             f"model: a predictive head ({type(head).__name__} {head_name!r}) together with sampling layers "
             f"({names}) is not supported; wrap them in use_posterior_mean or drop one of them"
         )
-    if num_samples is None:
+    if num_samples is None and mean_field and head is not None:
+        num_samples = members  # one mean-field logit per member, whatever the model's default
+    elif num_samples is None:
         num_samples, default_mean_field = _default_num_samples(model, members, head, bool(sampling))
         if mean_field is None:
             mean_field = default_mean_field
