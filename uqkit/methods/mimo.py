@@ -105,14 +105,15 @@ def _has_hooks(module: nn.Module) -> bool:
 
 
 def _input_width(network: nn.Module) -> tuple[str, int] | None:
-    """``("channels", C_in)`` for a network whose first module with weights is a convolution, ``("features",
-    in_features)`` for an ``nn.Linear`` (in registration order), ``None`` when neither comes first."""
+    """``("channels", C_in)`` when the network's first convolution or ``nn.Linear`` (in registration order)
+    is a convolution, ``("features", in_features)`` when it is an ``nn.Linear``; ``None`` when there is none
+    or an embedding, recurrent or attention module comes first (its input is no such layout)."""
     for module in network.modules():
         if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
             return "channels", module.in_channels
         if isinstance(module, nn.Linear):
             return "features", module.in_features
-        if any(True for _ in module.parameters(recurse=False)):
+        if isinstance(module, (nn.Embedding, nn.EmbeddingBag, nn.RNNBase, nn.MultiheadAttention)):
             return None
     return None
 
