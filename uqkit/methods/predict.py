@@ -289,6 +289,12 @@ def predict(
         )
     if mean_field is not None and not isinstance(mean_field, bool):
         raise TypeError(f"mean_field: expected None, True or False, got {mean_field!r}")
+    for index, value in enumerate(inputs):
+        if isinstance(value, int) and not isinstance(value, bool):
+            raise TypeError(
+                f"inputs[{index}]: got the int {value}; num_samples is keyword-only "
+                f"(uqkit.predict(model, x, num_samples={value})); pass an int model input by keyword"
+            )
     batch, batch_dim = _batch_size(inputs, kwargs, batch_dim)
     members = num_members(model)
     found = _find_head(model)
