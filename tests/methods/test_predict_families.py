@@ -233,6 +233,8 @@ def test_sngp_mean_field_or_monte_carlo():
     model.num_samples = 6
     assert uqkit.predict(model, x).num_samples == 6 and model.predict(x).num_samples == 6
     torch.testing.assert_close(uqkit.predict(model, x, mean_field=True).logits[0], mean_field)
+    model.num_samples = None
+    assert uqkit.predict(model, x, mean_field=False).num_samples == DEFAULT_NUM_SAMPLES
     with pytest.raises(ValueError, match=r"num_samples: expected 1 \(one mean-field logit per member\)"):
         uqkit.predict(model, x, num_samples=3, mean_field=True)
 

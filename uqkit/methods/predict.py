@@ -257,11 +257,13 @@ def predict(
             batch (memory grows with it). Default: all of them when every sampling layer has per-example
             noise, else 1. Values above 1 are refused for models with a shared-sample layer.
         mean_field: for a model with a predictive head (SNGP): ``True`` for the mean-field logits
-            ``logits / sqrt(1 + lambda var)`` (``S = M``), ``False`` for Monte Carlo samples, ``None``
+            ``logits / sqrt(1 + lambda var)`` (``S = M``), ``False`` for Monte Carlo samples (``num_samples``
+            of them, by default the head's setting, or ``8 M`` where that is mean-field), ``None``
             (default): Monte Carlo when ``num_samples`` is given, else the head's setting. Must be ``None``
             for other models.
         **kwargs: keyword inputs of ``model`` (e.g. ``input_ids=..., attention_mask=...``); batch-shaped
-            tensors among them are repeated like the positional ones.
+            tensors among them are repeated like the positional ones. The names of :func:`predict`'s own
+            options above are not passed on: a model input with such a name must be given positionally.
 
     Returns:
         :class:`uqkit.Prediction` with ``[S, B, C]`` logits, or :class:`uqkit.GaussianPrediction` with
@@ -318,6 +320,8 @@ def predict(
         num_samples, default_mean_field = _default_num_samples(model, members, head, bool(sampling))
         if mean_field is None:
             mean_field = default_mean_field
+        elif default_mean_field:  # mean_field=False on a head whose default is mean-field
+            num_samples = members * DEFAULT_NUM_SAMPLES
     num_samples = check_positive_int(num_samples, "num_samples")
     if num_samples % members:
         raise ValueError(
