@@ -26,7 +26,7 @@ from torch.nn import functional as F
 
 import uqkit
 from uqkit import metrics
-from uqkit.nn.members import with_member_dim
+from uqkit.nn.members import num_members, tile_members
 
 
 def your_model() -> nn.Module:
@@ -57,10 +57,11 @@ def fit(model: nn.Module, loss: Callable[[], torch.Tensor], steps: int) -> None:
         optimizer.step()
 
 
-def members_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Sum over members of the mean cross-entropy of ``[M, B, C]`` logits; the labels broadcast."""
-    members = logits.shape[0]
-    return members * F.cross_entropy(logits.permute(1, 2, 0), labels[:, None].expand(-1, members))
+def members_nll(model: nn.Module, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Sum over members of the mean cross-entropy: a member model returns ``[M * B, C]`` (members folded
+    into the batch, member-major), so the labels are tiled to ``[M * B]``."""
+    members = num_members(model)
+    return members * F.cross_entropy(model(inputs), tile_members(labels, members))
 
 
 def main(steps: int = 200, seed: int = 0) -> dict[str, uqkit.Prediction]:
@@ -81,21 +82,18 @@ def main(steps: int = 200, seed: int = 0) -> dict[str, uqkit.Prediction]:
     results["flipout-bnn"] = uqkit.predict(bnn, x_test, num_samples=16)
     report("flipout-bnn", results["flipout-bnn"], y_test, uqkit.predict(bnn, far, num_samples=16))
 
-    # 2. Deep ensemble: M copies with independent initialisations, one vectorized forward, [M, B, C] out
+    # 2. Deep ensemble: M copies with independent initialisations, one vectorized forward, [M * B, C] out
     ensemble = uqkit.DeepEnsemble(your_model, 4)
-    fit(ensemble, lambda: members_nll(ensemble(x), y), steps)  # ensemble(x): [4, B, 2]
-    results["deep-ensemble"] = uqkit.predict(ensemble, x_test, num_samples=4)
-    report("deep-ensemble", results["deep-ensemble"], y_test, uqkit.predict(ensemble, far, num_samples=4))
+    fit(ensemble, lambda: members_nll(ensemble, x, y), steps)  # ensemble(x): [4 * B, 2]
+    results["deep-ensemble"] = uqkit.predict(ensemble, x_test)  # [4, B, 2]
+    report("deep-ensemble", results["deep-ensemble"], y_test, uqkit.predict(ensemble, far))
 
-    # 3. BatchEnsemble: members share each weight and differ by rank-1 factors; inputs [M, B, ...]
+    # 3. BatchEnsemble: members share each weight and differ by rank-1 factors; called as before
     batchensemble = your_model()
     uqkit.bayesianize_(batchensemble, uqkit.BatchEnsembleConfig(num_members=4))
-    fit(batchensemble, lambda: members_nll(batchensemble(with_member_dim(x, 4, example_dims=1)), y), steps)
-    batchensemble.eval()
-    with torch.no_grad():
-        results["batchensemble"] = uqkit.Prediction(batchensemble(with_member_dim(x_test, 4, 1)))
-        far_prediction = uqkit.Prediction(batchensemble(with_member_dim(far, 4, 1)))
-    report("batchensemble", results["batchensemble"], y_test, far_prediction)
+    fit(batchensemble, lambda: members_nll(batchensemble, x, y), steps)
+    results["batchensemble"] = uqkit.predict(batchensemble, x_test)
+    report("batchensemble", results["batchensemble"], y_test, uqkit.predict(batchensemble, far))
     return results
 
 
