@@ -8,9 +8,10 @@ training-mode batches (as after its last epoch), and one warm-up prediction buil
 factors, so the timings are those of repeated prediction, as in evaluation. The inputs are random (the cost
 does not depend on the pixel values).
 
-Timing: ``method.predict`` on one batch, eval mode, no gradients; the two methods alternate within each
+Timing: ``method.predict`` on one batch, eval mode, no gradients; the methods alternate within each
 repeat (interleaved, one process), and the median over repeats is reported per batch size, with the ratio
-SNGP / deterministic.
+SNGP / deterministic. ``--num-features D1 D2 ...`` times SNGP with each number of random features (default:
+the benchmark's own, ``SNGP_NUM_FEATURES["mlp"]``).
 
 Writes ``benchmarks/results/sngp.json`` (command, arguments, environment, results) and prints a Markdown
 table. Run: ``.venv/bin/python benchmarks/sngp.py``.
@@ -30,18 +31,25 @@ from pathlib import Path
 import torch
 from _env import benchmark_environment
 
+import uqkit.bench.methods_distance as methods_distance
 from uqkit.bench.registry import Method, MethodContext, build_method
 
-METHODS = ("deterministic", "sngp")
 CONTEXT = MethodContext(
     input_shape=(1, 28, 28), num_classes=10, model="mlp", num_train=54_000, task="fashion-mnist"
 )
 
 
-def build(name: str, precision_batches: int, seed: int) -> Method:
-    """The bench method ``name``; SNGP with its precision accumulated over ``precision_batches`` batches."""
+def build(name: str, precision_batches: int, seed: int, num_features: int | None = None) -> Method:
+    """The bench method ``name``; SNGP (with ``num_features`` random features) with its precision accumulated
+    over ``precision_batches`` batches."""
     torch.manual_seed(seed)
-    method = build_method(name, CONTEXT)
+    table = methods_distance.SNGP_NUM_FEATURES
+    default = table[CONTEXT.model]
+    table[CONTEXT.model] = num_features or default
+    try:
+        method = build_method(name, CONTEXT)
+    finally:
+        table[CONTEXT.model] = default
     if name == "sngp":
         method.train()
         method.on_epoch_start(0, 1)
@@ -61,9 +69,17 @@ def time_predict(method: Method, inputs: torch.Tensor) -> float:
 
 
 def measure(
-    batch_sizes: list[int], repeats: int, warmup: int, precision_batches: int, seed: int
+    batch_sizes: list[int],
+    repeats: int,
+    warmup: int,
+    precision_batches: int,
+    seed: int,
+    num_features: list[int],
 ) -> list[dict]:
-    methods = {name: build(name, precision_batches, seed) for name in METHODS}
+    methods = {"deterministic": build("deterministic", precision_batches, seed)}
+    for features in num_features:
+        methods[f"sngp-{features}"] = build("sngp", precision_batches, seed, features)
+    names = list(methods)
     generator = torch.Generator().manual_seed(seed + 1)
     rows = []
     for batch_size in batch_sizes:
@@ -71,7 +87,7 @@ def measure(
         for _ in range(warmup):
             for method in methods.values():
                 time_predict(method, inputs)
-        times: dict[str, list[float]] = {name: [] for name in METHODS}
+        times: dict[str, list[float]] = {name: [] for name in names}
         for _ in range(repeats):
             for name, method in methods.items():  # interleaved: drift affects both methods alike
                 times[name].append(time_predict(method, inputs))
@@ -88,9 +104,9 @@ def measure(
                         "min_ms_per_batch": 1000 * min(times[name]),
                         "max_ms_per_batch": 1000 * max(times[name]),
                     }
-                    for name in METHODS
+                    for name in names
                 },
-                "sngp_over_deterministic": medians["sngp"] / medians["deterministic"],
+                "over_deterministic": {name: medians[name] / medians["deterministic"] for name in names[1:]},
             }
         )
     return rows
@@ -101,16 +117,14 @@ def environment() -> dict:
 
 
 def markdown(rows: list[dict]) -> str:
-    lines = [
-        "| batch | deterministic (ms / batch) | sngp (ms / batch) | sngp S | sngp / deterministic |",
-        "|---:|---:|---:|---:|---:|",
-    ]
+    lines = ["| batch | method | S | ms / batch | / deterministic |", "|---:|:---|---:|---:|---:|"]
     for row in rows:
-        det, sngp = row["deterministic"], row["sngp"]
-        lines.append(
-            f"| {row['batch_size']} | {det['median_ms_per_batch']:.2f} | {sngp['median_ms_per_batch']:.2f} "
-            f"| {sngp['num_samples']} | {row['sngp_over_deterministic']:.2f}x |"
-        )
+        for name, ratio in [("deterministic", 1.0), *row["over_deterministic"].items()]:
+            cell = row[name]
+            lines.append(
+                f"| {row['batch_size']} | {name} | {cell['num_samples']} | {cell['median_ms_per_batch']:.2f} "
+                f"| {ratio:.2f}x |"
+            )
     return "\n".join(lines)
 
 
@@ -130,12 +144,16 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument(
         "--threads", type=_positive_int, default=None, help="torch threads (default: torch's)"
     )
+    parser.add_argument("--num-features", type=_positive_int, nargs="+", default=None)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "sngp.json")
     args = parser.parse_args(argv)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    rows = measure(args.batch_sizes, args.repeats, args.warmup, args.precision_batches, args.seed)
+    num_features = args.num_features or [methods_distance.SNGP_NUM_FEATURES[CONTEXT.model]]
+    rows = measure(
+        args.batch_sizes, args.repeats, args.warmup, args.precision_batches, args.seed, num_features
+    )
     results = {
         "command": shlex.join([os.path.relpath(sys.executable), *(sys.argv if argv is None else argv)]),
         "arguments": {

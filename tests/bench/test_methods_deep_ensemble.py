@@ -105,3 +105,64 @@ def test_resumed_ensemble_ends_with_the_weights_of_an_uninterrupted_one(tmp_path
     train_method(resumed, "e", inputs, labels, inputs[:16], labels[:16], _config(3), tmp_path / "run.pt")
     for key, value in reference.state_dict().items():
         assert torch.equal(value, resumed.state_dict()[key]), key
+
+
+def test_validation_nlls_are_each_members_own_nll():
+    inputs, labels = _data()
+    method = _ensemble().eval()
+    with torch.no_grad():
+        prediction = method.predict(inputs)
+        expected = [float(nn.functional.cross_entropy(prediction.logits[m], labels)) for m in range(MEMBERS)]
+    assert method.validation_nlls(prediction, labels) == pytest.approx(expected, rel=1e-12)
+
+
+class _ScriptedMembers(DeepEnsembleMethod):
+    """Per-member validation NLLs scripted per epoch (``script[epoch][member]``)."""
+
+    def __init__(self, script: list[list[float]]) -> None:
+        super().__init__(_ensemble().network)
+        self.script, self.calls = script, 0
+
+    def validation_nlls(self, prediction, labels):
+        self.calls += 1
+        return self.script[self.calls - 1]
+
+
+def _train_scripted(script: list[list[float]]) -> tuple[DeepEnsembleMethod, list[int]]:
+    inputs, labels = _data()
+    method = _ScriptedMembers(script)
+    config = TrainConfig(epochs=len(script), batch_size=32, learning_rate=1e-2, seed=1, progress=False)
+    result = train_method(method, "ensemble", inputs, labels, inputs[:16], labels[:16], config)
+    return method, result.selected_epochs
+
+
+def test_each_member_ends_with_its_own_best_epoch():
+    # member 0 best at epoch 1, member 1 at epoch 3, member 2 at epoch 2
+    method, selected = _train_scripted([[0.1, 0.9, 0.8], [0.2, 0.8, 0.3], [0.3, 0.7, 0.4]])
+    assert selected == [1, 3, 2]
+    # Members are independent (own parameters, own batches, per-element Adam), so member m's weights after
+    # epoch e equal those of a constant-rate run of e epochs whose last epoch is every member's best.
+    after = {
+        epochs: _train_scripted([[1.0 - e / 10] * MEMBERS for e in range(epochs)])[0] for epochs in (1, 2, 3)
+    }
+    for member, epoch in enumerate(selected):
+        got, want = method.part_state(member), after[epoch].part_state(member)
+        for key in want:
+            torch.testing.assert_close(got[key], want[key], rtol=0, atol=0)
+    # keeping the last epoch instead would fail: member 0's epoch-3 weights differ from its epoch-1 weights
+    assert any(
+        not torch.equal(after[3].part_state(0)[key], after[1].part_state(0)[key])
+        for key in after[1].part_state(0)
+    )
+
+
+def test_part_states_round_trip_through_load_part_states():
+    method = _ensemble()
+    states = [method.part_state(m) for m in range(MEMBERS)]
+    other = _ensemble()
+    with torch.no_grad():
+        for parameter in other.parameters():
+            parameter.add_(1.0)
+    other.load_part_states(states)
+    for key, value in method.state_dict().items():
+        assert torch.equal(value, other.state_dict()[key]), key

@@ -220,3 +220,67 @@ def test_a_method_with_its_own_schedule_trains_with_it_and_records_it():
     own = SingleNetwork(nn.Linear(2, 3))
     own.learning_rate_schedule = "constant"
     assert _method_train_config(own, task_config) == replace(task_config, schedule="constant")
+
+
+class _ScriptedValidation(SingleNetwork):
+    """A network whose validation NLL per epoch is scripted, so that the best epoch is known in advance."""
+
+    def __init__(self, nlls: list[float]) -> None:
+        super().__init__(_method().network)
+        self.nlls, self.calls = nlls, 0
+
+    def validation_nlls(self, prediction, labels):
+        self.calls += 1
+        return [self.nlls[self.calls - 1]]
+
+
+def _scripted(nlls: list[float]) -> _ScriptedValidation:
+    torch.manual_seed(0)
+    return _ScriptedValidation(nlls)
+
+
+def _state_after(epochs: int) -> dict[str, torch.Tensor]:
+    """The weights after ``epochs`` epochs of a constant-rate run (whose last epoch is its best)."""
+    method, _ = _train(epochs=epochs, method=_scripted([3.0, 2.0, 1.0][:epochs]))
+    return method.state_dict()
+
+
+@pytest.mark.parametrize(("nlls", "best"), [([0.5, 0.3, 0.4], 2), ([0.2, 0.3, 0.4], 1), ([0.5, 0.4, 0.3], 3)])
+def test_training_ends_with_the_epoch_of_lowest_validation_nll(nlls, best):
+    method, result = _train(epochs=3, method=_scripted(nlls))
+    assert result.selected_epochs == [best]
+    expected = _state_after(best)  # the same arithmetic, stopped after that epoch
+    for key, value in method.state_dict().items():
+        assert torch.equal(value, expected[key]), key
+    if best != 3:  # the last epoch's weights differ, so keeping them would fail the check above
+        assert not torch.equal(method.network[0].weight, _state_after(3)["network.0.weight"])
+
+
+def test_non_finite_validation_nll_is_never_selected():
+    _, result = _train(epochs=3, method=_scripted([0.5, float("nan"), 0.6]))
+    assert result.selected_epochs == [1]
+
+
+def test_resume_keeps_the_best_epoch_seen_before_the_interruption(tmp_path):
+    """Best at epoch 1, interrupted in epoch 3: the resumed run must end with epoch 1's weights, which only
+    the checkpoint still holds."""
+    interrupted = _scripted([0.2, 0.5, 0.6])
+    original_loss = interrupted.training_loss
+    calls = {"n": 0}
+
+    def loss_then_interrupt(inputs, labels):
+        calls["n"] += 1
+        if calls["n"] == 2 * 3 + 2:
+            raise _InterruptError
+        return original_loss(inputs, labels)
+
+    interrupted.training_loss = loss_then_interrupt
+    with pytest.raises(_InterruptError):
+        _train(epochs=3, checkpoint=tmp_path / "run.pt", method=interrupted)
+    resumed = _scripted([0.2, 0.5, 0.6])
+    resumed.calls = 2  # a fresh process: the scripted NLLs continue at epoch 3
+    method, result = _train(epochs=3, checkpoint=tmp_path / "run.pt", method=resumed)
+    assert result.selected_epochs == [1]
+    expected = _state_after(1)
+    for key, value in method.state_dict().items():
+        assert torch.equal(value, expected[key]), key

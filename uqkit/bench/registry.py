@@ -9,8 +9,10 @@ interface, so a new method is one builder registered here (or from another modul
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -82,6 +84,27 @@ class Method(nn.Module):
         network) returns several groups, each a dict with ``"params"`` and its ``"lr"``.
         """
         return [{"params": [p for p in self.parameters() if p.requires_grad], "lr": learning_rate}]
+
+    def validation_nlls(self, prediction: Prediction, labels: torch.Tensor) -> list[float]:
+        """The validation NLL of each part the trainer selects an epoch for independently.
+
+        Default: one part, the whole method, scored by the NLL of its predictive distribution. A method of
+        independently trained members (a deep ensemble) returns one NLL per member, and implements
+        :meth:`part_state` and :meth:`load_part_states` to match.
+        """
+        log_probs = prediction.log_probs
+        return [float(-log_probs.gather(1, labels.unsqueeze(1)).double().mean())]
+
+    def part_state(self, index: int) -> dict[str, Any]:
+        """A detached copy of part ``index``'s state (default: the whole state dict, extra states too)."""
+        return {
+            name: value.detach().clone() if isinstance(value, torch.Tensor) else copy.deepcopy(value)
+            for name, value in self.state_dict().items()
+        }
+
+    def load_part_states(self, states: list[dict[str, Any]]) -> None:
+        """Load the parts' states (from :meth:`part_state`), each possibly from another epoch."""
+        self.load_state_dict(states[0])
 
     def on_epoch_start(self, epoch: int, num_epochs: int) -> None:
         """Called by the trainer before each epoch (0-based ``epoch``); default: nothing.
@@ -215,13 +238,44 @@ class DeepEnsembleMethod(Method):
     ``seed + m``). The training loss is the sum of the members' mean cross-entropies on their batches.
     Members share no parameters and Adam's update is per element, so this is exactly M independent
     trainings, member ``m`` with the batches of a single model trained with seed ``seed + m``.
+
+    Recipe, chosen on the validation split of Fashion-MNIST (MLP, seed 0; ``benchmarks/ensemble_recipe.py``):
+    a constant learning rate, and each member keeps the epoch of its own lowest validation NLL (the trainer
+    selects per member through :meth:`validation_nlls`). Ensemble validation NLL at 10 epochs: constant
+    rate, members at their best epochs 0.2662 (ECE 0.85%); cosine decay, best epochs 0.2686 (1.72%); cosine,
+    last epoch 0.2717 (2.12%); constant, last epoch 0.2779 (1.33%). At 5 epochs every member's best epoch
+    is the last, and cosine led by 0.002 (0.2805 against 0.2826), within the spread between reruns.
     """
+
+    learning_rate_schedule = "constant"
 
     def __init__(self, network: nn.Module) -> None:
         super().__init__()
         self.network = network
         self.num_samples = network.num_members
         self.num_batch_orders = network.num_members
+
+    def validation_nlls(self, prediction: Prediction, labels: torch.Tensor) -> list[float]:
+        """Each member's own validation NLL (``[M, B, C]`` logits, row ``m`` member ``m``)."""
+        log_probs = prediction.logits.log_softmax(dim=-1)
+        index = labels.view(1, -1, 1).expand(log_probs.shape[0], -1, 1)
+        return (-log_probs.gather(2, index).squeeze(2).double().mean(dim=1)).tolist()
+
+    def part_state(self, index: int) -> dict[str, torch.Tensor]:
+        """Member ``index``'s slice of every stacked parameter and buffer (all carry a leading ``M``)."""
+        state = self.state_dict()
+        members = self.num_samples
+        odd = [name for name, tensor in state.items() if tensor.dim() == 0 or tensor.shape[0] != members]
+        if odd:
+            raise ValueError(
+                f"deep ensemble: expected every parameter and buffer to carry a leading member dimension of "
+                f"{members}, got {odd}"
+            )
+        return {name: tensor[index].detach().clone() for name, tensor in state.items()}
+
+    def load_part_states(self, states: list[dict[str, torch.Tensor]]) -> None:
+        """Stack the members' states (member ``m`` from ``states[m]``) and load them."""
+        self.load_state_dict({name: torch.stack([state[name] for state in states]) for name in states[0]})
 
     def training_loss(self, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Sum of the members' mean cross-entropies; ``[M, B, ...]`` inputs with ``[M, B]`` labels (a batch

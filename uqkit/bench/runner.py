@@ -271,6 +271,7 @@ def _run_method(
     if state is not None:  # finished training earlier, killed during evaluation
         method.load_state_dict(state["method"])
         history, train_time, shared = state["history"], float(state["train_time_s"]), state["shared"]
+        selected = state.get("selected_epochs")
     else:
         base = method.shares_training_with
         base_path = run / "models" / task.name / f"{base}.pt" if base else None
@@ -281,15 +282,23 @@ def _run_method(
             network_state = {k[len(prefix) :]: v for k, v in state["method"].items() if k.startswith(prefix)}
             method.network.load_state_dict(network_state)
             history, train_time, shared = state["history"], float(state["train_time_s"]), base
+            selected = state.get("selected_epochs")
         else:
             result = _train(method, method_name, task, method_config, checkpoint, log)
             history, train_time, shared = result.history, result.train_time_s, None
+            selected = result.selected_epochs
         method.to(config.device)
         started = time.perf_counter()
         method.fit_post_hoc(task.val.inputs.to(config.device), task.val.labels.to(config.device))
         train_time += time.perf_counter() - started
         atomic_torch_save(
-            {"method": method.state_dict(), "history": history, "train_time_s": train_time, "shared": shared},
+            {
+                "method": method.state_dict(),
+                "history": history,
+                "train_time_s": train_time,
+                "shared": shared,
+                "selected_epochs": selected,
+            },
             model_path,
         )
     method.to(config.device)
@@ -299,6 +308,7 @@ def _run_method(
     block["train_time_s"] = train_time
     block["shares_training_with"] = shared
     block["history"] = history
+    block["selected_epochs"] = selected  # per part (one, or one per ensemble member): best validation NLL
     block["learning_rate_schedule"] = method_config.schedule
     block["description"] = METHODS[method_name].description
     return _clean(block)

@@ -11,6 +11,12 @@ training set per epoch, order ``j`` from a ``torch.Generator`` seeded with ``see
 ``[k, B, ...]`` inputs and ``[k, B]`` labels. Order 0 is the single-order methods' order, so member ``j`` sees
 exactly the batches of a single model trained with seed ``seed + j``.
 
+Epoch selection: after every epoch the trainer scores the method on the validation split and keeps, for
+each independently selected part (:meth:`~uqkit.bench.registry.Method.validation_nlls`: the whole method,
+or each member of a deep ensemble), the state of the epoch with its lowest validation NLL; training ends
+with those states loaded (early stopping by checkpoint selection; chosen on validation, never on test).
+``TrainResult.selected_epochs`` says which epochs they were.
+
 Determinism: stochastic layers (dropout, weight noise) draw from torch's global generator, seeded before
 the method is built. Every generator's state is saved in every epoch checkpoint, so a run resumed after a
 kill continues with the same batches and the same noise as an uninterrupted run, and ends with the same
@@ -86,8 +92,11 @@ def learning_rate_factor(schedule: str, step: int, total_steps: int) -> float:
 
 @dataclass
 class TrainResult:
+    """Per-epoch history, training time, and the epoch (1-based) whose state each part ends with."""
+
     history: list[dict[str, float]]
     train_time_s: float
+    selected_epochs: list[int]
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
@@ -106,8 +115,9 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
 
 def _evaluate_validation(
     method: Method, inputs: torch.Tensor, labels: torch.Tensor, batch_size: int, device: str
-) -> tuple[float, float, float]:
-    """Validation accuracy, mean NLL and ECE (15 bins, as the evaluation) of the predictive distribution.
+) -> tuple[float, float, float, list[float]]:
+    """Validation accuracy, mean NLL and ECE (15 bins, as the evaluation) of the predictive distribution,
+    and the NLL of each independently selected part (:meth:`Method.validation_nlls`).
 
     Leaves the method in train mode.
     """
@@ -117,7 +127,7 @@ def _evaluate_validation(
     accuracy = float((log_probs.argmax(dim=-1) == labels).double().mean())
     nll = float(-log_probs.gather(1, labels.unsqueeze(1)).double().mean())
     ece = expected_calibration_error(log_probs.exp(), labels, num_bins=NUM_BINS)
-    return accuracy, nll, ece
+    return accuracy, nll, ece, method.validation_nlls(prediction, labels)
 
 
 def train_method(
@@ -150,6 +160,7 @@ def train_method(
     shuffles = [torch.Generator().manual_seed(config.seed + order) for order in range(num_orders)]
     history: list[dict[str, float]] = []
     start_epoch, elapsed = 0, 0.0
+    best: dict[str, list] = {"nll": [], "epoch": [], "states": []}  # per part, filled after epoch 1
     if checkpoint_path is not None and Path(checkpoint_path).exists():
         state = load_checkpoint(checkpoint_path)
         method.load_state_dict(state["method"])
@@ -171,6 +182,7 @@ def train_method(
             shuffle.set_state(rng)
         torch.set_rng_state(state["torch_rng"])
         history, start_epoch, elapsed = state["history"], int(state["epoch"]), float(state["elapsed_s"])
+        best = state.get("best", best)
 
     num_examples = len(train_labels)
     steps_per_epoch = math.ceil(num_examples / config.batch_size)
@@ -209,9 +221,10 @@ def train_method(
                 loss_sum += float(loss.detach()) * index.shape[-1]
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss_sum / min(num_examples, (step + 1) * config.batch_size):.4f}")
-        val_accuracy, val_nll, val_ece = _evaluate_validation(
+        val_accuracy, val_nll, val_ece, part_nlls = _evaluate_validation(
             method, val_inputs, val_labels.cpu(), max(config.batch_size, 512), config.device
         )
+        _keep_best_parts(method, best, part_nlls, epoch + 1)
         epoch_time = time.perf_counter() - started
         elapsed += epoch_time
         history.append(
@@ -236,8 +249,32 @@ def train_method(
                     "torch_rng": torch.get_rng_state(),
                     "history": history,
                     "elapsed_s": elapsed,
+                    "best": best,
                 },
                 checkpoint_path,
             )
+    if best["states"]:
+        method.load_part_states(best["states"])
     method.eval()
-    return TrainResult(history=history, train_time_s=elapsed)
+    return TrainResult(history=history, train_time_s=elapsed, selected_epochs=list(best["epoch"]))
+
+
+def _keep_best_parts(method: Method, best: dict[str, list], part_nlls: list[float], epoch: int) -> None:
+    """Record, in ``best``, the state of every part whose validation NLL at ``epoch`` is its lowest so far.
+
+    A non-finite NLL never counts as an improvement. ``best`` holds per-part lists ``"nll"``, ``"epoch"``
+    and ``"states"`` (tensors only, so that it is saved in the epoch checkpoint and read with
+    ``weights_only=True``).
+    """
+    if not best["nll"]:
+        best["nll"] = [math.inf] * len(part_nlls)
+        best["epoch"] = [epoch] * len(part_nlls)
+        best["states"] = [method.part_state(index) for index in range(len(part_nlls))]
+    if len(part_nlls) != len(best["nll"]):
+        raise ValueError(
+            f"validation_nlls: expected {len(best['nll'])} parts as in earlier epochs, got {len(part_nlls)}"
+        )
+    for index, nll in enumerate(part_nlls):
+        if math.isfinite(nll) and nll < best["nll"][index]:
+            best["nll"][index], best["epoch"][index] = nll, epoch
+            best["states"][index] = method.part_state(index)
