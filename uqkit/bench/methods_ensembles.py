@@ -49,7 +49,6 @@ from uqkit.methods.mimo import MIMO
 from uqkit.nn.members import tile_members, unfold_members
 from uqkit.nn.priors import NormalPrior
 from uqkit.objectives import ELBO
-from uqkit.prediction import Prediction
 
 __all__ = ["BatchEnsembleNetwork", "MIMONetwork", "Rank1Network"]
 
@@ -82,17 +81,14 @@ class BatchEnsembleNetwork(Method):
     def training_loss(self, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return nn.functional.cross_entropy(self.network(inputs), tile_members(labels, self.num_members))
 
-    def predict(self, inputs: torch.Tensor) -> Prediction:
-        return Prediction(self.member_logits(inputs))
-
 
 class Rank1Network(BatchEnsembleNetwork):
     """A rank-1 BNN trained on the ELBO; predicts ``S`` samples of each of the ``M`` members.
 
-    The factors are sampled per example, so the ``S`` samples of a batch come from one forward pass over
-    the batch repeated ``S`` times (``[S * B, ...]``, sample-major; the model tiles it to
-    ``[M * S * B, ...]``). ``predict`` returns ``[M * S, B, C]`` logits, member-major: row ``m * S + s`` is
-    sample ``s`` of member ``m``.
+    ``predict`` is :func:`uqkit.predict` with ``num_samples = M * S``: the factors are sampled per example,
+    so the ``S`` samples of a batch come from one forward pass over the batch repeated ``S`` times
+    (``[S * B, ...]``, sample-major; the model tiles it to ``[M * S * B, ...]``), and the logits are
+    ``[M * S, B, C]``, member-major: row ``m * S + s`` is sample ``s`` of member ``m``.
     """
 
     def __init__(
@@ -112,12 +108,6 @@ class Rank1Network(BatchEnsembleNetwork):
     def training_loss(self, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return self.elbo(self.member_logits(inputs), labels, self.network)
 
-    def predict(self, inputs: torch.Tensor) -> Prediction:
-        samples, batch = self.samples_per_member, inputs.shape[0]
-        repeated = tile_members(inputs, samples)  # [S * B, ...], sample-major
-        logits = self.network(repeated)  # [M * S * B, C]: row (m * S + s) * B + b
-        return Prediction(logits.view(self.num_members * samples, batch, logits.shape[-1]))
-
 
 class MIMONetwork(Method):
     """A :class:`uqkit.MIMO` network: independent examples per member in training, a shared input at test."""
@@ -129,9 +119,6 @@ class MIMONetwork(Method):
 
     def training_loss(self, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return self.network.training_loss(inputs, labels)
-
-    def predict(self, inputs: torch.Tensor) -> Prediction:
-        return Prediction(unfold_members(self.network(inputs), self.network.num_members))
 
 
 def _converted(context: MethodContext, config: BatchEnsembleConfig | Rank1Config) -> nn.Module:
