@@ -31,6 +31,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from uqkit._validation import check_positive_float, check_positive_int
+from uqkit.methods.predict import NUM_SAMPLES_ATTRIBUTE
 from uqkit.nn import (
     BatchEnsembleConv1d,
     BatchEnsembleConv2d,
@@ -70,6 +71,8 @@ __all__ = [
 def _validate_config(config: Any) -> None:
     _check_prior(config.prior)
     check_positive_float(config.posterior_scale_init, "posterior_scale_init", allow_zero=True)
+    if getattr(config, "num_samples", None) is not None:
+        check_positive_int(config.num_samples, "num_samples")
 
 
 @dataclass(frozen=True)
@@ -86,11 +89,15 @@ class FlipoutConfig:
             time-major ``[T, B, F]`` inputs. Each example draws its own signs, shared by its other positions.
             Convolutions always take ``[B, C, ...]`` and LSTMs follow their ``batch_first``; convert layers
             of different layouts with two calls and a ``filter_fn``.
+        num_samples: optional default ``S`` of :func:`uqkit.predict` for the converted model, ``>= 1``:
+            :func:`bayesianize_` sets the model's ``uqkit_num_samples`` to it. ``None`` (default): the model
+            keeps its setting (without one, :func:`uqkit.predict` draws 8 samples).
     """
 
     prior: Prior = field(default_factory=NormalPrior)
     posterior_scale_init: float = 1e-2
     batch_dim: int = 0
+    num_samples: int | None = None
     family: ClassVar[str] = "flipout"
 
     def __post_init__(self) -> None:
@@ -115,11 +122,14 @@ class GaussianConfig:
         local_reparameterization: sample the pre-activations of converted ``nn.Linear`` layers per example
             (Kingma et al. 2015). Convolutions and LSTMs have no local form and draw one weight sample per
             forward pass either way. Default ``False``.
+        num_samples: optional default ``S`` of :func:`uqkit.predict` for the converted model, as in
+            :class:`FlipoutConfig`.
     """
 
     prior: Prior = field(default_factory=NormalPrior)
     posterior_scale_init: float = 1e-2
     local_reparameterization: bool = False
+    num_samples: int | None = None
     family: ClassVar[str] = "gaussian"
 
     def __post_init__(self) -> None:
@@ -490,6 +500,9 @@ def bayesianize_(
     (:class:`TileMembers`) that tiles its ``[B, ...]`` inputs to ``[M * B, ...]`` and the attribute
     ``uqkit_num_members = M``: it is called exactly as before and returns ``[M * B, ...]``, member-major.
 
+    A config's ``num_samples`` (Flipout, Gaussian), when given, becomes the root model's
+    ``uqkit_num_samples``, the number of samples :func:`uqkit.predict` draws when its call gives none.
+
     Args:
         model: the model to convert (modified in place). It cannot itself be a supported layer: wrap it,
             e.g. ``nn.Sequential(layer)``.
@@ -572,4 +585,6 @@ def bayesianize_(
             report.converted.append((name, type(modules[key]).__name__, type(new).__name__))
     if isinstance(config, (BatchEnsembleConfig, Rank1Config)):
         _install_member_tiling(model, config.num_members)
+    if getattr(config, "num_samples", None) is not None:
+        setattr(model, NUM_SAMPLES_ATTRIBUTE, config.num_samples)
     return report
