@@ -9,37 +9,9 @@ import torch
 import uqkit
 from uqkit.methods import FlipoutConfig, GaussianConfig, bayesianize_
 
-transformers = pytest.importorskip("transformers")
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 CONFIGS = [FlipoutConfig(posterior_scale_init=0.05), GaussianConfig(posterior_scale_init=0.05)]
-
-
-def _vit() -> torch.nn.Module:
-    config = transformers.ViTConfig(
-        image_size=8,
-        patch_size=4,
-        num_channels=3,
-        hidden_size=16,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=32,
-        num_labels=3,
-    )
-    return transformers.ViTForImageClassification(config)
-
-
-def _bert() -> torch.nn.Module:
-    config = transformers.BertConfig(
-        vocab_size=50,
-        hidden_size=16,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=32,
-        max_position_embeddings=16,
-        num_labels=3,
-    )
-    return transformers.BertForSequenceClassification(config)
 
 
 def _check_examples_in_order(model: torch.nn.Module, **inputs: torch.Tensor) -> None:
@@ -62,10 +34,10 @@ def _check_examples_in_order(model: torch.nn.Module, **inputs: torch.Tensor) -> 
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=["flipout", "gaussian"])
-def test_vision_transformer_after_conversion(config):
+def test_vision_transformer_after_conversion(config, tiny_hf):
     """ViT's patch embedding reads projection.weight.dtype and checks the channel dimension of its input."""
     torch.manual_seed(0)
-    model = _vit()
+    model = tiny_hf.vit()
     bayesianize_(model, config)
     projection = model.vit.embeddings.patch_embeddings.projection
     assert not isinstance(projection, torch.nn.Conv2d)  # converted, yet read as the Conv2d it replaces
@@ -80,11 +52,11 @@ def test_vision_transformer_after_conversion(config):
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=["flipout", "gaussian"])
-def test_text_model_with_keyword_inputs(config):
+def test_text_model_with_keyword_inputs(config, tiny_hf):
     """BERT takes input_ids= and attention_mask= and returns an output object with .logits; the [B, T] ids
     and mask are both repeated for the copies."""
     torch.manual_seed(0)
-    model = _bert()
+    model = tiny_hf.bert()
     bayesianize_(model, config)
     ids = torch.randint(0, 50, (4, 6))
     mask = torch.ones(4, 6, dtype=torch.long)

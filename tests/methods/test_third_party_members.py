@@ -24,8 +24,6 @@ from uqkit.methods import MIMO, BatchEnsembleConfig, DeepEnsemble, Rank1Config, 
 from uqkit.nn import use_posterior_mean
 from uqkit.nn.members import num_members, tile_members, unfold_members
 
-transformers = pytest.importorskip("transformers")
-
 pytestmark = [
     pytest.mark.usefixtures("one_thread"),
     pytest.mark.filterwarnings("ignore::DeprecationWarning"),
@@ -47,56 +45,17 @@ class Logits(nn.Module):
         return self.model(*args, **kwargs).logits
 
 
-def vit(channels: int = 3, labels: int = CLASSES) -> nn.Module:
-    config = transformers.ViTConfig(
-        image_size=8,
-        patch_size=4,
-        num_channels=channels,
-        hidden_size=16,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=32,
-        num_labels=labels,
-    )
-    return transformers.ViTForImageClassification(config).double()
+NAMES = ["vit", "bert"]
 
 
-def bert() -> nn.Module:
-    config = transformers.BertConfig(
-        vocab_size=50,
-        hidden_size=16,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=32,
-        max_position_embeddings=20,
-        num_labels=CLASSES,
-    )
-    return transformers.BertForSequenceClassification(config).double()
-
-
-def _images(batch: int = 2) -> tuple[tuple, dict]:
-    return (torch.randn(batch, 3, 8, 8, dtype=torch.float64),), {}
-
-
-def _text(batch: int = 4) -> tuple[tuple, dict]:
-    ids = torch.randint(1, 50, (batch, 7))
-    mask = torch.ones(batch, 7, dtype=torch.long)
-    mask[0, 5:] = 0
-    ids[0, 5:] = 0
-    return (), {"input_ids": ids, "attention_mask": mask}
-
-
-MODELS = {"vit": (vit, _images), "bert": (bert, _text)}
-
-
-def _train_step(model: nn.Module, args: tuple, kwargs: dict, members: int) -> None:
+def _train_step(model: nn.Module, kwargs: dict, members: int) -> None:
     """One Adam step on the mean cross-entropy of every member against the tiled labels."""
-    batch = next(v for v in (*args, *kwargs.values()) if isinstance(v, torch.Tensor)).shape[0]
+    batch = next(v for v in kwargs.values() if isinstance(v, torch.Tensor)).shape[0]
     labels = torch.arange(batch) % CLASSES
     model.train()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
     before = [p.detach().clone() for p in model.parameters()]
-    logits = model(*args, **kwargs).logits
+    logits = model(**kwargs).logits
     assert logits.shape == (members * batch, CLASSES)
     loss = F.cross_entropy(logits, tile_members(labels, members))
     assert torch.isfinite(loss)
@@ -106,26 +65,26 @@ def _train_step(model: nn.Module, args: tuple, kwargs: dict, members: int) -> No
     assert sum(moved) >= 0.9 * len(moved)  # every trained parameter but a few unused ones (e.g. a pooler)
 
 
-@pytest.mark.parametrize("name", list(MODELS))
-def test_deep_ensemble_equals_its_members_and_trains(name):
-    factory, inputs = MODELS[name]
+@pytest.mark.parametrize("name", NAMES)
+def test_deep_ensemble_equals_its_members_and_trains(name, tiny_hf):
+    factory, inputs = tiny_hf.model_and_inputs(name, torch.float64)
     torch.manual_seed(0)
     ensemble = DeepEnsemble(factory, M).eval()
     assert num_members(ensemble) == M
-    args, kwargs = inputs()
-    out = ensemble(*args, **kwargs)  # the model's own output object, [M * B, C] logits
+    kwargs = inputs()
+    out = ensemble(**kwargs)  # the model's own output object, [M * B, C] logits
     members = ensemble.members()
     assert all(type(m) is type(factory()) for m in members)
-    expected = torch.stack([m(*args, **kwargs).logits for m in members])
+    expected = torch.stack([m(**kwargs).logits for m in members])
     torch.testing.assert_close(unfold_members(out.logits, M), expected, rtol=1e-10, atol=1e-10)
     assert not torch.allclose(expected[0], expected[1])  # independent initialisations
-    _train_step(ensemble, args, kwargs, M)
+    _train_step(ensemble, kwargs, M)
 
 
-def test_deep_ensemble_with_an_adapter_returns_logits():
+def test_deep_ensemble_with_an_adapter_returns_logits(tiny_hf):
     torch.manual_seed(1)
-    ensemble = DeepEnsemble(lambda: Logits(bert()), M).eval()
-    _, kwargs = _text()
+    ensemble = DeepEnsemble(lambda: Logits(tiny_hf.bert(dtype=torch.float64)), M).eval()
+    kwargs = tiny_hf.text()
     logits = ensemble(**kwargs)
     members = ensemble.members()
     expected = torch.stack([member(**kwargs) for member in members])
@@ -133,41 +92,42 @@ def test_deep_ensemble_with_an_adapter_returns_logits():
 
 
 @pytest.mark.parametrize("config", [BatchEnsembleConfig, Rank1Config], ids=["batchensemble", "rank1"])
-@pytest.mark.parametrize("name", list(MODELS))
-def test_converted_model_is_called_as_before_and_equals_the_original_with_unit_factors(name, config):
-    factory, inputs = MODELS[name]
+@pytest.mark.parametrize("name", NAMES)
+def test_converted_model_is_called_as_before_and_equals_the_original_with_unit_factors(name, config, tiny_hf):
+    factory, inputs = tiny_hf.model_and_inputs(name, torch.float64)
     torch.manual_seed(2)
     original = factory().eval()
     model = copy.deepcopy(original)
     extra = {"posterior_scale_init": 0.0} if config is Rank1Config else {}
     bayesianize_(model, config(M, fast_weight_init="ones", **extra))
     assert num_members(model) == M
-    args, kwargs = inputs()
+    kwargs = inputs()
     with torch.no_grad():
-        expected = original(*args, **kwargs).logits
-        out = unfold_members(model(*args, **kwargs).logits, M)
+        expected = original(**kwargs).logits
+        out = unfold_members(model(**kwargs).logits, M)
     for m in range(M):  # unit factors: every member computes the original function
         torch.testing.assert_close(out[m], expected, rtol=1e-10, atol=1e-10)
 
 
 @pytest.mark.parametrize("config", [BatchEnsembleConfig, Rank1Config], ids=["batchensemble", "rank1"])
-@pytest.mark.parametrize("name", list(MODELS))
-def test_converted_model_members_differ_and_train(name, config):
-    factory, inputs = MODELS[name]
+@pytest.mark.parametrize("name", NAMES)
+def test_converted_model_members_differ_and_train(name, config, tiny_hf):
+    factory, inputs = tiny_hf.model_and_inputs(name, torch.float64)
     torch.manual_seed(3)
     model = factory()
     bayesianize_(model, config(M))
-    args, kwargs = inputs()
+    kwargs = inputs()
     with torch.no_grad(), use_posterior_mean(model):
-        out = unfold_members(model.eval()(*args, **kwargs).logits, M)
+        out = unfold_members(model.eval()(**kwargs).logits, M)
     assert not torch.allclose(out[0], out[1])  # N(1, 0.1^2) factors: members near, not equal
-    _train_step(model, args, kwargs, M)
+    _train_step(model, kwargs, M)
 
 
-def test_mimo_infers_the_layout_of_a_vision_transformer():
+def test_mimo_infers_the_layout_of_a_vision_transformer(tiny_hf):
     torch.manual_seed(4)
-    mimo = MIMO(vit(channels=M * 3, labels=M * CLASSES), M)  # M times the channels and the labels
-    (x,), _ = _images(batch=5)
+    vit = tiny_hf.vit(channels=M * 3, labels=M * CLASSES, dtype=torch.float64)  # M times channels, labels
+    mimo = MIMO(vit, M)
+    x = tiny_hf.images(batch=5, dtype=torch.float64)["pixel_values"]
     logits = mimo.eval()(x)
     assert logits.shape == (M * 5, CLASSES)
     # member m's head on the same input in every slot: the network on [x, x, x] along channels
