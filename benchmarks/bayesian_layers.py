@@ -197,8 +197,8 @@ def run_predict(args: argparse.Namespace) -> dict:
     s = args.predict_samples
     times = time_interleaved(
         {
-            "batched": lambda: predict(model, x, s),
-            "separate": lambda: predict(model, x, s, samples_per_pass=1),
+            "batched": lambda: predict(model, x, num_samples=s),
+            "separate": lambda: predict(model, x, num_samples=s, samples_per_pass=1),
         },
         args.repeats,
         max(1, args.steps // 4),

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from uqkit.bench.models import build_model
 from uqkit.bench.tasks import build_task
 from uqkit.methods.convert import BatchEnsembleConfig, bayesianize_
-from uqkit.nn.members import with_member_dim
+from uqkit.nn.members import unfold_members
 
 MEMBERS = 4
 EPOCHS = 2
@@ -84,7 +84,7 @@ def main() -> None:
         converted = copy.deepcopy(network)
         bayesianize_(converted, BatchEnsembleConfig(MEMBERS, fast_weight_init=init, fast_weight_std=std))
         with torch.no_grad():
-            logits = converted(with_member_dim(x, MEMBERS, 3))
+            logits = unfold_members(converted(x), MEMBERS)  # called as before: [M * B, C] -> [M, B, C]
         name = f"N(1, {std:g}^2)" if init == "normal" else init
         print(_row(name, logits, original, y))
 

@@ -22,7 +22,8 @@ blocks allocated before it started, such as the previous step's gradients, so th
 allocated during the call).
 
 Losses: one model and MIMO on their own objective; every ensemble-like row on the sum over members of the
-mean cross-entropy (labels broadcast, never repeated; torch-uncertainty: its convention, labels repeated);
+mean cross-entropy (uqkit's member models fold the members into the batch, ``[M * B, C]``, and the labels are
+tiled to match, as torch-uncertainty does);
 rank-1 adds the factors' KL / 60000.
 
 Writes ``benchmarks/results/ensembles.json`` (command, environment, all numbers, the issue's targets and
@@ -53,7 +54,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from uqkit.bench.models import LeNet5, mlp
 from uqkit.methods import MIMO, BatchEnsembleConfig, DeepEnsemble, Rank1Config, bayesianize_
-from uqkit.nn.members import with_member_dim
+from uqkit.nn.members import fold_members, tile_members
 from uqkit.objectives import kl_divergence
 
 M = 4
@@ -74,9 +75,11 @@ BE, TU_BE, MIMO_ROW, RANK1 = (
 
 
 def _members_ce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Sum over members of the mean cross-entropy of ``[M, B, C]`` logits against ``[B]`` labels."""
-    members, batch = logits.shape[:2]
-    return members * F.cross_entropy(logits.permute(1, 2, 0), labels[:, None].expand(batch, members))
+    """Sum over members of the mean cross-entropy of ``[M * B, C]`` member-major logits (or ``[M, B, C]``)
+    against ``[B]`` labels, tiled to the members."""
+    if logits.dim() == 3:
+        logits = fold_members(logits)
+    return M * F.cross_entropy(logits, tile_members(labels, M))
 
 
 @dataclass
@@ -159,7 +162,7 @@ def build_rows(backbone: str, tu_layers: Any | None) -> list[Row]:
         )
     )
 
-    ensemble = DeepEnsemble(lambda: build(1, CLASSES), M, example_dims=len(INPUT))
+    ensemble = DeepEnsemble(lambda: build(1, CLASSES), M)
     rows.append(
         Row(
             VECTORIZED,
@@ -193,8 +196,8 @@ def build_rows(backbone: str, tu_layers: Any | None) -> list[Row]:
             BE,
             list(batchensemble.parameters()),
             [batchensemble],
-            lambda x, y: _members_ce(batchensemble(with_member_dim(x, M, len(INPUT))), y),
-            lambda x: batchensemble(with_member_dim(x, M, len(INPUT))),
+            lambda x, y: _members_ce(batchensemble(x), y),
+            batchensemble,
         )
     )
 
@@ -214,7 +217,7 @@ def build_rows(backbone: str, tu_layers: Any | None) -> list[Row]:
             )
         )
 
-    mimo = MIMO(build(M * INPUT[0], M * CLASSES), M, len(INPUT))
+    mimo = MIMO(build(M * INPUT[0], M * CLASSES), M)
     rows.append(Row(MIMO_ROW, list(mimo.parameters()), [mimo], mimo.training_loss, mimo))
 
     rank1 = build(1, CLASSES)
@@ -224,10 +227,8 @@ def build_rows(backbone: str, tu_layers: Any | None) -> list[Row]:
             RANK1,
             list(rank1.parameters()),
             [rank1],
-            lambda x, y: (
-                _members_ce(rank1(with_member_dim(x, M, len(INPUT))), y) + kl_divergence(rank1) / NUM_DATA
-            ),
-            lambda x: rank1(with_member_dim(x, M, len(INPUT))),
+            lambda x, y: _members_ce(rank1(x), y) + kl_divergence(rank1) / NUM_DATA,
+            rank1,
         )
     )
     return rows

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -63,3 +64,69 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+class TinyHuggingFace:
+    """Hugging Face ``transformers`` classifiers built from tiny configs (random weights, nothing downloaded),
+    and inputs for them, shared by the tests on models this project did not write.
+
+    * ViT (``ViTForImageClassification``): its ``forward`` checks the channel dimension of its input and its
+      patch embedding reads ``projection.weight.dtype``; 8 x 8 images, 4 x 4 patches.
+    * BERT (``BertForSequenceClassification``): keyword inputs (``input_ids=..., attention_mask=...``), an
+      output object with ``.logits``, ``position_ids`` of shape ``[1, T]`` shared by the batch.
+    """
+
+    HIDDEN = 16
+    VOCAB = 50
+
+    def __init__(self, transformers) -> None:
+        self.transformers = transformers
+
+    def _common(self) -> dict:
+        return {
+            "hidden_size": self.HIDDEN,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "intermediate_size": 32,
+        }
+
+    def vit(self, channels: int = 3, labels: int = 3, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
+        config = self.transformers.ViTConfig(
+            image_size=8, patch_size=4, num_channels=channels, num_labels=labels, **self._common()
+        )
+        return self.transformers.ViTForImageClassification(config).to(dtype)
+
+    def bert(self, labels: int = 3, dtype: torch.dtype = torch.float32) -> torch.nn.Module:
+        config = self.transformers.BertConfig(
+            vocab_size=self.VOCAB, max_position_embeddings=20, num_labels=labels, **self._common()
+        )
+        return self.transformers.BertForSequenceClassification(config).to(dtype)
+
+    @staticmethod
+    def images(batch: int = 2, channels: int = 3, dtype: torch.dtype = torch.float32) -> dict:
+        """``{"pixel_values": [B, C, 8, 8]}``."""
+        return {"pixel_values": torch.randn(batch, channels, 8, 8, dtype=dtype)}
+
+    def text(self, batch: int = 4, length: int = 7) -> dict:
+        """``{"input_ids": [B, T], "attention_mask": [B, T]}``, example 0 padded after position 5."""
+        ids = torch.randint(1, self.VOCAB, (batch, length))
+        mask = torch.ones(batch, length, dtype=torch.long)
+        mask[0, 5:] = 0
+        ids[0, 5:] = 0
+        return {"input_ids": ids, "attention_mask": mask}
+
+    def model_and_inputs(
+        self, name: str, dtype: torch.dtype = torch.float32
+    ) -> tuple[Callable[[], torch.nn.Module], Callable[..., dict]]:
+        """``(factory, inputs)`` for ``name`` ``"vit"`` or ``"bert"``: ``inputs(batch)``, keyword inputs."""
+        if name == "vit":
+            return (lambda: self.vit(dtype=dtype)), (lambda batch=2: self.images(batch, dtype=dtype))
+        if name == "bert":
+            return (lambda: self.bert(dtype=dtype)), (lambda batch=4: self.text(batch))
+        raise ValueError(f"name: expected 'vit' or 'bert', got {name!r}")
+
+
+@pytest.fixture
+def tiny_hf() -> TinyHuggingFace:
+    """:class:`TinyHuggingFace`; skips the test where ``transformers`` (``dev`` extra) is not installed."""
+    return TinyHuggingFace(pytest.importorskip("transformers"))

@@ -15,6 +15,7 @@ from uqkit.bench.models import build_model
 from uqkit.bench.registry import MethodContext, build_method, methods_for_task
 from uqkit.bench.runner import BenchConfig, run_bench
 from uqkit.nn import Rank1Linear, use_posterior_mean
+from uqkit.nn.members import fold_members, pretiled
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore:TF32 acceleration on top of oneDNN"),
@@ -75,7 +76,7 @@ def test_rank1_prediction_groups_samples_by_member():
     torch.manual_seed(2)
     members, samples, batch = 4, 3, 7
     built = build_method("rank1-bnn", _context("mlp", (1, 28, 28)))
-    method = methods_ensembles.Rank1Network(built.network, members, 3, 300, 32, samples_per_member=samples)
+    method = methods_ensembles.Rank1Network(built.network, members, 300, 32, samples_per_member=samples)
     layers = [m for m in method.network.modules() if isinstance(m, Rank1Linear)]
     with torch.no_grad():
         for layer in layers:
@@ -114,7 +115,9 @@ def test_mimo_members_see_independent_examples_in_training():
     loss = method.training_loss(x, y)
     torch.manual_seed(5)
     member_inputs, member_labels = mimo.training_batch(x, y)
-    torch.testing.assert_close(loss, mimo.loss(mimo(member_inputs), member_labels))
+    with pretiled():  # one batch per member, folded into the batch
+        logits = mimo(fold_members(member_inputs))
+    torch.testing.assert_close(loss, mimo.loss(logits, fold_members(member_labels)))
     assert mimo.input_repetition == methods_ensembles.MIMO_INPUT_REPETITION
     assert mimo.batch_repetition == methods_ensembles.MIMO_BATCH_REPETITION
     index = mimo.training_indices(1000, generator)

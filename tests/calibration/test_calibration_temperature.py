@@ -160,8 +160,20 @@ def test_overflowing_logits_raise_runtime_error():
     [
         (np.zeros((4, 3)), torch.zeros(4, dtype=torch.long), TypeError, "logits: expected a torch.Tensor"),
         (torch.zeros(4, 3, dtype=torch.long), torch.zeros(4, dtype=torch.long), TypeError, "floating-point"),
-        (torch.zeros(4), torch.zeros(4, dtype=torch.long), ValueError, "logits: expected a 2-D tensor"),
-        (torch.zeros(2, 4, 3), torch.zeros(2, dtype=torch.long), ValueError, "logits: expected a 2-D tensor"),
+        (
+            torch.zeros(4),
+            torch.zeros(4, dtype=torch.long),
+            ValueError,
+            "logits: expected a 2-D or 3-D tensor",
+        ),
+        (
+            torch.zeros(2, 4, 3, 1),
+            torch.zeros(4, dtype=torch.long),
+            ValueError,
+            "expected a 2-D or 3-D tensor",
+        ),
+        (torch.zeros(2, 4, 3), torch.zeros(2, dtype=torch.long), ValueError, "labels: expected 4 labels"),
+        (torch.zeros(0, 4, 3), torch.zeros(4, dtype=torch.long), ValueError, "at least one example"),
         (torch.zeros(4, 1), torch.zeros(4, dtype=torch.long), ValueError, "at least 2 classes"),
         (torch.zeros(0, 3), torch.zeros(0, dtype=torch.long), ValueError, "at least one example"),
         (
@@ -205,3 +217,51 @@ def test_fit_rejects_bad_max_iter(max_iter, error):
 def test_forward_rejects_bad_inputs(logits, error, match):
     with pytest.raises(error, match=match):
         TemperatureScaler()(logits)
+
+
+def _averaged_nll(logits: torch.Tensor, labels: torch.Tensor, temperature: float) -> float:
+    """NLL of the averaged predictive (1/S) sum_s softmax(z_s / T), computed directly in float64."""
+    probs = torch.softmax(logits.double() / temperature, dim=-1).mean(0)
+    return float(-probs[torch.arange(len(labels)), labels].log().mean())
+
+
+def _overconfident_samples(seed: int, samples: int = 8, n: int = 3000, num_classes: int = 5):
+    """[S, B, C] logits of an over-confident stochastic model: each sample is a noisy, sharpened copy of the
+    calibrated logits z (labels drawn from softmax(z)), so every sample is over-confident and the samples
+    disagree (their average is softer than each of them)."""
+    z, labels = _synthetic(seed, n=n, num_classes=num_classes, scale=1.5)
+    gen = torch.Generator().manual_seed(seed + 100)
+    noise = torch.randn(samples, *z.shape, generator=gen, dtype=z.dtype)
+    return 3.0 * (z + 1.5 * noise), labels
+
+
+def test_fit_on_samples_minimises_the_nll_of_the_averaged_predictive():
+    """[S, B, C]: one T divides every sample, fitted on the NLL of the mean over S of softmax(z_s / T).
+
+    Oracle: a grid search (step 1e-3 in log T) of that NLL computed directly. Power: the T fitted on the
+    flattened [S * B, C] rows (each sample as its own example) is clearly different and its averaged NLL
+    clearly worse, so an implementation that flattens fails.
+    """
+    logits, labels = _overconfident_samples(seed=4)
+    scaler = TemperatureScaler().fit(logits.float(), labels)
+    grid = torch.arange(-1.0, 3.0, 1e-3, dtype=torch.float64)
+    nlls = torch.tensor([_averaged_nll(logits, labels, math.exp(float(g))) for g in grid])
+    best = float(grid[int(nlls.argmin())])
+    assert math.log(scaler.temperature) == pytest.approx(best, abs=2e-3)
+    assert _averaged_nll(logits, labels, scaler.temperature) <= float(nlls.min()) + 1e-6
+
+    flattened = TemperatureScaler().fit(logits.flatten(0, 1).float(), labels.repeat(logits.shape[0]))
+    assert abs(math.log(flattened.temperature) - best) > 0.1
+    assert _averaged_nll(logits, labels, flattened.temperature) > float(nlls.min()) + 1e-3
+    # one sample ([1, B, C]) is the [B, C] case
+    single = TemperatureScaler().fit(logits[0].float(), labels).temperature
+    assert TemperatureScaler().fit(logits[:1].float(), labels).temperature == pytest.approx(single, rel=1e-6)
+
+
+def test_scaling_samples_divides_every_sample():
+    logits, labels = _overconfident_samples(seed=5, samples=3, n=200)
+    scaler = TemperatureScaler().fit(logits, labels)
+    scaled = scaler(logits)
+    assert scaled.shape == logits.shape
+    for s in range(logits.shape[0]):
+        torch.testing.assert_close(scaled[s], logits[s] / scaler.temperature)

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.parametrizations import weight_norm
 
+import uqkit
 from uqkit.methods import convert
 from uqkit.methods.convert import (
     ConversionReport,
@@ -16,6 +17,7 @@ from uqkit.methods.convert import (
     bayesianize_,
     register_conversion,
 )
+from uqkit.methods.predict import DEFAULT_NUM_SAMPLES
 from uqkit.nn import (
     FlipoutConv2d,
     FlipoutLinear,
@@ -248,3 +250,26 @@ def test_conv_twin_gets_every_constructor_argument():
     )
     x = torch.randn(2, 4, 6, 6)
     assert torch.equal(layer(x), conv(x))
+
+
+@pytest.mark.parametrize(
+    "config", [FlipoutConfig(num_samples=5), GaussianConfig(num_samples=5)], ids=["flipout", "gaussian"]
+)
+def test_config_num_samples_is_the_converted_models_default_for_predict(config):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+    bayesianize_(model, config)
+    assert model.uqkit_num_samples == 5
+    x = torch.randn(6, 3)
+    logits = uqkit.predict(model, x).logits
+    assert logits.shape == (5, 6, 2)
+    assert not torch.equal(logits[0], logits[1])  # five samples, not one repeated
+    assert uqkit.predict(model, x, num_samples=3).logits.shape == (3, 6, 2)  # the call's S wins
+    plain = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+    bayesianize_(plain, type(config)())
+    assert not hasattr(plain, "uqkit_num_samples")
+    assert uqkit.predict(plain, x).logits.shape[0] == DEFAULT_NUM_SAMPLES
+    with pytest.raises(ValueError, match="num_samples: expected an int >= 1, got 0"):
+        type(config)(num_samples=0)
+    with pytest.raises(TypeError, match="num_samples: expected an int"):
+        type(config)(num_samples=2.0)

@@ -19,7 +19,7 @@ from uqkit.nn import (
     Rank1Linear,
     use_posterior_mean,
 )
-from uqkit.nn.members import Memberwise, with_member_dim
+from uqkit.nn.members import num_members, unfold_members
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore:TF32 acceleration on top of oneDNN"),
@@ -44,7 +44,7 @@ def test_conversion_with_unit_factors_gives_every_member_the_original_function(n
     report = bayesianize_(model, config)
     assert not report.skipped
     x = torch.randn(4, *shape)
-    out = model(with_member_dim(x, 3, len(shape)))
+    out = unfold_members(model(x), 3)  # called as the original: [B, ...] in, [M * B, C] out
     assert out.shape == (3, 4, 5)
     expected = original(x)
     for m in range(3):
@@ -73,7 +73,7 @@ def test_default_conversion_keeps_the_pretrained_function_and_members_differ(con
         model = copy.deepcopy(original)
         bayesianize_(model, dataclasses.replace(config, **explicit))
         with torch.no_grad():
-            out = model(with_member_dim(x, config.num_members, 3))
+            out = unfold_members(model(x), config.num_members)
         change = [float((out[m] - expected).norm() / expected.norm()) for m in range(config.num_members)]
         assert all(c < bound for c in change) == keeps, (explicit, change, bound)
         if keeps:  # and the members differ from each other: 4 independent draws, not one function
@@ -105,9 +105,9 @@ def test_converted_lenet_has_the_expected_layers_and_members_differ_with_sign_in
     report = bayesianize_(model, BatchEnsembleConfig(num_members=4, fast_weight_init="random_sign"))
     kinds = [new for _, _, new in report.converted]
     assert kinds.count("BatchEnsembleConv2d") == 2 and kinds.count("BatchEnsembleLinear") == 3
-    assert kinds.count("Memberwise") == 3  # two max-pools and the flatten
-    assert isinstance(model[2], Memberwise) and isinstance(model[2].module, nn.MaxPool2d)
-    out = model(torch.randn(2, 1, 28, 28))  # starts with a conv: [B, ...] broadcasts
+    assert len(kinds) == 5 and isinstance(model[2], nn.MaxPool2d)  # parameter-free layers stay as they are
+    assert num_members(model) == 4
+    out = unfold_members(model(torch.randn(2, 1, 28, 28)), 4)
     assert out.shape == (4, 2, 10) and not torch.allclose(out[0], out[1])
     params = sum(p.numel() for p in model.parameters())
     single = sum(p.numel() for p in build_model("lenet5", (1, 28, 28), 10).parameters())
@@ -151,21 +151,22 @@ def test_conv_arguments_and_dtype_carry_over():
         None,
     )
     x = torch.randn(3, 4, 9, dtype=torch.float64)
-    torch.testing.assert_close(model(x)[1], conv(x).flatten(1), rtol=1e-12, atol=1e-12)
+    out = unfold_members(model(x), 2)
+    torch.testing.assert_close(out[1], conv(x).flatten(1), rtol=1e-12, atol=1e-12)
 
 
 def test_unsupported_modules_are_reported_and_conversion_is_not_repeated():
     model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.Flatten(), nn.LazyLinear(3))
     report = bayesianize_(model, BatchEnsembleConfig())
     assert [(name, kind) for name, kind, _ in report.skipped] == [("1", "BatchNorm2d"), ("3", "LazyLinear")]
-    assert isinstance(model[0], BatchEnsembleConv2d) and isinstance(model[2], Memberwise)
-    report = bayesianize_(nn.Sequential(BatchEnsembleLinear(2, 2, 2), nn.Flatten()), Rank1Config())
-    assert report.skipped == [("0", "BatchEnsembleLinear", "already a member-vectorized layer")]
+    assert isinstance(model[0], BatchEnsembleConv2d) and isinstance(model[2], nn.Flatten)
+    with pytest.raises(ValueError, match="already a member-vectorized layer"):
+        bayesianize_(nn.Sequential(BatchEnsembleLinear(2, 2, 2), nn.Flatten()), Rank1Config())
     twice = nn.Sequential(nn.Flatten(), nn.Linear(4, 2))
     bayesianize_(twice, BatchEnsembleConfig())
     with pytest.raises(ValueError, match="nothing to convert"):
-        bayesianize_(twice, BatchEnsembleConfig())  # the wrapped Flatten is not wrapped again
-    assert isinstance(twice[0].module, nn.Flatten)
+        bayesianize_(twice, BatchEnsembleConfig())
+    assert len(twice._forward_pre_hooks) == 1  # one tiling hook, installed once
 
 
 def test_config_arguments_are_checked():

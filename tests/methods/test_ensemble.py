@@ -1,5 +1,7 @@
 """Vectorized deep ensembles (uqkit/methods/ensemble.py): every result is checked against a loop over the
-exported members, in float64 so that the tolerance is rounding only."""
+exported members, in float64 so that the tolerance is rounding only. The ensemble takes ``[B, ...]`` inputs
+(tiled to its members) or, inside ``pretiled()``, one batch per member folded into the batch, and returns
+``[M * B, ...]`` member-major; ``_run`` unfolds it to ``[M, B, ...]``."""
 
 from __future__ import annotations
 
@@ -16,14 +18,14 @@ from uqkit.bench.models import Conv1dNet, LeNet5, ResidualMLP, mlp
 from uqkit.methods import DeepEnsemble, predict, register_vectorization, vmap_vectorization
 from uqkit.methods.ensemble import (
     _REGISTRY,
-    FoldedMemberwise,
     StackedBatchNorm,
     StackedConv,
+    StackedGroupNorm,
     StackedLinear,
     VmapStacked,
 )
 from uqkit.nn import MCDropout
-from uqkit.nn.members import Memberwise
+from uqkit.nn.members import fold_members, pretiled, tile_members, unfold_members
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -84,22 +86,31 @@ def _conv_variants() -> nn.Module:
     )
 
 
-# name -> (factory, example shape, example_dims passed)
+# name -> (factory, example shape)
 ARCHITECTURES = {
-    "mlp": (lambda: mlp((1, 4, 4), 3, hidden=(8, 8)), (1, 4, 4), 3),
-    "lenet5": (lambda: LeNet5(1, 4), (1, 28, 28), None),
-    "cnn1d": (lambda: Conv1dNet(2, 20, 3), (2, 20), None),
-    "resmlp": (lambda: ResidualMLP(5, 3, width=8, depth=2), (5,), None),
-    "vmap-fallback": (_fallback_net, (5,), None),
-    "norms-and-custom-block": (_norm_net, (2, 5, 5), None),
-    "conv-groups-padding": (_conv_variants, (4, 7, 6), None),
+    "mlp": (lambda: mlp((1, 4, 4), 3, hidden=(8, 8)), (1, 4, 4)),
+    "lenet5": (lambda: LeNet5(1, 4), (1, 28, 28)),
+    "cnn1d": (lambda: Conv1dNet(2, 20, 3), (2, 20)),
+    "resmlp": (lambda: ResidualMLP(5, 3, width=8, depth=2), (5,)),
+    "vmap-fallback": (_fallback_net, (5,)),
+    "norms-and-custom-block": (_norm_net, (2, 5, 5)),
+    "conv-groups-padding": (_conv_variants, (4, 7, 6)),
 }
 
 
 def _ensemble(name: str, seed: int = 0) -> DeepEnsemble:
-    factory, _, example_dims = ARCHITECTURES[name]
+    factory, _ = ARCHITECTURES[name]
     torch.manual_seed(seed)
-    return DeepEnsemble(lambda: factory().double(), M, example_dims=example_dims)
+    return DeepEnsemble(lambda: factory().double(), M)
+
+
+def _run(ensemble: nn.Module, x: torch.Tensor, per_member: bool = False) -> torch.Tensor:
+    """``[M, B, ...]`` outputs for ``[B, ...]`` inputs, or for ``[M, B, ...]`` (one batch per member)."""
+    members = ensemble.num_members
+    if not per_member:
+        return unfold_members(ensemble(x), members)
+    with pretiled():
+        return unfold_members(ensemble(fold_members(x)), members)
 
 
 def _inputs(name: str, *leading: int) -> torch.Tensor:
@@ -131,7 +142,7 @@ def test_vectorized_equals_loop_over_exported_members(name, per_member, mode):
     members = ensemble.members()  # exported before the forward: batch norm updates both the same way
     torch.manual_seed(1)
     x = _inputs(name, M, 4) if per_member else _inputs(name, 4)
-    out = ensemble(x)
+    out = _run(ensemble, x, per_member)
     reference = _loop(members, x if per_member else x.expand(M, *x.shape))
     torch.testing.assert_close(out, reference, **TOL)
 
@@ -154,9 +165,9 @@ def test_vectorized_equals_loop_over_exported_members(name, per_member, mode):
 def test_layers_map_to_stacked_twins_and_fallback():
     ensemble = _ensemble("vmap-fallback")
     kinds = [type(m) for m in ensemble.network]
-    assert kinds == [StackedLinear, VmapStacked, VmapStacked, FoldedMemberwise, StackedLinear]
+    assert kinds == [StackedLinear, VmapStacked, StackedGroupNorm, nn.Tanh, StackedLinear]
     norms = _ensemble("norms-and-custom-block").network
-    assert [type(m) for m in norms][:3] == [StackedConv, StackedBatchNorm, FoldedMemberwise]
+    assert [type(m) for m in norms][:3] == [StackedConv, StackedBatchNorm, nn.ReLU]  # ReLU as it is
     # a custom block is kept, with its children stacked
     assert type(norms[7]) is Gate and type(norms[7].value) is StackedLinear
     assert type(_ensemble("mlp").network) is nn.Sequential
@@ -199,9 +210,9 @@ def test_one_adam_step_on_the_stack_equals_independent_adams():
     member_opts = [torch.optim.Adam(m.parameters(), lr=0.01) for m in members]
     for _ in range(2):
         stacked_opt.zero_grad()
-        logits = ensemble(x)
-        # sum over members of the mean cross-entropy, labels broadcast to the members (never repeated)
-        (F.cross_entropy(logits.permute(1, 2, 0), y[:, None].expand(-1, M)) * M).backward()
+        logits = ensemble(x)  # [M * B, C]
+        # sum over members of the mean cross-entropy: labels tiled to the members
+        (F.cross_entropy(logits, tile_members(y, M)) * M).backward()
         stacked_opt.step()
         for member, opt in zip(members, member_opts, strict=True):
             opt.zero_grad()
@@ -235,31 +246,15 @@ def test_dtype_and_device_moves_carry_to_the_members():
     assert all(p.dtype == torch.float64 for m in ensemble.members() for p in m.parameters())
 
 
-def test_dropout_members_draw_independent_masks_and_shared_batches_stay_views():
+def test_dropout_members_draw_independent_masks():
     torch.manual_seed(0)
     ensemble = DeepEnsemble(lambda: nn.Sequential(nn.Linear(6, 50), nn.ReLU(), nn.Dropout(0.5)), 2).train()
+    assert isinstance(ensemble.network[2], nn.Dropout)  # parameter-free: kept as it is
     with torch.no_grad():
         ensemble.network[0].weight.copy_(ensemble.network[0].weight[:1].expand(2, -1, -1))
         ensemble.network[0].bias.fill_(1.0)
-    out = ensemble(torch.randn(4, 6))
+    out = _run(ensemble, torch.randn(4, 6))
     assert not torch.equal(out[0] == 0, out[1] == 0)  # same pre-activations, different masks
-    relu = FoldedMemberwise(nn.ReLU())
-    x = torch.randn(5, 3)
-    shared = relu(x.expand(M, 5, 3))
-    assert shared.stride(0) == 0 and torch.equal(shared, Memberwise(nn.ReLU())(x.expand(M, 5, 3)))
-    # a batch-major input ([B, M, ...] transposed, as a grouped convolution leaves it) is folded as a view
-    # and keeps its layout; the result is the same as member by member
-    pool = FoldedMemberwise(nn.MaxPool2d(2))
-    batch_major = torch.randn(5, M, 2, 4, 4).transpose(0, 1)
-    pooled = pool(batch_major)
-    assert pooled.transpose(0, 1).is_contiguous()
-    torch.testing.assert_close(
-        pooled, torch.stack([F.max_pool2d(xm, 2) for xm in batch_major]), rtol=0, atol=0
-    )
-    # an elementwise module takes [M, B, ...] as it is and keeps a batch-major layout
-    elementwise = FoldedMemberwise(nn.Tanh(), elementwise=True)
-    out = elementwise(batch_major)
-    assert out.transpose(0, 1).is_contiguous() and torch.equal(out, batch_major.tanh())
 
 
 def test_inference_without_a_graph_equals_the_autograd_path():
@@ -276,33 +271,24 @@ def test_inference_without_a_graph_equals_the_autograd_path():
 def test_predict_returns_the_members_as_samples():
     ensemble = _ensemble("mlp").train()
     x = _inputs("mlp", 5)
-    pred = predict(ensemble, x, num_samples=M)
+    pred = predict(ensemble, x)
     assert isinstance(pred, uqkit.Prediction) and pred.logits.shape == (M, 5, 3)
     members = [m.eval() for m in ensemble.members()]
     torch.testing.assert_close(pred.logits, torch.stack([m(x) for m in members]), **TOL)
     assert ensemble.training  # mode restored
-    per_member = _inputs("mlp", M, 5)
-    pred = predict(ensemble, per_member, num_samples=M, batch_dim=1)
-    torch.testing.assert_close(pred.logits, _loop(members, per_member), **TOL)
-    with pytest.raises(ValueError, match=r"num_samples: expected a multiple of the model's 3 members"):
-        predict(ensemble, x, num_samples=4)
-    with pytest.raises(ValueError, match=r"num_samples: expected 3 \(one per member\)"):
-        predict(ensemble, x, num_samples=6)
 
 
-def test_predict_with_stochastic_members_stacks_passes():
+def test_stochastic_members_draw_fresh_dropout_per_member():
     torch.manual_seed(0)
     ensemble = DeepEnsemble(lambda: nn.Sequential(nn.Linear(4, 64), MCDropout(0.5), nn.Linear(64, 2)), 2)
     x = torch.randn(3, 4)
-    for per_pass in (None, 1):
-        logits = predict(ensemble, x, num_samples=6, samples_per_pass=per_pass).logits
-        assert logits.shape == (6, 3, 2)
-        assert len({tuple(row.flatten().tolist()) for row in logits}) == 6  # fresh dropout in every sample
-    with torch.no_grad():  # sample p * M + m belongs to member m: zero member 1's head
+    logits = _run(ensemble.eval(), x)
+    assert not torch.equal(logits, _run(ensemble, x))  # MC dropout stays on
+    with torch.no_grad():  # member 1's rows come from member 1's head: zero it
         ensemble.network[2].weight[1].zero_()
         ensemble.network[2].bias[1].zero_()
-    logits = predict(ensemble, x, num_samples=6).logits
-    assert bool((logits[1::2] == 0).all()) and bool((logits[0::2] != 0).any())
+    logits = _run(ensemble, x)
+    assert bool((logits[1] == 0).all()) and bool((logits[0] != 0).any())
 
 
 def test_bad_arguments_are_rejected():
@@ -328,22 +314,16 @@ def test_bad_arguments_are_rejected():
 
     with pytest.raises(ValueError, match="tied"):
         DeepEnsemble(tied, 2)
-    with pytest.raises(ValueError, match=r"example_dims: expected an int .* found Flatten"):
-        DeepEnsemble(lambda: mlp((1, 4, 4), 3), 2)
     with pytest.raises(ValueError, match=r"Flatten at '0' acts on the batch dimension"):
-        DeepEnsemble(lambda: nn.Sequential(nn.Flatten(0), nn.Linear(4, 2)), 2, example_dims=1)
+        DeepEnsemble(lambda: nn.Sequential(nn.Flatten(0), nn.Linear(4, 2)), 2)
 
     ensemble = DeepEnsemble(lambda: nn.Sequential(nn.Linear(4, 2)), 2)
     with pytest.raises(
-        ValueError, match=r"inputs: expected \[B, \.\.\.\] with 2 dimensions or \[M, B, \.\.\.\]"
-    ):
-        ensemble(torch.randn(4))
-    with pytest.raises(ValueError, match=r"inputs: expected a leading member dimension of size 2"):
-        ensemble(torch.randn(3, 5, 4))
-    with pytest.raises(
-        ValueError, match=r"StackedLinear input: expected \[M, \*, 4\], got shape \[2, 5, 3\]"
+        ValueError, match=r"StackedLinear input: expected \[M \* B, \*, 4\], got shape \[10, 3\]"
     ):
         ensemble(torch.randn(5, 3))
+    with pytest.raises(ValueError, match=r"expected a batch of M \* B rows with M = 2"), pretiled():
+        ensemble(torch.randn(5, 4))
 
 
 def test_an_op_that_vmap_cannot_batch_is_named():
@@ -366,7 +346,7 @@ def test_an_op_that_vmap_cannot_batch_is_named():
 
 def test_register_vectorization_routes_a_type():
     class Reshaper(nn.Module):
-        """Stateless but reshapes with x.shape[0]: structural reuse on [M, B, ...] would be wrong."""
+        """Stateless and exact on the folded batch too; registered to route it through vmap anyway."""
 
         def __init__(self):
             super().__init__()
@@ -381,7 +361,7 @@ def test_register_vectorization_routes_a_type():
         torch.manual_seed(0)
         ensemble = DeepEnsemble(factory, 2)
         x = torch.randn(5, 1, 6)
-        torch.testing.assert_close(ensemble(x), torch.stack([m(x) for m in ensemble.members()]))
+        torch.testing.assert_close(_run(ensemble, x), torch.stack([m(x) for m in ensemble.members()]))
     finally:
         del _REGISTRY[Reshaper]
     with pytest.raises(TypeError, match=r"module_type: expected a subclass of nn\.Module"):

@@ -256,8 +256,10 @@ def test_deterministic_models_and_bad_arguments():
         predict(bayesian, x, num_samples=0)
     with pytest.raises(ValueError, match=r"batch_dim: expected an int in \[-2, 1\]"):
         predict(bayesian, x, num_samples=2, batch_dim=2)
-    with pytest.raises(TypeError, match=r"x: expected a torch\.Tensor"):
+    with pytest.raises(TypeError, match=r"inputs: expected at least one torch\.Tensor input, got \(list\)"):
         predict(bayesian, x.tolist(), num_samples=2)
+    with pytest.raises(TypeError, match=r"inputs\[1\]: got the int 2; num_samples is keyword-only"):
+        predict(bayesian, x, 2)  # the signature before issue 18
     with pytest.raises(TypeError, match=r"model: expected a torch\.nn\.Module"):
         predict(lambda t: t, x, num_samples=2)
     with pytest.raises(ValueError, match=r"model output: expected a 2-D tensor \[batch, classes\]"):

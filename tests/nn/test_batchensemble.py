@@ -9,12 +9,22 @@ import torch.nn.functional as F
 from torch import nn
 
 from uqkit.nn import BatchEnsembleConv1d, BatchEnsembleConv2d, BatchEnsembleLinear
-from uqkit.nn.members import Memberwise
+from uqkit.nn.members import fold_members, tile_inputs, tile_members, unfold_members
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore:TF32 acceleration on top of oneDNN"),
     pytest.mark.usefixtures("one_thread"),
 ]
+
+
+def run(layer: nn.Module, x: torch.Tensor, member_input: bool) -> torch.Tensor:
+    """``[M, B, ...]`` outputs of a layer fed ``[M, B, ...]`` (one batch per member, folded into the batch) or
+    ``[B, ...]`` (tiled to the members as a converted model tiles its inputs)."""
+    members = layer.num_members if hasattr(layer, "num_members") else layer[0].num_members
+    folded = fold_members(x) if member_input else tile_inputs((x,), {}, members)[0][0]
+    out = layer(folded)
+    assert out.shape[0] == folded.shape[0]
+    return unfold_members(out, members)
 
 
 def _randomize(layer: nn.Module) -> None:
@@ -69,7 +79,7 @@ def test_linear_equals_member_layers_with_rank1_scaled_weights(bias, member_inpu
     layer = BatchEnsembleLinear(6, 4, num_members=3, bias=bias, dtype=torch.float64)
     _randomize(layer)
     x = torch.randn(3, 5, 6, dtype=torch.float64) if member_input else torch.randn(5, 6, dtype=torch.float64)
-    out = layer(x)
+    out = run(layer, x, member_input)
     assert out.shape == (3, 5, 4)
     for m in range(3):
         expected = member_linear(layer, m)(x[m] if member_input else x)
@@ -113,7 +123,7 @@ def test_conv_equals_member_convs_with_channel_scaled_kernels(
         if member_input
         else torch.randn(shape, dtype=torch.float64)
     )
-    out = layer(x)
+    out = run(layer, x, member_input)
     for m in range(members):
         expected = member_conv(layer, m, twin_cls)(x[m] if member_input else x)
         assert out[m].shape == expected.shape
@@ -131,15 +141,16 @@ def test_conv_equals_member_convs_with_channel_scaled_kernels(
         (lambda: BatchEnsembleLinear(7, 4, num_members=2), (6, 7)),
     ],
 )
-def test_broadcast_input_equals_explicitly_repeated_input_with_gradients(layer, shape):
-    # a shared input takes the folded-weights path, a repeated one the scaled-input path
+def test_tiled_input_equals_explicitly_repeated_input_with_gradients(layer, shape):
+    # an input known to be a tile takes the side-by-side-weights path, a plain repeat the scaled-input path
     torch.manual_seed(2)
     layer = layer().double()
     _randomize(layer)
     x = torch.randn(shape, dtype=torch.float64)
-    repeated = x.expand(layer.num_members, *x.shape).clone()
+    tiled = tile_inputs((x,), {}, layer.num_members)[0][0]
+    repeated = tile_members(x, layer.num_members)
     outputs, grads = [], []
-    for inputs in (x, repeated):
+    for inputs in (tiled, repeated):
         out = layer(inputs)
         outputs.append(out)
         grads.append(torch.autograd.grad(out.sin().sum(), list(layer.parameters())))
@@ -170,7 +181,7 @@ def test_other_fast_weight_inits():
     assert abs(float(values.std()) - 0.5) < 5 * 0.5 / math.sqrt(2 * n)
     ones = BatchEnsembleLinear(3, 2, num_members=2, fast_weight_init="ones")
     x = torch.randn(4, 3)
-    out = ones(x)
+    out = run(ones, x, member_input=False)
     torch.testing.assert_close(out[0] - ones.bias[0], out[1] - ones.bias[1], rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(out[0], F.linear(x, ones.weight, ones.bias[0]), rtol=1e-6, atol=1e-6)
 
@@ -196,7 +207,7 @@ def test_parameter_overhead_is_small():
 def test_gradients_reach_shared_and_fast_weights():
     torch.manual_seed(6)
     layer = BatchEnsembleConv2d(2, 3, 3, num_members=2)
-    layer(torch.randn(4, 2, 5, 5)).square().sum().backward()
+    layer(torch.randn(4, 2, 5, 5)).square().sum().backward()  # [M * B] = [2 * 2]
     for name, p in layer.named_parameters():
         assert p.grad is not None and bool(p.grad.abs().sum() > 0), name
 
@@ -206,12 +217,12 @@ def test_state_dict_deepcopy_and_sequential():
     model = nn.Sequential(
         BatchEnsembleConv2d(1, 4, 3, num_members=3),
         nn.ReLU(),
-        Memberwise(nn.MaxPool2d(2)),
-        Memberwise(nn.Flatten()),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
         BatchEnsembleLinear(4 * 3 * 3, 5, num_members=3),
     )
     x = torch.randn(2, 1, 8, 8)
-    out = model(x)
+    out = run(model, x, member_input=False)
     assert out.shape == (3, 2, 5)
     member = 1
     conv = member_conv(model[0], member, nn.Conv2d).float()
@@ -220,17 +231,17 @@ def test_state_dict_deepcopy_and_sequential():
     torch.testing.assert_close(out[member], loop, rtol=1e-5, atol=1e-5)
 
     clone = copy.deepcopy(model)
-    torch.testing.assert_close(clone(x), out, rtol=0, atol=0)
+    torch.testing.assert_close(run(clone, x, False), out, rtol=0, atol=0)
     fresh = nn.Sequential(
         BatchEnsembleConv2d(1, 4, 3, num_members=3),
         nn.ReLU(),
-        Memberwise(nn.MaxPool2d(2)),
-        Memberwise(nn.Flatten()),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
         BatchEnsembleLinear(4 * 3 * 3, 5, num_members=3),
     )
     fresh.load_state_dict(model.state_dict())
-    torch.testing.assert_close(fresh(x), out, rtol=0, atol=0)
-    assert model.double()(x.double()).dtype == torch.float64
+    torch.testing.assert_close(run(fresh, x, False), out, rtol=0, atol=0)
+    assert model.double()(tile_members(x.double(), 3)).dtype == torch.float64
 
 
 @pytest.mark.parametrize(
@@ -241,13 +252,13 @@ def test_state_dict_deepcopy_and_sequential():
         (lambda: BatchEnsembleConv2d(3, 4, 3, 2, groups=2), None, ValueError, "groups: expected a divisor"),
         (lambda: BatchEnsembleLinear(3, 2, 2), torch.randn(4, 5), ValueError, "in_features last"),
         (
-            lambda: BatchEnsembleLinear(3, 2, 2),
-            torch.randn(3, 4, 3),
+            lambda: BatchEnsembleLinear(3, 2, 4),
+            torch.randn(10, 3),
             ValueError,
-            "member dimension of size 2",
+            "expected a multiple of M = 4 rows",
         ),
         (lambda: BatchEnsembleLinear(3, 2, 2), torch.ones(4, 3, dtype=torch.long), TypeError, "floating"),
-        (lambda: BatchEnsembleConv2d(3, 4, 3, 2), torch.randn(2, 2, 5, 5), ValueError, "3 channels"),
+        (lambda: BatchEnsembleConv2d(3, 4, 3, 2), torch.randn(2, 2, 5, 5), ValueError, "\\[M \\* B, 3, 2"),
     ],
 )
 def test_bad_arguments_are_rejected_with_clear_messages(build, x, error, match):
@@ -262,7 +273,7 @@ def test_torch_compile():
     torch.manual_seed(8)
     layer = BatchEnsembleLinear(4, 3, num_members=2)
     compiled = torch.compile(layer)
-    x = torch.randn(5, 4)
+    x = torch.randn(10, 4)  # [M * B] = [2 * 5]
     torch.testing.assert_close(compiled(x), layer(x), rtol=1e-6, atol=1e-6)
     compiled(x).sum().backward()
     assert layer.r.grad is not None

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import uqkit
 from uqkit.nn.heteroscedastic import HeteroscedasticHead
 from uqkit.prediction import Prediction
 
@@ -114,8 +115,10 @@ def test_prediction_is_the_averaged_predictive_with_no_epistemic_part():
         head.diagonal.bias.fill_(2.0)  # noise scale ~2 on logits of scale ~1: the draws disagree
     hidden = torch.randn(5, 6, dtype=torch.float64)
     with torch.no_grad():
-        prediction = head.predict(hidden, generator=torch.Generator().manual_seed(7))
-        draws = head.sample_logits(hidden, generator=torch.Generator().manual_seed(7))
+        torch.manual_seed(7)
+        prediction = uqkit.predict(head, hidden)
+        torch.manual_seed(7)
+        draws = head.sample_logits(hidden)
     probs = torch.softmax(draws, dim=-1).mean(0)  # the Monte Carlo predictive of the same 64 draws
     entropy = -(probs * probs.log()).sum(-1)
     assert prediction.num_samples == 1 and prediction.logits.shape == (1, 5, 4)
@@ -160,4 +163,6 @@ def test_bad_inputs():
     ):
         head(torch.randn(2, 3))
     with pytest.raises(ValueError, match="num_samples: expected an int >= 1"):
-        head.predict(torch.randn(2, 4), num_samples=0)
+        head.sample_logits(torch.randn(2, 4), num_samples=0)
+    with pytest.raises(ValueError, match="num_samples: expected 1 for a model with no sampling layer"):
+        uqkit.predict(head, torch.randn(2, 4), num_samples=2)  # label noise: one averaged distribution

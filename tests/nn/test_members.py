@@ -1,47 +1,49 @@
-"""The member-dimension helpers against per-member loops."""
+"""The folded-member helpers (uqkit/nn/members.py) against explicit per-member references."""
 
 import pytest
 import torch
-from torch import nn
 
-from uqkit.nn.members import Memberwise, with_member_dim
-
-
-def test_with_member_dim_broadcasts_and_passes_through():
-    x = torch.randn(5, 3, 4, 4)
-    broadcast = with_member_dim(x, num_members=2, example_dims=3)
-    assert broadcast.shape == (2, 5, 3, 4, 4)
-    assert torch.equal(broadcast[0], x) and torch.equal(broadcast[1], x)
-    stacked = torch.randn(2, 5, 3, 4, 4)
-    assert with_member_dim(stacked, num_members=2, example_dims=3) is stacked
-
-
-@pytest.mark.parametrize(
-    ("shape", "message"), [((3, 5, 4), "leading member dimension of size 2"), ((4,), "expected \\[B, ...\\]")]
+from uqkit.nn.members import (
+    fold_members,
+    pretiled,
+    tile_inputs,
+    tile_members,
+    tiled_source,
+    unfold_members,
+    with_member_dim,
 )
-def test_with_member_dim_rejects_wrong_shapes(shape, message):
-    with pytest.raises(ValueError, match=message):
-        with_member_dim(torch.randn(*shape), num_members=2, example_dims=1)
 
 
-@pytest.mark.parametrize("module", [nn.MaxPool2d(2), nn.Flatten(), nn.ReLU()])
-def test_memberwise_equals_loop_over_members(module):
-    x = torch.randn(3, 4, 2, 6, 6)
-    out = Memberwise(module)(x)
-    expected = torch.stack([module(x[m]) for m in range(3)])
-    assert torch.equal(out, expected)  # selections and copies: no arithmetic, exact on any kernel
+def test_tile_and_unfold_are_member_major_inverses():
+    x = torch.randn(4, 3)
+    tiled = tile_members(x, 3)
+    assert tiled.shape == (12, 3)
+    for m in range(3):  # rows m * B .. (m + 1) * B - 1 are member m's copy
+        assert torch.equal(tiled[m * 4 : (m + 1) * 4], x)
+    assert torch.equal(unfold_members(tiled, 3), torch.stack([x, x, x]))
+    stacked = torch.randn(3, 4, 2)
+    assert torch.equal(unfold_members(fold_members(stacked), 3), stacked)
+    with pytest.raises(ValueError, match="a multiple of 3 rows"):
+        unfold_members(torch.randn(10, 2), 3)
 
 
-def test_memberwise_average_pool_equals_loop_over_members(roundoff_tolerance):
-    module = nn.AvgPool2d(3, stride=1)
-    x = torch.randn(3, 4, 2, 6, 6)
-    out = Memberwise(module)(x)
-    expected = torch.stack([module(x[m]) for m in range(3)])
-    # a batch of 12 and a batch of 4 may take another vectorised path: the 9-term mean up to its rounding
-    magnitude = Memberwise(module)(x.abs())
-    assert bool(((out - expected).abs() <= roundoff_tolerance(magnitude, 9, x.dtype)).all())
+def test_tile_inputs_tiles_batch_shaped_tensors_only_and_marks_the_tiles():
+    x, mask, shared = torch.randn(3, 5), torch.ones(3, 7), torch.randn(1, 7)
+    (tx, flag), kwargs = tile_inputs((x, True), {"mask": mask, "shared": shared}, 3)  # B == M: examples
+    assert flag is True and kwargs["shared"] is shared
+    assert torch.equal(tx, tile_members(x, 3)) and torch.equal(kwargs["mask"], tile_members(mask, 3))
+    assert torch.equal(tiled_source(tx, 3), x)
+    assert torch.equal(tiled_source(tx.view(9, 5, 1).flatten(1), 3), x)  # a row-keeping view of a tile
+    assert tiled_source(tx + 0, 3) is None and tiled_source(tile_members(x, 3), 3) is None
+    assert tiled_source(tx, 2) is None
+    with pretiled():
+        (same,), _ = tile_inputs((tx,), {}, 3)
+        assert same is tx
+        with pytest.raises(ValueError, match="M \\* B rows with M = 2"):
+            tile_inputs((torch.randn(5, 2),), {}, 2)
 
 
-def test_memberwise_refuses_modules_with_parameters():
-    with pytest.raises(ValueError, match="without parameters"):
-        Memberwise(nn.Linear(2, 2))
+def test_with_member_dim_is_deprecated():
+    with pytest.warns(DeprecationWarning, match="with_member_dim is deprecated"):
+        out = with_member_dim(torch.randn(5, 3), 2, example_dims=1)
+    assert out.shape == (2, 5, 3)

@@ -17,6 +17,7 @@ from uqkit.nn import (
     Rank1Linear,
     use_posterior_mean,
 )
+from uqkit.nn.members import fold_members, tile_inputs, tile_members, unfold_members
 from uqkit.nn.priors import NormalPrior, ScaleMixtureNormalPrior
 
 pytestmark = [
@@ -24,9 +25,15 @@ pytestmark = [
     pytest.mark.usefixtures("one_thread"),
 ]
 
+
+def tiled(x: torch.Tensor, members: int) -> torch.Tensor:
+    """``[B, ...] -> [M * B, ...]`` as a converted model tiles its inputs (known to be a tile)."""
+    return tile_inputs((x,), {}, members)[0][0]
+
+
 CASES = [
     (Rank1Linear, BatchEnsembleLinear, (6, 4), {}, (5, 6)),
-    (Rank1Linear, BatchEnsembleLinear, (6, 4), {"bias": False}, (3, 5, 6)),
+    (Rank1Linear, BatchEnsembleLinear, (6, 4), {"bias": False}, (5, 2, 6)),
     (
         Rank1Conv2d,
         BatchEnsembleConv2d,
@@ -54,11 +61,10 @@ def test_zero_posterior_scale_equals_batch_ensemble(cls, be_cls, args, kwargs, s
     torch.manual_seed(0)
     layer = cls(*args, 3, **kwargs, posterior_scale_init=0.0).double()
     be = _batch_ensemble_twin(layer, be_cls, args, kwargs).double()
-    x = torch.randn(shape, dtype=torch.float64)
-    shared = x.dim() == layer.example_dims + 1
-    per_member = torch.randn(3, *shape, dtype=torch.float64) if shared else x  # [M, B, ...]
+    x = tiled(torch.randn(shape, dtype=torch.float64), 3)  # [M * B, ...], a known tile
+    per_member = fold_members(torch.randn(3, *shape, dtype=torch.float64))  # one batch per member
     assert torch.equal(layer(per_member), be(per_member))  # the same products, exactly
-    # a shared [B, ...] input: BatchEnsemble folds the factors into the weights, rank-1 samples per example
+    # a tiled input: BatchEnsemble folds the factors into the weights, rank-1 samples per example
     torch.testing.assert_close(layer(x), be(x), rtol=1e-12, atol=1e-12)
     layer.reset_posterior_scale(0.1)
     assert (layer(x) - be(x)).abs().max() > 1e-3
@@ -120,7 +126,7 @@ def test_output_moments_match_the_closed_form_and_examples_are_independent():
     x = torch.randn(4, dtype=torch.float64)
     n = 40_000
     with torch.no_grad():
-        y = layer(x.expand(n, 4))  # [M, n, 3]: independent draws per example
+        y = unfold_members(layer(tile_members(x.expand(n, 4), 2)), 2)  # [M, n, 3]: a draw per example
     r_mu, s_mu = layer.r_mean.detach(), layer.s_mean.detach()
     r_sd = torch.log1p(torch.exp(layer.r_rho.detach()))
     s_sd = torch.log1p(torch.exp(layer.s_rho.detach()))
@@ -170,14 +176,14 @@ def test_training_step_moves_every_parameter_and_state_dict_round_trips():
     torch.manual_seed(5)
     model = nn.Sequential(Rank1Linear(4, 8, 3), nn.ReLU(), Rank1Linear(8, 2, 3))
     elbo = uqkit.ELBO(num_data=100)
-    logits = model(torch.randn(6, 4))  # [M, B, C]: the ELBO averages the NLL over members
+    logits = unfold_members(model(tile_members(torch.randn(6, 4), 3)), 3)  # [M, B, C]: ELBO averages over M
     elbo(logits, torch.randint(0, 2, (6,)), model).backward()
     for name, p in model.named_parameters():
         assert p.grad is not None and bool(p.grad.abs().sum() > 0), name
     clone = copy.deepcopy(model)
     fresh = nn.Sequential(Rank1Linear(4, 8, 3), nn.ReLU(), Rank1Linear(8, 2, 3))
     fresh.load_state_dict(model.state_dict())
-    x = torch.randn(5, 4)
+    x = torch.randn(15, 4)  # [M * B]
     with use_posterior_mean(model), use_posterior_mean(clone), use_posterior_mean(fresh):
         assert torch.equal(model(x), clone(x)) and torch.equal(model(x), fresh(x))
 
@@ -189,6 +195,8 @@ def test_bad_arguments():
         Rank1Linear(3, 2, 2, posterior_scale_init=-1.0)
     with pytest.raises(ValueError, match="in_features last"):
         Rank1Linear(3, 2, 2)(torch.randn(4, 5))
+    with pytest.raises(ValueError, match="expected a multiple of M = 4 rows"):
+        Rank1Linear(3, 2, 4)(torch.randn(6, 3))
 
 
 @pytest.mark.compile
@@ -197,7 +205,7 @@ def test_torch_compile():
     torch.manual_seed(6)
     layer = Rank1Linear(4, 3, num_members=2, posterior_scale_init=0.0)
     compiled = torch.compile(layer)
-    x = torch.randn(5, 4)
+    x = torch.randn(10, 4)  # [M * B]
     torch.testing.assert_close(compiled(x), layer(x), rtol=1e-6, atol=1e-6)
     layer.reset_posterior_scale(0.5)
     a, b = compiled(x), compiled(x)
@@ -219,9 +227,9 @@ def test_shared_one_channel_input_equals_repeated_input_with_the_same_samples(la
     layer = layer().double()
     layer.reset_posterior_scale(0.3)
     x = torch.randn(shape, dtype=torch.float64)
-    repeated = x.expand(layer.num_members, *x.shape).clone()
+    repeated = tile_members(x, layer.num_members)  # a plain repeat: the scaled-input path
     outputs, grads = [], []
-    for inputs in (x, repeated):
+    for inputs in (tiled(x, layer.num_members), repeated):
         torch.manual_seed(5)  # the same factor samples for both
         out = layer(inputs)
         outputs.append(out)

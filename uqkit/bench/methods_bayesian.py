@@ -14,10 +14,8 @@ import torch
 from uqkit.bench.models import build_model
 from uqkit.bench.registry import Method, MethodContext, register_method
 from uqkit.methods.convert import FlipoutConfig, GaussianConfig, bayesianize_
-from uqkit.methods.predict import predict
 from uqkit.nn.priors import NormalPrior
 from uqkit.objectives import ELBO
-from uqkit.prediction import Prediction
 
 __all__ = ["VariationalNetwork"]
 
@@ -115,9 +113,6 @@ class VariationalNetwork(Method):
 
     def training_loss(self, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return self.elbo(self.network(inputs), labels, self.network)
-
-    def predict(self, inputs: torch.Tensor) -> Prediction:
-        return predict(self.network, inputs, num_samples=self.num_samples)
 
 
 def _variational(context: MethodContext, config) -> Method:

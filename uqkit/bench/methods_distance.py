@@ -29,7 +29,6 @@ from uqkit.bench.models import ResidualMLP, build_model
 from uqkit.bench.registry import Method, MethodContext, register_method
 from uqkit.methods.sngp import SNGP
 from uqkit.nn.heteroscedastic import HeteroscedasticHead
-from uqkit.prediction import Prediction
 
 __all__ = ["HeteroscedasticClassifier", "SNGPClassifier", "split_output_layer"]
 
@@ -118,9 +117,6 @@ class SNGPClassifier(Method):
         ``||beta||^2 / (2 N)`` on the GP output weights (Liu et al. 2020, Algorithm 1)."""
         return F.cross_entropy(self.network(inputs), labels) + self.network.prior_penalty(self.num_data)
 
-    def predict(self, inputs: torch.Tensor) -> Prediction:
-        return self.network.predict(inputs, num_samples=self.num_samples)
-
 
 class HeteroscedasticClassifier(Method):
     """Hidden layers + :class:`~uqkit.nn.HeteroscedasticHead`; NLL of the Monte Carlo predictive.
@@ -136,10 +132,6 @@ class HeteroscedasticClassifier(Method):
 
     def training_loss(self, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return F.nll_loss(self.network(inputs), labels)
-
-    def predict(self, inputs: torch.Tensor) -> Prediction:
-        hidden, head = self.network
-        return head.predict(hidden(inputs))
 
 
 def build_sngp(context: MethodContext, likelihood: str = SNGP_LIKELIHOOD) -> SNGPClassifier:

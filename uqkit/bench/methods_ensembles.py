@@ -5,8 +5,8 @@ task and its backbone:
 
 * ``batchensemble`` (Wen et al. 2020): the backbone converted in place with
   :func:`uqkit.bayesianize_` and :class:`uqkit.BatchEnsembleConfig` (``M = 4``, random-sign fast weights);
-  trained on the mean over members of the cross-entropy, every member on the whole batch (the batch is
-  broadcast, the labels are never repeated); predicts ``[M, B, C]``.
+  trained on the mean over members of the cross-entropy, every member on the whole batch (the model tiles
+  the batch to its members, ``[M * B, ...]``, and the labels are tiled to match); predicts ``[M, B, C]``.
 * ``rank1-bnn`` (Dusenberry et al. 2020): the same conversion with :class:`uqkit.Rank1Config`; trained on
   :class:`uqkit.ELBO` (mean NLL over members, factors' KL annealed in over the first epoch, as the other BNN
   methods); predicts ``[M * S, B, C]``: ``S`` samples of each of the ``M`` mixture components, member-major
@@ -46,10 +46,9 @@ from uqkit.bench.models import build_model
 from uqkit.bench.registry import Method, MethodContext, register_method
 from uqkit.methods.convert import BatchEnsembleConfig, Rank1Config, bayesianize_
 from uqkit.methods.mimo import MIMO
-from uqkit.nn.members import with_member_dim
+from uqkit.nn.members import tile_members, unfold_members
 from uqkit.nn.priors import NormalPrior
 from uqkit.objectives import ELBO
-from uqkit.prediction import Prediction
 
 __all__ = ["BatchEnsembleNetwork", "MIMONetwork", "Rank1Network"]
 
@@ -66,48 +65,41 @@ MIMO_BATCH_REPETITION = 1
 
 
 class BatchEnsembleNetwork(Method):
-    """A member-vectorized network (``[M, B, ...] -> [M, B, C]``) trained on the members' mean
-    cross-entropy, each member on the whole batch."""
+    """A converted member model (``[B, ...] -> [M * B, C]``, members folded into the batch) trained on the
+    members' mean cross-entropy, each member on the whole batch (labels tiled to ``[M * B]``)."""
 
-    def __init__(self, network: nn.Module, num_members: int, example_dims: int) -> None:
+    def __init__(self, network: nn.Module, num_members: int) -> None:
         super().__init__()
         self.network = network
         self.num_members = num_members
         self.num_samples = num_members
-        self.example_dims = example_dims
 
     def member_logits(self, inputs: torch.Tensor) -> torch.Tensor:
-        """``[M, B, C]`` logits of the ``[B, ...]`` batch broadcast to every member."""
-        return self.network(with_member_dim(inputs, self.num_members, self.example_dims))
+        """``[M, B, C]`` logits of the ``[B, ...]`` batch (the model tiles it to its members)."""
+        return unfold_members(self.network(inputs), self.num_members)
 
     def training_loss(self, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        logits = self.member_logits(inputs)  # [M, B, C]; cross_entropy wants [B, C, M] against [B, M]
-        return nn.functional.cross_entropy(
-            logits.permute(1, 2, 0), labels[:, None].expand(len(labels), self.num_members)
-        )
-
-    def predict(self, inputs: torch.Tensor) -> Prediction:
-        return Prediction(self.member_logits(inputs))
+        return nn.functional.cross_entropy(self.network(inputs), tile_members(labels, self.num_members))
 
 
 class Rank1Network(BatchEnsembleNetwork):
     """A rank-1 BNN trained on the ELBO; predicts ``S`` samples of each of the ``M`` members.
 
-    The factors are sampled per example, so the ``S`` samples of a batch come from one forward pass over
-    the batch repeated ``S`` times. ``predict`` returns ``[M * S, B, C]`` logits, member-major: row
-    ``m * S + s`` is sample ``s`` of member ``m``.
+    ``predict`` is :func:`uqkit.predict` with ``num_samples = M * S``: the factors are sampled per example,
+    so the ``S`` samples of a batch come from one forward pass over the batch repeated ``S`` times
+    (``[S * B, ...]``, sample-major; the model tiles it to ``[M * S * B, ...]``), and the logits are
+    ``[M * S, B, C]``, member-major: row ``m * S + s`` is sample ``s`` of member ``m``.
     """
 
     def __init__(
         self,
         network: nn.Module,
         num_members: int,
-        example_dims: int,
         num_train: int,
         batch_size: int,
         samples_per_member: int,
     ) -> None:
-        super().__init__(network, num_members, example_dims)
+        super().__init__(network, num_members)
         self.samples_per_member = samples_per_member
         self.num_samples = num_members * samples_per_member
         steps_per_epoch = max(1, -(-num_train // batch_size))
@@ -115,12 +107,6 @@ class Rank1Network(BatchEnsembleNetwork):
 
     def training_loss(self, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return self.elbo(self.member_logits(inputs), labels, self.network)
-
-    def predict(self, inputs: torch.Tensor) -> Prediction:
-        samples, batch = self.samples_per_member, inputs.shape[0]
-        repeated = inputs.repeat(samples, *([1] * (inputs.dim() - 1)))  # [S * B, ...], sample-major
-        logits = self.member_logits(repeated)  # [M, S * B, C]
-        return Prediction(logits.reshape(self.num_members * samples, batch, logits.shape[-1]))
 
 
 class MIMONetwork(Method):
@@ -133,9 +119,6 @@ class MIMONetwork(Method):
 
     def training_loss(self, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return self.network.training_loss(inputs, labels)
-
-    def predict(self, inputs: torch.Tensor) -> Prediction:
-        return self.network.predict(inputs)
 
 
 def _converted(context: MethodContext, config: BatchEnsembleConfig | Rank1Config) -> nn.Module:
@@ -152,7 +135,7 @@ def _converted(context: MethodContext, config: BatchEnsembleConfig | Rank1Config
 def _batchensemble(context: MethodContext) -> Method:
     config = BatchEnsembleConfig(BATCHENSEMBLE_MEMBERS, fast_weight_init=BATCHENSEMBLE_FAST_WEIGHT_INIT)
     network = _converted(context, config)
-    return BatchEnsembleNetwork(network, BATCHENSEMBLE_MEMBERS, len(context.input_shape))
+    return BatchEnsembleNetwork(network, BATCHENSEMBLE_MEMBERS)
 
 
 @register_method(
@@ -170,7 +153,6 @@ def _rank1_bnn(context: MethodContext) -> Method:
     return Rank1Network(
         network,
         RANK1_MEMBERS,
-        len(context.input_shape),
         context.num_train,
         context.batch_size,
         RANK1_SAMPLES_PER_MEMBER,
@@ -188,7 +170,6 @@ def _mimo(context: MethodContext) -> Method:
     network = MIMO(
         backbone,
         MIMO_MEMBERS,
-        len(context.input_shape),
         input_repetition=MIMO_INPUT_REPETITION,
         batch_repetition=MIMO_BATCH_REPETITION,
     )

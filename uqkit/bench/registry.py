@@ -2,8 +2,9 @@
 
 A method is built from the task (input shape, number of classes, backbone name, training-set size) and
 gives two things: a training loss for a batch, and ``predict(x) -> Prediction`` with the leading sample or
-member dimension of :class:`uqkit.Prediction`. The trainer and the evaluation only ever talk to this
-interface, so a new method is one builder registered here (or from another module with
+member dimension of :class:`uqkit.Prediction`, which is :func:`uqkit.predict` of the method's network for
+every method (the benchmark builds no prediction of its own). The trainer and the evaluation only ever talk
+to this interface, so a new method is one builder registered here (or from another module with
 :func:`register_method`), and nothing else changes.
 """
 
@@ -19,6 +20,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from uqkit.bench.models import build_model
+from uqkit.methods.predict import predict
 from uqkit.prediction import Prediction
 
 __all__ = [
@@ -48,8 +50,8 @@ class Method(nn.Module):
     """Base class of benchmark methods.
 
     Subclasses keep the trained backbone in ``self.network`` (the trainer and checkpoints rely on the
-    name when a method shares its training with another) and implement :meth:`training_loss` and
-    :meth:`predict`.
+    name when a method shares its training with another) and implement :meth:`training_loss`;
+    :meth:`predict` is :func:`uqkit.predict` of ``self.network`` with ``S = num_samples``.
 
     Attributes:
         num_samples: ``S``, the leading dimension of the predictions (1 for a deterministic model).
@@ -74,8 +76,10 @@ class Method(nn.Module):
         raise NotImplementedError(f"{type(self).__name__} must implement training_loss")
 
     def predict(self, inputs: torch.Tensor) -> Prediction:
-        """Prediction with ``[S, B, C]`` logits for a batch of inputs."""
-        raise NotImplementedError(f"{type(self).__name__} must implement predict")
+        """Prediction with ``[S, B, C]`` logits for a batch of inputs:
+        ``uqkit.predict(self.network, inputs, num_samples=self.num_samples)`` (members unfolded
+        member-major, sampling layers sampled ``S / M`` times per member; see :func:`uqkit.predict`)."""
+        return predict(self.network, inputs, num_samples=self.num_samples)
 
     def parameter_groups(self, learning_rate: float) -> list[dict]:
         """Adam parameter groups for training at base ``learning_rate`` (default: one group, every parameter).
@@ -174,9 +178,6 @@ class SingleNetwork(Method):
     def training_loss(self, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(self.network(inputs), labels)
 
-    def predict(self, inputs: torch.Tensor) -> Prediction:
-        return Prediction(self.network(inputs).unsqueeze(0))
-
 
 class TemperatureScaled(SingleNetwork):
     """The deterministic network plus a :class:`~uqkit.calibration.TemperatureScaler` (Guo et al. 2017)
@@ -196,7 +197,8 @@ class TemperatureScaled(SingleNetwork):
         self.scaler.fit(logits, labels)
 
     def predict(self, inputs: torch.Tensor) -> Prediction:
-        return Prediction(self.scaler(self.network(inputs)).unsqueeze(0))
+        """:func:`uqkit.predict` of the network with its logits divided by the fitted temperature."""
+        return predict(self.network, inputs, num_samples=self.num_samples, output=self.scaler)
 
 
 class MonteCarloDropout(SingleNetwork):
@@ -220,14 +222,12 @@ class MonteCarloDropout(SingleNetwork):
         penalty = dropout_weight_decay(self.network, self.length_scale, self.num_data)
         return super().training_loss(inputs, labels) + penalty
 
-    def predict(self, inputs: torch.Tensor) -> Prediction:
-        from uqkit.methods.predict import predict
-
-        return predict(self.network, inputs, num_samples=self.num_samples)
-
 
 class DeepEnsembleMethod(Method):
     """``M`` independently initialised networks (Lakshminarayanan et al. 2017), predicting ``[M, B, C]``.
+
+    The network returns ``[M * B, C]`` (members folded into the batch, member-major); :func:`uqkit.predict`
+    unfolds it.
 
     The members run as one vectorized computation (:class:`uqkit.DeepEnsemble`, kept in ``self.network``).
     Each member is shuffled independently, as in the paper: ``num_batch_orders = M``, so the trainer hands
@@ -275,15 +275,18 @@ class DeepEnsembleMethod(Method):
         self.load_state_dict({name: torch.stack([state[name] for state in states]) for name in states[0]})
 
     def training_loss(self, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Sum of the members' mean cross-entropies; labels ``[M, B]`` (a batch per member) or ``[B]``."""
-        logits = self.network(inputs)  # [M, B, C]
-        members, batch = logits.shape[:2]
-        labels = labels.expand(members, batch)  # a view; [B] labels are broadcast, never repeated
-        per_member = F.cross_entropy(logits.permute(1, 2, 0), labels.transpose(0, 1))
-        return members * per_member  # the mean over M * B entries, times M: the sum of the members' means
+        """Sum of the members' mean cross-entropies; ``[M, B, ...]`` inputs with ``[M, B]`` labels (a batch
+        per member, folded into the batch inside ``pretiled()``) or ``[B, ...]`` with ``[B]`` (tiled)."""
+        from uqkit.nn.members import fold_members, pretiled, tile_members
 
-    def predict(self, inputs: torch.Tensor) -> Prediction:
-        return Prediction(self.network(inputs))
+        members = self.network.num_members
+        if labels.dim() == 2:
+            with pretiled():
+                logits = self.network(fold_members(inputs))  # [M * B, C], member-major
+            labels = fold_members(labels)
+        else:
+            logits, labels = self.network(inputs), tile_members(labels, members)
+        return members * F.cross_entropy(logits, labels)  # mean over M * B, times M: the sum of the means
 
 
 MC_DROPOUT_RATE = 0.1
@@ -323,7 +326,5 @@ def _mc_dropout(context: MethodContext) -> Method:
 def _deep_ensemble(context: MethodContext) -> Method:
     from uqkit.methods.ensemble import DeepEnsemble
 
-    network = DeepEnsemble(
-        lambda: _backbone(context), ENSEMBLE_MEMBERS, example_dims=len(context.input_shape)
-    )
+    network = DeepEnsemble(lambda: _backbone(context), ENSEMBLE_MEMBERS)
     return DeepEnsembleMethod(network)

@@ -5,6 +5,12 @@ Temperature scaling divides a classifier's logits by one scalar ``T > 0`` fitted
 argmax) and so cannot change accuracy; it only softens (``T > 1``) or sharpens (``T < 1``) the confidence.
 ``T`` is the minimiser of the negative log-likelihood on a validation split. We optimise ``log T`` so that
 ``T`` stays positive without constraints.
+
+For a stochastic model (``S`` samples or members, logits ``[S, B, C]``) one temperature divides every
+sample's logits, and it is fitted on the NLL of the averaged predictive ``(1/S) sum_s softmax(z_s / T)``, the
+distribution that :class:`uqkit.Prediction` reports ("pool-then-calibrate", Rahaman & Thiery 2021, for deep
+ensembles). Fitting on the ``S * B`` rows as if they
+were separate examples would calibrate the members, whose average is then under-confident.
 """
 
 from __future__ import annotations
@@ -56,8 +62,10 @@ class TemperatureScaler(torch.nn.Module):
 
     ``NLL(T) = -(1/n) sum_i log softmax(z_i / T)[y_i]``
 
-    over a **validation** split. Never fit on the test split: the test metrics would then measure the fit,
-    not the calibration. Calling the module before :meth:`fit` is allowed and is the identity (``T = 1``).
+    over a **validation** split; for ``[S, B, C]`` logits, of the averaged predictive,
+    ``NLL(T) = -(1/n) sum_i log (1/S) sum_s softmax(z_si / T)[y_i]``. Never fit on the test split: the test
+    metrics would then measure the fit, not the calibration. Calling the module before :meth:`fit` is
+    allowed and is the identity (``T = 1``).
 
     The scaler is a plain ``nn.Module``: its one parameter ``log_temperature`` is saved in ``state_dict``
     and moves with ``.to(device)``.
@@ -72,6 +80,9 @@ class TemperatureScaler(torch.nn.Module):
 
         scaler = TemperatureScaler().fit(val_logits, val_labels)  # validation split, never test
         test_probs = torch.softmax(scaler(test_logits), dim=-1)
+        # a stochastic model: fit on the averaged predictive of its samples, scale every sample
+        scaler = TemperatureScaler().fit(uqkit.predict(model, x_val).logits, y_val)
+        prediction = uqkit.Prediction(scaler(uqkit.predict(model, x_test).logits))
     """
 
     def __init__(self) -> None:
@@ -103,12 +114,14 @@ class TemperatureScaler(torch.nn.Module):
     def fit(self, logits: torch.Tensor, labels: torch.Tensor, max_iter: int = 100) -> TemperatureScaler:
         """Fit ``T`` by minimising the validation NLL of ``softmax(logits / T)`` over ``log T``.
 
-        The objective is convex in ``1 / T`` and one-dimensional; we minimise it over ``log T`` with
-        L-BFGS and a strong-Wolfe line search, in float64, always starting from ``T = 1``, so the result is
-        deterministic. ``logits`` are detached: no gradient reaches the network.
+        The objective is one-dimensional (and convex in ``1 / T`` for ``[B, C]`` logits); we minimise it over
+        ``log T`` with L-BFGS and a strong-Wolfe line search, in float64, always starting from ``T = 1``, so
+        the result is deterministic. ``logits`` are detached: no gradient reaches the network.
 
         Args:
-            logits: ``[B, C]`` finite pre-softmax scores of a **validation** split (not test), ``C >= 2``.
+            logits: ``[B, C]`` finite pre-softmax scores of a **validation** split (not test), ``C >= 2``; or
+                ``[S, B, C]`` logits of ``S`` samples or members (``uqkit.predict(...).logits``): one ``T``
+                divides every sample, fitted on the NLL of the mean over ``S`` of ``softmax(logits / T)``.
             labels: ``[B]`` integer class indices in ``[0, C)``.
             max_iter: maximum number of L-BFGS iterations.
 
@@ -120,20 +133,24 @@ class TemperatureScaler(torch.nn.Module):
             RuntimeError: if the NLL or its gradient is not finite, or the fitted temperature is not finite,
                 or the optimiser ends at a higher NLL than it started from.
         """
-        logits = check_logits(logits, "logits", 2)
+        logits = check_logits(logits, "logits", (2, 3))  # [B, C] or [S, B, C]
         _check_num_classes(logits)
-        if logits.shape[0] == 0:
+        if logits.shape[-2] == 0 or logits.shape[0] == 0:
             raise ValueError(f"logits: expected at least one example, got shape {tuple(logits.shape)}")
         _refuse_probabilities(logits)
-        labels = check_labels(labels, "labels", num_classes=logits.shape[1], length=logits.shape[0])
+        labels = check_labels(labels, "labels", num_classes=logits.shape[-1], length=logits.shape[-2])
         max_iter = check_positive_int(max_iter, "max_iter")
 
         z = logits.detach().to(torch.float64)
+        z = z.unsqueeze(0) if z.ndim == 2 else z  # [S, B, C]
         y = labels.detach().to(device=z.device, dtype=torch.long)
         log_t = torch.zeros((), dtype=torch.float64, device=z.device, requires_grad=True)
+        log_samples = math.log(z.shape[0])
 
         def nll() -> torch.Tensor:
-            return F.cross_entropy(z * torch.exp(-log_t), y)
+            # log of the averaged predictive, (1/S) sum_s softmax(z_s / T), by log-sum-exp over samples
+            log_probs = torch.logsumexp(F.log_softmax(z * torch.exp(-log_t), dim=-1), dim=0) - log_samples
+            return F.nll_loss(log_probs, y)
 
         start_loss = nll()
         (start_grad,) = torch.autograd.grad(start_loss, log_t)

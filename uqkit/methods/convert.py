@@ -7,11 +7,12 @@ pretrained weights copied into the posterior means (Flipout, Gaussian) or the sh
 rank-1). Anything left alone is listed in the returned :class:`ConversionReport`: nothing is skipped
 silently.
 
-The member-vectorized families (:class:`BatchEnsembleConfig`, :class:`Rank1Config`) turn the model into one
-that maps ``[M, B, ...]`` to ``[M, B, ...]``: besides the layers with weights, the registered parameter-free
-layers that fold dimension 1 (``nn.Flatten``, pooling, ``nn.Unflatten``) are wrapped in
-:class:`uqkit.nn.members.Memberwise`; elementwise modules (activations, dropout) and residual additions work
-on ``[M, B, ...]`` as they are.
+The member-vectorized families (:class:`BatchEnsembleConfig`, :class:`Rank1Config`) fold the ``M`` members
+into the batch (:mod:`uqkit.nn.members`): the converted model is called exactly as before its conversion
+(positional and keyword inputs, ``[B, ...]``), tiles every batch-shaped tensor input to ``[M * B, ...]`` on
+entry (a forward pre-hook on the root model, :func:`remove_member_tiling` takes it off) and returns
+``[M * B, ...]``, member-major; ``model.uqkit_num_members`` is ``M``. Everything between the converted layers
+(pooling, ``Flatten``, activations, dropout, residual additions, shape checks) sees an ordinary batch.
 
 The type registry maps ``(config type, module type)`` to a converter; :func:`register_conversion` adds
 entries (e.g. for your own layers). Only exact types match: a subclass of ``nn.Linear`` (such as the output
@@ -30,6 +31,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from uqkit._validation import check_positive_float, check_positive_int
+from uqkit.methods.predict import NUM_SAMPLES_ATTRIBUTE
 from uqkit.nn import (
     BatchEnsembleConv1d,
     BatchEnsembleConv2d,
@@ -50,7 +52,7 @@ from uqkit.nn import (
 )
 from uqkit.nn._posterior import _check_prior
 from uqkit.nn.batchensemble import MemberConvBase, MemberLinearBase, _check_fast_weight_init
-from uqkit.nn.members import Memberwise
+from uqkit.nn.members import MEMBERS_ATTRIBUTE, tile_inputs
 from uqkit.nn.priors import NormalPrior, Prior
 from uqkit.nn.rank1 import RANK1_POSTERIOR_SCALE_INIT, default_rank1_prior
 
@@ -62,12 +64,15 @@ __all__ = [
     "Rank1Config",
     "bayesianize_",
     "register_conversion",
+    "remove_member_tiling",
 ]
 
 
 def _validate_config(config: Any) -> None:
     _check_prior(config.prior)
     check_positive_float(config.posterior_scale_init, "posterior_scale_init", allow_zero=True)
+    if getattr(config, "num_samples", None) is not None:
+        check_positive_int(config.num_samples, "num_samples")
 
 
 @dataclass(frozen=True)
@@ -84,11 +89,15 @@ class FlipoutConfig:
             time-major ``[T, B, F]`` inputs. Each example draws its own signs, shared by its other positions.
             Convolutions always take ``[B, C, ...]`` and LSTMs follow their ``batch_first``; convert layers
             of different layouts with two calls and a ``filter_fn``.
+        num_samples: optional default ``S`` of :func:`uqkit.predict` for the converted model, ``>= 1``:
+            :func:`bayesianize_` sets the model's ``uqkit_num_samples`` to it. ``None`` (default): the model
+            keeps its setting (without one, :func:`uqkit.predict` draws 8 samples).
     """
 
     prior: Prior = field(default_factory=NormalPrior)
     posterior_scale_init: float = 1e-2
     batch_dim: int = 0
+    num_samples: int | None = None
     family: ClassVar[str] = "flipout"
 
     def __post_init__(self) -> None:
@@ -113,11 +122,14 @@ class GaussianConfig:
         local_reparameterization: sample the pre-activations of converted ``nn.Linear`` layers per example
             (Kingma et al. 2015). Convolutions and LSTMs have no local form and draw one weight sample per
             forward pass either way. Default ``False``.
+        num_samples: optional default ``S`` of :func:`uqkit.predict` for the converted model, as in
+            :class:`FlipoutConfig`.
     """
 
     prior: Prior = field(default_factory=NormalPrior)
     posterior_scale_init: float = 1e-2
     local_reparameterization: bool = False
+    num_samples: int | None = None
     family: ClassVar[str] = "gaussian"
 
     def __post_init__(self) -> None:
@@ -142,10 +154,11 @@ CONVERSION_FAST_WEIGHT_STD = 0.1
 class BatchEnsembleConfig:
     """Convert to BatchEnsemble layers (Wen et al. 2020): ``M`` members sharing each weight, rank-1 factors.
 
-    The converted model takes ``[M, B, ...]`` inputs (or ``[B, ...]`` when its first module is a converted
-    layer, which broadcasts) and returns ``[M, B, ...]``: feed a ``[B, ...]`` batch through
-    :func:`uqkit.nn.members.with_member_dim` when the model starts with e.g. ``nn.Flatten``. The pretrained
-    weight becomes the shared ``W`` and its bias every member's bias.
+    The converted model is called as before its conversion (``[B, ...]`` inputs, positional or keyword),
+    tiles them to the ``M`` members and returns ``[M * B, ...]``, member-major (row ``m * B + b`` from member
+    ``m``; :func:`uqkit.predict` gives ``[M, B, C]``, and training tiles the labels with
+    :func:`uqkit.nn.members.tile_members`). The pretrained weight becomes the shared ``W`` and its bias every
+    member's bias.
 
     Fast weights for a conversion (the default, ``"normal"`` with std :data:`CONVERSION_FAST_WEIGHT_STD` =
     0.1): every member starts at ``W * (s_m r_m^T)`` with ``r_m, s_m ~ N(1, 0.1^2)``, near the pretrained
@@ -345,10 +358,6 @@ def _member_converter(twin: type[nn.Module], keywords: tuple[str, ...]) -> Conve
     return convert
 
 
-def _memberwise(module: nn.Module, config: Config) -> nn.Module:
-    return Memberwise(module)
-
-
 _LINEAR_KEYWORDS = ("in_features", "out_features")
 _CONV_KEYWORDS = (
     "in_channels",
@@ -359,19 +368,6 @@ _CONV_KEYWORDS = (
     "dilation",
     "groups",
     "padding_mode",
-)
-# Parameter-free modules that treat dimension 1 as the example's first dimension: wrapped in Memberwise.
-MEMBERWISE_TYPES: tuple[type[nn.Module], ...] = (
-    nn.Flatten,
-    nn.Unflatten,
-    nn.MaxPool1d,
-    nn.MaxPool2d,
-    nn.AvgPool1d,
-    nn.AvgPool2d,
-    nn.AdaptiveAvgPool1d,
-    nn.AdaptiveAvgPool2d,
-    nn.AdaptiveMaxPool1d,
-    nn.AdaptiveMaxPool2d,
 )
 for _config, _twins in (
     (BatchEnsembleConfig, (BatchEnsembleLinear, BatchEnsembleConv1d, BatchEnsembleConv2d)),
@@ -384,8 +380,60 @@ for _config, _twins in (
         strict=True,
     ):
         register_conversion(_config, _source, _member_converter(_twin, _keywords))
-    for _source in MEMBERWISE_TYPES:
-        register_conversion(_config, _source, _memberwise)
+
+
+class TileMembers:
+    """Forward pre-hook of a converted member model: tiles its ``[B, ...]`` inputs to ``[M * B, ...]``.
+
+    Every batch-shaped tensor among the positional and keyword inputs is tiled, member-major
+    (:func:`uqkit.nn.members.tile_inputs`; inside :func:`uqkit.nn.members.pretiled` nothing is tiled). A
+    plain object (no closure), so that it survives ``copy.deepcopy`` and ``torch.save`` of the model.
+    """
+
+    def __init__(self, num_members: int) -> None:
+        self.num_members = check_positive_int(num_members, "num_members")
+
+    def __call__(
+        self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        return tile_inputs(args, kwargs, self.num_members)
+
+    def __repr__(self) -> str:
+        return f"TileMembers(num_members={self.num_members})"
+
+
+def _tiling_hooks(model: nn.Module) -> list[int]:
+    return [key for key, hook in model._forward_pre_hooks.items() if isinstance(hook, TileMembers)]
+
+
+def _install_member_tiling(model: nn.Module, num_members: int) -> None:
+    """Tile the inputs of ``model`` to ``num_members`` members on entry; mark it as a member model."""
+    existing = [model._forward_pre_hooks[key].num_members for key in _tiling_hooks(model)]
+    if existing and existing[0] != num_members:
+        raise ValueError(
+            f"config: expected num_members = {existing[0]}, as in the model's earlier member conversion "
+            f"(its inputs are tiled to {existing[0]} members), got {num_members}"
+        )
+    if not existing:
+        model.register_forward_pre_hook(TileMembers(num_members), with_kwargs=True)
+    setattr(model, MEMBERS_ATTRIBUTE, num_members)
+
+
+def remove_member_tiling(model: nn.Module) -> bool:
+    """Take off the input tiling that :func:`bayesianize_` installed on a BatchEnsemble / rank-1 model.
+
+    The model then takes ``[M * B, ...]`` inputs (member-major) and is no longer marked as a member model.
+
+    Returns:
+        Whether a tiling hook was found and removed.
+    """
+    keys = _tiling_hooks(model)
+    for key in keys:
+        del model._forward_pre_hooks[key]
+        model._forward_pre_hooks_with_kwargs.pop(key, None)
+    if keys and MEMBERS_ATTRIBUTE in model.__dict__:
+        delattr(model, MEMBERS_ATTRIBUTE)
+    return bool(keys)
 
 
 @dataclass
@@ -447,9 +495,13 @@ def bayesianize_(
 
     Under :class:`BatchEnsembleConfig` and :class:`Rank1Config`, ``nn.Linear``, ``nn.Conv1d`` and
     ``nn.Conv2d`` become BatchEnsemble or rank-1 layers of ``config.num_members`` members (the pretrained
-    weight shared, its bias copied to every member), and the parameter-free layers of
-    :data:`MEMBERWISE_TYPES` are wrapped in :class:`uqkit.nn.members.Memberwise`, so that the model maps
-    ``[M, B, ...]`` to ``[M, B, ...]`` (LSTMs and normalisation layers are reported, not converted).
+    weight shared, its bias copied to every member; LSTMs, embeddings and normalisation layers are
+    reported, not converted, and are shared by the members). The root ``model`` gets a forward pre-hook
+    (:class:`TileMembers`) that tiles its ``[B, ...]`` inputs to ``[M * B, ...]`` and the attribute
+    ``uqkit_num_members = M``: it is called exactly as before and returns ``[M * B, ...]``, member-major.
+
+    A config's ``num_samples`` (Flipout, Gaussian), when given, becomes the root model's
+    ``uqkit_num_samples``, the number of samples :func:`uqkit.predict` draws when its call gives none.
 
     Args:
         model: the model to convert (modified in place). It cannot itself be a supported layer: wrap it,
@@ -498,13 +550,12 @@ def bayesianize_(
         names_of.setdefault(id(module), []).append(name)
         modules[id(module)] = module
 
-    wrapped = {id(m.module) for m in modules.values() if isinstance(m, Memberwise)}
     replacements: dict[int, nn.Module] = {}
     for key, module in modules.items():
         names = names_of[key]
         kind = type(module).__name__
-        if isinstance(module, parametrize.ParametrizationList) or key in wrapped:
-            continue  # reported through its owner (parametrized module), or already member-wise
+        if isinstance(module, parametrize.ParametrizationList):
+            continue  # reported through its owner (parametrized module)
         if parametrize.is_parametrized(module):
             report.skipped += [(name, kind, "has parametrizations (e.g. weight norm)") for name in names]
             continue
@@ -532,4 +583,8 @@ def bayesianize_(
         for name in names_of[key]:
             _replace(model, name, new)
             report.converted.append((name, type(modules[key]).__name__, type(new).__name__))
+    if isinstance(config, (BatchEnsembleConfig, Rank1Config)):
+        _install_member_tiling(model, config.num_members)
+    if getattr(config, "num_samples", None) is not None:
+        setattr(model, NUM_SAMPLES_ATTRIBUTE, config.num_samples)
     return report

@@ -3,56 +3,53 @@
 A deep ensemble (Lakshminarayanan et al. 2017, "Simple and scalable predictive uncertainty estimation using
 deep ensembles") is ``M`` copies of a network trained from independent random initialisations; its
 predictive distribution is the mixture ``p(y | x) = (1 / M) sum_m softmax(f_m(x))`` (their Eq. 1 with
-uniform weights), which :class:`uqkit.Prediction` forms from the ``[M, B, C]`` member logits.
+uniform weights), which :func:`uqkit.predict` forms from the members' logits.
 
 :class:`DeepEnsemble` keeps the members' parameters *stacked* (one tensor ``[M, *shape]`` per parameter) and
-runs all members in one vectorized forward pass, for training as for prediction. Each module of the
-factory's architecture is replaced by a member-vectorized twin through a type registry (like
-:func:`uqkit.bayesianize_`'s; :func:`register_vectorization` adds entries):
+runs all members in one vectorized forward pass, for training as for prediction. The members travel folded
+into the batch, member-major (:mod:`uqkit.nn.members`): ``ensemble(x)`` tiles every batch-shaped tensor input
+``[B, ...]`` to ``[M * B, ...]`` (row ``m * B + b`` is member ``m``'s copy of example ``b``), runs the
+architecture's own ``forward`` on that ordinary-looking batch, and returns what the architecture returns
+(``[M * B, C]`` logits, or the object, dict or tuple a model-zoo model returns). Code that checks or reads
+shapes (``x.shape[1] == channels``, ``batch_size, seq_len = input_ids.shape``) therefore runs unchanged.
+
+Each module of the factory's architecture with parameters is replaced by a member-vectorized twin through a
+type registry (like :func:`uqkit.bayesianize_`'s; :func:`register_vectorization` adds entries). A twin views
+its ``[M * B, ...]`` input as ``[M, B, ...]`` and applies member ``m``'s weights to rows ``m * B`` to
+``(m + 1) * B - 1``:
 
 * ``nn.Linear`` -> :class:`StackedLinear`: weights ``[M, out, in]`` and one batched matrix product
-  (``torch.baddbmm``) on ``[M, N, in]``, with the weight gradient computed directly in the weight's layout.
-* ``nn.Conv1d``/``nn.Conv2d``/``nn.Conv3d`` -> :class:`StackedConv`: a broadcast input (the same batch for
-  every member, as at test time or for the first layer) is one convolution with the members' filters side by
-  side (``M * out`` output channels); otherwise one convolution per member on the stacked weights (a grouped
-  convolution over members folded into channels measured slower, see :class:`StackedConv`).
-* ``nn.LayerNorm`` -> :class:`StackedLayerNorm`; ``nn.BatchNorm1d``/``nn.BatchNorm2d``/``nn.BatchNorm3d`` ->
-  :class:`StackedBatchNorm` with per-member batch statistics and running statistics ``[M, C]``.
-* Parameter-free modules that treat batch elements independently (activations, pooling, ``Flatten``,
-  dropout, ``Identity``, ...) -> :class:`FoldedMemberwise`, a :class:`uqkit.nn.members.Memberwise` that
-  folds the member dimension into the batch without copying (activations and ``Identity``, which act on
-  each entry alone, take the ``[M, B, ...]`` tensor as it is).
-* Containers (``nn.Sequential``, ``nn.ModuleList``, ``nn.ModuleDict``) and custom modules without parameters
-  or buffers of their own (e.g. a residual block ``x + act(linear(x))``) are kept, with their children
-  converted, and run their own ``forward`` on ``[M, B, ...]`` tensors. Such a ``forward`` must be agnostic of
-  leading dimensions (elementwise arithmetic, ``torch.cat(..., dim=-1)``); one that reshapes with
-  ``x.shape[0]`` or reduces over dimension 0 must be registered (for instance with
-  :func:`vmap_vectorization`).
-* Anything else with parameters or buffers, and unregistered parameter-free leaf modules, run through
-  ``torch.func.vmap`` over ``functional_call`` with stacked parameters (:class:`VmapStacked`). An op that vmap
-  cannot batch raises a ``RuntimeError`` naming the module, its position and vmap's message about the op.
+  (``torch.baddbmm``) on ``[M, B * T, in]`` (inputs with extra dimensions, ``[M * B, T, in]``, included), with
+  the weight gradient computed directly in the weight's layout.
+* ``nn.Conv1d``/``nn.Conv2d``/``nn.Conv3d`` -> :class:`StackedConv`; ``nn.Embedding`` ->
+  :class:`StackedEmbedding`; ``nn.LayerNorm`` -> :class:`StackedLayerNorm`; ``nn.GroupNorm`` ->
+  :class:`StackedGroupNorm`; ``nn.BatchNorm1d/2d/3d`` -> :class:`StackedBatchNorm` (per-member batch and
+  running statistics). Attention projections are ``nn.Linear``.
+* Parameter-free modules (activations, pooling, ``Flatten``, dropout, ``Identity``, ...) are kept as they
+  are: the batch is an ordinary batch, and dropout draws its own mask for every row, hence every member.
+* Containers and custom modules without parameters of their own (a residual block, a transformer layer, a
+  whole Hugging Face model) are kept, with their children converted, and run their own ``forward``. Buffers
+  of their own that are equal in every member (a transformer's ``position_ids``) are shared.
+* Anything else with parameters or buffers (a module with a parameter of its own, such as a vision
+  transformer's embeddings with their class token) runs through ``torch.func.vmap`` over
+  ``functional_call`` with stacked parameters (:class:`VmapStacked`, positional and keyword inputs), the
+  fallback. It answers attribute reads (``embeddings.patch_embeddings.projection.weight.dtype``) from the
+  module it wraps. An op that vmap cannot batch raises a ``RuntimeError`` naming the module.
+
+Every module must treat dimension 0 as the batch (as ``nn.Linear`` on ``[B, T, D]`` does); a module that
+sees time-major ``[T, B, D]`` inputs would mix members.
 
 Measured on 2 CPU cores (torch 2.13, ``benchmarks/ensembles.py``, 4 members, time relative to a Python loop
-over 4 models, rows interleaved in one process; ``benchmarks/results/ensembles.json``, 2026-12-02): MLP
-784-512-512-10 training step 0.93x at batch 16 and 0.93x at batch 256, inference 0.61x and 0.96x; LeNet-5
-training step 0.73x and 0.97x, inference 0.88x and 0.93x (single ratios move by 0.1-0.2 between runs on
-this shared virtual machine). ``torch.func.vmap`` over stacked parameters of the whole model measured, in
-the same order, training 1.85x, 1.05x, 0.80x, 1.30x and inference 0.80x, 1.02x, 1.14x, 1.25x, hence the
-registry with vmap only as the fallback. On this CPU a stacked product costs about what the members'
-separate products cost at large batches (four 784x512 products: 0.74x at batch 16, 1.02x at batch 256);
-at small batches most of the gain is the Python and dispatch overhead of ``4 x depth`` module calls.
-
-Inputs: ``ensemble(x)`` takes ``[B, *example_shape]`` (broadcast to every member, an expanded view with no
-copy) or ``[M, B, *example_shape]`` (one batch per member, e.g. bootstrap or per-split training). The rank of
-one example, ``example_dims``, is what tells the two apart; it is inferred when the architecture's first
-leaf module is an ``nn.Linear`` (1), ``nn.Conv1d`` (2), ``nn.Conv2d`` (3) or ``nn.Conv3d`` (4), and must be
-given otherwise (e.g. an MLP that starts with ``nn.Flatten``).
+over 4 models; ``benchmarks/results/ensembles.json``): see docs/efficient_ensembles.md. ``torch.func.vmap``
+over stacked parameters of the whole model measured slower than the stacked twins at small batches (MLP
+training step 1.85x vs 0.93x a loop at batch 16), hence the registry with vmap only as the fallback.
 """
 
 from __future__ import annotations
 
 import copy
 import itertools
+import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -61,16 +58,23 @@ import torch
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 from torch.nn import functional as F
+from torch.utils import _pytree as pytree
 
 from uqkit._validation import check_positive_int
-from uqkit.nn.dropout import MCDropout
-from uqkit.nn.members import Memberwise, with_member_dim
+from uqkit.nn.members import (
+    MEMBERS_ATTRIBUTE,
+    folded_batch,
+    members_running,
+    tile_inputs,
+    tiled_source,
+)
 
 __all__ = [
     "DeepEnsemble",
-    "FoldedMemberwise",
     "StackedBatchNorm",
     "StackedConv",
+    "StackedEmbedding",
+    "StackedGroupNorm",
     "StackedLayerNorm",
     "StackedLinear",
     "StackedModule",
@@ -85,7 +89,11 @@ class StackedModule(nn.Module):
 
     A twin keeps the source module's parameter and buffer names, each with shape ``[M, *shape]``, so that
     :meth:`member_state` (member ``m``'s tensors, keyed by the source module's names) can rebuild the source
-    module of any member.
+    module of any member. Its input is ``[M * B, ...]``, members folded into the batch, member-major.
+
+    A tensor with one row (shared by the whole batch, e.g. a transformer's ``position_ids`` ``[1, T]``)
+    inside a running :class:`DeepEnsemble` gives each member's ``B`` rows that member's result
+    (:meth:`_split_members` / :meth:`_join_members`).
 
     Attributes:
         num_members: ``M``.
@@ -100,12 +108,31 @@ class StackedModule(nn.Module):
             for name, tensor in itertools.chain(self.named_parameters(), self.named_buffers())
         }
 
-    def _check_members(self, inputs: torch.Tensor, min_dims: int) -> None:
-        if inputs.dim() < min_dims or inputs.shape[0] != self.num_members:
+    def _split_members(self, inputs: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """``[M * B, ...] -> ([M, B, ...], B)``; a one-row input shared by the batch -> ``([M, 1, ...], B)``
+        (expanded, no copy).
+
+        Raises:
+            ValueError: when the rows are not a multiple of ``M`` (and not one row shared by the batch).
+        """
+        members = self.num_members
+        rows = inputs.shape[0] if inputs.dim() else 0
+        running = folded_batch()
+        if rows == 1 and members > 1 and running is not None and running[0] == members:
+            return inputs.unsqueeze(0).expand(members, *inputs.shape), running[1]
+        if inputs.dim() == 0 or rows % members:
             raise ValueError(
-                f"{type(self).__name__} input: expected [M={self.num_members}, B, ...] with at least "
-                f"{min_dims} dimensions, got shape {list(inputs.shape)}"
+                f"{type(self).__name__} input: expected a multiple of M = {members} rows (members folded "
+                f"into the batch, member-major [M * B, ...]), got shape {list(inputs.shape)}"
             )
+        return inputs.unflatten(0, (members, rows // members)), rows // members
+
+    @staticmethod
+    def _join_members(outputs: torch.Tensor, batch: int) -> torch.Tensor:
+        """``[M, B, ...] -> [M * B, ...]`` (a ``[M, 1, ...]`` result of a shared row expanded to ``B``)."""
+        if outputs.shape[1] != batch:
+            outputs = outputs.expand(outputs.shape[0], batch, *outputs.shape[2:])
+        return outputs.reshape(outputs.shape[0] * batch, *outputs.shape[2:])
 
 
 def _stack(modules: Sequence[nn.Module], name: str) -> torch.Tensor | None:
@@ -120,11 +147,6 @@ def _stacked_parameter(modules: Sequence[nn.Module], name: str) -> nn.Parameter 
     if stacked is None:
         return None
     return nn.Parameter(stacked, requires_grad=getattr(modules[0], name).requires_grad)
-
-
-def _is_broadcast(inputs: torch.Tensor) -> bool:
-    """Whether ``inputs`` ``[M, ...]`` is one batch expanded to all members (as by ``with_member_dim``)."""
-    return inputs.shape[0] > 1 and inputs.stride(0) == 0
 
 
 class _StackedLinearFunction(torch.autograd.Function):
@@ -160,16 +182,18 @@ class _StackedLinearFunction(torch.autograd.Function):
 class StackedLinear(StackedModule):
     """``M`` ``nn.Linear`` layers as one batched matrix product.
 
-    ``y_m = x_m W_m^T + b_m`` for every member ``m`` with one ``torch.baddbmm``, also for a broadcast input
-    (an expanded view). Reading the weights as one ``[M * out, in]`` matrix for a broadcast input (a single
-    ``F.linear``) measured slower on CPU (MLP 784-512-512-10, 4 members, inference at batch 16: 1.07x vs
-    0.81x the time of a loop over 4 models), as its batch-major output slows the next layers.
+    ``y_m = x_m W_m^T + b_m`` for every member ``m`` with one ``torch.baddbmm`` on ``[M, B * T, in]``. An
+    input known to be ``M`` tiles of one batch (:func:`uqkit.nn.members.tiled_source`, e.g. the first layer
+    of an ensemble) enters the product as an expanded view of the un-tiled batch (no copy). Reading the
+    weights as one ``[M * out, in]`` matrix for such an input (a single ``F.linear``) measured slower on CPU
+    (MLP 784-512-512-10, 4 members, inference at batch 16: 1.07x vs 0.81x the time of a loop over 4 models).
 
     Args:
         modules: the ``M`` members' ``nn.Linear`` layers (same shapes).
 
     Shape:
-        input ``[M, *, in_features]``, output ``[M, *, out_features]``.
+        input ``[M * B, *, in_features]``, output ``[M * B, *, out_features]``. ``weight`` is
+        ``[M, out_features, in_features]``, ``bias`` ``[M, out_features]``.
     """
 
     def __init__(self, modules: Sequence[nn.Linear]) -> None:
@@ -181,18 +205,25 @@ class StackedLinear(StackedModule):
         self.bias = _stacked_parameter(modules, "bias")
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
-        self._check_members(inputs, 2)
-        if inputs.shape[-1] != self.in_features:
+        if inputs.dim() < 2 or inputs.shape[-1] != self.in_features:
             raise ValueError(
-                f"StackedLinear input: expected [M, *, {self.in_features}], got shape {list(inputs.shape)}"
+                f"StackedLinear input: expected [M * B, *, {self.in_features}], got shape "
+                f"{list(inputs.shape)}"
             )
-        members, middle = inputs.shape[0], inputs.shape[1:-1]
-        flat = inputs.reshape(members, -1, self.in_features)
+        members = self.num_members
+        source = tiled_source(inputs, members)
+        if source is not None:
+            flat = source.reshape(1, -1, self.in_features).expand(members, -1, -1)
+            batch = source.shape[0]
+        else:
+            split, batch = self._split_members(inputs)
+            flat = split.reshape(members, -1, self.in_features)
         if torch.is_grad_enabled():
             out = _StackedLinearFunction.apply(flat, self.weight, self.bias)
         else:  # no graph: the same product without autograd.Function's per-call argument binding
             out = _StackedLinearFunction.forward(flat, self.weight, self.bias)
-        return out.reshape(members, *middle, self.out_features)
+        middle = inputs.shape[1:-1]
+        return self._join_members(out.view(members, -1, *middle, self.out_features), batch)
 
     def extra_repr(self) -> str:
         return (
@@ -207,20 +238,21 @@ _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 class StackedConv(StackedModule):
     """``M`` convolutions (1-D, 2-D or 3-D) with stacked weights ``[M, out, in / groups, *K]``.
 
-    A broadcast input (one batch for every member, stride 0 along ``M``) with ``groups = 1`` is one
-    convolution with the members' filters side by side, ``M * out`` output channels, read back as
-    ``[M, B, out, ...]`` (a batch-major view). Any other input runs one convolution per member on its
-    slice of the stacked weights. Folding the members into the channels and running one grouped convolution
-    with ``M * groups`` groups computes the same, but measured slower than the per-member convolutions on
-    CPU (torch 2.13, oneDNN, 2 cores, LeNet-5 with 4 members: 1.65x vs 1.46x the time of a loop over 4
-    models in inference at batch 16, 2.34x vs 1.2x for a training step at batch 256), so it is not used.
-    Padding modes other than ``'zeros'`` pad explicitly first, as ``nn.Conv*d`` does.
+    An input known to be ``M`` tiles of one batch (:func:`uqkit.nn.members.tiled_source`, e.g. the first
+    layer of an ensemble) with ``groups = 1`` is one convolution of the un-tiled batch with the members'
+    filters side by side, ``M * out`` output channels, copied into member-major rows. Any other input runs
+    one convolution per member on its ``B`` rows and its slice of the stacked weights. Folding the members
+    into the channels and running one grouped convolution with ``M * groups`` groups computes the same, but
+    measured slower than the per-member convolutions on CPU (torch 2.13, oneDNN, 2 cores, LeNet-5 with 4
+    members: 1.65x vs 1.46x the time of a loop over 4 models in inference at batch 16, 2.34x vs 1.2x for a
+    training step at batch 256), so it is not used. Padding modes other than ``'zeros'`` pad explicitly
+    first, as ``nn.Conv*d`` does.
 
     Args:
         modules: the ``M`` members' ``nn.Conv1d``, ``nn.Conv2d`` or ``nn.Conv3d`` layers (same settings).
 
     Shape:
-        input ``[M, B, C_in, *S_in]``, output ``[M, B, C_out, *S_out]``.
+        input ``[M * B, C_in, *S_in]``, output ``[M * B, C_out, *S_out]``.
     """
 
     def __init__(self, modules: Sequence[nn.Conv1d | nn.Conv2d | nn.Conv3d]) -> None:
@@ -248,23 +280,24 @@ class StackedConv(StackedModule):
         return _CONV[self.spatial_dims](inputs, weight, bias, self.stride, padding, self.dilation, groups)
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
-        self._check_members(inputs, self.spatial_dims + 3)
-        if inputs.dim() != self.spatial_dims + 3 or inputs.shape[2] != self.in_channels:
+        if inputs.dim() != self.spatial_dims + 2 or inputs.shape[1] != self.in_channels:
             raise ValueError(
-                f"StackedConv input: expected [M, B, {self.in_channels}, *spatial] with {self.spatial_dims} "
+                f"StackedConv input: expected [M * B, {self.in_channels}, *spatial] with {self.spatial_dims} "
                 f"spatial dimension(s), got shape {list(inputs.shape)}"
             )
-        members, batch = inputs.shape[:2]
-        if _is_broadcast(inputs) and self.groups == 1:
+        members = self.num_members
+        source = tiled_source(inputs, members)
+        if source is not None and self.groups == 1:
             weight = self.weight.reshape(members * self.out_channels, *self.weight.shape[2:])
             bias = None if self.bias is None else self.bias.reshape(-1)
-            out = self._conv(inputs[0], weight, bias, 1)  # [B, M * out, *S]
-            return out.view(batch, members, self.out_channels, *out.shape[2:]).transpose(0, 1)
+            out = self._conv(source, weight, bias, 1)  # [B, M * out, *S]
+            out = out.view(out.shape[0], members, self.out_channels, *out.shape[2:]).transpose(0, 1)
+            return out.reshape(members * out.shape[1], *out.shape[2:])
+        split, batch = self._split_members(inputs)
         biases = [None] * members if self.bias is None else self.bias.unbind(0)
         weights = self.weight.unbind(0)
-        return torch.stack(
-            [self._conv(inputs[m], weights[m], biases[m], self.groups) for m in range(members)]
-        )
+        outputs = [self._conv(split[m], weights[m], biases[m], self.groups) for m in range(members)]
+        return self._join_members(torch.stack(outputs), batch)
 
     def extra_repr(self) -> str:
         return (
@@ -274,6 +307,57 @@ class StackedConv(StackedModule):
         )
 
 
+class StackedEmbedding(StackedModule):
+    """``M`` ``nn.Embedding`` tables as one lookup in the ``[M * V, D]`` table of all members.
+
+    Member ``m``'s index ``i`` reads row ``m * V + i``. ``padding_idx`` keeps its meaning: its rows get no
+    gradient. Embeddings with ``max_norm``, ``scale_grad_by_freq`` or ``sparse`` are not converted to this
+    twin (they run through :class:`VmapStacked`).
+
+    Args:
+        modules: the ``M`` members' ``nn.Embedding`` layers.
+
+    Shape:
+        input ``[M * B, *]`` indices (or ``[1, *]`` shared by the batch), output ``[M * B, *, D]``.
+    """
+
+    def __init__(self, modules: Sequence[nn.Embedding]) -> None:
+        super().__init__()
+        source = modules[0]
+        self.num_members = len(modules)
+        self.num_embeddings = source.num_embeddings
+        self.embedding_dim = source.embedding_dim
+        self.padding_idx = source.padding_idx
+        self.weight = _stacked_parameter(modules, "weight")
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        split, batch = self._split_members(inputs)
+        members, vocabulary = self.num_members, self.num_embeddings
+        offsets = torch.arange(members, device=inputs.device, dtype=inputs.dtype) * vocabulary
+        flat = split + offsets.view(members, *([1] * (split.dim() - 1)))
+        out = F.embedding(flat, self.weight.reshape(members * vocabulary, self.embedding_dim))
+        if self.padding_idx is not None and torch.is_grad_enabled() and self.weight.requires_grad:
+            out = torch.where((split == self.padding_idx).unsqueeze(-1), out.detach(), out)
+        return self._join_members(out, batch)
+
+    def extra_repr(self) -> str:
+        text = f"num_members={self.num_members}, {self.num_embeddings}, {self.embedding_dim}"
+        return text if self.padding_idx is None else f"{text}, padding_idx={self.padding_idx}"
+
+
+def _member_affine(
+    normalized: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, shape: torch.Size
+) -> torch.Tensor:
+    """``normalized * weight[m] + bias[m]`` for ``normalized`` ``[M, B, ...]``, parameters as ``shape``."""
+    if weight is not None and bias is not None:
+        return torch.addcmul(bias.view(shape), normalized, weight.view(shape))
+    if weight is not None:
+        return normalized * weight.view(shape)
+    if bias is not None:
+        return normalized + bias.view(shape)
+    return normalized
+
+
 class StackedLayerNorm(StackedModule):
     """``M`` ``nn.LayerNorm`` layers: one normalisation, then each member's elementwise affine map.
 
@@ -281,7 +365,7 @@ class StackedLayerNorm(StackedModule):
         modules: the ``M`` members' ``nn.LayerNorm`` layers.
 
     Shape:
-        input ``[M, *, *normalized_shape]``, output the same.
+        input ``[M * B, *, *normalized_shape]``, output the same.
     """
 
     def __init__(self, modules: Sequence[nn.LayerNorm]) -> None:
@@ -294,33 +378,68 @@ class StackedLayerNorm(StackedModule):
         self.bias = _stacked_parameter(modules, "bias")
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
-        self._check_members(inputs, len(self.normalized_shape) + 1)
-        out = F.layer_norm(inputs, self.normalized_shape, None, None, self.eps)
-        middle = (1,) * (inputs.dim() - 1 - len(self.normalized_shape))
-        if self.weight is not None:
-            out = out * self.weight.view(self.num_members, *middle, *self.normalized_shape)
-        if self.bias is not None:
-            out = out + self.bias.view(self.num_members, *middle, *self.normalized_shape)
-        return out
+        split, batch = self._split_members(inputs)
+        out = F.layer_norm(split, self.normalized_shape, None, None, self.eps)
+        middle = (1,) * (split.dim() - 1 - len(self.normalized_shape))
+        shape = torch.Size((self.num_members, *middle, *self.normalized_shape))
+        return self._join_members(_member_affine(out, self.weight, self.bias, shape), batch)
 
     def extra_repr(self) -> str:
         return f"num_members={self.num_members}, {self.normalized_shape}, eps={self.eps}"
 
 
+class StackedGroupNorm(StackedModule):
+    """``M`` ``nn.GroupNorm`` layers: one normalisation per example (it mixes no examples), then each
+    member's per-channel affine map.
+
+    Args:
+        modules: the ``M`` members' ``nn.GroupNorm`` layers.
+
+    Shape:
+        input ``[M * B, C, *S]``, output the same.
+    """
+
+    def __init__(self, modules: Sequence[nn.GroupNorm]) -> None:
+        super().__init__()
+        source = modules[0]
+        self.num_members = len(modules)
+        self.num_groups = source.num_groups
+        self.num_channels = source.num_channels
+        self.eps = source.eps
+        self.weight = _stacked_parameter(modules, "weight")
+        self.bias = _stacked_parameter(modules, "bias")
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        if inputs.dim() < 2 or inputs.shape[1] != self.num_channels:
+            raise ValueError(
+                f"StackedGroupNorm input: expected [M * B, {self.num_channels}, *], got shape "
+                f"{list(inputs.shape)}"
+            )
+        normalized = F.group_norm(inputs, self.num_groups, None, None, self.eps)
+        split, batch = self._split_members(normalized)
+        shape = torch.Size((self.num_members, 1, self.num_channels, *([1] * (inputs.dim() - 2))))
+        return self._join_members(_member_affine(split, self.weight, self.bias, shape), batch)
+
+    def extra_repr(self) -> str:
+        return f"num_members={self.num_members}, {self.num_groups}, {self.num_channels}, eps={self.eps}"
+
+
 class StackedBatchNorm(StackedModule):
     """``M`` batch-norm layers (1-D, 2-D or 3-D), each with its own batch and running statistics.
 
-    The members are folded into the channels, ``[M, B, C, *S] -> [B, M * C, *S]``, so one
-    ``F.batch_norm`` computes each member's statistics over its own batch, updates each member's running
-    statistics (buffers ``[M, C]``, read as ``[M * C]`` views) and applies each member's affine map. Training
-    and eval behaviour (momentum, cumulative averages with ``momentum=None``, ``track_running_stats``) are
-    those of ``nn.BatchNorm*d``.
+    With batch statistics (training), the members are moved into the channels,
+    ``[M * B, C, *S] -> [B, M * C, *S]``, so one ``F.batch_norm`` computes each member's statistics over its
+    own ``B`` rows, updates each member's running statistics (buffers ``[M, C]``, read as ``[M * C]`` views)
+    and applies each member's affine map; the result is copied back to member-major rows. With running
+    statistics (eval), each member's normalisation and affine map is one elementwise ``scale * x + shift``.
+    Momentum, cumulative averages (``momentum=None``) and ``track_running_stats`` are those of
+    ``nn.BatchNorm*d``.
 
     Args:
         modules: the ``M`` members' ``nn.BatchNorm1d``, ``nn.BatchNorm2d`` or ``nn.BatchNorm3d`` layers.
 
     Shape:
-        input ``[M, B, C, *S]`` (``[M, B, C]`` or ``[M, B, C, L]`` for 1-D), output the same.
+        input ``[M * B, C, *S]``, output the same.
     """
 
     def __init__(self, modules: Sequence[nn.modules.batchnorm._BatchNorm]) -> None:
@@ -337,32 +456,43 @@ class StackedBatchNorm(StackedModule):
             self.register_buffer(name, _stack(modules, name))
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
-        self._check_members(inputs, 3)
-        if inputs.shape[2] != self.num_features:
+        if inputs.dim() < 2 or inputs.shape[1] != self.num_features:
             raise ValueError(
-                f"StackedBatchNorm input: expected [M, B, {self.num_features}, ...], got shape "
+                f"StackedBatchNorm input: expected [M * B, {self.num_features}, ...], got shape "
                 f"{list(inputs.shape)}"
             )
+        split, batch = self._split_members(inputs)
+        members, channels, spatial = self.num_members, self.num_features, inputs.shape[2:]
+        use_batch_stats = self.training or self.running_mean is None
+        if not use_batch_stats:
+            scale = torch.rsqrt(self.running_var + self.eps)
+            if self.weight is not None:
+                scale = scale * self.weight
+            shift = -self.running_mean * scale
+            if self.bias is not None:
+                shift = shift + self.bias
+            shape = torch.Size((members, 1, channels, *([1] * len(spatial))))
+            return self._join_members(torch.addcmul(shift.view(shape), split, scale.view(shape)), batch)
         factor = 0.0 if self.momentum is None else self.momentum
         if self.training and self.track_running_stats and self.num_batches_tracked is not None:
             self.num_batches_tracked.add_(1)
             if self.momentum is None:
                 factor = 1.0 / float(self.num_batches_tracked[0])
-        use_batch_stats = self.training or self.running_mean is None
-        track = not self.training or self.track_running_stats
-        members, batch = inputs.shape[:2]
-        folded = inputs.transpose(0, 1).reshape(batch, members * self.num_features, *inputs.shape[3:])
+        track = self.training and self.track_running_stats and self.running_mean is not None
+        folded = split.expand(members, batch, *split.shape[2:]).transpose(0, 1)
+        folded = folded.reshape(batch, members * channels, *spatial)
         out = F.batch_norm(
             folded,
-            self.running_mean.view(-1) if track and self.running_mean is not None else None,
-            self.running_var.view(-1) if track and self.running_var is not None else None,
+            self.running_mean.view(-1) if track else None,
+            self.running_var.view(-1) if track else None,
             None if self.weight is None else self.weight.reshape(-1),
             None if self.bias is None else self.bias.reshape(-1),
-            use_batch_stats,
+            True,
             factor,
             self.eps,
         )
-        return out.view(batch, members, self.num_features, *out.shape[2:]).transpose(0, 1)
+        out = out.view(batch, members, channels, *spatial).transpose(0, 1)
+        return out.reshape(members * batch, channels, *spatial)
 
     def extra_repr(self) -> str:
         members, features = self.num_members, self.num_features
@@ -372,17 +502,24 @@ class StackedBatchNorm(StackedModule):
 class VmapStacked(StackedModule):
     """Any module, vectorized with ``torch.func.vmap`` over ``functional_call`` with stacked parameters.
 
-    The fallback for modules of no registered type. Parameters and buffers are stacked with
-    ``torch.func.stack_module_state`` and kept, under the source's names, in a copy of the source module
-    (``self.module``), which ``functional_call`` runs once per member under ``vmap`` (with
-    ``randomness="different"``: dropout inside draws independent masks per member).
+    The fallback for modules of no registered type that have parameters or buffers of their own. Parameters
+    and buffers are stacked with ``torch.func.stack_module_state`` and kept, under the source's names, in a
+    copy of the source module (``self.module``), which ``functional_call`` runs once per member under
+    ``vmap`` (with ``randomness="different"``: dropout inside draws independent masks per member).
+
+    Positional and keyword tensor inputs with ``M * B`` rows are split into the members' ``[B, ...]``
+    batches; other values (and tensors of other sizes, e.g. a mask shared by the batch) reach every member
+    unchanged. Every tensor in the output (also inside tuples, lists, dicts and Hugging Face ``ModelOutput``
+    objects) comes back as ``[M * B, ...]``. Attributes that ``self`` lacks are read from ``self.module``, so
+    model code reading e.g. ``embeddings.patch_embeddings.projection.weight.dtype`` keeps working (it sees the
+    stacked ``[M, ...]`` parameters).
 
     Args:
         modules: the ``M`` members' modules (same type and shapes).
         name: the module's qualified name in the architecture, for error messages.
 
     Shape:
-        every tensor argument ``[M, ...]`` (member ``m`` gets ``[...]``), output ``[M, ...]``.
+        every batch-shaped tensor argument ``[M * B, ...]``, every tensor output ``[M * B, ...]``.
     """
 
     def __init__(self, modules: Sequence[nn.Module], name: str = "") -> None:
@@ -400,26 +537,59 @@ class VmapStacked(StackedModule):
             else:
                 owner._buffers[attribute] = value.detach()
 
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            modules = self.__dict__.get("_modules", {})
+            if "module" not in modules:
+                raise
+            return getattr(modules["module"], name)
+
     def member_state(self, index: int) -> dict[str, torch.Tensor]:
         return {
             name: tensor[index]
             for name, tensor in itertools.chain(self.module.named_parameters(), self.module.named_buffers())
         }
 
-    def forward(self, *inputs: Any) -> Any:
-        for value in inputs:
-            if isinstance(value, torch.Tensor):
-                self._check_members(value, 1)
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        members = self.num_members
+        tensors = [v for v in (*args, *kwargs.values()) if isinstance(v, torch.Tensor) and v.dim() > 0]
+        running = folded_batch()
+        if running is not None and running[0] == members:
+            rows = members * running[1]
+        elif tensors:
+            rows = tensors[0].shape[0]
+        else:
+            rows = 0
+        if rows % members or (rows == 0 and tensors):
+            shapes = [list(t.shape) for t in tensors]
+            raise ValueError(
+                f"{type(self.module).__name__} input: expected a multiple of M = {members} rows (members "
+                f"folded into the batch, member-major [M * B, ...]), got tensors of shapes {shapes}"
+            )
+
+        def split(value: Any) -> Any:
+            if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == rows and rows:
+                return value.unflatten(0, (members, rows // members))
+            return value
+
+        def dims(value: Any) -> int | None:
+            return (
+                0 if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == rows else None
+            )
+
+        member_args, member_kwargs = tuple(split(v) for v in args), {k: split(v) for k, v in kwargs.items()}
+        in_dims = (tuple(dims(v) for v in args), {k: dims(v) for k, v in kwargs.items()})
         params = dict(self.module.named_parameters())
         buffers = dict(self.module.named_buffers())
-        in_dims = tuple(0 if isinstance(v, torch.Tensor) else None for v in inputs)
 
-        def one_member(member_params, member_buffers, *member_inputs):
-            return functional_call(self.module, (member_params, member_buffers), member_inputs)
+        def one_member(member_params, member_buffers, call_args, call_kwargs):
+            return functional_call(self.module, (member_params, member_buffers), call_args, call_kwargs)
 
         try:
             batched = vmap(one_member, in_dims=(0, 0, *in_dims), randomness="different")
-            return batched(params, buffers, *inputs)
+            outputs = batched(params, buffers, member_args, member_kwargs)
         except RuntimeError as error:
             where = f" at {self.source_name!r}" if self.source_name else ""
             raise RuntimeError(
@@ -427,6 +597,9 @@ class VmapStacked(StackedModule):
                 f"(registered: {', '.join(_registered_names())}) and torch.func.vmap cannot run it: {error}. "
                 "Register one with uqkit.methods.register_vectorization."
             ) from error
+        return pytree.tree_map(
+            lambda v: v.flatten(0, 1) if isinstance(v, torch.Tensor) and v.dim() > 1 else v, outputs
+        )
 
     def extra_repr(self) -> str:
         return f"num_members={self.num_members}, torch.func.vmap over {type(self.module).__name__}"
@@ -444,10 +617,10 @@ def register_vectorization(module_type: type[nn.Module], converter: Converter) -
     Args:
         module_type: the module class (matched exactly, not by subclass).
         converter: ``converter(modules, qualified_name) -> module`` receives the ``M`` members' modules at
-            one position and returns one module mapping ``[M, B, ...]`` to ``[M, B, ...]``. It must return a
-            :class:`StackedModule` (whose :meth:`~StackedModule.member_state` rebuilds each member) or a
-            module without parameters and buffers. :func:`vmap_vectorization` and folding into the batch
-            (``lambda modules, name: FoldedMemberwise(modules[0])``) are ready-made converters.
+            one position and returns one module mapping ``[M * B, ...]`` to ``[M * B, ...]`` (member-major).
+            It must return a :class:`StackedModule` (whose :meth:`~StackedModule.member_state` rebuilds each
+            member) or a module without parameters and buffers. :func:`vmap_vectorization` is a ready-made
+            converter.
 
     Raises:
         TypeError: for a ``module_type`` that is not an ``nn.Module`` subclass or a non-callable converter.
@@ -464,70 +637,11 @@ def vmap_vectorization(modules: Sequence[nn.Module], name: str = "") -> nn.Modul
     return VmapStacked(modules, name)
 
 
-class FoldedMemberwise(Memberwise):
-    """:class:`~uqkit.nn.members.Memberwise` that folds members into the batch without copying.
-
-    The stacked layers hand on tensors in one of two layouts: member-major (``[M, B, ...]`` contiguous) or
-    batch-major (a transposed view of a contiguous ``[B, M, ...]``, which is what a grouped convolution or a
-    broadcast matrix product produces). A member-agnostic module treats the rows of a folded batch
-    independently, so any fold order is exact: member-major inputs fold to ``[M * B, ...]``, batch-major ones
-    to ``[B * M, ...]``, both views, and the output keeps the input's layout (so the next stacked layer can
-    fold it for free too). ``Memberwise`` alone would copy a batch-major tensor.
-
-    With ``deterministic=True`` (modules whose output is a function of their input, not dropout) an input
-    that is one batch expanded to all members (stride 0 along ``M``, as ``DeepEnsemble`` passes a
-    ``[B, ...]`` input on) runs once and its output is expanded again (a view), so that the broadcast reaches
-    the first layer with parameters.
-
-    With ``elementwise=True`` (activations, ``nn.Identity``: modules that act on each entry alone and accept
-    any shape) a non-broadcast input is passed to the module as it is, ``[M, B, ...]``, with no fold: the
-    output keeps the input's layout, and two reshapes per call are saved.
-
-    Args:
-        module: a module without parameters that treats batch elements independently.
-        deterministic: whether the module's output is a function of its input (default ``True``).
-        elementwise: whether the module acts on each entry alone, for any input shape (default ``False``).
-
-    Shape:
-        input ``[M, B, *in_shape]``, output ``[M, B, *out_shape]``.
-    """
-
-    def __init__(self, module: nn.Module, deterministic: bool = True, elementwise: bool = False) -> None:
-        super().__init__(module)
-        self.deterministic = deterministic
-        self.elementwise = elementwise
-
-    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
-        if inputs.dim() < 2:
-            raise ValueError(f"inputs: expected [M, B, ...], got shape {list(inputs.shape)}")
-        members, batch = inputs.shape[:2]
-        if self.deterministic and _is_broadcast(inputs):
-            outputs = self.module(inputs[0])
-            return outputs.unsqueeze(0).expand(members, *outputs.shape)
-        if self.elementwise:
-            return self.module(inputs)
-        swapped = inputs.transpose(0, 1)
-        if not inputs.is_contiguous() and swapped.is_contiguous():  # batch-major
-            outputs = self.module(swapped.reshape(batch * members, *inputs.shape[2:]))
-            return outputs.view(batch, members, *outputs.shape[1:]).transpose(0, 1)
-        return super().forward(inputs)
-
-    def extra_repr(self) -> str:
-        if self.elementwise:
-            return f"elementwise on [M, B, ...], deterministic={self.deterministic}"
-        return f"members folded into the batch, deterministic={self.deterministic}"
-
-
-def _memberwise(modules: Sequence[nn.Module], name: str) -> nn.Module:
-    return FoldedMemberwise(modules[0], deterministic=False)
-
-
-def _shared_memberwise(modules: Sequence[nn.Module], name: str) -> nn.Module:
-    return FoldedMemberwise(modules[0])
-
-
-def _elementwise(modules: Sequence[nn.Module], name: str) -> nn.Module:
-    return FoldedMemberwise(modules[0], elementwise=True)
+def _embedding(modules: Sequence[nn.Module], name: str) -> nn.Module:
+    source = modules[0]
+    if source.max_norm is not None or source.scale_grad_by_freq or source.sparse:
+        return VmapStacked(modules, name)  # renormalisation / gradient scaling: the module's own code
+    return StackedEmbedding(modules)
 
 
 def _registered_names() -> list[str]:
@@ -537,34 +651,35 @@ def _registered_names() -> list[str]:
 register_vectorization(nn.Linear, lambda modules, name: StackedLinear(modules))
 for _conv in (nn.Conv1d, nn.Conv2d, nn.Conv3d):
     register_vectorization(_conv, lambda modules, name: StackedConv(modules))
+register_vectorization(nn.Embedding, _embedding)
 register_vectorization(nn.LayerNorm, lambda modules, name: StackedLayerNorm(modules))
+register_vectorization(nn.GroupNorm, lambda modules, name: StackedGroupNorm(modules))
 for _norm in (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d):
     register_vectorization(_norm, lambda modules, name: StackedBatchNorm(modules))
-for _random in (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, MCDropout):
-    register_vectorization(_random, _memberwise)  # each member draws its own mask (distinct rows once folded)
-for _activation in (
-    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish, nn.Sigmoid,
-    nn.Tanh, nn.Softplus, nn.Hardtanh, nn.Hardswish, nn.Hardsigmoid, nn.LogSigmoid, nn.Softsign,
-    nn.Tanhshrink, nn.Identity,
-):  # fmt: skip
-    register_vectorization(_activation, _elementwise)
-for _deterministic in (
-    # pooling
-    nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
-    nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d, nn.AdaptiveMaxPool1d,
-    nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d,
-    # shape
-    nn.Flatten, nn.Unflatten,
-):  # fmt: skip
-    register_vectorization(_deterministic, _shared_memberwise)
+
+
+def _own_tensors(module: nn.Module) -> list[torch.Tensor]:
+    return list(itertools.chain(module.parameters(recurse=False), module.buffers(recurse=False)))
 
 
 def _has_state(module: nn.Module, recurse: bool) -> bool:
     return any(True for _ in itertools.chain(module.parameters(recurse), module.buffers(recurse)))
 
 
+def _shared_buffers(modules: Sequence[nn.Module]) -> bool:
+    """Whether the modules have buffers but no parameters of their own, equal in every member."""
+    first = modules[0]
+    if any(True for _ in first.parameters(recurse=False)) or not first._buffers:
+        return False
+    return all(
+        (a is None and b is None) or (a is not None and b is not None and torch.equal(a, b))
+        for module in modules[1:]
+        for a, b in zip(first._buffers.values(), module._buffers.values(), strict=True)
+    )
+
+
 def _check_foldable(module: nn.Module, name: str) -> None:
-    """Refuse parameter-free settings that act across the batch dimension (folding would mix members)."""
+    """Refuse parameter-free settings that act across the batch dimension (that would mix members)."""
     dims = []
     if isinstance(module, nn.Flatten):
         dims = [module.start_dim]
@@ -573,8 +688,7 @@ def _check_foldable(module: nn.Module, name: str) -> None:
     if 0 in dims:
         raise ValueError(
             f"DeepEnsemble: {type(module).__name__} at {name!r} acts on the batch dimension (dim 0), which "
-            "the members share once folded into the batch; expected a module that treats examples "
-            "independently"
+            "carries the members folded into the batch; expected a module that treats examples independently"
         )
 
 
@@ -584,6 +698,7 @@ class _Converter:
     def __init__(self) -> None:
         self.memo: dict[int, nn.Module] = {}
         self.leaves: list[tuple[str, str]] = []  # (name in the members, name in the twin)
+        self.shared: list[tuple[str, str]] = []  # modules whose own buffers all members share
 
     def convert(self, modules: Sequence[nn.Module], name: str, twin_name: str) -> nn.Module:
         key = id(modules[0])
@@ -591,15 +706,19 @@ class _Converter:
             return self.memo[key]
         source = modules[0]
         converter = _REGISTRY.get(type(source))
-        structural = not _has_state(source, recurse=False) and any(True for _ in source.children())
-        if converter is None and structural:
+        has_children = any(True for _ in source.children())
+        if converter is None and not _has_state(source, recurse=True):
+            for inner_name, inner in source.named_modules(prefix=name):
+                _check_foldable(inner, inner_name)
+            new = source  # parameter-free: the folded batch is an ordinary batch
+        elif converter is None and has_children and not _has_state(source, recurse=False):
             new = self._recurse(modules, name, twin_name)
+        elif converter is None and _shared_buffers(modules):
+            new = self._recurse(modules, name, twin_name) if has_children else source
+            new._buffers = OrderedDict(source._buffers)
+            self.shared.append((name, twin_name))
         else:
-            if converter is None:
-                converter = vmap_vectorization
-            elif converter in (_memberwise, _shared_memberwise):
-                _check_foldable(source, name)
-            new = converter(modules, name)
+            new = (converter or vmap_vectorization)(modules, name)
             if isinstance(new, StackedModule):
                 self.leaves.append((name, twin_name))
             elif _has_state(new, recurse=True):
@@ -625,21 +744,6 @@ class _Converter:
             prefix, twin_prefix = (f"{name}." if name else ""), (f"{twin_name}." if twin_name else "")
             new._modules[child_name] = self.convert(children, prefix + child_name, twin_prefix + child_name)
         return new
-
-
-_INFERRED_DIMS = {nn.Linear: 1, nn.Conv1d: 2, nn.Conv2d: 3, nn.Conv3d: 4}
-
-
-def _infer_example_dims(model: nn.Module) -> int:
-    first = next((m for m in model.modules() if not any(True for _ in m.children())), None)
-    if type(first) in _INFERRED_DIMS:
-        return _INFERRED_DIMS[type(first)]
-    found = type(first).__name__ if first is not None else "no module"
-    raise ValueError(
-        "example_dims: expected an int (the number of dimensions of one example: 1 for [D], 3 for "
-        f"[C, H, W]); it can only be inferred when the first leaf module is nn.Linear or nn.Conv1d/2d/3d, "
-        f"found {found}"
-    )
 
 
 def _architecture(module: nn.Module) -> list[tuple[Any, ...]]:
@@ -689,47 +793,44 @@ class DeepEnsemble(nn.Module):
     Deep ensembles (Lakshminarayanan et al. 2017): the factory is called ``num_members`` times (independent
     initialisations from the global random generator, in order: ``torch.manual_seed(s)`` before building
     gives the same members as ``[factory() for _ in range(M)]``), the members' parameters are stacked into
-    ``[M, *shape]`` parameters of this module, and every layer is replaced by its member-vectorized twin
-    (see the module docstring for the registry and the vmap fallback). All members train together with one
-    optimizer over ``ensemble.parameters()``: with a per-element optimizer (SGD, Adam, ...) and a loss that is
-    a sum of per-member losses, this is exactly ``M`` independent trainings on the same batches (or on their
-    own batches, with ``[M, B, ...]`` inputs).
+    ``[M, *shape]`` parameters of this module, and every layer with parameters is replaced by its
+    member-vectorized twin (see the module docstring for the registry and the vmap fallback). All members
+    train together with one optimizer over ``ensemble.parameters()``: with a per-element optimizer (SGD,
+    Adam, ...) and a loss that is a sum of per-member losses, this is exactly ``M`` independent trainings on
+    the same batches (or on their own batches, folded with :func:`uqkit.nn.members.fold_members` and passed
+    inside :func:`uqkit.nn.members.pretiled`).
 
     Args:
-        factory: ``factory() -> nn.Module`` building one member, mapping ``[B, *example_shape]`` to
-            ``[B, *out_shape]`` (``[B, C]`` logits for a classifier). Every call must build the same
-            architecture with new parameters.
+        factory: ``factory() -> nn.Module`` building one member. Every call must build the same architecture
+            with new parameters. The member is called as ``ensemble`` is called (any positional and keyword
+            inputs) and may return a tensor, an object with ``.logits``, a dict or a tuple.
         num_members: ``M >= 1``.
-        example_dims: the number of dimensions of one example (1 for feature vectors ``[D]``, 2 for
-            ``[C, L]``, 3 for images ``[C, H, W]``); inferred when the first leaf module is ``nn.Linear`` or
-            ``nn.Conv1d/2d/3d``, required otherwise.
+        example_dims: deprecated and ignored (inputs are no longer told apart by their rank).
 
     Shape:
-        input ``[B, *example_shape]`` (broadcast: every member sees the same batch) or
-        ``[M, B, *example_shape]`` (member ``m`` sees ``x[m]``); output ``[M, B, *out_shape]``.
+        inputs: every tensor input whose first dimension is the batch size ``B`` (that of the first tensor
+        input) is tiled to ``[M * B, ...]``, member-major; other inputs pass unchanged. Inside
+        :func:`uqkit.nn.members.pretiled` the inputs are ``[M * B, ...]`` already (one batch per member).
+        Output: what the architecture returns for a batch of ``M * B``, e.g. ``[M * B, C]`` logits, row
+        ``m * B + b`` from member ``m`` (:func:`uqkit.nn.members.unfold_members` gives ``[M, B, C]``).
 
     Attributes:
-        num_members: ``M``.
-        example_dims: the rank of one example.
+        num_members: ``M`` (also as ``uqkit_num_members``, read by :func:`uqkit.nn.members.num_members`).
         network: the member-vectorized twin of the architecture (its parameters are the stacked ones).
-        member_vectorized: ``True``: :func:`uqkit.predict` reads the leading output dimension as members.
 
     Raises:
         TypeError: for a ``factory`` that is not callable or does not return an ``nn.Module``.
-        ValueError: for a bad ``num_members`` or ``example_dims``, for calls of ``factory`` that build
-            different architectures or share parameters, or for tied weights.
+        ValueError: for a bad ``num_members``, for calls of ``factory`` that build different architectures or
+            share parameters, or for tied weights.
 
     Example:
         >>> net = lambda: nn.Sequential(nn.Linear(8, 64), nn.ReLU(), nn.Linear(64, 3))
         >>> ensemble = uqkit.DeepEnsemble(net, 4)
-        >>> logits = ensemble(x)  # [4, B, 3]
-        >>> # the sum of the members' mean cross-entropies; labels [B] broadcast, never repeated:
-        >>> loss = 4 * F.cross_entropy(logits.permute(1, 2, 0), y[:, None].expand(-1, 4))
-        >>> pred = uqkit.predict(ensemble, x, num_samples=4)
+        >>> logits = ensemble(x)  # [4 * B, 3]
+        >>> loss = 4 * F.cross_entropy(logits, tile_members(y, 4))  # the sum of the members' mean NLLs
+        >>> prediction = uqkit.predict(ensemble, x)  # [4, B, 3] logits
         >>> members = ensemble.members()  # 4 ordinary modules
     """
-
-    member_vectorized = True
 
     def __init__(
         self, factory: Callable[[], nn.Module], num_members: int, *, example_dims: int | None = None
@@ -740,19 +841,32 @@ class DeepEnsemble(nn.Module):
                 "factory: expected a callable building a new member on each call (e.g. lambda: Net()), got "
                 f"{type(factory).__name__}"
             )
+        if example_dims is not None:
+            warnings.warn(
+                "DeepEnsemble(example_dims=...) is deprecated and ignored: inputs are [B, ...] as the "
+                "member takes them (tiled inside), or [M * B, ...] inside uqkit.nn.members.pretiled()",
+                DeprecationWarning,
+                stacklevel=2,
+            )
         self.num_members = check_positive_int(num_members, "num_members")
+        setattr(self, MEMBERS_ATTRIBUTE, self.num_members)
         members = [factory() for _ in range(self.num_members)]
         _check_members(members)
-        if example_dims is None:
-            example_dims = _infer_example_dims(members[0])
-        self.example_dims = check_positive_int(example_dims, "example_dims")
         converter = _Converter()
         self.network = converter.convert(members, "", "network")
         self.__dict__["_leaves"] = converter.leaves
+        self.__dict__["_shared"] = converter.shared
         self.__dict__["_template"] = copy.deepcopy(members[0]).to("meta")  # architecture only, no memory
 
-    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
-        return self.network(with_member_dim(inputs, self.num_members, self.example_dims))
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        args, kwargs = tile_inputs(args, kwargs, self.num_members)
+        first = next(
+            (v for v in (*args, *kwargs.values()) if isinstance(v, torch.Tensor) and v.dim() > 0), None
+        )
+        if first is None:
+            return self.network(*args, **kwargs)
+        with members_running(self.num_members, first.shape[0] // self.num_members):
+            return self.network(*args, **kwargs)
 
     def members(self) -> list[nn.Module]:
         """The ``M`` members as ordinary modules of the factory's architecture, with copies of their weights.
@@ -777,6 +891,10 @@ class DeepEnsemble(nn.Module):
                         owner._parameters[attribute] = nn.Parameter(tensor, requires_grad=requires_grad)
                     else:
                         owner._buffers[attribute] = tensor
+            for name, twin_name in self._shared:
+                target, twin = member.get_submodule(name), self.get_submodule(twin_name)
+                for attribute, value in twin._buffers.items():
+                    target._buffers[attribute] = None if value is None else value.detach().clone()
             tensors = itertools.chain(member.named_parameters(), member.named_buffers())
             left = [name for name, tensor in tensors if tensor.is_meta]
             if left:
@@ -785,4 +903,4 @@ class DeepEnsemble(nn.Module):
         return exported
 
     def extra_repr(self) -> str:
-        return f"num_members={self.num_members}, example_dims={self.example_dims}"
+        return f"num_members={self.num_members}"

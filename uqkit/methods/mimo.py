@@ -19,7 +19,15 @@ over positions. Two refinements of the paper:
 The paper's settings (uncertainty-baselines): CIFAR-10/100 with a Wide ResNet, ``M = 3``, ``rho = 0``,
 ``r = 4``; ImageNet with a ResNet-50, ``M = 2``, ``rho = 0.6``, ``r = 2``.
 
-At test time all members get the same input; the ``M`` outputs are the ensemble, ``[M, B, C]``. When the
+Members folded into the batch (:mod:`uqkit.nn.members`): :class:`MIMO` is called like one network,
+``mimo(x)`` with ``x`` ``[B, C, *rest]`` (keyword inputs pass through to the network), and returns the ``M``
+heads' outputs as ``[M * B, K]``, member-major (row ``m * B + b`` is head ``m`` on example ``b``;
+:func:`uqkit.predict` gives ``[M, B, K]``). Training feeds each member its own examples: inside
+:func:`uqkit.nn.members.pretiled`, the first input is ``[M * B, C, *rest]`` (member ``m``'s batch in rows
+``m * B`` to ``(m + 1) * B - 1``, e.g. :func:`uqkit.nn.members.fold_members` of :meth:`MIMO.training_batch`'s
+``[M, B, ...]``); :meth:`MIMO.training_loss` does all of it.
+
+At test time all members get the same input; the ``M`` outputs are the ensemble. When the
 network starts with a linear layer or a convolution (possibly after ``nn.Flatten``), the ``M`` copies of one
 input meet the first layer's weight blocks ``W = [W_1, ..., W_M]`` as ``W [x; ...; x] = (sum_m W_m) x``, so
 :class:`MIMO` runs that layer with the folded weight ``sum_m W_m`` on the un-tiled input: the test-time cost
@@ -28,13 +36,16 @@ is that of one network with an ``M`` times wider head, exactly (up to float roun
 
 from __future__ import annotations
 
+import warnings
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from uqkit._validation import check_float_tensor, check_labels, check_positive_int, check_unit_interval
 from uqkit.nn._cache import VersionedCache, is_cacheable
-from uqkit.nn.members import with_member_dim
+from uqkit.nn.members import MEMBERS_ATTRIBUTE, fold_members, inputs_pretiled, member_rows, pretiled
 from uqkit.prediction import Prediction
 
 __all__ = ["MIMO"]
@@ -93,15 +104,50 @@ def _has_hooks(module: nn.Module) -> bool:
     return bool(module._forward_hooks or module._forward_pre_hooks)
 
 
+def _input_width(network: nn.Module) -> tuple[str, int] | None:
+    """``("channels", C_in)`` when the network's first convolution or ``nn.Linear`` (in registration order)
+    is a convolution, ``("features", in_features)`` when it is an ``nn.Linear``; ``None`` when there is none
+    or an embedding, recurrent or attention module comes first (its input is no such layout)."""
+    for module in network.modules():
+        if isinstance(module, (nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+            return "channels", module.in_channels
+        if isinstance(module, nn.Linear):
+            return "features", module.in_features
+        if isinstance(module, (nn.Embedding, nn.EmbeddingBag, nn.RNNBase, nn.MultiheadAttention)):
+            return None
+    return None
+
+
+def _logits_of(outputs: Any) -> torch.Tensor:
+    """The logits tensor of a network output: a tensor, an object with ``.logits``, a dict with
+    ``"logits"`` or a tuple whose first element is the logits."""
+    if isinstance(outputs, torch.Tensor):
+        return outputs
+    if isinstance(outputs, dict) and "logits" in outputs:
+        return outputs["logits"]
+    if hasattr(outputs, "logits"):
+        return outputs.logits
+    if isinstance(outputs, tuple) and outputs and isinstance(outputs[0], torch.Tensor):
+        return outputs[0]
+    raise TypeError(
+        "network output: expected a tensor, an object with .logits, a dict with 'logits' or a tuple of "
+        f"tensors, got {type(outputs).__name__}"
+    )
+
+
 class MIMO(nn.Module):
     """A multi-input multi-output network: ``M`` subnetworks trained independently in one model.
 
     Args:
         network: maps ``[B, M * C, *rest]`` (the ``M`` members' inputs concatenated along dimension 1) to
-            ``[B, M * K]`` (the ``M`` heads' outputs, member-major). Build your backbone with an ``M`` times
-            wider input and output, e.g. ``mlp((M * C, H, W), M * K)``.
+            ``[B, M * K]`` (the ``M`` heads' outputs, member-major; or an object with ``.logits``, a dict
+            with ``"logits"``, a tuple with them first). Build your backbone with an ``M`` times wider input
+            and output, e.g. ``mlp((M * C, H, W), M * K)`` or a ``ViTConfig(num_channels=M * 3,
+            num_labels=M * K)``.
         num_members: ``M`` (Havasi et al.: 3 on CIFAR, 2 on ImageNet).
-        example_dims: dimensions of one example, ``len([C, *rest])`` (1 for feature vectors, 3 for images).
+        example_dims: deprecated and ignored. The input layout is read from the network's first layer
+            with weights (a convolution's ``in_channels`` or an ``nn.Linear``'s ``in_features`` must be
+            ``M`` times the input's, checked on every call).
         input_repetition: ``rho`` in ``[0, 1]``, the fraction of training positions at which all members see
             the same example (default 0, the paper's CIFAR setting).
         batch_repetition: ``r >= 1``, how many times each example appears in a training batch (default 1;
@@ -112,21 +158,21 @@ class MIMO(nn.Module):
             in a chain of ``nn.Sequential``).
 
     Shape:
-        ``forward``: input ``[B, C, *rest]`` (the same input to every member) or ``[M, B, C, *rest]`` (one
-        input per member); output ``[M, B, K]``.
+        ``forward``: first input ``[B, C, *rest]`` (the same input to every member), or ``[M * B, C, *rest]``
+        inside :func:`uqkit.nn.members.pretiled` (member ``m``'s own batch in rows ``m * B`` to
+        ``(m + 1) * B - 1``); output ``[M * B, K]``, member-major.
 
     Example:
-        >>> mimo = MIMO(uqkit.bench.models.mlp((3, 28, 28), 3 * 10), num_members=3, example_dims=3)
-        >>> inputs, labels = mimo.training_batch(x, y)   # [3, B, 1, 28, 28], [3, B]
-        >>> loss = mimo.loss(mimo(inputs), labels)
-        >>> prediction = mimo.predict(x_test)            # Prediction with [3, B, 10] logits
+        >>> mimo = MIMO(uqkit.bench.models.mlp((3, 28, 28), 3 * 10), num_members=3)
+        >>> loss = mimo.training_loss(x, y)              # independent examples per member
+        >>> prediction = uqkit.predict(mimo, x_test)     # Prediction with [3, B, 10] logits
     """
 
     def __init__(
         self,
         network: nn.Module,
         num_members: int,
-        example_dims: int,
+        example_dims: int | None = None,
         *,
         input_repetition: float = 0.0,
         batch_repetition: int = 1,
@@ -135,9 +181,16 @@ class MIMO(nn.Module):
         super().__init__()
         if not isinstance(network, nn.Module):
             raise TypeError(f"network: expected a torch.nn.Module, got {type(network).__name__}")
+        if example_dims is not None:
+            warnings.warn(
+                "MIMO(example_dims=...) is deprecated and ignored: the input layout is read from the "
+                "network's first layer",
+                DeprecationWarning,
+                stacklevel=2,
+            )
         self.network = network
         self.num_members = check_positive_int(num_members, "num_members")
-        self.example_dims = check_positive_int(example_dims, "example_dims")
+        setattr(self, MEMBERS_ATTRIBUTE, self.num_members)
         self.input_repetition = check_unit_interval(input_repetition, "input_repetition")
         self.batch_repetition = check_positive_int(batch_repetition, "batch_repetition")
         if not isinstance(fold_shared_input, bool):
@@ -147,13 +200,30 @@ class MIMO(nn.Module):
     # ----------------------------------------------------------------------------------------------------
     # forward
 
-    def _split_heads(self, outputs: torch.Tensor, batch: int) -> torch.Tensor:
+    def _split_heads(self, outputs: Any, batch: int) -> torch.Tensor:
+        """``[B, M * K] -> [M * B, K]``, member-major."""
+        outputs = _logits_of(outputs)
         if outputs.dim() != 2 or outputs.shape[0] != batch or outputs.shape[1] % self.num_members:
             raise ValueError(
                 f"network output: expected [B, M * K] = [{batch}, {self.num_members} * K], got shape "
                 f"{list(outputs.shape)}"
             )
-        return outputs.view(batch, self.num_members, -1).transpose(0, 1)
+        members = self.num_members
+        return outputs.view(batch, members, -1).transpose(0, 1).reshape(members * batch, -1)
+
+    def _check_width(self, inputs: torch.Tensor) -> None:
+        """Refuse inputs whose width times ``M`` does not match the network's first layer."""
+        width = _input_width(self.network)
+        if width is None or inputs.dim() < 2:
+            return
+        kind, size = width
+        given = inputs.shape[1] if kind == "channels" else inputs[0].numel()
+        if self.num_members * given != size:
+            raise ValueError(
+                f"inputs: expected {size // self.num_members if size % self.num_members == 0 else size} "
+                f"{kind} per example (the network's first layer takes M * {kind} = {size} with M = "
+                f"{self.num_members}), got shape {list(inputs.shape)}"
+            )
 
     def _folded_weight(self, layer: nn.Module, channels: int) -> torch.Tensor | None:
         """``sum_m W_m`` of the first layer's member blocks, or ``None`` when the shapes do not fold.
@@ -213,22 +283,42 @@ class MIMO(nn.Module):
         state["_fold_path"] = None
         return state
 
-    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
-        """The ``M`` heads' outputs ``[M, B, K]``.
+    def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        """The ``M`` heads' outputs ``[M * B, K]``, member-major.
 
         Args:
-            inputs: ``[B, C, *rest]`` (the same input for every member) or ``[M, B, C, *rest]`` (one each).
+            args, kwargs: the network's inputs; the first tensor (positional, else keyword) is the one the
+                members share or split: ``[B, C, *rest]`` (the same input for every member), or inside
+                :func:`uqkit.nn.members.pretiled` ``[M * B, C, *rest]`` (member ``m``'s batch in rows
+                ``m * B`` to ``(m + 1) * B - 1``). Other inputs reach the network unchanged.
         """
+        keys = [("arg", i) for i, v in enumerate(args) if isinstance(v, torch.Tensor)]
+        keys += [("kw", k) for k, v in kwargs.items() if isinstance(v, torch.Tensor)]
+        if not keys:
+            raise TypeError("inputs: expected at least one tensor input, got none")
+        where, key = keys[0]
+        inputs = args[key] if where == "arg" else kwargs[key]
         check_float_tensor(inputs, "inputs", finite=False)
-        if self.fold_shared_input and inputs.dim() == self.example_dims + 1:
-            outputs = self._folded_forward(inputs)
-            if outputs is not None:
-                return self._split_heads(outputs, inputs.shape[0])
-        x = with_member_dim(inputs, self.num_members, self.example_dims)
-        batch = x.shape[1]
-        # [M, B, C, *rest] -> [B, M * C, *rest]: member-major along the channel dimension
-        stacked = x.transpose(0, 1).reshape(batch, self.num_members * x.shape[2], *x.shape[3:])
-        return self._split_heads(self.network(stacked), batch)
+        members = self.num_members
+        if inputs_pretiled():
+            batch = member_rows(inputs, members, "inputs")
+            x = inputs.unflatten(0, (members, batch))
+            self._check_width(x[0])
+            # [M, B, C, *rest] -> [B, M * C, *rest]: member-major along the channel dimension
+            stacked = x.transpose(0, 1).reshape(batch, members * x.shape[2], *x.shape[3:])
+        else:
+            self._check_width(inputs)
+            batch = inputs.shape[0]
+            if self.fold_shared_input and len(args) == 1 and not kwargs and where == "arg":
+                outputs = self._folded_forward(inputs)
+                if outputs is not None:
+                    return self._split_heads(outputs, batch)
+            stacked = inputs.repeat(1, members, *([1] * (inputs.dim() - 2)))
+        if where == "arg":
+            args = (*args[:key], stacked, *args[key + 1 :])
+        else:
+            kwargs = {**kwargs, key: stacked}
+        return self._split_heads(self.network(*args, **kwargs), batch)
 
     # ----------------------------------------------------------------------------------------------------
     # training
@@ -273,7 +363,9 @@ class MIMO(nn.Module):
             ``(member_inputs, member_labels)``: ``[M, B * r, C, *rest]`` and ``[M, B * r, ...]``, row ``i`` of
             member ``m`` holding the same example in both.
         """
-        check_float_tensor(inputs, "inputs", self.example_dims + 1, "[B, C, ...]", finite=False)
+        check_float_tensor(inputs, "inputs", finite=False)
+        if inputs.dim() < 2:
+            raise ValueError(f"inputs: expected [B, C, ...], got shape {list(inputs.shape)}")
         if not isinstance(labels, torch.Tensor) or labels.dim() == 0 or labels.shape[0] != inputs.shape[0]:
             raise ValueError(
                 f"labels: expected a tensor with {inputs.shape[0]} rows (one per input), got "
@@ -282,51 +374,52 @@ class MIMO(nn.Module):
         index = self.training_indices(inputs.shape[0], generator).to(inputs.device)
         return inputs[index], labels.to(inputs.device)[index]
 
-    @staticmethod
-    def loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """``sum_m mean_i CE(logits[m, i], labels[m, i])``: the members' NLLs summed (Havasi et al. 2021).
 
         Args:
-            logits: ``[M, N, K]``.
-            labels: ``[M, N]`` class indices (each member's own labels, from :meth:`training_batch`).
+            logits: ``[M * N, K]`` (member-major, as :meth:`forward` returns them) or ``[M, N, K]``.
+            labels: ``[M * N]`` or ``[M, N]`` class indices (each member's own labels, from
+                :meth:`training_batch`).
 
         Returns:
             A scalar tensor.
         """
-        check_float_tensor(logits, "logits", 3, "[members, batch, classes]", finite=False)
-        if not isinstance(labels, torch.Tensor) or labels.shape != logits.shape[:2]:
+        check_float_tensor(logits, "logits", (2, 3), "[M * N, classes] or [M, N, classes]", finite=False)
+        if logits.dim() == 3:
+            logits = fold_members(logits)
+        if isinstance(labels, torch.Tensor) and labels.dim() == 2:
+            labels = fold_members(labels)
+        if not isinstance(labels, torch.Tensor) or labels.shape != logits.shape[:1]:
             shape = list(labels.shape) if isinstance(labels, torch.Tensor) else type(labels).__name__
-            raise ValueError(
-                f"labels: expected shape {list(logits.shape[:2])} ([members, batch]), got {shape}"
-            )
+            raise ValueError(f"labels: expected shape {list(logits.shape[:1])} ([M * N]), got {shape}")
+        member_rows(logits, self.num_members, "logits")
         on_cpu = logits.device.type == "cpu"  # the range check would sync a GPU every step
-        check_labels(labels.reshape(-1), "labels", num_classes=logits.shape[-1] if on_cpu else None)
-        members = logits.shape[0]
-        nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1))
-        return nll * members
+        check_labels(labels, "labels", num_classes=logits.shape[-1] if on_cpu else None)
+        return F.cross_entropy(logits, labels) * self.num_members
 
     def training_loss(
         self, inputs: torch.Tensor, labels: torch.Tensor, generator: torch.Generator | None = None
     ) -> torch.Tensor:
-        """:meth:`loss` on a fresh :meth:`training_batch` of ``(inputs, labels)`` (``[B, ...]``, ``[B]``)."""
+        """:meth:`loss` on a fresh :meth:`training_batch` of ``(inputs, labels)`` (``[B, ...]``, ``[B]``):
+        each member's examples folded into the batch and run inside :func:`uqkit.nn.members.pretiled`."""
         member_inputs, member_labels = self.training_batch(inputs, labels, generator)
-        return self.loss(self(member_inputs), member_labels)
+        with pretiled():
+            logits = self(fold_members(member_inputs))
+        return self.loss(logits, fold_members(member_labels))
 
     # ----------------------------------------------------------------------------------------------------
     # prediction
 
     def predict(self, inputs: torch.Tensor) -> Prediction:
-        """The ensemble's prediction for ``[B, C, *rest]`` inputs: the same input to every member.
+        """:func:`uqkit.predict` of this model: the same input to every member, ``[M, B, K]`` logits."""
+        from uqkit.methods.predict import predict
 
-        Returns:
-            :class:`uqkit.Prediction` with ``[M, B, K]`` logits.
-        """
-        check_float_tensor(inputs, "inputs", self.example_dims + 1, "[B, C, ...]", finite=False)
-        return Prediction(self(inputs))
+        return predict(self, inputs)
 
     def extra_repr(self) -> str:
         return (
-            f"num_members={self.num_members}, example_dims={self.example_dims}, "
+            f"num_members={self.num_members}, "
             f"input_repetition={self.input_repetition}, batch_repetition={self.batch_repetition}, "
             f"fold_shared_input={self.fold_shared_input}"
         )

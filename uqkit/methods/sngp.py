@@ -62,8 +62,10 @@ class SNGP(nn.Module):
             each residual MLP block is bi-Lipschitz (default 0.95); Liu et al. report a larger bound (6)
             for their Wide ResNet, whose batch-norm layers rescale the activations anyway.
         n_power_iterations: power-iteration steps per training forward pass. Default 1.
-        num_samples: ``None`` (default) to predict with the mean-field logits (``S = 1``); an int ``S`` to
-            predict with ``S`` Monte Carlo samples of the GP logits.
+        num_samples: what :func:`uqkit.predict` does by default: ``None`` (default) to predict with the
+            mean-field logits (``S = 1``); an int ``S`` for ``S`` Monte Carlo samples of the GP logits. Any
+            call can choose: ``uqkit.predict(model, x, num_samples=S)`` for Monte Carlo,
+            ``uqkit.predict(model, x, mean_field=True)`` for mean-field.
         **gp_options: passed to :class:`~uqkit.nn.RandomFeatureGP` (``num_features``, ``length_scale``,
             ``ridge_penalty``, ``momentum``, ``mean_field_factor``, ``normalize_input``, ``likelihood``).
 
@@ -78,7 +80,7 @@ class SNGP(nn.Module):
         ...     for x, y in loader:
         ...         loss = F.cross_entropy(model(x), y) + model.prior_penalty(len(loader.dataset))
         ...         loss.backward(); optimizer.step(); optimizer.zero_grad()
-        >>> model.eval(); prediction = model.predict(x_test)
+        >>> prediction = uqkit.predict(model, x_test)  # mean-field; num_samples=S for Monte Carlo
     """
 
     def __init__(
@@ -107,9 +109,18 @@ class SNGP(nn.Module):
             if not _has_spectral_norm(layer):
                 spectral_norm(layer, bound=spectral_bound, n_power_iterations=n_power_iterations)
         self.backbone = backbone
-        self.gp = RandomFeatureGP(hidden_dim, num_classes, **gp_options)
-        self.num_samples = num_samples
+        self.gp = RandomFeatureGP(hidden_dim, num_classes, num_samples=num_samples, **gp_options)
         self.spectral_bound = spectral_bound
+
+    @property
+    def num_samples(self) -> int | None:
+        """The default of :func:`uqkit.predict`: ``None`` for the mean-field logits, an int ``S`` for ``S``
+        Monte Carlo samples (the GP head's ``default_num_samples``)."""
+        return self.gp.default_num_samples
+
+    @num_samples.setter
+    def num_samples(self, value: int | None) -> None:
+        self.gp.default_num_samples = None if value is None else check_positive_int(value, "num_samples")
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         """Posterior-mean logits ``[B, C]``; in training mode also accumulates the GP precision."""
@@ -124,24 +135,11 @@ class SNGP(nn.Module):
         """Reset the GP precision to its prior (call at the start of each epoch, or of the last one)."""
         self.gp.reset_precision()
 
-    def predict(
-        self,
-        inputs: torch.Tensor,
-        num_samples: int | None = None,
-        generator: torch.Generator | None = None,
-    ) -> Prediction:
-        """Predictive distribution: mean-field logits (``S = 1``) or ``S`` Monte Carlo logit samples.
+    def predict(self, *inputs, num_samples: int | None = None, **kwargs) -> Prediction:
+        """``uqkit.predict(self, *inputs, num_samples=num_samples, **kwargs)``: see :func:`uqkit.predict`."""
+        from uqkit.methods.predict import predict
 
-        Args:
-            inputs: a batch for the backbone.
-            num_samples: overrides the model's ``num_samples`` (``None``: the model's setting).
-            generator: optional ``torch.Generator`` for the Monte Carlo draws.
-
-        Returns:
-            A :class:`~uqkit.Prediction` with ``[S, B, C]`` logits.
-        """
-        samples = self.num_samples if num_samples is None else num_samples
-        return self.gp.predict(self.backbone(inputs), num_samples=samples, generator=generator)
+        return predict(self, *inputs, num_samples=num_samples, **kwargs)
 
     def extra_repr(self) -> str:
         return f"spectral_bound={self.spectral_bound}, num_samples={self.num_samples}"

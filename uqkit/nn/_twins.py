@@ -5,6 +5,13 @@ Each base here takes exactly the arguments of its ``torch.nn`` twin (plus ``prio
 ``weight_mean``, ``weight_rho``), initialises the means as the twin initialises its weights, and provides the
 twin's deterministic computation given explicit weights. The Flipout and reparameterisation families then
 only add how noise enters the forward pass.
+
+A converted layer keeps the attributes that model code reads of the layer it replaces: ``in_features``,
+``out_features``, ``in_channels``, ``out_channels``, ``kernel_size``, ``stride``, ``padding``,
+``dilation``, ``groups``, ``padding_mode``, an LSTM's ``input_size``, ``hidden_size``, ``num_layers``,
+``batch_first``, ... as the twin stores them, and ``weight`` and ``bias`` (an LSTM's ``weight_ih_l0``, ...)
+as the posterior means, the parameters themselves (read-only attributes: e.g. a Hugging Face ViT's patch
+embedding reads ``self.projection.weight.dtype``).
 """
 
 from __future__ import annotations
@@ -143,7 +150,23 @@ def _reset_like_linear(layer: BayesianModule) -> None:
     layer.reset_posterior_scale(layer.posterior_scale_init)
 
 
-class LinearPosterior(BayesianModule):
+class _MeanWeights:
+    """``weight`` and ``bias`` of a Bayesian ``nn.Linear`` / ``nn.ConvNd``: the posterior means (``bias`` is
+    ``None`` without one, as in ``torch.nn``), so that code reading ``layer.weight.dtype`` or ``.shape`` keeps
+    working after conversion."""
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The posterior mean of the weight (the ``weight_mean`` parameter)."""
+        return self.posterior_mean("weight")  # type: ignore[attr-defined]
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        """The posterior mean of the bias (the ``bias_mean`` parameter), ``None`` for a layer without bias."""
+        return self.posterior_mean("bias") if self.has_bias else None  # type: ignore[attr-defined]
+
+
+class LinearPosterior(_MeanWeights, BayesianModule):
     """Parameters of a Bayesian ``nn.Linear``: ``weight`` ``[out, in]`` and optional ``bias`` ``[out]``."""
 
     def __init__(
@@ -183,7 +206,7 @@ class LinearPosterior(BayesianModule):
         )
 
 
-class ConvPosterior(BayesianModule):
+class ConvPosterior(_MeanWeights, BayesianModule):
     """Parameters and convolution of a Bayesian ``nn.Conv1d`` / ``nn.Conv2d``.
 
     Subclasses set ``spatial_dims`` and ``conv`` (``F.conv1d`` or ``F.conv2d``): one implementation serves
@@ -230,6 +253,7 @@ class ConvPosterior(BayesianModule):
             geometry.padding_mode,
         )
         self._geometry = geometry
+        self.transposed, self.output_padding = False, (0,) * self.spatial_dims  # as nn.ConvNd stores them
         factory = {"device": device, "dtype": dtype}
         shape = (out_channels, in_channels // groups, *self.kernel_size)
         self._register_posterior("weight", shape, **factory)
@@ -314,6 +338,25 @@ class LSTMPosterior(BayesianModule):
     @property
     def num_directions(self) -> int:
         return 2 if self.bidirectional else 1
+
+    def __getattr__(self, name: str) -> Any:
+        """``nn.LSTM``'s parameter names (``weight_ih_l0``, ``bias_hh_l1_reverse``, ...) read the posterior
+        means, as the attributes of the replaced ``nn.LSTM`` did."""
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name in self.__dict__.get("posterior_names", ()):
+                return super().__getattr__(f"{name}_mean")
+            raise
+
+    @property
+    def all_weights(self) -> list[list[torch.Tensor]]:
+        """The posterior means grouped per layer and direction, in ``nn.LSTM.all_weights``' order."""
+        return [
+            [self.posterior_mean(name) for name in self._cell_names(suffix)]
+            for layer in range(self.num_layers)
+            for suffix in self._suffixes(layer)
+        ]
 
     def _suffixes(self, layer: int) -> tuple[str, ...]:
         return (f"_l{layer}", f"_l{layer}_reverse")[: self.num_directions]

@@ -13,10 +13,16 @@ so all ``M`` members are computed with *one* matrix product (or convolution) ove
 on top of the shared ``W`` (1-2 % of a layer's). For a convolution ``r_m`` scales the input channels and
 ``s_m`` the output channels, broadcast over the spatial positions.
 
-Inputs carry a leading member dimension, ``[M, B, ...]``; an input without it, ``[B, ...]``, is broadcast to
-all members (:func:`uqkit.nn.members.with_member_dim`). Outputs are always ``[M, B, ...]``, so layers stack
-directly; parameter-free layers in between (pooling, ``Flatten``) run through
-:class:`uqkit.nn.members.Memberwise`.
+Inputs and outputs carry the members folded into the batch, member-major (:mod:`uqkit.nn.members`):
+``[M * B, ...]``, rows ``m * B`` to ``(m + 1) * B - 1`` belong to member ``m`` and get its fast weights; a
+batch that is not a multiple of ``M`` is refused. Layers stack directly, and parameter-free layers in between
+(pooling, ``Flatten``, activations) see an ordinary batch. A model converted with
+:func:`uqkit.bayesianize_` tiles its ``[B, ...]`` inputs on entry (as edward2's BatchEnsemble models do), so
+it is called as before its conversion; for an input known to be such a tile
+(:func:`uqkit.nn.members.tiled_source`), the layer runs one product of the un-tiled batch with the members'
+weights side by side. Like the layers they replace, the layers expose ``weight`` (the shared ``W``),
+``bias``, ``in_features`` / ``out_features`` or ``in_channels``, ``out_channels``, ``kernel_size``,
+``stride``, ``padding``, ``dilation`` and ``groups``.
 
 Fast-weight initialisation (``fast_weight_init``): Wen et al. 2020 (Sec. 3, Appendix B) initialise ``r`` and
 ``s`` with random signs so that the members start decorrelated; the reference implementation (edward2 /
@@ -48,7 +54,7 @@ from torch import nn
 from uqkit._validation import check_choice, check_float_tensor, check_positive_float, check_positive_int
 from uqkit.nn._noise import rademacher
 from uqkit.nn._twins import conv_geometry, convolve
-from uqkit.nn.members import with_member_dim
+from uqkit.nn.members import member_rows, tiled_source
 
 __all__ = ["BatchEnsembleConv1d", "BatchEnsembleConv2d", "BatchEnsembleLinear"]
 
@@ -76,11 +82,10 @@ def _check_fast_weight_init(init: Any, std: Any) -> tuple[str, float]:
 class _MemberBase(nn.Module):
     """The shared weight ``W`` and the per-member bias ``[M, out]`` of a member-vectorized layer.
 
-    Subclasses define ``example_dims``, ``_weight_shape()``, ``_check_example()``, ``_product()`` (the one
-    batched product of ``W`` with a folded input) and how the factors broadcast (``_factor_view``).
+    Subclasses define ``_weight_shape()``, ``_check_example()``, ``_product()`` (the one batched product of
+    ``W`` with a folded input), how the factors broadcast (``_factor_view``) and how a product with the
+    members' weights side by side is read back (``_members_first``).
     """
-
-    example_dims: ClassVar[int]
 
     def _setup_shared(self, num_members: int, out_features: int, bias: bool, factory: dict[str, Any]) -> None:
         self.num_members = check_positive_int(num_members, "num_members")
@@ -101,50 +106,55 @@ class _MemberBase(nn.Module):
             bound = 1.0 / math.sqrt(fan_in) if fan_in > 0 else 0.0
             nn.init.uniform_(self.bias, -bound, bound)
 
-    def _member_input(self, input: Any) -> torch.Tensor:
-        """Check ``input`` and return it as ``[M, B, *example]`` (broadcasting ``[B, *example]``)."""
+    def _member_input(self, input: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Check ``input`` ``[M * B, ...]`` and return it as ``[M, B, ...]`` (a view), with the un-tiled
+        ``[B, ...]`` batch when the rows are known to be ``M`` tiles of it (:func:`tiled_source`), else
+        ``None``."""
         check_float_tensor(input, "input", finite=False)
-        x = with_member_dim(input, self.num_members, self.example_dims)
+        member_rows(input, self.num_members)
+        x = input.unflatten(0, (self.num_members, input.shape[0] // self.num_members))
         self._check_example(x)
-        return x
+        return x, tiled_source(input, self.num_members)
 
-    def _combine(self, x: torch.Tensor, r: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
-        """``((x * r) W^T) * s + b`` for ``x`` ``[M, B, ...]``, factors ``[M, in]`` or ``[M, B, in]``.
+    def _combine(
+        self, x: torch.Tensor, r: torch.Tensor, s: torch.Tensor, source: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """``((x * r) W^T) * s + b`` for ``x`` ``[M, B, ...]``, factors ``[M, in]`` or ``[M, B, in]``;
+        returns ``[M * B, ...]``.
 
         Factors of shape ``[M, features]`` apply to every example of a member; ``[M, B, features]`` give
         each example its own factors (the rank-1 BNN's per-example samples).
         """
         members, batch = x.shape[:2]
-        if r.shape[-1] == 1 and self._shares_input(x):
+        if r.shape[-1] == 1 and source is not None:
             # One input feature or channel: ``(x * r) W^T = r (x W^T)`` with ``r`` a scalar per member (and
-            # example), so the product runs once on the un-repeated input and needs no input gradient.
-            out = self._product(x[0], self.weight).unsqueeze(0) * self._factor_view(r)
+            # example), so the product runs once on the un-tiled input and needs no input gradient.
+            out = self._product(source, self.weight).unsqueeze(0)
+            out = out * self._factor_view(r, out.dim())
         else:
-            scaled = x * self._factor_view(r)
+            scaled = x * self._factor_view(r, x.dim())
             out = self._product(scaled.reshape(members * batch, *x.shape[2:]), self.weight)
             out = out.view(members, batch, *out.shape[1:])
         if self.bias is None:
-            return out * self._factor_view(s)
-        return torch.addcmul(self._factor_view(self.bias), out, self._factor_view(s))
+            out = out * self._factor_view(s, out.dim())
+        else:
+            out = torch.addcmul(self._factor_view(self.bias, out.dim()), out, self._factor_view(s, out.dim()))
+        return out.reshape(members * batch, *out.shape[2:])
 
     def _combine_shared(self, x: torch.Tensor, r: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
-        """:meth:`_combine` for one input ``x`` ``[B, ...]`` shared by the members, factors ``[M, feat]``.
+        """:meth:`_combine` for the un-tiled batch ``x`` ``[B, ...]`` of a tiled input, factors ``[M, feat]``.
 
-        By linearity ``((x * r_m) W^T) * s_m = x (W * (s_m r_m^T))^T``: one product of the un-repeated input
-        with the members' weights side by side (``M * out`` outputs), read back as ``[M, B, out, ...]`` (a
-        batch-major view). Same result; it avoids repeating the input ``M`` times and, in training, the
-        gradient with respect to the scaled input, which a first layer does not need (for a one-channel
-        convolution on CPU that gradient alone cost more than the rest of a LeNet-5 step, batch 4 x 256).
+        By linearity ``((x * r_m) W^T) * s_m = x (W * (s_m r_m^T))^T``: one product of the un-tiled input
+        with the members' weights side by side (``M * out`` outputs), copied into member-major rows. Same
+        result; it avoids the product on ``M`` copies of the input and, in training, the gradient with
+        respect to the scaled input, which a first layer does not need (for a one-channel convolution on CPU
+        that gradient alone cost more than the rest of a LeNet-5 step, batch 4 x 256).
         """
         weight = self._scaled_weights(r, s)  # [M, out, in / groups, *kernel]
         members, out_size = weight.shape[:2]
         bias = None if self.bias is None else self.bias.reshape(-1)
         out = self._product(x, weight.reshape(members * out_size, *weight.shape[2:]), bias)
-        return out.view(out.shape[0], members, out_size, *out.shape[2:]).transpose(0, 1)
-
-    def _shares_input(self, x: torch.Tensor) -> bool:
-        """Whether ``x`` ``[M, B, ...]`` is one batch expanded to the members (see ``_combine_shared``)."""
-        return x.shape[0] > 1 and x.stride(0) == 0 and getattr(self, "groups", 1) == 1
+        return self._members_first(out, members, out_size)
 
     def _scaled_weights(self, r: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
         """The ``M`` members' weights ``W * (s_m r_m^T)``, ``[M, *weight.shape]``, for factors ``[M, feat]``.
@@ -165,14 +175,18 @@ class _MemberBase(nn.Module):
             scale = s[:, :, None] * r[:, input_index]  # [M, out, in / groups]
         return self.weight * scale.reshape(*scale.shape, *((1,) * (self.weight.dim() - 2)))
 
-    def _factor_view(self, factor: torch.Tensor) -> torch.Tensor:
+    def _factor_view(self, factor: torch.Tensor, dims: int) -> torch.Tensor:
+        """``factor`` ``[M, F]`` or ``[M, B, F]`` viewed to broadcast against ``[M, B, ...]`` of ``dims``."""
+        raise NotImplementedError
+
+    def _members_first(self, out: torch.Tensor, members: int, size: int) -> torch.Tensor:
+        """``[B, ..., M * size, ...]`` from a product with the members' weights side by side ->
+        ``[M * B, ..., size, ...]``, member-major."""
         raise NotImplementedError
 
 
 class MemberLinearBase(_MemberBase):
     """Parameters and batched product of a member-vectorized ``nn.Linear`` (BatchEnsemble, rank-1)."""
-
-    example_dims: ClassVar[int] = 1
 
     def _setup_linear(
         self, in_features: int, out_features: int, num_members: int, bias: bool, factory: dict[str, Any]
@@ -193,14 +207,19 @@ class MemberLinearBase(_MemberBase):
         return (self.out_features, self.in_features)
 
     def _check_example(self, x: torch.Tensor) -> None:
-        if x.shape[-1] != self.in_features:
+        if x.dim() < 3 or x.shape[-1] != self.in_features:
             raise ValueError(
-                f"input: expected [B, {self.in_features}] or [M, B, {self.in_features}] (in_features last), "
-                f"got shape {list(x.shape)}"
+                f"input: expected [M * B, *, {self.in_features}] (members folded into the batch, in_features "
+                f"last), got shape {[x.shape[0] * x.shape[1], *x.shape[2:]]}"
             )
 
-    def _factor_view(self, factor: torch.Tensor) -> torch.Tensor:
-        return factor if factor.dim() == 3 else factor.unsqueeze(1)  # [M, 1|B, features]
+    def _factor_view(self, factor: torch.Tensor, dims: int) -> torch.Tensor:
+        base = factor if factor.dim() == 3 else factor.unsqueeze(1)  # [M, 1|B, features]
+        return base.reshape(base.shape[0], base.shape[1], *((1,) * (dims - 3)), base.shape[2])
+
+    def _members_first(self, out: torch.Tensor, members: int, size: int) -> torch.Tensor:
+        out = out.unflatten(-1, (members, size)).movedim(-2, 0)  # [M, B, *, size]
+        return out.reshape(members * out.shape[1], *out.shape[2:])
 
     def _product(
         self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
@@ -256,10 +275,6 @@ class MemberConvBase(_MemberBase):
         self._setup_shared(num_members, out_channels, bias, factory)
 
     @property
-    def example_dims(self) -> int:  # type: ignore[override]
-        return self.spatial_dims + 1
-
-    @property
     def input_size(self) -> int:
         return self.in_channels
 
@@ -272,15 +287,19 @@ class MemberConvBase(_MemberBase):
 
     def _check_example(self, x: torch.Tensor) -> None:
         n = self.spatial_dims
-        if x.shape[2] != self.in_channels:
+        if x.dim() != n + 3 or x.shape[2] != self.in_channels:
             raise ValueError(
-                f"input: expected {self.in_channels} channels in [B, C, {n} spatial dims] or "
-                f"[M, B, C, {n} spatial dims], got shape {list(x.shape)}"
+                f"input: expected [M * B, {self.in_channels}, {n} spatial dim(s)] (members folded into the "
+                f"batch), got shape {[x.shape[0] * x.shape[1], *x.shape[2:]]}"
             )
 
-    def _factor_view(self, factor: torch.Tensor) -> torch.Tensor:
+    def _factor_view(self, factor: torch.Tensor, dims: int) -> torch.Tensor:
         base = factor if factor.dim() == 3 else factor.unsqueeze(1)  # [M, 1|B, channels]
         return base.reshape(*base.shape, *((1,) * self.spatial_dims))
+
+    def _members_first(self, out: torch.Tensor, members: int, size: int) -> torch.Tensor:
+        out = out.view(out.shape[0], members, size, *out.shape[2:]).transpose(0, 1)
+        return out.reshape(members * out.shape[1], *out.shape[2:])
 
     def _product(
         self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
@@ -324,10 +343,10 @@ class _BatchEnsembleMixin:
         return self._scaled_weights(self.r, self.s)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        x = self._member_input(input)
-        if self._shares_input(x):
-            return self._combine_shared(x[0], self.r, self.s)
-        return self._combine(x, self.r, self.s)
+        x, source = self._member_input(input)
+        if source is not None and getattr(self, "groups", 1) == 1:
+            return self._combine_shared(source, self.r, self.s)
+        return self._combine(x, self.r, self.s, source)
 
     def extra_repr(self) -> str:
         text = super().extra_repr()  # type: ignore[misc]
@@ -347,8 +366,8 @@ class BatchEnsembleLinear(_BatchEnsembleMixin, MemberLinearBase):
         fast_weight_std: standard deviation of the ``"normal"`` initialisation (default 0.5).
 
     Shape:
-        input ``[M, B, in_features]`` or ``[B, in_features]`` (broadcast to every member); output
-        ``[M, B, out_features]``.
+        input ``[M * B, *, in_features]`` (member ``m`` in rows ``m * B`` to ``(m + 1) * B - 1``); output
+        ``[M * B, *, out_features]``.
 
     Attributes:
         weight: the shared ``W``, ``[out_features, in_features]``.
@@ -358,8 +377,8 @@ class BatchEnsembleLinear(_BatchEnsembleMixin, MemberLinearBase):
 
     Example:
         >>> layer = BatchEnsembleLinear(784, 10, num_members=4)
-        >>> layer(torch.randn(32, 784)).shape
-        torch.Size([4, 32, 10])
+        >>> layer(tile_members(torch.randn(32, 784), 4)).shape
+        torch.Size([128, 10])
     """
 
     def __init__(
@@ -430,7 +449,7 @@ class BatchEnsembleConv1d(_BatchEnsembleConvNd):
         fast_weight_init, fast_weight_std: as :class:`BatchEnsembleLinear`.
 
     Shape:
-        input ``[M, B, C_in, L]`` or ``[B, C_in, L]`` (broadcast); output ``[M, B, C_out, L_out]``.
+        input ``[M * B, C_in, L]`` (member-major); output ``[M * B, C_out, L_out]``.
     """
 
     spatial_dims: ClassVar[int] = 1
@@ -450,13 +469,12 @@ class BatchEnsembleConv2d(_BatchEnsembleConvNd):
         fast_weight_init, fast_weight_std: as :class:`BatchEnsembleLinear`.
 
     Shape:
-        input ``[M, B, C_in, H, W]`` or ``[B, C_in, H, W]`` (broadcast); output
-        ``[M, B, C_out, H_out, W_out]``.
+        input ``[M * B, C_in, H, W]`` (member-major); output ``[M * B, C_out, H_out, W_out]``.
 
     Example:
         >>> layer = BatchEnsembleConv2d(3, 8, 3, num_members=4, padding=1)
-        >>> layer(torch.randn(2, 3, 16, 16)).shape
-        torch.Size([4, 2, 8, 16, 16])
+        >>> layer(tile_members(torch.randn(2, 3, 16, 16), 4)).shape
+        torch.Size([8, 8, 16, 16])
     """
 
     spatial_dims: ClassVar[int] = 2

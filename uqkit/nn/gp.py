@@ -40,7 +40,9 @@ Any other weights can be passed to :meth:`RandomFeatureGP.update_precision`.
 ``B x B`` matrix), and the predictive distribution is either the mean-field approximation of the
 softmax-Gaussian integral ``softmax(logits / sqrt(1 + lambda var))``, ``lambda = pi / 8`` (Lu et al. 2020,
 "Mean-field approximation to Gaussian-softmax integral", as used by Liu et al. 2020, Sec. 3.2), or Monte
-Carlo samples ``logits + sqrt(var) * eps``.
+Carlo samples ``logits + sqrt(var) * eps``. The layer is a :class:`uqkit.methods.predict.PredictiveHead`:
+:func:`uqkit.predict` on any model whose output layer it is records the variances during the forward pass and
+draws the samples (or the mean-field logits) from them, so the network runs once whatever ``S``.
 
 When to accumulate (Liu et al. 2020, Sec. 3.2 and Algorithm 1): with ``momentum=None`` the precision is an
 exact sum; call :meth:`RandomFeatureGP.reset_precision` at the start of every epoch (or of the last one) so
@@ -52,6 +54,8 @@ term is an exponentially discounted sum ``m * old + batch``, i.e. the precision 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
@@ -100,6 +104,8 @@ class RandomFeatureGP(nn.Module):
             weights ``p_k (1 - p_k)``, Liu et al. 2020, eq. (9)), ``"softmax-shared"`` (one precision,
             weight ``p (1 - p)`` of the largest probability) or ``"gaussian"`` (one precision, unit
             weights). See the module docstring.
+        num_samples: the default of :func:`uqkit.predict`: ``None`` (default) for the mean-field logits, an
+            int ``S`` for ``S`` Monte Carlo samples of the logits (kept as :attr:`default_num_samples`).
 
     Attributes:
         track_precision: when ``True`` (default), every forward pass in training mode adds the batch to the
@@ -122,7 +128,7 @@ class RandomFeatureGP(nn.Module):
         >>> gp = RandomFeatureGP(128, 10, num_features=512)
         >>> gp.reset_precision()              # at the start of an epoch
         >>> loss = F.cross_entropy(gp(h), y) + gp.prior_penalty(num_data)  # also updates gp.precision
-        >>> gp.eval(); prediction = gp.predict(h)  # mean-field logits as a uqkit.Prediction
+        >>> gp.eval(); prediction = uqkit.predict(gp, h)  # mean-field logits as a uqkit.Prediction
     """
 
     def __init__(
@@ -136,6 +142,7 @@ class RandomFeatureGP(nn.Module):
         mean_field_factor: float = math.pi / 8,
         normalize_input: bool = True,
         likelihood: str = "softmax",
+        num_samples: int | None = None,
     ) -> None:
         super().__init__()
         self.in_features = check_positive_int(in_features, "in_features")
@@ -159,6 +166,11 @@ class RandomFeatureGP(nn.Module):
             )
         self.normalize_input = bool(normalize_input)
         self.track_precision = True
+        self.default_num_samples = (
+            None if num_samples is None else check_positive_int(num_samples, "num_samples")
+        )
+        self._recording = False
+        self._recorded: tuple[torch.Tensor, torch.Tensor] | None = None
 
         self.register_buffer("feature_weight", torch.randn(num_features, in_features) / self.length_scale)
         self.register_buffer("feature_bias", torch.rand(num_features) * (2 * math.pi))
@@ -197,6 +209,8 @@ class RandomFeatureGP(nn.Module):
         logits = self.output(features)
         if self.training and self.track_precision:
             self._accumulate(features.detach(), self._likelihood_weights(logits.detach()))
+        if self._recording:
+            self._recorded = (logits, self._class_variance(self._whitened(features), logits.dtype))
         return logits
 
     def prior_penalty(self, num_data: int) -> torch.Tensor:
@@ -354,38 +368,66 @@ class RandomFeatureGP(nn.Module):
         mean = self.output(features)
         return mean, self._class_variance(self._whitened(features), mean.dtype)
 
-    def predict(
-        self,
-        hidden: torch.Tensor,
-        num_samples: int | None = None,
-        generator: torch.Generator | None = None,
-    ) -> Prediction:
-        """Predictive distribution of the GP classifier.
+    # -- the PredictiveHead protocol of uqkit.predict -----------------------------------------------------
+    @contextmanager
+    def record_predictive(self) -> Iterator[None]:
+        """Within the block, each forward pass keeps its logits and their variances for
+        :meth:`predictive_logits` (outside it, forward passes compute no variance)."""
+        previous = self._recording
+        self._recording, self._recorded = True, None
+        try:
+            yield
+        finally:
+            self._recording, self._recorded = previous, None
+
+    def predictive_logits(self, logits: torch.Tensor, num_samples: int | None) -> torch.Tensor:
+        """The predictive distribution of the logits this layer returned last, inside
+        :meth:`record_predictive`.
 
         Args:
-            hidden: ``[B, H]`` hidden representations.
-            num_samples: ``None`` for the mean-field logits ``logits / sqrt(1 + lambda var)`` (``S = 1``;
-                Lu et al. 2020; Liu et al. 2020, Sec. 3.2); an int ``S`` for ``S`` Monte Carlo samples
-                of the logits from their Gaussian posterior ``N(logits, var)``, independent across classes
-                (the classes' ``beta_k`` are independent a posteriori).
-            generator: optional ``torch.Generator`` for the Monte Carlo draws.
+            logits: the model's output; it must be the ``[B, C]`` logits this layer returned.
+            num_samples: ``None`` for the mean-field logits ``logits / sqrt(1 + lambda var)`` (Lu et al.
+                2020; Liu et al. 2020, Sec. 3.2); an int ``S`` for ``S`` Monte Carlo samples of the logits
+                from their Gaussian posterior ``N(logits, var)``, independent across classes (the classes'
+                ``beta_k`` are independent a posteriori), drawn from torch's global generator.
 
         Returns:
-            A :class:`~uqkit.Prediction` with ``[S, B, C]`` logits.
+            ``[1, B, C]`` mean-field logits or ``[S, B, C]`` samples.
+
+        Raises:
+            RuntimeError: when no forward pass was recorded.
+            ValueError: when ``logits`` are not the logits this layer returned (the layer must be the
+                model's output layer).
         """
-        mean, variance = self.mean_and_variance(hidden)
+        if self._recorded is None:
+            raise RuntimeError(
+                "RandomFeatureGP: no forward pass recorded; call the model inside record_predictive() "
+                "(uqkit.predict does)"
+            )
+        mean, variance = self._recorded
+        if logits is not mean and not (logits.shape == mean.shape and torch.equal(logits, mean)):
+            raise ValueError(
+                f"model output: expected the [B, C] logits that the RandomFeatureGP returned (it must be the "
+                f"model's output layer, shape {tuple(mean.shape)}), got other values of shape "
+                f"{tuple(logits.shape)}"
+            )
         if num_samples is None:
-            return Prediction((mean * torch.rsqrt(1.0 + self.mean_field_factor * variance)).unsqueeze(0))
+            return (mean * torch.rsqrt(1.0 + self.mean_field_factor * variance)).unsqueeze(0)
         num_samples = check_positive_int(num_samples, "num_samples")
-        noise = torch.randn(
-            (num_samples, *mean.shape), dtype=mean.dtype, device=mean.device, generator=generator
-        )
-        return Prediction(torch.addcmul(mean, variance.sqrt(), noise))
+        noise = torch.randn((num_samples, *mean.shape), dtype=mean.dtype, device=mean.device)
+        return torch.addcmul(mean, variance.sqrt(), noise)
+
+    def predict(self, hidden: torch.Tensor, num_samples: int | None = None) -> Prediction:
+        """``uqkit.predict(self, hidden, num_samples=num_samples)``: mean-field logits (``S = 1``) for
+        ``num_samples=None`` and no :attr:`default_num_samples`, else ``S`` Monte Carlo samples."""
+        from uqkit.methods.predict import predict
+
+        return predict(self, hidden, num_samples=num_samples)
 
     def extra_repr(self) -> str:
         return (
             f"in_features={self.in_features}, num_classes={self.num_classes}, "
             f"num_features={self.num_features}, length_scale={self.length_scale}, "
             f"ridge_penalty={self.ridge_penalty}, momentum={self.momentum}, likelihood={self.likelihood!r}, "
-            f"normalize_input={self.normalize_input}"
+            f"normalize_input={self.normalize_input}, num_samples={self.default_num_samples}"
         )

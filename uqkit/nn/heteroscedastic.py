@@ -13,9 +13,10 @@ negative log of that average.
 
 The noise ``eps`` models label noise: it is aleatoric uncertainty, part of one predictive distribution, not
 a sample from a posterior over the model (Collier et al. 2021, Sec. 3; Kendall & Gal 2017).
-:meth:`HeteroscedasticHead.predict` therefore returns that one distribution (``S = 1``), so that its total
-uncertainty is all aleatoric and its epistemic part (mutual information) is 0; the draws themselves are
-available from :meth:`HeteroscedasticHead.sample_logits`.
+:meth:`HeteroscedasticHead.forward` therefore returns that one distribution (the log of its Monte Carlo
+mean), and :func:`uqkit.predict` on a model ending with the head gives ``S = 1``: its total uncertainty is all
+aleatoric and its epistemic part (mutual information) is 0. The draws themselves are available from
+:meth:`HeteroscedasticHead.sample_logits`.
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ class HeteroscedasticHead(nn.Module):
     Example:
         >>> head = HeteroscedasticHead(512, 10, num_factors=4)
         >>> loss = F.nll_loss(head(hidden), labels)  # forward gives log-probabilities, not logits
-        >>> prediction = head.predict(hidden)         # uqkit.Prediction of the predictive (S = 1)
+        >>> prediction = uqkit.predict(nn.Sequential(backbone, head), x)  # the predictive, S = 1
     """
 
     def __init__(
@@ -131,30 +132,21 @@ class HeteroscedasticHead(nn.Module):
         """
         return self._log_mean_softmax(self.sample_logits(hidden))
 
-    def predict(
-        self,
-        hidden: torch.Tensor,
-        num_samples: int | None = None,
-        generator: torch.Generator | None = None,
-    ) -> Prediction:
-        """The predictive ``p(y | h) = E_eps[softmax((mu + eps) / tau)]`` as a :class:`~uqkit.Prediction`.
+    def predict(self, hidden: torch.Tensor) -> Prediction:
+        """``uqkit.predict(self, hidden)``: the predictive ``p(y | h) = E_eps[softmax((mu + eps) / tau)]``.
 
-        The ``S`` draws of ``eps`` are label noise (aleatoric), not posterior samples, so they are averaged
-        into one distribution (Collier et al. 2021, Sec. 3) before the uncertainty is split: the
-        prediction has ``S = 1``, its logits are the log of the Monte Carlo mean softmax (exact, since
-        ``softmax(log p) = p``), ``total = aleatoric = H[p]`` and ``epistemic = 0``. For the draws
-        themselves use :meth:`sample_logits`.
-
-        Args:
-            hidden: ``[B, H]`` hidden representations.
-            num_samples: Monte Carlo draws ``S`` of the noise; default the head's ``num_samples``.
-            generator: optional ``torch.Generator`` for the noise (as in :meth:`sample_logits`).
+        The draws of ``eps`` are label noise (aleatoric), not posterior samples, so they are averaged into
+        one distribution (Collier et al. 2021, Sec. 3) before the uncertainty is split: the forward pass
+        returns the log of the Monte Carlo mean softmax over :attr:`num_samples` draws, a valid set of
+        logits (``softmax(log p) = p``), and :func:`uqkit.predict` sees a deterministic model: ``S = 1``,
+        ``total = aleatoric = H[p]``, ``epistemic = 0``. For the draws themselves use :meth:`sample_logits`.
 
         Returns:
             A :class:`~uqkit.Prediction` of ``[1, B, C]`` logits.
         """
-        logits = self.sample_logits(hidden, num_samples, generator)
-        return Prediction(self._log_mean_softmax(logits))
+        from uqkit.methods.predict import predict
+
+        return predict(self, hidden)
 
     def extra_repr(self) -> str:
         return (

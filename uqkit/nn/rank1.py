@@ -101,13 +101,14 @@ class _Rank1Mixin:
         return torch.addcmul(mean.unsqueeze(1), scale.unsqueeze(1), noise)
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        x = self._member_input(input)
+        x, source = self._member_input(input)
         if not self.samples:
-            if self._shares_input(x):
-                return self._combine_shared(x[0], self.r_mean, self.s_mean)
-            return self._combine(x, self.r_mean, self.s_mean)
+            if source is not None and getattr(self, "groups", 1) == 1:
+                return self._combine_shared(source, self.r_mean, self.s_mean)
+            return self._combine(x, self.r_mean, self.s_mean, source)
         batch = x.shape[1]
-        return self._combine(x, self._factor_sample("r", batch), self._factor_sample("s", batch))
+        r, s = self._factor_sample("r", batch), self._factor_sample("s", batch)
+        return self._combine(x, r, s, source)
 
     def kl_divergence(self) -> torch.Tensor:
         """``(1/M) sum_m [KL(q(r_m) || p) + KL(q(s_m) || p)]``: the factors' KL, averaged over the mixture's
@@ -146,8 +147,8 @@ class Rank1Linear(_Rank1Mixin, MemberLinearBase, BayesianModule):
             :data:`RANK1_FAST_WEIGHT_STD` = 0.1, the default prior's scale).
 
     Shape:
-        input ``[M, B, in_features]`` or ``[B, in_features]`` (broadcast to every member); output
-        ``[M, B, out_features]``.
+        input ``[M * B, *, in_features]`` (member ``m`` in rows ``m * B`` to ``(m + 1) * B - 1``); output
+        ``[M * B, *, out_features]``. Each example draws its own factors (shared by its ``*`` positions).
 
     Attributes:
         weight: the shared ``W``, ``[out_features, in_features]`` (deterministic).
@@ -225,7 +226,7 @@ class Rank1Conv1d(_Rank1ConvNd):
             :class:`Rank1Linear`.
 
     Shape:
-        input ``[M, B, C_in, L]`` or ``[B, C_in, L]`` (broadcast); output ``[M, B, C_out, L_out]``.
+        input ``[M * B, C_in, L]`` (member-major); output ``[M * B, C_out, L_out]``.
     """
 
     spatial_dims: ClassVar[int] = 1
@@ -242,8 +243,7 @@ class Rank1Conv2d(_Rank1ConvNd):
             :class:`Rank1Linear`.
 
     Shape:
-        input ``[M, B, C_in, H, W]`` or ``[B, C_in, H, W]`` (broadcast); output
-        ``[M, B, C_out, H_out, W_out]``.
+        input ``[M * B, C_in, H, W]`` (member-major); output ``[M * B, C_out, H_out, W_out]``.
     """
 
     spatial_dims: ClassVar[int] = 2

@@ -34,7 +34,7 @@ from torch import nn
 from uqkit._validation import check_positive_float, check_positive_int
 from uqkit.nn._noise import rademacher
 from uqkit.nn._posterior import BayesianModule, StochasticModule
-from uqkit.nn.members import with_member_dim
+from uqkit.nn.members import _with_member_dim as with_member_dim
 from uqkit.nn.priors import Prior
 
 __all__ = ["StackedDropout", "StackedFlipoutLinear", "StackedGaussianMLP", "StackedLinear"]
