@@ -103,7 +103,7 @@ class _Rank1Mixin:
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         x, source = self._member_input(input)
         if not self.samples:
-            if source is not None and getattr(self, "groups", 1) == 1:
+            if source is not None and self._shared_is_cheaper(source):
                 return self._combine_shared(source, self.r_mean, self.s_mean)
             return self._combine(x, self.r_mean, self.s_mean, source)
         batch = x.shape[1]
