@@ -36,8 +36,8 @@ SNGP_SPECTRAL_BOUND = {"mlp": 0.95, "resmlp": 0.95, "lenet5": 6.0, "cnn1d": 6.0}
 # Random features per backbone. With per-class precisions the GP head costs about K * D^2 per example at
 # prediction (K classes), so D trades NLL against inference time. Default task (Fashion-MNIST MLP, 5 epochs,
 # seed 0; 2026-12-07), validation NLL and inference time against the deterministic MLP (one thread, batch
-# 1000, ``benchmarks/sngp.py --num-features 128 256 512``): D = 128: 0.385, 1.3x; D = 256: 0.354, 2.1x;
-# D = 512: 0.345, 4.7x. 256 is the knee (the paper uses 1024 on CIFAR, behind a wide ResNet).
+# 1000, ``benchmarks/sngp.py --num-features 128 256 512``): D = 128: 0.385, 1.5x; D = 256: 0.354, 2.3x;
+# D = 512: 0.345, 5.3x. 256 is the knee (the paper uses 1024 on CIFAR, behind a wide ResNet).
 SNGP_NUM_FEATURES = {"mlp": 256, "resmlp": 128, "lenet5": 256, "cnn1d": 128}
 SNGP_SAMPLES = 10
 # Chosen on the default task's validation NLL after its 5 epochs (2026-12-07): constant 0.3851, cosine 0.3942
