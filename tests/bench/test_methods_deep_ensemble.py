@@ -107,9 +107,10 @@ def test_resumed_ensemble_ends_with_the_weights_of_an_uninterrupted_one(tmp_path
         assert torch.equal(value, resumed.state_dict()[key]), key
 
 
-def test_validation_nlls_are_each_members_own_nll():
+def test_validation_nlls_are_each_members_own_nll_when_selected_separately():
     inputs, labels = _data()
     method = _ensemble().eval()
+    method.select_members_separately = True
     with torch.no_grad():
         prediction = method.predict(inputs)
         expected = [float(nn.functional.cross_entropy(prediction.logits[m], labels)) for m in range(MEMBERS)]
@@ -117,7 +118,9 @@ def test_validation_nlls_are_each_members_own_nll():
 
 
 class _ScriptedMembers(DeepEnsembleMethod):
-    """Per-member validation NLLs scripted per epoch (``script[epoch][member]``)."""
+    """Per-member validation NLLs scripted per epoch (``script[epoch][member]``), selected separately."""
+
+    select_members_separately = True
 
     def __init__(self, script: list[list[float]]) -> None:
         super().__init__(_ensemble().network)
@@ -158,11 +161,26 @@ def test_each_member_ends_with_its_own_best_epoch():
 
 def test_part_states_round_trip_through_load_part_states():
     method = _ensemble()
+    method.select_members_separately = True
     states = [method.part_state(m) for m in range(MEMBERS)]
     other = _ensemble()
+    other.select_members_separately = True
     with torch.no_grad():
         for parameter in other.parameters():
             parameter.add_(1.0)
     other.load_part_states(states)
     for key, value in method.state_dict().items():
         assert torch.equal(value, other.state_dict()[key]), key
+
+
+def test_by_default_the_ensemble_is_selected_as_a_whole_on_its_predictive_nll():
+    inputs, labels = _data()
+    method = _ensemble().eval()
+    with torch.no_grad():
+        prediction = method.predict(inputs)
+    expected = float(-prediction.log_probs.gather(1, labels.unsqueeze(1)).double().mean())
+    members = [float(nn.functional.cross_entropy(prediction.logits[m], labels)) for m in range(MEMBERS)]
+    assert method.validation_nlls(prediction, labels) == pytest.approx([expected], rel=1e-12)
+    # the mixture's NLL, not a member's nor their mean (Jensen: below the mean for members that differ)
+    assert expected < sum(members) / MEMBERS
+    assert all(abs(expected - member) > 1e-3 for member in members)
