@@ -14,8 +14,8 @@ exactly the batches of a single model trained with seed ``seed + j``.
 Epoch selection: after every epoch the trainer scores the method on the validation split and keeps, for
 each independently selected part (:meth:`~uqkit.bench.registry.Method.validation_nlls`: the whole method,
 or each member of a deep ensemble with ``select_members_separately``), the state of the epoch with its
-lowest validation NLL; training ends
-with those states loaded (early stopping by checkpoint selection; chosen on validation, never on test).
+lowest validation NLL; training ends with those states loaded (early stopping by checkpoint selection;
+chosen on validation, never on test).
 ``TrainResult.selected_epochs`` says which epochs they were.
 
 Determinism: stochastic layers (dropout, weight noise) draw from torch's global generator, seeded before
