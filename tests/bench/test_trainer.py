@@ -93,14 +93,9 @@ class _InterruptError(Exception):
     pass
 
 
-@pytest.mark.parametrize("schedule", ["constant", "cosine"])
-def test_resume_from_epoch_checkpoint_reproduces_uninterrupted_training(tmp_path, schedule):
-    reference, reference_result = _train(epochs=3, checkpoint=tmp_path / "reference.pt", schedule=schedule)
-
-    # Interrupt during epoch 3 (after two complete epochs were checkpointed).
-    torch.manual_seed(0)
-    interrupted = _method()
-    original_loss = interrupted.training_loss
+def _interrupt_in_epoch_3(method):
+    """``method`` whose loss raises at step 2 of epoch 3 (3 steps an epoch: two epochs checkpointed)."""
+    original_loss = method.training_loss
     calls = {"n": 0}
 
     def loss_then_interrupt(inputs, labels):
@@ -109,7 +104,17 @@ def test_resume_from_epoch_checkpoint_reproduces_uninterrupted_training(tmp_path
             raise _InterruptError
         return original_loss(inputs, labels)
 
-    interrupted.training_loss = loss_then_interrupt
+    method.training_loss = loss_then_interrupt
+    return method
+
+
+@pytest.mark.parametrize("schedule", ["constant", "cosine"])
+def test_resume_from_epoch_checkpoint_reproduces_uninterrupted_training(tmp_path, schedule):
+    reference, reference_result = _train(epochs=3, checkpoint=tmp_path / "reference.pt", schedule=schedule)
+
+    # Interrupt during epoch 3 (after two complete epochs were checkpointed).
+    torch.manual_seed(0)
+    interrupted = _interrupt_in_epoch_3(_method())
     with pytest.raises(_InterruptError):
         _train(epochs=3, checkpoint=tmp_path / "run.pt", method=interrupted, schedule=schedule)
     assert load_checkpoint(tmp_path / "run.pt")["epoch"] == 2
@@ -264,17 +269,7 @@ def test_non_finite_validation_nll_is_never_selected():
 def test_resume_keeps_the_best_epoch_seen_before_the_interruption(tmp_path):
     """Best at epoch 1, interrupted in epoch 3: the resumed run must end with epoch 1's weights, which only
     the checkpoint still holds."""
-    interrupted = _scripted([0.2, 0.5, 0.6])
-    original_loss = interrupted.training_loss
-    calls = {"n": 0}
-
-    def loss_then_interrupt(inputs, labels):
-        calls["n"] += 1
-        if calls["n"] == 2 * 3 + 2:
-            raise _InterruptError
-        return original_loss(inputs, labels)
-
-    interrupted.training_loss = loss_then_interrupt
+    interrupted = _interrupt_in_epoch_3(_scripted([0.2, 0.5, 0.6]))
     with pytest.raises(_InterruptError):
         _train(epochs=3, checkpoint=tmp_path / "run.pt", method=interrupted)
     resumed = _scripted([0.2, 0.5, 0.6])
