@@ -13,6 +13,7 @@ import torch
 
 from uqkit.bench.models import build_model
 from uqkit.bench.registry import Method, MethodContext, register_method
+from uqkit.bench.trainer import ADAM_EPS
 from uqkit.methods.convert import FlipoutConfig, GaussianConfig, bayesianize_
 from uqkit.nn.priors import NormalPrior
 from uqkit.objectives import ELBO
@@ -59,8 +60,6 @@ def bnn_kl_weight(context: MethodContext) -> float:
 
 BNN_POSTERIOR_SCALE_INIT = 1e-3
 BNN_KL_WARMUP_EPOCHS = 1
-ADAM_EPS = 1e-8
-"""``torch.optim.Adam``'s default ``eps``, which the trainer uses."""
 BNN_SCALE_LR_FACTOR = 10.0
 """The posterior scales' ``rho`` train at this multiple of the base learning rate (``parameter_groups``)."""
 

@@ -45,6 +45,7 @@ from uqkit.bench.registry import Method
 from uqkit.metrics import expected_calibration_error
 
 __all__ = [
+    "ADAM_EPS",
     "SCHEDULES",
     "NonFiniteLossError",
     "TrainConfig",
@@ -56,6 +57,8 @@ __all__ = [
 ]
 
 SCHEDULES = ("cosine", "constant")
+ADAM_EPS = 1e-8
+"""Adam's ``eps`` for every parameter group that does not set its own (torch's default)."""
 
 
 class NonFiniteLossError(RuntimeError):
@@ -155,7 +158,9 @@ def train_method(
     learning_rate_factor(config.schedule, 0, 1)  # validates the name before any work
     device = torch.device(config.device)
     method.to(device)
-    optimizer = torch.optim.Adam(method.parameter_groups(config.learning_rate), lr=config.learning_rate)
+    optimizer = torch.optim.Adam(
+        method.parameter_groups(config.learning_rate), lr=config.learning_rate, eps=ADAM_EPS
+    )
     base_learning_rates = [group["lr"] for group in optimizer.param_groups]
     num_orders = int(method.num_batch_orders)
     shuffles = [torch.Generator().manual_seed(config.seed + order) for order in range(num_orders)]
