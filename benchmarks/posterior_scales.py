@@ -159,12 +159,14 @@ def drift(run: Path, method: str, batches: int = 60, task_name: str = "fashion-m
             first[n] += p.grad
             second[n] += p.grad.square()
     print(f"{label} {method}: KL weight {model.elbo.current_kl_weight:g}, {batches} minibatches of 128")
+    rho_lr = 1e-3 * mb.BNN_SCALE_LR_FACTOR  # the default base rate times the scales' factor
+    steps = -(-len(task.train.labels) // 128)
     for n in rhos:
         ratio = first[n] / second[n].sqrt().clamp_min(1e-30) / batches**0.5  # E[g] / rms(g)
         print(
             f"  {n}: layer mean E[g]/rms(g) {float(ratio.mean()):+.4f}, share of E[g] > 0 "
-            f"{float((first[n] > 0).float().mean()):.3f}, median rho drift per 422 steps at lr 1e-2: "
-            f"{float(-(4.22 * ratio).median()):+.3f}"
+            f"{float((first[n] > 0).float().mean()):.3f}, median rho drift per epoch ({steps} steps) at "
+            f"the undecayed rho rate {rho_lr:g}: {float(-(steps * rho_lr * ratio).median()):+.3f}"
         )
     return 0
 
