@@ -335,7 +335,10 @@ def _class_folders(folder: Path) -> list[Path]:
 
 
 def _open_images(files: Sequence[Path]) -> list:
-    from PIL import Image, UnidentifiedImageError
+    try:
+        from PIL import Image, UnidentifiedImageError
+    except ImportError as error:  # pragma: no cover - the bench and dev extras install Pillow
+        raise ImportError("reading a folder of images needs Pillow: pip install 'uqkit[bench]'") from error
 
     images = []
     for path in files:
