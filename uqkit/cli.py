@@ -45,7 +45,7 @@ your model, your data:
 
   --model FACTORY  a callable with no arguments returning a fresh torch.nn.Module, called once for
                    every copy a method needs (each ensemble member, each method). Its model maps a
-                   batch [B, *input shape] to [B, K]:
+                   batch [B, *input shape] to one tensor [B, K]:
                      classification: one logit per class (K = number of classes);
                      regression: two values per target (K = 2 D for D targets): first the D means,
                      then D unconstrained scales v, variance = softplus(v) + 1e-6 (as uqkit's own

@@ -52,6 +52,13 @@ FACTORIES = textwrap.dedent(
 
     def five_outputs():
         return nn.Linear(4, 5)
+
+    class Dict(nn.Module):
+        def forward(self, x):
+            return {"logits": x[:, :3]}
+
+    def a_dict():
+        return Dict()
     """
 )
 
@@ -273,6 +280,7 @@ def _nan_inputs() -> np.ndarray:
         ({}, "no_such_factory", "has no attribute 'no_such_factory'"),
         ({}, "not_a_module", "not_a_module() returned a list, expected a torch.nn.Module"),
         ({}, "five_outputs", "returns outputs of shape [2, 5] for 2 training rows, but {data} has 3 classes"),
+        ({}, "a_dict", "the model returns a dict; uqkit bench expects one tensor: one logit per class"),
     ],
 )
 def test_bad_input_is_named_before_training(files, tmp_path, capsys, monkeypatch, data, model, message):

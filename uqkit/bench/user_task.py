@@ -40,8 +40,6 @@ from uqkit.data.user import (
     read_npz,
     regression_targets,
 )
-from uqkit.methods.predict import predict
-from uqkit.prediction import GaussianPrediction
 
 __all__ = ["KINDS", "USER_TASK_INFO", "VAL_FRACTION", "build_user_task", "load_user_data", "task_name"]
 
@@ -118,7 +116,7 @@ class _FeatureStandardizer:
 def _check_model(
     model: str, input_shape: tuple[int, ...], num_outputs: int, kind: str, rows: torch.Tensor, detail: str
 ) -> None:
-    """Build ``model`` and run it on ``rows``; it must return ``[B, num_outputs]``.
+    """Build ``model`` and run it on ``rows``; it must return a tensor ``[B, num_outputs]``.
 
     Raises:
         ValueError: naming ``--model`` and what came (a factory that fails, a forward pass that fails, an
@@ -128,28 +126,27 @@ def _check_model(
     network.eval()
     try:
         with torch.no_grad():
-            prediction = predict(network, rows)
+            outputs = network(rows)
     except Exception as error:  # the user's forward: report it, no traceback
         message = str(error).strip().splitlines()
         raise ValueError(
             f"--model {model}: the model failed on {len(rows)} training rows of shape {list(rows.shape)}: "
             f"{type(error).__name__}: {message[0] if message else ''}"
         ) from None
-    if isinstance(prediction, GaussianPrediction):
+    expected = (
+        f"one logit per class, [{len(rows)}, {num_outputs}]"
+        if kind == "classification"
+        else f"two values per target (the mean, then a scale), [{len(rows)}, {num_outputs}]"
+    )
+    if not isinstance(outputs, torch.Tensor):
         raise ValueError(
-            f"--model {model}: the model returns a Gaussian (mean and variance); uqkit bench expects one "
-            "tensor [B, 2 D]: the means, then an unconstrained scale per target"
+            f"--model {model}: the model returns a {type(outputs).__name__}; uqkit bench expects one tensor: "
+            f"{expected}"
         )
-    if list(prediction.logits.shape[1:]) != [len(rows), num_outputs]:
-        shape = list(prediction.logits.shape[1:])
-        expected = (
-            f"one logit per class, [{len(rows)}, {num_outputs}]"
-            if kind == "classification"
-            else f"two values per target (the mean, then a scale), [{len(rows)}, {num_outputs}]"
-        )
+    if list(outputs.shape) != [len(rows), num_outputs]:
         raise ValueError(
-            f"--model {model}: the model returns outputs of shape {shape} for {len(rows)} training rows, but "
-            f"{detail}; expected {expected}"
+            f"--model {model}: the model returns outputs of shape {list(outputs.shape)} for {len(rows)} "
+            f"training rows, but {detail}; expected {expected}"
         )
 
 
