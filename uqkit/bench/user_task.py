@@ -176,11 +176,14 @@ def build_user_task(
     if kind is not None and kind not in KINDS:
         raise ValueError(f"--kind: expected one of {', '.join(KINDS)}, got {kind!r}")
     data = load_user_data(data_path, target, ood, seed)
+    inferred = kind is None
     kind = kind or infer_kind(data)
     if kind == "classification":
         labels, classes = class_labels(data)
         num_outputs = len(classes)
         detail = f"{data.source} has {num_outputs} classes"
+        if inferred:
+            detail += " (classification inferred from integer or text targets; --kind regression if not)"
     else:
         labels = regression_targets(data)
         num_targets = int(labels["train"].shape[1])
