@@ -2,8 +2,8 @@
 
 ``FACTORY`` is a callable with no arguments that returns a fresh ``torch.nn.Module``; the benchmark calls it
 once for every copy a method needs (each member of a deep ensemble, each method). Its model maps a batch of
-inputs ``[B, *input_shape]`` to one tensor ``[B, K]``: one logit per class for classification, or two values per target
-for regression (the mean, then an unconstrained scale that uqkit maps to a variance,
+inputs ``[B, *input_shape]`` to one tensor ``[B, K]``: one logit per class for classification, or two values
+per target for regression (the mean, then an unconstrained scale that uqkit maps to a variance,
 :func:`uqkit.bench.likelihoods.gaussian_head`).
 
 Methods that change the architecture do it on the factory's model:
