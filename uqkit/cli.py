@@ -7,6 +7,7 @@ import shlex
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 __all__ = ["main"]
 
@@ -38,6 +39,41 @@ def _positive_float(text: str) -> float:
     return value
 
 
+_YOUR_DATA_HELP = """\
+your model, your data:
+  uqkit bench --data PATH [--model MODULE:FACTORY | --model path/to/file.py:FACTORY] [--target COLUMN]
+
+  --model FACTORY  a callable with no arguments returning a fresh torch.nn.Module, called once for
+                   every copy a method needs (each ensemble member, each method). Its model maps a
+                   batch [B, *input shape] to one tensor [B, K]:
+                     classification: one logit per class (K = number of classes);
+                     regression: two values per target (K = 2 D for D targets): first the D means,
+                     then D unconstrained scales v, variance = softplus(v) + 1e-6 (as uqkit's own
+                     Gaussian heads, e.g. uqkit.nn.StackedGaussianMLP).
+                   Without --model: the built-in mlp backbone (or name one: mlp, resmlp, lenet5, cnn1d).
+  --data PATH      one of:
+                     file.npz: x_train, y_train, x_test, y_test; optional x_val, y_val, and x_ood
+                       (an OOD set); labels are class indices 0..C-1 (C = largest y_train + 1);
+                     file.csv with --target COLUMN (header row; every other column a numeric feature);
+                       20% of the rows, drawn with --seed, are the test set; --ood FILE: a CSV of OOD
+                       inputs with the same feature columns; the target's sorted values are the classes;
+                     a folder of images (read with Pillow), one sub-folder per class (sorted names give
+                       labels 0, 1, ...): PATH/<class>/* (20% drawn with --seed are the test set), or
+                       PATH/train/<class>/* and PATH/test/<class>/* (optional PATH/val/<class>/*);
+                       images become [C, H, W] floats in [0, 1] (1 channel if all grey-scale, else RGB),
+                       all of one size; --ood FOLDER: OOD images.
+  kind             inferred from the targets: text or integer labels -> classification, real values ->
+                   regression; --kind overrides.
+  validation       x_val/y_val or PATH/val when given, else 10% of the training rows drawn with --seed.
+  inputs           tables ([N, D]) standardised per feature with training statistics; others as given.
+                   Regression targets are standardised for training; metrics are in their own units.
+  methods          every method that can be built on the model runs; the others are listed with the
+                   reason in the leaderboard, results.json and the report. Data and model are checked
+                   before any training; errors name the file and the problem.
+  defaults         20 epochs, batch 64, Adam lr 1e-3 (constant); --epochs, --batch-size, --lr override.
+"""
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="uqkit", description="Uncertainty for PyTorch models: benchmark methods side by side."
@@ -45,10 +81,21 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="{bench,list,report}")
     sub.required = True
 
-    bench = sub.add_parser("bench", help="train and evaluate methods on a task, write results and report")
+    bench = sub.add_parser(
+        "bench",
+        help="train and evaluate methods on a task (or your data and model), write results and report",
+        description="Train and evaluate methods on a built-in task, or on your own data and model (--data).",
+        epilog=_YOUR_DATA_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     bench.add_argument("--task", type=_comma_list, default=None, help="task name(s), comma separated")
     bench.add_argument("--methods", type=_comma_list, default=None, help="comma list (default: all)")
-    bench.add_argument("--model", default=None, help="backbone (e.g. mlp, lenet5; default per task)")
+    bench.add_argument(
+        "--model",
+        default=None,
+        help="backbone (e.g. mlp, lenet5; default per task), or with --data your model factory: "
+        "MODULE:FACTORY or path/to/file.py:FACTORY (see below)",
+    )
     bench.add_argument("--epochs", type=_positive_int, default=None, help="epochs (default per task)")
     bench.add_argument("--batch-size", type=_positive_int, default=None, help="training batch size")
     bench.add_argument("--lr", type=_positive_float, default=None, help="Adam learning rate")
@@ -64,6 +111,19 @@ def _parser() -> argparse.ArgumentParser:
     )
     bench.add_argument(
         "--data-dir", type=Path, default=None, help="UCI-format directory for --task uci (regression)"
+    )
+    bench.add_argument(
+        "--data", type=Path, default=None, help="your data: an .npz, a .csv or a folder of images"
+    )
+    bench.add_argument("--target", default=None, help="with a CSV --data: the target column")
+    bench.add_argument(
+        "--ood", type=Path, default=None, help="with --data: a CSV or image folder of OOD inputs"
+    )
+    bench.add_argument(
+        "--kind",
+        choices=("classification", "regression"),
+        default=None,
+        help="with --data: override the kind",
     )
 
     sub.add_parser("list", help="show tasks and methods")
@@ -98,11 +158,11 @@ def _cmd_list() -> int:
     return 0
 
 
-def _finish_report(results: dict, run_dir: Path) -> Path:
+def _finish_report(results: dict, run_dir: Path, log: Callable[[str], None] = print) -> Path:
     from uqkit.bench.report import format_leaderboard, write_report
 
     paths = write_report(results, run_dir)
-    print(format_leaderboard(results))
+    log(format_leaderboard(results))
     return Path(paths["html"])
 
 
@@ -120,9 +180,25 @@ def _run_dir(args: argparse.Namespace) -> Path:
     return out
 
 
-def _interruptible(out: Path, run: Callable[[], dict]) -> dict | None:
+class _RunLog:
+    """Prints a message and appends it to the run directory's ``log.txt`` (created with the directory)."""
+
+    def __init__(self, out: Path) -> None:
+        self.path = Path(out) / "log.txt"
+
+    def __call__(self, message: str) -> None:
+        print(message)
+        self.write(message)
+
+    def write(self, message: str) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a", encoding="utf-8") as handle:
+            handle.write(message + "\n")
+
+
+def _interruptible(out: Path, run: Callable[[], dict], log: Callable[[str], None] = print) -> dict | None:
     """``run()`` in the run directory ``out``; on Ctrl-C say how to resume and return ``None``."""
-    print(f"[uqkit] run directory: {out}")
+    log(f"[uqkit] run directory: {out}")
     try:
         return run()
     except KeyboardInterrupt:
@@ -136,7 +212,7 @@ def _interruptible(out: Path, run: Callable[[], dict]) -> dict | None:
 
 def _cmd_regression(args: argparse.Namespace, argv: list[str]) -> int:
     """``uqkit bench`` on regression tasks: the UCI protocol, all splits trained as stacked models."""
-    from uqkit.bench.regression import REGRESSION_TASKS, run_regression_bench
+    from uqkit.bench.regression import REGRESSION_TASKS
 
     if any(task not in REGRESSION_TASKS for task in args.task):
         raise ValueError(
@@ -144,6 +220,7 @@ def _cmd_regression(args: argparse.Namespace, argv: list[str]) -> int:
             f"tasks in one run, got {', '.join(args.task)}"
         )
     fixed = {"--model": args.model, "--epochs": args.epochs, "--batch-size": args.batch_size, "--lr": args.lr}
+    fixed.update({"--target": args.target, "--ood": args.ood, "--kind": args.kind})
     given = [flag for flag, value in fixed.items() if value is not None]
     given += ["--quick"] if args.quick else []
     if args.device != "cpu":
@@ -155,7 +232,12 @@ def _cmd_regression(args: argparse.Namespace, argv: list[str]) -> int:
         )
     if args.data_dir is not None and "uci" not in args.task:
         raise ValueError("--data-dir: only the task 'uci' reads a directory; add --task uci")
-    out = _run_dir(args)
+    return _logged(args, argv, _run_regression)
+
+
+def _run_regression(args: argparse.Namespace, argv: list[str], out: Path, log: Callable[[str], None]) -> int:
+    from uqkit.bench.regression import run_regression_bench
+
     results = _interruptible(
         out,
         lambda: run_regression_bench(
@@ -165,31 +247,55 @@ def _cmd_regression(args: argparse.Namespace, argv: list[str]) -> int:
             args.data_dir,
             args.seed,
             command=shlex.join(["uqkit", *argv]),
+            log=log,
             resume=args.resume,
         ),
+        log,
     )
     if results is None:
         return 130
-    html = _finish_report(results, out)
-    print(f"[uqkit] total time {results['total_time_s']:.1f} s")
-    print(f"[uqkit] results: {Path(out) / 'results.json'}")
-    print(f"[uqkit] report:  {html}  (and {Path(out) / 'report.md'})")
+    html = _finish_report(results, out, log)
+    log(f"[uqkit] total time {results['total_time_s']:.1f} s")
+    log(f"[uqkit] results: {Path(out) / 'results.json'}")
+    log(f"[uqkit] report:  {html}  (and {Path(out) / 'report.md'})")
     return 0
+
+
+def _logged(
+    args: argparse.Namespace, argv: list[str], command: Callable[[Any, list[str], Path, Callable], int]
+) -> int:
+    """``command(args, argv, log)`` with a log that also goes to the run directory's ``log.txt``; an error
+    is written there too (then raised to be printed, without traceback, by :func:`main`)."""
+    out = _run_dir(args)
+    log = _RunLog(out)
+    try:
+        return command(args, argv, out, log)
+    except Exception as error:
+        log.write(f"uqkit: error: {error}")
+        raise
 
 
 def _cmd_bench(args: argparse.Namespace, argv: list[str]) -> int:
     from uqkit.bench.regression import REGRESSION_TASKS
-    from uqkit.bench.runner import BenchConfig, run_bench
 
-    if args.task and any(task in REGRESSION_TASKS for task in args.task):
+    if args.task and any(task in REGRESSION_TASKS for task in args.task) and args.data is None:
         return _cmd_regression(args, argv)
     if args.data_dir is not None:
         raise ValueError("--data-dir: only the regression task 'uci' reads a directory; add --task uci")
+    if args.data is not None and args.task:
+        raise ValueError("--task and --data: the data is the task; pass one of them")
+    return _logged(args, argv, _run_suite)
 
-    out = _run_dir(args)
+
+def _run_suite(args: argparse.Namespace, argv: list[str], out: Path, log: Callable[[str], None]) -> int:
+    """``uqkit bench`` on classification tasks, or on the user's data (``--data``), with the one runner."""
+    from uqkit.bench.runner import BenchConfig, run_bench
+    from uqkit.bench.user_task import task_name
+
+    tasks = [task_name(args.data)] if args.data is not None else args.task or ["fashion-mnist"]
     config = BenchConfig(
         out=out,
-        tasks=args.task or ["fashion-mnist"],
+        tasks=tasks,
         methods=args.methods,
         model=args.model,
         epochs=args.epochs,
@@ -201,13 +307,17 @@ def _cmd_bench(args: argparse.Namespace, argv: list[str]) -> int:
         resume=args.resume,
         progress=not args.no_progress,
         command=shlex.join(["uqkit", *argv]),
+        data=args.data,
+        target=args.target,
+        ood=args.ood,
+        kind=args.kind,
     )
-    results = _interruptible(out, lambda: run_bench(config))
+    results = _interruptible(out, lambda: run_bench(config, log=log), log)
     if results is None:
         return 130
-    html = _finish_report(results, out)
-    print(f"[uqkit] results: {out / 'results.json'}")
-    print(f"[uqkit] report:  {html}  (and {out / 'report.md'})")
+    html = _finish_report(results, out, log)
+    log(f"[uqkit] results: {out / 'results.json'}")
+    log(f"[uqkit] report:  {html}  (and {out / 'report.md'})")
     return 0
 
 

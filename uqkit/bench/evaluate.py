@@ -17,14 +17,14 @@ from typing import Any
 import torch
 
 from uqkit import metrics
+from uqkit.bench.likelihoods import NUM_BINS
 from uqkit.bench.progress import progress_bar
 from uqkit.bench.registry import Method
 from uqkit.bench.tasks import Task
-from uqkit.prediction import Prediction
+from uqkit.prediction import GaussianPrediction, Prediction
 
 __all__ = ["SurfaceGrid", "evaluate_method", "predict_in_batches", "surface_grid"]
 
-NUM_BINS = 15
 MAX_SCORES_SAVED = 2000
 MAX_CURVE_POINTS = 200
 SURFACE_RESOLUTION = 48
@@ -43,16 +43,24 @@ def predict_in_batches(
     device: str = "cpu",
     desc: str = "predict",
     progress: bool = True,
-) -> Prediction:
-    """Predict ``inputs`` in batches (no gradients, eval mode); logits gathered on the CPU."""
+) -> Prediction | GaussianPrediction:
+    """Predict ``inputs`` in batches (no gradients, eval mode); logits (or Gaussian means and variances)
+    gathered on the CPU."""
     method.eval()
     parts = []
     num_batches = math.ceil(len(inputs) / batch_size)
     with torch.no_grad(), progress_bar(num_batches, desc, enabled=progress) as bar:
         for start in range(0, len(inputs), batch_size):
             batch = inputs[start : start + batch_size].to(device)
-            parts.append(method.predict(batch).logits.cpu())
+            prediction = method.predict(batch)
+            if isinstance(prediction, GaussianPrediction):
+                parts.append((prediction.sample_mean.cpu(), prediction.sample_variance.cpu()))
+            else:
+                parts.append(prediction.logits.cpu())
             bar.update(1)
+    if isinstance(parts[0], tuple):
+        means, variances = zip(*parts, strict=True)
+        return GaussianPrediction(torch.cat(means, dim=1), torch.cat(variances, dim=1))
     return Prediction(torch.cat(parts, dim=1))
 
 
@@ -203,8 +211,13 @@ def evaluate_method(
     Stochastic predictions draw from torch's global generator, seeded here with ``seed`` so that the same
     trained method always gets the same numbers. For a task with 2-D vector inputs (``input_shape == (2,)``)
     the block gets a ``surface``: total and epistemic uncertainty on a :func:`surface_grid` over the
-    training and OOD inputs, with (a sample of) those inputs to overlay.
+    training and OOD inputs, with (a sample of) those inputs to overlay. A regression task (``task.kind``)
+    gets the regression block of :func:`uqkit.bench.evaluate_regression.evaluate_regression` instead.
     """
+    if task.kind == "regression":
+        from uqkit.bench.evaluate_regression import evaluate_regression
+
+        return evaluate_regression(method, task, batch_size, device, seed, progress, name)
     torch.manual_seed(seed)
     label = name or type(method).__name__
     test_inputs, test_labels = task.test.inputs, task.test.labels

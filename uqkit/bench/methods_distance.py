@@ -101,6 +101,7 @@ class SNGPClassifier(Method):
     """
 
     learning_rate_schedule = SNGP_SCHEDULE
+    classification_only = "the random-feature GP head's Laplace posterior is over class logits"
 
     def __init__(self, network: SNGP, num_samples: int, num_data: int) -> None:
         super().__init__()
@@ -124,6 +125,8 @@ class HeteroscedasticClassifier(Method):
     The head's Monte Carlo draws are label noise (aleatoric), averaged into one predictive distribution
     (Collier et al. 2021): the prediction has ``S = 1`` and no epistemic part.
     """
+
+    classification_only = "the head models noise on class logits"
 
     def __init__(self, hidden: nn.Module, head: HeteroscedasticHead) -> None:
         super().__init__()

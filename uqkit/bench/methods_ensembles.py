@@ -32,7 +32,10 @@ task and its backbone:
   members, ``[M, B, C]``. ``M`` and ``rho`` were chosen on the validation split of the default 5-epoch
   suite (validation NLL after epoch 5: ``M = 2, rho = 0.6``: 0.323; ``M = 2, rho = 0.8``: 0.331;
   ``M = 3, rho = 0.6``: 0.334; ``M = 3, rho = 0.8``: 0.331; ``M = 3, rho = 0.6`` with batch repetition 2:
-  0.329 and ``M = 2, rho = 0.6`` with batch repetition 2: 0.335, each at twice the training cost).
+  0.329 and ``M = 2, rho = 0.6`` with batch repetition 2: 0.335, each at twice the training cost). On a
+  user's model (``uqkit bench --model MODULE:FACTORY``) the factory's model is widened instead: its first
+  ``nn.Linear`` / ``nn.Conv*`` takes ``M`` inputs, its last ``nn.Linear`` gives ``M`` heads
+  (:func:`uqkit.bench.user_model.widen_for_members`).
 """
 
 from __future__ import annotations
@@ -44,9 +47,10 @@ from torch import nn
 
 from uqkit.bench.models import build_model
 from uqkit.bench.registry import Method, MethodContext, register_method
+from uqkit.bench.user_model import is_factory_spec, widen_for_members
 from uqkit.methods.convert import BatchEnsembleConfig, Rank1Config, bayesianize_
 from uqkit.methods.mimo import MIMO
-from uqkit.nn.members import tile_members, unfold_members
+from uqkit.nn.members import fold_members, pretiled, tile_members, unfold_members
 from uqkit.nn.priors import NormalPrior
 from uqkit.objectives import ELBO
 
@@ -79,7 +83,7 @@ class BatchEnsembleNetwork(Method):
         return unfold_members(self.network(inputs), self.num_members)
 
     def training_loss(self, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return nn.functional.cross_entropy(self.network(inputs), tile_members(labels, self.num_members))
+        return self.likelihood.loss(self.network(inputs), tile_members(labels, self.num_members))
 
 
 class Rank1Network(BatchEnsembleNetwork):
@@ -110,7 +114,11 @@ class Rank1Network(BatchEnsembleNetwork):
 
 
 class MIMONetwork(Method):
-    """A :class:`uqkit.MIMO` network: independent examples per member in training, a shared input at test."""
+    """A :class:`uqkit.MIMO` network: independent examples per member in training, a shared input at test.
+
+    The loss is the sum of the members' mean NLLs on their own examples (:meth:`uqkit.MIMO.training_batch`;
+    for classification exactly :meth:`uqkit.MIMO.training_loss`).
+    """
 
     def __init__(self, network: MIMO) -> None:
         super().__init__()
@@ -118,7 +126,10 @@ class MIMONetwork(Method):
         self.num_samples = network.num_members
 
     def training_loss(self, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return self.network.training_loss(inputs, labels)
+        member_inputs, member_labels = self.network.training_batch(inputs, labels)
+        with pretiled():
+            outputs = self.network(fold_members(member_inputs))
+        return self.network.num_members * self.likelihood.loss(outputs, fold_members(member_labels))
 
 
 def _converted(context: MethodContext, config: BatchEnsembleConfig | Rank1Config) -> nn.Module:
@@ -164,9 +175,13 @@ def _rank1_bnn(context: MethodContext) -> Method:
     f"MIMO (Havasi et al. 2021), {MIMO_MEMBERS} subnetworks in one network, independent examples per member",
 )
 def _mimo(context: MethodContext) -> Method:
-    channels, *rest = context.input_shape
-    shape = (MIMO_MEMBERS * channels, *rest)
-    backbone = build_model(context.model, shape, MIMO_MEMBERS * context.num_classes)
+    if is_factory_spec(context.model):  # the user's model: its first and last layers widened in place
+        backbone = build_model(context.model, context.input_shape, context.num_classes)
+        backbone = widen_for_members(backbone, MIMO_MEMBERS)
+    else:
+        channels, *rest = context.input_shape
+        shape = (MIMO_MEMBERS * channels, *rest)
+        backbone = build_model(context.model, shape, MIMO_MEMBERS * context.num_classes)
     network = MIMO(
         backbone,
         MIMO_MEMBERS,

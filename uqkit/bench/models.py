@@ -153,7 +153,17 @@ MODEL_BUILDERS: dict[str, Callable[[Sequence[int], int, DropoutFactory], nn.Modu
 def build_model(
     name: str, input_shape: Sequence[int], num_classes: int, dropout: DropoutFactory = None
 ) -> nn.Module:
-    """Build the backbone ``name`` (one of :data:`MODEL_BUILDERS`) for a task's input shape and classes."""
+    """Build the backbone ``name`` (one of :data:`MODEL_BUILDERS`) for a task's input shape and classes.
+
+    A ``name`` with a colon is the user's factory (``MODULE:FACTORY`` or ``file.py:FACTORY``,
+    :func:`uqkit.bench.user_model.build_user_model`): its model is what it is, ``input_shape`` and
+    ``num_classes`` are checked against it by the task, and ``dropout`` keeps its own ``nn.Dropout`` layers
+    on at prediction.
+    """
+    from uqkit.bench.user_model import build_user_model, is_factory_spec
+
+    if is_factory_spec(name):
+        return build_user_model(name, dropout=dropout)
     if name not in MODEL_BUILDERS:
         raise ValueError(f"model: expected one of {', '.join(sorted(MODEL_BUILDERS))}, got {name!r}")
     return MODEL_BUILDERS[name](tuple(input_shape), num_classes, dropout)

@@ -58,7 +58,7 @@ def report_epoch(name: str, record: Mapping[str, float], epochs: int, enabled: b
     Args:
         name: the method.
         record: the epoch's history entry: ``epoch`` (1-based), ``train_loss``, ``val_nll``,
-            ``val_accuracy`` (a fraction) and ``time_s``.
+            ``val_accuracy`` (a fraction; for regression ``val_rmse`` instead) and ``time_s``.
         epochs: the number of epochs of the run.
         enabled: ``False`` for ``--no-progress``: print nothing.
 
@@ -68,10 +68,13 @@ def report_epoch(name: str, record: Mapping[str, float], epochs: int, enabled: b
     """
     if not enabled or stderr_is_terminal():
         return
+    if "val_accuracy" in record:
+        quality = f"val accuracy {100 * record['val_accuracy']:.2f}%"
+    else:
+        quality = f"val RMSE {record['val_rmse']:.4f}"
     print(
         f"[uqkit] {name} epoch {int(record['epoch'])}/{epochs}: train loss {record['train_loss']:.4f}, "
-        f"val NLL {record['val_nll']:.4f}, val accuracy {100 * record['val_accuracy']:.2f}%, "
-        f"{record['time_s']:.1f} s",
+        f"val NLL {record['val_nll']:.4f}, {quality}, {record['time_s']:.1f} s",
         file=sys.stderr,
         flush=True,
     )

@@ -3,9 +3,11 @@
 A method is built from the task (input shape, number of classes, backbone name, training-set size) and
 gives two things: a training loss for a batch, and ``predict(x) -> Prediction`` with the leading sample or
 member dimension of :class:`uqkit.Prediction`, which is :func:`uqkit.predict` of the method's network for
-every method (the benchmark builds no prediction of its own). The trainer and the evaluation only ever talk
-to this interface, so a new method is one builder registered here (or from another module with
-:func:`register_method`), and nothing else changes.
+every method (the benchmark builds no prediction of its own). Both go through the method's
+:class:`~uqkit.bench.likelihoods.Likelihood` (class logits by default; a regression task hands every method
+the Gaussian one with :meth:`Method.use_likelihood`, and a method that is classification-only refuses it).
+The trainer and the evaluation only ever talk to this interface, so a new method is one builder registered
+here (or from another module with :func:`register_method`), and nothing else changes.
 """
 
 from __future__ import annotations
@@ -17,10 +19,11 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 
+from uqkit.bench.likelihoods import CATEGORICAL, Likelihood
 from uqkit.bench.models import build_model
 from uqkit.methods.predict import predict
+from uqkit.objectives import ELBO
 from uqkit.prediction import Prediction
 
 __all__ = [
@@ -28,6 +31,7 @@ __all__ = [
     "Method",
     "MethodContext",
     "MethodEntry",
+    "NotApplicableError",
     "build_method",
     "methods_for_task",
     "register_method",
@@ -44,6 +48,11 @@ class MethodContext:
     num_train: int
     task: str = ""
     batch_size: int = 128  # training batch size (e.g. to express a schedule in epochs)
+
+
+class NotApplicableError(ValueError):
+    """A method cannot be built for this task or model; the message says why (e.g. a classification-only
+    method on a regression task, or a model without the layer the method needs)."""
 
 
 class Method(nn.Module):
@@ -64,22 +73,43 @@ class Method(nn.Module):
         learning_rate_schedule: the method's own learning-rate schedule (one of
             :data:`uqkit.bench.trainer.SCHEDULES`), where validation chose another than the task's;
             ``None`` (default): the task's.
+        likelihood: what the network's outputs mean (:data:`~uqkit.bench.likelihoods.CATEGORICAL` logits
+            by default); set with :meth:`use_likelihood`.
+        classification_only: why the method has no regression form (``None``: it has one, through its
+            likelihood).
     """
 
     num_samples: int = 1
     shares_training_with: str | None = None
     num_batch_orders: int = 1
     learning_rate_schedule: str | None = None
+    likelihood: Likelihood = CATEGORICAL
+    classification_only: str | None = None
+
+    def use_likelihood(self, likelihood: Likelihood) -> None:
+        """Train and predict with ``likelihood`` (every :class:`uqkit.ELBO` of the method scores its data
+        term with it too).
+
+        Raises:
+            NotApplicableError: for a regression likelihood on a classification-only method.
+        """
+        if likelihood.kind != "classification" and self.classification_only is not None:
+            raise NotApplicableError(f"classification only: {self.classification_only}")
+        self.likelihood = likelihood
+        for module in self.modules():
+            if isinstance(module, ELBO):
+                module.nll = None if likelihood.output is None else likelihood.loss
 
     def training_loss(self, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Scalar loss of one training batch."""
         raise NotImplementedError(f"{type(self).__name__} must implement training_loss")
 
     def predict(self, inputs: torch.Tensor) -> Prediction:
-        """Prediction with ``[S, B, C]`` logits for a batch of inputs:
-        ``uqkit.predict(self.network, inputs, num_samples=self.num_samples)`` (members unfolded
-        member-major, sampling layers sampled ``S / M`` times per member; see :func:`uqkit.predict`)."""
-        return predict(self.network, inputs, num_samples=self.num_samples)
+        """Prediction with ``[S, B, C]`` logits (a :class:`uqkit.GaussianPrediction` for regression) for a
+        batch of inputs: ``uqkit.predict(self.network, inputs, num_samples=self.num_samples)`` with the
+        likelihood's ``output`` (members unfolded member-major, sampling layers sampled ``S / M`` times per
+        member; see :func:`uqkit.predict`)."""
+        return predict(self.network, inputs, num_samples=self.num_samples, output=self.likelihood.output)
 
     def parameter_groups(self, learning_rate: float) -> list[dict]:
         """Adam parameter groups for training at base ``learning_rate`` (default: one group, every parameter).
@@ -96,8 +126,7 @@ class Method(nn.Module):
         independently trained members (a deep ensemble) returns one NLL per member, and implements
         :meth:`part_state` and :meth:`load_part_states` to match.
         """
-        log_probs = prediction.log_probs
-        return [float(-log_probs.gather(1, labels.unsqueeze(1)).double().mean())]
+        return [self.likelihood.nll(prediction, labels)]
 
     def part_state(self, index: int) -> dict[str, Any]:
         """A detached copy of part ``index``'s state (default: the whole state dict, extra states too)."""
@@ -169,14 +198,14 @@ def build_method(name: str, context: MethodContext) -> Method:
 
 
 class SingleNetwork(Method):
-    """One network trained with cross-entropy; predicts with ``S = 1``."""
+    """One network trained on its likelihood (cross-entropy for classification); predicts with ``S = 1``."""
 
     def __init__(self, network: nn.Module) -> None:
         super().__init__()
         self.network = network
 
     def training_loss(self, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(self.network(inputs), labels)
+        return self.likelihood.loss(self.network(inputs), labels)
 
 
 class TemperatureScaled(SingleNetwork):
@@ -184,6 +213,7 @@ class TemperatureScaled(SingleNetwork):
     fitted on the validation split held out from the training data."""
 
     shares_training_with = "deterministic"
+    classification_only = "temperature scaling rescales class logits"
 
     def __init__(self, network: nn.Module) -> None:
         super().__init__(network)
@@ -260,9 +290,7 @@ class DeepEnsembleMethod(Method):
         logits, row ``m`` member ``m``)."""
         if not self.select_members_separately:
             return super().validation_nlls(prediction, labels)
-        log_probs = prediction.logits.log_softmax(dim=-1)
-        index = labels.view(1, -1, 1).expand(log_probs.shape[0], -1, 1)
-        return (-log_probs.gather(2, index).squeeze(2).double().mean(dim=1)).tolist()
+        return self.likelihood.member_nlls(prediction, labels)
 
     def part_state(self, index: int) -> dict[str, Any]:
         """The whole state; with ``select_members_separately``, member ``index``'s slice of every stacked
@@ -287,18 +315,19 @@ class DeepEnsembleMethod(Method):
         self.load_state_dict({name: torch.stack([state[name] for state in states]) for name in states[0]})
 
     def training_loss(self, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Sum of the members' mean cross-entropies; ``[M, B, ...]`` inputs with ``[M, B]`` labels (a batch
-        per member, folded into the batch inside ``pretiled()``) or ``[B, ...]`` with ``[B]`` (tiled)."""
+        """Sum of the members' mean NLLs (cross-entropies for classification); ``[M, B, ...]`` inputs with
+        ``[M, B]`` labels (a batch per member, folded into the batch inside ``pretiled()``) or ``[B, ...]``
+        with ``[B]`` (tiled). Regression targets carry their ``D`` as a last dimension."""
         from uqkit.nn.members import fold_members, pretiled, tile_members
 
         members = self.network.num_members
-        if labels.dim() == 2:
+        if labels.dim() == (2 if self.likelihood.kind == "classification" else 3):
             with pretiled():
                 logits = self.network(fold_members(inputs))  # [M * B, C], member-major
             labels = fold_members(labels)
         else:
             logits, labels = self.network(inputs), tile_members(labels, members)
-        return members * F.cross_entropy(logits, labels)  # mean over M * B, times M: the sum of the means
+        return members * self.likelihood.loss(logits, labels)  # mean over M * B, times M: sum of the means
 
 
 MC_DROPOUT_RATE = 0.1

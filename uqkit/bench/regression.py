@@ -58,6 +58,7 @@ __all__ = [
     "StackedAdam",
     "evaluate_regression_method",
     "load_regression_table",
+    "mixture_nll",
     "register_regression_method",
     "run_regression_bench",
 ]
@@ -566,8 +567,9 @@ def _summary(values: Sequence[float]) -> dict[str, float]:
     return {"mean": float(tensor.mean()), "se": se}
 
 
-def _mixture_nll(mean: torch.Tensor, variance: torch.Tensor, targets: torch.Tensor) -> float:
-    """Exact NLL of the equal-weight Gaussian mixture ``[S, B, 1]`` (log-mean-exp over components)."""
+def mixture_nll(mean: torch.Tensor, variance: torch.Tensor, targets: torch.Tensor) -> float:
+    """Exact NLL of the equal-weight Gaussian mixture ``[S, B, D]`` (log-mean-exp over the ``S``
+    components), averaged over the ``B * D`` targets."""
     log_prob = -0.5 * (2 * math.pi * variance).log() - (targets - mean).square() / (2 * variance)
     return float(-(torch.logsumexp(log_prob.double(), dim=0) - math.log(mean.shape[0])).mean())
 
@@ -636,7 +638,7 @@ def evaluate_regression_method(
         prediction = GaussianPrediction(mean, variance)
         per_split["nll"].append(gaussian_nll(prediction.mean, prediction.variance, targets))
         per_split["rmse"].append(rmse(prediction.mean, targets))
-        per_split["nll_mixture"].append(_mixture_nll(mean, variance, targets))
+        per_split["nll_mixture"].append(mixture_nll(mean, variance, targets))
         per_split["coverage_95"].append(
             interval_coverage(prediction.mean, prediction.variance, targets, 0.95)
         )

@@ -22,6 +22,7 @@ __all__ = [
     "PUBLISHED_LABELS",
     "PUBLISHED_NLL_KIND",
     "format_regression_tables",
+    "regression_header",
     "regression_rows",
     "write_regression_report",
 ]
@@ -62,8 +63,11 @@ _HEADER = (
 
 
 def _pm(summary: Mapping[str, Any] | None, decimals: int = 2) -> str:
+    """``mean ± se``; the mean alone where the standard error is null (one split)."""
     if not summary or summary.get("mean") is None:
         return "—"
+    if summary.get("se") is None:
+        return f"{summary['mean']:.{decimals}f}"
     return f"{summary['mean']:.{decimals}f} ± {summary['se']:.{decimals}f}"
 
 
@@ -84,11 +88,30 @@ def _chosen(method: Mapping[str, Any]) -> str:
         drops = Counter(per_split["dropout"])
         parts.append("p " + ", ".join(f"{p:g} x{n}" for p, n in sorted(drops.items())))
     epochs = sorted(per_split["epochs"])
-    if method["selection"]["select_epochs"]:
+    if len(epochs) == 1:
+        parts.append(f"epoch {epochs[0]}")
+    elif method["selection"]["select_epochs"]:
         parts.append(f"epochs {epochs[0]}-{epochs[-1]} (median {epochs[len(epochs) // 2]})")
     else:
         parts.append(f"epochs {epochs[0]}")
     return "; ".join(parts)
+
+
+_OOD_AFTER = _HEADER.index("95% cov.") + 1
+"""Where a task's OOD columns go (after the coverage)."""
+
+
+def regression_header(task: Mapping[str, Any]) -> list[str]:
+    """The column titles of a regression task's table: :data:`_HEADER`, with one column per OOD set (the
+    user's data) after the coverage."""
+    ood = [f"AUROC {name} (total / epistemic)" for name in task.get("ood_sets", {})]
+    return [*_HEADER[:_OOD_AFTER], *ood, *_HEADER[_OOD_AFTER:]]
+
+
+def _auroc_pair(method: Mapping[str, Any], ood_name: str) -> str:
+    scores = method["ood"][ood_name]
+    cells = [scores[kind]["auroc"] for kind in ("total", "epistemic")]
+    return " / ".join("—" if value is None else f"{value:.3f}" for value in cells)
 
 
 def regression_rows(task: Mapping[str, Any]) -> list[list[str]]:
@@ -101,9 +124,11 @@ def regression_rows(task: Mapping[str, Any]) -> list[list[str]]:
         task: a regression task's block of ``results.json``.
 
     Returns:
-        Rows of cells in the order of :data:`_HEADER` (NLL and RMSE as ``mean ± standard error``).
+        Rows of cells in the order of :func:`regression_header` (NLL and RMSE as ``mean ± standard error``,
+        the mean alone for one split; OOD columns: AUROC with the total / epistemic variance as score).
     """
     rows = []
+    ood_names = list(task.get("ood_sets", {}))
     for name, method in task["methods"].items():
         metrics = method["metrics"]
         rows.append(
@@ -113,22 +138,25 @@ def regression_rows(task: Mapping[str, Any]) -> list[list[str]]:
                 _pm(metrics["rmse"]),
                 _pm(metrics["nll_mixture"]),
                 f"{100 * metrics['coverage_95']['mean']:.1f}%",
+                *(_auroc_pair(method, ood_name) for ood_name in ood_names),
                 f"{method['num_models']} x {method['num_samples'] // method['num_models']}",
                 f"{method['num_parameters']:,}",
                 f"{method['train_time_s']:.1f}",
                 _chosen(method),
             ]
         )
+    width = len(regression_header(task))
     for key, published in task["published"].items():
-        row = [PUBLISHED_LABELS.get(key, f"{key}, published"), "—", _pair(published.get("rmse"))] + ["—"] * 6
+        row = [PUBLISHED_LABELS.get(key, f"{key}, published"), "—", _pair(published.get("rmse"))]
+        row += ["—"] * (width - 3)
         row[_NLL_COLUMNS[PUBLISHED_NLL_KIND.get(key, "nll")]] = _pair(published.get("nll"))
         rows.append(row)
     return rows
 
 
-def _text_table(rows: list[list[str]]) -> str:
-    table = [list(_HEADER), *rows]
-    widths = [max(len(row[i]) for row in table) for i in range(len(_HEADER))]
+def _text_table(header: list[str], rows: list[list[str]]) -> str:
+    table = [header, *rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(header))]
     lines = []
     for index, row in enumerate(table):
         lines.append("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip())
@@ -137,21 +165,27 @@ def _text_table(rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+def _splits_text(task: Mapping[str, Any]) -> str:
+    if task["num_splits"] == 1:
+        return f"one split, {task['num_test']} test rows"
+    return f"{task['num_splits']} splits, {task['num_test']} test rows each"
+
+
 def format_regression_tables(results: Mapping[str, Any]) -> str:
-    """Fixed-width text tables, one per regression task, for the terminal."""
+    """Fixed-width text tables, one per regression task, for the terminal; the methods that could not be
+    built on the task's model follow, with the reason."""
     parts = []
     for name, task in results["tasks"].items():
         if not _report.is_regression_task(task):
             continue
-        header = (
-            f"{name}: {task['description']} ({task['num_splits']} splits, {task['num_test']} test rows each)"
-        )
-        parts.append(f"{header}\n{_text_table(regression_rows(task))}")
+        title = f"{name}: {task['description']} ({_splits_text(task)})"
+        table = _text_table(regression_header(task), regression_rows(task))
+        parts.append("\n".join([title, table, *_report.not_applicable_lines(task)]))
     return "\n\n".join(parts)
 
 
-def _markdown_table(rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(_HEADER) + " |", "|:---|" + "---:|" * (len(_HEADER) - 2) + ":---|"]
+def _markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|:---|" + "---:|" * (len(header) - 2) + ":---|"]
     lines += ["| " + " | ".join(_report._md(cell) for cell in row) + " |" for row in rows]
     return "\n".join(lines)
 
@@ -163,25 +197,35 @@ _LEGEND = (
     "it is like for like with: Deep Ensembles and PBP score one Gaussian (moment-matched), the MC dropout "
     "rerun the exact mixture of its samples. Mean ± standard error over the splits (sample standard "
     "deviation / sqrt(splits)). 95% cov.: fraction of test targets inside the central 95% interval. chosen: "
-    "hyper-parameters chosen on the validation split of each training split (x = number of splits)."
+    "hyper-parameters chosen on the validation split of each training split (x = number of splits). With "
+    "one split (your own data: uqkit bench --data), the mean alone, and the epoch of lowest validation NLL "
+    "whose weights the method kept; AUROC <OOD set>: OOD detection scored by the predictive variance "
+    "(total) / the variance of the members' or samples' means (epistemic)."
 )
 
 
 def _facts(task: Mapping[str, Any]) -> list[tuple[str, str]]:
     protocol = task["protocol"]
-    return [
+    if protocol["hidden_units"] is None:
+        network = f"the model {protocol.get('model', '(not recorded)')}"
+    else:
+        network = f"one hidden layer of {protocol['hidden_units']} ReLU units"
+    facts = [
         ("data", f"{task['num_rows']} rows x {task['num_features']} features; source {task['source']}"),
         (
             "splits",
-            f"{task['num_splits']} splits of {task['num_train']} train / {task['num_test']} test rows",
+            f"{task['num_splits']} split{'s' if task['num_splits'] != 1 else ''} of {task['num_train']} "
+            f"train / {task['num_test']} test rows",
         ),
         (
             "protocol",
-            f"one hidden layer of {protocol['hidden_units']} ReLU units, batch {protocol['batch_size']}, "
-            f"{protocol['optimizer']}; validation {100 * protocol['validation_fraction']:.0f}% of each "
-            f"training split; {protocol['standardization']}",
+            f"{network}, batch {protocol['batch_size']}, {protocol['optimizer']}; validation "
+            f"{100 * protocol['validation_fraction']:.0f}% of each training split; "
+            f"{protocol['standardization']}",
         ),
     ]
+    facts += [(f"OOD set {name}", text) for name, text in task.get("ood_sets", {}).items()]
+    return facts
 
 
 def write_regression_report(results: Mapping[str, Any], run_dir: str | os.PathLike) -> dict[str, Any]:
@@ -216,7 +260,7 @@ def write_regression_report(results: Mapping[str, Any], run_dir: str | os.PathLi
     ]
     figure_paths = []
     for name, task in results["tasks"].items():
-        rows = regression_rows(task)
+        rows, header = regression_rows(task), regression_header(task)
         png = plots.figure_png(plots.coverage_figure(name, task, colors))
         file_name = f"{plots._slug(name)}_coverage.png"
         path = run_dir / "figures" / file_name
@@ -230,14 +274,15 @@ def write_regression_report(results: Mapping[str, Any], run_dir: str | os.PathLi
         md += [f"- **{label}**: {_report._md(text)}" for label, text in _facts(task)]
         md += [
             "",
-            _markdown_table(rows),
+            _markdown_table(header, rows),
             "",
             _report._md(_LEGEND),
+            *_report._markdown_not_applicable(task),
             "",
             f"![interval coverage](figures/{file_name})",
         ]
         md += ["", f"*{_report._md(caption)}*"]
-        head = "".join(f"<th>{html.escape(h)}</th>" for h in _HEADER)
+        head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
         trs = "".join(
             "<tr>" + "".join(f'<td class="num">{html.escape(c)}</td>' for c in row) + "</tr>" for row in rows
         )
@@ -249,6 +294,7 @@ def write_regression_report(results: Mapping[str, Any], run_dir: str | os.PathLi
             f'<dl class="facts">{facts}</dl>',
             f'<div class="wide"><table><thead><tr>{head}</tr></thead><tbody>{trs}</tbody></table></div>',
             f'<p class="legend">{html.escape(_LEGEND)}</p>',
+            *_report._html_not_applicable(task),
             f'<figure><img src="data:image/png;base64,{data}" alt="interval coverage">'
             f"<figcaption>{html.escape(caption)}</figcaption></figure>",
         ]

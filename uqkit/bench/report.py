@@ -48,6 +48,7 @@ __all__ = [
     "is_regression_task",
     "leaderboard_markdown",
     "method_order",
+    "not_applicable_lines",
     "schema_key_paths",
     "validate_results",
     "write_report",
@@ -228,7 +229,11 @@ _REGRESSION_METHOD_KEYS: dict[str, Any] = {
         "validation_nll": ListOf(ListOf(Number())),
     },
     "coverage_curve": {"expected": ListOf(FRACTION), "observed": ListOf(FRACTION)},
+    "ood": NotRequired(MapOf({"total": _OOD_SCORES, "epistemic": _OOD_SCORES})),
 }
+
+_NOT_APPLICABLE = NotRequired(MapOf(str))
+"""Methods of the run that could not be built on the task's model (the user's), name -> reason."""
 
 REGRESSION_TASK_KEYS: dict[str, Any] = {
     "kind": str,
@@ -240,13 +245,16 @@ REGRESSION_TASK_KEYS: dict[str, Any] = {
     "num_train": int,
     "num_test": int,
     "protocol": {
-        "hidden_units": int,
+        "hidden_units": Nullable(int),
+        "model": NotRequired(str),
         "batch_size": int,
         "optimizer": str,
         "validation_fraction": FRACTION,
         "standardization": str,
     },
     "published": MapOf({"nll": Nullable(ListOf(Number())), "rmse": Nullable(ListOf(Number()))}),
+    "ood_sets": NotRequired(MapOf(str)),
+    "not_applicable": _NOT_APPLICABLE,
     "methods": MapOf(_REGRESSION_METHOD_KEYS, min_items=1),
 }
 """The layout of a regression task (``tasks.<task>.kind == "regression"``) in ``results.json`` version 1.
@@ -298,6 +306,7 @@ REQUIRED_KEYS: dict[str, Any] = {
                 ),
                 "ood_sets": MapOf(str),
                 "shift": Nullable({"name": str, "unit": str, "values": ListOf(Number(nullable=False))}),
+                "not_applicable": _NOT_APPLICABLE,
                 "methods": MapOf(_METHOD_KEYS, min_items=1),
             },
             {"regression": REGRESSION_TASK_KEYS},
@@ -430,11 +439,24 @@ def _regression_run(results: Mapping[str, Any]) -> bool:
     return kinds == {True}
 
 
+def _check_ood_names(task: Mapping[str, Any], method: Mapping[str, Any], task_path: str, path: str) -> None:
+    """A method's ``ood`` names exactly the task's ``ood_sets``."""
+    for ood_name in task.get("ood_sets", {}):
+        if ood_name not in method.get("ood", {}):
+            raise ValueError(f"{path}.ood: missing key {ood_name!r} (listed in {task_path}.ood_sets)")
+    for ood_name in method.get("ood", {}):
+        if ood_name not in task.get("ood_sets", {}):
+            raise ValueError(
+                f"{path}.ood: unexpected OOD set {ood_name!r}, not listed in {task_path}.ood_sets"
+            )
+
+
 def _check_regression_consistency(task: Mapping[str, Any], task_path: str) -> None:
-    """Per-split lists hold one value per split; the coverage curve's lists pair up."""
+    """Per-split lists hold one value per split; the coverage curve's lists pair up; OOD sets agree."""
     splits = task["num_splits"]
     for method_name, method in task["methods"].items():
         path = f"{task_path}.methods[{method_name!r}]"
+        _check_ood_names(task, method, task_path, path)
         for key, values in method["per_split"].items():
             if values is not None and len(values) != splits:
                 raise ValueError(
@@ -457,14 +479,7 @@ def _check_consistency(results: Mapping[str, Any]) -> None:
             continue
         for method_name, method in task["methods"].items():
             path = f"{task_path}.methods[{method_name!r}]"
-            for ood_name in task["ood_sets"]:
-                if ood_name not in method["ood"]:
-                    raise ValueError(f"{path}.ood: missing key {ood_name!r} (listed in {task_path}.ood_sets)")
-            for ood_name in method["ood"]:
-                if ood_name not in task["ood_sets"]:
-                    raise ValueError(
-                        f"{path}.ood: unexpected OOD set {ood_name!r}, not listed in {task_path}.ood_sets"
-                    )
+            _check_ood_names(task, method, task_path, path)
             if (task["shift"] is None) != (method["shift"] is None):
                 expected = "null" if task["shift"] is None else "an object"
                 state = "null" if task["shift"] is None else "not null"
@@ -775,11 +790,22 @@ def _text_table(board: Leaderboard) -> str:
     return "\n".join([title, line(header), rule, *map(line, body), *legend])
 
 
+def not_applicable_lines(task: Mapping[str, Any]) -> list[str]:
+    """``method: not applicable: reason`` for each method the task's model could not take (none: ``[]``)."""
+    return [f"{name}: not applicable: {reason}" for name, reason in task.get("not_applicable", {}).items()]
+
+
+def _text_board(results: Mapping[str, Any], name: str) -> str:
+    lines = not_applicable_lines(results["tasks"][name])
+    return "\n".join([_text_table(_build_leaderboard(results, name)), *lines])
+
+
 def format_leaderboard(results: Mapping[str, Any], task: str | None = None) -> str:
     """Fixed-width text leaderboards for the terminal, one per task (see :func:`build_leaderboard`).
 
     Numbers are right-aligned; the best value of each quality column carries a ``*``; undefined values
-    show as ``—``.
+    show as ``—``. Methods that could not be built on the task's model follow the table, one line each with
+    the reason (:func:`not_applicable_lines`).
 
     Args:
         results: a valid results dict.
@@ -793,7 +819,7 @@ def format_leaderboard(results: Mapping[str, Any], task: str | None = None) -> s
         from uqkit.bench.regression_report import format_regression_tables
 
         return format_regression_tables(results)
-    return "\n\n".join(_text_table(_build_leaderboard(results, name)) for name in _task_names(results, task))
+    return "\n\n".join(_text_board(results, name) for name in _task_names(results, task))
 
 
 _MARKDOWN_SPECIAL = re.compile(r"([\\`*\[\]<>|#{}&])")
@@ -975,6 +1001,7 @@ def _markdown_report(results: Mapping[str, Any], figures: Sequence[_RenderedFigu
         lines += ["", f"## Task {_md(task_name)}", "", _md(task["description"]), ""]
         lines += [f"- **{_md(label)}**: {_md(text)}" for label, text in _task_facts(task)]
         lines += ["", "### Leaderboard", "", _markdown_board(_build_leaderboard(results, task_name))]
+        lines += _markdown_not_applicable(task)
         method_rows = _methods_rows(task)
         if method_rows:
             lines += ["", "### Methods", "", "| method | S | description |", "|:---|---:|:---|"]
@@ -986,6 +1013,19 @@ def _markdown_report(results: Mapping[str, Any], figures: Sequence[_RenderedFigu
             alt = _md(figure.caption.split(":")[0])
             lines += ["", f"![{alt}](figures/{figure.file_name})", "", f"*{_md(figure.caption)}*"]
     return "\n".join(lines) + "\n"
+
+
+def _markdown_not_applicable(task: Mapping[str, Any]) -> list[str]:
+    """A "Not applicable" section (Markdown lines) listing the methods the model could not take, or ``[]``."""
+    lines = not_applicable_lines(task)
+    return ["", "### Not applicable", "", *(f"- {_md(line)}" for line in lines)] if lines else []
+
+
+def _html_not_applicable(task: Mapping[str, Any]) -> list[str]:
+    """The "Not applicable" section as HTML, or ``[]``."""
+    lines = not_applicable_lines(task)
+    items = "".join(f"<li>{html.escape(line)}</li>" for line in lines)
+    return ["<h3>Not applicable</h3>", f"<ul>{items}</ul>"] if lines else []
 
 
 _CSS = """
@@ -1037,6 +1077,7 @@ def _html_report(results: Mapping[str, Any], figures: Sequence[_RenderedFigure])
             "<h3>Leaderboard</h3>",
             f'<div class="wide">{_html_table(board)}</div>',
             f'<p class="legend">Best value per column in bold. {esc(_legend(board))}</p>',
+            *_html_not_applicable(task),
         ]
         method_rows = _methods_rows(task)
         if method_rows:

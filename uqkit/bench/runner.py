@@ -9,6 +9,10 @@ Layout of a run directory::
     results.json                     everything, schema in docs/results-schema.md
     report.md, report.html, figures/
 
+A user's data and model (``uqkit bench --data PATH --model MODULE:FACTORY``) are one more task
+(:func:`uqkit.bench.user_task.build_user_task`), checked and probed for the methods that apply to the model
+(:mod:`uqkit.bench.applicability`) before the run directory is touched; the rest is the same run.
+
 A method is finished once its JSON is written (atomically); ``--resume`` skips finished methods, continues a
 method from its last epoch checkpoint, and never loses a finished result. A truncated or garbled file (a
 disk filled up, a copy cut short) is reported by name and moved aside to ``<name>.corrupt``, never deleted;
@@ -34,9 +38,11 @@ import torch
 import uqkit
 from uqkit.bench._atomic import CorruptFileError, atomic_write, read_json, set_aside
 from uqkit.bench.evaluate import evaluate_method
+from uqkit.bench.likelihoods import likelihood_of
+from uqkit.bench.models import MODEL_BUILDERS
 from uqkit.bench.registry import METHODS, Method, MethodContext, build_method, methods_for_task
 from uqkit.bench.report import SCHEMA_VERSION
-from uqkit.bench.tasks import TASKS, Task, build_task
+from uqkit.bench.tasks import TASKS, Task, TaskInfo, build_task
 from uqkit.bench.trainer import (
     TrainConfig,
     TrainResult,
@@ -44,6 +50,7 @@ from uqkit.bench.trainer import (
     load_checkpoint,
     train_method,
 )
+from uqkit.bench.user_model import is_factory_spec
 
 __all__ = ["BenchConfig", "RunConfigMismatchError", "environment", "run_bench"]
 
@@ -71,11 +78,21 @@ class BenchConfig:
     resume: bool = False
     progress: bool = True
     command: str = ""
+    data: Path | None = None
+    target: str | None = None
+    ood: Path | None = None
+    kind: str | None = None
 
     def identity(self) -> dict[str, Any]:
-        """The fields that must match between a run and its resumption."""
+        """The fields that must match between a run and its resumption (with ``--data``: the data, its
+        target, OOD set and kind too)."""
         keys = ("tasks", "methods", "model", "epochs", "batch_size", "learning_rate", "seed", "quick")
-        return {key: getattr(self, key) for key in keys}
+        identity = {key: getattr(self, key) for key in keys}
+        if self.data is not None:
+            identity["data"] = str(Path(self.data).resolve())
+            identity["ood"] = None if self.ood is None else str(Path(self.ood).resolve())
+            identity.update(target=self.target, kind=self.kind)
+        return identity
 
 
 def environment(device: str) -> dict[str, Any]:
@@ -127,8 +144,27 @@ def _clean(value: Any) -> Any:
     return value
 
 
+def _check_user_config(config: BenchConfig) -> None:
+    """The options of a run on the user's data (``--data``)."""
+    model = config.model
+    if model is not None and not is_factory_spec(model) and model not in MODEL_BUILDERS:
+        raise ValueError(
+            f"--model: expected MODULE:FACTORY, path/to/file.py:FACTORY or a backbone "
+            f"({', '.join(sorted(MODEL_BUILDERS))}), got {model!r}"
+        )
+    for method in config.methods or []:
+        if method not in METHODS:
+            raise ValueError(f"--methods: unknown method {method!r}; known: {', '.join(METHODS)}")
+
+
 def _check_config(config: BenchConfig) -> None:
-    for task in config.tasks:
+    if config.data is None and is_factory_spec(config.model):
+        raise ValueError(f"--model {config.model}: a model factory runs on your own data; add --data PATH")
+    if config.data is None and (config.target, config.ood, config.kind) != (None, None, None):
+        raise ValueError("--target, --ood and --kind describe your own data; add --data PATH")
+    if config.data is not None:
+        _check_user_config(config)
+    for task in config.tasks if config.data is None else []:
         if task not in TASKS:
             raise ValueError(f"--task: expected one of {', '.join(TASKS)}, got {task!r}")
         if config.model is not None and config.model not in TASKS[task].models:
@@ -183,8 +219,7 @@ def _prepare_run_dir(out: Path, identity: dict[str, Any], resume: bool, command:
         )
 
 
-def _train_config(config: BenchConfig, task_name: str) -> TrainConfig:
-    info = TASKS[task_name]
+def _train_config(config: BenchConfig, info: TaskInfo) -> TrainConfig:
     default_epochs = info.quick_epochs if config.quick else info.epochs
     return TrainConfig(
         epochs=config.epochs if config.epochs is not None else default_epochs,
@@ -262,6 +297,7 @@ def _run_method(
     )
     torch.manual_seed(config.seed)
     method = build_method(method_name, context)
+    method.use_likelihood(likelihood_of(task.kind))
     method_config = _method_train_config(method, train_config)
     model_path = run / "models" / task.name / f"{method_name}.pt"
     history: list[dict[str, float]]
@@ -311,7 +347,43 @@ def _run_method(
     block["selected_epochs"] = selected  # per part (one, or one per ensemble member): best validation NLL
     block["learning_rate_schedule"] = method_config.schedule
     block["description"] = METHODS[method_name].description
+    if task.kind == "regression":
+        from uqkit.bench.evaluate_regression import regression_training_fields
+
+        fraction = len(task.val) / (len(task.train) + len(task.val))
+        epochs, rate = method_config.epochs, method_config.learning_rate
+        regression_training_fields(block, history, selected, rate, epochs, fraction)
     return _clean(block)
+
+
+def _regression_header(task: Task, train_config: TrainConfig) -> dict[str, Any]:
+    """The block of a regression task (the user's data) in the layout of the UCI tasks, with one split."""
+    num_rows = len(task.train) + len(task.val) + len(task.test)
+    return {
+        "kind": "regression",
+        "description": task.description,
+        "source": task.source,
+        "num_rows": num_rows,
+        "num_features": int(torch.Size(task.input_shape).numel()),
+        "num_splits": 1,
+        "num_train": len(task.train),
+        "num_val": len(task.val),
+        "num_test": len(task.test),
+        "num_targets": task.num_classes // 2,
+        "input_shape": list(task.input_shape),
+        "protocol": {
+            "hidden_units": None,
+            "model": task.model,
+            "batch_size": train_config.batch_size,
+            "optimizer": "Adam",
+            "validation_fraction": len(task.val) / (len(task.train) + len(task.val)),
+            "standardization": "table inputs and the targets standardised with the training split's mean and "
+            "std; metrics in the targets' units",
+        },
+        "published": {},
+        "ood_sets": {name: ood.description for name, ood in task.ood_sets.items()},
+        "methods": {},
+    }
 
 
 def _task_header(task: Task) -> dict[str, Any]:
@@ -333,9 +405,54 @@ def _task_header(task: Task) -> dict[str, Any]:
     }
 
 
+def _method_names(config: BenchConfig, task_name: str) -> list[str]:
+    """The methods of the run on a task: ``--methods``, else every method that applies to it (every
+    classification-suite method for the user's data)."""
+    if config.methods:
+        return list(config.methods)
+    if config.data is not None:
+        return [name for name, entry in METHODS.items() if entry.tasks is None]
+    return methods_for_task(task_name)
+
+
+def _user_task(config: BenchConfig, log: Callable[[str], None]) -> tuple[Task, TaskInfo, dict[str, str]]:
+    """The user's task (``--data``), its training defaults and ``{method: reason}`` for the methods that do
+    not apply to its model; every check made before anything is trained or written.
+
+    Raises:
+        UserDataError, ValueError: bad data or model (naming the file or ``--model``), or a model on which no
+            method of the run can be built.
+    """
+    from uqkit.bench.applicability import probe_methods
+    from uqkit.bench.user_task import USER_TASK_INFO, build_user_task
+
+    log(f"[uqkit] checking {config.data} and the model {config.model or 'mlp'}")
+    task = build_user_task(config.data, config.model, config.target, config.ood, config.kind, config.seed)
+    train_config = _train_config(config, USER_TASK_INFO)
+    context = MethodContext(
+        task.input_shape, task.num_classes, task.model, len(task.train), task.name, train_config.batch_size
+    )
+    names = _method_names(config, task.name)
+    not_applicable = probe_methods(names, task, context, config.seed)
+    for name, reason in not_applicable.items():
+        log(f"[uqkit] {name}: not applicable: {reason}")
+    if len(not_applicable) == len(names):
+        raise ValueError(
+            f"--model {task.model}: no method of the run can be built on it (see the reasons above)"
+        )
+    return task, USER_TASK_INFO, not_applicable
+
+
 def run_bench(config: BenchConfig, log=print) -> dict[str, Any]:
-    """Run the suite described by ``config``; returns the results dict also written to results.json."""
+    """Run the suite described by ``config``; returns the results dict also written to results.json.
+
+    With ``config.data`` the one task is the user's data and model; it is checked, and the methods that
+    cannot be built on the model are found, before the run directory is written.
+    """
     _check_config(config)
+    user = _user_task(config, log) if config.data is not None else None
+    if user is not None:
+        config = replace(config, tasks=[user[0].name])
     config.out.mkdir(parents=True, exist_ok=True)
     _prepare_run_dir(config.out, config.identity(), config.resume, config.command)
     results: dict[str, Any] = {
@@ -351,11 +468,18 @@ def run_bench(config: BenchConfig, log=print) -> dict[str, Any]:
         "tasks": {},
     }
     results["config"].pop("progress")
+    for key in ("data", "target", "ood", "kind"):
+        if results["config"][key] is None:
+            results["config"].pop(key)
     for task_name in config.tasks:
-        log(f"[uqkit] building task {task_name}{' (quick)' if config.quick else ''}")
-        task = build_task(task_name, config.model, quick=config.quick, seed=config.seed)
-        header = _task_header(task)
-        train_config = _train_config(config, task_name)
+        if user is not None:
+            task, info, not_applicable = user
+        else:
+            log(f"[uqkit] building task {task_name}{' (quick)' if config.quick else ''}")
+            task = build_task(task_name, config.model, quick=config.quick, seed=config.seed)
+            info, not_applicable = TASKS[task_name], {}
+        train_config = _train_config(config, info)
+        header = _regression_header(task, train_config) if task.kind == "regression" else _task_header(task)
         header["training"] = {
             "epochs": train_config.epochs,
             "batch_size": train_config.batch_size,
@@ -363,7 +487,9 @@ def run_bench(config: BenchConfig, log=print) -> dict[str, Any]:
             "schedule": train_config.schedule,
             "optimizer": "Adam",
         }
-        names = config.methods or methods_for_task(task_name)
+        if user is not None:
+            header["not_applicable"] = not_applicable
+        names = [name for name in _method_names(config, task_name) if name not in not_applicable]
         for index, method_name in enumerate(names, start=1):
             done_path = config.out / "methods" / task_name / f"{method_name}.json"
             block = _read_or_set_aside(done_path, read_json, f"evaluating {method_name} again", log)

@@ -40,18 +40,28 @@ class Shift:
 
 @dataclass(frozen=True)
 class Task:
-    """A fully built task: data splits (already standardised), OOD sets, shift and training defaults."""
+    """A fully built task: data splits (already standardised), OOD sets, shift and training defaults.
+
+    ``kind`` is ``"classification"`` (``num_classes`` logits, labels in :class:`uqkit.data.LabeledData`) or
+    ``"regression"`` (a user's data, :mod:`uqkit.bench.user_task`: ``[N, D]`` targets standardised with the
+    training split's ``target_mean`` and ``target_std`` in :class:`uqkit.data.RegressionData`;
+    ``num_classes`` is then the network's output width, ``2 D``). ``source`` names the data's file or folder.
+    """
 
     name: str
     description: str
     num_classes: int
     input_shape: tuple[int, ...]
-    train: data.LabeledData
-    val: data.LabeledData
-    test: data.LabeledData
+    train: data.LabeledData | data.RegressionData
+    val: data.LabeledData | data.RegressionData
+    test: data.LabeledData | data.RegressionData
     model: str
     ood_sets: dict[str, OODSet] = field(default_factory=dict)
     shift: Shift | None = None
+    kind: str = "classification"
+    target_mean: torch.Tensor | None = None
+    target_std: torch.Tensor | None = None
+    source: str = ""
 
 
 @dataclass(frozen=True)
@@ -66,7 +76,7 @@ class TaskInfo:
     epochs: int
     batch_size: int
     learning_rate: float
-    builder: Callable[[str, bool, int], Task]
+    builder: Callable[[str, bool, int], Task] | None  # None: built from files (uqkit.bench.user_task)
     quick_epochs: int = 1
     schedule: str = "constant"
 

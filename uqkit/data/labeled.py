@@ -10,7 +10,7 @@ import torch
 from uqkit._validation import check_labels, check_tensor, check_unit_interval
 from uqkit.data._common import check_seed
 
-__all__ = ["LabeledData", "train_val_split"]
+__all__ = ["LabeledData", "RegressionData", "train_val_split"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -54,6 +54,39 @@ class LabeledData:
             f"LabeledData(inputs={tuple(self.inputs.shape)} {self.inputs.dtype}, "
             f"labels={tuple(self.labels.shape)} {self.labels.dtype})"
         )
+
+
+@dataclass(frozen=True, eq=False)
+class RegressionData:
+    """Inputs and their real-valued targets, one row per example.
+
+    The targets are in ``labels`` (the name :class:`LabeledData` uses), so that the benchmark's trainer and
+    runner read both kinds of data alike.
+
+    Args:
+        inputs: ``[N, ...]`` floating-point inputs.
+        labels: ``[N, D]`` floating-point targets.
+    """
+
+    inputs: torch.Tensor
+    labels: torch.Tensor
+
+    def __post_init__(self) -> None:
+        for name in ("inputs", "labels"):
+            value = check_tensor(getattr(self, name), name)
+            if not value.is_floating_point() or value.ndim == 0:
+                shape = list(value.shape)
+                raise TypeError(
+                    f"{name}: expected a floating-point tensor [N, ...], got {value.dtype} {shape}"
+                )
+        if self.labels.ndim != 2 or self.labels.shape[0] != self.inputs.shape[0]:
+            raise ValueError(
+                f"labels: expected [N, D] targets with N = {self.inputs.shape[0]}, got shape "
+                f"{list(self.labels.shape)}"
+            )
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
 
 
 def check_labeled_data(data: Any, name: str = "data") -> LabeledData:
