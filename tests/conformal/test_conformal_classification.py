@@ -383,3 +383,24 @@ def test_fit_and_predict_reject_malformed_inputs():
     # the generator is checked even where the variant draws nothing
     with pytest.raises(TypeError, match="generator"):
         SplitConformalClassifier("lac").fit(probs, labels, generator="seed")
+
+
+def test_randomized_lac_only_thins_the_last_step_below_the_threshold():
+    """With distinct scores, the smoothed sets are the plain LAC sets except for the classes whose score lies
+    in (s_(k-1), s_(k)], kept with probability 1 - frac(alpha (n + 1))."""
+    probs, labels = _problem(20000, 5, seed=23)
+    n = 24  # alpha (n + 1) = 2.5: k = 23, the band is kept with probability 0.5
+    plain = SplitConformalClassifier("lac", ALPHA).fit(probs[:n], labels[:n])
+    smoothed = SplitConformalClassifier("lac", ALPHA, randomized=True).fit(probs[:n], labels[:n])
+    test = probs[n:]
+    kept, full = smoothed.predict(test, generator=_generator(24)), plain.predict(test)
+    assert bool((full | ~kept).all())  # smoothed sets inside the plain ones
+    ordered = plain.calibration_scores_
+    scores = 1 - test
+    band = (scores > ordered[21]) & (scores <= ordered[22])
+    assert torch.equal(full & ~band, kept & ~band)  # equal outside the band
+    # one draw u per example: the band classes of an example are kept together, with probability 0.5
+    rows = band.any(dim=1)
+    kept_rows = (kept & band).any(dim=1)[rows]
+    assert torch.equal(kept_rows, (kept & band).sum(1)[rows] == band.sum(1)[rows])
+    assert abs(float(kept_rows.double().mean()) - 0.5) < 4 * (0.25 / int(rows.sum())) ** 0.5
