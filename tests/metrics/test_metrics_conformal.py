@@ -88,7 +88,7 @@ def test_interval_width_is_the_mean_width(shape):
 @pytest.mark.parametrize(
     ("sets", "labels", "error", "match"),
     [
-        (torch.ones(4, 3), torch.zeros(4, dtype=torch.long), TypeError, "sets: expected a torch.bool mask"),
+        (torch.ones(4, 3), torch.zeros(4, dtype=torch.long), TypeError, "sets: expected a bool tensor"),
         (
             torch.ones(4, dtype=torch.bool),
             torch.zeros(4, dtype=torch.long),
@@ -131,7 +131,7 @@ def test_set_metrics_reject_malformed_inputs(sets, labels, error, match):
 
 
 def test_set_size_rejects_malformed_sets():
-    with pytest.raises(TypeError, match=r"sets: expected a torch\.bool mask"):
+    with pytest.raises(TypeError, match=r"sets: expected a bool tensor \[batch, classes\]"):
         set_size(torch.zeros(3, 2, dtype=torch.long))
     with pytest.raises(TypeError, match=r"sets: expected a torch\.Tensor"):
         set_size([[True, False]])

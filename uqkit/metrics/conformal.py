@@ -12,8 +12,8 @@ from typing import Any
 
 import torch
 
-from uqkit._validation import check_labels, check_ndim, check_tensor
-from uqkit.metrics._inputs import check_regression_inputs, check_same_device
+from uqkit._validation import check_labels, check_tensor
+from uqkit.metrics._inputs import check_bool_mask, check_regression_inputs, check_same_device
 
 __all__ = [
     "SetSize",
@@ -26,13 +26,7 @@ __all__ = [
 
 
 def _check_sets(sets: Any, name: str = "sets") -> torch.Tensor:
-    sets = check_tensor(sets, name)
-    if sets.dtype != torch.bool:
-        raise TypeError(
-            f"{name}: expected a torch.bool mask [batch, classes] (True for the classes in each set), got "
-            f"dtype {sets.dtype}"
-        )
-    check_ndim(sets, name, 2, "[batch, classes]")
+    sets = check_bool_mask(sets, name, 2, "[batch, classes]", "True for the classes in each set")
     if sets.shape[0] == 0 or sets.shape[1] == 0:
         raise ValueError(
             f"{name}: expected at least one example and one class, got shape {tuple(sets.shape)}"
