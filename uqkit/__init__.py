@@ -1,6 +1,6 @@
 """uqkit: trustworthy uncertainty for PyTorch models at close to the cost of one model."""
 
-from uqkit import calibration, data, metrics, nn
+from uqkit import calibration, conformal, data, metrics, nn
 from uqkit.methods.convert import (
     BatchEnsembleConfig,
     FlipoutConfig,
@@ -31,6 +31,7 @@ __all__ = [
     "__version__",
     "bayesianize_",
     "calibration",
+    "conformal",
     "data",
     "gaussian_nll_loss",
     "kl_divergence",

@@ -19,6 +19,7 @@ from uqkit._validation import (
 )
 
 __all__ = [
+    "check_bool_mask",
     "check_correct",
     "check_probs_and_labels",
     "check_regression_inputs",
@@ -52,15 +53,19 @@ def check_scores(value: Any, name: str) -> torch.Tensor:
     return value.detach()
 
 
+def check_bool_mask(value: Any, name: str, ndim: int, layout: str, meaning: str) -> torch.Tensor:
+    """Check a ``torch.bool`` tensor of ``ndim`` dimensions (``layout`` names them; ``meaning`` says what
+    ``True`` means, for the error message)."""
+    value = check_tensor(value, name)
+    if value.dtype != torch.bool:
+        raise TypeError(f"{name}: expected a bool tensor {layout} ({meaning}), got dtype {value.dtype}")
+    check_ndim(value, name, ndim, layout)
+    return value
+
+
 def check_correct(correct: Any, length: int, name: str = "correct") -> torch.Tensor:
     """Check a 1-D ``torch.bool`` tensor of ``length`` entries (``True`` where the prediction is right)."""
-    correct = check_tensor(correct, name)
-    if correct.dtype != torch.bool:
-        raise TypeError(
-            f"{name}: expected a bool tensor (True where the prediction is correct), "
-            f"got dtype {correct.dtype}"
-        )
-    check_ndim(correct, name, 1, "[batch]")
+    correct = check_bool_mask(correct, name, 1, "[batch]", "True where the prediction is correct")
     if correct.shape[0] != length:
         raise ValueError(f"{name}: expected {length} entries (one per example), got {correct.shape[0]}")
     return correct
