@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import uqkit
 from uqkit.methods.laplace import LastLayerLaplace
+from uqkit.methods.laplace_curvature import softmax_variances
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -442,3 +443,55 @@ def test_hugging_face_classifier_equals_a_laplace_on_its_features(tiny_hf):
     assert torch.allclose(la.prior_precision, reference.prior_precision, rtol=1e-8)
     assert torch.allclose(prediction.probs, uqkit.predict(reference, features[0]).probs, rtol=1e-8)
     assert model.training is False and prediction.logits.shape == (1, 12, 3)
+
+
+def test_softmax_variances_keep_the_digits_of_confident_predictions():
+    logits = torch.tensor([[12.0, 0.0, -1.0], [0.5, 0.0, -0.5], [-3.0, 14.0, 2.0]])
+    exact = torch.softmax(logits.double(), -1)
+    exact = exact * (1 - exact)
+    probs = torch.softmax(logits, -1)
+    error = ((softmax_variances(probs).double() - exact).abs() / exact).max()
+    naive = (((probs - probs.square()).double() - exact).abs() / exact).max()
+    assert float(error) < 1e-6 < 1e-3 < float(naive)  # p = 1 - 6e-6 keeps 1 - p to 3 digits by subtraction
+
+
+@pytest.mark.parametrize("hessian", ["full", "kron", "diag"])
+def test_float32_curvature_of_a_confident_network_matches_float64(hessian):
+    # a last layer that is 1 - 2.5e-6 sure of every example: logits 14 * one_hot(y) + noise
+    generator = torch.Generator().manual_seed(0)
+    y = torch.randint(0, CLASSES, (200,), generator=generator)
+    x = F.one_hot(y, CLASSES).double() + 0.01 * torch.randn(
+        200, CLASSES, generator=generator, dtype=torch.float64
+    )
+    model = nn.Sequential(nn.Linear(CLASSES, CLASSES))
+    with torch.no_grad():
+        model[0].weight.copy_(14 * torch.eye(CLASSES))
+        model[0].bias.zero_()
+
+    def ggn_diagonal(dtype: torch.dtype) -> torch.Tensor:
+        la = LastLayerLaplace(model.to(dtype), "classification", hessian, prior_precision=1.0)
+        la.fit(x.to(dtype), y)
+        return la.curvature.precision(torch.zeros(1, dtype=dtype))[0].diagonal().double()  # H, no prior
+
+    single, double = ggn_diagonal(torch.float32), ggn_diagonal(torch.float64)
+    # sums of 200 positive terms p (1 - p) phi^2 (times A for "kron"): float32 keeps each to about 200 eps;
+    # p (1 - p) as p - p^2 keeps 1 - p = 2.5e-6 to 2 digits, sum_i p - sum_i p^2 to none
+    assert float(((single - double).abs() / double).max()) < 1e-4
+
+
+def test_full_covariance_survives_a_singular_ggn_in_float32():
+    # the softmax GGN is singular (shifting all logits together changes no probability); with a prior
+    # precision 1e-11 of its scale, float32 round-off makes H + delta I indefinite and Cholesky fails
+    model = _mlp(CLASSES).float()
+    x, y = _data("classification")
+    la = LastLayerLaplace(model, "classification", "full", prior_precision=1e-9).fit(x.float(), y)
+    _, info = torch.linalg.cholesky_ex(la.curvature.precision(la.prior_precision.float()))
+    assert bool((info > 0).all())
+    _, cov = la.linearized_outputs(x[:4].float())
+    values = torch.linalg.eigvalsh(cov.double())  # positive semi-definite up to float32 round-off
+    assert bool(torch.isfinite(cov).all()) and bool((values >= -1e-5 * values.amax(-1, keepdim=True)).all())
+    # the shift of all logits has variance ~ 1 / delta: the probit predictive is uniform
+    assert torch.allclose(
+        uqkit.predict(la, x[:4].float()).probs, torch.full((4, CLASSES), 1 / CLASSES), atol=1e-3
+    )
+    assert uqkit.predict(la, x[:4].float(), num_samples=16).logits.isfinite().all()
