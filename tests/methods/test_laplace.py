@@ -209,11 +209,8 @@ def test_regression_predictive_variance_is_model_variance_plus_noise(hessian):
     jac, f = _jacobians(model, x_test)
     model_variance = (jac @ covariance @ jac.mT).diagonal(dim1=1, dim2=2)
     prediction = uqkit.predict(la, x_test)
-    assert isinstance(prediction, uqkit.GaussianPrediction) and prediction.sample_mean.shape == (
-        1,
-        6,
-        OUTPUTS,
-    )
+    assert isinstance(prediction, uqkit.GaussianPrediction)
+    assert prediction.sample_mean.shape == (1, 6, OUTPUTS)
     assert torch.allclose(prediction.mean, f, rtol=1e-12)
     assert torch.allclose(prediction.variance, model_variance + 0.49, rtol=1e-10)
     # Monte Carlo: the sampled means carry the model's variance (epistemic), the noise stays aleatoric

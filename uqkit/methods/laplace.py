@@ -702,30 +702,22 @@ class LastLayerLaplace(nn.Module):
         with _evaluating(self.model):
             features, outputs = self._features(inputs, kwargs, output)
             delta = self.prior_precision.to(outputs.dtype)
+            draws = None  # standard normal draws for Monte Carlo: [M, S / M, B, outputs]
+            if not closed_form:
+                shape = (members, per_member, *outputs.shape[1:])
+                draws = torch.randn(shape, generator=generator, dtype=outputs.dtype, device=outputs.device)
             if self.likelihood == "regression":
                 variance = curvature.variance(features, delta).expand(-1, -1, self.num_outputs)
                 noise = self.sigma.to(outputs.dtype).square()[:, None, None].expand_as(outputs)
-                if closed_form:
+                if draws is None:
                     return GaussianPrediction(outputs, variance + noise)
-                draws = torch.randn(
-                    (members, per_member, *outputs.shape[1:]),
-                    generator=generator,
-                    dtype=outputs.dtype,
-                    device=outputs.device,
-                )
                 means = outputs[:, None] + variance.sqrt()[:, None] * draws
                 noise = noise[:, None].expand_as(means)
                 return GaussianPrediction(means.flatten(0, 1), noise.flatten(0, 1))
-            if closed_form:
+            if draws is None:
                 variance = curvature.variance(features, delta)
                 return Prediction((outputs / (1 + math.pi / 8 * variance).sqrt()).log_softmax(dim=-1))
             factor = _covariance_factor(curvature.covariance(features, delta))  # [M, B, C, C]
-            draws = torch.randn(
-                (members, per_member, *outputs.shape[1:]),
-                generator=generator,
-                dtype=outputs.dtype,
-                device=outputs.device,
-            )
             logits = outputs[:, None] + torch.einsum("mbck,msbk->msbc", factor, draws)
             return Prediction(logits.flatten(0, 1))
 
