@@ -16,3 +16,10 @@ if ! "$VENV_PY" -c "import torch, sys; sys.exit(0 if torch.__version__.startswit
 fi
 echo "[uqkit] installing uqkit[$_uqkit_extras]"
 "$VENV_PY" -m pip install --quiet --disable-pip-version-check -e "$_uqkit_root[$_uqkit_extras]"
+case ",$_uqkit_extras," in
+    *,dev,*)  # test oracles, --no-deps: their torchvision requirement would pull another torch build
+        echo "[uqkit] installing the test oracles (requirements-oracles.txt, --no-deps)"
+        "$VENV_PY" -m pip install --quiet --disable-pip-version-check --no-deps \
+            -r "$_uqkit_root/requirements-oracles.txt"
+        ;;
+esac

@@ -9,6 +9,7 @@ from uqkit.methods.convert import (
     bayesianize_,
 )
 from uqkit.methods.ensemble import DeepEnsemble
+from uqkit.methods.laplace import LastLayerLaplace
 from uqkit.methods.mimo import MIMO
 from uqkit.methods.predict import predict
 from uqkit.methods.sngp import SNGP
@@ -26,6 +27,7 @@ __all__ = [
     "FlipoutConfig",
     "GaussianConfig",
     "GaussianPrediction",
+    "LastLayerLaplace",
     "Prediction",
     "Rank1Config",
     "__version__",

@@ -10,6 +10,7 @@ from uqkit.methods.convert import (
     register_conversion,
 )
 from uqkit.methods.ensemble import DeepEnsemble, register_vectorization, vmap_vectorization
+from uqkit.methods.laplace import LastLayerLaplace
 from uqkit.methods.mimo import MIMO
 from uqkit.methods.predict import predict
 from uqkit.methods.sngp import SNGP
@@ -22,6 +23,7 @@ __all__ = [
     "DeepEnsemble",
     "FlipoutConfig",
     "GaussianConfig",
+    "LastLayerLaplace",
     "Rank1Config",
     "bayesianize_",
     "predict",

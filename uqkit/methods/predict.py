@@ -34,6 +34,11 @@ families: each family declares what it is through a small protocol, read off the
    :class:`~uqkit.GaussianPrediction`), or a tuple or list whose first element is the logits. ``output=``
    takes a callable that maps anything else to one of these.
 
+5. *Own predictive* (:data:`PREDICT_METHOD`, e.g. :class:`uqkit.LastLayerLaplace`): a module with a method
+   ``uqkit_predict(*inputs, num_samples=..., output=..., batch_dim=..., samples_per_pass=..., mean_field=...,
+   **kwargs)`` makes its prediction itself; :func:`predict` hands the call over unchanged (the options keep
+   their meaning; that method validates them).
+
 A heteroscedastic head (:class:`uqkit.nn.HeteroscedasticHead`) needs nothing: its forward pass returns the
 log of its Monte Carlo predictive, label noise averaged into one distribution, so the model is a
 deterministic one (``S = 1``, all uncertainty aleatoric) unless other sampling layers make it stochastic.
@@ -74,13 +79,16 @@ from uqkit.nn.flipout import check_example_dims
 from uqkit.nn.members import num_members
 from uqkit.prediction import GaussianPrediction, Prediction
 
-__all__ = ["DEFAULT_NUM_SAMPLES", "NUM_SAMPLES_ATTRIBUTE", "PredictiveHead", "predict"]
+__all__ = ["DEFAULT_NUM_SAMPLES", "NUM_SAMPLES_ATTRIBUTE", "PREDICT_METHOD", "PredictiveHead", "predict"]
 
 DEFAULT_NUM_SAMPLES = 8
 """Samples drawn from a model with sampling layers when neither the call nor the model says how many."""
 
 NUM_SAMPLES_ATTRIBUTE = "uqkit_num_samples"
 """Name of the optional int attribute of a model that sets its default ``num_samples`` for :func:`predict`."""
+
+PREDICT_METHOD = "uqkit_predict"
+"""Name of the method through which a module makes its own prediction (protocol item 5)."""
 
 
 @runtime_checkable
@@ -285,6 +293,10 @@ def predict(
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
+    own_predict = getattr(model, PREDICT_METHOD, None)
+    if callable(own_predict):
+        options = {"output": output, "batch_dim": batch_dim, "samples_per_pass": samples_per_pass}
+        return own_predict(*inputs, num_samples=num_samples, mean_field=mean_field, **options, **kwargs)
     if output is not None and not callable(output):
         raise TypeError(
             f"output: expected a callable mapping the model output to logits, got {_describe(output)}"
