@@ -2,9 +2,10 @@
 
 A method applies when its builder accepts the model (e.g. SNGP and the heteroscedastic head need an
 ``nn.Sequential`` ending with an ``nn.Linear``, MIMO a first ``nn.Linear`` / ``nn.Conv*`` to widen, MC
-dropout an ``nn.Dropout`` to keep on, the Bayesian conversions a layer to convert), when it has a form for
-the task's kind (temperature scaling, SNGP and the heteroscedastic head are classification-only), and when
-its training loss (with a backward pass) and its prediction run on a few training rows. A method that does
+dropout an ``nn.Dropout`` to keep on, the Bayesian conversions a layer to convert, the last-layer Laplace a
+model whose output is its last ``nn.Linear``'s), when it has a form for the task's kind (temperature
+scaling, the Laplace, SNGP and the heteroscedastic head are classification-only), and when its training loss
+(with a backward pass), its post-hoc fit and its prediction run on a few training rows. A method that does
 not apply is recorded, with the reason, in ``results.json`` (``tasks.<task>.not_applicable``), the
 leaderboard and the report, instead of stopping the run.
 """
@@ -56,6 +57,7 @@ def not_applicable_reason(name: str, task: Task, context: MethodContext, seed: i
                 return f"its training loss is not finite ({float(loss)}) on {rows} training rows"
             loss.backward()
             method.eval()
+            method.fit_post_hoc(inputs, labels, (inputs, labels))  # e.g. a Laplace needs an nn.Linear output
             with torch.no_grad():
                 method.predict(inputs)
         except Exception as error:  # the user's model may raise anything: it becomes the reason

@@ -145,8 +145,20 @@ class Method(nn.Module):
         SNGP uses it to reset its precision matrix, so that after training it holds the last epoch's sum.
         """
 
-    def fit_post_hoc(self, inputs: torch.Tensor, labels: torch.Tensor) -> None:
-        """Fit anything that is fitted after training, on the validation split (default: nothing)."""
+    def fit_post_hoc(
+        self,
+        inputs: torch.Tensor,
+        labels: torch.Tensor,
+        train: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> None:
+        """Fit anything that is fitted after training (default: nothing).
+
+        Args:
+            inputs, labels: the validation split (held out from training): what a calibrator is fitted on.
+            train: ``(inputs, labels)`` of the training split the network was trained on, for a method whose
+                post-hoc part is a sum over the training data (the last-layer Laplace's curvature); the
+                runner always passes it, ``None`` where no training data is at hand.
+        """
 
 
 @dataclass(frozen=True)
@@ -221,7 +233,13 @@ class TemperatureScaled(SingleNetwork):
 
         self.scaler = TemperatureScaler()
 
-    def fit_post_hoc(self, inputs: torch.Tensor, labels: torch.Tensor) -> None:
+    def fit_post_hoc(
+        self,
+        inputs: torch.Tensor,
+        labels: torch.Tensor,
+        train: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> None:
+        """Fit the temperature on the validation split (``train`` is not used)."""
         with torch.no_grad():
             logits = self.network(inputs)
         self.scaler.fit(logits, labels)

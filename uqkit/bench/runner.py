@@ -325,7 +325,8 @@ def _run_method(
             selected = result.selected_epochs
         method.to(config.device)
         started = time.perf_counter()
-        method.fit_post_hoc(task.val.inputs.to(config.device), task.val.labels.to(config.device))
+        train = (task.train.inputs.to(config.device), task.train.labels.to(config.device))
+        method.fit_post_hoc(task.val.inputs.to(config.device), task.val.labels.to(config.device), train)
         train_time += time.perf_counter() - started
         atomic_torch_save(
             {
