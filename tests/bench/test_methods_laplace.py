@@ -15,7 +15,7 @@ from torch import nn
 from uqkit import LastLayerLaplace
 from uqkit.bench.applicability import not_applicable_reason
 from uqkit.bench.likelihoods import GAUSSIAN
-from uqkit.bench.methods_posthoc import LaplaceMethod, build_laplace
+from uqkit.bench.methods_posthoc import LAPLACE_HESSIAN, LaplaceMethod, build_laplace
 from uqkit.bench.registry import MethodContext, NotApplicableError, build_method
 from uqkit.bench.runner import BenchConfig, run_bench
 from uqkit.bench.tasks import Task
@@ -32,7 +32,7 @@ def _data(rows: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     return x, (x[:, 0] > 0).long() + 2 * (x[:, 1] > 0).long()
 
 
-def _fitted(hessian: str = "full", prior_precision="marglik") -> tuple[LaplaceMethod, tuple, tuple]:
+def _fitted(hessian: str = LAPLACE_HESSIAN, prior_precision="marglik") -> tuple[LaplaceMethod, tuple, tuple]:
     torch.manual_seed(0)
     method = build_laplace(CONTEXT, hessian=hessian, prior_precision=prior_precision).eval()
     train, val = _data(48, 1), _data(32, 2)
@@ -64,14 +64,18 @@ def test_val_nll_prior_is_chosen_on_the_validation_split():
     torch.testing.assert_close(method.laplace.prior_precision, oracle.prior_precision)
 
 
-def test_the_fitted_posterior_reloads_from_the_state_dict_without_data():
-    method, _, _ = _fitted()
+@pytest.mark.parametrize("hessian", ["full", "kron"])
+def test_the_fitted_posterior_reloads_from_the_state_dict_without_data(hessian):
+    method, _, _ = _fitted(hessian)
     buffer = io.BytesIO()
     torch.save(method.state_dict(), buffer)
     buffer.seek(0)
     state = torch.load(buffer, weights_only=True)  # as the runner reads model files
     torch.manual_seed(5)  # another initialisation: everything must come from the state
-    fresh = build_laplace(CONTEXT).eval()
+    other = "kron" if hessian == "full" else "full"
+    with pytest.raises(ValueError, match=f"the saved posterior has hessian='{hessian}'"):
+        build_laplace(CONTEXT, hessian=other).load_state_dict(state)
+    fresh = build_laplace(CONTEXT, hessian=hessian).eval()
     assert not fresh.fitted
     fresh.load_state_dict(state)
     test = torch.randn(9, 6)
