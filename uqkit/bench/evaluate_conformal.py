@@ -64,6 +64,19 @@ def _quietly_too_small() -> Iterator[None]:
         yield
 
 
+@contextlib.contextmanager
+def _one_thread() -> Iterator[None]:
+    """Run torch on one thread, then restore the setting. The conformal arithmetic is a few passes over
+    ``[B, C]`` tensors (about 30 ms for the default run's 10,000 x 10); measured with two threads on a
+    2-core machine that another job shared, every OpenMP region could stall, and it took 1.1-1.3 s."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def conformal_sets_block(
     val_prediction: Prediction,
     val_labels: torch.Tensor,
@@ -95,31 +108,48 @@ def conformal_sets_block(
         "calibration": "validation",
         "num_calibration": len(val_labels),
     }
-    for score, randomized in SET_SCORES.items():
-        entry: dict[str, Any] = {
-            "randomized": randomized,
-            "coverage": [],
-            "mean_set_size": [],
-            "size_fraction": [],
-            "worst_size_stratified_coverage": [],
-            "threshold": [],
-        }
-        for alpha in alphas:
-            generator = torch.Generator().manual_seed(seed)
-            calibrator = SplitConformalClassifier(score=score, alpha=alpha, randomized=randomized)
-            with _quietly_too_small():
-                calibrator.fit(val_prediction, val_labels, generator=generator)
-            sets = calibrator.predict(test_prediction, generator=generator)
-            sizes = metrics.set_size(sets)
-            entry["coverage"].append(metrics.empirical_coverage(sets, test_labels))
-            entry["mean_set_size"].append(sizes.mean)
-            entry["size_fraction"].append(sizes.fraction.tolist())
-            entry["worst_size_stratified_coverage"].append(
-                metrics.size_stratified_coverage(sets, test_labels).worst
+    with _one_thread():
+        for score, randomized in SET_SCORES.items():
+            block[score] = _sets_of_score(
+                score, randomized, val_prediction, val_labels, test_prediction, test_labels, seed, alphas
             )
-            entry["threshold"].append(calibrator.threshold_)
-        block[score] = entry
     return block
+
+
+def _sets_of_score(
+    score: str,
+    randomized: bool,
+    val_prediction: Prediction,
+    val_labels: torch.Tensor,
+    test_prediction: Prediction,
+    test_labels: torch.Tensor,
+    seed: int,
+    alphas: Sequence[float],
+) -> dict[str, Any]:
+    """The entry of one score of :func:`conformal_sets_block`."""
+    entry: dict[str, Any] = {
+        "randomized": randomized,
+        "coverage": [],
+        "mean_set_size": [],
+        "size_fraction": [],
+        "worst_size_stratified_coverage": [],
+        "threshold": [],
+    }
+    for alpha in alphas:
+        generator = torch.Generator().manual_seed(seed)
+        calibrator = SplitConformalClassifier(score=score, alpha=alpha, randomized=randomized)
+        with _quietly_too_small():
+            calibrator.fit(val_prediction, val_labels, generator=generator)
+        sets = calibrator.predict(test_prediction, generator=generator)
+        sizes = metrics.set_size(sets)
+        entry["coverage"].append(metrics.empirical_coverage(sets, test_labels))
+        entry["mean_set_size"].append(sizes.mean)
+        entry["size_fraction"].append(sizes.fraction.tolist())
+        entry["worst_size_stratified_coverage"].append(
+            metrics.size_stratified_coverage(sets, test_labels).worst
+        )
+        entry["threshold"].append(calibrator.threshold_)
+    return entry
 
 
 def _gaussian_intervals(prediction: GaussianPrediction, alpha: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -155,17 +185,18 @@ def conformal_intervals(
     }
     test_targets = test_targets.double().reshape(test_prediction.mean.shape)
     val_targets = val_targets.double().reshape(val_prediction.mean.shape)
-    for alpha in alphas:
-        for kind in INTERVAL_KINDS:
-            if kind == "gaussian":
-                intervals = _gaussian_intervals(test_prediction, alpha)
-            else:
-                calibrator = SplitConformalRegressor(score=kind, alpha=alpha)
-                with _quietly_too_small():
-                    calibrator.fit(val_prediction, val_targets)
-                intervals = calibrator.predict(test_prediction)
-            block[kind]["coverage"].append(metrics.empirical_coverage(intervals, test_targets))
-            block[kind]["width"].append(metrics.interval_width(intervals))
+    with _one_thread():
+        for alpha in alphas:
+            for kind in INTERVAL_KINDS:
+                if kind == "gaussian":
+                    intervals = _gaussian_intervals(test_prediction, alpha)
+                else:
+                    calibrator = SplitConformalRegressor(score=kind, alpha=alpha)
+                    with _quietly_too_small():
+                        calibrator.fit(val_prediction, val_targets)
+                    intervals = calibrator.predict(test_prediction)
+                block[kind]["coverage"].append(metrics.empirical_coverage(intervals, test_targets))
+                block[kind]["width"].append(metrics.interval_width(intervals))
     return block
 
 
