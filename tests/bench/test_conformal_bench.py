@@ -357,3 +357,20 @@ def test_a_validation_split_too_small_for_a_finite_threshold_gives_full_sets_and
     assert all(math.isfinite(entry["mean"]) for entry in block["gaussian"]["width"])
     assert sets["lac"]["threshold"] == [math.inf, math.inf] and sets["lac"]["mean_set_size"] == [4.0, 4.0]
     assert sets["aps"]["coverage"] == [1.0, 1.0]
+
+
+def test_the_calibration_runs_on_one_thread_and_restores_the_setting(monkeypatch):
+    from uqkit.bench import evaluate_conformal
+    from uqkit.prediction import Prediction
+
+    seen = []
+    fit = SplitConformalClassifier.fit
+    monkeypatch.setattr(
+        SplitConformalClassifier,
+        "fit",
+        lambda self, *a, **k: seen.append(torch.get_num_threads()) or fit(self, *a, **k),
+    )
+    torch.set_num_threads(2)
+    logits, labels = torch.randn(1, 30, 4), torch.arange(30) % 4
+    evaluate_conformal.conformal_sets_block(Prediction(logits), labels, Prediction(logits), labels, seed=0)
+    assert seen == [1] * 4 and torch.get_num_threads() == 2  # the one_thread fixture restores it after
