@@ -70,6 +70,11 @@ def test_quick_run_writes_every_documented_key(quick_run):
         assert len(block["shift"]["accuracy"]) == 13
         assert block["num_parameters"] > 0 and block["inference_ms_per_example"] > 0
         assert len(block["history"]) == 1
+        conformal = block["conformal"]  # calibrated on the 40 validation images, scored on the 200 test ones
+        assert conformal["num_calibration"] == task["num_val"] and conformal["alphas"] == [0.1, 0.05]
+        for score in ("lac", "aps"):
+            assert all(0.0 <= value <= 1.0 for value in conformal[score]["coverage"]), (name, score)
+            assert all(1.0 <= size <= 10.0 for size in conformal[score]["mean_set_size"]), (name, score)
     # S = 1 methods carry no epistemic uncertainty; ensembles and MC dropout do.
     assert task["methods"]["deterministic"]["num_samples"] == 1
     assert task["methods"]["deep-ensemble"]["num_samples"] == 5
@@ -88,7 +93,7 @@ def test_temperature_scaled_reuses_the_deterministic_network(quick_run):
 
 def test_quick_run_writes_a_self_contained_report_with_every_plot(quick_run):
     figures = sorted(p.name for p in (quick_run / "figures").glob("*.png"))
-    for kind in ("reliability", "referral", "ood", "shift", "risk"):
+    for kind in ("reliability", "referral", "ood", "shift", "risk", "conformal"):
         assert any(kind in name for name in figures), (kind, figures)
     html = (quick_run / "report.html").read_text()
     assert html.count("data:image/png;base64,") == len(figures)

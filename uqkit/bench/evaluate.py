@@ -2,9 +2,10 @@
 
 The output is the per-method block of ``results.json`` (docs/results-schema.md): test metrics, the
 reliability curve, referral and risk-coverage curves, OOD detection with total and epistemic uncertainty for
-every OOD set of the task, accuracy/ECE/NLL along the task's shift, and the inference cost. For a task with
-2-D vector inputs (two moons) it adds the method's uncertainty surface on a regular grid (the SNGP paper's
-figure 1, Liu et al. 2020).
+every OOD set of the task, accuracy/ECE/NLL along the task's shift, the inference cost, and the coverage and
+size of conformal prediction sets calibrated on the validation split (:mod:`uqkit.bench.evaluate_conformal`).
+For a task with 2-D vector inputs (two moons) it adds the method's uncertainty surface on a regular grid (the
+SNGP paper's figure 1, Liu et al. 2020).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 import torch
 
 from uqkit import metrics
+from uqkit.bench.evaluate_conformal import conformal_sets_block
 from uqkit.bench.likelihoods import NUM_BINS
 from uqkit.bench.progress import progress_bar
 from uqkit.bench.registry import Method
@@ -211,8 +213,9 @@ def evaluate_method(
     Stochastic predictions draw from torch's global generator, seeded here with ``seed`` so that the same
     trained method always gets the same numbers. For a task with 2-D vector inputs (``input_shape == (2,)``)
     the block gets a ``surface``: total and epistemic uncertainty on a :func:`surface_grid` over the
-    training and OOD inputs, with (a sample of) those inputs to overlay. A regression task (``task.kind``)
-    gets the regression block of :func:`uqkit.bench.evaluate_regression.evaluate_regression` instead.
+    training and OOD inputs, with (a sample of) those inputs to overlay. The ``conformal`` block holds the
+    coverage and size of conformal prediction sets calibrated on the validation split. A regression task
+    (``task.kind``) gets the block of :func:`uqkit.bench.evaluate_regression.evaluate_regression` instead.
     """
     if task.kind == "regression":
         from uqkit.bench.evaluate_regression import evaluate_regression
@@ -270,4 +273,30 @@ def evaluate_method(
         result["shift"] = shift
     if tuple(task.input_shape) == (2,):
         result["surface"] = _surface_block(method, task, batch_size, device, seed, label, progress)
+    result["conformal"] = _conformal_block(
+        method, task, prediction, batch_size, device, seed, label, progress
+    )
     return result
+
+
+def _conformal_block(
+    method: Method,
+    task: Task,
+    test_prediction: Prediction,
+    batch_size: int,
+    device: str,
+    seed: int,
+    label: str,
+    progress: bool,
+) -> dict[str, Any] | None:
+    """Conformal sets calibrated on the method's own predictions on the validation split, scored on the test
+    set (:func:`uqkit.bench.evaluate_conformal.conformal_sets_block`); ``None`` without validation data.
+
+    Predicted last, so that the draws of a stochastic method's other predictions are those they were before
+    the block existed."""
+    if len(task.val) == 0:
+        return None
+    val_prediction = predict_in_batches(
+        method, task.val.inputs, batch_size, device, f"{label} validation", progress
+    )
+    return conformal_sets_block(val_prediction, task.val.labels, test_prediction, task.test.labels, seed)

@@ -6,7 +6,9 @@ standardised units the method trained in and mapped back (``mu = target_mean + t
 ``sigma^2 = target_std^2 * sigma'^2``), so every number is in the targets' own units. The Gaussian NLL and
 RMSE average over test examples and targets; standard errors are ``null`` (one split: there is no spread over
 splits to report). OOD sets are scored by the predictive variance (total) and by the variance of the
-members' or samples' means (epistemic), summed over targets in standardised units.
+members' or samples' means (epistemic), summed over targets in standardised units. Conformal intervals
+(normalised and absolute residual) are calibrated on the validation split, which trained nothing but chose
+the epoch, and scored on the test split beside the Gaussian intervals of the same predictions.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import torch
 
 from uqkit import metrics
 from uqkit.bench.evaluate import predict_in_batches
+from uqkit.bench.evaluate_conformal import conformal_intervals, summarize_intervals
 from uqkit.bench.registry import Method
 from uqkit.bench.regression import COVERAGE_LEVELS, mixture_nll
 from uqkit.bench.tasks import Task
@@ -59,11 +62,8 @@ def evaluate_regression(
     started = time.perf_counter()
     standardised = predict_in_batches(method, task.test.inputs, batch_size, device, f"{label} test", progress)
     inference_s = time.perf_counter() - started
-    mean, std = task.target_mean.double(), task.target_std.double()
-    prediction = GaussianPrediction(
-        standardised.sample_mean.double() * std + mean, standardised.sample_variance.double() * std.square()
-    )
-    targets = task.test.labels.double() * std + mean
+    prediction = _original_units(standardised, task)
+    targets = _original_targets(task.test.labels, task)
     values = {
         "nll": metrics.gaussian_nll(prediction.mean, prediction.variance, targets),
         "rmse": metrics.rmse(prediction.mean, targets),
@@ -81,6 +81,7 @@ def evaluate_regression(
         )
         ood[ood_name] = _ood_scores(standardised, ood_prediction)
     members = num_members(method.network)
+    conformal = _conformal_block(method, task, prediction, targets, batch_size, device, label, progress)
     return {
         "num_models": members,
         "num_samples": standardised.num_samples,
@@ -90,7 +91,47 @@ def evaluate_regression(
         "per_split": {key: [value] for key, value in values.items()},
         "coverage_curve": {"expected": list(COVERAGE_LEVELS), "observed": observed},
         "ood": ood,
+        "conformal": conformal,
     }
+
+
+def _original_units(prediction: GaussianPrediction, task: Task) -> GaussianPrediction:
+    """A prediction in the standardised units the method trained in, mapped to the targets' units."""
+    mean, std = task.target_mean.double(), task.target_std.double()
+    return GaussianPrediction(
+        prediction.sample_mean.double() * std + mean, prediction.sample_variance.double() * std.square()
+    )
+
+
+def _original_targets(targets: torch.Tensor, task: Task) -> torch.Tensor:
+    """Standardised targets mapped back to their own units."""
+    return targets.double() * task.target_std.double() + task.target_mean.double()
+
+
+def _conformal_block(
+    method: Method,
+    task: Task,
+    test_prediction: GaussianPrediction,
+    test_targets: torch.Tensor,
+    batch_size: int,
+    device: str,
+    label: str,
+    progress: bool,
+) -> dict[str, Any] | None:
+    """Conformal intervals calibrated on the method's own predictions on the validation split, scored on the
+    test split, beside the Gaussian intervals of the same predictions (targets' units); ``None`` without
+    validation data. Predicted after everything else, so that the other numbers keep their draws."""
+    if len(task.val) == 0:
+        return None
+    standardised = predict_in_batches(
+        method, task.val.inputs, batch_size, device, f"{label} validation", progress
+    )
+    val_prediction, val_targets = (
+        _original_units(standardised, task),
+        _original_targets(task.val.labels, task),
+    )
+    split = conformal_intervals(val_prediction, val_targets, test_prediction, test_targets)
+    return summarize_intervals([split], len(task.val), network="evaluated")
 
 
 def regression_training_fields(

@@ -2,9 +2,9 @@
 
 Per task: reliability diagrams (Guo et al. 2017, fig. 1), referral curves (Filos et al. 2019),
 histograms of the uncertainty score on in-distribution and OOD inputs, accuracy and ECE along the task's
-shift (Ovadia et al. 2019, fig. 2) and risk-coverage curves (Geifman & El-Yaniv 2017); for a task with
-2-D inputs, the uncertainty surface of every method (Liu et al. 2020, fig. 1). A method keeps its colour in
-every figure (:func:`method_colors`).
+shift (Ovadia et al. 2019, fig. 2), risk-coverage curves (Geifman & El-Yaniv 2017) and the mean size of
+conformal prediction sets (calibrated on validation); for a task with 2-D inputs, the uncertainty surface of
+every method (Liu et al. 2020, fig. 1). A method keeps its colour in every figure (:func:`method_colors`).
 
 Figures are :class:`matplotlib.figure.Figure` objects attached to an Agg canvas directly, never through
 pyplot: nothing global (backend, open-figure registry, rcParams) is touched, and they are freed like any
@@ -39,6 +39,7 @@ __all__ = [
     "DPI",
     "PALETTE",
     "TaskFigure",
+    "conformal_set_size_figure",
     "coverage_figure",
     "figure_png",
     "method_colors",
@@ -567,12 +568,104 @@ def surface_figure(task_name: str, task: Mapping[str, Any], colors: Mapping[str,
     return figure
 
 
+_SET_SCORE_STYLE = {
+    "lac": {"label": "LAC", "alpha": 0.95, "hatch": None},
+    "aps": {"label": "APS (randomised)", "alpha": 0.45, "hatch": "////"},
+}
+
+
+def conformal_set_size_figure(
+    task_name: str, task: Mapping[str, Any], colors: Mapping[str, str]
+) -> Figure | None:
+    """Mean size of the conformal prediction sets of every method, one panel per level ``alpha``.
+
+    Each method has a bar per score (LAC solid, randomised APS hatched) in its colour, the bar's length the
+    mean number of classes per test set, its test coverage written at its end; a dotted line marks one
+    class. The sets are calibrated on the validation split (the ``conformal`` block of each method).
+
+    Args:
+        task_name: the task's name (figure title).
+        task: the task's block of ``results.json``.
+        colors: ``{method: colour}`` from :func:`method_colors`.
+
+    Returns:
+        The figure, or None when no method of the task has a ``conformal`` block.
+    """
+    methods = [name for name in _ordered_methods(task, colors) if task["methods"][name].get("conformal")]
+    if not methods:
+        return None
+    alphas = task["methods"][methods[0]]["conformal"]["alphas"]
+    scores = [score for score in _SET_SCORE_STYLE if score in task["methods"][methods[0]]["conformal"]]
+    figure = _new_figure(3.6 * len(alphas) + 0.6, 0.42 * len(methods) * len(scores) / 2 + 1.7)
+    axes = figure.subplots(1, len(alphas), sharey=True, squeeze=False)[0]
+    height = 0.8 / len(scores)
+    largest = max(
+        (size or 0.0)
+        for name in methods
+        for score in scores
+        for size in task["methods"][name]["conformal"][score]["mean_set_size"]
+    )
+    positions = np.arange(len(methods))[::-1]  # the first method on top
+    for level, (ax, alpha) in enumerate(zip(axes, alphas, strict=True)):
+        for offset, score in enumerate(scores):
+            style = _SET_SCORE_STYLE[score]
+            y = positions + (len(scores) / 2 - offset - 0.5) * height
+            for name, row in zip(methods, y, strict=True):
+                block = task["methods"][name]["conformal"][score]
+                size, coverage = block["mean_set_size"][level], block["coverage"][level]
+                ax.barh(
+                    row,
+                    np.nan if size is None else size,
+                    height=height * 0.92,
+                    color=_color(name, colors),
+                    alpha=style["alpha"],
+                    hatch=style["hatch"],
+                    edgecolor=_color(name, colors),
+                    linewidth=0.6,
+                )
+                ax.text(
+                    (size or 0.0) + 0.02 * max(largest, 1.0),
+                    row,
+                    _format_fraction(coverage, 1, percent=True),
+                    va="center",
+                    fontsize=6.5,
+                    color="#444444",
+                )
+        ax.axvline(1.0, color="#555555", linestyle=":", linewidth=0.9)
+        ax.set_xlim(0, max(largest, 1.0) * 1.3)
+        ax.set_title(f"1 − α = {100 * (1 - alpha):g}%", fontsize=_TITLE_SIZE)
+        ax.set_xlabel("mean set size (classes), test set", fontsize=_LABEL_SIZE)
+        _style(ax)
+        ax.grid(False, axis="y")
+    axes[0].set_yticks(positions, [_text(name, 22) for name in methods])
+    handles = [
+        Patch(
+            facecolor="#777777",
+            alpha=_SET_SCORE_STYLE[s]["alpha"],
+            hatch=_SET_SCORE_STYLE[s]["hatch"],
+            edgecolor="#555555",
+            label=_SET_SCORE_STYLE[s]["label"],
+        )
+        for s in scores
+    ]
+    handles.append(Line2D([], [], color="#555555", linestyle=":", label="one class"))
+    figure.legend(
+        handles=handles, loc="outside lower center", ncols=len(handles), fontsize=_TICK_SIZE, frameon=False
+    )
+    figure.suptitle(
+        f"{_text(task_name, 60)}: conformal prediction sets (calibrated on validation; test coverage at "
+        "each bar's end)",
+        fontsize=10,
+    )
+    return figure
+
+
 def task_figures(task_name: str, task: Mapping[str, Any], colors: Mapping[str, str]) -> list[TaskFigure]:
     """Every figure of one task, in report order.
 
     The uncertainty surface (when the methods have a ``surface``, i.e. for 2-D inputs), reliability
     diagrams, referral curves, one OOD score figure per OOD set, accuracy/ECE under shift (when the task has
-    a shift), risk-coverage curves.
+    a shift), risk-coverage curves, conformal set sizes (when the methods have a ``conformal`` block).
 
     Args:
         task_name: the task's name.
@@ -639,6 +732,17 @@ def task_figures(task_name: str, task: Mapping[str, Any], colors: Mapping[str, s
             risk_coverage_figure(task_name, task, colors),
         )
     )
+    conformal = conformal_set_size_figure(task_name, task, colors)
+    if conformal is not None:
+        figures.append(
+            TaskFigure(
+                f"{stem}_conformal",
+                "Conformal prediction sets: mean number of classes per test set of each method at coverage "
+                "target 1 − α, the threshold calibrated on the method's own predictions on the validation "
+                "split; LAC solid, randomised APS hatched; the test coverage at each bar's end.",
+                conformal,
+            )
+        )
     return figures
 
 

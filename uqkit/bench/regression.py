@@ -39,6 +39,7 @@ from typing import Any
 import torch
 
 from uqkit._validation import check_choice, check_positive_int
+from uqkit.bench.evaluate_conformal import conformal_intervals, summarize_intervals
 from uqkit.bench.report import SCHEMA_VERSION
 from uqkit.bench.trainer import NonFiniteLossError
 from uqkit.data.uci import RegressionTable, Standardizer, load_uci_directory, uci_boston, uci_concrete
@@ -501,19 +502,73 @@ def _validation_pairs(table: RegressionTable, seed: int) -> list[tuple[torch.Ten
     return pairs
 
 
+class _BestSnapshots:
+    """Every model's parameters at the lowest validation NLL of its group so far (the first such epoch on
+    ties; a non-finite NLL counts as ``+inf``), the rule by which :func:`_select` picks the epochs.
+
+    Args:
+        group_of_model: ``[K]`` the group (split x configuration) of each model of the stack.
+    """
+
+    def __init__(self, group_of_model: torch.Tensor) -> None:
+        self.group_of_model = group_of_model
+        self.best: torch.Tensor | None = None
+        self.epoch: torch.Tensor | None = None
+        self.state: dict[str, torch.Tensor] = {}
+
+    def update(self, epoch: int, nll: torch.Tensor, model: StackedGaussianMLP) -> None:
+        """Keep the models of the groups whose ``[groups]`` validation ``nll`` improved at ``epoch``."""
+        nll = torch.where(torch.isfinite(nll), nll, torch.full_like(nll, math.inf))
+        if self.best is None:
+            self.best, self.epoch = nll, torch.full(nll.shape, epoch)
+            self.state = {name: value.detach().clone() for name, value in model.state_dict().items()}
+            return
+        improved = nll < self.best
+        self.best = torch.where(improved, nll, self.best)
+        self.epoch = torch.where(improved, torch.full_like(self.epoch, epoch), self.epoch)
+        rows = improved[self.group_of_model]
+        for name, value in model.state_dict().items():
+            if value.dim() and value.shape[0] == rows.numel():
+                self.state[name][rows] = value.detach()[rows]
+
+
+@dataclass
+class _SelectionNetworks:
+    """The networks of the selection phase for split conformal prediction (UCI protocol).
+
+    The protocol retrains the chosen configuration on the whole training split, which leaves no held-out
+    rows to calibrate on; the network of the selection phase at the chosen configuration and epoch, trained
+    on the fit part only, has the validation part.
+
+    Attributes:
+        model: a stack of ``splits * members`` models, split-major, each at its split's chosen configuration
+            and its snapshot epoch.
+        epochs: ``[splits]`` the epoch of each split's snapshot (the chosen epoch).
+        phase: the selection phase's data (fit and validation parts, standardised with the fit part).
+        pairs: ``(fit rows, validation rows)`` of each split.
+    """
+
+    model: StackedGaussianMLP
+    epochs: list[int]
+    phase: _Phase
+    pairs: list[tuple[torch.Tensor, torch.Tensor]]
+
+
 def _select(
     method: RegressionMethod, table: RegressionTable, seed: int
-) -> tuple[list[dict[str, float]], list[int], list[list[float | None]]]:
+) -> tuple[list[dict[str, float]], list[int], list[list[float | None]], _SelectionNetworks | None]:
     """Choose each split's configuration and epoch count on its validation split.
 
-    Returns the chosen configuration and epoch count per split, and the validation NLL (standardised
-    units) of every configuration at its best epoch, per split.
+    Returns the chosen configuration and epoch count per split, the validation NLL (standardised
+    units) of every configuration at its best epoch, per split, and the chosen networks of the selection
+    phase (``None`` when there is nothing to choose, so no network is trained without the validation rows).
     """
     grid = method.grid()
     splits = len(table.splits)
     if len(grid) == 1 and not method.select_epochs:
-        return [grid[0]] * splits, [method.epochs] * splits, [[None] for _ in range(splits)]
-    phase = _phase_data(table, _validation_pairs(table, seed))
+        return [grid[0]] * splits, [method.epochs] * splits, [[None] for _ in range(splits)], None
+    pairs = _validation_pairs(table, seed)
+    phase = _phase_data(table, pairs)
     members = method.members
     # model index = ((split * G) + config) * M + member
     split_of_model = torch.arange(splits).repeat_interleave(len(grid) * members)
@@ -523,6 +578,7 @@ def _select(
     eval_rows = split_of_model.unsqueeze(1)
     scores: list[torch.Tensor] = []  # per scored epoch: [splits, G]
     epochs_scored: list[int] = []
+    snapshots = _BestSnapshots(torch.arange(split_of_model.numel()) // members)
 
     def score(epoch: int, model: StackedGaussianMLP) -> None:
         if (method.select_epochs and epoch % method.score_every == 0) or epoch == method.epochs:
@@ -534,6 +590,7 @@ def _select(
             nll = _group_nll(mean.reshape(shape), variance.reshape(shape), targets)
             scores.append(nll.reshape(splits, len(grid)))
             epochs_scored.append(epoch)
+            snapshots.update(epoch, nll, model)
 
     _train_stack(
         method,
@@ -550,14 +607,64 @@ def _select(
     table_scores = torch.where(
         torch.isfinite(table_scores), table_scores, torch.full_like(table_scores, math.inf)
     )
-    chosen_configs, chosen_epochs, per_config = [], [], []
+    chosen_configs, chosen_epochs, per_config, chosen_models = [], [], [], []
     for split in range(splits):
         best_per_config, best_epoch_index = table_scores[:, split, :].min(dim=0)
         config = int(best_per_config.argmin())
         chosen_configs.append(grid[config])
         chosen_epochs.append(epochs_scored[int(best_epoch_index[config])])
         per_config.append([float(v) if math.isfinite(float(v)) else None for v in best_per_config])
-    return chosen_configs, chosen_epochs, per_config
+        first = (split * len(grid) + config) * members
+        chosen_models.extend(range(first, first + members))
+    chosen = torch.tensor(chosen_models)
+    model = _build_stack(method, dropout[chosen], phase.train_x.shape[2])
+    stacked = split_of_model.numel()
+    model.load_state_dict(
+        {
+            name: value[chosen] if value.dim() and value.shape[0] == stacked else value
+            for name, value in snapshots.state.items()
+        }
+    )
+    model.eval()
+    group_epochs = snapshots.epoch[chosen // members][::members].tolist()
+    networks = _SelectionNetworks(model, group_epochs, phase, pairs)
+    return chosen_configs, chosen_epochs, per_config, networks
+
+
+def _selection_conformal(
+    method: RegressionMethod, table: RegressionTable, networks: _SelectionNetworks, seed: int
+) -> dict[str, Any]:
+    """Conformal intervals of every split, calibrated on its validation rows by the selection network (see
+    :class:`_SelectionNetworks`) and scored on its test rows, beside that network's Gaussian intervals;
+    summarised over splits (:func:`uqkit.bench.evaluate_conformal.summarize_intervals`)."""
+    phase, members = networks.phase, method.members
+    splits, num_val = phase.eval_x.shape[0], phase.eval_x.shape[1]
+    test_sets = [
+        phase.standardizers[s].inputs(table.inputs[test]) for s, (_, test) in enumerate(table.splits)
+    ]
+    rows = num_val + max(len(x) for x in test_sets)
+    inputs = torch.zeros(splits, rows, table.num_features, dtype=phase.eval_x.dtype)
+    inputs[:, :num_val] = phase.eval_x
+    for split, x in enumerate(test_sets):
+        inputs[split, num_val : num_val + len(x)] = x.to(inputs.dtype)
+    torch.manual_seed(seed + 13)
+    all_mean, all_variance = _sample_predictions(
+        networks.model, inputs.repeat_interleave(members, dim=0), method.num_samples
+    )  # [splits * members, S, rows, 1]
+    per_split = []
+    for split, (_, test_index) in enumerate(table.splits):
+        standardizer = phase.standardizers[split]
+        block = slice(split * members, (split + 1) * members)
+        mean = standardizer.mean_to_original(all_mean[block].double()).flatten(0, 1)
+        variance = standardizer.variance_to_original(all_variance[block].double()).flatten(0, 1)
+        end = num_val + int(test_index.numel())
+        val = GaussianPrediction(mean[:, :num_val], variance[:, :num_val])
+        test = GaussianPrediction(mean[:, num_val:end], variance[:, num_val:end])
+        val_targets = table.targets[networks.pairs[split][1]].reshape(-1, 1)
+        per_split.append(
+            conformal_intervals(val, val_targets, test, table.targets[test_index].reshape(-1, 1))
+        )
+    return summarize_intervals(per_split, num_val, network="selection")
 
 
 def _summary(values: Sequence[float]) -> dict[str, float]:
@@ -598,7 +705,7 @@ def evaluate_regression_method(
             f"{sorted(train_sizes)}"
         )
     started = time.perf_counter()
-    configs, epochs, validation_nll = _select(method, table, seed)
+    configs, epochs, validation_nll, networks = _select(method, table, seed)
     selection_time = time.perf_counter() - started
     if log is not None:
         log(f"[uqkit]   {method.name}: hyper-parameters chosen on validation in {selection_time:.1f} s")
@@ -652,6 +759,7 @@ def evaluate_regression_method(
         num_test += int(test_index.numel())
     inference_time = time.perf_counter() - inference_started
     coverage /= splits
+    conformal = None if networks is None else _selection_conformal(method, table, networks, seed)
     num_parameters = sum(p.numel() for p in model.parameters()) // splits
     return {
         "description": method.description,
@@ -676,6 +784,7 @@ def evaluate_regression_method(
             "validation_nll": validation_nll,
         },
         "coverage_curve": {"expected": list(COVERAGE_LEVELS), "observed": coverage.tolist()},
+        "conformal": conformal,
     }
 
 

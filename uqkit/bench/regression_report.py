@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from uqkit.bench import conformal_report
 from uqkit.bench import report as _report
 
 __all__ = [
@@ -278,6 +279,7 @@ def write_regression_report(results: Mapping[str, Any], run_dir: str | os.PathLi
             "",
             _report._md(_LEGEND),
             *_report._markdown_not_applicable(task),
+            *conformal_report.markdown_lines(conformal_report.conformal_interval_table(task), _report._md),
             "",
             f"![interval coverage](figures/{file_name})",
         ]
@@ -295,6 +297,7 @@ def write_regression_report(results: Mapping[str, Any], run_dir: str | os.PathLi
             f'<div class="wide"><table><thead><tr>{head}</tr></thead><tbody>{trs}</tbody></table></div>',
             f'<p class="legend">{html.escape(_LEGEND)}</p>',
             *_report._html_not_applicable(task),
+            *conformal_report.html_lines(conformal_report.conformal_interval_table(task)),
             f'<figure><img src="data:image/png;base64,{data}" alt="interval coverage">'
             f"<figcaption>{html.escape(caption)}</figcaption></figure>",
         ]

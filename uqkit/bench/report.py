@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from uqkit.bench import conformal_report
 from uqkit.bench._atomic import atomic_write
 
 __all__ = [
@@ -132,6 +133,29 @@ NON_NEGATIVE = Number(0.0, None)
 
 _OOD_SCORES = {"auroc": FRACTION, "aupr": FRACTION, "fpr95": FRACTION}
 
+_ALPHAS = ListOf(Number(0.0, 1.0, nullable=False))
+_CONFORMAL_SETS = {
+    "randomized": bool,
+    "coverage": ListOf(FRACTION),
+    "mean_set_size": ListOf(NON_NEGATIVE),
+    "size_fraction": ListOf(ListOf(FRACTION)),
+    "worst_size_stratified_coverage": ListOf(FRACTION),
+    "threshold": ListOf(Number()),
+}
+_CONFORMAL = NotRequired(
+    Nullable(
+        {
+            "alphas": _ALPHAS,
+            "calibration": str,
+            "num_calibration": int,
+            "lac": _CONFORMAL_SETS,
+            "aps": _CONFORMAL_SETS,
+        }
+    )
+)
+"""Conformal prediction sets at each level of ``alphas``, calibrated on the validation split (lists over
+``alphas``); optional, as files written before it lack it."""
+
 _METHOD_KEYS: dict[str, Any] = {
     "num_samples": int,
     "num_parameters": int,
@@ -185,6 +209,7 @@ _METHOD_KEYS: dict[str, Any] = {
             "ood_points": {"x": ListOf(Number(nullable=False)), "y": ListOf(Number(nullable=False))},
         }
     ),
+    "conformal": _CONFORMAL,
     "history": ListOf(
         {
             "epoch": int,
@@ -197,6 +222,26 @@ _METHOD_KEYS: dict[str, Any] = {
 }
 
 _SUMMARY = {"mean": Number(), "se": NON_NEGATIVE}
+
+_INTERVALS = {
+    "coverage": ListOf({"mean": FRACTION, "se": NON_NEGATIVE}),
+    "width": ListOf({"mean": NON_NEGATIVE, "se": NON_NEGATIVE}),
+}
+_CONFORMAL_INTERVALS = NotRequired(
+    Nullable(
+        {
+            "alphas": _ALPHAS,
+            "calibration": str,
+            "network": str,
+            "num_calibration": int,
+            "normalized": _INTERVALS,
+            "absolute": _INTERVALS,
+            "gaussian": _INTERVALS,
+        }
+    )
+)
+"""Conformal intervals of a regression method and the Gaussian intervals beside them (lists over
+``alphas``, each value a mean and standard error over splits); optional."""
 
 _REGRESSION_METHOD_KEYS: dict[str, Any] = {
     "description": str,
@@ -230,6 +275,7 @@ _REGRESSION_METHOD_KEYS: dict[str, Any] = {
     },
     "coverage_curve": {"expected": ListOf(FRACTION), "observed": ListOf(FRACTION)},
     "ood": NotRequired(MapOf({"total": _OOD_SCORES, "epistemic": _OOD_SCORES})),
+    "conformal": _CONFORMAL_INTERVALS,
 }
 
 _NOT_APPLICABLE = NotRequired(MapOf(str))
@@ -468,6 +514,29 @@ def _check_regression_consistency(task: Mapping[str, Any], task_path: str) -> No
                 f"{path}.coverage_curve: expected lists of the same length, got expected has "
                 f"{len(curve['expected'])}, observed has {len(curve['observed'])}"
             )
+        _check_conformal(method.get("conformal"), ("normalized", "absolute", "gaussian"), f"{path}.conformal")
+
+
+def _check_conformal(
+    block: Mapping[str, Any] | None, parts: Sequence[str], path: str, classes: int = 0
+) -> None:
+    """Every list of a ``conformal`` block's ``parts`` has one entry per level of ``alphas``; with
+    ``classes``, every ``size_fraction`` row has ``classes + 1`` entries (sizes 0 to ``C``)."""
+    if block is None:
+        return
+    levels = len(block["alphas"])
+    for part in parts:
+        for key, values in block[part].items():
+            if isinstance(values, list) and len(values) != levels:
+                raise ValueError(
+                    f"{path}.{part}.{key}: expected {levels} values (one per alpha), got {len(values)}"
+                )
+        for index, row in enumerate(block[part].get("size_fraction", [])):
+            if len(row) != classes + 1:
+                raise ValueError(
+                    f"{path}.{part}.size_fraction[{index}]: expected {classes + 1} fractions (set sizes 0 to "
+                    f"{classes}), got {len(row)}"
+                )
 
 
 def _check_consistency(results: Mapping[str, Any]) -> None:
@@ -494,6 +563,9 @@ def _check_consistency(results: Mapping[str, Any]) -> None:
                     raise ValueError(f"{path}.{block_name}: expected lists of the same length, got {desc}")
             if "surface" in method:
                 _check_surface(method["surface"], task["num_classes"], f"{path}.surface")
+            _check_conformal(
+                method.get("conformal"), ("lac", "aps"), f"{path}.conformal", task["num_classes"]
+            )
 
 
 def _check_surface(surface: Mapping[str, Any], num_classes: int, path: str) -> None:
@@ -527,8 +599,9 @@ def validate_results(results: Any) -> None:
     which catch percentages written as fractions), then the rules across keys: every OOD set of a task
     appears in each of its methods and no other; a method has a ``shift`` block exactly when its task has
     one; the parallel lists of a curve have the same length; an optional ``surface`` grid has ``len(y)`` rows
-    of ``len(x)`` values over increasing axes, its point lists pair up and its labels are class indices.
-    Extra keys are allowed.
+    of ``len(x)`` values over increasing axes, its point lists pair up and its labels are class indices; an
+    optional ``conformal`` block has one entry per level of its ``alphas`` in every list (and ``C + 1``
+    fractions in each ``size_fraction``). Extra keys are allowed.
 
     Args:
         results: the parsed ``results.json``.
@@ -1000,8 +1073,12 @@ def _markdown_report(results: Mapping[str, Any], figures: Sequence[_RenderedFigu
     for task_name, task in results["tasks"].items():
         lines += ["", f"## Task {_md(task_name)}", "", _md(task["description"]), ""]
         lines += [f"- **{_md(label)}**: {_md(text)}" for label, text in _task_facts(task)]
-        lines += ["", "### Leaderboard", "", _markdown_board(_build_leaderboard(results, task_name))]
+        board = _build_leaderboard(results, task_name)
+        lines += ["", "### Leaderboard", "", _markdown_board(board)]
         lines += _markdown_not_applicable(task)
+        lines += conformal_report.markdown_lines(
+            conformal_report.conformal_set_table(task, board.methods), _md
+        )
         method_rows = _methods_rows(task)
         if method_rows:
             lines += ["", "### Methods", "", "| method | S | description |", "|:---|---:|:---|"]
@@ -1078,6 +1155,7 @@ def _html_report(results: Mapping[str, Any], figures: Sequence[_RenderedFigure])
             f'<div class="wide">{_html_table(board)}</div>',
             f'<p class="legend">Best value per column in bold. {esc(_legend(board))}</p>',
             *_html_not_applicable(task),
+            *conformal_report.html_lines(conformal_report.conformal_set_table(task, board.methods)),
         ]
         method_rows = _methods_rows(task)
         if method_rows:
