@@ -152,14 +152,7 @@ class LaplaceMethod(SingleNetwork):
                 f"hessian={laplace.hessian!r}"
             )
         layer = laplace.layer
-        curvature = STRUCTURES[laplace.hessian](
-            laplace.num_members,
-            laplace.num_outputs,
-            laplace.num_features,
-            laplace.has_bias,
-            dtype=layer.weight.dtype,
-            device=layer.weight.device,
-        )
+        curvature = laplace._empty_curvature()
         curvature.num_data = int(state["num_data"])
         laplace.curvature = curvature
         for name, tensor in state["buffers"].items():

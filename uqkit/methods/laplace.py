@@ -333,6 +333,18 @@ class LastLayerLaplace(nn.Module):
         """The last linear layer (``nn.Linear``, or the ensemble's ``StackedLinear``)."""
         return self.model.get_submodule(self.last_layer_name)
 
+    def _empty_curvature(self):
+        """A zero curvature of this approximation's structure, shape, dtype and device (filled by ``fit``, or
+        by a saved posterior's buffers)."""
+        return STRUCTURES[self.hessian](
+            self.num_members,
+            self._curvature_outputs,
+            self.num_features,
+            self.has_bias,
+            dtype=self.layer.weight.dtype,
+            device=self.layer.weight.device,
+        )
+
     @property
     def _curvature_outputs(self) -> int:
         """Outputs the GGN couples: ``C`` for the softmax; 1 for the Gaussian (``K`` identical blocks)."""
@@ -461,14 +473,7 @@ class LastLayerLaplace(nn.Module):
             )
         layer = self.layer
         self.curvature = None
-        curvature = STRUCTURES[self.hessian](
-            self.num_members,
-            self._curvature_outputs,
-            self.num_features,
-            self.has_bias,
-            dtype=layer.weight.dtype,
-            device=layer.weight.device,
-        )
+        curvature = self._empty_curvature()
         loss = torch.zeros(self.num_members, dtype=torch.float64, device=layer.weight.device)
         with _evaluating(self.model):
             for inputs, batch_targets in _batches(data, targets, batch_size, "data"):
