@@ -27,6 +27,22 @@ def test_tile_and_unfold_are_member_major_inverses():
         unfold_members(torch.randn(10, 2), 3)
 
 
+@pytest.mark.parametrize("dim", [0, 1, -1])
+def test_tile_members_along_any_dim_is_m_copies_in_order(dim):
+    x = torch.randn(5, 4, requires_grad=True)
+    source = x.t()  # non-contiguous [4, 5]
+    tiled = tile_members(source, 3, dim)
+    size = source.shape[dim]
+    assert tiled.shape[dim] == 3 * size and tiled.dim() == 2
+    for m in range(3):
+        assert torch.equal(tiled.narrow(dim, m * size, size), source)
+    tiled.sum().backward()  # every entry feeds M copies
+    assert torch.equal(x.grad, torch.full_like(x, 3.0))
+    labels = torch.tensor([2, 0, 1])
+    assert torch.equal(tile_members(labels, 2), torch.tensor([2, 0, 1, 2, 0, 1]))
+    assert tile_members(labels, 1) is labels
+
+
 def test_tile_inputs_tiles_batch_shaped_tensors_only_and_marks_the_tiles():
     x, mask, shared = torch.randn(3, 5), torch.ones(3, 7), torch.randn(1, 7)
     (tx, flag), kwargs = tile_inputs((x, True), {"mask": mask, "shared": shared}, 3)  # B == M: examples

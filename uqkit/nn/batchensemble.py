@@ -111,8 +111,7 @@ class _MemberBase(nn.Module):
         ``[B, ...]`` batch when the rows are known to be ``M`` tiles of it (:func:`tiled_source`), else
         ``None``."""
         check_float_tensor(input, "input", finite=False)
-        member_rows(input, self.num_members)
-        x = input.unflatten(0, (self.num_members, input.shape[0] // self.num_members))
+        x = input.view(self.num_members, member_rows(input, self.num_members), *input.shape[1:])
         self._check_example(x)
         return x, tiled_source(input, self.num_members)
 
@@ -222,8 +221,12 @@ class MemberLinearBase(_MemberBase):
             )
 
     def _factor_view(self, factor: torch.Tensor, dims: int) -> torch.Tensor:
-        base = factor if factor.dim() == 3 else factor.unsqueeze(1)  # [M, 1|B, features]
-        return base.reshape(base.shape[0], base.shape[1], *((1,) * (dims - 3)), base.shape[2])
+        # One view op ([M, 1|B, *1, features]): these run three times per layer call, and at a small batch
+        # the per-op overhead is a measurable part of the layer's time.
+        if factor.dim() == 3 and dims == 3:
+            return factor
+        examples = factor.shape[1] if factor.dim() == 3 else 1
+        return factor.reshape(factor.shape[0], examples, *((1,) * (dims - 3)), factor.shape[-1])
 
     def _members_first(self, out: torch.Tensor, members: int, size: int) -> torch.Tensor:
         out = out.unflatten(-1, (members, size)).movedim(-2, 0)  # [M, B, *, size]
@@ -302,8 +305,8 @@ class MemberConvBase(_MemberBase):
             )
 
     def _factor_view(self, factor: torch.Tensor, dims: int) -> torch.Tensor:
-        base = factor if factor.dim() == 3 else factor.unsqueeze(1)  # [M, 1|B, channels]
-        return base.reshape(*base.shape, *((1,) * self.spatial_dims))
+        examples = factor.shape[1] if factor.dim() == 3 else 1  # [M, 1|B, channels, *1], one view op
+        return factor.reshape(factor.shape[0], examples, factor.shape[-1], *((1,) * self.spatial_dims))
 
     def _members_first(self, out: torch.Tensor, members: int, size: int) -> torch.Tensor:
         out = out.view(out.shape[0], members, size, *out.shape[2:]).transpose(0, 1)
