@@ -75,8 +75,9 @@ def test_fit_post_hoc_retrains_the_selection_and_records_the_budget(tmp_path):
     assert len(result.selected_epochs) == 10  # every candidate at its own best epoch
     method.fit_post_hoc(*val, train=train)
     details = method.result_details()
-    members = details["members_selected"]
-    assert 1 <= members <= 5 and method.network.num_members == method.num_samples == members
+    members, selections = details["members_selected"], details["selections"]
+    assert 1 <= members <= 5 and method.network.num_members == members
+    assert method.num_samples == selections == sum(m["count"] for m in details["final"]["members"])
     assert (
         details["networks_trained"] == 15 and details["search_candidates"] == 10 and details["retrained"] == 5
     )
@@ -106,7 +107,7 @@ def test_fit_post_hoc_retrains_the_selection_and_records_the_budget(tmp_path):
     torch.manual_seed(5)
     fresh = build_method("hyper-deep-ensemble", _context())
     fresh.load_state_dict(torch.load(path, weights_only=True)["method"])
-    assert fresh.num_samples == members and fresh.result_details() == details
+    assert fresh.num_samples == selections and fresh.result_details() == details
     torch.testing.assert_close(fresh.predict(val[0]).logits, method.predict(val[0]).logits)
 
 

@@ -10,21 +10,23 @@ Importing this module registers it in :data:`uqkit.bench.registry.METHODS`. The 
    ``(1e-5, 0.2)``), trained as one :class:`~uqkit.methods.hyper_ensemble.HyperEnsemble` stack, each
    candidate on its own batch order (as the deep ensemble's members) and kept at its own epoch of lowest
    validation NLL.
-2. **Greedy selection** of :data:`ENSEMBLE_SIZE` on validation NLL, with replacement
-   (:func:`~uqkit.methods.hyper_ensemble.greedy_ensemble_selection`).
+2. **Greedy selection** of up to :data:`ENSEMBLE_SIZE` distinct candidates on validation NLL, with
+   replacement (:func:`~uqkit.methods.hyper_ensemble.greedy_ensemble_selection`).
 3. **Stratification** (:meth:`HyperDeepEnsembleMethod.fit_post_hoc`): :data:`RETRAINED` new initialisations
    of the selected hyperparameters, spread round-robin over the distinct ones, most selected first, trained
    as a second stack with the same trainer, epochs, learning rate and schedule, new batch orders.
-4. **Final greedy selection** of :data:`ENSEMBLE_SIZE` over the stratified pool (the search's networks of the
-   selected hyperparameters and the retrained ones); the final ensemble predicts ``[K, B, C]``, ``K <= 5``
-   (fewer only when no addition lowers the validation NLL).
+4. **Final greedy selection** of :data:`ENSEMBLE_SIZE` distinct networks over the stratified pool (the
+   search's networks of the selected hyperparameters and the retrained ones; fewer only when no addition
+   lowers the validation NLL). A network selected ``c`` times weighs ``c / L`` of the ``L`` selections: the
+   final ensemble runs each network once and predicts ``[L, B, C]``, its rows repeated ``c`` times.
 
 Budget: ``SEARCH_CANDIDATES + RETRAINED = 15`` networks, each trained for the run's epochs, against the
-deep ensemble's 5: three deep ensembles' training. The paper retrains each selected hyperparameter with
-``K`` new initialisations (up to ``K^2 = 25`` networks after a search of their 50-100 candidates); this
-budget keeps the whole method at 3x a deep ensemble. Every selection uses the validation split only. The
-numbers (networks trained, epochs, selections, validation NLLs) are in the method's ``details`` in
-``results.json``.
+deep ensemble's 5: three deep ensembles' training (a LeNet-5 training step of the two stacks measured
+2.8-3.5x the deep ensemble's, docs/hyper_ensembles.md). The paper retrains each selected hyperparameter with
+``K`` new initialisations (up to ``K^2 = 25`` networks, after a search of up to 100 candidates in
+uncertainty-baselines' CIFAR sweeps); this budget keeps the whole method at 3x a deep ensemble. Every
+selection uses the validation split only. The numbers (networks trained, epochs, selections, validation
+NLLs) are in the method's ``details`` in ``results.json``.
 """
 
 from __future__ import annotations
@@ -131,7 +133,12 @@ class HyperDeepEnsembleMethod(HyperCandidates):
 
     def _use_network(self, network: HyperEnsemble) -> None:
         self.network = network
-        self.num_samples = self.num_batch_orders = network.num_members
+        self._count_members()
+
+    def _count_members(self) -> None:
+        """``S``: one row per selection (a member chosen twice predicts twice); a batch order per network."""
+        self.num_samples = self.network.uqkit_num_members
+        self.num_batch_orders = self.network.num_members
 
     def fit_post_hoc(
         self,
@@ -195,9 +202,12 @@ class HyperDeepEnsembleMethod(HyperCandidates):
         searched = [h.to_dict() for h in candidates.hyperparameters]
         retrained = result.retrained.hyperparameters
         members = []
-        for stage, index in result.sources:
+        counts = result.ensemble.multiplicity.tolist()
+        for (stage, index), count in zip(result.sources, counts, strict=True):
             hyperparameters = searched[index] if stage == 0 else retrained[index].to_dict()
-            members.append({"stage": ("search", "retrained")[stage], "index": index, **hyperparameters})
+            members.append(
+                {"stage": ("search", "retrained")[stage], "index": index, "count": count, **hyperparameters}
+            )
         networks = candidates.num_members + len(result.retrained_from)
         return {
             "networks_trained": networks,
@@ -207,8 +217,8 @@ class HyperDeepEnsembleMethod(HyperCandidates):
             "network_epochs": networks * config.epochs,
             "deep_ensemble_trainings": networks / self.ensemble_size,
             "ensemble_size": self.ensemble_size,
-            "members_selected": len(result.final.indices),
-            "distinct_members": len(set(result.final.indices)),
+            "members_selected": len(result.final.distinct),
+            "selections": len(result.final.indices),
             "search": {
                 "hyperparameters": searched,
                 "selection": list(result.search.indices),
@@ -237,8 +247,10 @@ class HyperDeepEnsembleMethod(HyperCandidates):
         """Load a state; one saved after selection rebuilds the network with the final ensemble's size."""
         size = state_dict.get("network.l2")
         if size is not None and size.shape[0] != self.network.num_members:
-            self._use_network(HyperEnsemble(self.factory, [Hyperparameters()] * size.shape[0]))
-        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+            self.network = HyperEnsemble(self.factory, [Hyperparameters()] * size.shape[0])
+        result = super().load_state_dict(state_dict, strict=strict, assign=assign)
+        self._count_members()  # the loaded multiplicities
+        return result
 
 
 def _factory(context: MethodContext):

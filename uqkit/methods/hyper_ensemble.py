@@ -5,13 +5,15 @@ Quantification" (NeurIPS), Sec. 3: a random search over hyperparameters, a greed
 from the trained candidates on validation NLL (Caruana et al. 2004, "Ensemble Selection from Libraries of
 Models", with replacement), the selected hyperparameters retrained from new random initialisations
 ("stratified across initialisations"), and a final greedy selection over that stratified pool. The predictive
-is the uniform mixture over the selected multiset, ``p(y | x) = (1 / K) sum_k softmax(f_k(x))`` (a member
+is the uniform mixture over the selected multiset, ``p(y | x) = (1 / L) sum_l softmax(f_l(x))`` (a member
 selected twice counts twice). docs/efficient_ensembles.md has the equations and what this implementation
 simplifies.
 
 * :func:`greedy_ensemble_selection`: Caruana's greedy forward selection with replacement, on the validation
-  NLL of the averaged predictive; it stops at ``size`` selections, or earlier when no candidate lowers the
-  NLL (Wenzel et al.'s rule); ties go to the lowest candidate index.
+  NLL of the averaged predictive, until ``size`` distinct candidates are in, or earlier when no addition
+  lowers the NLL (Wenzel et al.'s rule, as their code); ties go to the lowest candidate index. A candidate
+  selected ``c`` times of ``L`` weighs ``c / L``; :class:`HyperEnsemble` stores it once with that
+  multiplicity.
 * :class:`Hyperparameters`, :class:`HyperparameterSpace`: the per-member hyperparameters (L2 coefficient,
   dropout rate, label smoothing) and the random-search distribution over them (log-uniform L2 and label
   smoothing, as uncertainty-baselines' sweeps; uniform dropout rate).
@@ -42,7 +44,7 @@ from uqkit._validation import (
 from uqkit.methods.ensemble import DeepEnsemble
 from uqkit.methods.predict import predict
 from uqkit.nn.dropout import MemberDropout
-from uqkit.nn.members import MEMBERS_ATTRIBUTE, fold_members, pretiled, tile_members
+from uqkit.nn.members import fold_members, pretiled, tile_members
 
 __all__ = [
     "GreedySelection",
@@ -76,7 +78,8 @@ class GreedySelection:
             twice (the ensemble is a multiset, each entry weighing ``1 / len(indices)``).
         scores: the validation NLL of the ensemble after each addition (decreasing strictly).
         num_candidates: ``K``, the size of the pool.
-        stopped_early: whether selection stopped before ``size`` because no candidate lowered the NLL.
+        stopped_early: whether selection stopped before ``size`` distinct candidates because no addition
+            lowered the NLL.
     """
 
     indices: tuple[int, ...]
@@ -106,33 +109,39 @@ def _true_class_log_probs(log_probs: torch.Tensor, labels: torch.Tensor) -> torc
     return log_probs.detach().double().gather(2, index).squeeze(2)
 
 
-def greedy_ensemble_selection(log_probs: torch.Tensor, labels: torch.Tensor, size: int) -> GreedySelection:
+def greedy_ensemble_selection(
+    log_probs: torch.Tensor, labels: torch.Tensor, size: int, max_selections: int | None = None
+) -> GreedySelection:
     """Greedy ensemble selection with replacement on validation NLL (Caruana et al. 2004, Sec. 2).
 
-    Starting from the empty ensemble ``E``, each step adds the candidate ``k`` (any of the ``K``, one already
+    Starting from the empty multiset ``E``, each step adds the candidate ``k`` (any of the ``K``, one already
     in ``E`` included) that gives the lowest validation NLL of the averaged predictive
 
         ``NLL(E + k) = -(1 / N) sum_n log[(1 / (|E| + 1)) (sum_{e in E} p_e(y_n | x_n) + p_k(y_n | x_n))]``,
 
-    until ``|E| = size`` selections, or until the best addition does not lower the NLL strictly (by more than
-    float64 rounding: a relative ``1e-12``), when selection stops (Wenzel et al. 2020's greedy procedure;
-    uncertainty-baselines' ``greedy_selection``).
-    Among candidates with equal NLL the lowest index is added. The first step therefore picks the candidate
-    with the lowest NLL on its own. The NLL is computed in float64 with ``logaddexp``, so probabilities far
-    below float precision do not underflow.
+    while ``E`` holds fewer than ``size`` *distinct* candidates, as uncertainty-baselines'
+    ``greedy_selection`` (Wenzel et al. 2020's code) counts the ensemble size; a candidate added again
+    raises its weight in the mixture to ``count / |E|``. Selection stops early when the best addition does
+    not lower the NLL strictly (by more than float64 rounding, a relative ``1e-12``), and after
+    ``max_selections`` additions (a safeguard of ours: re-adding members can keep lowering the NLL by ever
+    smaller amounts). Among candidates with equal NLL the lowest index is added, so the first step picks the
+    best candidate on its
+    own. The NLL is computed in float64 with ``logaddexp``, so tiny probabilities do not underflow.
 
     Args:
         log_probs: ``[K, N, C]`` log-probabilities of the ``K`` candidates on the ``N`` validation examples
             (``log_softmax`` of their logits; each row must normalise).
         labels: ``[N]`` class indices of the validation examples.
-        size: the most selections, ``>= 1`` (the ensemble size).
+        size: the most distinct candidates, ``>= 1`` (the ensemble size).
+        max_selections: the most additions, ``>= size``; default ``4 * size``.
 
     Returns:
         A :class:`GreedySelection` with at least one index.
 
     Raises:
         TypeError, ValueError: for log-probabilities that are not a finite ``[K, N, C]`` float tensor whose
-            rows normalise, labels that are not ``N`` class indices in ``[0, C)``, or a bad ``size``.
+            rows normalise, labels that are not ``N`` class indices in ``[0, C)``, or a bad ``size`` or
+            ``max_selections``.
 
     Shape:
         ``log_probs [K, N, C]``, ``labels [N]``.
@@ -152,13 +161,15 @@ def greedy_ensemble_selection(log_probs: torch.Tensor, labels: torch.Tensor, siz
         )
     labels = check_labels(labels, "labels", num_classes=classes, length=examples)
     size = check_positive_int(size, "size")
+    max_selections = 4 * size if max_selections is None else max_selections
+    max_selections = check_positive_int(max_selections, "max_selections", minimum=size)
     true = _true_class_log_probs(log_probs, labels.to(log_probs.device))
     indices: list[int] = []
     scores: list[float] = []
     log_sum: torch.Tensor | None = None  # log sum_{e in E} p_e(y_n | x_n), [N]
-    for step in range(size):
+    while len(set(indices)) < size and len(indices) < max_selections:
         totals = true if log_sum is None else torch.logaddexp(log_sum.unsqueeze(0), true)  # [K, N]
-        candidate_nlls = math.log(step + 1) - totals.mean(dim=1)
+        candidate_nlls = math.log(len(indices) + 1) - totals.mean(dim=1)
         best = int(torch.argmin(candidate_nlls))  # the first (lowest) index among equal minima
         nll = float(candidate_nlls[best])
         if scores and not nll < scores[-1] - _IMPROVEMENT_TOLERANCE * max(1.0, abs(scores[-1])):
@@ -303,19 +314,23 @@ class HyperEnsemble(nn.Module):
       member's slices only, so each member gets exactly the gradient it would get trained alone, and an
       element-wise optimiser (Adam, SGD) trains ``M`` independent networks.
 
-    ``uqkit.predict(hyper_ensemble, x)`` gives ``[M, B, C]`` logits (dropout off in eval mode). The
-    hyperparameters are buffers (``l2``, ``dropout``, ``label_smoothing``, each ``[M]``), saved with the
-    weights.
+    A selected ensemble weighs member ``m`` by its ``multiplicity`` ``c_m`` (how often the greedy selection
+    chose it): the model's output repeats member ``m``'s rows ``c_m`` times, ``[L * B, ...]`` with
+    ``L = sum_m c_m`` (its ``uqkit_num_members``), so ``uqkit.predict(hyper_ensemble, x)`` gives ``[L, B, C]``
+    logits, the uniform mixture over the multiset, at the cost of ``M`` networks (dropout off in eval mode).
+    The hyperparameters and multiplicities are buffers (``l2``, ``dropout``, ``label_smoothing``,
+    ``multiplicity``, each ``[M]``), saved with the weights.
 
     Args:
         factory: ``factory() -> nn.Module`` building one member (as :class:`uqkit.DeepEnsemble`'s); its
             ``nn.Dropout`` layers are where the members' dropout applies.
         hyperparameters: the ``M`` members' :class:`Hyperparameters`.
+        multiplicity: ``M`` ints ``>= 1`` (default all 1: every member once).
 
     Raises:
         TypeError: for hyperparameters that are not :class:`Hyperparameters`.
-        ValueError: for no hyperparameters, or a positive dropout rate when the factory's model has no
-            ``nn.Dropout`` layer.
+        ValueError: for no hyperparameters, a positive dropout rate when the factory's model has no
+            ``nn.Dropout`` layer, or multiplicities that are not ``M`` positive ints.
 
     Example:
         >>> space = HyperparameterSpace.for_training_set(len(train))
@@ -324,7 +339,12 @@ class HyperEnsemble(nn.Module):
         >>> uqkit.predict(stack, x)  # [10, B, C]
     """
 
-    def __init__(self, factory: Callable[[], nn.Module], hyperparameters: Sequence[Hyperparameters]) -> None:
+    def __init__(
+        self,
+        factory: Callable[[], nn.Module],
+        hyperparameters: Sequence[Hyperparameters],
+        multiplicity: Sequence[int] | None = None,
+    ) -> None:
         super().__init__()
         hyperparameters = list(hyperparameters)
         if not hyperparameters:
@@ -337,7 +357,13 @@ class HyperEnsemble(nn.Module):
         self.ensemble = DeepEnsemble(factory, len(hyperparameters))
         self.factory = factory
         self.num_members = len(hyperparameters)
-        setattr(self, MEMBERS_ATTRIBUTE, self.num_members)
+        multiplicity = [1] * self.num_members if multiplicity is None else list(multiplicity)
+        if len(multiplicity) != self.num_members or not all(
+            isinstance(c, int) and not isinstance(c, bool) and c >= 1 for c in multiplicity
+        ):
+            raise ValueError(
+                f"multiplicity: expected {self.num_members} ints >= 1 (one per member), got {multiplicity!r}"
+            )
         rates = [h.dropout for h in hyperparameters]
         if not _member_dropout_(self.ensemble.network, rates) and any(rate > 0 for rate in rates):
             raise ValueError(
@@ -353,6 +379,13 @@ class HyperEnsemble(nn.Module):
         self.register_buffer("l2", buffer("l2"))
         self.register_buffer("dropout", buffer("dropout"))
         self.register_buffer("label_smoothing", buffer("label_smoothing"))
+        self.register_buffer("multiplicity", torch.tensor(multiplicity, dtype=torch.long))
+
+    @property
+    def uqkit_num_members(self) -> int:
+        """``L = sum_m c_m``: the rows of members the model returns per example (the member-model attribute
+        :data:`uqkit.nn.members.MEMBERS_ATTRIBUTE` that :func:`uqkit.predict` reads)."""
+        return int(self.multiplicity.sum())
 
     @property
     def hyperparameters(self) -> list[Hyperparameters]:
@@ -361,8 +394,19 @@ class HyperEnsemble(nn.Module):
         return [Hyperparameters(*values) for values in columns]
 
     def forward(self, *args, **kwargs):
-        """The members' outputs, ``[M * B, ...]`` (see :class:`uqkit.DeepEnsemble`)."""
-        return self.ensemble(*args, **kwargs)
+        """The members' outputs, ``[M * B, ...]`` (see :class:`uqkit.DeepEnsemble`); with multiplicities
+        other than 1, member ``m``'s rows repeated ``c_m`` times, ``[L * B, ...]``."""
+        outputs = self.ensemble(*args, **kwargs)
+        if bool((self.multiplicity == 1).all()):
+            return outputs
+        if not isinstance(outputs, torch.Tensor):
+            raise TypeError(
+                f"HyperEnsemble with multiplicities: expected the members to return a tensor, got "
+                f"{type(outputs).__name__}"
+            )
+        members = outputs.unflatten(0, (self.num_members, outputs.shape[0] // self.num_members))
+        repeated = members.repeat_interleave(self.multiplicity.to(outputs.device), dim=0)
+        return repeated.flatten(0, 1)
 
     def penalties(self) -> torch.Tensor:
         """``[M]``: ``lambda_m ||W_m||^2`` over each member's weight matrices and kernels."""
@@ -426,11 +470,14 @@ class HyperEnsemble(nn.Module):
         return self.ensemble.members()
 
     @classmethod
-    def from_members(cls, members: Sequence[tuple[HyperEnsemble, int]]) -> HyperEnsemble:
+    def from_members(
+        cls, members: Sequence[tuple[HyperEnsemble, int]], multiplicity: Sequence[int] | None = None
+    ) -> HyperEnsemble:
         """A new stack of the given members of existing stacks (copies; one member may appear several times).
 
         Args:
             members: ``(stack, index)`` pairs; every stack must be of the same architecture.
+            multiplicity: the new members' multiplicities (default 1 each).
 
         Returns:
             A :class:`HyperEnsemble` whose member ``j`` is a copy of ``members[j]`` (weights and
@@ -451,7 +498,9 @@ class HyperEnsemble(nn.Module):
                 )
         first = members[0][0]
         reference = next(first.parameters())
-        combined = cls(first.factory, [stack.hyperparameters[index] for stack, index in members])
+        combined = cls(
+            first.factory, [stack.hyperparameters[index] for stack, index in members], multiplicity
+        )
         combined.to(device=reference.device, dtype=reference.dtype)
         target = combined.state_dict()
         states = {id(stack): stack.state_dict() for stack, _ in members}
@@ -466,7 +515,9 @@ class HyperEnsemble(nn.Module):
             {
                 name: torch.stack([states[id(stack)][name][index] for stack, index in members])
                 for name in target
+                if name != "multiplicity"
             }
+            | {"multiplicity": combined.multiplicity}
         )
         return combined.eval()
 
@@ -520,7 +571,8 @@ class HyperDeepEnsembleResult:
     """What :func:`retrain_and_select` (and :func:`hyper_deep_ensemble`) returns.
 
     Attributes:
-        ensemble: the final :class:`HyperEnsemble`, member ``j`` the ``j``-th selection of ``final``.
+        ensemble: the final :class:`HyperEnsemble`: member ``j`` is the ``j``-th distinct selection of
+            ``final``, with its count as multiplicity.
         search: the first greedy selection, over the random search's candidates.
         retrained: the stack of retrained networks (member ``j`` from candidate ``retrained_from[j]``).
         retrained_from: the search candidate each retrained network took its hyperparameters from.
@@ -539,7 +591,7 @@ class HyperDeepEnsembleResult:
     @property
     def sources(self) -> list[tuple[int, int]]:
         """``(stage, index)`` of each member of the final ensemble (see :attr:`pool`)."""
-        return [self.pool[index] for index in self.final.indices]
+        return [self.pool[index] for index in self.final.distinct]
 
 
 def retrain_and_select(
@@ -566,7 +618,7 @@ def retrain_and_select(
         search: the first greedy selection over them.
         fit: ``fit(stack)`` trains a new :class:`HyperEnsemble` in place (its :meth:`HyperEnsemble.loss`).
         val_inputs, val_labels: the validation split the selection is made on.
-        ensemble_size: the final ensemble's size (most selections).
+        ensemble_size: the final ensemble's size (most distinct members).
         num_retrained: how many networks to retrain; default ``(ensemble_size - 1) * d`` for ``d`` distinct
             selected hyperparameters (each then has ``ensemble_size`` initialisations, as the paper's).
         batch_size: of the validation predictions.
@@ -591,7 +643,10 @@ def retrain_and_select(
     )
     final = greedy_ensemble_selection(pool_log_probs, val_labels, ensemble_size)
     stacks = (candidates, retrained)
-    ensemble = HyperEnsemble.from_members([(stacks[pool[i][0]], pool[i][1]) for i in final.indices])
+    ensemble = HyperEnsemble.from_members(
+        [(stacks[pool[i][0]], pool[i][1]) for i in final.distinct],
+        [final.counts[i] for i in final.distinct],
+    )
     return HyperDeepEnsembleResult(ensemble, search, retrained, retrained_from, pool, final)
 
 
@@ -622,7 +677,7 @@ def hyper_deep_ensemble(
         fit: ``fit(stack)`` trains a :class:`HyperEnsemble` in place on the training split, e.g. Adam on
             ``stack.loss(x, y)``; selection happens on the validation split only.
         val_inputs, val_labels: the validation split.
-        ensemble_size: ``K``, the final ensemble's size.
+        ensemble_size: ``K``, the final ensemble's size (most distinct members).
         num_candidates: the random search's size.
         num_retrained: see :func:`retrain_and_select`.
         space: the search space (default :class:`HyperparameterSpace` ``()``).
