@@ -26,7 +26,7 @@ from uqkit._validation import check_positive_int, check_unit_interval
 from uqkit.nn._posterior import StochasticModule
 from uqkit.nn.members import member_rows
 
-__all__ = ["MCDropout", "MemberDropout", "dropout_weight_decay"]
+__all__ = ["MCDropout", "MemberDropout", "drop_rates", "dropout_weight_decay"]
 
 
 class MCDropout(StochasticModule):
@@ -58,6 +58,19 @@ class MCDropout(StochasticModule):
         return f"p={self.p}, inplace={self.inplace}"
 
 
+def drop_rates(rates: Sequence[float] | torch.Tensor) -> torch.Tensor:
+    """One or more drop probabilities, checked to lie in ``[0, 1)``, as a 1-D tensor of the default dtype
+    (the ``rates`` buffer of :class:`MemberDropout` and :class:`uqkit.nn.StackedDropout`).
+
+    Raises:
+        ValueError: for no rates, or a rate outside ``[0, 1)`` or not finite.
+    """
+    rates = torch.as_tensor(rates, dtype=torch.float64).reshape(-1)
+    if rates.numel() == 0 or bool(((rates < 0) | (rates >= 1) | ~torch.isfinite(rates)).any()):
+        raise ValueError(f"rates: expected one or more drop probabilities in [0, 1), got {rates.tolist()}")
+    return rates.to(torch.get_default_dtype())
+
+
 class MemberDropout(nn.Module):
     """Inverted dropout with its own rate ``p_m`` for each member ``m`` of a folded batch ``[M * B, ...]``.
 
@@ -84,12 +97,7 @@ class MemberDropout(nn.Module):
 
     def __init__(self, rates: Sequence[float] | torch.Tensor) -> None:
         super().__init__()
-        rates = torch.as_tensor(rates, dtype=torch.float64).reshape(-1)
-        if rates.numel() == 0 or bool(((rates < 0) | (rates >= 1) | ~torch.isfinite(rates)).any()):
-            raise ValueError(
-                f"rates: expected one or more drop probabilities in [0, 1), got {rates.tolist()}"
-            )
-        self.register_buffer("rates", rates.to(torch.get_default_dtype()))
+        self.register_buffer("rates", drop_rates(rates))
 
     @property
     def num_members(self) -> int:
