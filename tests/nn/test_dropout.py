@@ -55,3 +55,38 @@ def test_zero_rate_inplace_and_validation():
         MCDropout(1.0)
     with pytest.raises(TypeError, match="p: expected a number"):
         MCDropout("0.5")
+
+
+# --- MemberDropout: a rate per member of a folded batch [M * B, ...] ---------------------------------------
+
+
+def test_member_dropout_drops_each_members_rows_at_its_own_rate_with_inverted_scaling():
+    from uqkit.nn.dropout import MemberDropout
+
+    torch.manual_seed(0)
+    rates, batch, features = [0.0, 0.2, 0.5], 100, 200  # n = 20,000 elements per member
+    layer = MemberDropout(rates).train()
+    x = torch.rand(len(rates) * batch, features) + 0.5  # no zeros in the input
+    out = layer(x).view(len(rates), batch, features)
+    x = x.view(len(rates), batch, features)
+    n = batch * features
+    torch.testing.assert_close(out[0], x[0], rtol=0, atol=0)  # rate 0: untouched
+    for member, p in enumerate(rates[1:], start=1):
+        dropped = out[member] == 0
+        # zeros ~ Binomial(n, p) / n: standard error sqrt(p (1 - p) / n)
+        assert abs(float(dropped.float().mean()) - p) < 5 * math.sqrt(p * (1 - p) / n), member
+        torch.testing.assert_close(out[member][~dropped], x[member][~dropped] / (1 - p))
+
+
+def test_member_dropout_is_the_identity_in_eval_mode_and_checks_its_inputs():
+    from uqkit.nn.dropout import MemberDropout
+
+    layer = MemberDropout([0.5, 0.5]).eval()
+    x = torch.randn(6, 3)
+    assert layer(x) is x
+    with pytest.raises(ValueError, match=r"MemberDropout input: expected a multiple of M = 2 rows"):
+        layer.train()(torch.randn(5, 3))
+    with pytest.raises(ValueError, match=r"rates: expected one or more drop probabilities in \[0, 1\)"):
+        MemberDropout([0.1, 1.0])
+    with pytest.raises(ValueError, match="rates: expected one or more"):
+        MemberDropout([])

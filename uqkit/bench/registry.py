@@ -15,7 +15,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -25,6 +25,9 @@ from uqkit.bench.models import build_model
 from uqkit.methods.predict import predict
 from uqkit.objectives import ELBO
 from uqkit.prediction import Prediction
+
+if TYPE_CHECKING:
+    from uqkit.bench.trainer import TrainConfig
 
 __all__ = [
     "METHODS",
@@ -48,6 +51,8 @@ class MethodContext:
     num_train: int
     task: str = ""
     batch_size: int = 128  # training batch size (e.g. to express a schedule in epochs)
+    training: TrainConfig | None = None  # the run's training configuration, for a method that trains more
+    # networks than the trainer's one run (hyper-deep-ensemble's retraining stage); None outside a run
 
 
 class NotApplicableError(ValueError):
@@ -138,6 +143,12 @@ class Method(nn.Module):
     def load_part_states(self, states: list[dict[str, Any]]) -> None:
         """Load the parts' states (from :meth:`part_state`), each possibly from another epoch."""
         self.load_state_dict(states[0])
+
+    def result_details(self) -> dict[str, Any]:
+        """Method-specific facts for ``results.json`` (the block's ``details``; default: none), e.g. how many
+        networks a search trained; read after training and post-hoc fitting, also when a finished method is
+        reloaded, so they must come from the method's state."""
+        return {}
 
     def on_epoch_start(self, epoch: int, num_epochs: int) -> None:
         """Called by the trainer before each epoch (0-based ``epoch``); default: nothing.

@@ -164,6 +164,7 @@ _METHOD_KEYS: dict[str, Any] = {
     "description": NotRequired(str),
     "shares_training_with": NotRequired(Nullable(str)),
     "learning_rate_schedule": NotRequired(str),
+    "details": NotRequired({}),
     "metrics": {
         "accuracy": FRACTION,
         "nll": NON_NEGATIVE,

@@ -294,6 +294,7 @@ def _run_method(
         len(task.train),
         task.name,
         batch_size=train_config.batch_size,
+        training=train_config,
     )
     torch.manual_seed(config.seed)
     method = build_method(method_name, context)
@@ -348,6 +349,9 @@ def _run_method(
     block["selected_epochs"] = selected  # per part (one, or one per ensemble member): best validation NLL
     block["learning_rate_schedule"] = method_config.schedule
     block["description"] = METHODS[method_name].description
+    details = method.result_details()
+    if details:
+        block["details"] = details  # method-specific (e.g. a search's budget); docs/results-schema.md
     if task.kind == "regression":
         from uqkit.bench.evaluate_regression import regression_training_fields
 

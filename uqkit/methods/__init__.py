@@ -10,6 +10,13 @@ from uqkit.methods.convert import (
     register_conversion,
 )
 from uqkit.methods.ensemble import DeepEnsemble, register_vectorization, vmap_vectorization
+from uqkit.methods.hyper_ensemble import (
+    HyperEnsemble,
+    Hyperparameters,
+    HyperparameterSpace,
+    greedy_ensemble_selection,
+    hyper_deep_ensemble,
+)
 from uqkit.methods.laplace import LastLayerLaplace
 from uqkit.methods.mimo import MIMO
 from uqkit.methods.predict import predict
@@ -23,9 +30,14 @@ __all__ = [
     "DeepEnsemble",
     "FlipoutConfig",
     "GaussianConfig",
+    "HyperEnsemble",
+    "HyperparameterSpace",
+    "Hyperparameters",
     "LastLayerLaplace",
     "Rank1Config",
     "bayesianize_",
+    "greedy_ensemble_selection",
+    "hyper_deep_ensemble",
     "predict",
     "register_conversion",
     "register_vectorization",

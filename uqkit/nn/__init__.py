@@ -9,7 +9,7 @@ from uqkit.nn import priors
 from uqkit.nn._noise import rademacher
 from uqkit.nn._posterior import BayesianModule, StochasticModule, use_posterior_mean
 from uqkit.nn.batchensemble import BatchEnsembleConv1d, BatchEnsembleConv2d, BatchEnsembleLinear
-from uqkit.nn.dropout import MCDropout
+from uqkit.nn.dropout import MCDropout, MemberDropout
 from uqkit.nn.flipout import FlipoutConv1d, FlipoutConv2d, FlipoutLinear, FlipoutLSTM
 from uqkit.nn.gp import RandomFeatureGP
 from uqkit.nn.heteroscedastic import HeteroscedasticHead
@@ -35,6 +35,7 @@ __all__ = [
     "GaussianLinear",
     "HeteroscedasticHead",
     "MCDropout",
+    "MemberDropout",
     "NormalPrior",
     "RandomFeatureGP",
     "Rank1Conv1d",

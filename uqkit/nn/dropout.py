@@ -7,9 +7,16 @@ network with a Bernoulli variational posterior over the rows of the next layer's
 up to constants, an L2 penalty on the weights (Gal & Ghahramani 2016, eq. (4)); :func:`dropout_weight_decay`
 computes it per training example, to be added to the mean cross-entropy. :func:`uqkit.kl_divergence` does
 not include it, and no optimiser ``weight_decay`` is implied.
+
+:class:`MemberDropout` is ordinary (training-only) dropout with its own rate for each member of a member model
+whose members ride folded in the batch (``[M * B, ...]``, :mod:`uqkit.nn.members`): the members of a
+hyper-deep ensemble (Wenzel et al. 2020, :class:`uqkit.methods.hyper_ensemble.HyperEnsemble`) each train with
+their own dropout rate in one vectorized stack.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -17,8 +24,9 @@ from torch import nn
 
 from uqkit._validation import check_positive_int, check_unit_interval
 from uqkit.nn._posterior import StochasticModule
+from uqkit.nn.members import member_rows
 
-__all__ = ["MCDropout", "dropout_weight_decay"]
+__all__ = ["MCDropout", "MemberDropout", "drop_rates", "dropout_weight_decay"]
 
 
 class MCDropout(StochasticModule):
@@ -48,6 +56,67 @@ class MCDropout(StochasticModule):
 
     def extra_repr(self) -> str:
         return f"p={self.p}, inplace={self.inplace}"
+
+
+def drop_rates(rates: Sequence[float] | torch.Tensor) -> torch.Tensor:
+    """One or more drop probabilities, checked to lie in ``[0, 1)``, as a 1-D tensor of the default dtype
+    (the ``rates`` buffer of :class:`MemberDropout` and :class:`uqkit.nn.StackedDropout`).
+
+    Raises:
+        ValueError: for no rates, or a rate outside ``[0, 1)`` or not finite.
+    """
+    rates = torch.as_tensor(rates, dtype=torch.float64).reshape(-1)
+    if rates.numel() == 0 or bool(((rates < 0) | (rates >= 1) | ~torch.isfinite(rates)).any()):
+        raise ValueError(f"rates: expected one or more drop probabilities in [0, 1), got {rates.tolist()}")
+    return rates.to(torch.get_default_dtype())
+
+
+class MemberDropout(nn.Module):
+    """Inverted dropout with its own rate ``p_m`` for each member ``m`` of a folded batch ``[M * B, ...]``.
+
+    In training mode, every element of member ``m``'s rows (``m * B`` to ``(m + 1) * B - 1``, member-major as
+    :mod:`uqkit.nn.members` folds them) is zeroed with probability ``p_m`` and the others are scaled by
+    ``1 / (1 - p_m)``, so that its expectation is the input (Srivastava et al. 2014, inverted as
+    ``nn.Dropout``); in eval mode it is the identity, as ``nn.Dropout``. Member ``m`` therefore trains as the
+    same network with ``nn.Dropout(p_m)`` would. A :class:`uqkit.DeepEnsemble` keeps a factory's
+    ``nn.Dropout`` as it is (one rate for every row); :class:`uqkit.methods.hyper_ensemble.HyperEnsemble`
+    puts this module in its place to give each member its own rate.
+
+    The mask is drawn as ``torch.rand(M, B, *rest) < 1 - p_m`` from torch's global generator.
+
+    Args:
+        rates: the ``M`` drop probabilities, each in ``[0, 1)``.
+
+    Shape:
+        input ``[M * B, ...]`` (members folded into the batch, member-major); output the same.
+
+    Raises:
+        ValueError: for no rates or a rate outside ``[0, 1)``; in the forward pass, for an input whose rows
+            are not a multiple of ``M``.
+    """
+
+    def __init__(self, rates: Sequence[float] | torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("rates", drop_rates(rates))
+
+    @property
+    def num_members(self) -> int:
+        """``M``, the number of rates."""
+        return int(self.rates.shape[0])
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        members = self.num_members
+        batch = member_rows(input, members, "MemberDropout input")
+        if not self.training or not bool((self.rates > 0).any()):
+            return input
+        rest = input.shape[1:]
+        keep = (1.0 - self.rates).to(input.dtype).reshape(members, 1, *([1] * len(rest)))
+        noise = torch.rand((members, batch, *rest), dtype=input.dtype, device=input.device)
+        mask = (noise < keep).to(input.dtype).div_(keep)  # 0 or 1 / (1 - p_m)
+        return (input.reshape(members, batch, *rest) * mask).reshape(input.shape)
+
+    def extra_repr(self) -> str:
+        return f"num_members={self.num_members}, rates={[round(float(r), 4) for r in self.rates]}"
 
 
 def dropout_weight_decay(model: nn.Module, length_scale: float, num_data: int) -> torch.Tensor:

@@ -34,6 +34,7 @@ from torch import nn
 from uqkit._validation import check_positive_float, check_positive_int
 from uqkit.nn._noise import rademacher
 from uqkit.nn._posterior import BayesianModule, StochasticModule
+from uqkit.nn.dropout import drop_rates
 from uqkit.nn.members import _with_member_dim as with_member_dim
 from uqkit.nn.priors import Prior
 
@@ -172,12 +173,7 @@ class StackedDropout(StochasticModule):
 
     def __init__(self, rates: Sequence[float] | torch.Tensor) -> None:
         super().__init__()
-        rates = torch.as_tensor(rates, dtype=torch.float64).reshape(-1)
-        if rates.numel() == 0 or bool(((rates < 0) | (rates >= 1) | ~torch.isfinite(rates)).any()):
-            raise ValueError(
-                f"rates: expected one or more drop probabilities in [0, 1), got {rates.tolist()}"
-            )
-        self.register_buffer("rates", rates.to(torch.get_default_dtype()))
+        self.register_buffer("rates", drop_rates(rates))
 
     @property
     def num_models(self) -> int:
