@@ -12,6 +12,7 @@ from uqkit.methods.convert import (
 from uqkit.methods.ensemble import DeepEnsemble, register_vectorization, vmap_vectorization
 from uqkit.methods.laplace import LastLayerLaplace
 from uqkit.methods.mimo import MIMO
+from uqkit.methods.ncp import NoiseContrastivePrior, ncp_loss
 from uqkit.methods.predict import predict
 from uqkit.methods.sngp import SNGP
 
@@ -24,8 +25,10 @@ __all__ = [
     "FlipoutConfig",
     "GaussianConfig",
     "LastLayerLaplace",
+    "NoiseContrastivePrior",
     "Rank1Config",
     "bayesianize_",
+    "ncp_loss",
     "predict",
     "register_conversion",
     "register_vectorization",
