@@ -311,7 +311,8 @@ class NoiseContrastivePrior(nn.Module):
             flight delays).
         prior_std: ``sigma_y > 0``, the output prior's standard deviation (targets' units; the authors use 1
             with standardised targets). Default 1.
-        weight: ``gamma >= 0``, the weight of the NCP term. Default 0.1.
+        weight: ``gamma >= 0``, the weight of the NCP term. Default 0.1 (the authors'). Pseudo-inputs also
+            fall on the data, so a larger weight widens the predictive there too (docs/ncp.md measures it).
         num_data: add the weight-space ``KL / num_data`` of Bayesian layers (None: leave it out).
 
     After each call, ``last_nll``, ``last_divergence`` and ``last_kl`` hold the detached terms (None when
