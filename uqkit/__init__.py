@@ -11,6 +11,7 @@ from uqkit.methods.convert import (
 from uqkit.methods.ensemble import DeepEnsemble
 from uqkit.methods.laplace import LastLayerLaplace
 from uqkit.methods.mimo import MIMO
+from uqkit.methods.ncp import NoiseContrastivePrior, ncp_loss
 from uqkit.methods.predict import predict
 from uqkit.methods.sngp import SNGP
 from uqkit.objectives import ELBO, gaussian_nll_loss, kl_divergence
@@ -28,6 +29,7 @@ __all__ = [
     "GaussianConfig",
     "GaussianPrediction",
     "LastLayerLaplace",
+    "NoiseContrastivePrior",
     "Prediction",
     "Rank1Config",
     "__version__",
@@ -38,6 +40,7 @@ __all__ = [
     "gaussian_nll_loss",
     "kl_divergence",
     "metrics",
+    "ncp_loss",
     "nn",
     "predict",
 ]

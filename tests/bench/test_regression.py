@@ -131,7 +131,7 @@ def test_a_snapshot_equals_the_shorter_training_of_the_same_model():
     assert not torch.equal(long.state_dict()["hidden.weight"][1], one.state_dict()["hidden.weight"][1])
 
 
-@pytest.mark.parametrize("name", ["deep-ensemble", "mc-dropout"])
+@pytest.mark.parametrize("name", ["deep-ensemble", "mc-dropout", "ncp"])
 def test_hyper_parameters_never_depend_on_test_data(name):
     table = _tiny_table()
     changed_targets = table.targets.clone()
@@ -147,7 +147,61 @@ def test_hyper_parameters_never_depend_on_test_data(name):
         assert first["per_split"][key][0] == second["per_split"][key][0]
     if name == "mc-dropout":
         assert first["per_split"]["dropout"][0] == second["per_split"]["dropout"][0]
+    if name == "ncp":
+        for key in ("input_noise", "output_prior_scale"):
+            assert first["per_split"][key][0] == second["per_split"][key][0]
     assert first["per_split"]["nll"][0] != second["per_split"]["nll"][0]  # its test data did change
+
+
+def test_ncp_grid_and_recipe():
+    method = REGRESSION_METHODS["ncp"]
+    grid = method.grid()
+    assert len(grid) == len(method.learning_rates) * len(method.input_noises) * len(
+        method.output_prior_scales
+    )
+    assert {tuple(sorted(c)) for c in grid} == {
+        ("dropout", "input_noise", "learning_rate", "output_prior_scale")
+    }
+    assert {(c["input_noise"], c["output_prior_scale"]) for c in grid} == {
+        (a, b) for a in method.input_noises for b in method.output_prior_scales
+    }
+    assert method.num_samples == method.validation_samples == 1  # the exact Gaussian predictive
+    assert "input_noise" not in REGRESSION_METHODS["deterministic"].grid()[0]
+    with pytest.raises(ValueError, match="input_noises"):
+        dataclasses.replace(method, input_noises=None)
+    with pytest.raises(ValueError, match="ncp"):
+        dataclasses.replace(REGRESSION_METHODS["deterministic"], input_noises=(0.1,))
+    with pytest.raises(ValueError, match="Flipout"):
+        dataclasses.replace(method, flipout=True)
+
+
+def test_ncp_training_is_the_ncp_loss_of_each_model():
+    """The stacked NCP loss of model k is its expected NLL plus ncp_weight times the KL from
+    N(y, prior[k]^2) to its function distribution at its batch perturbed with noise[k] (Hafner et al.)."""
+    from uqkit.methods.ncp import expected_gaussian_nll, output_prior_divergence
+
+    table = _tiny_table()
+    phase = _phase_data(table, [(train, test) for train, test in table.splits])
+    method = _small("ncp", epochs=1)
+    noise, prior = torch.tensor([0.1, 0.5, 1.0]), torch.tensor([0.5, 1.0, 2.0])
+    args = (method, phase, torch.arange(3), torch.full((3,), 1e-2), torch.zeros(3), 1)
+    model = _train_stack(*args, seed=2, input_noise=noise, prior_scale=prior)
+    assert isinstance(model, regression.StackedBayesianLastLayerMLP)
+    x, y = phase.train_x[:, :8], phase.train_y[:, :8]
+    torch.manual_seed(11)
+    losses = regression._ncp_losses(method, model, x, y, noise, prior)
+    torch.manual_seed(11)
+    eps = torch.randn_like(x)
+    for k in range(3):
+        clean = [part[k] for part in model.moments(x)]
+        noisy = [part[k] for part in model.moments(x + noise[k] * eps)]
+        want = (
+            expected_gaussian_nll(*clean, y[k]).mean()
+            + method.ncp_weight * output_prior_divergence(noisy[0], noisy[1], y[k], float(prior[k])).mean()
+        )
+        torch.testing.assert_close(losses[k], want, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="input_noise"):
+        _train_stack(*args, seed=2)
 
 
 def test_reported_nll_and_rmse_are_in_original_units():

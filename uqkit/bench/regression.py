@@ -19,8 +19,11 @@ this is exactly the set of independent trainings, at the cost of a handful of ba
 
 The methods (:data:`REGRESSION_METHODS`, registered with :func:`register_regression_method`):
 ``deterministic`` (one network), ``deep-ensemble`` (5 networks, their Gaussian mixture), ``mc-dropout``
-(dropout on the input and hidden layer kept on at test time) and ``flipout-bnn`` (mean-field Gaussian
-weights with Flipout, trained on the ELBO with the KL divided by the training-set size).
+(dropout on the input and hidden layer kept on at test time), ``flipout-bnn`` (mean-field Gaussian
+weights with Flipout, trained on the ELBO with the KL divided by the training-set size) and ``ncp`` (a
+Bayesian last layer for the mean trained with a noise-contrastive prior, Hafner et al. 2018: the network's
+function distribution at perturbed inputs pulled towards a wide output prior; its input-noise and prior
+scales are hyper-parameters chosen on validation like the others).
 """
 
 from __future__ import annotations
@@ -43,9 +46,10 @@ from uqkit.bench.evaluate_conformal import conformal_intervals, summarize_interv
 from uqkit.bench.report import SCHEMA_VERSION
 from uqkit.bench.trainer import NonFiniteLossError
 from uqkit.data.uci import RegressionTable, Standardizer, load_uci_directory, uci_boston, uci_concrete
+from uqkit.methods.ncp import expected_gaussian_nll, output_prior_divergence
 from uqkit.metrics.regression import gaussian_nll, interval_coverage, rmse
 from uqkit.nn.priors import NormalPrior
-from uqkit.nn.stacked import StackedGaussianMLP
+from uqkit.nn.stacked import StackedBayesianLastLayerMLP, StackedGaussianMLP
 from uqkit.objectives import gaussian_nll_loss, kl_divergence
 from uqkit.prediction import GaussianPrediction
 
@@ -161,6 +165,16 @@ class RegressionMethod:
             ``x' = x + epsilon * range * sign(grad_x l(x))``.
         lengthscale: prior length-scale ``l`` of Gal & Ghahramani's weight decay for dropout networks,
             ``l^2 (1 - p) / (2 N)`` (their eq. with the precision ``tau`` replaced by the learned variance).
+        prior_scale: standard deviation of the weight prior of Flipout networks.
+        posterior_scale_init: initial posterior standard deviation of the Bayesian weights (Flipout
+            networks; the mean's last layer with ``ncp``).
+        ncp: a Bayesian last layer for the mean (:class:`~uqkit.nn.StackedBayesianLastLayerMLP`) trained
+            with a noise-contrastive prior (Hafner et al. 2018, BBB+NCP; :mod:`uqkit.methods.ncp`): the loss
+            is the exact expected NLL plus ``ncp_weight * KL[N(y, sigma_y^2) || q(f | x~)]`` at
+            ``x~ = x + sigma_x eps`` (standardised units); the predictive is exact (one Gaussian).
+        input_noises: grid of ``sigma_x`` (``ncp``), chosen on validation.
+        output_prior_scales: grid of ``sigma_y`` (``ncp``), chosen on validation.
+        ncp_weight: ``gamma``, the weight of the NCP term (``ncp``).
     """
 
     name: str
@@ -179,13 +193,41 @@ class RegressionMethod:
     lengthscale: float = 1e-2
     prior_scale: float = 1.0
     posterior_scale_init: float = 1e-3
+    ncp: bool = False
+    input_noises: tuple[float, ...] | None = None
+    output_prior_scales: tuple[float, ...] | None = None
+    ncp_weight: float = 0.1
+
+    def __post_init__(self) -> None:
+        if self.ncp:
+            if not self.input_noises or not self.output_prior_scales:
+                raise ValueError(
+                    f"{self.name}: ncp needs input_noises and output_prior_scales grids, got "
+                    f"{self.input_noises!r} and {self.output_prior_scales!r}"
+                )
+            if self.flipout or self.dropout_rates is not None or self.members != 1:
+                raise ValueError(f"{self.name}: ncp is one network, without Flipout, dropout or members")
+            if any(v <= 0 for v in (*self.input_noises, *self.output_prior_scales, self.ncp_weight)):
+                raise ValueError(f"{self.name}: ncp scales and weight must be > 0")
+        elif self.input_noises is not None or self.output_prior_scales is not None:
+            raise ValueError(f"{self.name}: input_noises and output_prior_scales need ncp=True")
 
     def grid(self) -> list[dict[str, float]]:
-        """Every hyper-parameter configuration, e.g. ``[{"learning_rate": 1e-3, "dropout": 0.05}, ...]``."""
+        """Every hyper-parameter configuration, e.g. ``[{"learning_rate": 1e-3, "dropout": 0.05}, ...]``
+        (with ``ncp``, also ``"input_noise"`` and ``"output_prior_scale"``)."""
         rates = self.dropout_rates if self.dropout_rates is not None else (0.0,)
-        return [
+        configs = [
             {"learning_rate": float(lr), "dropout": float(p)}
             for lr, p in itertools.product(self.learning_rates, rates)
+        ]
+        if not self.ncp:
+            return configs
+        assert self.input_noises is not None and self.output_prior_scales is not None
+        return [
+            {**config, "input_noise": float(noise), "output_prior_scale": float(scale)}
+            for config, noise, scale in itertools.product(
+                configs, self.input_noises, self.output_prior_scales
+            )
         ]
 
     @property
@@ -254,6 +296,22 @@ register_regression_method(
         num_samples=100,
         validation_samples=20,
         score_every=5,
+    )
+)
+register_regression_method(
+    RegressionMethod(
+        "ncp",
+        "Bayesian last layer for the mean with a noise-contrastive prior (Hafner et al. 2018, BBB+NCP): "
+        "expected NLL + 0.1 KL from N(y, s_y^2) to the function distribution at x + s_x eps, exact Gaussian "
+        "predictive; lr, s_x, s_y and epochs chosen on validation",
+        learning_rates=(1e-3, 1e-2),
+        epochs=400,
+        select_epochs=True,
+        ncp=True,
+        input_noises=(0.1, 0.3, 1.0),
+        output_prior_scales=(0.5, 1.0),
+        ncp_weight=0.1,
+        posterior_scale_init=0.1,
     )
 )
 
@@ -360,7 +418,13 @@ def _phase_data(table: RegressionTable, pairs: Sequence[tuple[torch.Tensor, torc
     )
 
 
-def _build_stack(method: RegressionMethod, dropout: torch.Tensor, in_features: int) -> StackedGaussianMLP:
+def _build_stack(
+    method: RegressionMethod, dropout: torch.Tensor, in_features: int
+) -> StackedGaussianMLP | StackedBayesianLastLayerMLP:
+    if method.ncp:
+        return StackedBayesianLastLayerMLP(
+            dropout.numel(), in_features, HIDDEN_UNITS, posterior_scale_init=method.posterior_scale_init
+        )
     return StackedGaussianMLP(
         dropout.numel(),
         in_features,
@@ -415,12 +479,16 @@ def _train_stack(
     snapshot_epochs: torch.Tensor | None = None,
     on_epoch: Callable[[int, StackedGaussianMLP], None] | None = None,
     raise_on_nonfinite: bool = True,
+    input_noise: torch.Tensor | None = None,
+    prior_scale: torch.Tensor | None = None,
 ) -> StackedGaussianMLP:
     """Train ``K`` models, model ``k`` on split ``split_of_model[k]`` of ``phase``, as one stack.
 
     Each model gets its own random minibatch order (batch size :data:`BATCH_SIZE`). The loss is the sum
     over models of each model's mean (beta-)NLL over its batch, plus its weight decay (dropout methods) or
-    its ``KL / N`` (Flipout), so that every model gets exactly its own gradient.
+    its ``KL / N`` (Flipout), so that every model gets exactly its own gradient. With ``ncp``, a model's
+    loss is its mean expected NLL under its function distribution plus ``ncp_weight`` times the mean NCP
+    divergence at its batch perturbed with its own ``input_noise[k]``, towards ``N(y, prior_scale[k]^2)``.
 
     Args:
         snapshot_epochs: ``[K]`` epoch (1-based) after which each model's parameters are kept; the returned
@@ -428,8 +496,11 @@ def _train_stack(
         on_epoch: called as ``on_epoch(epoch, model)`` after each epoch (validation scoring).
         raise_on_nonfinite: raise :class:`~uqkit.bench.trainer.NonFiniteLossError` when a model's loss is
             not finite; off while scoring a grid, where a diverged configuration simply scores ``inf``.
+        input_noise, prior_scale: ``[K]`` NCP scales ``sigma_x`` and ``sigma_y`` (``ncp`` methods only).
     """
     models = split_of_model.numel()
+    if method.ncp and (input_noise is None or prior_scale is None):
+        raise ValueError(f"{method.name}: ncp training needs input_noise and prior_scale, one per model")
     num_train, in_features = phase.train_x.shape[1], phase.train_x.shape[2]
     torch.manual_seed(seed)
     model = _build_stack(method, dropout, in_features)
@@ -451,8 +522,11 @@ def _train_stack(
             inputs, targets = phase.train_x[rows, index], phase.train_y[rows, index]
             if epsilon is not None:
                 inputs = inputs.requires_grad_(True)
-            mean, variance = model(inputs)
-            per_model = gaussian_nll_loss(mean, variance, targets, beta=method.beta).mean(dim=(1, 2))
+            if method.ncp:
+                per_model = _ncp_losses(method, model, inputs, targets, input_noise, prior_scale)
+            else:
+                mean, variance = model(inputs)
+                per_model = gaussian_nll_loss(mean, variance, targets, beta=method.beta).mean(dim=(1, 2))
             if epsilon is not None:
                 (grad,) = torch.autograd.grad(per_model.sum(), inputs, retain_graph=True)
                 adversarial = (inputs + epsilon * grad.sign()).detach()
@@ -489,6 +563,40 @@ def _train_stack(
     if snapshot_epochs is not None:
         model.load_state_dict(kept)
     return model
+
+
+def _ncp_losses(
+    method: RegressionMethod,
+    model: StackedBayesianLastLayerMLP,
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    input_noise: torch.Tensor,
+    prior_scale: torch.Tensor,
+) -> torch.Tensor:
+    """``[K]`` NCP losses (Hafner et al. 2018): expected NLL on the batch plus ``ncp_weight`` times the KL
+    from ``N(y, prior_scale[k]^2)`` to the function distribution at the batch perturbed by
+    ``input_noise[k]``, each a mean over the model's batch; clean and perturbed rows in one pass."""
+    noise = input_noise.to(inputs.dtype).reshape(-1, 1, 1)
+    batch = inputs.shape[1]
+    both = torch.cat([inputs, inputs + noise * torch.randn_like(inputs)], dim=1)
+    function_mean, function_variance, noise_variance = model.moments(both)
+    nll = expected_gaussian_nll(
+        function_mean[:, :batch], function_variance[:, :batch], noise_variance[:, :batch], targets
+    )
+    divergence = output_prior_divergence(
+        function_mean[:, batch:],
+        function_variance[:, batch:],
+        targets,
+        prior_scale.to(inputs.dtype).reshape(-1, 1, 1),
+    )
+    return nll.mean(dim=(1, 2)) + method.ncp_weight * divergence.mean(dim=(1, 2))
+
+
+def _per_model(configs: Sequence[dict[str, float]], key: str) -> torch.Tensor | None:
+    """``[K]`` values of hyper-parameter ``key`` of each model's configuration (None if absent)."""
+    if key not in configs[0]:
+        return None
+    return torch.tensor([config[key] for config in configs])
 
 
 def _validation_pairs(table: RegressionTable, seed: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -573,8 +681,9 @@ def _select(
     # model index = ((split * G) + config) * M + member
     split_of_model = torch.arange(splits).repeat_interleave(len(grid) * members)
     config_of_model = torch.arange(len(grid)).repeat_interleave(members).repeat(splits)
-    lrs = torch.tensor([grid[c]["learning_rate"] for c in config_of_model.tolist()])
-    dropout = torch.tensor([grid[c]["dropout"] for c in config_of_model.tolist()])
+    model_configs = [grid[c] for c in config_of_model.tolist()]
+    lrs = _per_model(model_configs, "learning_rate")
+    dropout = _per_model(model_configs, "dropout")
     eval_rows = split_of_model.unsqueeze(1)
     scores: list[torch.Tensor] = []  # per scored epoch: [splits, G]
     epochs_scored: list[int] = []
@@ -602,6 +711,8 @@ def _select(
         seed,
         on_epoch=score,
         raise_on_nonfinite=False,
+        input_noise=_per_model(model_configs, "input_noise"),
+        prior_scale=_per_model(model_configs, "output_prior_scale"),
     )
     table_scores = torch.stack(scores)  # [E, splits, G]
     table_scores = torch.where(
@@ -714,11 +825,21 @@ def evaluate_regression_method(
     splits, members = len(table.splits), method.members
     full = _phase_data(table, [(train, train) for train, _ in table.splits])
     split_of_model = torch.arange(splits).repeat_interleave(members)
-    lrs = torch.tensor([configs[s]["learning_rate"] for s in split_of_model.tolist()])
-    dropout = torch.tensor([configs[s]["dropout"] for s in split_of_model.tolist()])
+    model_configs = [configs[s] for s in split_of_model.tolist()]
+    lrs = _per_model(model_configs, "learning_rate")
+    dropout = _per_model(model_configs, "dropout")
     snapshot = torch.tensor([epochs[s] for s in split_of_model.tolist()])
     model = _train_stack(
-        method, full, split_of_model, lrs, dropout, int(snapshot.max()), seed + 7, snapshot_epochs=snapshot
+        method,
+        full,
+        split_of_model,
+        lrs,
+        dropout,
+        int(snapshot.max()),
+        seed + 7,
+        snapshot_epochs=snapshot,
+        input_noise=_per_model(model_configs, "input_noise"),
+        prior_scale=_per_model(model_configs, "output_prior_scale"),
     )
     train_time = time.perf_counter() - started
     torch.manual_seed(seed + 11)
@@ -775,6 +896,14 @@ def evaluate_regression_method(
             "learning_rate": [c["learning_rate"] for c in configs],
             "dropout": [c["dropout"] for c in configs] if method.dropout_rates is not None else None,
             "epochs": epochs,
+            **(
+                {
+                    "input_noise": [c["input_noise"] for c in configs],
+                    "output_prior_scale": [c["output_prior_scale"] for c in configs],
+                }
+                if method.ncp
+                else {}
+            ),
         },
         "selection": {
             "grid": method.grid(),

@@ -19,6 +19,7 @@ from uqkit.methods.hyper_ensemble import (
 )
 from uqkit.methods.laplace import LastLayerLaplace
 from uqkit.methods.mimo import MIMO
+from uqkit.methods.ncp import NoiseContrastivePrior, ncp_loss
 from uqkit.methods.predict import predict
 from uqkit.methods.sngp import SNGP
 
@@ -34,10 +35,12 @@ __all__ = [
     "HyperparameterSpace",
     "Hyperparameters",
     "LastLayerLaplace",
+    "NoiseContrastivePrior",
     "Rank1Config",
     "bayesianize_",
     "greedy_ensemble_selection",
     "hyper_deep_ensemble",
+    "ncp_loss",
     "predict",
     "register_conversion",
     "register_vectorization",

@@ -15,15 +15,23 @@ from uqkit.nn.gp import RandomFeatureGP
 from uqkit.nn.heteroscedastic import HeteroscedasticHead
 from uqkit.nn.priors import NormalPrior, ScaleMixtureNormalPrior
 from uqkit.nn.rank1 import Rank1Conv1d, Rank1Conv2d, Rank1Linear
+from uqkit.nn.regression_head import BayesianRegressionHead
 from uqkit.nn.reparam import GaussianConv1d, GaussianConv2d, GaussianLinear, GaussianLSTM
 from uqkit.nn.spectral import BoundedSpectralNorm, spectral_norm
-from uqkit.nn.stacked import StackedDropout, StackedFlipoutLinear, StackedGaussianMLP, StackedLinear
+from uqkit.nn.stacked import (
+    StackedBayesianLastLayerMLP,
+    StackedDropout,
+    StackedFlipoutLinear,
+    StackedGaussianMLP,
+    StackedLinear,
+)
 
 __all__ = [
     "BatchEnsembleConv1d",
     "BatchEnsembleConv2d",
     "BatchEnsembleLinear",
     "BayesianModule",
+    "BayesianRegressionHead",
     "BoundedSpectralNorm",
     "FlipoutConv1d",
     "FlipoutConv2d",
@@ -42,6 +50,7 @@ __all__ = [
     "Rank1Conv2d",
     "Rank1Linear",
     "ScaleMixtureNormalPrior",
+    "StackedBayesianLastLayerMLP",
     "StackedDropout",
     "StackedFlipoutLinear",
     "StackedGaussianMLP",

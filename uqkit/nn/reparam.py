@@ -74,15 +74,33 @@ class GaussianLinear(LinearPosterior):
         """Local reparameterisation draws independent noise per example; one weight sample does not."""
         return self.local_reparameterization
 
+    def output_moments(self, input: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Exact mean and variance of the output under the posterior (Kingma et al. 2015, eqs. (6)-(7)).
+
+        The output ``b_nj = sum_i x_ni W_ji + bias_j`` is linear in the weights, so under the factorised
+        Gaussian posterior it is Gaussian, ``N(x_n mean_j + bias_mean_j, sum_i x_ni^2 sigma_ji^2 +
+        sigma_bias_j^2)``, independently per example and output. This is the distribution that local
+        reparameterisation samples, and the function-space distribution of a Bayesian last layer
+        (:class:`uqkit.nn.BayesianRegressionHead`).
+
+        Args:
+            input: ``[*, in_features]``.
+
+        Returns:
+            ``(mean, variance)``, each ``[*, out_features]``, differentiable in the input and the posterior.
+        """
+        self._check_input(input)
+        mean = F.linear(input, self.weight_mean, self.bias_mean if self.has_bias else None)
+        weight_var = self.posterior_scale("weight").square()
+        bias_var = self.posterior_scale("bias").square() if self.has_bias else None
+        return mean, F.linear(input * input, weight_var, bias_var)
+
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         self._check_input(input)
         if not self.samples:
             return F.linear(input, self.weight_mean, self.bias_mean if self.has_bias else None)
         if self.local_reparameterization:
-            mean = F.linear(input, self.weight_mean, self.bias_mean if self.has_bias else None)
-            weight_var = self.posterior_scale("weight").square()
-            bias_var = self.posterior_scale("bias").square() if self.has_bias else None
-            variance = F.linear(input * input, weight_var, bias_var)
+            mean, variance = self.output_moments(input)
             return torch.addcmul(mean, _std_from_variance(variance), torch.randn_like(mean))
         bias = self.posterior_sample("bias") if self.has_bias else None
         return F.linear(input, self.posterior_sample("weight"), bias)

@@ -17,6 +17,8 @@ element-wise optimiser (Adam, SGD) then trains ``K`` independent models.
 * :class:`StackedDropout`: MC dropout (Gal & Ghahramani 2016) with a drop rate per model.
 * :class:`StackedGaussianMLP`: the protocol's network, ``in -> 50 ReLU -> (mean, variance)``, with a
   Gaussian output head (variance ``softplus + floor``, Lakshminarayanan et al. 2017, Sec. 2.2.1).
+* :class:`StackedBayesianLastLayerMLP`: the same network with a Bayesian last layer for the mean (the
+  stacked twin of :class:`~uqkit.nn.BayesianRegressionHead`; Hafner et al. 2018's BBB+NCP model).
 
 This is deliberately the one small place for stacked weights in uqkit; the general member-vectorised
 ensemble (``uqkit.DeepEnsemble``) should absorb it once it takes per-member inputs.
@@ -38,7 +40,13 @@ from uqkit.nn.dropout import drop_rates
 from uqkit.nn.members import _with_member_dim as with_member_dim
 from uqkit.nn.priors import Prior
 
-__all__ = ["StackedDropout", "StackedFlipoutLinear", "StackedGaussianMLP", "StackedLinear"]
+__all__ = [
+    "StackedBayesianLastLayerMLP",
+    "StackedDropout",
+    "StackedFlipoutLinear",
+    "StackedGaussianMLP",
+    "StackedLinear",
+]
 
 
 class StackedLinear(nn.Module):
@@ -263,3 +271,69 @@ class StackedGaussianMLP(nn.Module):
             weight = layer.weight if isinstance(layer, StackedLinear) else layer.weight_mean
             norms.append(weight.square().sum(dim=(1, 2)))
         return norms[0] + norms[1]
+
+
+class StackedBayesianLastLayerMLP(BayesianModule):
+    """``K`` one-hidden-layer networks whose mean is a Bayesian last layer: ``x -> (mean, variance)``.
+
+    ``h = relu(W1 x + b1)``; the mean function ``f = h w + b`` has a factorised Gaussian posterior over
+    ``w`` (``[K, hidden, out]``, ``N(m, softplus(rho)^2)``) and a deterministic bias ``b``; the noise
+    variance is ``sigma^2 = softplus(h a + c) + min_variance``. As ``f`` is linear in ``w``, the function
+    distribution ``q(f | x) = N(h m + b, (h * h) s^2)`` and the predictive ``N(h m + b, (h * h) s^2 +
+    sigma^2)`` are exact (see :class:`~uqkit.nn.BayesianRegressionHead`, the single-model layer). This is
+    the network of Hafner et al. 2018's BBB+NCP, trained in the UCI benchmark with the noise-contrastive
+    prior on ``q(f | x~)`` (:mod:`uqkit.methods.ncp`).
+
+    ``forward`` returns the exact predictive's mean and variance (no sampling); :meth:`moments` returns the
+    three parts. ``kl_divergence()`` is the sum over the ``K`` models of ``KL(q(w) || p(w))``.
+
+    Args:
+        num_models: ``K``.
+        in_features: input features ``D``.
+        hidden: hidden units.
+        out_features: target dimension.
+        prior: weight prior of the mean layer (default ``NormalPrior(scale=1.0)``).
+        posterior_scale_init: initial posterior standard deviation of the mean's weights, ``> 0``.
+        min_variance: floor added to the softplus noise variance.
+
+    Shape:
+        input ``[K, B, D]`` or ``[B, D]``; outputs each ``[K, B, out_features]``.
+    """
+
+    def __init__(
+        self,
+        num_models: int,
+        in_features: int,
+        hidden: int = 50,
+        out_features: int = 1,
+        prior: Prior | None = None,
+        posterior_scale_init: float = 0.1,
+        min_variance: float = 1e-6,
+    ) -> None:
+        super().__init__(prior, check_positive_float(posterior_scale_init, "posterior_scale_init"))
+        self.num_models = check_positive_int(num_models, "num_models")
+        self.out_features = check_positive_int(out_features, "out_features")
+        self.min_variance = check_positive_float(min_variance, "min_variance")
+        self.hidden = StackedLinear(num_models, in_features, hidden)
+        self.noise = StackedLinear(num_models, hidden, out_features)
+        self._register_posterior("weight", (num_models, hidden, out_features))
+        self.bias = nn.Parameter(torch.empty(num_models, out_features))
+        with torch.no_grad():  # as nn.Linear(hidden, out_features), model by model
+            bound = 1.0 / math.sqrt(hidden)
+            self.weight_mean.uniform_(-bound, bound)
+            self.bias.uniform_(-bound, bound)
+
+    def moments(self, input: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(function mean, function variance, noise variance)``, each ``[K, B, out_features]``."""
+        x = with_member_dim(input, self.num_models, 1)
+        hidden = F.relu(self.hidden(x))
+        function_mean = torch.baddbmm(self.bias.unsqueeze(1), hidden, self.weight_mean)
+        function_variance = torch.bmm(hidden * hidden, self.posterior_scale("weight").square())
+        return function_mean, function_variance, F.softplus(self.noise(hidden)) + self.min_variance
+
+    def forward(self, input: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        function_mean, function_variance, noise_variance = self.moments(input)
+        return function_mean, function_variance + noise_variance
+
+    def extra_repr(self) -> str:
+        return f"num_models={self.num_models}, out_features={self.out_features}, {super().extra_repr()}"
