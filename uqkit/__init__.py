@@ -1,6 +1,6 @@
 """uqkit: trustworthy uncertainty for PyTorch models at close to the cost of one model."""
 
-from uqkit import calibration, conformal, data, metrics, nn
+from uqkit import calibration, conformal, data, metrics, nn, sgmcmc
 from uqkit.methods.convert import (
     BatchEnsembleConfig,
     FlipoutConfig,
@@ -40,4 +40,5 @@ __all__ = [
     "metrics",
     "nn",
     "predict",
+    "sgmcmc",
 ]

@@ -143,7 +143,8 @@ def _cmd_list() -> int:
         print(f"  {'':<24} models: {', '.join(info.models)}; default epochs {info.epochs}")
     print("methods:")
     for name, entry in METHODS.items():
-        print(f"  {name:<24} {entry.description}")
+        opt_in = "" if entry.default else " [opt-in: name it in --methods]"
+        print(f"  {name:<24} {entry.description}{opt_in}")
     print("methods per task:")
     for name in TASKS:
         print(f"  {name:<24} {', '.join(methods_for_task(name))}")

@@ -3,9 +3,24 @@
 Importing the package registers every benchmark method (the spine's in :mod:`uqkit.bench.registry`, the
 Bayesian ones in :mod:`uqkit.bench.methods_bayesian`, SNGP and heteroscedastic in
 :mod:`uqkit.bench.methods_distance`, BatchEnsemble, MIMO and rank-1 BNNs in
-:mod:`uqkit.bench.methods_ensembles`, the last-layer Laplace in :mod:`uqkit.bench.methods_posthoc`).
+:mod:`uqkit.bench.methods_ensembles`, the last-layer Laplace in :mod:`uqkit.bench.methods_posthoc`, SGLD and
+cyclical SG-MCMC in :mod:`uqkit.bench.methods_sgmcmc`).
 """
 
-from uqkit.bench import methods_bayesian, methods_distance, methods_ensembles, methods_posthoc, registry
+from uqkit.bench import (
+    methods_bayesian,
+    methods_distance,
+    methods_ensembles,
+    methods_posthoc,
+    methods_sgmcmc,
+    registry,
+)
 
-__all__ = ["methods_bayesian", "methods_distance", "methods_ensembles", "methods_posthoc", "registry"]
+__all__ = [
+    "methods_bayesian",
+    "methods_distance",
+    "methods_ensembles",
+    "methods_posthoc",
+    "methods_sgmcmc",
+    "registry",
+]
