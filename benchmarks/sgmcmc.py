@@ -7,7 +7,11 @@ For each batch size, in one process with the rows interleaved in every timing ro
 * ``uqkit.predict(collector, x)``: :class:`uqkit.sgmcmc.SampleCollector`'s samples as one
   :class:`uqkit.DeepEnsemble` (stacked parameters, one vectorized forward pass), through the public
   prediction entry point (the ``[K, B, C]`` :class:`uqkit.Prediction`);
-* ``collector(x)``: the vectorized forward alone (``[K * B, C]``), without ``uqkit.predict``'s bookkeeping.
+* ``collector(x), whole batch``: the vectorized forward of all ``K * B`` rows in one pass (``[K * B, C]``),
+  without ``uqkit.predict``'s slicing of the batch into passes of at most ``rows_per_pass`` rows;
+* ``loop over K models, WindowMaxPool2d``: the loop with the collector's pooling (non-overlapping max
+  pooling by elementwise maxima, :class:`uqkit.methods.ensemble.WindowMaxPool2d`): what of the gain is the
+  faster pooling kernel rather than the vectorization.
 
 The samples are a real short chain: LeNet-5 trained by :class:`uqkit.sgmcmc.SGHMC` on random inputs for a
 few steps between samples (values do not change the cost; they make the equality check meaningful). Also
@@ -37,9 +41,11 @@ from bayesian_layers import _interpreter, time_interleaved
 
 import uqkit
 from uqkit.bench.models import LeNet5
+from uqkit.methods.ensemble import WindowMaxPool2d
 from uqkit.sgmcmc import SGHMC, EveryKSteps, SampleCollector
 
-LOOP, PREDICT, FORWARD = "loop over K models", "uqkit.predict(collector, x)", "collector(x)"
+LOOP, PREDICT, FORWARD = "loop over K models", "uqkit.predict(collector, x)", "collector(x), whole batch"
+LOOP_POOL = "loop over K models, WindowMaxPool2d"
 TARGET = 0.8
 
 
@@ -63,9 +69,21 @@ def sampled_chain(num_samples: int, seed: int) -> tuple[SampleCollector, list[to
     return collector.eval(), models
 
 
+def with_window_pooling(model: torch.nn.Module) -> torch.nn.Module:
+    """A copy of ``model`` whose non-overlapping ``nn.MaxPool2d`` are :class:`WindowMaxPool2d`, as inside the
+    collector's vectorized model: the loop row that separates the faster pooling from the vectorization."""
+    copy = LeNet5(1, 10)
+    copy.load_state_dict(model.state_dict())
+    for index, module in enumerate(copy):
+        if isinstance(module, torch.nn.MaxPool2d) and WindowMaxPool2d.applies_to(module):
+            copy[index] = WindowMaxPool2d(module)
+    return copy.eval()
+
+
 def run(args: argparse.Namespace) -> list[dict]:
     rows = []
     collector, models = sampled_chain(args.samples, args.seed)
+    pooled = [with_window_pooling(model) for model in models]
     started = time.perf_counter()
     collector.ensemble  # noqa: B018  (builds and caches the vectorized model)
     build_s = time.perf_counter() - started
@@ -83,10 +101,13 @@ def run(args: argparse.Namespace) -> list[dict]:
             with torch.no_grad():
                 return collector(x)
 
+        def loop_pool(x: torch.Tensor = x) -> torch.Tensor:
+            with torch.no_grad():
+                return torch.stack([model(x) for model in pooled])
+
         difference = float((one_pass() - loop()).abs().max())
-        times = time_interleaved(
-            {LOOP: loop, PREDICT: one_pass, FORWARD: forward}, args.repeats, args.steps, args.warmup
-        )
+        rows_run = {LOOP: loop, PREDICT: one_pass, FORWARD: forward, LOOP_POOL: loop_pool}
+        times = time_interleaved(rows_run, args.repeats, args.steps, args.warmup)
         for name, seconds in times.items():
             rows.append(
                 {

@@ -207,3 +207,41 @@ def test_lenet_samples_in_one_pass():
         with torch.no_grad():
             outputs.append(member.eval()(x))
     torch.testing.assert_close(uqkit.predict(collector, x).logits, torch.stack(outputs), **TOL)
+
+
+class _Shifted(nn.Module):
+    """A model with a batch-shaped keyword input and a Gaussian output (a dict of mean and variance)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(5, 2).double()
+
+    def forward(self, x: torch.Tensor, offset: torch.Tensor, scale: torch.Tensor) -> dict[str, torch.Tensor]:
+        mean = self.linear(x) + offset
+        return {"mean": mean * scale, "variance": F.softplus(mean) + 0.1}
+
+
+@pytest.mark.parametrize("rows", [1, 7, 20, None])
+def test_predictions_in_slices_of_the_batch_equal_one_pass(rows):
+    torch.manual_seed(0)
+    model, collector = _filled(4)
+    x = torch.randn(9, 5, dtype=torch.float64)
+    reference = uqkit.predict(collector, x).logits
+    collector.rows_per_pass = rows
+    torch.testing.assert_close(uqkit.predict(collector, x).logits, reference, **TOL)  # rounding only
+
+    shifted = _Shifted()
+    gaussian = SampleCollector(shifted, rows_per_pass=None)
+    for _ in range(3):
+        with torch.no_grad():
+            shifted.linear.weight.add_(0.1)
+        gaussian.collect()
+    offset, scale = torch.randn(9, 2, dtype=torch.float64), torch.tensor([2.0, 3.0], dtype=torch.float64)
+    whole = uqkit.predict(gaussian, x, offset=offset, scale=scale)
+    gaussian.rows_per_pass = rows
+    sliced = uqkit.predict(gaussian, x, offset=offset, scale=scale)  # offset sliced, scale shared
+    torch.testing.assert_close(sliced.sample_mean, whole.sample_mean, **TOL)
+    torch.testing.assert_close(sliced.sample_variance, whole.sample_variance, **TOL)
+    assert whole.sample_mean.shape == (3, 9, 2)
+    with pytest.raises(ValueError, match="rows_per_pass"):
+        SampleCollector(shifted, rows_per_pass=0)
