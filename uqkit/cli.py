@@ -147,7 +147,7 @@ def _cmd_list() -> int:
         print(f"  {name:<24} {entry.description}{opt_in}")
     print("methods per task:")
     for name in TASKS:
-        print(f"  {name:<24} {', '.join(methods_for_task(name))}")
+        print(f"  {name:<24} {', '.join(methods_for_task(name, opt_in=True))}")
     from uqkit.bench.regression import REGRESSION_METHODS, REGRESSION_TASKS
 
     print("regression tasks (20 standard splits each):")

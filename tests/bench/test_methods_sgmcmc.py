@@ -11,7 +11,7 @@ from torch import nn
 
 import uqkit
 from uqkit.bench.methods_sgmcmc import CyclicalSGMCMC, SGLDChain
-from uqkit.bench.registry import METHODS, MethodContext, build_method
+from uqkit.bench.registry import METHODS, MethodContext, build_method, methods_for_task
 from uqkit.bench.report import _training_text
 from uqkit.bench.runner import BenchConfig, run_bench
 from uqkit.bench.trainer import TrainConfig, load_checkpoint, train_method
@@ -146,6 +146,8 @@ def test_state_dict_round_trip_of_a_finished_method():
 
 def test_registered_as_opt_in_and_classification_only():
     assert not METHODS["csgmcmc"].default and not METHODS["sgld"].default
+    assert "csgmcmc" not in methods_for_task("fashion-mnist")  # a run without --methods leaves them out
+    assert {"csgmcmc", "sgld"} <= set(methods_for_task("fashion-mnist", opt_in=True))
     context = MethodContext((6,), 3, "mlp", 96, "toy", batch_size=BATCH)
     method = build_method("csgmcmc", context)
     assert isinstance(method.network, SampleCollector) and method.budget_multiple == 4
@@ -172,4 +174,4 @@ def test_bench_run_records_samples_and_training(tmp_path, fake_fashion_mnist):
     saved = json.loads((tmp_path / "run" / "results.json").read_text())
     assert saved["tasks"]["fashion-mnist"]["methods"]["csgmcmc"]["training"]["optimizer"] == "SGHMC"
     text = _training_text(saved["tasks"]["fashion-mnist"]["methods"]["csgmcmc"])
-    assert text == "4 epochs (4× the task's 1), SGHMC, last epoch"
+    assert text == "4 epochs (4× the task's 1), SGHMC, no epoch selection"

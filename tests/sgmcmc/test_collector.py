@@ -224,7 +224,7 @@ class _Shifted(nn.Module):
 @pytest.mark.parametrize("rows", [1, 7, 20, None])
 def test_predictions_in_slices_of_the_batch_equal_one_pass(rows):
     torch.manual_seed(0)
-    model, collector = _filled(4)
+    _, collector = _filled(4)
     x = torch.randn(9, 5, dtype=torch.float64)
     reference = uqkit.predict(collector, x).logits
     collector.rows_per_pass = rows
@@ -245,3 +245,31 @@ def test_predictions_in_slices_of_the_batch_equal_one_pass(rows):
     assert whole.sample_mean.shape == (3, 9, 2)
     with pytest.raises(ValueError, match="rows_per_pass"):
         SampleCollector(shifted, rows_per_pass=0)
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_hugging_face_model_sampled_and_predicted_in_one_pass(tiny_hf):
+    """A model nobody here wrote: SGHMC on a tiny BERT classifier (keyword inputs, an output object with
+    .logits, non-persistent position buffers), its samples predicted with uqkit.predict as README shows."""
+    torch.manual_seed(0)
+    model = tiny_hf.bert(labels=3, dtype=torch.float64)
+    optimizer = SGHMC(model.parameters(), lr=0.01, num_data=100, prior_precision=1.0)
+    collector = SampleCollector(model, EveryKSteps(2))
+    states = []
+    for step in range(6):
+        inputs = tiny_hf.text(batch=4)
+        optimizer.zero_grad()
+        F.cross_entropy(model(**inputs).logits, torch.tensor([0, 1, 2, 1])).backward()
+        optimizer.step()
+        if collector.step(step):
+            states.append({k: v.clone() for k, v in model.state_dict().items()})
+    inputs = tiny_hf.text(batch=5)
+    prediction = uqkit.predict(collector, **inputs)
+    assert prediction.logits.shape == (3, 5, 3)
+    loop = []
+    for state in states:
+        member = tiny_hf.bert(labels=3, dtype=torch.float64)
+        member.load_state_dict(state)
+        with torch.no_grad():
+            loop.append(member.eval()(**inputs).logits)
+    torch.testing.assert_close(prediction.logits, torch.stack(loop), **TOL)

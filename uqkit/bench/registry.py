@@ -234,8 +234,10 @@ def register_method(name: str, description: str, tasks: tuple[str, ...] | None =
     return decorate
 
 
-def methods_for_task(task: str) -> list[str]:
-    """Names of the registered methods that apply to ``task``, in registration order.
+def methods_for_task(task: str, opt_in: bool = False) -> list[str]:
+    """Names of the registered methods that apply to ``task``, in registration order: the ones a run
+    without ``--methods`` trains, and with ``opt_in=True`` also those that run only when named
+    (``register_method(..., default=False)``).
 
     For a regression task (``uci-boston``, ``uci-concrete``, ``uci``) these are the regression methods of
     :data:`uqkit.bench.regression.REGRESSION_METHODS`, which share names with their classification twins.
@@ -244,7 +246,11 @@ def methods_for_task(task: str) -> list[str]:
 
     if task in REGRESSION_TASKS:
         return list(REGRESSION_METHODS)
-    return [name for name, entry in METHODS.items() if entry.tasks is None or task in entry.tasks]
+    return [
+        name
+        for name, entry in METHODS.items()
+        if (entry.tasks is None or task in entry.tasks) and (opt_in or entry.default)
+    ]
 
 
 def build_method(name: str, context: MethodContext) -> Method:

@@ -1053,7 +1053,7 @@ def _training_text(method: Mapping[str, Any]) -> str:
         text += f" ({training['budget_multiple']}× the task's {epochs // training['budget_multiple']})"
     text += f", {training['optimizer']}"
     if not training["selects_best_epoch"]:
-        text += ", last epoch"
+        text += ", no epoch selection"
     return text
 
 

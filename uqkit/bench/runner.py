@@ -174,7 +174,7 @@ def _check_config(config: BenchConfig) -> None:
         for method in config.methods or []:
             if method not in METHODS:
                 raise ValueError(f"--methods: unknown method {method!r}; known: {', '.join(METHODS)}")
-            if method not in methods_for_task(task):
+            if method not in methods_for_task(task, opt_in=True):
                 raise ValueError(f"--methods: method {method!r} does not apply to task {task!r}")
     if config.device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"--device: {config.device!r} asked for, but CUDA is not available here; use cpu")
@@ -434,7 +434,7 @@ def _method_names(config: BenchConfig, task_name: str) -> list[str]:
         return list(config.methods)
     if config.data is not None:
         return [name for name, entry in METHODS.items() if entry.tasks is None and entry.default]
-    return [name for name in methods_for_task(task_name) if name not in METHODS or METHODS[name].default]
+    return methods_for_task(task_name)
 
 
 def _user_task(config: BenchConfig, log: Callable[[str], None]) -> tuple[Task, TaskInfo, dict[str, str]]:
