@@ -7,6 +7,9 @@ instead of a loop over ``K`` models), so ``uqkit.predict(collector, x)`` gives `
 ``k`` the ``k``-th sample, and the predictive is the Monte Carlo average of the posterior predictive
 ``p(y | x, D) ~ (1 / K) sum_k p(y | x, theta_k)`` (Welling & Teh 2011, Sec. 5; Zhang et al. 2020, Sec. 3).
 
+A large batch is predicted in slices of at most ``rows_per_pass`` rows (``K`` times the examples) per pass
+(:data:`ROWS_PER_PASS`), which keeps a pass's activations in the CPU's caches and its memory bounded.
+
 Storage: a list of per-sample states, so that keeping a sample costs one copy of the model whatever ``K``;
 the vectorized model is built on first use after a change (it holds a second copy of the samples while it
 is cached). The samples travel in the collector's ``state_dict()`` (as its extra state: a ``[K, *shape]``
@@ -40,8 +43,9 @@ ROWS_PER_PASS = 768
 """Default bound on the rows (samples times examples) of one vectorized pass of :func:`uqkit.predict`: the
 ``K * B`` rows of a large batch are predicted in slices of the batch, so that the activations of a pass stay
 in the CPU's caches and its memory stays bounded whatever ``K``. Measured with 12 LeNet-5 samples at batch
-256 (one thread, torch 2.13, ``benchmarks/sgmcmc.py``): 32, 64, 128 and 256 examples per pass took 0.55x,
-0.52x, 0.68x and 1.29x the time of a loop over 12 models."""
+256 (one thread, torch 2.13, AMD EPYC with 32 MiB L3, other jobs running): 192, 384, 768, 1,536 and 3,072
+rows per pass (16 to 256 examples) took 0.68x, 0.55x, 0.55x, 1.03x and 1.31x the time of a loop over the 12
+models."""
 
 _PREDICT_OPTIONS = ("num_samples", "output", "batch_dim", "samples_per_pass", "mean_field")
 
