@@ -60,7 +60,7 @@ def test_cyclical_run_keeps_its_samples_and_predicts_with_them():
     # the last 2 epochs of each cycle
     assert [step for step, _ in seen] == [5, 11, 17, 23]
     assert result.selected_epochs == [4]  # no epoch selection: the last state
-    assert method.num_samples == 4 and bool(method.finished)
+    assert method.num_samples == 4
     x = _data()[0][:5]
     logits = uqkit.predict(method.network, x).logits
     assert logits.shape == (4, 5, 3)
@@ -81,6 +81,7 @@ def test_schedule_and_noise_follow_the_cycles():
         original(step, total, optimizer)
         group = optimizer.param_groups[0]
         rates.append((group["lr"], group["noise"]))
+        assert method.num_samples == 1  # while training (validation too) the chain predicts
 
     method.on_step_start = record
     _train(method)
@@ -137,8 +138,15 @@ def test_state_dict_round_trip_of_a_finished_method():
     method = _csgmcmc()
     _train(method)
     fresh = _csgmcmc()
+    assert fresh.num_samples == 1  # no sample yet: the chain predicts
     fresh.load_state_dict(method.state_dict())
     assert fresh.num_samples == 4
+    shared = _csgmcmc()  # what the runner does for a method with shares_training_with = "csgmcmc"
+    prefix = "network."
+    shared.network.load_state_dict(
+        {k[len(prefix) :]: v for k, v in method.state_dict().items() if k.startswith(prefix)}
+    )
+    assert shared.num_samples == 4
     x = _data()[0][:3]
     torch.testing.assert_close(fresh.predict(x).logits, method.predict(x).logits)
     assert method.num_parameters() == 5 * sum(p.numel() for p in method.chain.parameters())

@@ -79,9 +79,11 @@ class SGMCMCMethod(Method):
     """One network sampled by an SG-MCMC optimizer; predicts with the kept samples as one vectorized model.
 
     ``self.chain`` is the network the optimizer updates; ``self.network`` is the
-    :class:`uqkit.sgmcmc.SampleCollector` of its samples. During training (before :meth:`on_train_end`)
-    :meth:`predict` uses the chain (the trainer's per-epoch validation history is the chain's); afterwards
-    the samples, ``S = K``. ``finished`` (a buffer, saved with the method) says which.
+    :class:`uqkit.sgmcmc.SampleCollector` of its samples. While the trainer runs (from the first step to
+    :meth:`on_train_end`) and while no sample is kept, :meth:`predict` uses the chain (the trainer's
+    per-epoch validation history is the chain's); otherwise the samples, ``S = K``. So a method rebuilt from
+    its saved ``state_dict`` predicts with its samples, and so does a method that reuses this one's training
+    (``shares_training_with``: the runner copies ``network``, i.e. the samples, into it).
 
     Subclasses implement :meth:`make_optimizer`, :meth:`on_step_start` (the step size and noise of a step)
     and :meth:`thinning` (which steps are kept), each a function of the global step and the run's length
@@ -105,7 +107,7 @@ class SGMCMCMethod(Method):
         super().__init__()
         self.chain = network
         self.network = SampleCollector(network)
-        self.register_buffer("finished", torch.tensor(False))
+        self._sampling = False
         self.num_data = int(num_data)
         self.steps_per_epoch = int(steps_per_epoch)
         self.temperature = float(temperature)
@@ -113,8 +115,11 @@ class SGMCMCMethod(Method):
 
     @property
     def num_samples(self) -> int:  # type: ignore[override]
-        """``K`` after training, 1 (the chain) before."""
-        return self.network.num_samples if bool(self.finished) else 1
+        """``K`` when predicting with the samples, 1 (the chain) while training or before any sample."""
+        return 1 if self._uses_chain() else self.network.num_samples
+
+    def _uses_chain(self) -> bool:
+        return self._sampling or self.network.num_samples == 0
 
     @property
     def num_collected(self) -> int:
@@ -131,6 +136,7 @@ class SGMCMCMethod(Method):
 
     def _plan(self, total_steps: int) -> None:
         """Give the collector its thinning rule for a run of ``total_steps`` (once per run length)."""
+        self._sampling = True
         if getattr(self, "_planned_steps", None) != total_steps:
             self.network.thinning = self.thinning(total_steps)
             self._planned_steps = total_steps
@@ -151,17 +157,17 @@ class SGMCMCMethod(Method):
                 f"{type(self).__name__}: the run kept no sample; train for more epochs (the samples are "
                 "kept in the second part of the run)"
             )
-        self.finished.fill_(True)
+        self._sampling = False
 
     def predict_with_samples(self, inputs: torch.Tensor) -> Prediction | GaussianPrediction:
         """:func:`uqkit.predict` of the samples' vectorized model: ``[K, B, C]`` logits."""
         return predict(self.network, inputs, output=self.likelihood.output)
 
     def predict(self, inputs: torch.Tensor) -> Prediction | GaussianPrediction:
-        """The samples' prediction after training; the chain's (``S = 1``) before."""
-        if bool(self.finished):
-            return self.predict_with_samples(inputs)
-        return predict(self.chain, inputs, output=self.likelihood.output)
+        """The samples' prediction; the chain's (``S = 1``) while training or before any sample."""
+        if self._uses_chain():
+            return predict(self.chain, inputs, output=self.likelihood.output)
+        return self.predict_with_samples(inputs)
 
     def num_parameters(self) -> int:
         """The chain's parameters plus the ``K`` stored samples' (``(K + 1) P``)."""
