@@ -1,6 +1,6 @@
 """uqkit: trustworthy uncertainty for PyTorch models at close to the cost of one model."""
 
-from uqkit import calibration, conformal, data, metrics, nn
+from uqkit import calibration, conformal, data, metrics, nn, sgmcmc
 from uqkit.methods.convert import (
     BatchEnsembleConfig,
     FlipoutConfig,
@@ -43,4 +43,5 @@ __all__ = [
     "ncp_loss",
     "nn",
     "predict",
+    "sgmcmc",
 ]

@@ -143,10 +143,11 @@ def _cmd_list() -> int:
         print(f"  {'':<24} models: {', '.join(info.models)}; default epochs {info.epochs}")
     print("methods:")
     for name, entry in METHODS.items():
-        print(f"  {name:<24} {entry.description}")
+        opt_in = "" if entry.default else " [opt-in: name it in --methods]"
+        print(f"  {name:<24} {entry.description}{opt_in}")
     print("methods per task:")
     for name in TASKS:
-        print(f"  {name:<24} {', '.join(methods_for_task(name))}")
+        print(f"  {name:<24} {', '.join(methods_for_task(name, opt_in=True))}")
     from uqkit.bench.regression import REGRESSION_METHODS, REGRESSION_TASKS
 
     print("regression tasks (20 standard splits each):")

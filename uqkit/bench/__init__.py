@@ -4,7 +4,8 @@ Importing the package registers every benchmark method (the spine's in :mod:`uqk
 Bayesian ones in :mod:`uqkit.bench.methods_bayesian`, SNGP and heteroscedastic in
 :mod:`uqkit.bench.methods_distance`, BatchEnsemble, MIMO and rank-1 BNNs in
 :mod:`uqkit.bench.methods_ensembles`, the last-layer Laplace in :mod:`uqkit.bench.methods_posthoc`, hyper-deep
-ensembles in :mod:`uqkit.bench.methods_hyper`).
+ensembles in :mod:`uqkit.bench.methods_hyper`,
+SGLD and cyclical SG-MCMC in :mod:`uqkit.bench.methods_sgmcmc`).
 """
 
 from uqkit.bench import (
@@ -13,6 +14,7 @@ from uqkit.bench import (
     methods_ensembles,
     methods_hyper,
     methods_posthoc,
+    methods_sgmcmc,
     registry,
 )
 
@@ -22,5 +24,6 @@ __all__ = [
     "methods_ensembles",
     "methods_hyper",
     "methods_posthoc",
+    "methods_sgmcmc",
     "registry",
 ]

@@ -237,7 +237,7 @@ def evaluate_method(
 
     result: dict[str, Any] = {
         "num_samples": prediction.num_samples,
-        "num_parameters": sum(p.numel() for p in method.parameters()),
+        "num_parameters": method.num_parameters(),
         "inference_ms_per_example": 1000.0 * inference_s / len(test_labels),
         "metrics": _classification_metrics(prediction, test_labels),
         "calibration_curve": curve.to_dict(),

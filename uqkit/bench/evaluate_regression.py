@@ -85,7 +85,7 @@ def evaluate_regression(
     return {
         "num_models": members,
         "num_samples": standardised.num_samples,
-        "num_parameters": sum(p.numel() for p in method.parameters()),
+        "num_parameters": method.num_parameters(),
         "inference_ms_per_example": 1000.0 * inference_s / len(targets),
         "metrics": {key: {"mean": value, "se": None} for key, value in values.items()},
         "per_split": {key: [value] for key, value in values.items()},

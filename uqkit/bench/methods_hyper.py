@@ -269,6 +269,7 @@ def _factory(context: MethodContext):
     f"initialisations, final greedy selection; {SEARCH_CANDIDATES + RETRAINED} networks x the run's epochs "
     f"({(SEARCH_CANDIDATES + RETRAINED) / ENSEMBLE_SIZE:g}x a deep ensemble's training)",
     tasks=HYPER_TASKS,
+    default=False,
 )
 def _hyper_deep_ensemble(context: MethodContext) -> Method:
     generator = torch.Generator().manual_seed(int(torch.randint(2**31 - 1, ())))  # from the run's seed

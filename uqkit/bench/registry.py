@@ -82,6 +82,17 @@ class Method(nn.Module):
             by default); set with :meth:`use_likelihood`.
         classification_only: why the method has no regression form (``None``: it has one, through its
             likelihood).
+        select_best_epoch: whether the trainer ends with the state of the epoch of lowest validation NLL
+            (default, :meth:`validation_nlls`) or, ``False``, with the last epoch's state (a sampler whose
+            state is the samples it collected along the way). Validation is scored every epoch either way.
+        budget_multiple: ``r >= 1``; the method trains ``r`` times the task's epochs (a method whose budget
+            is that of ``r`` deterministic runs, e.g. cyclical SG-MCMC with ``r`` cycles). The runner applies
+            it (:func:`uqkit.bench.runner._method_train_config`) and records it in the result block.
+        optimizer_name: the optimizer's name for the result block (``"Adam"``, the trainer's, unless
+            :meth:`make_optimizer` returns another).
+        own_schedule: the name of the per-step schedule a method with its own optimizer applies itself (e.g.
+            ``"cyclical"``), recorded as the result block's ``learning_rate_schedule``; ``None``: the
+            trainer's.
     """
 
     num_samples: int = 1
@@ -90,6 +101,10 @@ class Method(nn.Module):
     learning_rate_schedule: str | None = None
     likelihood: Likelihood = CATEGORICAL
     classification_only: str | None = None
+    select_best_epoch: bool = True
+    budget_multiple: int = 1
+    optimizer_name: str = "Adam"
+    own_schedule: str | None = None
 
     def use_likelihood(self, likelihood: Likelihood) -> None:
         """Train and predict with ``likelihood`` (every :class:`uqkit.ELBO` of the method scores its data
@@ -156,6 +171,36 @@ class Method(nn.Module):
         SNGP uses it to reset its precision matrix, so that after training it holds the last epoch's sum.
         """
 
+    def make_optimizer(self, learning_rate: float) -> torch.optim.Optimizer | None:
+        """The method's own optimizer, or ``None`` (default) for the trainer's Adam over
+        :meth:`parameter_groups` at ``learning_rate`` with the task's learning-rate schedule.
+
+        A method that returns an optimizer owns its step sizes: the trainer applies no schedule to it, and
+        the method sets them in :meth:`on_step_start` (SG-MCMC's cyclical schedule). Its ``state_dict`` goes
+        into the epoch checkpoints as Adam's does.
+        """
+        return None
+
+    def on_step_start(self, step: int, total_steps: int, optimizer: torch.optim.Optimizer) -> None:
+        """Called by the trainer before each training step (0-based global ``step`` of ``total_steps``, the
+        batch not yet drawn through the model); default: nothing. For the method's own per-step schedule
+        (it must be a function of ``step``, so that a resumed run repeats it)."""
+
+    def on_step_end(self, step: int, total_steps: int) -> None:
+        """Called by the trainer after each optimizer step (0-based global ``step`` of ``total_steps``);
+        default: nothing. For a sampler that keeps the state after some steps (anything it keeps must be in
+        its ``state_dict()``, which the epoch checkpoints save)."""
+
+    def on_train_end(self) -> None:
+        """Called once by the trainer when training is over (after the selected epoch's state is loaded,
+        before the method is switched to eval mode); default: nothing. Not called when the runner reloads a
+        finished method from its model file, so anything it changes must be in the ``state_dict()``."""
+
+    def num_parameters(self) -> int:
+        """The number of parameters the method predicts with (the result block's ``num_parameters``);
+        default: every parameter of the method."""
+        return sum(p.numel() for p in self.parameters())
+
     def fit_post_hoc(
         self,
         inputs: torch.Tensor,
@@ -174,30 +219,36 @@ class Method(nn.Module):
 
 @dataclass(frozen=True)
 class MethodEntry:
-    """A registered method: its builder, a one-line description, and the tasks it applies to."""
+    """A registered method: its builder, a one-line description, the tasks it applies to, and whether a run
+    without ``--methods`` includes it (``default``; ``False``: opt-in, e.g. a method whose training budget is
+    several deterministic runs)."""
 
     builder: Callable[[MethodContext], Method]
     description: str
     tasks: tuple[str, ...] | None = None  # None: every classification task
+    default: bool = True
 
 
 METHODS: dict[str, MethodEntry] = {}
 
 
-def register_method(name: str, description: str, tasks: tuple[str, ...] | None = None):
-    """Decorator registering a builder ``MethodContext -> Method`` under ``name``."""
+def register_method(name: str, description: str, tasks: tuple[str, ...] | None = None, default: bool = True):
+    """Decorator registering a builder ``MethodContext -> Method`` under ``name`` (``default=False``: run
+    only when ``--methods`` names it)."""
 
     def decorate(builder: Callable[[MethodContext], Method]) -> Callable[[MethodContext], Method]:
         if name in METHODS:
             raise ValueError(f"method {name!r} is already registered")
-        METHODS[name] = MethodEntry(builder, description, tasks)
+        METHODS[name] = MethodEntry(builder, description, tasks, default)
         return builder
 
     return decorate
 
 
-def methods_for_task(task: str) -> list[str]:
-    """Names of the registered methods that apply to ``task``, in registration order.
+def methods_for_task(task: str, opt_in: bool = False) -> list[str]:
+    """Names of the registered methods that apply to ``task``, in registration order: the ones a run
+    without ``--methods`` trains, and with ``opt_in=True`` also those that run only when named
+    (``register_method(..., default=False)``).
 
     For a regression task (``uci-boston``, ``uci-concrete``, ``uci``) these are the regression methods of
     :data:`uqkit.bench.regression.REGRESSION_METHODS`, which share names with their classification twins.
@@ -206,7 +257,11 @@ def methods_for_task(task: str) -> list[str]:
 
     if task in REGRESSION_TASKS:
         return list(REGRESSION_METHODS)
-    return [name for name, entry in METHODS.items() if entry.tasks is None or task in entry.tasks]
+    return [
+        name
+        for name, entry in METHODS.items()
+        if (entry.tasks is None or task in entry.tasks) and (opt_in or entry.default)
+    ]
 
 
 def build_method(name: str, context: MethodContext) -> Method:

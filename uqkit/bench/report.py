@@ -165,6 +165,16 @@ _METHOD_KEYS: dict[str, Any] = {
     "shares_training_with": NotRequired(Nullable(str)),
     "learning_rate_schedule": NotRequired(str),
     "details": NotRequired({}),
+    "training": NotRequired(
+        {
+            "epochs": int,
+            "budget_multiple": int,
+            "network_epochs": int,
+            "batch_orders": int,
+            "optimizer": str,
+            "selects_best_epoch": bool,
+        }
+    ),
     "metrics": {
         "accuracy": FRACTION,
         "nll": NON_NEGATIVE,
@@ -1033,15 +1043,30 @@ class _RenderedFigure:
     png: bytes
 
 
-def _methods_rows(task: Mapping[str, Any]) -> list[tuple[str, str, str]]:
-    """(method, S, description) for the methods of a task that describe themselves."""
+def _training_text(method: Mapping[str, Any]) -> str:
+    """How much training a method used, in words (from its ``training`` block; "" for older files)."""
+    training = method.get("training")
+    if not isinstance(training, dict):
+        return ""
+    epochs, orders = training["epochs"], training["batch_orders"]
+    text = f"{epochs} epochs" + (f" × {orders} members" if orders > 1 else "")
+    if training["budget_multiple"] != 1:
+        text += f" ({training['budget_multiple']}× the task's {epochs // training['budget_multiple']})"
+    text += f", {training['optimizer']}"
+    if not training["selects_best_epoch"]:
+        text += ", no epoch selection"
+    return text
+
+
+def _methods_rows(task: Mapping[str, Any]) -> list[tuple[str, str, str, str]]:
+    """(method, S, training, description) for the methods of a task that describe themselves."""
     rows = []
     for name, method in task["methods"].items():
         note = method.get("description") or ""
         if method.get("shares_training_with"):
             note += f" (reuses the network trained for {method['shares_training_with']})"
-        rows.append((name, str(method["num_samples"]), note.strip()))
-    return rows if any(note for _, _, note in rows) else []
+        rows.append((name, str(method["num_samples"]), _training_text(method), note.strip()))
+    return rows if any(note for *_, note in rows) else []
 
 
 def _markdown_header(results: Mapping[str, Any], title: str) -> list[str]:
@@ -1082,8 +1107,17 @@ def _markdown_report(results: Mapping[str, Any], figures: Sequence[_RenderedFigu
         )
         method_rows = _methods_rows(task)
         if method_rows:
-            lines += ["", "### Methods", "", "| method | S | description |", "|:---|---:|:---|"]
-            lines += [f"| {_md(name)} | {s} | {_md(note)} |" for name, s, note in method_rows]
+            lines += [
+                "",
+                "### Methods",
+                "",
+                "| method | S | training | description |",
+                "|:---|---:|:---|:---|",
+            ]
+            lines += [
+                f"| {_md(name)} | {s} | {_md(training)} | {_md(note)} |"
+                for name, s, training, note in method_rows
+            ]
         task_figures = [figure for figure in figures if figure.task == task_name]
         if task_figures:
             lines += ["", "### Figures"]
@@ -1161,13 +1195,14 @@ def _html_report(results: Mapping[str, Any], figures: Sequence[_RenderedFigure])
         method_rows = _methods_rows(task)
         if method_rows:
             rows = "".join(
-                f'<tr><th scope="row">{esc(name)}</th><td class="num">{esc(s)}</td><td>{esc(note)}</td></tr>'
-                for name, s, note in method_rows
+                f'<tr><th scope="row">{esc(name)}</th><td class="num">{esc(s)}</td><td>{esc(training)}</td>'
+                f"<td>{esc(note)}</td></tr>"
+                for name, s, training, note in method_rows
             )
             body += [
                 "<h3>Methods</h3>",
-                "<table><thead><tr><th>method</th><th>S</th><th>description</th></tr></thead>"
-                f"<tbody>{rows}</tbody></table>",
+                "<table><thead><tr><th>method</th><th>S</th><th>training</th><th>description</th></tr>"
+                f"</thead><tbody>{rows}</tbody></table>",
             ]
         task_figures = [figure for figure in figures if figure.task == task_name]
         if task_figures:

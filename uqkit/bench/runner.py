@@ -174,7 +174,7 @@ def _check_config(config: BenchConfig) -> None:
         for method in config.methods or []:
             if method not in METHODS:
                 raise ValueError(f"--methods: unknown method {method!r}; known: {', '.join(METHODS)}")
-            if method not in methods_for_task(task):
+            if method not in methods_for_task(task, opt_in=True):
                 raise ValueError(f"--methods: method {method!r} does not apply to task {task!r}")
     if config.device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"--device: {config.device!r} asked for, but CUDA is not available here; use cpu")
@@ -257,10 +257,29 @@ def _read_or_set_aside(
 
 
 def _method_train_config(method: Method, train_config: TrainConfig) -> TrainConfig:
-    """The task's training configuration, with the method's own learning-rate schedule where it has one."""
-    if method.learning_rate_schedule is None:
-        return train_config
-    return replace(train_config, schedule=method.learning_rate_schedule)
+    """The task's training configuration, with the method's own learning-rate schedule where it has one and
+    ``budget_multiple`` times the task's epochs."""
+    changes: dict[str, Any] = {}
+    if method.learning_rate_schedule is not None:
+        changes["schedule"] = method.learning_rate_schedule
+    if method.budget_multiple != 1:
+        changes["epochs"] = train_config.epochs * method.budget_multiple
+    return replace(train_config, **changes) if changes else train_config
+
+
+def _training_facts(method: Method, method_config: TrainConfig) -> dict[str, Any]:
+    """How much training the method used: the result block's ``training`` (``network_epochs``: passes of
+    one network over the training set, ``epochs`` times the independently shuffled members; for a method
+    that reuses another's network, that network's training)."""
+    orders = int(method.num_batch_orders)
+    return {
+        "epochs": method_config.epochs,
+        "budget_multiple": int(method.budget_multiple),
+        "network_epochs": method_config.epochs * orders,
+        "batch_orders": orders,
+        "optimizer": method.optimizer_name,
+        "selects_best_epoch": bool(method.select_best_epoch),
+    }
 
 
 def _train(
@@ -347,7 +366,8 @@ def _run_method(
     block["shares_training_with"] = shared
     block["history"] = history
     block["selected_epochs"] = selected  # per part (one, or one per ensemble member): best validation NLL
-    block["learning_rate_schedule"] = method_config.schedule
+    block["learning_rate_schedule"] = method.own_schedule or method_config.schedule
+    block["training"] = _training_facts(method, method_config)
     block["description"] = METHODS[method_name].description
     details = method.result_details()
     if details:
@@ -411,12 +431,13 @@ def _task_header(task: Task) -> dict[str, Any]:
 
 
 def _method_names(config: BenchConfig, task_name: str) -> list[str]:
-    """The methods of the run on a task: ``--methods``, else every method that applies to it (every
-    classification-suite method for the user's data)."""
+    """The methods of the run on a task: ``--methods``, else every default method that applies to it (every
+    default classification-suite method for the user's data); opt-in methods (``default=False``, e.g.
+    ``csgmcmc``) run only when ``--methods`` names them."""
     if config.methods:
         return list(config.methods)
     if config.data is not None:
-        return [name for name, entry in METHODS.items() if entry.tasks is None]
+        return [name for name, entry in METHODS.items() if entry.tasks is None and entry.default]
     return methods_for_task(task_name)
 
 

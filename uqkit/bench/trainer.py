@@ -16,7 +16,13 @@ each independently selected part (:meth:`~uqkit.bench.registry.Method.validation
 or each member of a deep ensemble with ``select_members_separately``), the state of the epoch with its
 lowest validation NLL; training ends with those states loaded (early stopping by checkpoint selection;
 chosen on validation, never on test).
-``TrainResult.selected_epochs`` says which epochs they were.
+``TrainResult.selected_epochs`` says which epochs they were. A method with ``select_best_epoch = False``
+(a sampler) ends with its last epoch's state (``selected_epochs`` is then ``[epochs]``).
+
+A method's own optimizer and steps: :meth:`~uqkit.bench.registry.Method.make_optimizer` may return the
+method's optimizer (SG-MCMC), which the trainer then steps without its learning-rate schedule; around every
+step it calls ``method.on_step_start(step, total_steps, optimizer)`` and ``method.on_step_end(step,
+total_steps)`` with the 0-based global step, and ``method.on_train_end()`` once at the end.
 
 Determinism: stochastic layers (dropout, weight noise) draw from torch's global generator, seeded before
 the method is built. Every generator's state is saved in every epoch checkpoint, so a run resumed after a
@@ -143,7 +149,7 @@ def train_method(
     config: TrainConfig,
     checkpoint_path: str | os.PathLike | None = None,
 ) -> TrainResult:
-    """Train ``method`` with Adam on its :meth:`~uqkit.bench.registry.Method.training_loss`.
+    """Train ``method`` on its :meth:`~uqkit.bench.registry.Method.training_loss` (Adam, or its own).
 
     The caller seeds torch's global generator before building the method; this function seeds the batch
     orders (``method.num_batch_orders`` of them, see the module docstring) and sets the learning rate of
@@ -157,9 +163,12 @@ def train_method(
     learning_rate_factor(config.schedule, 0, 1)  # validates the name before any work
     device = torch.device(config.device)
     method.to(device)
-    optimizer = torch.optim.Adam(
-        method.parameter_groups(config.learning_rate), lr=config.learning_rate, eps=ADAM_EPS
-    )
+    optimizer = method.make_optimizer(config.learning_rate)
+    scheduled = optimizer is None  # the trainer's schedule; a method's own optimizer sets its own rates
+    if optimizer is None:
+        optimizer = torch.optim.Adam(
+            method.parameter_groups(config.learning_rate), lr=config.learning_rate, eps=ADAM_EPS
+        )
     base_learning_rates = [group["lr"] for group in optimizer.param_groups]
     num_orders = int(method.num_batch_orders)
     shuffles = [torch.Generator().manual_seed(config.seed + order) for order in range(num_orders)]
@@ -208,6 +217,8 @@ def train_method(
                 index = orders[:, step * config.batch_size : (step + 1) * config.batch_size]
                 if num_orders == 1:
                     index = index[0]
+                global_step = epoch * steps_per_epoch + step
+                method.on_step_start(global_step, total_steps, optimizer)
                 x = train_inputs[index].to(device, non_blocking=True)
                 y = train_labels[index].to(device, non_blocking=True)
                 loss = method.training_loss(x, y)
@@ -217,19 +228,22 @@ def train_method(
                         f"method {name!r}: non-finite training loss ({value}) at epoch {epoch + 1}, "
                         f"step {step + 1}; lower the learning rate (--lr) or check the inputs"
                     )
-                factor = learning_rate_factor(config.schedule, epoch * steps_per_epoch + step, total_steps)
-                for group, base in zip(optimizer.param_groups, base_learning_rates, strict=True):
-                    group["lr"] = base * factor
+                if scheduled:
+                    factor = learning_rate_factor(config.schedule, global_step, total_steps)
+                    for group, base in zip(optimizer.param_groups, base_learning_rates, strict=True):
+                        group["lr"] = base * factor
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
+                method.on_step_end(global_step, total_steps)
                 loss_sum += float(loss.detach()) * index.shape[-1]
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss_sum / min(num_examples, (step + 1) * config.batch_size):.4f}")
         validation, part_nlls = _evaluate_validation(
             method, val_inputs, val_labels.cpu(), max(config.batch_size, 512), config.device
         )
-        _keep_best_parts(method, best, part_nlls, epoch + 1)
+        if method.select_best_epoch:
+            _keep_best_parts(method, best, part_nlls, epoch + 1)
         epoch_time = time.perf_counter() - started
         elapsed += epoch_time
         history.append(
@@ -258,8 +272,10 @@ def train_method(
             )
     if best["states"]:
         method.load_part_states(best["states"])
+    selected = list(best["epoch"]) if method.select_best_epoch else [config.epochs]
+    method.on_train_end()
     method.eval()
-    return TrainResult(history=history, train_time_s=elapsed, selected_epochs=list(best["epoch"]))
+    return TrainResult(history=history, train_time_s=elapsed, selected_epochs=selected)
 
 
 def _keep_best_parts(method: Method, best: dict[str, list], part_nlls: list[float], epoch: int) -> None:
