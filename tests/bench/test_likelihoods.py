@@ -62,7 +62,15 @@ def test_likelihood_of_names_the_kinds():
 
 
 CONTEXT = MethodContext((3,), 2, "mlp", 64, "test", batch_size=16)
-CLASSIFICATION_ONLY = {"temperature-scaled", "laplace", "sngp", "heteroscedastic", "hyper-deep-ensemble"}
+CLASSIFICATION_ONLY = {
+    "temperature-scaled",
+    "laplace",
+    "sngp",
+    "heteroscedastic",
+    "hyper-deep-ensemble",
+    "sgld",
+    "csgmcmc",
+}
 
 
 @pytest.mark.parametrize("name", list(METHODS))

@@ -26,8 +26,9 @@ def _context(model="resmlp", shape=(6,), num_train=64, training=TRAINING) -> Met
 
 def test_registered_for_the_fashion_mnist_tasks_with_its_budget_in_the_description():
     assert METHODS["hyper-deep-ensemble"].tasks == ("fashion-mnist", "fashion-mnist-holdout")
-    assert "hyper-deep-ensemble" in methods_for_task("fashion-mnist")
-    assert "hyper-deep-ensemble" not in methods_for_task("two-moons")
+    assert "hyper-deep-ensemble" in methods_for_task("fashion-mnist", opt_in=True)
+    assert "hyper-deep-ensemble" not in methods_for_task("fashion-mnist")  # opt-in: 3x a deep ensemble
+    assert "hyper-deep-ensemble" not in methods_for_task("two-moons", opt_in=True)
     description = METHODS["hyper-deep-ensemble"].description
     assert "15 networks" in description and "3x a deep ensemble" in description
     assert methods_hyper.SEARCH_CANDIDATES + methods_hyper.RETRAINED == 3 * methods_hyper.ENSEMBLE_SIZE
