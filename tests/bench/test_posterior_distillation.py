@@ -98,6 +98,13 @@ def test_helpers_take_an_ensemble_or_its_vectors():
     assert not student.training
     with pytest.raises(TypeError, match="student_factory"):
         distill_student(teacher, x, _backbone())
+    # warm start: the student begins as the teacher's last member (a step of size ~0 leaves it there)
+    warm = distill_student(teacher, x, _backbone, epochs=1, learning_rate=1e-12, warm_start=True)
+    last = teacher.members()[-1]
+    for name, value in warm.state_dict().items():
+        torch.testing.assert_close(value, last.state_dict()[name], rtol=0, atol=1e-9)
+    with pytest.raises(TypeError, match="DeepEnsemble to warm-start"):
+        distill_student(_backbone(), x, _backbone, warm_start=True)
     torch.manual_seed(1)
     from_ensemble = distill_generator(teacher, _backbone(), steps=2, seed=3)
     torch.manual_seed(1)
