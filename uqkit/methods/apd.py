@@ -392,17 +392,11 @@ class APD(nn.Module):
                 gradient_penalty = (gradient.norm(dim=1) - 1).square().mean()
                 distance = real_score.mean() - fake_score.mean()
                 loss = -distance + penalty * gradient_penalty
-                _check_finite(loss, "critic", step)
-                critic_optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                critic_optimizer.step()
+                _descend(critic_optimizer, loss, "critic", step)
             for parameter in critic.parameters():
                 parameter.requires_grad_(False)
             generator_loss = -critic(network(draw((batch_size, latent)))).mean()
-            _check_finite(generator_loss, "generator", step)
-            generator_optimizer.zero_grad(set_to_none=True)
-            generator_loss.backward()
-            generator_optimizer.step()
+            _descend(generator_optimizer, generator_loss, "generator", step)
             for parameter in critic.parameters():
                 parameter.requires_grad_(True)
             if averaged is not None:
@@ -518,9 +512,13 @@ class APD(nn.Module):
         )
 
 
-def _check_finite(loss: torch.Tensor, name: str, step: int) -> None:
+def _descend(optimizer: torch.optim.Optimizer, loss: torch.Tensor, name: str, step: int) -> None:
+    """One optimizer step on ``loss``, after checking that it is finite."""
     if not torch.isfinite(loss):
         raise RuntimeError(
             f"APD.fit: non-finite {name} loss ({float(loss.detach())}) at generator step {step + 1}; lower "
             "learning_rate, or check the samples"
         )
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
