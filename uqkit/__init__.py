@@ -1,6 +1,7 @@
 """uqkit: trustworthy uncertainty for PyTorch models at close to the cost of one model."""
 
 from uqkit import calibration, conformal, data, metrics, nn, sgmcmc
+from uqkit.methods.apd import APD
 from uqkit.methods.convert import (
     BatchEnsembleConfig,
     FlipoutConfig,
@@ -8,6 +9,7 @@ from uqkit.methods.convert import (
     Rank1Config,
     bayesianize_,
 )
+from uqkit.methods.distillation import distill_predictive
 from uqkit.methods.ensemble import DeepEnsemble
 from uqkit.methods.laplace import LastLayerLaplace
 from uqkit.methods.mimo import MIMO
@@ -20,6 +22,7 @@ from uqkit.prediction import GaussianPrediction, Prediction
 __version__ = "0.1.0"
 
 __all__ = [
+    "APD",
     "ELBO",
     "MIMO",
     "SNGP",
@@ -37,6 +40,7 @@ __all__ = [
     "calibration",
     "conformal",
     "data",
+    "distill_predictive",
     "gaussian_nll_loss",
     "kl_divergence",
     "metrics",

@@ -1,5 +1,6 @@
 """Methods that turn a model into one that predicts with uncertainty."""
 
+from uqkit.methods.apd import APD, ensemble_from_vectors, parameter_vectors
 from uqkit.methods.convert import (
     BatchEnsembleConfig,
     ConversionReport,
@@ -9,6 +10,7 @@ from uqkit.methods.convert import (
     bayesianize_,
     register_conversion,
 )
+from uqkit.methods.distillation import distill_predictive, distillation_loss
 from uqkit.methods.ensemble import DeepEnsemble, register_vectorization, vmap_vectorization
 from uqkit.methods.hyper_ensemble import (
     HyperEnsemble,
@@ -24,6 +26,7 @@ from uqkit.methods.predict import predict
 from uqkit.methods.sngp import SNGP
 
 __all__ = [
+    "APD",
     "MIMO",
     "SNGP",
     "BatchEnsembleConfig",
@@ -38,9 +41,13 @@ __all__ = [
     "NoiseContrastivePrior",
     "Rank1Config",
     "bayesianize_",
+    "distill_predictive",
+    "distillation_loss",
+    "ensemble_from_vectors",
     "greedy_ensemble_selection",
     "hyper_deep_ensemble",
     "ncp_loss",
+    "parameter_vectors",
     "predict",
     "register_conversion",
     "register_vectorization",
