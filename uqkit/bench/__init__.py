@@ -5,12 +5,14 @@ Bayesian ones in :mod:`uqkit.bench.methods_bayesian`, SNGP and heteroscedastic i
 :mod:`uqkit.bench.methods_distance`, BatchEnsemble, MIMO and rank-1 BNNs in
 :mod:`uqkit.bench.methods_ensembles`, the last-layer Laplace in :mod:`uqkit.bench.methods_posthoc`, hyper-deep
 ensembles in :mod:`uqkit.bench.methods_hyper`,
-SGLD and cyclical SG-MCMC in :mod:`uqkit.bench.methods_sgmcmc`).
+SGLD and cyclical SG-MCMC in :mod:`uqkit.bench.methods_sgmcmc`, their distilled forms in
+:mod:`uqkit.bench.methods_distilled`).
 """
 
 from uqkit.bench import (
     methods_bayesian,
     methods_distance,
+    methods_distilled,
     methods_ensembles,
     methods_hyper,
     methods_posthoc,
@@ -21,6 +23,7 @@ from uqkit.bench import (
 __all__ = [
     "methods_bayesian",
     "methods_distance",
+    "methods_distilled",
     "methods_ensembles",
     "methods_hyper",
     "methods_posthoc",
