@@ -69,7 +69,7 @@ def test_apd_draws_networks_whose_predictive_matches_the_samples_and_survives_a_
     context = MethodContext((6,), 3, "mlp", 96)
     method = _configure(GeneratedCSGMCMC(_network(), context, 96, 96 // BATCH))
     method.__dict__["_template_factory"] = _network
-    method.apd_steps = 300
+    method.apd_steps = 20  # integration only: the GAN itself is tested in tests/methods/test_apd.py
     _train(method)
     inputs, labels = _data()
     method.fit_post_hoc(inputs[:32], labels[:32], train=(inputs, labels))
