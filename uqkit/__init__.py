@@ -11,6 +11,7 @@ from uqkit.methods.convert import (
 from uqkit.methods.ensemble import DeepEnsemble
 from uqkit.methods.laplace import LastLayerLaplace
 from uqkit.methods.mimo import MIMO
+from uqkit.methods.optimal_scales import fit_posterior_scales_
 from uqkit.methods.predict import predict
 from uqkit.methods.sngp import SNGP
 from uqkit.objectives import ELBO, gaussian_nll_loss, kl_divergence
@@ -35,6 +36,7 @@ __all__ = [
     "calibration",
     "conformal",
     "data",
+    "fit_posterior_scales_",
     "gaussian_nll_loss",
     "kl_divergence",
     "metrics",

@@ -12,6 +12,7 @@ from uqkit.methods.convert import (
 from uqkit.methods.ensemble import DeepEnsemble, register_vectorization, vmap_vectorization
 from uqkit.methods.laplace import LastLayerLaplace
 from uqkit.methods.mimo import MIMO
+from uqkit.methods.optimal_scales import diagonal_ggn, fit_posterior_scales_, optimal_posterior_scale
 from uqkit.methods.predict import predict
 from uqkit.methods.sngp import SNGP
 
@@ -26,6 +27,9 @@ __all__ = [
     "LastLayerLaplace",
     "Rank1Config",
     "bayesianize_",
+    "diagonal_ggn",
+    "fit_posterior_scales_",
+    "optimal_posterior_scale",
     "predict",
     "register_conversion",
     "register_vectorization",
