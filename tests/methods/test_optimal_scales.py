@@ -203,7 +203,7 @@ def test_fit_sets_every_layer_from_its_own_prior_and_keeps_the_means():
     means = {n: p.detach().clone() for n, p in model.named_parameters() if n.endswith("_mean")}
     x = torch.randn(50, 5, dtype=F64)
     torch.manual_seed(3)
-    ggn = fit_posterior_scales_(model, x, num_data=1000, kl_weight=0.5)
+    ggn = fit_posterior_scales_(model, x, num_data=1000, kl_weight=0.5, passes=1)
     assert model.training and all(m.training for m in model.modules())  # flags restored
     for index, scale in ((0, 0.1), (2, 2.0)):
         for name in ("weight", "bias"):
@@ -214,6 +214,30 @@ def test_fit_sets_every_layer_from_its_own_prior_and_keeps_the_means():
     for n, p in model.named_parameters():
         if n.endswith("_mean"):
             assert torch.equal(p, means[n])
+
+
+def test_later_passes_move_log_sigma_halfway_to_the_optimum_at_the_current_scales():
+    torch.manual_seed(0)
+    model = nn.Sequential(FlipoutLinear(5, 8), nn.Tanh(), GaussianLinear(8, 3)).double()
+    x = torch.randn(40, 5, dtype=F64)
+    reference = {n: p.detach().clone() for n, p in model.state_dict().items()}
+    torch.manual_seed(7)
+    fit_posterior_scales_(model, x, kl_weight=0.3, passes=2)
+    damped = {
+        f"{i}.{n}": model[i].posterior_scale(n).detach().clone() for i in (0, 2) for n in ("weight", "bias")
+    }
+
+    model.load_state_dict(reference)
+    torch.manual_seed(7)  # the same draws, pass by pass
+    fit_posterior_scales_(model, x, kl_weight=0.3, passes=1)
+    first = {
+        f"{i}.{n}": model[i].posterior_scale(n).detach().clone() for i in (0, 2) for n in ("weight", "bias")
+    }
+    second = diagonal_ggn(model, x)
+    for key, scale in first.items():
+        target = optimal_posterior_scale(second[key], num_data=40, kl_weight=0.3, prior_scale=1.0)
+        torch.testing.assert_close(damped[key], (scale * target).sqrt(), rtol=1e-12, atol=0)
+        assert not torch.allclose(target, scale, rtol=1e-3)  # the second pass did move the scales
 
 
 def test_refuses_what_it_cannot_compute():
@@ -232,4 +256,10 @@ def test_refuses_what_it_cannot_compute():
         diagonal_ggn(shared, torch.randn(4, 3), likelihood="regression")
     with pytest.raises(ValueError, match="logits"):
         diagonal_ggn(nn.Sequential(shared, nn.Flatten(0)), torch.randn(4, 3))
+    with pytest.raises(ValueError, match="passes=1"):
+        fit_posterior_scales_(shared, ggn={}, num_data=4)
+    with pytest.raises(ValueError, match="num_data"):
+        fit_posterior_scales_(shared, torch.randn(4, 3), ggn={})
+    with pytest.raises(ValueError, match="'bias'"):
+        fit_posterior_scales_(shared, ggn={"weight": torch.ones(3, 3)}, num_data=4, passes=1)
     assert math.isfinite(float(shared.weight_rho.sum()))
