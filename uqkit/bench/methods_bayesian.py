@@ -15,6 +15,7 @@ from uqkit.bench.models import build_model
 from uqkit.bench.registry import Method, MethodContext, register_method
 from uqkit.bench.trainer import ADAM_EPS
 from uqkit.methods.convert import FlipoutConfig, GaussianConfig, bayesianize_
+from uqkit.methods.optimal_scales import fit_posterior_scales_
 from uqkit.nn.priors import NormalPrior
 from uqkit.objectives import ELBO
 
@@ -58,6 +59,21 @@ def bnn_kl_weight(context: MethodContext) -> float:
     return BNN_TASK_KL_WEIGHTS.get(context.task, BNN_KL_WEIGHT)
 
 
+BNN_TASK_OPTIMAL_SCALES: frozenset[str] = frozenset()
+"""Tasks whose Bayesian networks end with their posterior scales at the optimum of their objective
+``N E_q[mean NLL] + kl_weight KL`` given the trained means: after training (the epoch of lowest validation
+NLL), :meth:`VariationalNetwork.fit_post_hoc` runs :func:`uqkit.fit_posterior_scales_` over the training split
+(:data:`BNN_OPTIMAL_SCALE_PASSES` passes of the Gauss-Newton diagonal). docs/bayesian_layers.md, "Scales at
+the optimum", has the measurement."""
+BNN_OPTIMAL_SCALE_PASSES = 3
+
+
+def bnn_optimal_scales(context: MethodContext) -> bool:
+    """Whether the task's BNNs put their scales at the optimum after training
+    (:data:`BNN_TASK_OPTIMAL_SCALES`)."""
+    return context.task in BNN_TASK_OPTIMAL_SCALES
+
+
 BNN_POSTERIOR_SCALE_INIT = 1e-3
 BNN_KL_WARMUP_EPOCHS = 1
 BNN_SCALE_LR_FACTOR = 10.0
@@ -66,7 +82,10 @@ BNN_SCALE_LR_FACTOR = 10.0
 
 class VariationalNetwork(Method):
     """A Bayesian network trained on the ELBO (KL annealed in over the first epoch; weighted by ``kl_weight``,
-    1 for the ELBO itself) and predicting with ``S`` samples of its weights."""
+    1 for the ELBO itself) and predicting with ``S`` samples of its weights.
+
+    With ``optimal_scales``, :meth:`fit_post_hoc` then sets the posterior scales to the optimum of that
+    objective given the trained means (:func:`uqkit.fit_posterior_scales_` over the training split)."""
 
     def __init__(
         self,
@@ -75,10 +94,12 @@ class VariationalNetwork(Method):
         batch_size: int,
         num_samples: int,
         kl_weight: float = BNN_KL_WEIGHT,
+        optimal_scales: bool = False,
     ):
         super().__init__()
         self.network = network
         self.num_samples = num_samples
+        self.optimal_scales = bool(optimal_scales)
         steps_per_epoch = max(1, -(-num_train // batch_size))
         self.elbo = ELBO(
             num_data=num_train, kl_weight=kl_weight, warmup_steps=BNN_KL_WARMUP_EPOCHS * steps_per_epoch
@@ -113,12 +134,46 @@ class VariationalNetwork(Method):
     def training_loss(self, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return self.elbo(self.network(inputs), labels, self.network)
 
+    def fit_post_hoc(
+        self,
+        inputs: torch.Tensor,
+        labels: torch.Tensor,
+        train: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> None:
+        """With ``optimal_scales``: every posterior scale to the optimum of ``N E_q[mean NLL] + kl_weight KL``
+        given the trained means, ``1 / sigma^2 = 1 / s^2 + N h / kl_weight`` with ``h`` the Gauss-Newton
+        diagonal over the training split ``train`` (:func:`uqkit.fit_posterior_scales_`,
+        :data:`BNN_OPTIMAL_SCALE_PASSES` passes). The validation split is not used.
+
+        Raises:
+            ValueError: with ``optimal_scales`` and no training split, or on a regression likelihood (the
+                Gauss-Newton diagonal here is the softmax's).
+        """
+        if not self.optimal_scales:
+            return
+        if train is None:
+            raise ValueError("train: expected the training split (inputs, labels) for the scales' optimum")
+        if self.likelihood.kind != "classification":
+            raise ValueError("optimal_scales: implemented for class logits, not a regression likelihood")
+        fit_posterior_scales_(
+            self.network,
+            train[0],
+            num_data=self.elbo.num_data,
+            kl_weight=self.elbo.kl_weight,
+            passes=BNN_OPTIMAL_SCALE_PASSES,
+        )
+
 
 def _variational(context: MethodContext, config) -> Method:
     network = build_model(context.model, context.input_shape, context.num_classes)
     bayesianize_(network, config)
     return VariationalNetwork(
-        network, context.num_train, context.batch_size, BNN_SAMPLES, kl_weight=bnn_kl_weight(context)
+        network,
+        context.num_train,
+        context.batch_size,
+        BNN_SAMPLES,
+        kl_weight=bnn_kl_weight(context),
+        optimal_scales=bnn_optimal_scales(context),
     )
 
 
