@@ -22,6 +22,14 @@ Whether the scales still move at the end (a decaying schedule stops them either 
 prints Adam's expected normalised step on each layer's ``rho`` at the final state::
 
     python benchmarks/posterior_scales.py drift runs/bnn flipout-bnn
+
+``validate RUN METHOD`` prints the validation NLL, ECE and accuracy of the saved model (after its post-hoc
+step; the run's history holds those of the epochs before it). ``optimum RUN METHOD`` puts the trained
+means' scales at the optimum of their objective (``uqkit.fit_posterior_scales_``) for a grid of KL weights
+and prior scales and prints the validation numbers, the median scales and the drift of each::
+
+    python benchmarks/posterior_scales.py validate runs/bnn flipout-bnn
+    python benchmarks/posterior_scales.py optimum runs/bnn flipout-bnn --kl-weights 0.01,0.001
 """
 
 from __future__ import annotations
@@ -340,6 +348,16 @@ def main(argv: list[str] | None = None) -> int:
             args.passes,
             args.drift_batches,
         )
+    if argv[:1] == ["validate"]:
+        if len(argv) != 3:
+            raise SystemExit("usage: posterior_scales.py validate RUN METHOD")
+        model, task, label = _rebuild(Path(argv[1]), argv[2])
+        metrics = _validation(model, task)
+        print(
+            f"{label} {argv[2]}: val NLL {metrics['val_nll']:.4f}, ECE {100 * metrics['val_ece']:.2f}%, "
+            f"accuracy {100 * metrics['val_accuracy']:.2f}% (the saved model, after any post-hoc step)"
+        )
+        return 0
     if argv[:1] == ["drift"]:
         if len(argv) not in (3, 4):
             raise SystemExit("usage: posterior_scales.py drift RUN METHOD [BATCHES]")
