@@ -29,6 +29,12 @@ means' scales at the optimum of their objective (``uqkit.fit_posterior_scales_``
 and prior scales and prints the validation numbers, the median scales and the drift of each::
 
     python benchmarks/posterior_scales.py validate runs/bnn flipout-bnn
+
+``scalefit KL_WEIGHT PRIOR_SCALE MODE bench ...`` runs the benchmark (through ``record``) with another KL
+weight and prior on Fashion-MNIST and the scales put at the optimum after training (``end``), at every epoch
+start (``epoch``), ``both`` or ``none``::
+
+    python benchmarks/posterior_scales.py scalefit 0.01 0.1 both bench --methods flipout-bnn --out runs/sf
     python benchmarks/posterior_scales.py optimum runs/bnn flipout-bnn --kl-weights 0.01,0.001
 """
 
@@ -121,6 +127,38 @@ def record(uqkit_args: list[str]) -> int:
 
     trainer.atomic_torch_save = save_and_log
     return uqkit_main(uqkit_args)
+
+
+def scalefit(kl_weight: float, prior_scale: float, mode: str, uqkit_args: list[str]) -> int:
+    """Run ``uqkit <uqkit_args>`` (through :func:`record`) with Fashion-MNIST's BNNs at KL weight
+    ``kl_weight`` and prior ``N(0, prior_scale^2)``, their scales put at the optimum of that objective
+    (``uqkit.fit_posterior_scales_``) after training (``mode`` ``"end"``: the benchmark's post-hoc step), at
+    the start of every epoch (``"epoch"``: one pass over the training split, then Adam trains on), both
+    (``"both"``) or never (``"none"``). Measures whether training the means under scales at the optimum helps.
+    """
+    from uqkit.bench import methods_bayesian as mb
+    from uqkit.bench import runner
+    from uqkit.methods.optimal_scales import fit_posterior_scales_
+
+    if mode not in ("end", "epoch", "both", "none"):
+        raise SystemExit(f"scalefit: MODE must be end, epoch, both or none, got {mode!r}")
+    mb.BNN_TASK_KL_WEIGHTS = {"fashion-mnist": kl_weight}
+    mb.BNN_PRIOR_SCALE = prior_scale
+    mb.BNN_TASK_OPTIMAL_SCALES = frozenset({"fashion-mnist"} if mode in ("end", "both") else ())
+    training_inputs = {}
+    train_method = runner.train_method
+
+    def keep_inputs(method, name, inputs, *args, **kwargs):
+        training_inputs["x"] = inputs
+        return train_method(method, name, inputs, *args, **kwargs)
+
+    def on_epoch_start(self, epoch: int, num_epochs: int) -> None:
+        fit_posterior_scales_(self.network, training_inputs["x"], kl_weight=self.elbo.kl_weight, passes=1)
+
+    runner.train_method = keep_inputs
+    if mode in ("epoch", "both"):
+        mb.VariationalNetwork.on_epoch_start = on_epoch_start
+    return record(uqkit_args)
 
 
 def _rebuild(run: Path, method: str, task_name: str = "fashion-mnist"):
@@ -348,6 +386,10 @@ def main(argv: list[str] | None = None) -> int:
             args.passes,
             args.drift_batches,
         )
+    if argv[:1] == ["scalefit"]:
+        if len(argv) < 5:
+            raise SystemExit("usage: posterior_scales.py scalefit KL_WEIGHT PRIOR MODE bench ... --out RUN")
+        return scalefit(float(argv[1]), float(argv[2]), argv[3], argv[4:])
     if argv[:1] == ["validate"]:
         if len(argv) != 3:
             raise SystemExit("usage: posterior_scales.py validate RUN METHOD")

@@ -168,3 +168,16 @@ def test_fit_post_hoc_puts_the_scales_at_the_optimum_of_the_methods_own_objectiv
     assert all(torch.equal(v, plain.network.state_dict()[n]) for n, v in before.items())
     with pytest.raises(ValueError, match="train"):
         method.fit_post_hoc(*val)
+
+
+def test_scales_go_to_the_optimum_only_on_the_tasks_that_chose_it():
+    from uqkit.bench.methods_bayesian import BNN_TASK_OPTIMAL_SCALES
+    from uqkit.bench.registry import MethodContext, build_method
+
+    assert {"fashion-mnist", "fashion-mnist-holdout"} <= BNN_TASK_OPTIMAL_SCALES
+    for context, expected in (
+        (MethodContext((1, 28, 28), 10, "mlp", 100, "fashion-mnist"), True),
+        (MethodContext((2,), 2, "resmlp", 100, "two-moons"), False),
+    ):
+        for name in ("flipout-bnn", "gaussian-bnn"):
+            assert build_method(name, context).optimal_scales is expected, (context.task, name)

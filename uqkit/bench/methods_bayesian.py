@@ -42,16 +42,19 @@ def bnn_prior(context: MethodContext) -> NormalPrior:
 
 BNN_KL_WEIGHT = 1.0
 """Weight of the KL term in the loss (``uqkit.ELBO(kl_weight=...)``): 1 is the ELBO."""
-BNN_TASK_KL_WEIGHTS = {"fashion-mnist": 0.01, "fashion-mnist-holdout": 0.01}
+BNN_TASK_KL_WEIGHTS = {"fashion-mnist": 1e-4, "fashion-mnist-holdout": 1e-4}
 """Tasks whose validation chose a tempered ("cold") posterior, ``kl_weight < 1`` (Wenzel et al. 2020, "How
 good is the Bayes posterior in deep neural networks really?"; Zhang et al. 2018 weigh the KL the same
-way). A deliberate deviation from the ELBO, measured: on Fashion-MNIST (MLP, 5 epochs, seed 0, prior
-``N(0, 0.1^2)``, 2026-12-07) the full ELBO's mean-field optimum underfits, and validation NLL after 5
-epochs was, for ``flipout-bnn``, 0.418 (weight 1), 0.303 (0.1), **0.289** (0.01), 0.290 (0.001, where the
-scales hardly leave their initial 1e-3); ``gaussian-bnn`` 0.423 (1) and 0.300 (0.01). The held-out-classes
-task shares the data and model and inherits the choice. Two moons keeps the ELBO (its validation under
-``N(0, 1)``, 0.070 / 0.064, shows no underfitting); MNIST-1D was not measured and keeps the ELBO.
-docs/bayesian_layers.md has the scales."""
+way). A deliberate deviation from the ELBO, measured on Fashion-MNIST (MLP, 5 epochs, seed 0, prior
+``N(0, 0.1^2)``; docs/bayesian_layers.md). With the scales *trained* by Adam (2026-12-07) the full ELBO's
+mean-field optimum underfits: validation NLL after 5 epochs, ``flipout-bnn``, 0.418 (weight 1), 0.303 (0.1),
+0.289 (0.01), 0.290 (0.001); ``gaussian-bnn`` 0.423 (1) and 0.300 (0.01); but the scales were not at the
+optimum of their objective. With the scales put *at* that optimum after training
+(:data:`BNN_TASK_OPTIMAL_SCALES`; 2026-12-07, on the means of a 0.01 run, validation NLL 0.2901 with their
+trained scales): 0.3027 at 0.01, 0.2909 at 0.001, **0.2902** at 1e-4 (0.2900 at 1e-5); 1e-4 is the largest
+weight tied with the best (prediction-seed spread 0.0001-0.0005). The held-out-classes task shares the data
+and model and inherits the choice. Two moons keeps the ELBO (its validation under ``N(0, 1)``, 0.070 /
+0.064, shows no underfitting); MNIST-1D was not measured and keeps the ELBO."""
 
 
 def bnn_kl_weight(context: MethodContext) -> float:
@@ -59,12 +62,14 @@ def bnn_kl_weight(context: MethodContext) -> float:
     return BNN_TASK_KL_WEIGHTS.get(context.task, BNN_KL_WEIGHT)
 
 
-BNN_TASK_OPTIMAL_SCALES: frozenset[str] = frozenset()
+BNN_TASK_OPTIMAL_SCALES = frozenset({"fashion-mnist", "fashion-mnist-holdout"})
 """Tasks whose Bayesian networks end with their posterior scales at the optimum of their objective
 ``N E_q[mean NLL] + kl_weight KL`` given the trained means: after training (the epoch of lowest validation
 NLL), :meth:`VariationalNetwork.fit_post_hoc` runs :func:`uqkit.fit_posterior_scales_` over the training split
-(:data:`BNN_OPTIMAL_SCALE_PASSES` passes of the Gauss-Newton diagonal). docs/bayesian_layers.md, "Scales at
-the optimum", has the measurement."""
+(:data:`BNN_OPTIMAL_SCALE_PASSES` passes of the Gauss-Newton diagonal; about 40 s each for the MLP on two
+CPU cores). Adam on ``rho`` does not get there in the budget (issue 17 item 2). Measured only where a KL
+weight was chosen on validation (Fashion-MNIST); elsewhere the scales stay as trained.
+docs/bayesian_layers.md, "Scales at the optimum", has the measurement."""
 BNN_OPTIMAL_SCALE_PASSES = 3
 
 
