@@ -268,6 +268,7 @@ def optimum(
     passes: int = 3,
     drift_batches: int = 60,
     task_name: str = "fashion-mnist",
+    run_kl_weight: float | None = None,
 ) -> int:
     """Put the run's posterior scales at the optimum of ``N E_q[mean NLL] + tau KL`` given its means
     (``uqkit.fit_posterior_scales_`` with ``passes`` passes over the training split) for every ``tau`` in
@@ -277,13 +278,16 @@ def optimum(
     with the lowest validation NLL.
 
     The first pass starts from the trained scales, whatever ``tau`` and the prior, so it is made once and
-    shared by the grid (``fit_posterior_scales_(..., ggn=...)``).
+    shared by the grid (``fit_posterior_scales_(..., ggn=...)``). The trained row's drift is under the
+    run's own KL weight, ``run_kl_weight`` (default: today's ``methods_bayesian`` value for the task).
     """
     from uqkit.methods.optimal_scales import diagonal_ggn, fit_posterior_scales_
     from uqkit.nn import BayesianModule
     from uqkit.nn.priors import NormalPrior
 
     model, task, label = _rebuild(run, method, task_name)
+    if run_kl_weight is not None:
+        model.elbo.kl_weight = run_kl_weight
     layers = [m for m in model.network.modules() if isinstance(m, BayesianModule)]
     trained = {n: p.detach().clone() for n, p in model.state_dict().items() if n.endswith("_rho")}
     trained_tau, trained_prior = model.elbo.kl_weight, layers[0].prior
@@ -377,6 +381,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.add_argument("--prior-scales", default="0.1", help="comma list of prior standard deviations")
         parser.add_argument("--passes", type=int, default=3)
         parser.add_argument("--drift-batches", type=int, default=60)
+        parser.add_argument("--run-kl-weight", type=float, help="the run's KL weight, if not today's")
         args = parser.parse_args(argv[1:])
         return optimum(
             args.run,
@@ -385,6 +390,7 @@ def main(argv: list[str] | None = None) -> int:
             [float(v) for v in args.prior_scales.split(",")],
             args.passes,
             args.drift_batches,
+            run_kl_weight=args.run_kl_weight,
         )
     if argv[:1] == ["scalefit"]:
         if len(argv) < 5:
