@@ -4,7 +4,9 @@ Importing this module registers both in :data:`uqkit.bench.registry.METHODS`. Ea
 backbone, converts every ``nn.Linear``/``nn.Conv*`` in place with :func:`uqkit.bayesianize_` (Flipout, Wen
 et al. 2018; or Gaussian weights with the reparameterization trick, Blundell et al. 2015), trains on
 :class:`uqkit.ELBO` with one weight sample per step, and predicts with ``S`` posterior samples through
-:func:`uqkit.predict`.
+:func:`uqkit.predict`. Where a task's validation chose it (:data:`BNN_TASK_OPTIMAL_SCALES`), the posterior
+scales are then put at the optimum of the trained objective given the means
+(:func:`uqkit.fit_posterior_scales_`).
 """
 
 from __future__ import annotations
