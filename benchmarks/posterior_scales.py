@@ -22,12 +22,27 @@ Whether the scales still move at the end (a decaying schedule stops them either 
 prints Adam's expected normalised step on each layer's ``rho`` at the final state::
 
     python benchmarks/posterior_scales.py drift runs/bnn flipout-bnn
+
+``validate RUN METHOD`` prints the validation NLL, ECE and accuracy of the saved model (after its post-hoc
+step; the run's history holds those of the epochs before it). ``optimum RUN METHOD`` puts the trained
+means' scales at the optimum of their objective (``uqkit.fit_posterior_scales_``) for a grid of KL weights
+and prior scales and prints the validation numbers, the median scales and the drift of each::
+
+    python benchmarks/posterior_scales.py validate runs/bnn flipout-bnn
+
+``scalefit KL_WEIGHT PRIOR_SCALE MODE bench ...`` runs the benchmark (through ``record``) with another KL
+weight and prior on Fashion-MNIST and the scales put at the optimum after training (``end``), at every epoch
+start (``epoch``), ``both`` or ``none``::
+
+    python benchmarks/posterior_scales.py scalefit 0.01 0.1 both bench --methods flipout-bnn --out runs/sf
+    python benchmarks/posterior_scales.py optimum runs/bnn flipout-bnn --kl-weights 0.01,0.001
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import time
 from pathlib import Path
 
 import torch
@@ -114,17 +129,41 @@ def record(uqkit_args: list[str]) -> int:
     return uqkit_main(uqkit_args)
 
 
-def drift(run: Path, method: str, batches: int = 60, task_name: str = "fashion-mnist") -> int:
-    """Print, per weight ``rho`` tensor, Adam's expected normalised step ``E[g] / rms(g)`` at the run's final
-    state (or last checkpoint): ``batches`` training minibatches of 128 (seeded), the task's KL weight
-    (``methods_bayesian.BNN_TASK_KL_WEIGHTS``; 1 is the ELBO).
-
-    At a stationary point of the (weighted) ELBO ``E[g] = 0`` for every ``rho``; a layer mean far from 0 (the
-    noise of one weight's estimate is about ``1 / sqrt(batches)``, of a layer's mean far less) means its
-    scales were still moving when training stopped, whatever a decayed learning rate made them do.
-    Rebuilds the MLP with today's ``methods_bayesian`` constants (prior, initial scale,
-    KL weight), which must match the run's.
+def scalefit(kl_weight: float, prior_scale: float, mode: str, uqkit_args: list[str]) -> int:
+    """Run ``uqkit <uqkit_args>`` (through :func:`record`) with Fashion-MNIST's BNNs at KL weight
+    ``kl_weight`` and prior ``N(0, prior_scale^2)``, their scales put at the optimum of that objective
+    (``uqkit.fit_posterior_scales_``) after training (``mode`` ``"end"``: the benchmark's post-hoc step), at
+    the start of every epoch (``"epoch"``: one pass over the training split, then Adam trains on), both
+    (``"both"``) or never (``"none"``). Measures whether training the means under scales at the optimum helps.
     """
+    from uqkit.bench import methods_bayesian as mb
+    from uqkit.bench import runner
+    from uqkit.methods.optimal_scales import fit_posterior_scales_
+
+    if mode not in ("end", "epoch", "both", "none"):
+        raise SystemExit(f"scalefit: MODE must be end, epoch, both or none, got {mode!r}")
+    mb.BNN_TASK_KL_WEIGHTS = {"fashion-mnist": kl_weight}
+    mb.BNN_PRIOR_SCALE = prior_scale
+    mb.BNN_TASK_OPTIMAL_SCALES = frozenset({"fashion-mnist"} if mode in ("end", "both") else ())
+    training_inputs = {}
+    train_method = runner.train_method
+
+    def keep_inputs(method, name, inputs, *args, **kwargs):
+        training_inputs["x"] = inputs
+        return train_method(method, name, inputs, *args, **kwargs)
+
+    def on_epoch_start(self, epoch: int, num_epochs: int) -> None:
+        fit_posterior_scales_(self.network, training_inputs["x"], kl_weight=self.elbo.kl_weight, passes=1)
+
+    runner.train_method = keep_inputs
+    if mode in ("epoch", "both"):
+        mb.VariationalNetwork.on_epoch_start = on_epoch_start
+    return record(uqkit_args)
+
+
+def _rebuild(run: Path, method: str, task_name: str = "fashion-mnist"):
+    """The run's trained ``method`` (a ``VariationalNetwork``, train mode) and the task, rebuilt with today's
+    ``methods_bayesian`` constants (prior, initial scale, KL weight), which must match the run's."""
     from uqkit.bench import methods_bayesian as mb
     from uqkit.bench.models import build_model
     from uqkit.bench.tasks import build_task
@@ -134,7 +173,7 @@ def drift(run: Path, method: str, batches: int = 60, task_name: str = "fashion-m
     state, label = _load_state(run, task_name, method)
     task = build_task(task_name)
     network = build_model(task.model, task.input_shape, task.num_classes)
-    prior = NormalPrior(scale=mb.BNN_PRIOR_SCALE)
+    prior = NormalPrior(scale=mb.BNN_TASK_PRIOR_SCALES.get(task_name, mb.BNN_PRIOR_SCALE))
     if method == "flipout-bnn":
         config = FlipoutConfig(prior=prior, posterior_scale_init=mb.BNN_POSTERIOR_SCALE_INIT)
     else:
@@ -145,6 +184,21 @@ def drift(run: Path, method: str, batches: int = 60, task_name: str = "fashion-m
     kl_weight = mb.BNN_TASK_KL_WEIGHTS.get(task_name, mb.BNN_KL_WEIGHT)
     model = mb.VariationalNetwork(network, len(task.train.labels), 128, mb.BNN_SAMPLES, kl_weight=kl_weight)
     model.load_state_dict(state)
+    model.train()
+    return model, task, label
+
+
+def drift_of(model, task, batches: int = 60) -> list[tuple[str, float, float, float]]:
+    """Adam's expected normalised step ``E[g] / rms(g)`` on each weight ``rho`` tensor of ``model`` (a
+    ``VariationalNetwork``) at its current state: ``batches`` training minibatches of 128 (seeded), the
+    model's own KL weight (its ``elbo``) and priors.
+
+    Returns:
+        ``(name, layer mean of E[g] / rms(g), share of E[g] > 0, median rho drift per epoch at the undecayed
+        rho rate)`` per weight ``rho`` tensor.
+    """
+    from uqkit.bench import methods_bayesian as mb
+
     model.train()
     rhos = {n: p for n, p in model.named_parameters() if n.endswith("weight_rho")}
     first = {n: torch.zeros_like(p) for n, p in rhos.items()}
@@ -158,16 +212,135 @@ def drift(run: Path, method: str, batches: int = 60, task_name: str = "fashion-m
         for n, p in rhos.items():
             first[n] += p.grad
             second[n] += p.grad.square()
-    print(f"{label} {method}: KL weight {model.elbo.current_kl_weight:g}, {batches} minibatches of 128")
+    model.zero_grad()
     rho_lr = 1e-3 * mb.BNN_SCALE_LR_FACTOR  # the default base rate times the scales' factor
     steps = -(-len(task.train.labels) // 128)
+    rows = []
     for n in rhos:
         ratio = first[n] / second[n].sqrt().clamp_min(1e-30) / batches**0.5  # E[g] / rms(g)
+        positive = float((first[n] > 0).float().mean())
+        rows.append((n, float(ratio.mean()), positive, float(-(steps * rho_lr * ratio).median())))
+    return rows
+
+
+def drift(run: Path, method: str, batches: int = 60, task_name: str = "fashion-mnist") -> int:
+    """Print, per weight ``rho`` tensor, Adam's expected normalised step ``E[g] / rms(g)`` at the run's final
+    state (or last checkpoint): ``batches`` training minibatches of 128 (seeded), the task's KL weight
+    (``methods_bayesian.BNN_TASK_KL_WEIGHTS``; 1 is the ELBO).
+
+    At a stationary point of the (weighted) ELBO ``E[g] = 0`` for every ``rho``; a layer mean far from 0 (the
+    noise of one weight's estimate is about ``1 / sqrt(batches)``, of a layer's mean far less) means its
+    scales were still moving when training stopped, whatever a decayed learning rate made them do.
+    Rebuilds the MLP with today's ``methods_bayesian`` constants (prior, initial scale,
+    KL weight), which must match the run's.
+    """
+    model, task, label = _rebuild(run, method, task_name)
+    print(f"{label} {method}: KL weight {model.elbo.current_kl_weight:g}, {batches} minibatches of 128")
+    _print_drift(drift_of(model, task, batches))
+    return 0
+
+
+def _print_drift(rows) -> None:
+    from uqkit.bench import methods_bayesian as mb
+
+    for name, mean, positive, median in rows:
         print(
-            f"  {n}: layer mean E[g]/rms(g) {float(ratio.mean()):+.4f}, share of E[g] > 0 "
-            f"{float((first[n] > 0).float().mean()):.3f}, median rho drift per epoch ({steps} steps) at "
-            f"the undecayed rho rate {rho_lr:g}: {float(-(steps * rho_lr * ratio).median()):+.3f}"
+            f"  {name}: layer mean E[g]/rms(g) {mean:+.4f}, share of E[g] > 0 {positive:.3f}, median rho "
+            f"drift per epoch at the undecayed rho rate {1e-3 * mb.BNN_SCALE_LR_FACTOR:g}: {median:+.3f}"
         )
+
+
+def _validation(model, task) -> dict[str, float]:
+    """The trainer's validation numbers (NLL, ECE, accuracy) of ``model``, seeded."""
+    from uqkit.bench.evaluate import predict_in_batches
+
+    torch.manual_seed(0)
+    prediction = predict_in_batches(model, task.val.inputs, 512, progress=False)
+    model.train()
+    return model.likelihood.validation_metrics(prediction, task.val.labels)
+
+
+def optimum(
+    run: Path,
+    method: str,
+    kl_weights: list[float],
+    prior_scales: list[float],
+    passes: int = 3,
+    drift_batches: int = 60,
+    task_name: str = "fashion-mnist",
+    run_kl_weight: float | None = None,
+) -> int:
+    """Put the run's posterior scales at the optimum of ``N E_q[mean NLL] + tau KL`` given its means
+    (``uqkit.fit_posterior_scales_`` with ``passes`` passes over the training split) for every ``tau`` in
+    ``kl_weights`` and prior scale in ``prior_scales``, and print for each the validation NLL / ECE /
+    accuracy, the median ``sigma`` per weight tensor and the drift of ``rho`` under that objective
+    (``drift_of``: ~0 at the optimum), beside the trained state's; then the quantiles of ``sigma`` of the pair
+    with the lowest validation NLL.
+
+    The first pass starts from the trained scales, whatever ``tau`` and the prior, so it is made once and
+    shared by the grid (``fit_posterior_scales_(..., ggn=...)``). The trained row's drift is under the
+    run's own KL weight, ``run_kl_weight`` (default: today's ``methods_bayesian`` value for the task).
+    """
+    from uqkit.methods.optimal_scales import diagonal_ggn, fit_posterior_scales_
+    from uqkit.nn import BayesianModule
+    from uqkit.nn.priors import NormalPrior
+
+    model, task, label = _rebuild(run, method, task_name)
+    if run_kl_weight is not None:
+        model.elbo.kl_weight = run_kl_weight
+    layers = [m for m in model.network.modules() if isinstance(m, BayesianModule)]
+    trained = {n: p.detach().clone() for n, p in model.state_dict().items() if n.endswith("_rho")}
+    trained_tau, trained_prior = model.elbo.kl_weight, layers[0].prior
+    num_data = len(task.train.labels)
+    started = time.perf_counter()
+    torch.manual_seed(0)
+    first = diagonal_ggn(model.network, task.train.inputs, batch_size=512)
+    seconds = time.perf_counter() - started
+    print(f"{label} {method}: one Gauss-Newton pass over {num_data:,} training examples: {seconds:.1f} s")
+
+    def medians() -> str:
+        return " / ".join(f"{float(layer.posterior_scale('weight').median()):.4f}" for layer in layers)
+
+    def drifts() -> str:
+        return " / ".join(f"{mean:+.4f}" for _, mean, _, _ in drift_of(model, task, drift_batches))
+
+    print()
+    print(
+        f"| tau | prior s | val NLL | val ECE | val acc | median weight sigma per layer | drift E[g]/rms(g) "
+        f"per layer ({drift_batches} batches) |"
+    )
+    print("|--:|--:|--:|--:|--:|---|---|")
+    base = _validation(model, task)
+    print(
+        f"| {trained_tau:g} (trained) | {trained_prior.scale:g} | {base['val_nll']:.4f} | "
+        f"{100 * base['val_ece']:.2f}% | {100 * base['val_accuracy']:.2f}% | {medians()} | {drifts()} |"
+    )
+    results = {}
+    for scale in prior_scales:
+        for tau in kl_weights:
+            model.load_state_dict({**model.state_dict(), **trained})
+            for layer in layers:
+                layer.prior = NormalPrior(scale=scale)
+            model.elbo.kl_weight = tau
+            torch.manual_seed(1)
+            fit_posterior_scales_(
+                model.network, task.train.inputs, ggn=first, num_data=num_data, kl_weight=tau, passes=passes
+            )
+            metrics = _validation(model, task)
+            results[(tau, scale)] = (metrics["val_nll"], model.network.state_dict())
+            print(
+                f"| {tau:g} | {scale:g} | {metrics['val_nll']:.4f} | {100 * metrics['val_ece']:.2f}% | "
+                f"{100 * metrics['val_accuracy']:.2f}% | {medians()} | {drifts()} |",
+                flush=True,
+            )
+    (tau, scale), (nll, state) = min(results.items(), key=lambda item: item[1][0])
+    print()
+    print(f"lowest validation NLL {nll:.4f}: tau {tau:g}, prior scale {scale:g}; sigma quantiles:")
+    header = " | ".join(f"q{round(100 * q):02d}" for q in QUANTILES)
+    print(f"| posterior | entries | {header} |")
+    print("|---|--:|" + "--:|" * len(QUANTILES))
+    for name, count, values in scale_quantiles(state):
+        print(f"| {name} | {count:,} | {' | '.join(f'{v:.4f}' for v in values)} |")
     return 0
 
 
@@ -200,6 +373,39 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["record"]:
         return record(argv[1:])
+    if argv[:1] == ["optimum"]:
+        parser = argparse.ArgumentParser(prog="posterior_scales.py optimum")
+        parser.add_argument("run", type=Path)
+        parser.add_argument("method")
+        parser.add_argument("--kl-weights", default="0.01,0.001,0.0001", help="comma list of tau")
+        parser.add_argument("--prior-scales", default="0.1", help="comma list of prior standard deviations")
+        parser.add_argument("--passes", type=int, default=3)
+        parser.add_argument("--drift-batches", type=int, default=60)
+        parser.add_argument("--run-kl-weight", type=float, help="the run's KL weight, if not today's")
+        args = parser.parse_args(argv[1:])
+        return optimum(
+            args.run,
+            args.method,
+            [float(v) for v in args.kl_weights.split(",")],
+            [float(v) for v in args.prior_scales.split(",")],
+            args.passes,
+            args.drift_batches,
+            run_kl_weight=args.run_kl_weight,
+        )
+    if argv[:1] == ["scalefit"]:
+        if len(argv) < 5:
+            raise SystemExit("usage: posterior_scales.py scalefit KL_WEIGHT PRIOR MODE bench ... --out RUN")
+        return scalefit(float(argv[1]), float(argv[2]), argv[3], argv[4:])
+    if argv[:1] == ["validate"]:
+        if len(argv) != 3:
+            raise SystemExit("usage: posterior_scales.py validate RUN METHOD")
+        model, task, label = _rebuild(Path(argv[1]), argv[2])
+        metrics = _validation(model, task)
+        print(
+            f"{label} {argv[2]}: val NLL {metrics['val_nll']:.4f}, ECE {100 * metrics['val_ece']:.2f}%, "
+            f"accuracy {100 * metrics['val_accuracy']:.2f}% (the saved model, after any post-hoc step)"
+        )
+        return 0
     if argv[:1] == ["drift"]:
         if len(argv) not in (3, 4):
             raise SystemExit("usage: posterior_scales.py drift RUN METHOD [BATCHES]")

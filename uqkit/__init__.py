@@ -14,6 +14,7 @@ from uqkit.methods.ensemble import DeepEnsemble
 from uqkit.methods.laplace import LastLayerLaplace
 from uqkit.methods.mimo import MIMO
 from uqkit.methods.ncp import NoiseContrastivePrior, ncp_loss
+from uqkit.methods.optimal_scales import fit_posterior_scales_
 from uqkit.methods.predict import predict
 from uqkit.methods.sngp import SNGP
 from uqkit.objectives import ELBO, gaussian_nll_loss, kl_divergence
@@ -41,6 +42,7 @@ __all__ = [
     "conformal",
     "data",
     "distill_predictive",
+    "fit_posterior_scales_",
     "gaussian_nll_loss",
     "kl_divergence",
     "metrics",

@@ -133,3 +133,51 @@ def test_kl_weight_is_the_tasks_own_and_weighs_the_kl_term():
         nll = nn.functional.cross_entropy(method.network(inputs), labels)
         kl = kl_divergence(method.network)
         torch.testing.assert_close(loss, nll + expected * kl / context.num_train, rtol=1e-5, atol=0)
+
+
+@pytest.mark.parametrize("family", ["flipout", "gaussian"])
+def test_fit_post_hoc_puts_the_scales_at_the_optimum_of_the_methods_own_objective(family):
+    import copy
+
+    from uqkit.methods.optimal_scales import fit_posterior_scales_
+
+    torch.manual_seed(0)
+    network = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3))
+    bayesianize_(network, _config(family))
+    method = VariationalNetwork(network, 1000, 32, num_samples=2, kl_weight=0.05, optimal_scales=True)
+    plain = VariationalNetwork(copy.deepcopy(network), 1000, 32, num_samples=2, kl_weight=0.05)
+    reference = copy.deepcopy(network)
+    inputs, labels = torch.randn(40, 4), torch.randint(0, 3, (40,))
+    val = (torch.randn(10, 4), torch.randint(0, 3, (10,)))
+
+    torch.manual_seed(1)
+    method.fit_post_hoc(*val, train=(inputs, labels))
+    torch.manual_seed(1)
+    fit_posterior_scales_(
+        reference, inputs, num_data=1000, kl_weight=0.05, passes=methods_bayesian.BNN_OPTIMAL_SCALE_PASSES
+    )
+    for (name, got), expected in zip(
+        network.state_dict().items(), reference.state_dict().values(), strict=True
+    ):
+        torch.testing.assert_close(got, expected, rtol=0, atol=0, msg=name)  # same code, same draws
+    rhos = [n for n in network.state_dict() if n.endswith("_rho")]
+    assert any(not torch.equal(network.state_dict()[n], plain.network.state_dict()[n]) for n in rhos)
+
+    before = copy.deepcopy(plain.network.state_dict())
+    plain.fit_post_hoc(*val, train=(inputs, labels))  # without optimal_scales: nothing changes
+    assert all(torch.equal(v, plain.network.state_dict()[n]) for n, v in before.items())
+    with pytest.raises(ValueError, match="train"):
+        method.fit_post_hoc(*val)
+
+
+def test_scales_go_to_the_optimum_only_on_the_tasks_that_chose_it():
+    from uqkit.bench.methods_bayesian import BNN_TASK_OPTIMAL_SCALES
+    from uqkit.bench.registry import MethodContext, build_method
+
+    assert {"fashion-mnist", "fashion-mnist-holdout"} <= BNN_TASK_OPTIMAL_SCALES
+    for context, expected in (
+        (MethodContext((1, 28, 28), 10, "mlp", 100, "fashion-mnist"), True),
+        (MethodContext((2,), 2, "resmlp", 100, "two-moons"), False),
+    ):
+        for name in ("flipout-bnn", "gaussian-bnn"):
+            assert build_method(name, context).optimal_scales is expected, (context.task, name)

@@ -4,7 +4,9 @@ Importing this module registers both in :data:`uqkit.bench.registry.METHODS`. Ea
 backbone, converts every ``nn.Linear``/``nn.Conv*`` in place with :func:`uqkit.bayesianize_` (Flipout, Wen
 et al. 2018; or Gaussian weights with the reparameterization trick, Blundell et al. 2015), trains on
 :class:`uqkit.ELBO` with one weight sample per step, and predicts with ``S`` posterior samples through
-:func:`uqkit.predict`.
+:func:`uqkit.predict`. Where a task's validation chose it (:data:`BNN_TASK_OPTIMAL_SCALES`), the posterior
+scales are then put at the optimum of the trained objective given the means
+(:func:`uqkit.fit_posterior_scales_`).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from uqkit.bench.models import build_model
 from uqkit.bench.registry import Method, MethodContext, register_method
 from uqkit.bench.trainer import ADAM_EPS
 from uqkit.methods.convert import FlipoutConfig, GaussianConfig, bayesianize_
+from uqkit.methods.optimal_scales import fit_posterior_scales_
 from uqkit.nn.priors import NormalPrior
 from uqkit.objectives import ELBO
 
@@ -41,21 +44,41 @@ def bnn_prior(context: MethodContext) -> NormalPrior:
 
 BNN_KL_WEIGHT = 1.0
 """Weight of the KL term in the loss (``uqkit.ELBO(kl_weight=...)``): 1 is the ELBO."""
-BNN_TASK_KL_WEIGHTS = {"fashion-mnist": 0.01, "fashion-mnist-holdout": 0.01}
+BNN_TASK_KL_WEIGHTS = {"fashion-mnist": 1e-4, "fashion-mnist-holdout": 1e-4}
 """Tasks whose validation chose a tempered ("cold") posterior, ``kl_weight < 1`` (Wenzel et al. 2020, "How
 good is the Bayes posterior in deep neural networks really?"; Zhang et al. 2018 weigh the KL the same
-way). A deliberate deviation from the ELBO, measured: on Fashion-MNIST (MLP, 5 epochs, seed 0, prior
-``N(0, 0.1^2)``, 2026-12-07) the full ELBO's mean-field optimum underfits, and validation NLL after 5
-epochs was, for ``flipout-bnn``, 0.418 (weight 1), 0.303 (0.1), **0.289** (0.01), 0.290 (0.001, where the
-scales hardly leave their initial 1e-3); ``gaussian-bnn`` 0.423 (1) and 0.300 (0.01). The held-out-classes
-task shares the data and model and inherits the choice. Two moons keeps the ELBO (its validation under
-``N(0, 1)``, 0.070 / 0.064, shows no underfitting); MNIST-1D was not measured and keeps the ELBO.
-docs/bayesian_layers.md has the scales."""
+way). A deliberate deviation from the ELBO, measured on Fashion-MNIST (MLP, 5 epochs, seed 0, prior
+``N(0, 0.1^2)``; docs/bayesian_layers.md). With the scales *trained* by Adam (2026-12-07) the full ELBO's
+mean-field optimum underfits: validation NLL after 5 epochs, ``flipout-bnn``, 0.418 (weight 1), 0.303 (0.1),
+0.289 (0.01), 0.290 (0.001); ``gaussian-bnn`` 0.423 (1) and 0.300 (0.01); but the scales were not at the
+optimum of their objective. With the scales put *at* that optimum after training
+(:data:`BNN_TASK_OPTIMAL_SCALES`; 2026-12-07, on the means of a 0.01 run, validation NLL 0.2901 with their
+trained scales): 0.3027 at 0.01, 0.2909 at 0.001, **0.2902** at 1e-4 (0.2900 at 1e-5); 1e-4 is the largest
+weight tied with the best (prediction-seed spread 0.0001-0.0005). The held-out-classes task shares the data
+and model and inherits the choice. Two moons keeps the ELBO (its validation under ``N(0, 1)``, 0.070 /
+0.064, shows no underfitting); MNIST-1D was not measured and keeps the ELBO."""
 
 
 def bnn_kl_weight(context: MethodContext) -> float:
     """The task's KL weight: :data:`BNN_TASK_KL_WEIGHTS`, else :data:`BNN_KL_WEIGHT`."""
     return BNN_TASK_KL_WEIGHTS.get(context.task, BNN_KL_WEIGHT)
+
+
+BNN_TASK_OPTIMAL_SCALES = frozenset({"fashion-mnist", "fashion-mnist-holdout"})
+"""Tasks whose Bayesian networks end with their posterior scales at the optimum of their objective
+``N E_q[mean NLL] + kl_weight KL`` given the trained means: after training (the epoch of lowest validation
+NLL), :meth:`VariationalNetwork.fit_post_hoc` runs :func:`uqkit.fit_posterior_scales_` over the training split
+(:data:`BNN_OPTIMAL_SCALE_PASSES` passes of the Gauss-Newton diagonal; about 40 s each for the MLP on two
+CPU cores). Adam on ``rho`` does not get there in the budget (issue 17 item 2). Measured only where a KL
+weight was chosen on validation (Fashion-MNIST); elsewhere the scales stay as trained.
+docs/bayesian_layers.md, "Scales at the optimum", has the measurement."""
+BNN_OPTIMAL_SCALE_PASSES = 3
+
+
+def bnn_optimal_scales(context: MethodContext) -> bool:
+    """Whether the task's BNNs put their scales at the optimum after training
+    (:data:`BNN_TASK_OPTIMAL_SCALES`)."""
+    return context.task in BNN_TASK_OPTIMAL_SCALES
 
 
 BNN_POSTERIOR_SCALE_INIT = 1e-3
@@ -66,7 +89,10 @@ BNN_SCALE_LR_FACTOR = 10.0
 
 class VariationalNetwork(Method):
     """A Bayesian network trained on the ELBO (KL annealed in over the first epoch; weighted by ``kl_weight``,
-    1 for the ELBO itself) and predicting with ``S`` samples of its weights."""
+    1 for the ELBO itself) and predicting with ``S`` samples of its weights.
+
+    With ``optimal_scales``, :meth:`fit_post_hoc` then sets the posterior scales to the optimum of that
+    objective given the trained means (:func:`uqkit.fit_posterior_scales_` over the training split)."""
 
     def __init__(
         self,
@@ -75,10 +101,12 @@ class VariationalNetwork(Method):
         batch_size: int,
         num_samples: int,
         kl_weight: float = BNN_KL_WEIGHT,
+        optimal_scales: bool = False,
     ):
         super().__init__()
         self.network = network
         self.num_samples = num_samples
+        self.optimal_scales = bool(optimal_scales)
         steps_per_epoch = max(1, -(-num_train // batch_size))
         self.elbo = ELBO(
             num_data=num_train, kl_weight=kl_weight, warmup_steps=BNN_KL_WARMUP_EPOCHS * steps_per_epoch
@@ -113,12 +141,46 @@ class VariationalNetwork(Method):
     def training_loss(self, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return self.elbo(self.network(inputs), labels, self.network)
 
+    def fit_post_hoc(
+        self,
+        inputs: torch.Tensor,
+        labels: torch.Tensor,
+        train: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> None:
+        """With ``optimal_scales``: every posterior scale to the optimum of ``N E_q[mean NLL] + kl_weight KL``
+        given the trained means, ``1 / sigma^2 = 1 / s^2 + N h / kl_weight`` with ``h`` the Gauss-Newton
+        diagonal over the training split ``train`` (:func:`uqkit.fit_posterior_scales_`,
+        :data:`BNN_OPTIMAL_SCALE_PASSES` passes). The validation split is not used.
+
+        Raises:
+            ValueError: with ``optimal_scales`` and no training split, or on a regression likelihood (the
+                Gauss-Newton diagonal here is the softmax's).
+        """
+        if not self.optimal_scales:
+            return
+        if train is None:
+            raise ValueError("train: expected the training split (inputs, labels) for the scales' optimum")
+        if self.likelihood.kind != "classification":
+            raise ValueError("optimal_scales: implemented for class logits, not a regression likelihood")
+        fit_posterior_scales_(
+            self.network,
+            train[0],
+            num_data=self.elbo.num_data,
+            kl_weight=self.elbo.kl_weight,
+            passes=BNN_OPTIMAL_SCALE_PASSES,
+        )
+
 
 def _variational(context: MethodContext, config) -> Method:
     network = build_model(context.model, context.input_shape, context.num_classes)
     bayesianize_(network, config)
     return VariationalNetwork(
-        network, context.num_train, context.batch_size, BNN_SAMPLES, kl_weight=bnn_kl_weight(context)
+        network,
+        context.num_train,
+        context.batch_size,
+        BNN_SAMPLES,
+        kl_weight=bnn_kl_weight(context),
+        optimal_scales=bnn_optimal_scales(context),
     )
 
 

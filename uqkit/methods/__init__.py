@@ -22,6 +22,7 @@ from uqkit.methods.hyper_ensemble import (
 from uqkit.methods.laplace import LastLayerLaplace
 from uqkit.methods.mimo import MIMO
 from uqkit.methods.ncp import NoiseContrastivePrior, ncp_loss
+from uqkit.methods.optimal_scales import diagonal_ggn, fit_posterior_scales_, optimal_posterior_scale
 from uqkit.methods.predict import predict
 from uqkit.methods.sngp import SNGP
 
@@ -41,12 +42,15 @@ __all__ = [
     "NoiseContrastivePrior",
     "Rank1Config",
     "bayesianize_",
+    "diagonal_ggn",
     "distill_predictive",
     "distillation_loss",
     "ensemble_from_vectors",
+    "fit_posterior_scales_",
     "greedy_ensemble_selection",
     "hyper_deep_ensemble",
     "ncp_loss",
+    "optimal_posterior_scale",
     "parameter_vectors",
     "predict",
     "register_conversion",

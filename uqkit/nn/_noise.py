@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from uqkit._validation import check_positive_float
 
-__all__ = ["posterior_scale", "rademacher", "scale_to_rho"]
+__all__ = ["posterior_scale", "rademacher", "scale_to_rho", "scales_to_rho"]
 
 _BITS_PER_DRAW = 16
 _ONE_FLOAT32_BITS = 0x3F800000  # IEEE-754 bit pattern of float32 1.0; setting bit 31 makes it -1.0
@@ -104,3 +104,26 @@ def scale_to_rho(scale: float, name: str = "scale") -> float:
     if scale == 0.0:
         return -math.inf
     return scale + math.log(-math.expm1(-scale))
+
+
+def scales_to_rho(scale: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`posterior_scale` elementwise: ``rho = scale + log(-expm1(-scale))``.
+
+    The tensor form of :func:`scale_to_rho`, computed in float64 and returned in ``scale``'s dtype;
+    ``scale = 0`` maps to ``-inf``.
+
+    Args:
+        scale: standard deviations ``>= 0``, any shape.
+
+    Returns:
+        ``rho`` with ``softplus(rho) = scale``, of ``scale``'s shape and dtype.
+
+    Raises:
+        ValueError: if an entry of ``scale`` is negative or not finite.
+    """
+    if not bool(torch.isfinite(scale).all()) or bool((scale < 0).any()):
+        raise ValueError(
+            "scale: expected finite standard deviations >= 0, got a negative or non-finite entry"
+        )
+    wide = scale.double()
+    return (wide + torch.log(-torch.expm1(-wide))).to(scale.dtype)
