@@ -50,26 +50,16 @@ class DistilledCSGMCMC(DistilledStudent, CyclicalSGMCMC):
 
     def __init__(self, network: nn.Module, student: nn.Module, num_data: int, steps_per_epoch: int) -> None:
         CyclicalSGMCMC.__init__(self, network, num_data, steps_per_epoch)
-        self.student = student
+        self.student = student  # not attach_student: S is this class's property (the chain's while it trains)
 
     @property
     def num_samples(self) -> int:  # type: ignore[override]
         """1: the student, or the chain while it trains."""
         return 1
 
-    def fit_post_hoc(
-        self,
-        inputs: torch.Tensor,
-        labels: torch.Tensor,
-        train: tuple[torch.Tensor, torch.Tensor] | None = None,
-    ) -> None:
-        """Distil the samples (their :class:`uqkit.DeepEnsemble`) into the student on the training inputs."""
-        teacher = self.network
-        self.network = teacher.ensemble  # the DeepEnsemble of the samples, for the warm start
-        try:
-            DistilledStudent.fit_post_hoc(self, inputs, labels, train)
-        finally:
-            self.network = teacher
+    def teacher(self) -> nn.Module:
+        """The samples as one :class:`uqkit.DeepEnsemble` (whose last member warm-starts the student)."""
+        return self.network.ensemble
 
     def predict(self, inputs: torch.Tensor) -> Prediction | GaussianPrediction:
         """The student's prediction (``S = 1``); the chain's while the chain trains."""
@@ -92,6 +82,7 @@ class GeneratedCSGMCMC(DistilledGenerator, CyclicalSGMCMC):
     ) -> None:
         CyclicalSGMCMC.__init__(self, network, num_data, steps_per_epoch)
         shape, classes, model = context.input_shape, context.num_classes, context.model
+        # attach_generator's state, without its assignment of S (a property here: the chain's while it trains)
         self.__dict__["_template_factory"] = lambda: build_model(model, shape, classes)
         self.__dict__["_apd"] = None
         self.__dict__["_drawn"] = None

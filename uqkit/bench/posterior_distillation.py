@@ -193,6 +193,11 @@ class DistilledStudent:
         self.student = student
         self.num_samples = 1
 
+    def teacher(self) -> nn.Module:
+        """The posterior the student is distilled from (default: ``network``; a method whose ``network``
+        stores its samples otherwise returns their ``DeepEnsemble``)."""
+        return self.network
+
     def fit_post_hoc(
         self,
         inputs: torch.Tensor,
@@ -208,7 +213,7 @@ class DistilledStudent:
             )
         student = self.student
         distill_student(
-            self.network,
+            self.teacher(),
             train[0],
             lambda: student,
             epochs=self.student_epochs,
