@@ -25,12 +25,13 @@ import os
 import re
 import textwrap
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from uqkit.bench import conformal_report
 from uqkit.bench._atomic import atomic_write
+from uqkit.bench.seeds import mean_and_standard_error, paired_t_test
 
 __all__ = [
     "REGRESSION_TASK_KEYS",
@@ -232,6 +233,15 @@ _METHOD_KEYS: dict[str, Any] = {
     ),
 }
 
+_SEED_BLOCK = dict(_METHOD_KEYS)
+"""One seed's block of a method run over several seeds: the keys of a one-seed method block."""
+_OVER_SEEDS = {"mean": Number(), "se": NON_NEGATIVE, "n": int}
+"""A number over seeds: mean, standard error (null with one seed or an undefined value) and seed count."""
+_METHOD_KEYS["seeds"] = NotRequired(MapOf(_SEED_BLOCK, min_items=2))
+_METHOD_KEYS["summary"] = NotRequired(MapOf(_OVER_SEEDS))
+"""A run over several seeds (``--seeds``): every seed's block, and the leaderboard's numbers over seeds
+(:func:`uqkit.bench.seeds.aggregate_seed_blocks`); the method's other keys hold the means."""
+
 _SUMMARY = {"mean": Number(), "se": NON_NEGATIVE}
 
 _INTERVALS = {
@@ -342,6 +352,7 @@ REQUIRED_KEYS: dict[str, Any] = {
         "methods": Nullable(ListOf(str)),
         "epochs": Nullable(int),
         "seed": int,
+        "seeds": NotRequired(ListOf(int)),
         "quick": bool,
         "batch_size": Nullable(int),
         "learning_rate": NotRequired(Number(0.0, None)),
@@ -559,24 +570,43 @@ def _check_consistency(results: Mapping[str, Any]) -> None:
             continue
         for method_name, method in task["methods"].items():
             path = f"{task_path}.methods[{method_name!r}]"
-            _check_ood_names(task, method, task_path, path)
-            if (task["shift"] is None) != (method["shift"] is None):
-                expected = "null" if task["shift"] is None else "an object"
-                state = "null" if task["shift"] is None else "not null"
-                raise ValueError(f"{path}.shift: expected {expected} because {task_path}.shift is {state}")
-            for block_name, keys in _SAME_LENGTH.items():
-                block = method[block_name]
-                if block is None:
-                    continue
-                lengths = {key: len(block[key]) for key in keys}
-                if len(set(lengths.values())) > 1:
-                    desc = ", ".join(f"{key} has {n}" for key, n in lengths.items())
-                    raise ValueError(f"{path}.{block_name}: expected lists of the same length, got {desc}")
-            if "surface" in method:
-                _check_surface(method["surface"], task["num_classes"], f"{path}.surface")
-            _check_conformal(
-                method.get("conformal"), ("lac", "aps"), f"{path}.conformal", task["num_classes"]
-            )
+            _check_method_consistency(task, method, task_path, path)
+            if "seeds" in method:
+                _check_seed_names(results, method, path)
+            for seed, block in method.get("seeds", {}).items():
+                _check_method_consistency(task, block, task_path, f"{path}.seeds[{seed!r}]")
+
+
+def _check_method_consistency(
+    task: Mapping[str, Any], method: Mapping[str, Any], task_path: str, path: str
+) -> None:
+    """The rules across keys of one classification method block (or one seed's block of it)."""
+    _check_ood_names(task, method, task_path, path)
+    if (task["shift"] is None) != (method["shift"] is None):
+        expected = "null" if task["shift"] is None else "an object"
+        state = "null" if task["shift"] is None else "not null"
+        raise ValueError(f"{path}.shift: expected {expected} because {task_path}.shift is {state}")
+    for block_name, keys in _SAME_LENGTH.items():
+        block = method[block_name]
+        if block is None:
+            continue
+        lengths = {key: len(block[key]) for key in keys}
+        if len(set(lengths.values())) > 1:
+            desc = ", ".join(f"{key} has {n}" for key, n in lengths.items())
+            raise ValueError(f"{path}.{block_name}: expected lists of the same length, got {desc}")
+    if "surface" in method:
+        _check_surface(method["surface"], task["num_classes"], f"{path}.surface")
+    _check_conformal(method.get("conformal"), ("lac", "aps"), f"{path}.conformal", task["num_classes"])
+
+
+def _check_seed_names(results: Mapping[str, Any], method: Mapping[str, Any], path: str) -> None:
+    """A method's ``seeds`` holds one block per seed of ``config.seeds``, in that order."""
+    expected = [str(seed) for seed in results["config"].get("seeds") or []]
+    if list(method["seeds"]) != expected:
+        raise ValueError(
+            f"{path}.seeds: expected one block per seed of results.config.seeds, {expected}, got "
+            f"{list(method['seeds'])}"
+        )
 
 
 def _check_surface(surface: Mapping[str, Any], num_classes: int, path: str) -> None:
@@ -640,7 +670,8 @@ def validate_results(results: Any) -> None:
 def schema_key_paths(spec: Any = None, prefix: str = "") -> list[str]:
     """Every key path of the schema, e.g. ``tasks.<task>.methods.<method>.metrics.ece``.
 
-    Free keys (:class:`MapOf`) appear as ``<task>``, ``<method>``, ``<ood set>`` or ``<name>``; list items as
+    Free keys (:class:`MapOf`) appear as ``<task>``, ``<method>``, ``<ood set>`` or ``<name>``, a method's
+    per-seed blocks as ``...seeds.<seed>`` alone (each has the keys of a method block); list items as
     ``[]``. Used to keep ``docs/results-schema.md`` complete.
 
     Args:
@@ -658,9 +689,11 @@ def schema_key_paths(spec: Any = None, prefix: str = "") -> list[str]:
     if isinstance(spec, ListOf):
         return schema_key_paths(spec.spec, f"{prefix}[]") if isinstance(spec.spec, dict) else []
     if isinstance(spec, MapOf):
-        placeholder = {"tasks": "<task>", "methods": "<method>", "ood": "<ood set>"}.get(
-            prefix.rsplit(".", 1)[-1], "<name>"
-        )
+        key = prefix.rsplit(".", 1)[-1]
+        if key == "seeds":  # each seed's block has the keys of a method block, documented once
+            return [f"{prefix}.<seed>"]
+        placeholder = {"tasks": "<task>", "methods": "<method>", "ood": "<ood set>", "summary": "<key path>"}
+        placeholder = placeholder.get(key, "<name>")
         return schema_key_paths(spec.spec, f"{prefix}.{placeholder}")
     if not isinstance(spec, dict):
         return []
@@ -705,8 +738,14 @@ class Leaderboard:
         num_test: the number of test examples.
         columns: the numeric columns (the method name column is implicit).
         methods: method names, row order.
-        values: ``values[row][column]`` in display units (percent for accuracy and ECE), None if undefined.
+        values: ``values[row][column]`` in display units (percent for accuracy and ECE), None if undefined;
+            over several seeds, the mean.
         best: ``best[row][column]`` true where the value is the best of a quality column (ties all marked).
+        seeds: the seeds of a run over several seeds (``()`` for one seed).
+        errors: over several seeds, ``errors[row][column]``: the standard error of the mean of a quality
+            column (None if undefined, and for other columns); None for one seed.
+        tied: over several seeds, ``tied[row][column]`` true where a quality column's value is not the best
+            but not significantly different from it (:data:`SIGNIFICANCE_TEST`); None for one seed.
     """
 
     task: str
@@ -716,12 +755,29 @@ class Leaderboard:
     methods: tuple[str, ...]
     values: tuple[tuple[float | None, ...], ...]
     best: tuple[tuple[bool, ...], ...]
+    seeds: tuple[str, ...] = ()
+    errors: tuple[tuple[float | None, ...], ...] | None = None
+    tied: tuple[tuple[bool, ...], ...] | None = None
 
     def cells(self) -> list[list[str]]:
-        """``cells[row][column]`` formatted text, without best-value marks."""
+        """``cells[row][column]`` formatted text (``mean ± se`` over several seeds), without marks."""
+        errors = self.errors or [[None] * len(self.columns)] * len(self.values)
         return [
-            [column.format(value) for column, value in zip(self.columns, row, strict=True)]
-            for row in self.values
+            [
+                column.format(value)
+                + ("" if error is None or value is None else f" ± {column.format(error)}")
+                for column, value, error in zip(self.columns, row, row_errors, strict=True)
+            ]
+            for row, row_errors in zip(self.values, errors, strict=True)
+        ]
+
+    def marks(self) -> list[list[str]]:
+        """``marks[row][column]``: ``"best"``, ``"tied"`` (not significantly different from the best) or
+        ``""``."""
+        tied = self.tied or [[False] * len(self.columns)] * len(self.values)
+        return [
+            ["best" if is_best else "tied" if is_tied else "" for is_best, is_tied in zip(b, t, strict=True)]
+            for b, t in zip(self.best, tied, strict=True)
         ]
 
 
@@ -808,6 +864,7 @@ def _build_leaderboard(results: Mapping[str, Any], task: str) -> Leaderboard:
         (name, tuple(_defined(read(method)) for _, read in columns))
         for name, method in block["methods"].items()
     ]
+    seeds = _run_seeds(block)
     nll_index = [column.header for column, _ in columns].index("NLL")
     rows.sort(key=lambda row: (row[1][nll_index] is None, row[1][nll_index] or 0.0))
     best_values: list[float | None] = []
@@ -824,7 +881,7 @@ def _build_leaderboard(results: Mapping[str, Any], task: str) -> Leaderboard:
         )
         for _, values in rows
     )
-    return Leaderboard(
+    board = Leaderboard(
         task=task,
         description=block["description"],
         num_test=block["num_test"],
@@ -832,6 +889,60 @@ def _build_leaderboard(results: Mapping[str, Any], task: str) -> Leaderboard:
         methods=tuple(name for name, _ in rows),
         values=tuple(values for _, values in rows),
         best=best,
+    )
+    return _with_seed_statistics(board, block, columns, seeds) if seeds else board
+
+
+SIGNIFICANCE_TEST = "paired t-test over seeds, two-sided, alpha = 0.05"
+"""How the leaderboard of a run over several seeds tells differences to the best method from noise: the
+per-seed differences of a method's value and the best method's (same seeds, hence same data splits), tested
+by :func:`uqkit.bench.seeds.paired_t_test`; ``p >= 0.05`` marks the value as not significantly different."""
+
+_ALPHA = 0.05
+
+
+def _run_seeds(task: Mapping[str, Any]) -> tuple[str, ...]:
+    """The seeds of a task run over several seeds (every method has the same ``seeds``), else ``()``."""
+    names = {tuple(method.get("seeds", ())) for method in task["methods"].values()}
+    return next(iter(names)) if len(names) == 1 else ()
+
+
+def _with_seed_statistics(
+    board: Leaderboard,
+    task: Mapping[str, Any],
+    columns: Sequence[tuple[LeaderboardColumn, Callable[[dict], Any]]],
+    seeds: tuple[str, ...],
+) -> Leaderboard:
+    """``board`` with the standard errors over ``seeds`` of its quality columns, and the values not
+    significantly different from their column's best (:data:`SIGNIFICANCE_TEST`)."""
+    per_seed = {  # method -> column -> values, one per seed
+        name: [[read(task["methods"][name]["seeds"][seed]) for seed in seeds] for _, read in columns]
+        for name in board.methods
+    }
+    errors, tied = [], []
+    for row, name in enumerate(board.methods):
+        row_errors, row_tied = [], []
+        for index, (column, _) in enumerate(columns):
+            values = per_seed[name][index]
+            quality = column.better is not None
+            row_errors.append(mean_and_standard_error(values)["se"] if quality else None)
+            best_rows = [other for other in range(len(board.methods)) if board.best[other][index]]
+            test = None
+            if quality and best_rows and not board.best[row][index]:
+                test = paired_t_test(values, per_seed[board.methods[best_rows[0]]][index])
+            row_tied.append(test is not None and test[1] >= _ALPHA)
+        errors.append(tuple(row_errors))
+        tied.append(tuple(row_tied))
+    return replace(board, seeds=seeds, errors=tuple(errors), tied=tuple(tied))
+
+
+def _seeds_legend(board: Leaderboard, tied_mark: str) -> str:
+    """Over several seeds: what the numbers and the not-significant mark (``tied_mark``) mean; else ""."""
+    if not board.seeds:
+        return ""
+    return (
+        f"Mean ± standard error over {len(board.seeds)} seeds ({', '.join(board.seeds)}). {tied_mark}: not "
+        f"significantly different from the column's best ({SIGNIFICANCE_TEST}). "
     )
 
 
@@ -850,11 +961,11 @@ def _legend(board: Leaderboard) -> str:
 def _text_table(board: Leaderboard) -> str:
     header = ["method", *(column.header for column in board.columns)]
     body = []
-    for name, cells, marks in zip(board.methods, board.cells(), board.best, strict=True):
+    for name, cells, marks in zip(board.methods, board.cells(), board.marks(), strict=True):
         row = [name]
-        for column, cell, is_best in zip(board.columns, cells, marks, strict=True):
+        for column, cell, mark in zip(board.columns, cells, marks, strict=True):
             # quality columns get a one-character mark slot so that decimals stay aligned
-            row.append(cell + ("*" if is_best else " ") if column.better else cell)
+            row.append(cell + _TEXT_MARKS[mark] if column.better else cell)
         body.append(row)
     widths = [max(len(row[i]) for row in [header, *body]) for i in range(len(header))]
 
@@ -870,8 +981,12 @@ def _text_table(board: Leaderboard) -> str:
         else f"Task {board.task} ({board.num_test:,} test examples)"
     )
     rule = "  ".join("-" * width for width in widths)
-    legend = textwrap.wrap(f"* best in column. {_legend(board)}", max(len(rule), 80))
+    legend = f"* best in column. {_seeds_legend(board, '~')}{_legend(board)}"
+    legend = textwrap.wrap(legend, max(len(rule), 80))
     return "\n".join([title, line(header), rule, *map(line, body), *legend])
+
+
+_TEXT_MARKS = {"best": "*", "tied": "~", "": " "}
 
 
 def not_applicable_lines(task: Mapping[str, Any]) -> list[str]:
@@ -929,16 +1044,18 @@ def _markdown_table(board: Leaderboard) -> str:
         "| " + " | ".join(_md(cell) for cell in header) + " |",
         "|:---|" + "---:|" * len(board.columns),
     ]
-    for name, cells, marks in zip(board.methods, board.cells(), board.best, strict=True):
+    for name, cells, marks in zip(board.methods, board.cells(), board.marks(), strict=True):
         row = [_md(name)] + [
-            f"**{cell}**" if is_best else cell for cell, is_best in zip(cells, marks, strict=True)
+            f"**{cell}**" if mark == "best" else f"_{cell}_" if mark == "tied" else cell
+            for cell, mark in zip(cells, marks, strict=True)
         ]
         lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
 
 
 def _markdown_board(board: Leaderboard) -> str:
-    return f"{_markdown_table(board)}\n\nBest value per column in bold. {_legend(board)}"
+    legend = f"Best value per column in bold. {_seeds_legend(board, 'In italics')}{_legend(board)}"
+    return f"{_markdown_table(board)}\n\n{legend}"
 
 
 def leaderboard_markdown(results: Mapping[str, Any], task: str | None = None) -> str:
@@ -965,12 +1082,14 @@ def _html_table(board: Leaderboard) -> str:
     esc = html.escape
     head = "".join(f'<th class="num">{esc(column.header)}</th>' for column in board.columns)
     rows = []
-    for name, cells, marks in zip(board.methods, board.cells(), board.best, strict=True):
+    for name, cells, marks in zip(board.methods, board.cells(), board.marks(), strict=True):
         tds = "".join(
             f'<td class="num best"><strong>{esc(cell)}</strong></td>'
-            if is_best
+            if mark == "best"
+            else f'<td class="num tied"><em>{esc(cell)}</em></td>'
+            if mark == "tied"
             else f'<td class="num">{esc(cell)}</td>'
-            for cell, is_best in zip(cells, marks, strict=True)
+            for cell, mark in zip(cells, marks, strict=True)
         )
         rows.append(f'<tr><th scope="row">{esc(name)}</th>{tds}</tr>')
     return (
@@ -1069,6 +1188,15 @@ def _methods_rows(task: Mapping[str, Any]) -> list[tuple[str, str, str, str]]:
     return rows if any(note for *_, note in rows) else []
 
 
+def _figures_note(board: Leaderboard) -> str:
+    """What the figures of a run over several seeds show (uqkit.bench.seeds.aggregate_seed_blocks)."""
+    return (
+        f"Over the {len(board.seeds)} seeds: the reliability diagrams pool the seeds' test predictions; the "
+        "referral, risk-coverage, shift and conformal curves are means over seeds; the OOD score histograms "
+        f"and uncertainty surfaces show seed {board.seeds[0]} alone."
+    )
+
+
 def _markdown_header(results: Mapping[str, Any], title: str) -> list[str]:
     """The report's title, command, creation time, schema version and environment table (Markdown lines)."""
     return [
@@ -1121,6 +1249,7 @@ def _markdown_report(results: Mapping[str, Any], figures: Sequence[_RenderedFigu
         task_figures = [figure for figure in figures if figure.task == task_name]
         if task_figures:
             lines += ["", "### Figures"]
+            lines += ["", _md(_figures_note(board))] if board.seeds else []
         for figure in task_figures:
             alt = _md(figure.caption.split(":")[0])
             lines += ["", f"![{alt}](figures/{figure.file_name})", "", f"*{_md(figure.caption)}*"]
@@ -1151,6 +1280,7 @@ th, td { border: 1px solid #d0d7de; padding: .25em .6em; vertical-align: top; }
 thead th { background: #f6f8fa; }
 td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
 td.best { background: #dafbe1; }
+td.tied { background: #f0fbf2; }
 .wide { overflow-x: auto; }
 .legend { color: #57606a; font-size: .9em; }
 figure { margin: 1.5em 0; } figure img { max-width: 100%; height: auto; border: 1px solid #eaeef2; }
@@ -1188,7 +1318,8 @@ def _html_report(results: Mapping[str, Any], figures: Sequence[_RenderedFigure])
             f'<dl class="facts">{facts}</dl>',
             "<h3>Leaderboard</h3>",
             f'<div class="wide">{_html_table(board)}</div>',
-            f'<p class="legend">Best value per column in bold. {esc(_legend(board))}</p>',
+            f'<p class="legend">Best value per column in bold. {esc(_seeds_legend(board, "In italics"))}'
+            f"{esc(_legend(board))}</p>",
             *_html_not_applicable(task),
             *conformal_report.html_lines(conformal_report.conformal_set_table(task, board.methods)),
         ]
@@ -1207,6 +1338,7 @@ def _html_report(results: Mapping[str, Any], figures: Sequence[_RenderedFigure])
         task_figures = [figure for figure in figures if figure.task == task_name]
         if task_figures:
             body.append("<h3>Figures</h3>")
+            body += [f'<p class="legend">{esc(_figures_note(board))}</p>'] if board.seeds else []
         for figure in task_figures:
             data = base64.b64encode(figure.png).decode("ascii")
             body.append(
