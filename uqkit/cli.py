@@ -29,6 +29,23 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _seed_list(text: str) -> list[int]:
+    """``--seeds``: a comma-separated list of distinct non-negative integers."""
+    seeds = []
+    for item in (part.strip() for part in text.split(",")):
+        if not item.isdecimal():
+            raise argparse.ArgumentTypeError(
+                f"expected a comma-separated list of non-negative integers (e.g. 0,1,2), got {text!r}"
+            )
+        seeds.append(int(item))
+    repeated = sorted({seed for seed in seeds if seeds.count(seed) > 1})
+    if repeated:
+        raise argparse.ArgumentTypeError(
+            f"expected distinct seeds, got {', '.join(map(str, repeated))} more than once in {text!r}"
+        )
+    return seeds
+
+
 def _positive_float(text: str) -> float:
     try:
         value = float(text)
@@ -99,7 +116,23 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--epochs", type=_positive_int, default=None, help="epochs (default per task)")
     bench.add_argument("--batch-size", type=_positive_int, default=None, help="training batch size")
     bench.add_argument("--lr", type=_positive_float, default=None, help="Adam learning rate")
-    bench.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    bench.add_argument(
+        "--seed", type=int, default=None, help="random seed (default 0); with --num-seeds the first seed"
+    )
+    seeds = bench.add_mutually_exclusive_group()
+    seeds.add_argument(
+        "--seeds",
+        type=_seed_list,
+        default=None,
+        help="run every (task, method) cell once per seed, e.g. 0,1,2; the leaderboard shows mean ± "
+        "standard error over seeds (classification and your classification data)",
+    )
+    seeds.add_argument(
+        "--num-seeds",
+        type=_positive_int,
+        default=None,
+        help="N seeds: --seed S (default 0) to S+N-1; as --seeds",
+    )
     bench.add_argument("--out", type=Path, default=None, help="run directory (default runs/<timestamp>)")
     bench.add_argument("--resume", action="store_true", help="continue the run in --out (or the latest)")
     bench.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]")
@@ -233,6 +266,10 @@ def _cmd_regression(args: argparse.Namespace, argv: list[str]) -> int:
         )
     if args.data_dir is not None and "uci" not in args.task:
         raise ValueError("--data-dir: only the task 'uci' reads a directory; add --task uci")
+    if len(args.seeds) > 1:
+        from uqkit.bench.runner import REGRESSION_SEEDS_ERROR
+
+        raise ValueError(REGRESSION_SEEDS_ERROR)
     return _logged(args, argv, _run_regression)
 
 
@@ -276,9 +313,23 @@ def _logged(
         raise
 
 
+def _resolve_seeds(args: argparse.Namespace) -> None:
+    """Set ``args.seeds`` to the run's seeds (``--seeds``, ``--num-seeds`` from ``--seed``, else
+    ``[--seed]``) and ``args.seed`` to the first."""
+    if args.seeds is not None and args.seed is not None:
+        raise ValueError("--seed and --seeds: give the seeds in one of them (--seeds 0,1,2 or --seed 0)")
+    first = 0 if args.seed is None else args.seed
+    if first < 0:
+        raise ValueError(f"--seed: expected a non-negative integer, got {first}")
+    if args.seeds is None:
+        args.seeds = [first + index for index in range(args.num_seeds or 1)]
+    args.seed = args.seeds[0]
+
+
 def _cmd_bench(args: argparse.Namespace, argv: list[str]) -> int:
     from uqkit.bench.regression import REGRESSION_TASKS
 
+    _resolve_seeds(args)
     if args.task and any(task in REGRESSION_TASKS for task in args.task) and args.data is None:
         return _cmd_regression(args, argv)
     if args.data_dir is not None:
@@ -303,6 +354,7 @@ def _run_suite(args: argparse.Namespace, argv: list[str], out: Path, log: Callab
         batch_size=args.batch_size,
         learning_rate=args.lr,
         seed=args.seed,
+        seeds=args.seeds if len(args.seeds) > 1 else None,
         device=args.device,
         quick=args.quick,
         resume=args.resume,

@@ -9,6 +9,11 @@ Layout of a run directory::
     results.json                     everything, schema in docs/results-schema.md
     report.md, report.html, figures/
 
+A run over several seeds (``--seeds 0,1,2``, ``--num-seeds N``) keeps each seed's files one level down,
+``checkpoints/<task>/seed-<s>/<method>.pt``, ``models/<task>/seed-<s>/<method>.pt`` and
+``methods/<task>/seed-<s>/<method>.json``: a (task, method, seed) cell is finished once its JSON is written.
+A one-seed run keeps the layout above, so earlier run directories resume and report as before.
+
 A user's data and model (``uqkit bench --data PATH --model MODULE:FACTORY``) are one more task
 (:func:`uqkit.bench.user_task.build_user_task`), checked and probed for the methods that apply to the model
 (:mod:`uqkit.bench.applicability`) before the run directory is touched; the rest is the same run.
@@ -42,6 +47,7 @@ from uqkit.bench.likelihoods import likelihood_of
 from uqkit.bench.models import MODEL_BUILDERS
 from uqkit.bench.registry import METHODS, Method, MethodContext, build_method, methods_for_task
 from uqkit.bench.report import SCHEMA_VERSION
+from uqkit.bench.seeds import aggregate_seed_blocks
 from uqkit.bench.tasks import TASKS, Task, TaskInfo, build_task
 from uqkit.bench.trainer import (
     TrainConfig,
@@ -52,7 +58,14 @@ from uqkit.bench.trainer import (
 )
 from uqkit.bench.user_model import is_factory_spec
 
-__all__ = ["BenchConfig", "RunConfigMismatchError", "environment", "run_bench"]
+__all__ = [
+    "REGRESSION_SEEDS_ERROR",
+    "BenchConfig",
+    "Cell",
+    "RunConfigMismatchError",
+    "environment",
+    "run_bench",
+]
 
 DEFAULT_TASKS = ("fashion-mnist",)
 
@@ -63,7 +76,11 @@ class RunConfigMismatchError(ValueError):
 
 @dataclass
 class BenchConfig:
-    """Configuration of one ``uqkit bench`` run (the command line, parsed)."""
+    """Configuration of one ``uqkit bench`` run (the command line, parsed).
+
+    ``seeds`` (``--seeds``, ``--num-seeds``): run every cell once per seed; when given it replaces ``seed``
+    (``None``: the one seed ``seed``).
+    """
 
     out: Path
     tasks: list[str] = field(default_factory=lambda: list(DEFAULT_TASKS))
@@ -73,6 +90,7 @@ class BenchConfig:
     batch_size: int | None = None
     learning_rate: float | None = None
     seed: int = 0
+    seeds: list[int] | None = None
     device: str = "cpu"
     quick: bool = False
     resume: bool = False
@@ -83,11 +101,18 @@ class BenchConfig:
     ood: Path | None = None
     kind: str | None = None
 
+    def seed_list(self) -> list[int]:
+        """The run's seeds: ``seeds`` (``--seeds``, ``--num-seeds``) when given, else ``[seed]``."""
+        return list(self.seeds) if self.seeds else [self.seed]
+
     def identity(self) -> dict[str, Any]:
         """The fields that must match between a run and its resumption (with ``--data``: the data, its
-        target, OOD set and kind too)."""
+        target, OOD set and kind too; with several seeds: the seeds)."""
         keys = ("tasks", "methods", "model", "epochs", "batch_size", "learning_rate", "seed", "quick")
         identity = {key: getattr(self, key) for key in keys}
+        identity["seed"] = self.seed_list()[0]
+        if len(self.seed_list()) > 1:
+            identity["seeds"] = self.seed_list()
         if self.data is not None:
             identity["data"] = str(Path(self.data).resolve())
             identity["ood"] = None if self.ood is None else str(Path(self.ood).resolve())
@@ -157,7 +182,32 @@ def _check_user_config(config: BenchConfig) -> None:
             raise ValueError(f"--methods: unknown method {method!r}; known: {', '.join(METHODS)}")
 
 
+REGRESSION_SEEDS_ERROR = (
+    "--seeds/--num-seeds: regression runs take one seed; their error bars are already over the train/test "
+    "splits (20 for UCI, each split with its own validation carving and initialisation). Run each seed "
+    "with --seed S and --out DIR instead"
+)
+"""Why a regression run refuses several seeds (docs/results-schema.md, "Several seeds")."""
+
+
+def _check_seeds(config: BenchConfig) -> None:
+    """``seeds``: distinct non-negative ints, at least one; ``seed``: a non-negative int."""
+    for name, values in (("--seed", [config.seed]), ("--seeds", config.seeds or [])):
+        for value in values:
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name}: expected non-negative integers, got {value!r}")
+    if config.seeds is not None:
+        if len(config.seeds) == 0:
+            raise ValueError("--seeds: expected at least one seed, got none")
+        repeated = sorted({seed for seed in config.seeds if list(config.seeds).count(seed) > 1})
+        if repeated:
+            raise ValueError(
+                f"--seeds: expected distinct seeds, got {', '.join(map(str, repeated))} more than once"
+            )
+
+
 def _check_config(config: BenchConfig) -> None:
+    _check_seeds(config)
     if config.data is None and is_factory_spec(config.model):
         raise ValueError(f"--model {config.model}: a model factory runs on your own data; add --data PATH")
     if config.data is None and (config.target, config.ood, config.kind) != (None, None, None):
@@ -304,8 +354,8 @@ def _train(
 def _run_method(
     config: BenchConfig, task: Task, method_name: str, train_config: TrainConfig, log: Callable[[str], None]
 ) -> dict:
-    """Train (or reload), post-hoc fit and evaluate one method; returns its result block."""
-    run = config.out
+    """Train (or reload), post-hoc fit and evaluate one method under ``config.seed``; returns its result
+    block."""
     context = MethodContext(
         task.input_shape,
         task.num_classes,
@@ -319,9 +369,9 @@ def _run_method(
     method = build_method(method_name, context)
     method.use_likelihood(likelihood_of(task.kind))
     method_config = _method_train_config(method, train_config)
-    model_path = run / "models" / task.name / f"{method_name}.pt"
+    model_path = _cell_path(config, "models", task.name, method_name, ".pt")
     history: list[dict[str, float]]
-    checkpoint = run / "checkpoints" / task.name / f"{method_name}.pt"
+    checkpoint = _cell_path(config, "checkpoints", task.name, method_name, ".pt")
     redo = f"training {method_name} again (from its epoch checkpoint if any)"
     state = _read_or_set_aside(model_path, load_checkpoint, redo, log)
     if state is not None:  # finished training earlier, killed during evaluation
@@ -330,7 +380,7 @@ def _run_method(
         selected = state.get("selected_epochs")
     else:
         base = method.shares_training_with
-        base_path = run / "models" / task.name / f"{base}.pt" if base else None
+        base_path = _cell_path(config, "models", task.name, base, ".pt") if base else None  # the same seed's
         redo = f"training {method_name} on its own, without {base}'s network"
         state = None if base_path is None else _read_or_set_aside(base_path, load_checkpoint, redo, log)
         if state is not None:
@@ -469,16 +519,112 @@ def _user_task(config: BenchConfig, log: Callable[[str], None]) -> tuple[Task, T
     return task, USER_TASK_INFO, not_applicable
 
 
+@dataclass(frozen=True)
+class Cell:
+    """One unit of a run: ``method`` trained and evaluated on ``task`` under ``seed``; it writes its own
+    result file (:func:`_cell_path`), so cells can run in any order once the cell whose network they reuse
+    (``Method.shares_training_with``, same task and seed) is done."""
+
+    task: str
+    method: str
+    seed: int
+
+
+def _task_cells(config: BenchConfig, task_name: str, names: list[str]) -> list[Cell]:
+    """The cells of a task, seed by seed (so one task is built per seed), each seed's methods in run order
+    (which puts a method whose network another reuses before it, as in ``names``)."""
+    return [Cell(task_name, name, seed) for seed in config.seed_list() for name in names]
+
+
+def _cell_path(config: BenchConfig, folder: str, task_name: str, method_name: str, suffix: str) -> Path:
+    """Where a cell under ``config.seed`` keeps a file: ``<out>/<folder>/<task>/<method><suffix>`` in a
+    one-seed run (the layout of every run before seeds existed), ``<out>/<folder>/<task>/seed-<seed>/
+    <method><suffix>`` in a run over several seeds. ``folder``: ``methods`` (the result), ``models``,
+    ``checkpoints``."""
+    directory = config.out / folder / task_name
+    if len(config.seed_list()) > 1:
+        directory = directory / f"seed-{config.seed}"
+    return directory / f"{method_name}{suffix}"
+
+
+def _task_for_seed(
+    config: BenchConfig,
+    task_name: str,
+    seed: int,
+    user: tuple[Task, TaskInfo, dict[str, str]] | None,
+    log: Callable[[str], None],
+) -> tuple[Task, TaskInfo, dict[str, str]]:
+    """The task built with ``seed`` (its validation split, ``--quick`` subsets, shift subset and, for
+    generated data such as two moons, the data itself), its training defaults and the methods that do not
+    apply (the user's model; found once, with the first seed)."""
+    if user is not None:
+        if seed == config.seed_list()[0]:
+            return user
+        from uqkit.bench.user_task import build_user_task
+
+        task = build_user_task(config.data, config.model, config.target, config.ood, config.kind, seed)
+        return task, user[1], user[2]
+    log(f"[uqkit] building task {task_name}{' (quick)' if config.quick else ''}{_seed_text(config, seed)}")
+    return build_task(task_name, config.model, quick=config.quick, seed=seed), TASKS[task_name], {}
+
+
+def _seed_text(config: BenchConfig, seed: int) -> str:
+    return f" with seed {seed}" if len(config.seed_list()) > 1 else ""
+
+
+def _run_cell(
+    config: BenchConfig,
+    task: Task,
+    info: TaskInfo,
+    method_name: str,
+    seed: int,
+    log: Callable[[str], None],
+    label: str = "",
+) -> dict[str, Any]:
+    """One cell: ``method_name`` on ``task`` (built with ``seed``) under ``seed``; its result block, read from
+    its result file when an earlier run finished it, else trained (or reloaded), evaluated and written
+    there atomically."""
+    config = replace(config, seed=seed)
+    label = label or f"{task.name} {method_name}{_seed_text(config, seed)}"
+    done_path = _cell_path(config, "methods", task.name, method_name, ".json")
+    block = _read_or_set_aside(done_path, read_json, f"evaluating {method_name} again", log)
+    if block is not None:
+        log(f"[uqkit] {label}: finished earlier, kept")
+        return block
+    log(f"[uqkit] {label}")
+    block = _run_method(config, task, method_name, _train_config(config, info), log)
+    _atomic_write_json(block, done_path)
+    return block
+
+
+def _aggregate_cells(
+    blocks: dict[tuple[str, int], dict[str, Any]], names: list[str], seeds: list[int]
+) -> dict[str, dict[str, Any]]:
+    """``tasks.<task>.methods`` of results.json from the cells' blocks, ``(method, seed) -> block``: the one
+    seed's block, or over several seeds :func:`uqkit.bench.seeds.aggregate_seed_blocks` (means, ``seeds``,
+    ``summary``)."""
+    if len(seeds) == 1:
+        return {name: blocks[name, seeds[0]] for name in names}
+    return {name: aggregate_seed_blocks({seed: blocks[name, seed] for seed in seeds}) for name in names}
+
+
 def run_bench(config: BenchConfig, log=print) -> dict[str, Any]:
     """Run the suite described by ``config``; returns the results dict also written to results.json.
 
     With ``config.data`` the one task is the user's data and model; it is checked, and the methods that
     cannot be built on the model are found, before the run directory is written.
+
+    With several seeds (``config.seeds``) every (task, method) cell runs once per seed, each seed exactly as
+    a one-seed run with that ``seed`` would (the task built with it too); ``results.json`` holds each
+    method's mean over seeds with every seed's block (:func:`uqkit.bench.seeds.aggregate_seed_blocks`).
     """
     _check_config(config)
+    config = replace(config, seed=config.seed_list()[0])
     user = _user_task(config, log) if config.data is not None else None
     if user is not None:
         config = replace(config, tasks=[user[0].name])
+        if user[0].kind == "regression" and len(config.seed_list()) > 1:
+            raise ValueError(REGRESSION_SEEDS_ERROR)
     config.out.mkdir(parents=True, exist_ok=True)
     _prepare_run_dir(config.out, config.identity(), config.resume, config.command)
     results: dict[str, Any] = {
@@ -494,16 +640,14 @@ def run_bench(config: BenchConfig, log=print) -> dict[str, Any]:
         "tasks": {},
     }
     results["config"].pop("progress")
+    if len(config.seed_list()) == 1:
+        results["config"].pop("seeds")  # a one-seed run: the layout of every run before seeds existed
     for key in ("data", "target", "ood", "kind"):
         if results["config"][key] is None:
             results["config"].pop(key)
     for task_name in config.tasks:
-        if user is not None:
-            task, info, not_applicable = user
-        else:
-            log(f"[uqkit] building task {task_name}{' (quick)' if config.quick else ''}")
-            task = build_task(task_name, config.model, quick=config.quick, seed=config.seed)
-            info, not_applicable = TASKS[task_name], {}
+        seeds = config.seed_list()
+        task, info, not_applicable = _task_for_seed(config, task_name, seeds[0], user, log)
         train_config = _train_config(config, info)
         header = _regression_header(task, train_config) if task.kind == "regression" else _task_header(task)
         header["training"] = {
@@ -516,16 +660,16 @@ def run_bench(config: BenchConfig, log=print) -> dict[str, Any]:
         if user is not None:
             header["not_applicable"] = not_applicable
         names = [name for name in _method_names(config, task_name) if name not in not_applicable]
-        for index, method_name in enumerate(names, start=1):
-            done_path = config.out / "methods" / task_name / f"{method_name}.json"
-            block = _read_or_set_aside(done_path, read_json, f"evaluating {method_name} again", log)
-            if block is not None:
-                log(f"[uqkit] {task_name} [{index}/{len(names)}] {method_name}: finished earlier, kept")
-            else:
-                log(f"[uqkit] {task_name} [{index}/{len(names)}] {method_name}")
-                block = _run_method(config, task, method_name, train_config, log)
-                _atomic_write_json(block, done_path)
-            header["methods"][method_name] = block
+        cells = _task_cells(config, task_name, names)
+        blocks: dict[tuple[str, int], dict] = {}
+        task_seed = seeds[0]
+        for number, cell in enumerate(cells, start=1):
+            if cell.seed != task_seed:  # cells come seed by seed: one task built per seed
+                task, task_seed = _task_for_seed(config, task_name, cell.seed, user, log)[0], cell.seed
+            label = f"{task_name} [{number}/{len(cells)}] {cell.method}"
+            label += f" (seed {cell.seed})" if len(seeds) > 1 else ""
+            blocks[cell.method, cell.seed] = _run_cell(config, task, info, cell.method, cell.seed, log, label)
+        header["methods"] = _aggregate_cells(blocks, names, seeds)
         results["tasks"][task_name] = header
     _atomic_write_json(results, config.out / "results.json")
     return results
