@@ -223,7 +223,16 @@ def test_seed_options_resolve_and_regression_refuses_several_seeds(capsys, tmp_p
     err = _error(capsys, ["bench", "--seed", "1", "--seeds", "0,1", "--out", str(tmp_path / "a")])
     assert "--seed and --seeds: give the seeds in one of them" in err
     err = _error(capsys, ["bench", "--task", "uci-boston", "--seeds", "0,1", "--out", str(tmp_path / "b")])
-    assert "regression runs take one seed" in err and "splits" in err
+    assert "take one seed" in err and "20 train/test splits" in err
+    data = tmp_path / "regression.npz"  # your regression data: refused before the run directory is written
+    inputs = np.random.default_rng(0).normal(size=(40, 3)).astype("float32")
+    np.savez(data, x_train=inputs[:30], y_train=inputs[:30, 0], x_test=inputs[30:], y_test=inputs[30:, 0])
+    config = BenchConfig(
+        out=tmp_path / "c", data=data, methods=["deterministic"], seeds=[0, 1], progress=False
+    )
+    with pytest.raises(ValueError, match="take one seed"):
+        run_bench(config, log=lambda *_: None)
+    assert not (tmp_path / "c").exists()
     configs = []
     monkeypatch.setattr(runner, "run_bench", lambda config, log: configs.append(config) or {})
     monkeypatch.setattr("uqkit.cli._finish_report", lambda *args: tmp_path / "report.html")

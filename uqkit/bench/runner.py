@@ -183,9 +183,10 @@ def _check_user_config(config: BenchConfig) -> None:
 
 
 REGRESSION_SEEDS_ERROR = (
-    "--seeds/--num-seeds: regression runs take one seed; their error bars are already over the train/test "
-    "splits (20 for UCI, each split with its own validation carving and initialisation). Run each seed "
-    "with --seed S and --out DIR instead"
+    "--seeds/--num-seeds: regression runs (the UCI tasks, your regression data) take one seed: their "
+    "results.json layout has no per-seed blocks yet, and the UCI tasks' error bars already cover their 20 "
+    "train/test splits, each with its own validation carving and initialisation. Run each seed with "
+    "--seed S --out DIR instead"
 )
 """Why a regression run refuses several seeds (docs/results-schema.md, "Several seeds")."""
 
