@@ -255,6 +255,7 @@ def ray_executor():
     executor.close()
 
 
+@pytest.mark.ray
 def test_ray_with_two_workers_runs_four_cells_equal_to_the_sequential_run(
     ray_executor, sequential_four, tmp_path
 ):
@@ -297,6 +298,7 @@ def _dies_once(marker: Path, *args):
     return run_cell(*args)
 
 
+@pytest.mark.ray
 def test_a_worker_killed_mid_cell_is_retried_and_nothing_is_lost(ray_executor, sequential_four, tmp_path):
     config = _config(tmp_path / "run", ["deterministic", "mc-dropout"])
     (tmp_path / "mc-dropout.died").touch()  # only the deterministic cell dies
@@ -315,6 +317,7 @@ def test_a_worker_killed_mid_cell_is_retried_and_nothing_is_lost(ray_executor, s
         _assert_close(saved, block)
 
 
+@pytest.mark.ray
 def test_ray_regression_chunks_equal_the_local_run(ray_executor, tmp_path, tiny_methods):
     data = _write_table(tmp_path / "toy")
     arguments = (["uci"], ["deterministic", "mc-dropout"], data)
