@@ -127,10 +127,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     scale = bench.add_argument_group(
         "where the cells run",
-        "A run is a set of independent cells: (task, method) for classification and your data, (table, "
-        "method, chunk of splits) for UCI regression. Each cell's result is written to the run directory as "
-        "it finishes, so --resume skips finished cells; the numbers do not depend on the executor. Ray: "
-        "pip install 'uqkit[ray]'.",
+        "A run is a set of independent cells: (task, method, seed) for classification and your data,\n"
+        "(table, method, chunk of splits) for UCI regression. Each cell writes its result to the run\n"
+        "directory when it finishes, so --resume skips finished cells; the numbers do not depend on the\n"
+        "executor. Ray is an optional extra: pip install 'uqkit[ray]'.",
     )
     scale.add_argument(
         "--executor",
@@ -142,6 +142,7 @@ def _parser() -> argparse.ArgumentParser:
     scale.add_argument(
         "--workers",
         type=_positive_int,
+        metavar="N",
         default=None,
         help="with --executor ray: cells at once on a local Ray instance (default: the CPUs / "
         "--threads-per-worker)",
@@ -149,18 +150,21 @@ def _parser() -> argparse.ArgumentParser:
     scale.add_argument(
         "--address",
         default=None,
+        metavar="ADDRESS",
         help="with --executor ray: an existing Ray cluster ('auto', 'ray://HEAD:10001'); the run directory "
         "and the data must be at the same path on every node",
     )
     scale.add_argument(
         "--threads-per-worker",
         type=_positive_int,
+        metavar="K",
         default=None,
         help="with --executor ray: torch threads (and CPUs reserved) per cell (default 1)",
     )
     scale.add_argument(
         "--split-chunks",
         type=_positive_int,
+        metavar="K",
         default=None,
         help="UCI regression: train each method's 20 splits as this many stacks, one cell each (default 1: "
         "one stack); more chunks spread one method over workers, with other random draws per split",

@@ -239,6 +239,18 @@ def test_a_chunked_run_resumes_its_unfinished_chunks_only(tmp_path, tiny_methods
     _assert_close(first["tasks"]["uci-toy"]["methods"], resumed["tasks"]["uci-toy"]["methods"])
 
 
+def test_cli_split_chunks(tmp_path, tiny_methods, capsys):
+    data = _write_table(tmp_path / "toy")
+    argv = ["bench", "--task", "uci", "--data-dir", str(data), "--methods", "deterministic", "--no-progress"]
+    assert main([*argv, "--split-chunks", "21", "--out", str(tmp_path / "bad")]) == 2
+    assert "--split-chunks: expected at most the table's 20 splits, got 21" in capsys.readouterr().err
+    assert main([*argv, "--split-chunks", "2", "--out", str(tmp_path / "run")]) == 0
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["config"]["split_chunks"] == 2
+    assert results["environment"]["executor"] == "local (in process, sequential)"
+    assert "splits chunk 2 of 2" in capsys.readouterr().out
+
+
 # --- Ray ---------------------------------------------------------------------------------------------------
 
 

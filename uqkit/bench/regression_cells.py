@@ -321,8 +321,9 @@ def run_cells(
                     entry.add(chunk, block, out, log)
                     continue
                 method = regression.REGRESSION_METHODS[name]  # the recipe travels with the cell
-                cell_dir = directory if task == "uci" else None
-                args = (task, cell_dir, method, seed, chunk, num_chunks, str(out))
+                # a Ray worker may run in another working directory (a cluster node): absolute paths
+                cell_dir = str(Path(directory).resolve()) if task == "uci" and directory is not None else None
+                args = (task, cell_dir, method, seed, chunk, num_chunks, str(Path(out).resolve()))
                 cells.append(Cell((task_name, name, chunk), args))
 
     def on_start(cell: Cell) -> None:

@@ -602,6 +602,11 @@ def run_bench(
         if results["config"][key] is None:
             results["config"].pop(key)
     seed = config.seed
+    # a Ray worker may run in another working directory (a cluster node): cells get absolute paths
+    absolute = {
+        key: getattr(config, key) for key in ("out", "data", "ood") if getattr(config, key) is not None
+    }
+    cell_config = replace(config, **{key: Path(value).resolve() for key, value in absolute.items()})
     blocks: dict[tuple, dict] = {}
     cells: list[Cell] = []
     started: dict[tuple, str] = {}  # cell key -> its progress line
@@ -635,7 +640,7 @@ def run_bench(
                 continue
             base = _training_base(task, method_name, train_config)
             after = ((task_name, base, seed),) if base in names else ()
-            cells.append(Cell(key, (config, task_name, method_name, seed), after))
+            cells.append(Cell(key, (cell_config, task_name, method_name, seed), after))
             started[key] = f"[uqkit] {task_name} [{index}/{len(names)}] {method_name}"
         header["methods"] = names  # replaced by the blocks below, in this order
         results["tasks"][task_name] = header
