@@ -199,7 +199,7 @@ class RayExecutor:
                 )
         if address is not None and (not isinstance(address, str) or not address.strip()):
             raise ValueError(f"--address: expected a Ray cluster address (e.g. 'auto'), got {address!r}")
-        self.workers = workers if workers is not None or address is not None else None
+        self.workers = workers
         self.address = address
         self.threads_per_worker = threads_per_worker
         self.max_retries = max_retries
