@@ -158,6 +158,50 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="with --data: override the kind",
     )
+    scale = bench.add_argument_group(
+        "where the cells run",
+        "A run is a set of independent cells: (task, method, seed) for classification and your data,\n"
+        "(table, method, chunk of splits) for UCI regression. Each cell writes its result to the run\n"
+        "directory when it finishes, so --resume skips finished cells; the numbers do not depend on the\n"
+        "executor. Ray is an optional extra: pip install 'uqkit[ray]'.",
+    )
+    scale.add_argument(
+        "--executor",
+        choices=("local", "ray"),
+        default="local",
+        help="local: one cell after the other in this process (default); ray: cells as Ray tasks, a task "
+        "whose worker dies is retried",
+    )
+    scale.add_argument(
+        "--workers",
+        type=_positive_int,
+        metavar="N",
+        default=None,
+        help="with --executor ray: cells at once on a local Ray instance (default: the CPUs / "
+        "--threads-per-worker)",
+    )
+    scale.add_argument(
+        "--address",
+        default=None,
+        metavar="ADDRESS",
+        help="with --executor ray: an existing Ray cluster ('auto', 'ray://HEAD:10001'); the run directory "
+        "and the data must be at the same path on every node",
+    )
+    scale.add_argument(
+        "--threads-per-worker",
+        type=_positive_int,
+        metavar="K",
+        default=None,
+        help="with --executor ray: torch threads (and CPUs reserved) per cell (default 1)",
+    )
+    scale.add_argument(
+        "--split-chunks",
+        type=_positive_int,
+        metavar="K",
+        default=None,
+        help="UCI regression: train each method's 20 splits as this many stacks, one cell each (default 1: "
+        "one stack); more chunks spread one method over workers, with other random draws per split",
+    )
 
     sub.add_parser("list", help="show tasks and methods")
 
@@ -270,15 +314,35 @@ def _cmd_regression(args: argparse.Namespace, argv: list[str]) -> int:
         from uqkit.bench.runner import REGRESSION_SEEDS_ERROR
 
         raise ValueError(REGRESSION_SEEDS_ERROR)
+    _executor(args)  # its options are checked before the run directory is made
     return _logged(args, argv, _run_regression)
+
+
+def _executor(args: argparse.Namespace):
+    """The executor of ``--executor`` and its options (not started)."""
+    from uqkit.bench.executors import make_executor
+
+    return make_executor(args.executor, args.workers, args.address, args.threads_per_worker)
+
+
+def _run_with_executor(
+    out: Path, executor, run: Callable[[Any], dict], log: Callable[[str], None]
+) -> dict | None:
+    """``run(executor)`` in the run directory ``out``, with the executor started (Ray: its instance) and
+    closed afterwards; on Ctrl-C say how to resume and return ``None``."""
+    with executor:
+        if executor.name != "local":
+            log(f"[uqkit] executor: {executor.describe()}, ready in {executor.startup_time_s:.1f} s")
+        return _interruptible(out, lambda: run(executor), log)
 
 
 def _run_regression(args: argparse.Namespace, argv: list[str], out: Path, log: Callable[[str], None]) -> int:
     from uqkit.bench.regression import run_regression_bench
 
-    results = _interruptible(
+    results = _run_with_executor(
         out,
-        lambda: run_regression_bench(
+        _executor(args),
+        lambda executor: run_regression_bench(
             out,
             args.task,
             args.methods,
@@ -287,6 +351,8 @@ def _run_regression(args: argparse.Namespace, argv: list[str], out: Path, log: C
             command=shlex.join(["uqkit", *argv]),
             log=log,
             resume=args.resume,
+            executor=executor,
+            split_chunks=args.split_chunks or 1,
         ),
         log,
     )
@@ -336,6 +402,11 @@ def _cmd_bench(args: argparse.Namespace, argv: list[str]) -> int:
         raise ValueError("--data-dir: only the regression task 'uci' reads a directory; add --task uci")
     if args.data is not None and args.task:
         raise ValueError("--task and --data: the data is the task; pass one of them")
+    if args.split_chunks is not None:
+        raise ValueError(
+            "--split-chunks: only UCI regression tasks train splits; drop it or add --task uci-..."
+        )
+    _executor(args)  # its options are checked before the run directory is made
     return _logged(args, argv, _run_suite)
 
 
@@ -365,7 +436,7 @@ def _run_suite(args: argparse.Namespace, argv: list[str], out: Path, log: Callab
         ood=args.ood,
         kind=args.kind,
     )
-    results = _interruptible(out, lambda: run_bench(config, log=log), log)
+    results = _run_with_executor(out, _executor(args), lambda executor: run_bench(config, log, executor), log)
     if results is None:
         return 130
     html = _finish_report(results, out, log)

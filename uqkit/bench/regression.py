@@ -952,10 +952,15 @@ def _task_block(task: str, table: RegressionTable) -> dict[str, Any]:
 
 
 def _run_identity(
-    tasks: Sequence[str], names: Sequence[str], data_dir: str | os.PathLike | None, seed: int
+    tasks: Sequence[str],
+    names: Sequence[str],
+    data_dir: str | os.PathLike | None,
+    seed: int,
+    split_chunks: int = 1,
 ) -> dict[str, Any]:
-    """What a resumed run must share with the run it continues."""
-    return {
+    """What a resumed run must share with the run it continues (the split chunks only when more than one,
+    so that runs made before chunks existed still resume)."""
+    identity = {
         "kind": "regression",
         "tasks": list(tasks),
         "methods": list(names),
@@ -963,6 +968,9 @@ def _run_identity(
         "data_dir": None if data_dir is None else str(Path(data_dir).resolve()),
         "recipes": {name: dataclasses.asdict(REGRESSION_METHODS[name]) for name in names},
     }
+    if split_chunks != 1:
+        identity["split_chunks"] = split_chunks
+    return identity
 
 
 def run_regression_bench(
@@ -974,6 +982,8 @@ def run_regression_bench(
     command: str = "",
     log: Callable[[str], None] = print,
     resume: bool = False,
+    executor: Any = None,
+    split_chunks: int = 1,
 ) -> dict[str, Any]:
     """Run regression ``methods`` (default: all) on ``tasks``; write ``results.json`` and the report.
 
@@ -993,6 +1003,10 @@ def run_regression_bench(
         command: the command line, recorded in the results.
         log: progress printer.
         resume: continue the run in ``out`` (``uqkit bench --resume``), keeping its finished methods.
+        executor: where the (table, method, chunk) cells run (:mod:`uqkit.bench.executors`; default: this
+            process, one after the other).
+        split_chunks: train each method's splits as this many stacks, one cell each
+            (:mod:`uqkit.bench.regression_cells`; 1, the default: one stack of all splits).
 
     Returns:
         The results dict written to ``out/results.json``.
@@ -1008,14 +1022,19 @@ def run_regression_bench(
     for name in names:
         check_choice(name, "--methods", REGRESSION_METHODS)
     check_positive_int(seed, "--seed", minimum=0)
+    check_positive_int(split_chunks, "--split-chunks")
+    from uqkit.bench.executors import LocalExecutor
+    from uqkit.bench.regression_cells import run_cells
+
+    executor = executor if executor is not None else LocalExecutor()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    _prepare_run_dir(out, _run_identity(tasks, names, data_dir, seed), resume, command)
+    _prepare_run_dir(out, _run_identity(tasks, names, data_dir, seed, split_chunks), resume, command)
     results: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
         "created": "",
         "command": command,
-        "environment": environment("cpu"),
+        "environment": {**environment("cpu"), "executor": executor.describe()},
         "config": {
             "tasks": list(tasks),
             "methods": list(methods) if methods else None,
@@ -1026,55 +1045,16 @@ def run_regression_bench(
             "model": f"mlp-{HIDDEN_UNITS}",
             "device": "cpu",
             "data_dir": None if data_dir is None else str(data_dir),
+            "split_chunks": split_chunks,
         },
         "tasks": {},
     }
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the stacked products are small: threads only add OpenMP synchronisation
     try:
-        _run_tasks(results, out, tasks, names, data_dir, seed, log, resume)
+        run_cells(results, out, tasks, names, data_dir, seed, log, resume, executor, split_chunks)
     finally:
         torch.set_num_threads(threads)
     results["created"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     _atomic_write_json(results, out / "results.json")
     return results
-
-
-def _run_tasks(
-    results: dict[str, Any],
-    out: Path,
-    tasks: Sequence[str],
-    names: Sequence[str],
-    data_dir: str | os.PathLike | None,
-    seed: int,
-    log: Callable[[str], None],
-    resume: bool,
-) -> None:
-    from uqkit.bench._atomic import read_json
-    from uqkit.bench.runner import _atomic_write_json, _clean, _read_or_set_aside
-
-    total_started = time.perf_counter()
-    for task in tasks:
-        table = load_regression_table(task, None if data_dir is None or task != "uci" else str(data_dir))
-        task_name = task if task != "uci" else f"uci-{table.name}"
-        block = _task_block(task, table)
-        log(f"[uqkit] {task_name}: {len(table)} rows, {len(table.splits)} splits")
-        for index, name in enumerate(names, start=1):
-            log(f"[uqkit] {task_name} [{index}/{len(names)}] {name}")
-            done_path = out / "methods" / task_name / f"{name}.json"
-            redo = f"running {name} again"
-            method_block = _read_or_set_aside(done_path, read_json, redo, log) if resume else None
-            if method_block is not None:
-                log(f"[uqkit]   {name}: finished in the earlier run, kept ({done_path})")
-            else:
-                method_block = _clean(evaluate_regression_method(REGRESSION_METHODS[name], table, seed, log))
-                _atomic_write_json(method_block, done_path)
-            block["methods"][name] = method_block
-            nll, error = method_block["metrics"]["nll"], method_block["metrics"]["rmse"]
-            log(
-                f"[uqkit]   {name}: NLL {nll['mean']:.3f} ± {nll['se']:.3f}, RMSE {error['mean']:.3f} ± "
-                f"{error['se']:.3f} ({method_block['train_time_s']:.1f} s)"
-            )
-        results["tasks"][task_name] = block
-    results["total_time_s"] = time.perf_counter() - total_started
-    results["environment"]["threads"] = torch.get_num_threads()

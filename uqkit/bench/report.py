@@ -346,6 +346,7 @@ REQUIRED_KEYS: dict[str, Any] = {
         "threads": int,
         "device": str,
         "gpu": NotRequired(str),
+        "executor": NotRequired(str),
     },
     "config": {
         "tasks": ListOf(str),

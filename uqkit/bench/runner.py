@@ -18,6 +18,10 @@ A user's data and model (``uqkit bench --data PATH --model MODULE:FACTORY``) are
 (:func:`uqkit.bench.user_task.build_user_task`), checked and probed for the methods that apply to the model
 (:mod:`uqkit.bench.applicability`) before the run directory is touched; the rest is the same run.
 
+Each (task, method, seed) is one cell (:func:`run_cell`), run in this process or as a Ray task
+(:mod:`uqkit.bench.executors`); a method that reuses another's network (``shares_training_with``) runs after
+that method's cell.
+
 A method is finished once its JSON is written (atomically); ``--resume`` skips finished methods, continues a
 method from its last epoch checkpoint, and never loses a finished result. A truncated or garbled file (a
 disk filled up, a copy cut short) is reported by name and moved aside to ``<name>.corrupt``, never deleted;
@@ -28,6 +32,7 @@ epoch checkpoint from scratch. A corrupt ``config.json`` stops ``--resume`` with
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import json
 import os
 import platform
@@ -43,9 +48,17 @@ import torch
 import uqkit
 from uqkit.bench._atomic import CorruptFileError, atomic_write, read_json, set_aside
 from uqkit.bench.evaluate import evaluate_method
+from uqkit.bench.executors import Cell, LocalExecutor, RayExecutor
 from uqkit.bench.likelihoods import likelihood_of
 from uqkit.bench.models import MODEL_BUILDERS
-from uqkit.bench.registry import METHODS, Method, MethodContext, build_method, methods_for_task
+from uqkit.bench.registry import (
+    METHODS,
+    Method,
+    MethodContext,
+    NotApplicableError,
+    build_method,
+    methods_for_task,
+)
 from uqkit.bench.report import SCHEMA_VERSION
 from uqkit.bench.seeds import aggregate_seed_blocks
 from uqkit.bench.tasks import TASKS, Task, TaskInfo, build_task
@@ -61,10 +74,10 @@ from uqkit.bench.user_model import is_factory_spec
 __all__ = [
     "REGRESSION_SEEDS_ERROR",
     "BenchConfig",
-    "Cell",
     "RunConfigMismatchError",
     "environment",
     "run_bench",
+    "run_cell",
 ]
 
 DEFAULT_TASKS = ("fashion-mnist",)
@@ -352,12 +365,8 @@ def _train(
     return train_method(method, method_name, *arguments, checkpoint_path=checkpoint)
 
 
-def _run_method(
-    config: BenchConfig, task: Task, method_name: str, train_config: TrainConfig, log: Callable[[str], None]
-) -> dict:
-    """Train (or reload), post-hoc fit and evaluate one method under ``config.seed``; returns its result
-    block."""
-    context = MethodContext(
+def _method_context(task: Task, train_config: TrainConfig) -> MethodContext:
+    return MethodContext(
         task.input_shape,
         task.num_classes,
         task.model,
@@ -366,8 +375,28 @@ def _run_method(
         batch_size=train_config.batch_size,
         training=train_config,
     )
+
+
+def _training_base(task: Task, method_name: str, train_config: TrainConfig) -> str | None:
+    """The method whose trained network ``method_name`` reuses (``shares_training_with``), or None.
+
+    It is an attribute of the built method, so the method is built here, with the random state restored
+    afterwards (the cell builds it again under its own seed). A method that cannot be built on the task has
+    none: its cell raises the reason, as it would have in a sequential run."""
+    with torch.random.fork_rng(devices=[]):
+        try:
+            return build_method(method_name, _method_context(task, train_config)).shares_training_with
+        except NotApplicableError:
+            return None
+
+
+def _run_method(
+    config: BenchConfig, task: Task, method_name: str, train_config: TrainConfig, log: Callable[[str], None]
+) -> dict:
+    """Train (or reload), post-hoc fit and evaluate one method under ``config.seed``; returns its result
+    block."""
     torch.manual_seed(config.seed)
-    method = build_method(method_name, context)
+    method = build_method(method_name, _method_context(task, train_config))
     method.use_likelihood(likelihood_of(task.kind))
     method_config = _method_train_config(method, train_config)
     model_path = _cell_path(config, "models", task.name, method_name, ".pt")
@@ -520,21 +549,41 @@ def _user_task(config: BenchConfig, log: Callable[[str], None]) -> tuple[Task, T
     return task, USER_TASK_INFO, not_applicable
 
 
-@dataclass(frozen=True)
-class Cell:
-    """One unit of a run: ``method`` trained and evaluated on ``task`` under ``seed``; it writes its own
-    result file (:func:`_cell_path`), so cells can run in any order once the cell whose network they reuse
-    (``Method.shares_training_with``, same task and seed) is done."""
-
-    task: str
-    method: str
-    seed: int
+_TASKS_KEPT = 2
+"""Built tasks a process keeps for its next cells (a Fashion-MNIST task holds about 220 MB)."""
+_built_tasks: dict[tuple, tuple[Task, TaskInfo]] = {}
 
 
-def _task_cells(config: BenchConfig, task_name: str, names: list[str]) -> list[Cell]:
-    """The cells of a task, seed by seed (so one task is built per seed), each seed's methods in run order
-    (which puts a method whose network another reuses before it, as in ``names``)."""
-    return [Cell(task_name, name, seed) for seed in config.seed_list() for name in names]
+def _task_key(config: BenchConfig, task_name: str, seed: int) -> tuple:
+    """What a built task depends on: the task (or the user's files), model, --quick, seed, data root."""
+    if config.data is not None:
+        files = tuple(None if p is None else str(Path(p).resolve()) for p in (config.data, config.ood))
+        return ("data", *files, config.model, config.target, config.kind, seed)
+    return ("task", task_name, config.model, config.quick, seed, os.environ.get("UQKIT_DATA"))
+
+
+def _keep_task(key: tuple, built: tuple[Task, TaskInfo]) -> tuple[Task, TaskInfo]:
+    _built_tasks.pop(key, None)
+    _built_tasks[key] = built
+    while len(_built_tasks) > _TASKS_KEPT:
+        del _built_tasks[next(iter(_built_tasks))]  # the oldest
+    return built
+
+
+def _cell_task(config: BenchConfig, task_name: str, seed: int) -> tuple[Task, TaskInfo]:
+    """The task of a cell and its training defaults, built from its name (or the user's files) on this
+    process's disk, or reused from this process's previous cells. Cells never carry data: a Ray worker
+    builds the task it needs once (about 1-3 s for Fashion-MNIST) and keeps it for its next cells."""
+    key = _task_key(config, task_name, seed)
+    if key in _built_tasks:
+        return _keep_task(key, _built_tasks[key])
+    if config.data is not None:
+        from uqkit.bench.user_task import USER_TASK_INFO, build_user_task
+
+        task = build_user_task(config.data, config.model, config.target, config.ood, config.kind, seed)
+        return _keep_task(key, (task, USER_TASK_INFO))
+    task = build_task(task_name, config.model, quick=config.quick, seed=seed)
+    return _keep_task(key, (task, TASKS[task_name]))
 
 
 def _cell_path(config: BenchConfig, folder: str, task_name: str, method_name: str, suffix: str) -> Path:
@@ -547,54 +596,39 @@ def _cell_path(config: BenchConfig, folder: str, task_name: str, method_name: st
         directory = directory / f"seed-{config.seed}"
     return directory / f"{method_name}{suffix}"
 
-
-def _task_for_seed(
-    config: BenchConfig,
-    task_name: str,
-    seed: int,
-    user: tuple[Task, TaskInfo, dict[str, str]] | None,
-    log: Callable[[str], None],
-) -> tuple[Task, TaskInfo, dict[str, str]]:
-    """The task built with ``seed`` (its validation split, ``--quick`` subsets, shift subset and, for
-    generated data such as two moons, the data itself), its training defaults and the methods that do not
-    apply (the user's model; found once, with the first seed)."""
-    if user is not None:
-        if seed == config.seed_list()[0]:
-            return user
-        from uqkit.bench.user_task import build_user_task
-
-        task = build_user_task(config.data, config.model, config.target, config.ood, config.kind, seed)
-        return task, user[1], user[2]
-    log(f"[uqkit] building task {task_name}{' (quick)' if config.quick else ''}{_seed_text(config, seed)}")
-    return build_task(task_name, config.model, quick=config.quick, seed=seed), TASKS[task_name], {}
-
-
 def _seed_text(config: BenchConfig, seed: int) -> str:
     return f" with seed {seed}" if len(config.seed_list()) > 1 else ""
 
 
-def _run_cell(
-    config: BenchConfig,
-    task: Task,
-    info: TaskInfo,
-    method_name: str,
-    seed: int,
-    log: Callable[[str], None],
-    label: str = "",
+def _done_path(config: BenchConfig, task_name: str, method_name: str, seed: int) -> Path:
+    """The finished cell's result block (its presence means "done"): ``methods/<task>/<method>.json``, or
+    ``methods/<task>/seed-<seed>/<method>.json`` in a run over several seeds."""
+    return _cell_path(replace(config, seed=seed), "methods", task_name, method_name, ".json")
+
+
+def run_cell(
+    config: BenchConfig, task_name: str, method_name: str, seed: int, log: Callable[[str], None] = print
 ) -> dict[str, Any]:
-    """One cell: ``method_name`` on ``task`` (built with ``seed``) under ``seed``; its result block, read from
-    its result file when an earlier run finished it, else trained (or reloaded), evaluated and written
-    there atomically."""
-    config = replace(config, seed=seed)
-    label = label or f"{task.name} {method_name}{_seed_text(config, seed)}"
-    done_path = _cell_path(config, "methods", task.name, method_name, ".json")
-    block = _read_or_set_aside(done_path, read_json, f"evaluating {method_name} again", log)
-    if block is not None:
-        log(f"[uqkit] {label}: finished earlier, kept")
-        return block
-    log(f"[uqkit] {label}")
+    """One cell of the suite: train (or reload), post-hoc fit and evaluate ``method_name`` on ``task_name``
+    under ``seed``, write the result block atomically to ``methods/<task>/<method>.json`` and return it.
+
+    A top-level function of small picklable arguments, so that it runs in this process or as a Ray task
+    (:mod:`uqkit.bench.executors`); it builds the task from its name (or the user's files) on the local disk.
+    A method that reuses another's network reads that method's ``models/<task>/<base>.pt``: its cell must run
+    after the base's (:func:`run_bench` orders them).
+
+    Args:
+        config: the run's configuration (its ``seed`` is replaced by ``seed``).
+        task_name: a task of the run.
+        method_name: a method of the run.
+        seed: the cell's seed.
+        log: where warnings go (a corrupt file set aside).
+    """
+    if seed != config.seed:
+        config = replace(config, seed=seed)
+    task, info = _cell_task(config, task_name, seed)
     block = _run_method(config, task, method_name, _train_config(config, info), log)
-    _atomic_write_json(block, done_path)
+    _atomic_write_json(block, _done_path(config, task_name, method_name, seed))
     return block
 
 
@@ -609,11 +643,18 @@ def _aggregate_cells(
     return {name: aggregate_seed_blocks({seed: blocks[name, seed] for seed in seeds}) for name in names}
 
 
-def run_bench(config: BenchConfig, log=print) -> dict[str, Any]:
+def run_bench(
+    config: BenchConfig, log=print, executor: LocalExecutor | RayExecutor | None = None
+) -> dict[str, Any]:
     """Run the suite described by ``config``; returns the results dict also written to results.json.
 
     With ``config.data`` the one task is the user's data and model; it is checked, and the methods that
     cannot be built on the model are found, before the run directory is written.
+
+    Every unfinished (task, method, seed) is a cell (:func:`run_cell`) handed to ``executor`` (default: a
+    :class:`~uqkit.bench.executors.LocalExecutor`, in this process); a method that reuses another method's
+    network (same task and seed) runs after it. ``results.json`` is assembled from the cells' blocks in the
+    run's method order.
 
     With several seeds (``config.seeds``) every (task, method) cell runs once per seed, each seed exactly as
     a one-seed run with that ``seed`` would (the task built with it too); ``results.json`` holds each
@@ -626,13 +667,14 @@ def run_bench(config: BenchConfig, log=print) -> dict[str, Any]:
         config = replace(config, tasks=[user[0].name])
         if user[0].kind == "regression" and len(config.seed_list()) > 1:
             raise ValueError(REGRESSION_SEEDS_ERROR)
+    executor = executor if executor is not None else LocalExecutor()
     config.out.mkdir(parents=True, exist_ok=True)
     _prepare_run_dir(config.out, config.identity(), config.resume, config.command)
     results: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "command": config.command,
-        "environment": environment(config.device),
+        "environment": {**environment(config.device), "executor": executor.describe()},
         "config": {
             **asdict(config),
             "out": str(config.out),
@@ -641,14 +683,26 @@ def run_bench(config: BenchConfig, log=print) -> dict[str, Any]:
         "tasks": {},
     }
     results["config"].pop("progress")
-    if len(config.seed_list()) == 1:
-        results["config"].pop("seeds")  # a one-seed run: the layout of every run before seeds existed
     for key in ("data", "target", "ood", "kind"):
         if results["config"][key] is None:
             results["config"].pop(key)
+    seeds = config.seed_list()
+    # a Ray worker may run in another working directory (a cluster node): cells get absolute paths
+    absolute = {
+        key: getattr(config, key) for key in ("out", "data", "ood") if getattr(config, key) is not None
+    }
+    cell_config = replace(config, **{key: Path(value).resolve() for key, value in absolute.items()})
+    blocks: dict[tuple, dict] = {}
+    cells: list[Cell] = []
+    started: dict[tuple, str] = {}  # cell key -> its progress line
     for task_name in config.tasks:
-        seeds = config.seed_list()
-        task, info, not_applicable = _task_for_seed(config, task_name, seeds[0], user, log)
+        if user is not None:
+            task, info, not_applicable = user
+            _keep_task(_task_key(config, task_name, seeds[0]), (task, info))
+        else:
+            log(f"[uqkit] building task {task_name}{' (quick)' if config.quick else ''}")
+            task, info = _cell_task(config, task_name, seeds[0])
+            not_applicable = {}
         train_config = _train_config(config, info)
         header = _regression_header(task, train_config) if task.kind == "regression" else _task_header(task)
         header["training"] = {
@@ -661,19 +715,57 @@ def run_bench(config: BenchConfig, log=print) -> dict[str, Any]:
         if user is not None:
             header["not_applicable"] = not_applicable
         names = [name for name in _method_names(config, task_name) if name not in not_applicable]
-        cells = _task_cells(config, task_name, names)
-        blocks: dict[tuple[str, int], dict] = {}
-        task_seed = seeds[0]
-        for number, cell in enumerate(cells, start=1):
-            if cell.seed != task_seed:  # cells come seed by seed: one task built per seed
-                task, task_seed = _task_for_seed(config, task_name, cell.seed, user, log)[0], cell.seed
-            label = f"{task_name} [{number}/{len(cells)}] {cell.method}"
-            label += f" (seed {cell.seed})" if len(seeds) > 1 else ""
-            blocks[cell.method, cell.seed] = _run_cell(config, task, info, cell.method, cell.seed, log, label)
-        header["methods"] = _aggregate_cells(blocks, names, seeds)
+        bases = {name: _training_base(task, name, train_config) for name in names}
+        count = len(names) * len(seeds)
+        for index, (seed, method_name) in enumerate(((s, n) for s in seeds for n in names), start=1):
+            key = (task_name, method_name, seed)
+            line = f"[uqkit] {task_name} [{index}/{count}] {method_name}{_seed_text(config, seed)}"
+            done_path = _done_path(config, task_name, method_name, seed)
+            block = _read_or_set_aside(done_path, read_json, f"evaluating {method_name} again", log)
+            if block is not None:
+                log(f"{line}: finished earlier, kept")
+                blocks[key] = block
+                continue
+            base = bases[method_name]
+            after = ((task_name, base, seed),) if base in names else ()
+            cells.append(Cell(key, (cell_config, task_name, method_name, seed), after))
+            started[key] = line
+        header["methods"] = names  # replaced by the blocks below, in this order
         results["tasks"][task_name] = header
+    try:
+        _run_cells(cells, executor, log, started, blocks)
+    finally:
+        _built_tasks.clear()
+    for task_name, header in results["tasks"].items():
+        names = header["methods"]
+        task_blocks = {(name, seed): blocks[(task_name, name, seed)] for name in names for seed in seeds}
+        header["methods"] = _aggregate_cells(task_blocks, names, seeds)
     _atomic_write_json(results, config.out / "results.json")
     return results
+
+
+def _run_cells(
+    cells: list[Cell],
+    executor: LocalExecutor | RayExecutor,
+    log: Callable[[str], None],
+    started: dict[tuple, str],
+    blocks: dict[tuple, dict],
+) -> None:
+    """Run the unfinished ``cells`` on ``executor``; their result blocks go into ``blocks``."""
+    if executor.in_process:
+        for cell, block in executor.map(
+            functools.partial(run_cell, log=log), cells, lambda c: log(started[c.key])
+        ):
+            blocks[cell.key] = block
+        return
+    if cells:
+        log(f"[uqkit] {len(cells)} cells on {executor.describe()}")
+    for count, (cell, block) in enumerate(executor.map(run_cell, cells), start=1):
+        log(f"{started[cell.key]}: done ({count}/{len(cells)}; trained in {block['train_time_s']:.1f} s)")
+        path = _done_path(cell.args[0], *cell.key)
+        if not path.exists():  # a cluster node that does not share the run directory: written here
+            _atomic_write_json(block, path)
+        blocks[cell.key] = block
 
 
 def default_run_dir(root: str | os.PathLike = "runs") -> Path:

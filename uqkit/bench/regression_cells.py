@@ -1,0 +1,355 @@
+"""The UCI regression benchmark's cells: a (table, method, chunk of splits) each, and their merge.
+
+:func:`uqkit.bench.regression.evaluate_regression_method` trains all 20 splits of a (table, method) as one
+stacked model. To spread one method over several workers (``uqkit bench --task uci --split-chunks K``), the
+splits are partitioned into ``K`` contiguous chunks (:func:`partition_splits`); each chunk is one cell
+(:func:`run_regression_cell`): the same protocol on a table that holds only the chunk's splits, a stack of
+its own, written atomically to ``methods/<task>/<method>/chunk-<c>-of-<K>.json``. When every chunk of a
+method is done, :func:`merge_chunk_blocks` joins them into the method's block, as if one stack had run.
+
+The chunking is part of the computation, not of the executor: a stack draws its initial weights, batch
+orders and noise for all its models at once, so a split trained beside 9 others draws other random numbers
+than beside 19 others, and chunk ``c`` runs under its own seed (:func:`chunk_seed`; chunk 0 keeps the run's
+seed) so that no two chunks share their draws. A run with ``K`` chunks therefore gives numbers of the same
+distribution as the one-stack run (``K = 1``, the default), not the same numbers; for a given ``K`` they are
+the same on every executor. ``K`` is part of the run's identity (``--resume`` keeps it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from uqkit._validation import check_positive_int
+
+__all__ = [
+    "chunk_path",
+    "chunk_seed",
+    "merge_chunk_blocks",
+    "partition_splits",
+    "run_cells",
+    "run_regression_cell",
+]
+
+CHUNK_SEED_STRIDE = 1_000_003
+"""Chunk ``c`` of a run with seed ``s`` runs under ``s + c * CHUNK_SEED_STRIDE``: far from every seed a run
+derives from its own (``s + 1`` ... ``s + 13`` and ``1000 s + split``)."""
+
+
+def partition_splits(num_splits: int, num_chunks: int) -> list[range]:
+    """Partition splits ``0 .. num_splits - 1`` into ``num_chunks`` contiguous chunks of near-equal size
+    (the first ``num_splits % num_chunks`` chunks one split larger).
+
+    Raises:
+        ValueError: ``num_chunks`` is not in ``[1, num_splits]``.
+    """
+    check_positive_int(num_splits, "num_splits")
+    check_positive_int(num_chunks, "--split-chunks")
+    if num_chunks > num_splits:
+        raise ValueError(
+            f"--split-chunks: expected at most the table's {num_splits} splits, got {num_chunks}"
+        )
+    size, larger = divmod(num_splits, num_chunks)
+    bounds = [0]
+    for chunk in range(num_chunks):
+        bounds.append(bounds[-1] + size + (1 if chunk < larger else 0))
+    return [range(bounds[c], bounds[c + 1]) for c in range(num_chunks)]
+
+
+def chunk_seed(seed: int, chunk: int) -> int:
+    """The seed of chunk ``chunk``: ``seed`` for chunk 0, ``seed + chunk * CHUNK_SEED_STRIDE`` after."""
+    check_positive_int(seed, "seed", minimum=0)
+    check_positive_int(chunk, "chunk", minimum=0)
+    return seed + chunk * CHUNK_SEED_STRIDE
+
+
+def chunk_path(out: str | os.PathLike, task_name: str, method_name: str, chunk: int, num_chunks: int) -> Path:
+    """Where a cell writes its block: ``methods/<task>/<method>.json`` for the one-stack run, else
+    ``methods/<task>/<method>/chunk-<c>-of-<K>.json``."""
+    methods = Path(out) / "methods" / task_name
+    if num_chunks == 1:
+        return methods / f"{method_name}.json"
+    return methods / method_name / f"chunk-{chunk}-of-{num_chunks}.json"
+
+
+def run_regression_cell(
+    task: str,
+    data_dir: str | None,
+    method: Any,
+    seed: int,
+    chunk: int,
+    num_chunks: int,
+    out: str,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """One cell: ``method`` on chunk ``chunk`` of ``num_chunks`` of task ``task``'s splits; its block is
+    written atomically (:func:`chunk_path`) and returned.
+
+    A top-level function of small picklable arguments (the method's recipe travels with the cell, the
+    table is read from ``data_dir`` or the installed package on the worker's disk), so that it runs in this
+    process or as a Ray task (:mod:`uqkit.bench.executors`).
+
+    Args:
+        task: a name of :data:`~uqkit.bench.regression.REGRESSION_TASKS`.
+        data_dir: the UCI-format directory of the ``uci`` task (None for the others).
+        method: the :class:`~uqkit.bench.regression.RegressionMethod`.
+        seed: the run's seed.
+        chunk, num_chunks: which chunk of :func:`partition_splits`.
+        out: the run directory.
+        log: progress printer (None: quiet).
+    """
+    from uqkit.bench import regression
+    from uqkit.bench.runner import _atomic_write_json, _clean
+
+    table = regression.load_regression_table(task, data_dir)
+    task_name = task if task != "uci" else f"uci-{table.name}"
+    splits = partition_splits(len(table.splits), num_chunks)[chunk]
+    if num_chunks > 1:
+        table = dataclasses.replace(table, splits=tuple(table.splits[i] for i in splits))
+    block = regression.evaluate_regression_method(method, table, chunk_seed(seed, chunk), log)
+    block = _clean(block)
+    _atomic_write_json(block, chunk_path(out, task_name, method.name, chunk, num_chunks))
+    return block
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Merging the chunks of a method
+# ---------------------------------------------------------------------------------------------------------
+def _pooled_summary(summaries: Sequence[dict[str, Any]], counts: Sequence[int]) -> dict[str, float | None]:
+    """``{"mean", "se"}`` over all values from each chunk's ``{"mean", "se"}`` over its ``counts[c]`` values.
+
+    With ``s_c = se_c sqrt(n_c)`` a chunk's sample standard deviation, the pooled sum of squares is
+    ``sum_c (n_c - 1) s_c^2 + n_c (m_c - m)^2`` about the overall mean ``m = sum_c n_c m_c / N``; the sample
+    standard deviation is its ``/ (N - 1)`` root, and ``se = sd / sqrt(N)`` (as a one-chunk summary). A
+    ``None`` (undefined) value anywhere gives ``None``.
+    """
+    means, errors = [s["mean"] for s in summaries], [s["se"] for s in summaries]
+    if any(value is None for value in (*means, *errors)):
+        return {"mean": None, "se": None}
+    total = sum(counts)
+    mean = sum(n * m for n, m in zip(counts, means, strict=True)) / total
+    squares = sum(
+        (n - 1) * (se * math.sqrt(n)) ** 2 + n * (m - mean) ** 2
+        for n, m, se in zip(counts, means, errors, strict=True)
+    )
+    se = math.sqrt(squares / (total - 1)) / math.sqrt(total) if total > 1 else 0.0
+    return {"mean": mean, "se": se}
+
+
+def _weighted_mean(values: Sequence[Any], weights: Sequence[int]) -> Any:
+    """Element-wise weighted mean of numbers or equal-length lists of numbers (None if any is None)."""
+    if isinstance(values[0], list):
+        return [_weighted_mean(column, weights) for column in zip(*values, strict=True)]
+    if any(value is None for value in values):
+        return None
+    return sum(w * v for w, v in zip(weights, values, strict=True)) / sum(weights)
+
+
+def _is_summary(value: Any) -> bool:
+    return isinstance(value, dict) and set(value) == {"mean", "se"}
+
+
+def _merge(values: list[Any], counts: list[int], path: str) -> Any:
+    """The merge of one key of the chunks' blocks: equal values kept, ``{"mean", "se"}`` pooled, dicts
+    merged key by key."""
+    if all(value == values[0] for value in values[1:]):
+        return values[0]
+    if _is_summary(values[0]) and all(_is_summary(value) for value in values):
+        return _pooled_summary(values, counts)
+    if all(isinstance(value, dict) for value in values) and all(set(v) == set(values[0]) for v in values):
+        return {key: _merge([v[key] for v in values], counts, f"{path}.{key}") for key in values[0]}
+    if all(isinstance(value, list) for value in values) and len({len(v) for v in values}) == 1:
+        return [_merge(list(column), counts, f"{path}[]") for column in zip(*values, strict=True)]
+    raise ValueError(
+        f"{path}: the chunks of a method hold different values and there is no rule to merge them "
+        f"(uqkit/bench/regression_cells.py, merge_chunk_blocks): {values!r:.200}"
+    )
+
+
+def merge_chunk_blocks(blocks: Sequence[dict[str, Any]], test_rows: Sequence[int]) -> dict[str, Any]:
+    """One method's block from its chunks' blocks (in chunk order), as one stack over all splits would
+    have written it.
+
+    * ``per_split`` lists and ``selection.validation_nll``: concatenated, in split order;
+    * ``metrics``: mean and standard error over the concatenated per-split values (as one run computes);
+    * ``coverage_curve.observed``: the mean over splits (each chunk's weighted by its number of splits);
+    * ``train_time_s`` and ``selection_time_s``: summed (the compute spent, not the wall time);
+      ``inference_ms_per_example``: weighted by each chunk's test rows (``test_rows``);
+    * any other ``{"mean", "se"}`` over splits (``conformal``): pooled exactly (:func:`_pooled_summary`);
+    * everything else must be equal in every chunk (description, parameter count, grid, ...).
+
+    Raises:
+        ValueError: a key differs between chunks and has no rule (a new field: add its rule here).
+    """
+    from uqkit.bench.regression import _summary
+
+    blocks = list(blocks)
+    if len(blocks) == 1:
+        return blocks[0]
+    counts = [len(block["per_split"]["nll"]) for block in blocks]
+    merged: dict[str, Any] = {}
+    for key in blocks[0]:
+        values = [block[key] for block in blocks]
+        if key == "per_split":
+            merged[key] = {
+                name: (
+                    None
+                    if values[0][name] is None
+                    else [item for value in values for item in value[name]]  # splits in chunk order
+                )
+                for name in values[0]
+            }
+        elif key in ("train_time_s", "selection_time_s"):
+            merged[key] = sum(values)
+        elif key == "inference_ms_per_example":
+            merged[key] = _weighted_mean(values, list(test_rows))
+        elif key == "selection":
+            nll = [item for value in values for item in value["validation_nll"]]
+            rest = [{k: v for k, v in value.items() if k != "validation_nll"} for value in values]
+            merged[key] = {**_merge(rest, counts, key), "validation_nll": nll}
+        elif key == "coverage_curve":
+            observed = _weighted_mean([value["observed"] for value in values], counts)
+            rest = [{k: v for k, v in value.items() if k != "observed"} for value in values]
+            merged[key] = {**_merge(rest, counts, key), "observed": observed}
+        elif key != "metrics":
+            merged[key] = _merge(values, counts, key)
+    per_split = merged["per_split"]
+    merged["metrics"] = {
+        name: (
+            _summary(per_split[name])
+            if isinstance(per_split.get(name), list) and None not in per_split[name]
+            else _merge([block["metrics"][name] for block in blocks], counts, f"metrics.{name}")
+        )
+        for name in blocks[0]["metrics"]
+    }
+    return {key: merged[key] for key in blocks[0]}  # the order of a one-stack block
+
+
+# ---------------------------------------------------------------------------------------------------------
+# A run's cells
+# ---------------------------------------------------------------------------------------------------------
+class _MethodChunks:
+    """The chunks of one (task, method) of a run, collected until the method's block can be written."""
+
+    def __init__(self, task_name: str, name: str, label: str, test_rows: list[int]) -> None:
+        self.task_name, self.name, self.label, self.test_rows = task_name, name, label, test_rows
+        self.blocks: dict[int, dict[str, Any]] = {}
+        self.block: dict[str, Any] | None = None  # the method's block, once every chunk is done
+
+    def add(self, chunk: int, block: dict[str, Any], out: Path, log: Callable[[str], None]) -> None:
+        """Keep a finished chunk; with the last one, merge, write ``methods/<task>/<method>.json`` (when
+        chunked: the one-stack cell wrote it) and log the method's numbers."""
+        from uqkit.bench.runner import _atomic_write_json, _clean
+
+        self.blocks[chunk] = block
+        if len(self.blocks) < len(self.test_rows):
+            return
+        if len(self.test_rows) == 1:
+            self.done(self.blocks[0], log)
+            return
+        blocks = [self.blocks[c] for c in range(len(self.test_rows))]
+        merged = _clean(merge_chunk_blocks(blocks, self.test_rows))
+        _atomic_write_json(merged, chunk_path(out, self.task_name, self.name, 0, 1))
+        self.done(merged, log)
+
+    def done(self, block: dict[str, Any], log: Callable[[str], None]) -> None:
+        self.block = block
+        nll, error = block["metrics"]["nll"], block["metrics"]["rmse"]
+        log(
+            f"[uqkit]   {self.name}: NLL {nll['mean']:.3f} ± {nll['se']:.3f}, RMSE {error['mean']:.3f} ± "
+            f"{error['se']:.3f} ({block['train_time_s']:.1f} s)"
+        )
+
+
+def run_cells(
+    results: dict[str, Any],
+    out: Path,
+    tasks: Sequence[str],
+    names: Sequence[str],
+    data_dir: str | os.PathLike | None,
+    seed: int,
+    log: Callable[[str], None],
+    resume: bool,
+    executor: Any,
+    num_chunks: int,
+) -> None:
+    """The body of :func:`uqkit.bench.regression.run_regression_bench`: every (task, method, chunk of
+    splits) not finished earlier is a cell (:func:`run_regression_cell`) run by ``executor``; a method's
+    block goes into ``results`` (and, merged, to its file) once all its chunks are done."""
+    from uqkit.bench import regression
+    from uqkit.bench._atomic import read_json
+    from uqkit.bench.executors import Cell
+    from uqkit.bench.runner import _atomic_write_json, _read_or_set_aside
+
+    total_started = time.perf_counter()
+    directory = None if data_dir is None else str(data_dir)
+    methods: dict[tuple[str, str], _MethodChunks] = {}
+    cells: list[Cell] = []
+    for task in tasks:
+        table = regression.load_regression_table(task, directory if task == "uci" else None)
+        task_name = task if task != "uci" else f"uci-{table.name}"
+        parts = partition_splits(len(table.splits), num_chunks)
+        results["tasks"][task_name] = regression._task_block(task, table)
+        log(f"[uqkit] {task_name}: {len(table)} rows, {len(table.splits)} splits")
+        for index, name in enumerate(names, start=1):
+            test_rows = [sum(int(table.splits[i][1].numel()) for i in part) for part in parts]
+            entry = _MethodChunks(
+                task_name, name, f"[uqkit] {task_name} [{index}/{len(names)}] {name}", test_rows
+            )
+            methods[task_name, name] = entry
+            redo = f"running {name} again"
+            whole = chunk_path(out, task_name, name, 0, 1)
+            kept = _read_or_set_aside(whole, read_json, redo, log) if resume else None
+            if kept is not None:
+                log(entry.label)
+                log(f"[uqkit]   {name}: finished in the earlier run, kept ({whole})")
+                entry.done(kept, log)
+                continue
+            for chunk in range(num_chunks):
+                path = chunk_path(out, task_name, name, chunk, num_chunks)
+                block = _read_or_set_aside(path, read_json, redo, log) if resume and num_chunks > 1 else None
+                if block is not None:
+                    log(f"{entry.label}: splits chunk {chunk + 1} of {num_chunks} finished earlier, kept")
+                    entry.add(chunk, block, out, log)
+                    continue
+                method = regression.REGRESSION_METHODS[name]  # the recipe travels with the cell
+                # a Ray worker may run in another working directory (a cluster node): absolute paths
+                cell_dir = str(Path(directory).resolve()) if task == "uci" and directory is not None else None
+                args = (task, cell_dir, method, seed, chunk, num_chunks, str(Path(out).resolve()))
+                cells.append(Cell((task_name, name, chunk), args))
+
+    def on_start(cell: Cell) -> None:
+        entry, chunk = methods[cell.key[:2]], cell.key[2]
+        log(entry.label + (f": splits chunk {chunk + 1} of {num_chunks}" if num_chunks > 1 else ""))
+
+    if executor.in_process:  # the cells log to this run's log
+        outcomes = executor.map(functools.partial(run_regression_cell, log=log), cells, on_start)
+    else:  # a Ray worker prints; Ray forwards it to this console
+        if cells:
+            log(f"[uqkit] {len(cells)} cells on {executor.describe()}")
+        outcomes = executor.map(run_regression_cell, cells)
+    for cell, block in outcomes:
+        entry, chunk = methods[cell.key[:2]], cell.key[2]
+        if not executor.in_process:
+            log(
+                f"{entry.label}: splits chunk {chunk + 1} of {num_chunks} done "
+                f"({block['train_time_s']:.1f} s)"
+            )
+            path = chunk_path(out, entry.task_name, entry.name, chunk, num_chunks)
+            if not path.exists():  # a cluster node that does not share the run directory: written here
+                _atomic_write_json(block, path)
+        entry.add(chunk, block, out, log)
+    for (task_name, name), entry in methods.items():
+        results["tasks"][task_name]["methods"][name] = entry.block
+    results["total_time_s"] = time.perf_counter() - total_started
+    results["environment"]["threads"] = (
+        torch.get_num_threads() if executor.in_process else executor.threads_per_worker
+    )
