@@ -596,6 +596,7 @@ def _cell_path(config: BenchConfig, folder: str, task_name: str, method_name: st
         directory = directory / f"seed-{config.seed}"
     return directory / f"{method_name}{suffix}"
 
+
 def _seed_text(config: BenchConfig, seed: int) -> str:
     return f" with seed {seed}" if len(config.seed_list()) > 1 else ""
 
@@ -683,6 +684,8 @@ def run_bench(
         "tasks": {},
     }
     results["config"].pop("progress")
+    if len(config.seed_list()) == 1:
+        results["config"].pop("seeds")  # a one-seed run: the layout of every run before seeds existed
     for key in ("data", "target", "ood", "kind"):
         if results["config"][key] is None:
             results["config"].pop(key)
