@@ -234,7 +234,7 @@ def test_seed_options_resolve_and_regression_refuses_several_seeds(capsys, tmp_p
         run_bench(config, log=lambda *_: None)
     assert not (tmp_path / "c").exists()
     configs = []
-    monkeypatch.setattr(runner, "run_bench", lambda config, log: configs.append(config) or {})
+    monkeypatch.setattr(runner, "run_bench", lambda config, log, executor=None: configs.append(config) or {})
     monkeypatch.setattr("uqkit.cli._finish_report", lambda *args: tmp_path / "report.html")
     for argv in (["--seed", "5", "--num-seeds", "3"], ["--num-seeds", "2"], ["--seeds", "4"], []):
         assert main(["bench", *argv, "--out", str(tmp_path / f"run{len(configs)}")]) == 0
