@@ -349,3 +349,27 @@ def test_torchrun_bench_equals_one_process_and_rank_zero_writes(fake_fashion_mni
         assert ours["history"][0][key] == pytest.approx(expected, rel=1e-5, abs=1e-6), key
     for key in ("nll", "accuracy", "brier", "ece"):
         assert ours["metrics"][key] == pytest.approx(reference["metrics"][key], rel=1e-5, abs=1e-6), key
+
+
+def test_torchrun_refuses_ray_and_the_uci_protocol(monkeypatch, capsys):
+    """Checked before any process group starts: ``WORLD_SIZE`` as torchrun sets it is enough."""
+    import argparse
+
+    from uqkit.cli import _check_torchrun, main
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main(["bench", "--task", "uci-boston", "--out", "unused"]) == 2
+    assert "under torchrun (2 processes): the UCI regression protocol" in capsys.readouterr().err
+    ray = argparse.Namespace(executor="ray", task=None, data=None)
+    with pytest.raises(ValueError, match="--executor ray under torchrun"):
+        _check_torchrun(ray, 2)
+    monkeypatch.setenv("WORLD_SIZE", "two")
+    assert main(["bench", "--out", "unused"]) == 2
+    assert "WORLD_SIZE: expected a positive integer" in capsys.readouterr().err
+
+
+def test_torchrun_device_must_be_cpu_or_cuda():
+    from uqkit.bench.distributed import torchrun_process_group
+
+    with pytest.raises(ValueError, match="rank r uses cuda:LOCAL_RANK"), torchrun_process_group("cuda:1"):
+        pass

@@ -177,7 +177,9 @@ def torchrun_process_group(device: str) -> Iterator[str]:
             )
         device = f"cuda:{local_rank}"
         torch.cuda.set_device(local_rank)
-        options.update(backend="nccl", device_id=torch.device(device))
+        options["backend"] = "nccl"
+        if "device_id" in inspect.signature(dist.init_process_group).parameters:  # torch >= 2.3
+            options["device_id"] = torch.device(device)
     else:
         options.update(backend="gloo")
     dist.init_process_group(**options)
@@ -259,9 +261,10 @@ class RankNoise:
 def check_in_sync(module: nn.Module, when: str) -> None:
     """Check that every rank holds the same parameters, buffers and shared random state.
 
-    Compares one float64 checksum per tensor (its sum; the shared CPU generator's state weighted by
-    position) across the ranks with two all-reduces (max and min). Data-parallel training keeps them
-    bitwise equal, so any difference is a bug: a method whose state depends on the rank's shard in a way
+    Compares one float64 checksum per tensor (its sum; a generator's state weighted by position: the CPU
+    one, and the CUDA one of ``module``'s device) across the ranks with one all-reduce (the max of the
+    checksums and of their negatives). Data-parallel training keeps them bitwise equal, so any difference
+    is a bug: e.g. a method whose state depends on the rank's shard in a way
     :meth:`~uqkit.bench.registry.Method.combine_rank_statistics` does not combine.
 
     Raises:
@@ -271,14 +274,19 @@ def check_in_sync(module: nn.Module, when: str) -> None:
         return
     named = [*module.named_parameters(), *module.named_buffers()]
     device = named[0][1].device if named else torch.device("cpu")
-    rng = torch.get_rng_state().double()
     sums = [tensor.detach().double().sum().to(device) for _, tensor in named]
-    sums.append((rng * torch.arange(1, rng.numel() + 1, dtype=torch.float64)).sum().to(device))
+    names = [name for name, _ in named]
+    states = {"torch's global random state (the shared stream)": torch.get_rng_state()}
+    if device.type == "cuda":
+        states["the CUDA random state (the shared stream)"] = torch.cuda.get_rng_state(device)
+    for name, state in states.items():
+        state = state.double()
+        sums.append((state * torch.arange(1, state.numel() + 1, dtype=torch.float64)).sum().to(device))
+        names.append(name)
     checksums = torch.nan_to_num(torch.stack(sums), nan=1.5e308, posinf=1.7e308, neginf=-1.7e308)
     both = torch.cat([checksums, -checksums])
     _dist().all_reduce(both, op=_dist().ReduceOp.MAX)
     high, low = both[: len(sums)], -both[len(sums) :]
-    names = [name for name, _ in named] + ["torch's global random state (the shared stream)"]
     differing = [names[index] for index in torch.nonzero(high != low).flatten().tolist()]
     if differing:
         shown = ", ".join(differing[:5]) + (f" and {len(differing) - 5} more" if len(differing) > 5 else "")
