@@ -37,6 +37,9 @@ class CorruptFileError(ValueError):
         self.problem = problem
         super().__init__(f"{self.path}: unreadable, {problem}")
 
+    def __reduce__(self):  # pickles with its two arguments (an exception re-raised in another process)
+        return type(self), (self.path, self.problem)
+
 
 def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -> None:
     """Call ``write(handle)`` on a new temporary file beside ``path``, fsync it, then ``os.replace`` it.

@@ -1,4 +1,8 @@
-"""The ``uqkit`` command: ``uqkit bench``, ``uqkit list``, ``uqkit report RUN_DIR``."""
+"""The ``uqkit`` command: ``uqkit bench``, ``uqkit list``, ``uqkit report RUN_DIR``.
+
+``torchrun --nproc-per-node N -m uqkit bench ...`` trains every method data-parallel over ``N`` processes
+(:mod:`uqkit.bench.distributed`); rank 0 alone prints, logs and writes the run directory.
+"""
 
 from __future__ import annotations
 
@@ -258,6 +262,16 @@ def _run_dir(args: argparse.Namespace) -> Path:
     return out
 
 
+class _QuietLog:
+    """The log of a rank other than 0 under torchrun: rank 0 prints and logs for the run."""
+
+    def __call__(self, message: str) -> None:
+        pass
+
+    def write(self, message: str) -> None:
+        pass
+
+
 class _RunLog:
     """Prints a message and appends it to the run directory's ``log.txt`` (created with the directory)."""
 
@@ -370,8 +384,10 @@ def _logged(
 ) -> int:
     """``command(args, argv, log)`` with a log that also goes to the run directory's ``log.txt``; an error
     is written there too (then raised to be printed, without traceback, by :func:`main`)."""
-    out = _run_dir(args)
-    log = _RunLog(out)
+    from uqkit.bench.distributed import is_main_process, on_main
+
+    out = on_main(_run_dir, args)  # under torchrun: rank 0's choice (a new directory is named by the time)
+    log = _RunLog(out) if is_main_process() else _QuietLog()
     try:
         return command(args, argv, out, log)
     except Exception as error:
@@ -393,6 +409,35 @@ def _resolve_seeds(args: argparse.Namespace) -> None:
 
 
 def _cmd_bench(args: argparse.Namespace, argv: list[str]) -> int:
+    from uqkit.bench.distributed import launched_world_size, torchrun_process_group
+
+    processes = launched_world_size()
+    if processes == 1:
+        return _cmd_bench_here(args, argv)
+    _check_torchrun(args, processes)
+    with torchrun_process_group(args.device) as device:
+        args.device = device
+        return _cmd_bench_here(args, argv)
+
+
+def _check_torchrun(args: argparse.Namespace, processes: int) -> None:
+    """The options that a data-parallel run under torchrun (``processes`` ranks) cannot take."""
+    from uqkit.bench.regression import REGRESSION_TASKS
+
+    if getattr(args, "executor", None) == "ray":
+        raise ValueError(
+            f"--executor ray under torchrun ({processes} processes): choose one; Ray runs whole cells in "
+            "parallel, torchrun trains one method data-parallel. Run Ray without torchrun"
+        )
+    if args.task and any(task in REGRESSION_TASKS for task in args.task) and args.data is None:
+        raise ValueError(
+            f"--task {','.join(args.task)} under torchrun ({processes} processes): the UCI regression "
+            "protocol trains all its splits as one stacked model in one process and has no data-parallel "
+            "form; run it without torchrun"
+        )
+
+
+def _cmd_bench_here(args: argparse.Namespace, argv: list[str]) -> int:
     from uqkit.bench.regression import REGRESSION_TASKS
 
     _resolve_seeds(args)
@@ -412,6 +457,7 @@ def _cmd_bench(args: argparse.Namespace, argv: list[str]) -> int:
 
 def _run_suite(args: argparse.Namespace, argv: list[str], out: Path, log: Callable[[str], None]) -> int:
     """``uqkit bench`` on classification tasks, or on the user's data (``--data``), with the one runner."""
+    from uqkit.bench.distributed import is_main_process
     from uqkit.bench.runner import BenchConfig, run_bench
     from uqkit.bench.user_task import task_name
 
@@ -429,7 +475,7 @@ def _run_suite(args: argparse.Namespace, argv: list[str], out: Path, log: Callab
         device=args.device,
         quick=args.quick,
         resume=args.resume,
-        progress=not args.no_progress,
+        progress=not args.no_progress and is_main_process(),
         command=shlex.join(["uqkit", *argv]),
         data=args.data,
         target=args.target,
@@ -439,6 +485,8 @@ def _run_suite(args: argparse.Namespace, argv: list[str], out: Path, log: Callab
     results = _run_with_executor(out, _executor(args), lambda executor: run_bench(config, log, executor), log)
     if results is None:
         return 130
+    if not is_main_process():  # under torchrun rank 0 writes the report
+        return 0
     html = _finish_report(results, out, log)
     log(f"[uqkit] results: {out / 'results.json'}")
     log(f"[uqkit] report:  {html}  (and {out / 'report.md'})")

@@ -340,6 +340,33 @@ def test_momentum_precision_is_a_discounted_sum():
     torch.testing.assert_close(moving.precision, ridge * torch.eye(16, dtype=torch.float64).expand(3, -1, -1))
 
 
+@pytest.mark.parametrize("momentum", [None, 0.9])
+def test_combined_precision_of_copies_equals_one_layer_fed_every_batch(momentum):
+    """Data-parallel training: two copies, each fed its half of every batch from the prior, combined with a
+    sum over the copies, hold the precision of one layer fed the whole batches (the discount, if any, acts
+    per step on both halves alike). Float64: the sums differ only in order (1e-12)."""
+    torch.manual_seed(26)
+    ridge = 2.0
+    whole = RandomFeatureGP(5, 3, num_features=16, momentum=momentum, ridge_penalty=ridge).double().train()
+    copies = [copy.deepcopy(whole), copy.deepcopy(whole)]
+    with torch.no_grad():
+        for _ in range(3):
+            batch = torch.randn(9, 5, dtype=torch.float64)
+            whole(batch)
+            copies[0](batch[:4])
+            copies[1](batch[4:])
+    precisions = [layer.precision.clone() for layer in copies]
+    assert not torch.allclose(precisions[0], whole.precision)  # one copy alone saw only its half
+    for index, layer in enumerate(copies):
+        other = precisions[1 - index] - _prior(ridge)  # what the other copy contributes to the all-reduce
+        layer.combine_precision(lambda tensor, other=other: tensor + other)
+        torch.testing.assert_close(layer.precision, whole.precision, rtol=1e-12, atol=1e-12)
+
+
+def _prior(ridge: float) -> torch.Tensor:
+    return ridge * torch.eye(16, dtype=torch.float64).expand(3, -1, -1)
+
+
 def _trained_layer(seed: int = 24) -> tuple[RandomFeatureGP, torch.Tensor]:
     torch.manual_seed(seed)
     gp = RandomFeatureGP(8, 3, num_features=64).double()

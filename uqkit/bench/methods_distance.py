@@ -21,6 +21,8 @@ Importing this module registers both methods in :data:`uqkit.bench.registry.METH
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -112,6 +114,11 @@ class SNGPClassifier(Method):
     def on_epoch_start(self, epoch: int, num_epochs: int) -> None:
         """Reset the GP precision, so that it sums over exactly one epoch (the last, after training)."""
         self.network.reset_precision()
+
+    def combine_rank_statistics(self, sum_over_ranks: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        """Sum the GP precision's data term over the ranks (each rank summed its own examples since the
+        reset at the epoch's start)."""
+        self.network.gp.combine_precision(sum_over_ranks)
 
     def training_loss(self, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Per-example negative log posterior: cross-entropy plus the ``N(0, I)`` prior's

@@ -165,6 +165,16 @@ class Method(nn.Module):
         reloaded, so they must come from the method's state."""
         return {}
 
+    def combine_rank_statistics(self, sum_over_ranks: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        """Called by the trainer in data-parallel training (``torchrun``, :mod:`uqkit.bench.distributed`) at
+        the end of every epoch, before validation; default: nothing.
+
+        A method whose training forward passes accumulate a statistic over their batch (SNGP's GP precision)
+        holds, on each rank, the statistic of that rank's examples only; it makes it the statistic of all
+        examples here, with ``sum_over_ranks(tensor)`` (the element-wise sum over the ranks, the same on
+        every rank). Parameters need nothing: their gradients are averaged at every step.
+        """
+
     def on_epoch_start(self, epoch: int, num_epochs: int) -> None:
         """Called by the trainer before each epoch (0-based ``epoch``); default: nothing.
 

@@ -27,6 +27,10 @@ method from its last epoch checkpoint, and never loses a finished result. A trun
 disk filled up, a copy cut short) is reported by name and moved aside to ``<name>.corrupt``, never deleted;
 the work it held is redone: a method's JSON from its model file, a model file from its epoch checkpoint, an
 epoch checkpoint from scratch. A corrupt ``config.json`` stops ``--resume`` with an error naming it.
+
+Under ``torchrun`` (:mod:`uqkit.bench.distributed`) every rank runs this same suite and trains each method
+data-parallel; rank 0 alone reads and sets aside the run directory's files (every rank gets what it found),
+writes, and evaluates.
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ import torch
 
 import uqkit
 from uqkit.bench._atomic import CorruptFileError, atomic_write, read_json, set_aside
+from uqkit.bench.distributed import is_main_process, on_main, world_size
 from uqkit.bench.evaluate import evaluate_method
 from uqkit.bench.executors import Cell, LocalExecutor, RayExecutor
 from uqkit.bench.likelihoods import likelihood_of
@@ -157,10 +162,14 @@ def environment(device: str) -> dict[str, Any]:
     }
     if device.startswith("cuda") and torch.cuda.is_available():
         env["gpu"] = torch.cuda.get_device_name(torch.device(device))
+    if world_size() > 1:
+        env["processes"] = world_size()  # data-parallel training under torchrun
     return env
 
 
 def _atomic_write_json(obj: Any, path: Path) -> None:
+    if not is_main_process():  # under torchrun only rank 0 writes
+        return
     text = json.dumps(obj, indent=1, allow_nan=False, default=_json_default)
     atomic_write(path, lambda handle: handle.write(text.encode("utf-8")))
 
@@ -309,8 +318,15 @@ def _read_or_set_aside(
     says what is done instead).
 
     ``read`` is :func:`load_checkpoint` for checkpoints and model files, :func:`read_json` for a finished
-    method's result block. Shared by the classification suite and the regression benchmark.
+    method's result block. Shared by the classification suite and the regression benchmark. Under torchrun
+    rank 0 reads (and sets aside) and every rank gets its result.
     """
+    return on_main(_read_here_or_set_aside, path, read, redo, log)
+
+
+def _read_here_or_set_aside(
+    path: Path, read: Callable[[Path], dict[str, Any]], redo: str, log: Callable[[str], None]
+) -> dict[str, Any] | None:
     if not path.exists():
         return None
     try:
@@ -361,7 +377,7 @@ def _train(
     except CorruptFileError as error:
         if error.path != checkpoint:
             raise
-        _set_aside_corrupt(error, f"training {method_name} from scratch", log)
+        on_main(_set_aside_corrupt, error, f"training {method_name} from scratch", log)
     return train_method(method, method_name, *arguments, checkpoint_path=checkpoint)
 
 
@@ -392,9 +408,10 @@ def _training_base(task: Task, method_name: str, train_config: TrainConfig) -> s
 
 def _run_method(
     config: BenchConfig, task: Task, method_name: str, train_config: TrainConfig, log: Callable[[str], None]
-) -> dict:
+) -> dict | None:
     """Train (or reload), post-hoc fit and evaluate one method under ``config.seed``; returns its result
-    block."""
+    block (``None`` on the ranks other than 0 under torchrun: they train and fit post-hoc, but do not
+    evaluate)."""
     torch.manual_seed(config.seed)
     method = build_method(method_name, _method_context(task, train_config))
     method.use_likelihood(likelihood_of(task.kind))
@@ -428,16 +445,19 @@ def _run_method(
         train = (task.train.inputs.to(config.device), task.train.labels.to(config.device))
         method.fit_post_hoc(task.val.inputs.to(config.device), task.val.labels.to(config.device), train)
         train_time += time.perf_counter() - started
-        atomic_torch_save(
-            {
-                "method": method.state_dict(),
-                "history": history,
-                "train_time_s": train_time,
-                "shared": shared,
-                "selected_epochs": selected,
-            },
-            model_path,
-        )
+        if is_main_process():  # under torchrun only rank 0 writes
+            atomic_torch_save(
+                {
+                    "method": method.state_dict(),
+                    "history": history,
+                    "train_time_s": train_time,
+                    "shared": shared,
+                    "selected_epochs": selected,
+                },
+                model_path,
+            )
+    if not is_main_process():  # under torchrun rank 0 evaluates; the others go on to the next method
+        return None
     method.to(config.device)
     block = evaluate_method(
         method, task, device=config.device, seed=config.seed, progress=config.progress, name=method_name
@@ -670,7 +690,7 @@ def run_bench(
             raise ValueError(REGRESSION_SEEDS_ERROR)
     executor = executor if executor is not None else LocalExecutor()
     config.out.mkdir(parents=True, exist_ok=True)
-    _prepare_run_dir(config.out, config.identity(), config.resume, config.command)
+    on_main(_prepare_run_dir, config.out, config.identity(), config.resume, config.command)
     results: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -739,6 +759,8 @@ def run_bench(
         _run_cells(cells, executor, log, started, blocks)
     finally:
         _built_tasks.clear()
+    if not is_main_process():  # under torchrun: rank 0 evaluated the cells and writes the results
+        return results
     for task_name, header in results["tasks"].items():
         names = header["methods"]
         task_blocks = {(name, seed): blocks[(task_name, name, seed)] for name in names for seed in seeds}

@@ -31,6 +31,12 @@ weights (on CPU).
 
 Checkpoints are written atomically (temporary file, then ``os.replace``) and read with
 ``torch.load(weights_only=True)``: they hold only tensors, numbers, strings, lists and dicts.
+
+Data-parallel training: under a process group of more than one rank (``torchrun``, see
+:mod:`uqkit.bench.distributed`), each rank trains on its slice of every global batch of
+``config.batch_size`` examples, DistributedDataParallel averages the gradients, and the result equals one
+process with the same global batch up to reduction order; only rank 0 writes the epoch checkpoint, and every
+rank resumes from it.
 """
 
 from __future__ import annotations
@@ -45,6 +51,14 @@ from typing import Any
 import torch
 
 from uqkit.bench._atomic import atomic_write, read_torch
+from uqkit.bench.distributed import (
+    DataParallel,
+    barrier,
+    check_in_sync,
+    is_main_process,
+    on_main,
+    world_size,
+)
 from uqkit.bench.evaluate import predict_in_batches
 from uqkit.bench.progress import progress_bar, report_epoch
 from uqkit.bench.registry import Method
@@ -122,6 +136,11 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     return read_torch(path)
 
 
+def _load_if_exists(path: str | os.PathLike | None) -> dict[str, Any] | None:
+    """:func:`load_checkpoint` of ``path``, or ``None`` when there is no such file (or no path)."""
+    return None if path is None or not Path(path).exists() else load_checkpoint(path)
+
+
 def _evaluate_validation(
     method: Method, inputs: torch.Tensor, labels: torch.Tensor, batch_size: int, device: str
 ) -> tuple[dict[str, float], list[float]]:
@@ -156,9 +175,14 @@ def train_method(
     every parameter group at every step by ``config.schedule``. With ``checkpoint_path``, an epoch checkpoint
     is written after every epoch, and training resumes from it when it exists.
 
+    Under a process group of more than one rank it trains data-parallel (module docstring); every rank calls
+    it with the same arguments.
+
     Raises:
         NonFiniteLossError: naming the method, epoch and step, when a loss is NaN or infinite.
-        ValueError: for an unknown ``config.schedule``, or a checkpoint written with another schedule.
+        ValueError: for an unknown ``config.schedule``, a checkpoint written with another schedule or by
+            another number of processes, or (data-parallel) an epoch whose last batch has fewer examples
+            than processes.
     """
     learning_rate_factor(config.schedule, 0, 1)  # validates the name before any work
     device = torch.device(config.device)
@@ -175,8 +199,28 @@ def train_method(
     history: list[dict[str, float]] = []
     start_epoch, elapsed = 0, 0.0
     best: dict[str, list] = {"nll": [], "epoch": [], "states": []}  # per part, filled after epoch 1
-    if checkpoint_path is not None and Path(checkpoint_path).exists():
-        state = load_checkpoint(checkpoint_path)
+    num_examples = len(train_labels)
+    steps_per_epoch = math.ceil(num_examples / config.batch_size)
+    parallel = None
+    if world_size() > 1:
+        last_batch = num_examples - (steps_per_epoch - 1) * config.batch_size
+        if last_batch < world_size():
+            raise ValueError(
+                f"--batch-size {config.batch_size}: the last batch of an epoch holds {last_batch} of the "
+                f"{num_examples} training examples, fewer than the {world_size()} processes it is split "
+                "across; choose another batch size"
+            )
+        parallel = DataParallel(method, device, config.seed)
+    state = on_main(_load_if_exists, checkpoint_path)  # rank 0 reads, every rank gets the same state
+    if state is not None:
+        saved_world_size = int(state.get("world_size", 1))
+        if parallel is not None:
+            parallel.load_checkpoint_state(state, checkpoint_path)
+        elif saved_world_size != 1:
+            raise ValueError(
+                f"checkpoint {checkpoint_path}: written by {saved_world_size} processes; resume it under "
+                f"torchrun --nproc-per-node {saved_world_size}, or start a new run (--out)"
+            )
         method.load_state_dict(state["method"])
         optimizer.load_state_dict(state["optimizer"])
         saved_schedule = state.get("schedule", "constant")
@@ -198,30 +242,30 @@ def train_method(
         history, start_epoch, elapsed = state["history"], int(state["epoch"]), float(state["elapsed_s"])
         best = state.get("best", best)
 
-    num_examples = len(train_labels)
-    steps_per_epoch = math.ceil(num_examples / config.batch_size)
+    progress = config.progress and is_main_process()
     total_steps = config.epochs * steps_per_epoch
     method.train()
     for epoch in range(start_epoch, config.epochs):
         started = time.perf_counter()
         method.on_epoch_start(epoch, config.epochs)
         orders = torch.stack([torch.randperm(num_examples, generator=shuffle) for shuffle in shuffles])
-        loss_sum = 0.0
+        loss_sum, seen = 0.0, 0
         bar = progress_bar(
-            total=steps_per_epoch,
-            desc=f"{name} epoch {epoch + 1}/{config.epochs}",
-            enabled=config.progress,
+            total=steps_per_epoch, desc=f"{name} epoch {epoch + 1}/{config.epochs}", enabled=progress
         )
         with bar:
             for step in range(steps_per_epoch):
                 index = orders[:, step * config.batch_size : (step + 1) * config.batch_size]
                 if num_orders == 1:
                     index = index[0]
+                weight = None
+                if parallel is not None:
+                    index, weight = parallel.shard(index)  # this rank's examples, the factor on its loss
                 global_step = epoch * steps_per_epoch + step
                 method.on_step_start(global_step, total_steps, optimizer)
                 x = train_inputs[index].to(device, non_blocking=True)
                 y = train_labels[index].to(device, non_blocking=True)
-                loss = method.training_loss(x, y)
+                loss = method.training_loss(x, y) if parallel is None else parallel.loss(x, y)
                 if not torch.isfinite(loss):
                     value = float(loss.detach())
                     raise NonFiniteLossError(
@@ -233,12 +277,15 @@ def train_method(
                     for group, base in zip(optimizer.param_groups, base_learning_rates, strict=True):
                         group["lr"] = base * factor
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                (loss if weight is None else loss * weight).backward()
                 optimizer.step()
                 method.on_step_end(global_step, total_steps)
                 loss_sum += float(loss.detach()) * index.shape[-1]
+                seen += index.shape[-1]
                 bar.update(1)
-                bar.set_postfix(loss=f"{loss_sum / min(num_examples, (step + 1) * config.batch_size):.4f}")
+                bar.set_postfix(loss=f"{loss_sum / seen:.4f}")
+        if parallel is not None:
+            loss_sum = parallel.end_epoch(loss_sum, epoch + 1)  # combined statistics, ranks checked equal
         validation, part_nlls = _evaluate_validation(
             method, val_inputs, val_labels.cpu(), max(config.batch_size, 512), config.device
         )
@@ -254,26 +301,30 @@ def train_method(
                 "time_s": epoch_time,
             }
         )
-        report_epoch(name, history[-1], config.epochs, enabled=config.progress)
+        report_epoch(name, history[-1], config.epochs, enabled=progress)
         if checkpoint_path is not None:
-            atomic_torch_save(
-                {
-                    "epoch": epoch + 1,
-                    "method": method.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "shuffle_rng": [shuffle.get_state() for shuffle in shuffles],
-                    "schedule": config.schedule,
-                    "torch_rng": torch.get_rng_state(),
-                    "history": history,
-                    "elapsed_s": elapsed,
-                    "best": best,
-                },
-                checkpoint_path,
-            )
+            checkpoint = {
+                "epoch": epoch + 1,
+                "method": method.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "shuffle_rng": [shuffle.get_state() for shuffle in shuffles],
+                "schedule": config.schedule,
+                "torch_rng": torch.get_rng_state(),
+                "history": history,
+                "elapsed_s": elapsed,
+                "best": best,
+            }
+            if parallel is not None:
+                checkpoint.update(parallel.checkpoint_state())  # every rank's own stream (a collective)
+            if is_main_process():
+                atomic_torch_save(checkpoint, checkpoint_path)
+            barrier()  # no rank goes on (or reads the checkpoint) before it is written
     if best["states"]:
         method.load_part_states(best["states"])
     selected = list(best["epoch"]) if method.select_best_epoch else [config.epochs]
     method.on_train_end()
+    if parallel is not None:
+        check_in_sync(method, "at the end of training")
     method.eval()
     return TrainResult(history=history, train_time_s=elapsed, selected_epochs=selected)
 

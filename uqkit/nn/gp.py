@@ -54,7 +54,7 @@ term is an exponentially discounted sum ``m * old + batch``, i.e. the precision 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import torch
@@ -284,6 +284,22 @@ class RandomFeatureGP(nn.Module):
     def reset_precision(self) -> None:
         """Reset the precision to the prior, ``ridge_penalty * I`` (call at the start of an epoch)."""
         self.precision.copy_(self._prior_precision(self.precision.dtype, self.precision.device))
+        self._invalidate()
+
+    @torch.no_grad()
+    def combine_precision(self, sum_over_copies: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        """Make the precision that of the union of the batches that several copies of this layer accumulated
+        (data-parallel training: each process adds its own examples):
+        ``P = ridge * I + sum_r (P_r - ridge * I)``.
+
+        Every copy must have started from the prior (:meth:`reset_precision`) since the last combination;
+        with a ``momentum``, the discounted sums then add the same way, as the discount acts per step.
+
+        Args:
+            sum_over_copies: ``tensor -> element-wise sum of tensor over the copies`` (e.g. an all-reduce).
+        """
+        prior = self._prior_precision(self.precision.dtype, self.precision.device)
+        self.precision.copy_(sum_over_copies(self.precision - prior).add_(prior))
         self._invalidate()
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
