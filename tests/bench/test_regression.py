@@ -19,6 +19,7 @@ from uqkit.bench.regression import (
     StackedAdam,
     _phase_data,
     _train_stack,
+    default_regression_methods,
     evaluate_regression_method,
     run_regression_bench,
 )
@@ -241,7 +242,7 @@ def test_run_writes_valid_results_and_report(tmp_path, small_methods):
     validate_results(json.loads((tmp_path / "run" / "results.json").read_text()))
     task = results["tasks"]["uci-toy"]
     assert task["kind"] == "regression" and task["num_splits"] == 20 and task["num_train"] == 36
-    assert list(task["methods"]) == list(REGRESSION_METHODS)
+    assert list(task["methods"]) == default_regression_methods()
     ensemble = task["methods"]["deep-ensemble"]
     assert ensemble["num_models"] == 5 and len(ensemble["per_split"]["nll"]) == 20
     values = ensemble["per_split"]["nll"]

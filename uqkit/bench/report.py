@@ -276,7 +276,18 @@ _REGRESSION_METHOD_KEYS: dict[str, Any] = {
         "learning_rate": ListOf(Number(0.0, None)),
         "dropout": Nullable(ListOf(FRACTION)),
         "epochs": ListOf(int),
+        "prior_precision": NotRequired(ListOf(Number(0.0, None))),
+        "temperature": NotRequired(ListOf(Number(0.0, None))),
+        "members": NotRequired(ListOf(ListOf({}))),
     },
+    "training": NotRequired(
+        {
+            "optimizer": str,
+            "selection_network_epochs": int,
+            "retraining_network_epochs": NON_NEGATIVE,
+        }
+    ),
+    "details": NotRequired({}),
     "selection": {
         "grid": ListOf(MapOf(Number())),
         "select_epochs": bool,
