@@ -1243,3 +1243,6 @@ def _run_tasks(
     results["total_time_s"] = time.perf_counter() - total_started
     results["environment"]["threads"] = torch.get_num_threads()
 
+
+# The opt-in methods with their own procedures register themselves (they build on this module).
+from uqkit.bench import regression_sgmcmc as _regression_sgmcmc  # noqa: E402, F401
