@@ -373,7 +373,7 @@ def test_list_shows_regression_tasks_and_methods(capsys):
         assert name in out
 
 
-OPT_IN = ("sgld", "csgmcmc")
+OPT_IN = ("sgld", "csgmcmc", "hyper-deep-ensemble")
 
 
 def test_opt_in_methods_are_listed_and_run_only_when_named(tmp_path, small_methods, capsys):
@@ -393,8 +393,9 @@ def test_opt_in_methods_are_listed_and_run_only_when_named(tmp_path, small_metho
     assert list(methods) == list(OPT_IN)
     assert methods["csgmcmc"]["training"]["optimizer"] == "SGHMC"
     assert methods["sgld"]["details"]["schedule"] == "polynomial"
+    assert methods["hyper-deep-ensemble"]["details"]["networks_trained_per_split"] == 15
     text = write_report(results, tmp_path / "run")["markdown"].read_text()
-    assert "; lambda " in text and "; T " in text  # the samplers' choices
+    assert "hyper-deep-ensemble" in text and "; lambda " in text and "; T " in text  # the samplers' choices
 
 
 def test_energy_and_wine_from_shared_data_load_in_the_literature_shapes():

@@ -1245,4 +1245,5 @@ def _run_tasks(
 
 
 # The opt-in methods with their own procedures register themselves (they build on this module).
+from uqkit.bench import regression_hyper as _regression_hyper  # noqa: E402, F401
 from uqkit.bench import regression_sgmcmc as _regression_sgmcmc  # noqa: E402, F401
