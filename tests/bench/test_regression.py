@@ -373,12 +373,14 @@ def test_list_shows_regression_tasks_and_methods(capsys):
         assert name in out
 
 
-OPT_IN = ("sgld", "csgmcmc", "hyper-deep-ensemble")
+OPT_IN = ("sgld", "csgmcmc", "csgmcmc-distilled", "hyper-deep-ensemble")
 
 
-def test_opt_in_methods_are_listed_and_run_only_when_named(tmp_path, small_methods, capsys):
+def test_opt_in_methods_are_listed_and_run_only_when_named(tmp_path, small_methods, capsys, monkeypatch):
     """The regression twins of the opt-in classification methods are registered for every UCI task but
     left out of a run without --methods; named, they run and write valid results and a report."""
+    distilled = dataclasses.replace(REGRESSION_METHODS["csgmcmc-distilled"], student_epochs=3)
+    monkeypatch.setitem(REGRESSION_METHODS, "csgmcmc-distilled", distilled)
     assert set(OPT_IN) <= set(REGRESSION_METHODS) and not set(OPT_IN) & set(default_regression_methods())
     assert methods_for_task("uci-boston") == default_regression_methods()
     assert methods_for_task("uci", opt_in=True) == list(REGRESSION_METHODS)
@@ -394,6 +396,7 @@ def test_opt_in_methods_are_listed_and_run_only_when_named(tmp_path, small_metho
     assert methods["csgmcmc"]["training"]["optimizer"] == "SGHMC"
     assert methods["sgld"]["details"]["schedule"] == "polynomial"
     assert methods["hyper-deep-ensemble"]["details"]["networks_trained_per_split"] == 15
+    assert methods["csgmcmc-distilled"]["num_models"] == 1  # one student per split
     text = write_report(results, tmp_path / "run")["markdown"].read_text()
     assert "hyper-deep-ensemble" in text and "; lambda " in text and "; T " in text  # the samplers' choices
 

@@ -540,6 +540,7 @@ def _train_stack(
     prior_scale: torch.Tensor | None = None,
     l2: torch.Tensor | None = None,
     sampler: StackSampler | None = None,
+    teacher_variance: torch.Tensor | None = None,
 ) -> StackedGaussianMLP:
     """Train ``K`` models, model ``k`` on split ``split_of_model[k]`` of ``phase``, as one stack.
 
@@ -561,6 +562,10 @@ def _train_stack(
         sampler: an SG-MCMC sampler of the stack (:class:`StackSampler`) in place of
             :class:`StackedAdam`: its optimizer updates the parameters (``learning_rates`` unused), its
             ``before_step`` sets the step's step size and noise, its ``after_step`` keeps samples.
+        teacher_variance: ``[P, N, 1]`` a teacher's predictive variance at each training row, whose mean is
+            ``phase.train_y``: the loss is then the predictive distillation loss ``KL(N(m_T, v_T) ||
+            N(mu, sigma^2))`` up to the teacher's entropy, ``NLL(m_T; mu, sigma^2) + v_T / (2 sigma^2)``
+            (:func:`uqkit.methods.distillation.distillation_loss`).
     """
     models = split_of_model.numel()
     if method.ncp and (input_noise is None or prior_scale is None):
@@ -595,6 +600,9 @@ def _train_stack(
             else:
                 mean, variance = model(inputs)
                 per_model = gaussian_nll_loss(mean, variance, targets, beta=method.beta).mean(dim=(1, 2))
+                if teacher_variance is not None:
+                    spread = teacher_variance[rows, index].to(variance.dtype) / (2 * variance)
+                    per_model = per_model + spread.mean(dim=(1, 2))
             if epsilon is not None:
                 (grad,) = torch.autograd.grad(per_model.sum(), inputs, retain_graph=True)
                 adversarial = (inputs + epsilon * grad.sign()).detach()
@@ -1245,5 +1253,6 @@ def _run_tasks(
 
 
 # The opt-in methods with their own procedures register themselves (they build on this module).
+from uqkit.bench import regression_distilled as _regression_distilled  # noqa: E402, F401
 from uqkit.bench import regression_hyper as _regression_hyper  # noqa: E402, F401
 from uqkit.bench import regression_sgmcmc as _regression_sgmcmc  # noqa: E402, F401

@@ -64,7 +64,13 @@ from uqkit.data.uci import RegressionTable
 from uqkit.nn.stacked import StackedGaussianMLP
 from uqkit.sgmcmc import SGHMC, SGLD, CycleEnds, CyclicalSchedule, EveryKSteps, polynomial_step_size
 
-__all__ = ["CyclicalSGMCMCRegression", "SGLDRegression", "SGMCMCRegressionMethod"]
+__all__ = [
+    "CHAIN_EPOCHS",
+    "CyclicalSGMCMCRegression",
+    "SGLDRegression",
+    "SGMCMCRegressionMethod",
+    "csgmcmc_recipe",
+]
 
 
 @dataclass(frozen=True)
@@ -396,6 +402,17 @@ CHAIN_EPOCHS = SGMCMC_BUDGET * 400
 """A chain's epochs: 4 times the 400 epochs every regression method trains each configuration for while
 choosing on validation (the protocol's cap), one cosine cycle of ``csgmcmc`` per deterministic run."""
 
+
+def csgmcmc_recipe() -> dict[str, Any]:
+    """``csgmcmc``'s grids and chain length (shared with ``csgmcmc-distilled``, which distils its samples)."""
+    return {
+        "learning_rates": (0.01, 0.03),
+        "prior_precisions": (10.0, 30.0),
+        "temperatures": (1.0, 0.3),
+        "epochs": CHAIN_EPOCHS,
+    }
+
+
 register_regression_method(
     CyclicalSGMCMCRegression(
         "csgmcmc",
@@ -403,10 +420,7 @@ register_regression_method(
         "epoch chain (4 deterministic runs), 3 samples per cycle (12); heteroscedastic Gaussian likelihood, "
         "prior N(0, 1/lambda); step size in {0.01, 0.03}, lambda in {10, 30}, temperature in {1, 0.3} "
         "chosen on validation",
-        learning_rates=(0.01, 0.03),
-        prior_precisions=(10.0, 30.0),
-        temperatures=(1.0, 0.3),
-        epochs=CHAIN_EPOCHS,
+        **csgmcmc_recipe(),
     ),
     default=False,
 )

@@ -279,6 +279,8 @@ _REGRESSION_METHOD_KEYS: dict[str, Any] = {
         "prior_precision": NotRequired(ListOf(Number(0.0, None))),
         "temperature": NotRequired(ListOf(Number(0.0, None))),
         "members": NotRequired(ListOf(ListOf({}))),
+        "student_learning_rate": NotRequired(ListOf(Number(0.0, None))),
+        "student_epochs": NotRequired(ListOf(int)),
     },
     "training": NotRequired(
         {
