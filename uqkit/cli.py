@@ -229,14 +229,15 @@ def _cmd_list() -> int:
     print("methods per task:")
     for name in TASKS:
         print(f"  {name:<24} {', '.join(methods_for_task(name, opt_in=True))}")
-    from uqkit.bench.regression import REGRESSION_METHODS, REGRESSION_TASKS
+    from uqkit.bench.regression import REGRESSION_METHODS, REGRESSION_TASKS, is_opt_in_regression_method
 
     print("regression tasks (20 standard splits each):")
     for name, info in REGRESSION_TASKS.items():
         print(f"  {name:<24} {info.description}")
     print("regression methods (every regression task):")
     for name, method in REGRESSION_METHODS.items():
-        print(f"  {name:<24} {method.description}")
+        opt_in = " [opt-in: name it in --methods]" if is_opt_in_regression_method(name) else ""
+        print(f"  {name:<24} {method.description}{opt_in}")
     return 0
 
 

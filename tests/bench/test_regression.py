@@ -13,12 +13,14 @@ import pytest
 import torch
 
 from uqkit.bench import regression
+from uqkit.bench.registry import methods_for_task
 from uqkit.bench.regression import (
     PUBLISHED,
     REGRESSION_METHODS,
     StackedAdam,
     _phase_data,
     _train_stack,
+    default_regression_methods,
     evaluate_regression_method,
     run_regression_bench,
 )
@@ -241,7 +243,7 @@ def test_run_writes_valid_results_and_report(tmp_path, small_methods):
     validate_results(json.loads((tmp_path / "run" / "results.json").read_text()))
     task = results["tasks"]["uci-toy"]
     assert task["kind"] == "regression" and task["num_splits"] == 20 and task["num_train"] == 36
-    assert list(task["methods"]) == list(REGRESSION_METHODS)
+    assert list(task["methods"]) == default_regression_methods()
     ensemble = task["methods"]["deep-ensemble"]
     assert ensemble["num_models"] == 5 and len(ensemble["per_split"]["nll"]) == 20
     values = ensemble["per_split"]["nll"]
@@ -369,6 +371,34 @@ def test_list_shows_regression_tasks_and_methods(capsys):
     out = capsys.readouterr().out
     for name in ("uci-boston", "uci-concrete", "uci ", "flipout-bnn"):
         assert name in out
+
+
+OPT_IN = ("sgld", "csgmcmc", "csgmcmc-distilled", "hyper-deep-ensemble")
+
+
+def test_opt_in_methods_are_listed_and_run_only_when_named(tmp_path, small_methods, capsys, monkeypatch):
+    """The regression twins of the opt-in classification methods are registered for every UCI task but
+    left out of a run without --methods; named, they run and write valid results and a report."""
+    distilled = dataclasses.replace(REGRESSION_METHODS["csgmcmc-distilled"], student_epochs=3)
+    monkeypatch.setitem(REGRESSION_METHODS, "csgmcmc-distilled", distilled)
+    assert set(OPT_IN) <= set(REGRESSION_METHODS) and not set(OPT_IN) & set(default_regression_methods())
+    assert methods_for_task("uci-boston") == default_regression_methods()
+    assert methods_for_task("uci", opt_in=True) == list(REGRESSION_METHODS)
+    assert main(["list"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    for name in OPT_IN:
+        assert any(line.split()[:1] == [name] and "[opt-in" in line for line in lines[-12:])
+    data = _write_directory(tmp_path / "toy")
+    results = run_regression_bench(tmp_path / "run", ["uci"], list(OPT_IN), data_dir=data, log=lambda _: None)
+    validate_results(json.loads((tmp_path / "run" / "results.json").read_text()))
+    methods = results["tasks"]["uci-toy"]["methods"]
+    assert list(methods) == list(OPT_IN)
+    assert methods["csgmcmc"]["training"]["optimizer"] == "SGHMC"
+    assert methods["sgld"]["details"]["schedule"] == "polynomial"
+    assert methods["hyper-deep-ensemble"]["details"]["networks_trained_per_split"] == 15
+    assert methods["csgmcmc-distilled"]["num_models"] == 1  # one student per split
+    text = write_report(results, tmp_path / "run")["markdown"].read_text()
+    assert "hyper-deep-ensemble" in text and "; lambda " in text and "; T " in text  # the samplers' choices
 
 
 def test_energy_and_wine_from_shared_data_load_in_the_literature_shapes():

@@ -19,6 +19,7 @@ from uqkit.methods.hyper_ensemble import (
     Hyperparameters,
     HyperparameterSpace,
     greedy_ensemble_selection,
+    greedy_mixture_selection,
     hyper_deep_ensemble,
     member_log_probs,
     stratified_retraining,
@@ -88,6 +89,31 @@ def test_greedy_selection_equals_the_brute_force_reference(seed):
     # greedy is never better than the best multiset of its length (it may be worse)
     table = _multiset_nlls(log_probs.numpy(), labels, len(expected))
     assert selection.score >= min(v for k, v in table.items() if len(k) == len(expected)) - 1e-12
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_greedy_selection_on_gaussian_log_densities_equals_the_brute_force_reference(seed):
+    """Regression candidates: the same rule on each network's Gaussian log-density of each target (densities
+    above 1 included: the mixture NLL may be negative); the brute force reads them as one-class
+    log-probabilities."""
+    rng = np.random.default_rng(seed)
+    candidates, examples, size = 5, 30, 3
+    y = rng.normal(size=examples)
+    mean = y * rng.uniform(0.0, 1.0, size=(candidates, 1)) + 0.3 * rng.normal(size=(candidates, examples))
+    scale = rng.uniform(0.1, 2.0, size=(candidates, 1))
+    mean[0], scale[0] = y + 0.1 * rng.normal(size=examples), 0.1  # a sharp candidate: densities above 1
+    log_density = -0.5 * np.log(2 * np.pi * scale**2) - (y - mean) ** 2 / (2 * scale**2)
+    assert log_density.max() > 0  # some densities exceed 1
+    expected, expected_scores, stopped = _greedy_by_brute_force(
+        log_density[:, :, None], np.zeros(examples, dtype=np.int64), size, cap=4 * size
+    )
+    selection = greedy_mixture_selection(torch.from_numpy(log_density), size)
+    assert list(selection.indices) == expected and selection.stopped_early == stopped
+    np.testing.assert_allclose(selection.scores, expected_scores, rtol=1e-12)
+    with pytest.raises(ValueError, match="log_likelihoods"):
+        greedy_mixture_selection(torch.tensor([[0.0, math.inf]]), 1)
+    with pytest.raises(ValueError, match=r"log_likelihoods: expected .*\[candidates, examples\]"):
+        greedy_mixture_selection(torch.zeros(2, 3, 1), 1)
 
 
 def test_greedy_selection_stops_after_max_selections():

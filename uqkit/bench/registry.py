@@ -261,12 +261,13 @@ def methods_for_task(task: str, opt_in: bool = False) -> list[str]:
     (``register_method(..., default=False)``).
 
     For a regression task (``uci-boston``, ``uci-concrete``, ``uci``) these are the regression methods of
-    :data:`uqkit.bench.regression.REGRESSION_METHODS`, which share names with their classification twins.
+    :data:`uqkit.bench.regression.REGRESSION_METHODS`, which share names with their classification twins
+    (the opt-in ones, ``register_regression_method(..., default=False)``, only with ``opt_in=True``).
     """
-    from uqkit.bench.regression import REGRESSION_METHODS, REGRESSION_TASKS
+    from uqkit.bench.regression import REGRESSION_METHODS, REGRESSION_TASKS, default_regression_methods
 
     if task in REGRESSION_TASKS:
-        return list(REGRESSION_METHODS)
+        return list(REGRESSION_METHODS) if opt_in else default_regression_methods()
     return [
         name
         for name, entry in METHODS.items()

@@ -34,12 +34,13 @@ import itertools
 import math
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
+from torch import nn
 
 from uqkit._validation import check_choice, check_positive_int
 from uqkit.bench.evaluate_conformal import conformal_intervals, summarize_intervals
@@ -234,18 +235,57 @@ class RegressionMethod:
     def stochastic(self) -> bool:
         return self.flipout or self.dropout_rates is not None
 
+    @property
+    def uses_dropout(self) -> bool:
+        """Whether the stack gets a dropout layer with a rate per model (MC dropout here; a subclass may
+        train with dropout that it switches off at test, as the hyper-deep ensemble)."""
+        return self.dropout_rates is not None
+
+    def fit(
+        self, table: RegressionTable, seed: int, log: Callable[[str], None] | None = None
+    ) -> RegressionFit:
+        """Choose the hyper-parameters of every split on its validation part and retrain on its training
+        split (the protocol; :func:`_fit_by_selection`). Methods with their own procedure (the SG-MCMC
+        samplers, the hyper-deep ensemble) override this; :func:`evaluate_regression_method` tests the
+        result the same way for every method."""
+        return _fit_by_selection(self, table, seed, log)
+
 
 REGRESSION_METHODS: dict[str, RegressionMethod] = {}
+_OPT_IN: set[str] = set()
 
 
-def register_regression_method(method: RegressionMethod) -> RegressionMethod:
-    """Add ``method`` to :data:`REGRESSION_METHODS` under its name (names must be new)."""
+def register_regression_method(method: RegressionMethod, default: bool = True) -> RegressionMethod:
+    """Add ``method`` to :data:`REGRESSION_METHODS` under its name (names must be new).
+
+    Args:
+        method: the method.
+        default: whether a run without ``--methods`` trains it (:func:`default_regression_methods`);
+            ``False`` makes it opt-in, run only when named, as ``register_method(..., default=False)`` does
+            for the classification methods (the SG-MCMC and hyper-deep-ensemble twins).
+    """
     if not isinstance(method, RegressionMethod):
         raise TypeError(f"method: expected a RegressionMethod, got {type(method).__name__}")
+    if not isinstance(default, bool):
+        raise TypeError(f"default: expected a bool, got {type(default).__name__}")
     if method.name in REGRESSION_METHODS:
         raise ValueError(f"regression method {method.name!r} is already registered")
     REGRESSION_METHODS[method.name] = method
+    if not default:
+        _OPT_IN.add(method.name)
     return method
+
+
+def default_regression_methods() -> list[str]:
+    """The regression methods a run without ``--methods`` trains, in registration order (the opt-in ones,
+    registered with ``default=False``, run only when named)."""
+    return [name for name in REGRESSION_METHODS if name not in _OPT_IN]
+
+
+def is_opt_in_regression_method(name: str) -> bool:
+    """Whether the regression method ``name`` runs only when named (``register_regression_method(...,
+    default=False)``)."""
+    return name in _OPT_IN
 
 
 register_regression_method(
@@ -429,7 +469,7 @@ def _build_stack(
         dropout.numel(),
         in_features,
         HIDDEN_UNITS,
-        dropout=dropout if method.dropout_rates is not None else None,
+        dropout=dropout if method.uses_dropout else None,
         flipout=method.flipout,
         prior=NormalPrior(scale=method.prior_scale),
         posterior_scale_init=method.posterior_scale_init,
@@ -468,6 +508,23 @@ def _group_nll(mean: torch.Tensor, variance: torch.Tensor, targets: torch.Tensor
     return nll.mean(dim=(1, 2))
 
 
+class StackSampler(Protocol):
+    """An SG-MCMC run of a stack, for :func:`_train_stack` (the regression forms of ``sgld`` and
+    ``csgmcmc``, :mod:`uqkit.bench.regression_sgmcmc`): the optimizer, the per-step schedule, the samples."""
+
+    def optimizer(self, params: Iterable[torch.Tensor], num_data: int) -> torch.optim.Optimizer:
+        """The sampler over ``params`` for a training set of ``num_data`` rows per model."""
+        ...
+
+    def before_step(self, step: int, optimizer: torch.optim.Optimizer) -> None:
+        """Set the 0-based ``step``'s step size (and noise switch) before the optimizer's step."""
+        ...
+
+    def after_step(self, step: int, model: nn.Module) -> None:
+        """Keep the stack's state after ``step`` if the thinning rule picks it."""
+        ...
+
+
 def _train_stack(
     method: RegressionMethod,
     phase: _Phase,
@@ -481,6 +538,9 @@ def _train_stack(
     raise_on_nonfinite: bool = True,
     input_noise: torch.Tensor | None = None,
     prior_scale: torch.Tensor | None = None,
+    l2: torch.Tensor | None = None,
+    sampler: StackSampler | None = None,
+    teacher_variance: torch.Tensor | None = None,
 ) -> StackedGaussianMLP:
     """Train ``K`` models, model ``k`` on split ``split_of_model[k]`` of ``phase``, as one stack.
 
@@ -497,6 +557,15 @@ def _train_stack(
         raise_on_nonfinite: raise :class:`~uqkit.bench.trainer.NonFiniteLossError` when a model's loss is
             not finite; off while scoring a grid, where a diverged configuration simply scores ``inf``.
         input_noise, prior_scale: ``[K]`` NCP scales ``sigma_x`` and ``sigma_y`` (``ncp`` methods only).
+        l2: ``[K]`` coefficients ``lambda_k`` of an L2 term ``lambda_k ||W_k||^2`` on each model's weight
+            matrices (biases excluded) added to its mean loss (the hyper-deep ensemble's).
+        sampler: an SG-MCMC sampler of the stack (:class:`StackSampler`) in place of
+            :class:`StackedAdam`: its optimizer updates the parameters (``learning_rates`` unused), its
+            ``before_step`` sets the step's step size and noise, its ``after_step`` keeps samples.
+        teacher_variance: ``[P, N, 1]`` a teacher's predictive variance at each training row, whose mean is
+            ``phase.train_y``: the loss is then the predictive distillation loss ``KL(N(m_T, v_T) ||
+            N(mu, sigma^2))`` up to the teacher's entropy, ``NLL(m_T; mu, sigma^2) + v_T / (2 sigma^2)``
+            (:func:`uqkit.methods.distillation.distillation_loss`).
     """
     models = split_of_model.numel()
     if method.ncp and (input_noise is None or prior_scale is None):
@@ -504,13 +573,17 @@ def _train_stack(
     num_train, in_features = phase.train_x.shape[1], phase.train_x.shape[2]
     torch.manual_seed(seed)
     model = _build_stack(method, dropout, in_features)
-    optimizer = StackedAdam(model.parameters(), learning_rates)
+    if sampler is None:
+        optimizer = StackedAdam(model.parameters(), learning_rates)
+    else:
+        optimizer = sampler.optimizer(model.parameters(), num_train)
     generator = torch.Generator().manual_seed(seed + 1)
     weight_decay = method.lengthscale**2 * (1.0 - dropout) / (2.0 * num_train)
     kept = {name: value.detach().clone() for name, value in model.state_dict().items()}
     rows = split_of_model.unsqueeze(1)
     diverged = torch.zeros(models, dtype=torch.bool)
     epsilon = None
+    step = 0
     if method.adversarial > 0:
         ranges = phase.train_x.amax(dim=1) - phase.train_x.amin(dim=1)  # [P, D]
         epsilon = (method.adversarial * ranges)[split_of_model].unsqueeze(1)  # [K, 1, D]
@@ -527,6 +600,9 @@ def _train_stack(
             else:
                 mean, variance = model(inputs)
                 per_model = gaussian_nll_loss(mean, variance, targets, beta=method.beta).mean(dim=(1, 2))
+                if teacher_variance is not None:
+                    spread = teacher_variance[rows, index].to(variance.dtype) / (2 * variance)
+                    per_model = per_model + spread.mean(dim=(1, 2))
             if epsilon is not None:
                 (grad,) = torch.autograd.grad(per_model.sum(), inputs, retain_graph=True)
                 adversarial = (inputs + epsilon * grad.sign()).detach()
@@ -535,6 +611,8 @@ def _train_stack(
                 per_model = per_model + adversarial_loss.mean(dim=(1, 2))
             if method.dropout_rates is not None:
                 per_model = per_model + weight_decay.to(per_model.dtype) * model.weight_norms()
+            if l2 is not None:
+                per_model = per_model + l2.to(per_model.dtype) * model.weight_norms()
             diverged |= ~torch.isfinite(per_model.detach())
             if raise_on_nonfinite and bool(diverged.any()):
                 bad = diverged.nonzero().flatten()
@@ -550,7 +628,12 @@ def _train_stack(
                 loss = loss + kl_divergence(model) / num_train
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if sampler is not None:
+                sampler.before_step(step, optimizer)
             optimizer.step()
+            if sampler is not None:
+                sampler.after_step(step, model)
+            step += 1
         model.eval()
         if on_epoch is not None:
             on_epoch(epoch, model)
@@ -660,6 +743,61 @@ class _SelectionNetworks:
     epochs: list[int]
     phase: _Phase
     pairs: list[tuple[torch.Tensor, torch.Tensor]]
+    rows: list[torch.Tensor] | None = None
+
+
+@dataclass
+class RegressionFit:
+    """What :meth:`RegressionMethod.fit` gives :func:`evaluate_regression_method` to test.
+
+    Attributes:
+        model: a stack of ``splits * members`` models, split-major, trained on the whole training splits
+            (for a sampler: its kept samples; for an ensemble: its members).
+        members: the models of each split in ``model``.
+        configs: the configuration chosen for each split (its keys other than ``learning_rate`` and
+            ``dropout`` become per-split lists of the results block, e.g. ``ncp``'s ``input_noise``).
+        epochs: the epochs trained on each split.
+        validation_nll: per split, the validation NLL of every configuration tried (``[None]``: none).
+        networks: the selection phase's networks for split conformal intervals, or None.
+        selection_time_s: the part of the fit spent choosing on validation.
+        grid: the configurations tried (``selection.grid`` of the block).
+        training: the budget (``training`` of the block, docs/results-schema.md).
+        details: facts particular to the method (``details`` of the block), or None.
+        rows: per split, the rows of ``model`` its predictive mixes, a row repeated to weigh more (a member
+            selected twice); None: each of the split's ``members`` rows once.
+    """
+
+    model: StackedGaussianMLP
+    members: int
+    configs: list[dict[str, Any]]
+    epochs: list[int]
+    validation_nll: list[list[float | None]]
+    networks: _SelectionNetworks | None
+    selection_time_s: float
+    grid: list[dict[str, Any]]
+    training: dict[str, Any]
+    details: dict[str, Any] | None = None
+    rows: list[torch.Tensor] | None = None
+
+
+def _split_rows(split: int, members: int, rows: list[torch.Tensor] | None) -> torch.Tensor:
+    """The rows of split ``split``'s models in a split-major stack of ``members`` models per split."""
+    if rows is not None:
+        return rows[split]
+    return torch.arange(split * members, (split + 1) * members)
+
+
+def _model_splits(num_models: int, splits: int, rows: list[torch.Tensor] | None) -> torch.Tensor:
+    """``[num_models]``: the split of each model of a split-major stack (``rows``: see :class:`RegressionFit`;
+    None: ``num_models / splits`` models per split)."""
+    if rows is None:
+        return torch.arange(splits).repeat_interleave(num_models // splits)
+    owner = torch.full((num_models,), -1, dtype=torch.long)
+    for split, split_rows in enumerate(rows):
+        owner[split_rows] = split
+    if bool((owner < 0).any()):
+        raise ValueError(f"rows: expected every one of the {num_models} models in some split's rows")
+    return owner
 
 
 def _select(
@@ -748,8 +886,9 @@ def _selection_conformal(
     """Conformal intervals of every split, calibrated on its validation rows by the selection network (see
     :class:`_SelectionNetworks`) and scored on its test rows, beside that network's Gaussian intervals;
     summarised over splits (:func:`uqkit.bench.evaluate_conformal.summarize_intervals`)."""
-    phase, members = networks.phase, method.members
+    phase = networks.phase
     splits, num_val = phase.eval_x.shape[0], phase.eval_x.shape[1]
+    members = networks.model.num_models // splits
     test_sets = [
         phase.standardizers[s].inputs(table.inputs[test]) for s, (_, test) in enumerate(table.splits)
     ]
@@ -760,12 +899,14 @@ def _selection_conformal(
         inputs[split, num_val : num_val + len(x)] = x.to(inputs.dtype)
     torch.manual_seed(seed + 13)
     all_mean, all_variance = _sample_predictions(
-        networks.model, inputs.repeat_interleave(members, dim=0), method.num_samples
+        networks.model,
+        inputs[_model_splits(networks.model.num_models, splits, networks.rows)],
+        method.num_samples,
     )  # [splits * members, S, rows, 1]
     per_split = []
     for split, (_, test_index) in enumerate(table.splits):
         standardizer = phase.standardizers[split]
-        block = slice(split * members, (split + 1) * members)
+        block = _split_rows(split, members, networks.rows)
         mean = standardizer.mean_to_original(all_mean[block].double()).flatten(0, 1)
         variance = standardizer.variance_to_original(all_variance[block].double()).flatten(0, 1)
         end = num_val + int(test_index.numel())
@@ -816,32 +957,12 @@ def evaluate_regression_method(
             f"{sorted(train_sizes)}"
         )
     started = time.perf_counter()
-    configs, epochs, validation_nll, networks = _select(method, table, seed)
-    selection_time = time.perf_counter() - started
-    if log is not None:
-        log(f"[uqkit]   {method.name}: hyper-parameters chosen on validation in {selection_time:.1f} s")
-    # Retrain each split's chosen configuration on its whole training split. Test sets may differ in
-    # size by one row for custom splits, so test prediction is per split below.
-    splits, members = len(table.splits), method.members
-    full = _phase_data(table, [(train, train) for train, _ in table.splits])
-    split_of_model = torch.arange(splits).repeat_interleave(members)
-    model_configs = [configs[s] for s in split_of_model.tolist()]
-    lrs = _per_model(model_configs, "learning_rate")
-    dropout = _per_model(model_configs, "dropout")
-    snapshot = torch.tensor([epochs[s] for s in split_of_model.tolist()])
-    model = _train_stack(
-        method,
-        full,
-        split_of_model,
-        lrs,
-        dropout,
-        int(snapshot.max()),
-        seed + 7,
-        snapshot_epochs=snapshot,
-        input_noise=_per_model(model_configs, "input_noise"),
-        prior_scale=_per_model(model_configs, "output_prior_scale"),
-    )
+    fitted = method.fit(table, seed, log)
     train_time = time.perf_counter() - started
+    # Test sets may differ in size by one row for custom splits, so test prediction is per split below.
+    splits, members, model = len(table.splits), fitted.members, fitted.model
+    full = _phase_data(table, [(train, train) for train, _ in table.splits])
+    split_of_model = _model_splits(model.num_models, splits, fitted.rows)
     torch.manual_seed(seed + 11)
     per_split: dict[str, list[float]] = {"nll": [], "rmse": [], "nll_mixture": [], "coverage_95": []}
     coverage = torch.zeros(len(COVERAGE_LEVELS), dtype=torch.float64)
@@ -858,7 +979,7 @@ def evaluate_regression_method(
     for split, (_, test_index) in enumerate(table.splits):
         standardizer = full.standardizers[split]
         targets = table.targets[test_index].reshape(-1, 1)
-        rows, size = slice(split * members, (split + 1) * members), int(test_index.numel())
+        rows, size = _split_rows(split, members, fitted.rows), int(test_index.numel())
         mean = all_mean[rows, :, :size].double()
         variance = all_variance[rows, :, :size].double()
         mean = standardizer.mean_to_original(mean).reshape(-1, *mean.shape[-2:])
@@ -880,40 +1001,90 @@ def evaluate_regression_method(
         num_test += int(test_index.numel())
     inference_time = time.perf_counter() - inference_started
     coverage /= splits
+    networks, configs = fitted.networks, fitted.configs
     conformal = None if networks is None else _selection_conformal(method, table, networks, seed)
     num_parameters = sum(p.numel() for p in model.parameters()) // splits
-    return {
+    chosen = [key for key in configs[0] if key not in ("learning_rate", "dropout")]
+    block = {
         "description": method.description,
         "num_models": members,
         "num_samples": members * method.num_samples,
         "num_parameters": int(num_parameters),
         "train_time_s": train_time,
-        "selection_time_s": selection_time,
+        "selection_time_s": fitted.selection_time_s,
         "inference_ms_per_example": 1000.0 * inference_time / max(1, num_test),
         "metrics": {name: _summary(values) for name, values in per_split.items()},
         "per_split": {
             **per_split,
             "learning_rate": [c["learning_rate"] for c in configs],
             "dropout": [c["dropout"] for c in configs] if method.dropout_rates is not None else None,
-            "epochs": epochs,
-            **(
-                {
-                    "input_noise": [c["input_noise"] for c in configs],
-                    "output_prior_scale": [c["output_prior_scale"] for c in configs],
-                }
-                if method.ncp
-                else {}
-            ),
+            "epochs": fitted.epochs,
+            **{key: [c[key] for c in configs] for key in chosen},
         },
         "selection": {
-            "grid": method.grid(),
+            "grid": fitted.grid,
             "select_epochs": method.select_epochs,
             "max_epochs": method.epochs,
             "validation_fraction": VALIDATION_FRACTION,
-            "validation_nll": validation_nll,
+            "validation_nll": fitted.validation_nll,
         },
+        "training": fitted.training,
         "coverage_curve": {"expected": list(COVERAGE_LEVELS), "observed": coverage.tolist()},
         "conformal": conformal,
+    }
+    if fitted.details is not None:
+        block["details"] = fitted.details
+    return block
+
+
+def _fit_by_selection(
+    method: RegressionMethod, table: RegressionTable, seed: int, log: Callable[[str], None] | None = None
+) -> RegressionFit:
+    """The protocol: :func:`_select` on validation, then each split's chosen configuration retrained on its
+    whole training split for its chosen number of epochs (one stack)."""
+    started = time.perf_counter()
+    configs, epochs, validation_nll, networks = _select(method, table, seed)
+    selection_time = time.perf_counter() - started
+    if log is not None:
+        log(f"[uqkit]   {method.name}: hyper-parameters chosen on validation in {selection_time:.1f} s")
+    splits, members = len(table.splits), method.members
+    full = _phase_data(table, [(train, train) for train, _ in table.splits])
+    split_of_model = torch.arange(splits).repeat_interleave(members)
+    model_configs = [configs[s] for s in split_of_model.tolist()]
+    lrs = _per_model(model_configs, "learning_rate")
+    dropout = _per_model(model_configs, "dropout")
+    snapshot = torch.tensor([epochs[s] for s in split_of_model.tolist()])
+    model = _train_stack(
+        method,
+        full,
+        split_of_model,
+        lrs,
+        dropout,
+        int(snapshot.max()),
+        seed + 7,
+        snapshot_epochs=snapshot,
+        input_noise=_per_model(model_configs, "input_noise"),
+        prior_scale=_per_model(model_configs, "output_prior_scale"),
+    )
+    grid = method.grid()
+    training = training_budget(
+        "Adam",
+        selection=len(grid) * members * method.epochs if networks is not None else 0,
+        retraining=[members * e for e in epochs],
+    )
+    return RegressionFit(
+        model, members, configs, epochs, validation_nll, networks, selection_time, grid, training
+    )
+
+
+def training_budget(optimizer: str, selection: int, retraining: Sequence[int]) -> dict[str, Any]:
+    """The ``training`` entry of a method's block: the optimizer, and the passes of one network over its
+    data summed over the networks trained for one split, in the selection phase (over the 80% fit part)
+    and, averaged over splits, in the retraining (over the whole training split)."""
+    return {
+        "optimizer": optimizer,
+        "selection_network_epochs": int(selection),
+        "retraining_network_epochs": float(sum(retraining)) / max(1, len(retraining)),
     }
 
 
@@ -985,7 +1156,8 @@ def run_regression_bench(
     executor: Any = None,
     split_chunks: int = 1,
 ) -> dict[str, Any]:
-    """Run regression ``methods`` (default: all) on ``tasks``; write ``results.json`` and the report.
+    """Run regression ``methods`` (default: :func:`default_regression_methods`) on ``tasks``; write
+    ``results.json`` and the report.
 
     Each finished method's block is also written (atomically) to ``methods/<task>/<method>.json`` as soon as
     it is done, and the run's identity (tasks, methods, seed, data directory and every method's recipe) to
@@ -997,7 +1169,7 @@ def run_regression_bench(
     Args:
         out: the run directory.
         tasks: names from :data:`REGRESSION_TASKS` (``uci`` reads ``data_dir``).
-        methods: names from :data:`REGRESSION_METHODS`, or None for all.
+        methods: names from :data:`REGRESSION_METHODS`, or None for the default ones (all but the opt-in).
         data_dir: a UCI-format directory for the ``uci`` task.
         seed: the run's seed.
         command: the command line, recorded in the results.
@@ -1018,7 +1190,7 @@ def run_regression_bench(
 
     for task in tasks:
         check_choice(task, "--task", REGRESSION_TASKS)
-    names = list(methods) if methods else list(REGRESSION_METHODS)
+    names = list(methods) if methods else default_regression_methods()
     for name in names:
         check_choice(name, "--methods", REGRESSION_METHODS)
     check_positive_int(seed, "--seed", minimum=0)
@@ -1058,3 +1230,9 @@ def run_regression_bench(
     results["created"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     _atomic_write_json(results, out / "results.json")
     return results
+
+
+# The opt-in methods with their own procedures register themselves (they build on this module).
+from uqkit.bench import regression_distilled as _regression_distilled  # noqa: E402, F401
+from uqkit.bench import regression_hyper as _regression_hyper  # noqa: E402, F401
+from uqkit.bench import regression_sgmcmc as _regression_sgmcmc  # noqa: E402, F401

@@ -85,9 +85,10 @@ def _chosen(method: Mapping[str, Any]) -> str:
     rates = Counter(per_split["learning_rate"])
     if len(method["selection"]["grid"]) > 1 or len(rates) > 1:
         parts.append("lr " + ", ".join(f"{lr:g} x{n}" for lr, n in sorted(rates.items())))
-    if per_split.get("dropout"):
-        drops = Counter(per_split["dropout"])
-        parts.append("p " + ", ".join(f"{p:g} x{n}" for p, n in sorted(drops.items())))
+    for key, label in (("dropout", "p"), ("prior_precision", "lambda"), ("temperature", "T")):
+        if per_split.get(key):  # the SG-MCMC methods choose a prior precision and a temperature
+            counts = Counter(per_split[key])
+            parts.append(f"{label} " + ", ".join(f"{v:g} x{n}" for v, n in sorted(counts.items())))
     epochs = sorted(per_split["epochs"])
     if len(epochs) == 1:
         parts.append(f"epoch {epochs[0]}")

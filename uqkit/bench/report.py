@@ -286,7 +286,20 @@ _REGRESSION_METHOD_KEYS: dict[str, Any] = {
         "learning_rate": ListOf(Number(0.0, None)),
         "dropout": Nullable(ListOf(FRACTION)),
         "epochs": ListOf(int),
+        "prior_precision": NotRequired(ListOf(Number(0.0, None))),
+        "temperature": NotRequired(ListOf(Number(0.0, None))),
+        "members": NotRequired(ListOf(ListOf({}))),
+        "student_learning_rate": NotRequired(ListOf(Number(0.0, None))),
+        "student_epochs": NotRequired(ListOf(int)),
     },
+    "training": NotRequired(
+        {
+            "optimizer": str,
+            "selection_network_epochs": int,
+            "retraining_network_epochs": NON_NEGATIVE,
+        }
+    ),
+    "details": NotRequired({}),
     "selection": {
         "grid": ListOf(MapOf(Number())),
         "select_epochs": bool,

@@ -53,6 +53,7 @@ __all__ = [
     "HyperparameterSpace",
     "Hyperparameters",
     "greedy_ensemble_selection",
+    "greedy_mixture_selection",
     "hyper_deep_ensemble",
     "member_log_probs",
     "retrain_and_select",
@@ -160,10 +161,45 @@ def greedy_ensemble_selection(
             f"got a logsumexp of up to {float(normalization):.3g} in absolute value"
         )
     labels = check_labels(labels, "labels", num_classes=classes, length=examples)
+    return greedy_mixture_selection(
+        _true_class_log_probs(log_probs, labels.to(log_probs.device)), size, max_selections
+    )
+
+
+def greedy_mixture_selection(
+    log_likelihoods: torch.Tensor, size: int, max_selections: int | None = None
+) -> GreedySelection:
+    """:func:`greedy_ensemble_selection` on each candidate's log-likelihood of each validation target, for
+    any predictive (a regression network's Gaussian density ``log N(y_n; mu_k(x_n), sigma_k^2(x_n))``, a
+    classifier's ``log p_k(y_n | x_n)``): the same rule, on the NLL of the equal-weight mixture of the
+    selected multiset, ``-(1 / N) sum_n log[(1 / |E|) sum_{e in E} exp(l_{e,n})]``.
+
+    Args:
+        log_likelihoods: ``[K, N]`` finite log-likelihoods of the ``K`` candidates on the ``N`` examples.
+        size: the most distinct candidates, ``>= 1``.
+        max_selections: the most additions, ``>= size``; default ``4 * size``.
+
+    Returns:
+        A :class:`GreedySelection` with at least one index.
+
+    Raises:
+        TypeError, ValueError: for log-likelihoods that are not a finite, non-empty ``[K, N]`` float
+            tensor, or a bad ``size`` or ``max_selections``.
+
+    Shape:
+        ``log_likelihoods [K, N]``.
+    """
+    log_likelihoods = check_float_tensor(log_likelihoods, "log_likelihoods", 2, "[candidates, examples]")
+    candidates, examples = log_likelihoods.shape
+    if candidates == 0 or examples == 0:
+        raise ValueError(
+            f"log_likelihoods: expected at least one candidate and example, got shape "
+            f"{tuple(log_likelihoods.shape)}"
+        )
     size = check_positive_int(size, "size")
     max_selections = 4 * size if max_selections is None else max_selections
     max_selections = check_positive_int(max_selections, "max_selections", minimum=size)
-    true = _true_class_log_probs(log_probs, labels.to(log_probs.device))
+    true = log_likelihoods.detach().double()
     indices: list[int] = []
     scores: list[float] = []
     log_sum: torch.Tensor | None = None  # log sum_{e in E} p_e(y_n | x_n), [N]
