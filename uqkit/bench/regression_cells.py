@@ -180,7 +180,8 @@ def merge_chunk_blocks(blocks: Sequence[dict[str, Any]], test_rows: Sequence[int
 
     * ``per_split`` lists and ``selection.validation_nll``: concatenated, in split order;
     * ``metrics``: mean and standard error over the concatenated per-split values (as one run computes);
-    * ``coverage_curve.observed``: the mean over splits (each chunk's weighted by its number of splits);
+    * ``coverage_curve.observed`` and ``training.retraining_network_epochs``: the mean over splits (each
+      chunk's weighted by its number of splits);
     * ``train_time_s`` and ``selection_time_s``: summed (the compute spent, not the wall time);
       ``inference_ms_per_example``: weighted by each chunk's test rows (``test_rows``);
     * any other ``{"mean", "se"}`` over splits (``conformal``): pooled exactly (:func:`_pooled_summary`);
@@ -215,6 +216,10 @@ def merge_chunk_blocks(blocks: Sequence[dict[str, Any]], test_rows: Sequence[int
             nll = [item for value in values for item in value["validation_nll"]]
             rest = [{k: v for k, v in value.items() if k != "validation_nll"} for value in values]
             merged[key] = {**_merge(rest, counts, key), "validation_nll": nll}
+        elif key == "training":  # retraining_network_epochs is a mean over splits
+            retraining = _weighted_mean([value["retraining_network_epochs"] for value in values], counts)
+            rest = [{k: v for k, v in value.items() if k != "retraining_network_epochs"} for value in values]
+            merged[key] = {**_merge(rest, counts, key), "retraining_network_epochs": retraining}
         elif key == "coverage_curve":
             observed = _weighted_mean([value["observed"] for value in values], counts)
             rest = [{k: v for k, v in value.items() if k != "observed"} for value in values]
