@@ -28,6 +28,7 @@ from uqkit.methods.ensemble import (
     VmapStacked,
 )
 from uqkit.nn import MCDropout
+from uqkit.nn.dropout import MemberDropout
 from uqkit.nn.members import fold_members, pretiled, tile_members, unfold_members
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -325,12 +326,29 @@ def test_member_by_member_rule():
     many = DeepEnsemble(lambda: nn.Linear(3, 2), 32)
     assert not many.runs_member_by_member(63) and many.runs_member_by_member(64)  # 2,016 rows, but B >= 64
     assert not DeepEnsemble(lambda: nn.Linear(3, 2), 1).runs_member_by_member(10_000)
-    twin = copy.deepcopy(ensemble)  # the copy's rule reads the copy's twins
-    assert [id(t) for t in twin._twins] == [id(twin.get_submodule(n)) for _, n in twin._leaves]
+    ensemble.member_by_member_rows = MEMBER_BY_MEMBER_ROWS
+    ensemble.network.insert(2, MemberDropout([0.1, 0.2, 0.3, 0.4]))  # reads the folded rows: stays folded
+    assert not ensemble.runs_member_by_member(128)
+    del ensemble.network[2]
+    assert ensemble.runs_member_by_member(128)
+    shared = DeepEnsemble(lambda: nn.Sequential(nn.Linear(3, 3), _Offset(3), nn.Linear(3, 2)), 4).eval()
+    assert shared.runs_member_by_member(128)  # a buffer equal in every member is shared, as it is
+    assert copy.deepcopy(shared).runs_member_by_member(128)
     with pytest.raises(ValueError, match=r"member_by_member_rows: expected an int >= 0, got -1"):
         ensemble.member_by_member_rows = -1
     with pytest.raises(TypeError, match="member_by_member_rows: expected an int"):
         ensemble.member_by_member_rows = 1.5
+
+
+class _Offset(nn.Module):
+    """A buffer and no parameter: the same in every member, so the ensemble shares it."""
+
+    def __init__(self, features: int) -> None:
+        super().__init__()
+        self.register_buffer("offset", torch.linspace(-1.0, 1.0, features))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.offset
 
 
 class _WithSummary(nn.Module):

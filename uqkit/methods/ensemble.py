@@ -47,10 +47,13 @@ on CPU, for a batch of at least :data:`MEMBER_BY_MEMBER_MIN_BATCH` (64) examples
 ``M * B``, :class:`DeepEnsemble` instead runs the architecture's ``forward`` once per member on the
 un-tiled ``[B, ...]`` inputs, each twin computing that member's output with its slice ``m`` of the stacked
 tensors (:func:`running_member`), and concatenates the outputs member-major: the same values, with the
-memory footprint of one model on ``B`` rows. It applies when every twin can run one member
-(:meth:`StackedModule.runs_one_member`: the built-in twins, batch norm with running statistics; not
-:class:`VmapStacked`), outside :func:`uqkit.nn.members.pretiled`, and when every tensor of the first
-member's output is ``[B, ...]`` (anything else, e.g. a mean over the batch, runs the folded pass). Why:
+memory footprint of one model on ``B`` rows. It applies when every module of the network with parameters
+or buffers can run one member (a twin whose :meth:`StackedModule.runs_one_member` says so: the built-in
+twins, batch norm with running statistics, not :class:`VmapStacked`; or buffers shared by all members;
+not, e.g., a :class:`uqkit.nn.dropout.MemberDropout` put in later, which reads the folded rows), outside
+:func:`uqkit.nn.members.pretiled`, and when every tensor of the first member's output is ``[B, ...]``
+(anything else, e.g. a mean over the batch, runs the folded pass). Parameter-free modules must treat rows
+independently, as in the folded pass. Why:
 with glibc's allocator a folded pass's large temporaries (LeNet-5's first convolution gives ``M * B x 6 x 28
 x 28``) are returned to the kernel between passes and page-faulted back on every pass, and they outgrow the
 caches. Measured with ``benchmarks/member_by_member.py`` (one thread, torch 2.13, both strategies
@@ -849,6 +852,11 @@ def _own_tensors(module: nn.Module) -> list[torch.Tensor]:
     return list(itertools.chain(module.parameters(recurse=False), module.buffers(recurse=False)))
 
 
+def _has_own_tensors(module: nn.Module) -> bool:
+    """Whether ``module`` has a parameter or buffer of its own (``None`` entries do not count)."""
+    return any(t is not None for t in itertools.chain(module._parameters.values(), module._buffers.values()))
+
+
 def _has_state(module: nn.Module, recurse: bool) -> bool:
     return any(True for _ in itertools.chain(module.parameters(recurse), module.buffers(recurse)))
 
@@ -1049,7 +1057,7 @@ class DeepEnsemble(nn.Module):
         self.network = converter.convert(members, "", "network")
         self.member_by_member_rows = MEMBER_BY_MEMBER_ROWS
         self.__dict__["_leaves"] = converter.leaves
-        self.__dict__["_twins"] = [self.get_submodule(twin_name) for _, twin_name in converter.leaves]
+        self.__dict__["_shared_modules"] = [self.get_submodule(name) for _, name in converter.shared]
         self.__dict__["_shared"] = converter.shared
         self.__dict__["_template"] = copy.deepcopy(members[0]).to("meta")  # architecture only, no memory
 
@@ -1112,8 +1120,22 @@ class DeepEnsemble(nn.Module):
             and self.num_members * batch >= rows
             and batch >= MEMBER_BY_MEMBER_MIN_BATCH
             and torch.device(device).type == "cpu"
-            and all(twin.runs_one_member() for twin in self._twins)
+            and self._network_runs_one_member()
         )
+
+    def _network_runs_one_member(self) -> bool:
+        """Whether every module of the network with parameters or buffers can run one member alone: a twin
+        whose :meth:`~StackedModule.runs_one_member` says so, or a module whose buffers all members share.
+        Read at each call: a module put into the network later (e.g. a per-member dropout, which reads the
+        folded rows) keeps the folded pass."""
+        shared = {id(module) for module in self._shared_modules}
+        for module in self.network.modules():
+            if isinstance(module, StackedModule):
+                if not module.runs_one_member():
+                    return False
+            elif id(module) not in shared and _has_own_tensors(module):
+                return False
+        return True
 
     def _forward_member_by_member(self, args: tuple[Any, ...], kwargs: dict[str, Any], batch: int) -> Any:
         """Each member's network on the un-tiled ``[B, ...]`` inputs in turn, outputs concatenated
