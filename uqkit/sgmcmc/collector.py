@@ -51,7 +51,7 @@ the batch, so that the activations of a pass stay in the CPU's caches and its me
 activations are one model's. Measured with 12 LeNet-5 samples at batch 256 (``benchmarks/sgmcmc.py``, one
 thread, torch 2.13, a shared 2-core machine): one folded pass of all 3,072 rows took 1.4x the time of a loop
 over the 12 models, slices of 768 rows 0.95x-1.1x (with 28,000-38,000 page faults per call), the whole batch
-sample by sample 0.55x-0.58x."""
+sample by sample 0.54x-0.58x."""
 
 _PREDICT_OPTIONS = ("num_samples", "output", "batch_dim", "samples_per_pass", "mean_field")
 
