@@ -338,6 +338,8 @@ def test_member_by_member_rule():
         ensemble.member_by_member_rows = -1
     with pytest.raises(TypeError, match="member_by_member_rows: expected an int"):
         ensemble.member_by_member_rows = 1.5
+    with pytest.raises(ValueError, match="batch: expected an int >= 0, got -1"):
+        ensemble.runs_member_by_member(-1)
 
 
 class _Offset(nn.Module):

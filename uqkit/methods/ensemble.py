@@ -1110,9 +1110,18 @@ class DeepEnsemble(nn.Module):
         self.__dict__["_member_by_member_rows"] = rows
 
     def runs_member_by_member(self, batch: int, device: torch.device | str = "cpu") -> bool:
-        """Whether a forward pass over ``batch`` examples on ``device`` runs member by member when it needs no
-        gradients (and its inputs are not :func:`~uqkit.nn.members.pretiled`): the rule of the class
-        docstring."""
+        """Whether a forward pass runs member by member when it needs no gradients (and its inputs are not
+        :func:`~uqkit.nn.members.pretiled`): the rule of the module docstring.
+
+        Args:
+            batch: ``B``, the examples per member.
+            device: where the inputs are (the rule is for CPU).
+
+        Raises:
+            TypeError, ValueError: for a ``batch`` that is not an int ``>= 0``, or a ``device`` torch does
+                not know.
+        """
+        check_positive_int(batch, "batch", minimum=0)
         rows = self._member_by_member_rows
         return (
             rows is not None
