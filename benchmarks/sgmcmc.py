@@ -5,10 +5,14 @@ For each batch size, in one process with the rows interleaved in every timing ro
 * ``loop over K models``: ``K`` ordinary ``LeNet5`` modules holding the samples, eval mode, no gradients,
   ``torch.stack([model(x) for model in models])``: what a user writes without the collector;
 * ``uqkit.predict(collector, x)``: :class:`uqkit.sgmcmc.SampleCollector`'s samples as one
-  :class:`uqkit.DeepEnsemble` (stacked parameters, one vectorized forward pass), through the public
-  prediction entry point (the ``[K, B, C]`` :class:`uqkit.Prediction`);
-* ``collector(x), whole batch``: the vectorized forward of all ``K * B`` rows in one pass (``[K * B, C]``),
-  without ``uqkit.predict``'s slicing of the batch into passes of at most ``rows_per_pass`` rows;
+  :class:`uqkit.DeepEnsemble` (stacked parameters), through the public prediction entry point (the
+  ``[K, B, C]`` :class:`uqkit.Prediction`); without gradients on CPU a batch of at least 64 examples runs
+  sample by sample (the ensemble's member-by-member inference, see ``uqkit/methods/ensemble.py``);
+* ``uqkit.predict, folded passes``: the same with ``member_by_member_rows = None``, i.e. the samples folded
+  into the batch, ``[K * B, ...]``, one vectorized pass per slice of at most ``rows_per_pass`` rows (the
+  path before member-by-member inference);
+* ``collector(x), one folded pass``: the folded forward of all ``K * B`` rows in one pass (``[K * B, C]``),
+  without slicing;
 * ``loop over K models, WindowMaxPool2d``: the loop with the collector's pooling (non-overlapping max
   pooling by elementwise maxima, :class:`uqkit.methods.ensemble.WindowMaxPool2d`): what of the gain is the
   faster pooling kernel rather than the vectorization.
@@ -28,10 +32,12 @@ and prints a Markdown table. Run on a quiet machine, e.g. ``OMP_NUM_THREADS=1 py
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import shlex
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -44,7 +50,8 @@ from uqkit.bench.models import LeNet5
 from uqkit.methods.ensemble import WindowMaxPool2d
 from uqkit.sgmcmc import SGHMC, EveryKSteps, SampleCollector
 
-LOOP, PREDICT, FORWARD = "loop over K models", "uqkit.predict(collector, x)", "collector(x), whole batch"
+LOOP, PREDICT, FORWARD = "loop over K models", "uqkit.predict(collector, x)", "collector(x), one folded pass"
+PREDICT_FOLDED = "uqkit.predict, folded passes"
 LOOP_POOL = "loop over K models, WindowMaxPool2d"
 TARGET = 0.8
 
@@ -80,6 +87,18 @@ def with_window_pooling(model: torch.nn.Module) -> torch.nn.Module:
     return copy.eval()
 
 
+@contextlib.contextmanager
+def folded(collector: SampleCollector) -> Iterator[None]:
+    """Within the block the samples' ensemble folds every batch into one pass (no member-by-member)."""
+    ensemble = collector.ensemble
+    rows = ensemble.member_by_member_rows
+    ensemble.member_by_member_rows = None
+    try:
+        yield
+    finally:
+        ensemble.member_by_member_rows = rows
+
+
 def run(args: argparse.Namespace) -> list[dict]:
     rows = []
     collector, models = sampled_chain(args.samples, args.seed)
@@ -97,8 +116,12 @@ def run(args: argparse.Namespace) -> list[dict]:
         def one_pass(x: torch.Tensor = x) -> torch.Tensor:
             return uqkit.predict(collector, x).logits
 
+        def predict_folded(x: torch.Tensor = x) -> torch.Tensor:
+            with folded(collector):
+                return uqkit.predict(collector, x).logits
+
         def forward(x: torch.Tensor = x) -> torch.Tensor:
-            with torch.no_grad():
+            with torch.no_grad(), folded(collector):
                 return collector(x)
 
         def loop_pool(x: torch.Tensor = x) -> torch.Tensor:
@@ -106,7 +129,13 @@ def run(args: argparse.Namespace) -> list[dict]:
                 return torch.stack([model(x) for model in pooled])
 
         difference = float((one_pass() - loop()).abs().max())
-        rows_run = {LOOP: loop, PREDICT: one_pass, FORWARD: forward, LOOP_POOL: loop_pool}
+        rows_run = {
+            LOOP: loop,
+            PREDICT: one_pass,
+            PREDICT_FOLDED: predict_folded,
+            FORWARD: forward,
+            LOOP_POOL: loop_pool,
+        }
         times = time_interleaved(rows_run, args.repeats, args.steps, args.warmup)
         for name, seconds in times.items():
             rows.append(

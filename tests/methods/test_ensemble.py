@@ -18,13 +18,17 @@ from uqkit.bench.models import Conv1dNet, LeNet5, ResidualMLP, mlp
 from uqkit.methods import DeepEnsemble, predict, register_vectorization, vmap_vectorization
 from uqkit.methods.ensemble import (
     _REGISTRY,
+    MEMBER_BY_MEMBER_MIN_BATCH,
+    MEMBER_BY_MEMBER_ROWS,
     StackedBatchNorm,
     StackedConv,
     StackedGroupNorm,
     StackedLinear,
+    StackedModule,
     VmapStacked,
 )
 from uqkit.nn import MCDropout
+from uqkit.nn.dropout import MemberDropout
 from uqkit.nn.members import fold_members, pretiled, tile_members, unfold_members
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -266,6 +270,112 @@ def test_inference_without_a_graph_equals_the_autograd_path():
     with torch.no_grad():
         without = ensemble(x)
     assert torch.equal(with_graph.detach(), without)
+
+
+def _rows_seen(ensemble: DeepEnsemble) -> tuple[list[int], list]:
+    """The rows of every input that the stacked twins receive (forward pre-hooks), and the hooks."""
+    seen: list[int] = []
+    handles = [
+        twin.register_forward_pre_hook(lambda module, args: seen.append(args[0].shape[0]))
+        for twin in ensemble.modules()
+        if isinstance(twin, StackedModule)
+    ]
+    return seen, handles
+
+
+@pytest.mark.parametrize("name", ARCHITECTURES)
+def test_inference_member_by_member_equals_the_members(name):
+    ensemble = _ensemble(name).eval()
+    ensemble.member_by_member_rows = 0  # the rule's row count met at any batch
+    batch = MEMBER_BY_MEMBER_MIN_BATCH
+    x = _inputs(name, batch)
+    members = [member.eval() for member in ensemble.members()]
+    reference = torch.cat([member(x) for member in members])
+    by_member = name != "vmap-fallback"  # a vmap twin cannot run one member: the rule keeps the folded pass
+    assert ensemble.runs_member_by_member(batch) is by_member
+    seen, handles = _rows_seen(ensemble)
+    with torch.no_grad():
+        out = ensemble(x)
+    torch.testing.assert_close(out, reference, **TOL)
+    assert set(seen) == ({batch} if by_member else {M * batch})  # each twin ran one member's B rows
+    seen.clear()
+    with_graph = ensemble(x)  # gradients wanted: folded, one pass
+    assert set(seen) == {M * batch} and with_graph.requires_grad
+    torch.testing.assert_close(with_graph.detach(), reference, **TOL)
+    seen.clear()
+    xs = _inputs(name, M, batch)
+    with torch.no_grad(), pretiled():  # one batch per member: folded
+        out = unfold_members(ensemble(fold_members(xs)), M)
+    assert set(seen) == {M * batch}
+    torch.testing.assert_close(out, _loop(members, xs), **TOL)
+    for handle in handles:
+        handle.remove()
+
+
+def test_member_by_member_rule():
+    ensemble = DeepEnsemble(lambda: nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Linear(4, 2)), 4)
+    assert ensemble.member_by_member_rows == MEMBER_BY_MEMBER_ROWS == 512
+    assert MEMBER_BY_MEMBER_MIN_BATCH == 64
+    ensemble.eval()
+    assert not ensemble.runs_member_by_member(127) and ensemble.runs_member_by_member(128)  # 4 x 128 rows
+    assert not ensemble.runs_member_by_member(128, torch.device("cuda"))  # on CPU only
+    ensemble.train()  # batch statistics: the batch norm twin runs folded
+    assert not ensemble.runs_member_by_member(128)
+    ensemble.eval().member_by_member_rows = None
+    assert not ensemble.runs_member_by_member(10_000)
+    many = DeepEnsemble(lambda: nn.Linear(3, 2), 32)
+    assert not many.runs_member_by_member(63) and many.runs_member_by_member(64)  # 2,016 rows, but B >= 64
+    assert not DeepEnsemble(lambda: nn.Linear(3, 2), 1).runs_member_by_member(10_000)
+    ensemble.member_by_member_rows = MEMBER_BY_MEMBER_ROWS
+    ensemble.network.insert(2, MemberDropout([0.1, 0.2, 0.3, 0.4]))  # reads the folded rows: stays folded
+    assert not ensemble.runs_member_by_member(128)
+    del ensemble.network[2]
+    assert ensemble.runs_member_by_member(128)
+    shared = DeepEnsemble(lambda: nn.Sequential(nn.Linear(3, 3), _Offset(3), nn.Linear(3, 2)), 4).eval()
+    assert shared.runs_member_by_member(128)  # a buffer equal in every member is shared, as it is
+    assert copy.deepcopy(shared).runs_member_by_member(128)
+    with pytest.raises(ValueError, match=r"member_by_member_rows: expected an int >= 0, got -1"):
+        ensemble.member_by_member_rows = -1
+    with pytest.raises(TypeError, match="member_by_member_rows: expected an int"):
+        ensemble.member_by_member_rows = 1.5
+    with pytest.raises(ValueError, match="batch: expected an int >= 0, got -1"):
+        ensemble.runs_member_by_member(-1)
+
+
+class _Offset(nn.Module):
+    """A buffer and no parameter: the same in every member, so the ensemble shares it."""
+
+    def __init__(self, features: int) -> None:
+        super().__init__()
+        self.register_buffer("offset", torch.linspace(-1.0, 1.0, features))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.offset
+
+
+class _WithSummary(nn.Module):
+    """Returns the logits and their mean over the batch: not a concatenation of the members' outputs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(3, 2)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.linear(x)
+        return logits, logits.mean()
+
+
+def test_an_output_that_is_not_batch_shaped_runs_folded():
+    torch.manual_seed(0)
+    ensemble = DeepEnsemble(lambda: _WithSummary().double(), M).eval()
+    x = torch.randn(MEMBER_BY_MEMBER_MIN_BATCH, 3, dtype=torch.float64)
+    with torch.no_grad():
+        ensemble.member_by_member_rows = None
+        folded = ensemble(x)
+        ensemble.member_by_member_rows = 0
+        tried = ensemble(x)
+    assert tried[1].shape == () and torch.equal(tried[1], folded[1])  # the mean over all M * B rows
+    torch.testing.assert_close(tried[0], folded[0], **TOL)
 
 
 def test_predict_returns_the_members_as_samples():

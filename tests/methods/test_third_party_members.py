@@ -81,6 +81,26 @@ def test_deep_ensemble_equals_its_members_and_trains(name, tiny_hf):
     _train_step(ensemble, kwargs, M)
 
 
+def test_deep_ensemble_inference_member_by_member(tiny_hf):
+    """Without gradients and from ``member_by_member_rows`` folded rows, BERT's members run one after another
+    on the un-tiled keyword inputs (its [1, T] position buffer as it is) and return the model's own output
+    object with the members' logits; ViT's embeddings (a vmap twin) keep it folded."""
+    factory, inputs = tiny_hf.model_and_inputs("bert", torch.float64)
+    torch.manual_seed(0)
+    ensemble = DeepEnsemble(factory, M).eval()
+    ensemble.member_by_member_rows = 0
+    kwargs = inputs(64)
+    assert ensemble.runs_member_by_member(64)
+    with torch.no_grad():
+        out = ensemble(**kwargs)
+        expected = torch.stack([m(**kwargs).logits for m in ensemble.members()])
+    assert type(out) is type(factory()(**kwargs))
+    torch.testing.assert_close(unfold_members(out.logits, M), expected, rtol=1e-10, atol=1e-10)
+    vit = DeepEnsemble(tiny_hf.model_and_inputs("vit")[0], M)
+    vit.member_by_member_rows = 0
+    assert not vit.eval().runs_member_by_member(64)
+
+
 def test_deep_ensemble_with_an_adapter_returns_logits(tiny_hf):
     torch.manual_seed(1)
     ensemble = DeepEnsemble(lambda: Logits(tiny_hf.bert(dtype=torch.float64)), M).eval()

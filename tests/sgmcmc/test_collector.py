@@ -247,6 +247,28 @@ def test_predictions_in_slices_of_the_batch_equal_one_pass(rows):
         SampleCollector(shifted, rows_per_pass=0)
 
 
+def test_a_batch_run_member_by_member_is_not_sliced():
+    """Slices bound a folded pass; a batch that the samples' ensemble runs one sample at a time (its rule,
+    here met at any size) goes in whole, and gives the loop's logits."""
+    _, collector = _filled(4)
+    states = [{name: value[index] for name, value in collector.samples().items()} for index in range(4)]
+    collector.rows_per_pass = 20
+    collector.eval().ensemble.member_by_member_rows = 0
+    x = torch.randn(80, 5, dtype=torch.float64)
+    calls = []
+    handle = collector.ensemble.register_forward_pre_hook(lambda module, args: calls.append(len(args[0])))
+    logits = uqkit.predict(collector, x).logits
+    handle.remove()
+    assert calls == [80]
+    torch.testing.assert_close(logits, _loop_logits(states, x), **TOL)
+    collector.ensemble.member_by_member_rows = None  # folded: slices of 20 // 4 = 5 examples
+    calls.clear()
+    handle = collector.ensemble.register_forward_pre_hook(lambda module, args: calls.append(len(args[0])))
+    torch.testing.assert_close(uqkit.predict(collector, x).logits, logits, **TOL)
+    handle.remove()
+    assert calls == [5] * 16
+
+
 @pytest.mark.usefixtures("one_thread")
 def test_hugging_face_model_sampled_and_predicted_in_one_pass(tiny_hf):
     """A model nobody here wrote: SGHMC on a tiny BERT classifier (keyword inputs, an output object with

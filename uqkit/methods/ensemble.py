@@ -41,6 +41,28 @@ its ``[M * B, ...]`` input as ``[M, B, ...]`` and applies member ``m``'s weights
 Every module must treat dimension 0 as the batch (as ``nn.Linear`` on ``[B, T, D]`` does); a module that
 sees time-major ``[T, B, D]`` inputs would mix members.
 
+**Inference member by member.** A folded pass's activations are ``M`` times one member's. Without gradients,
+on CPU, for a batch of at least :data:`MEMBER_BY_MEMBER_MIN_BATCH` (64) examples and at least
+:attr:`DeepEnsemble.member_by_member_rows` (default :data:`MEMBER_BY_MEMBER_ROWS`, 512) folded rows
+``M * B``, :class:`DeepEnsemble` instead runs the architecture's ``forward`` once per member on the
+un-tiled ``[B, ...]`` inputs, each twin computing that member's output with its slice ``m`` of the stacked
+tensors (:func:`running_member`), and concatenates the outputs member-major: the same values, with the
+memory footprint of one model on ``B`` rows. It applies when every module of the network with parameters
+or buffers can run one member (a twin whose :meth:`StackedModule.runs_one_member` says so: the built-in
+twins, batch norm with running statistics, not :class:`VmapStacked`; or buffers shared by all members;
+not, e.g., a :class:`uqkit.nn.dropout.MemberDropout` put in later, which reads the folded rows), outside
+:func:`uqkit.nn.members.pretiled`, and when every tensor of the first member's output is ``[B, ...]``
+(anything else, e.g. a mean over the batch, runs the folded pass). Parameter-free modules must treat rows
+independently, as in the folded pass. Why:
+with glibc's allocator a folded pass's large temporaries (LeNet-5's first convolution gives ``M * B x 6 x 28
+x 28``) are returned to the kernel between passes and page-faulted back on every pass, and they outgrow the
+caches. Measured with ``benchmarks/member_by_member.py`` (one thread, torch 2.13, both strategies
+interleaved, thread CPU time, a shared 2-core machine): member by member took 0.44x-0.69x the folded pass's
+time for LeNet-5 in every cell the rule picks (``M * B`` = 512 to 3,072; 4,600-63,000 page faults per
+folded call, at most a few hundred member by member) and 0.81x-0.99x for the MLP 784-512-512-10, whose
+activations are narrow; in the cells it leaves folded it took 0.97x-1.30x (small batches, where the
+per-member calls cost more than the folding saves). ``ensemble.member_by_member_rows = None`` always folds.
+
 Measured on 2 CPU cores (torch 2.13, ``benchmarks/ensembles.py``, 4 members, time relative to a Python loop
 over 4 models; ``benchmarks/results/ensembles.json``): see docs/efficient_ensembles.md. ``torch.func.vmap``
 over stacked parameters of the whole model measured slower than the stacked twins at small batches (MLP
@@ -51,6 +73,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import threading
 import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -65,13 +88,16 @@ from torch.utils import _pytree as pytree
 from uqkit._validation import check_positive_int
 from uqkit.nn.members import (
     MEMBERS_ATTRIBUTE,
+    _set_folded_batch,
     folded_batch,
-    members_running,
+    inputs_pretiled,
     tile_inputs,
     tiled_source,
 )
 
 __all__ = [
+    "MEMBER_BY_MEMBER_MIN_BATCH",
+    "MEMBER_BY_MEMBER_ROWS",
     "DeepEnsemble",
     "StackedBatchNorm",
     "StackedConv",
@@ -83,8 +109,26 @@ __all__ = [
     "VmapStacked",
     "WindowMaxPool2d",
     "register_vectorization",
+    "running_member",
     "vmap_vectorization",
 ]
+
+
+MEMBER_BY_MEMBER_ROWS = 512
+"""Default of :attr:`DeepEnsemble.member_by_member_rows`: without gradients, a folded batch of at least this
+many rows (``M * B``) runs member by member (see :class:`DeepEnsemble`)."""
+
+MEMBER_BY_MEMBER_MIN_BATCH = 64
+"""Member-by-member inference needs at least this many examples per member, so that the per-call cost of the
+network's forward (``M`` calls instead of one) is spread over enough rows."""
+
+_ONE_MEMBER = threading.local()
+
+
+def running_member() -> int | None:
+    """The index ``m`` of the member that :class:`DeepEnsemble`'s member-by-member inference is running now
+    (its twins then compute member ``m``'s output alone on ``[B, ...]``), or ``None`` (members folded)."""
+    return getattr(_ONE_MEMBER, "index", None)
 
 
 class StackedModule(nn.Module):
@@ -98,11 +142,21 @@ class StackedModule(nn.Module):
     inside a running :class:`DeepEnsemble` gives each member's ``B`` rows that member's result
     (:meth:`_split_members` / :meth:`_join_members`).
 
+    A twin that can also run one member alone on an ordinary ``[B, ...]`` batch (with its slice ``m`` of the
+    stacked tensors, as the source module would) overrides :meth:`runs_one_member` and, while
+    :func:`running_member` returns ``m``, computes member ``m``'s result: :class:`DeepEnsemble`'s
+    member-by-member inference (see there) is used only when every twin of the network can.
+
     Attributes:
         num_members: ``M``.
     """
 
     num_members: int
+
+    def runs_one_member(self) -> bool:
+        """Whether this twin, as configured now, computes member :func:`running_member`'s output alone on a
+        ``[B, ...]`` batch while that is set (``False`` here: a twin must opt in)."""
+        return False
 
     def member_state(self, index: int) -> dict[str, torch.Tensor]:
         """Member ``index``'s parameters and buffers, named as in the source module (views, not copies)."""
@@ -207,26 +261,43 @@ class StackedLinear(StackedModule):
         self.weight = _stacked_parameter(modules, "weight")
         self.bias = _stacked_parameter(modules, "bias")
 
+    def runs_one_member(self) -> bool:
+        return True
+
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         if inputs.dim() < 2 or inputs.shape[-1] != self.in_features:
             raise ValueError(
                 f"StackedLinear input: expected [M * B, *, {self.in_features}], got shape "
                 f"{list(inputs.shape)}"
             )
+        member = running_member()
+        if member is not None:
+            return F.linear(inputs, self.weight[member], None if self.bias is None else self.bias[member])
         members = self.num_members
         source = tiled_source(inputs, members)
+        rows = inputs.shape[0]
+        if inputs.dim() == 2 and (source is not None or (rows % members == 0 and inputs.is_contiguous())):
+            # the common [M * B, in] case in as few ops as possible (one view in, one view out)
+            if source is not None:
+                flat = source.expand(members, -1, -1)
+            else:
+                flat = inputs.view(members, rows // members, self.in_features)
+            return self._product(flat).view(rows, self.out_features)
         if source is not None:
             flat = source.reshape(1, -1, self.in_features).expand(members, -1, -1)
             batch = source.shape[0]
         else:
             split, batch = self._split_members(inputs)
             flat = split.reshape(members, -1, self.in_features)
-        if torch.is_grad_enabled():
-            out = _StackedLinearFunction.apply(flat, self.weight, self.bias)
-        else:  # no graph: the same product without autograd.Function's per-call argument binding
-            out = _StackedLinearFunction.forward(flat, self.weight, self.bias)
         middle = inputs.shape[1:-1]
-        return self._join_members(out.view(members, -1, *middle, self.out_features), batch)
+        return self._join_members(self._product(flat).view(members, -1, *middle, self.out_features), batch)
+
+    def _product(self, flat: torch.Tensor) -> torch.Tensor:
+        """``[M, N, in] -> [M, N, out]``."""
+        if torch.is_grad_enabled():
+            return _StackedLinearFunction.apply(flat, self.weight, self.bias)
+        # no graph: the same product without autograd.Function's per-call argument binding
+        return _StackedLinearFunction.forward(flat, self.weight, self.bias)
 
     def extra_repr(self) -> str:
         return (
@@ -282,12 +353,19 @@ class StackedConv(StackedModule):
             padding = 0
         return _CONV[self.spatial_dims](inputs, weight, bias, self.stride, padding, self.dilation, groups)
 
+    def runs_one_member(self) -> bool:
+        return True
+
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         if inputs.dim() != self.spatial_dims + 2 or inputs.shape[1] != self.in_channels:
             raise ValueError(
                 f"StackedConv input: expected [M * B, {self.in_channels}, *spatial] with {self.spatial_dims} "
                 f"spatial dimension(s), got shape {list(inputs.shape)}"
             )
+        member = running_member()
+        if member is not None:
+            bias = None if self.bias is None else self.bias[member]
+            return self._conv(inputs, self.weight[member], bias, self.groups)
         members = self.num_members
         source = tiled_source(inputs, members)
         if source is not None and self.groups == 1:
@@ -300,6 +378,8 @@ class StackedConv(StackedModule):
         biases = [None] * members if self.bias is None else self.bias.unbind(0)
         weights = self.weight.unbind(0)
         outputs = [self._conv(split[m], weights[m], biases[m], self.groups) for m in range(members)]
+        if split.shape[1] == batch:
+            return torch.cat(outputs)  # [M * B, out, *S], member-major: the stacked outputs, one copy
         return self._join_members(torch.stack(outputs), batch)
 
     def extra_repr(self) -> str:
@@ -333,7 +413,13 @@ class StackedEmbedding(StackedModule):
         self.padding_idx = source.padding_idx
         self.weight = _stacked_parameter(modules, "weight")
 
+    def runs_one_member(self) -> bool:
+        return True
+
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        member = running_member()
+        if member is not None:
+            return F.embedding(inputs, self.weight[member], self.padding_idx)
         split, batch = self._split_members(inputs)
         members, vocabulary = self.num_members, self.num_embeddings
         offsets = torch.arange(members, device=inputs.device, dtype=inputs.dtype) * vocabulary
@@ -380,7 +466,15 @@ class StackedLayerNorm(StackedModule):
         self.weight = _stacked_parameter(modules, "weight")
         self.bias = _stacked_parameter(modules, "bias")
 
+    def runs_one_member(self) -> bool:
+        return True
+
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        member = running_member()
+        if member is not None:
+            weight = None if self.weight is None else self.weight[member]
+            bias = None if self.bias is None else self.bias[member]
+            return F.layer_norm(inputs, self.normalized_shape, weight, bias, self.eps)
         split, batch = self._split_members(inputs)
         out = F.layer_norm(split, self.normalized_shape, None, None, self.eps)
         middle = (1,) * (split.dim() - 1 - len(self.normalized_shape))
@@ -418,10 +512,18 @@ class StackedGroupNorm(StackedModule):
                 f"StackedGroupNorm input: expected [M * B, {self.num_channels}, *], got shape "
                 f"{list(inputs.shape)}"
             )
+        member = running_member()
+        if member is not None:
+            weight = None if self.weight is None else self.weight[member]
+            bias = None if self.bias is None else self.bias[member]
+            return F.group_norm(inputs, self.num_groups, weight, bias, self.eps)
         normalized = F.group_norm(inputs, self.num_groups, None, None, self.eps)
         split, batch = self._split_members(normalized)
         shape = torch.Size((self.num_members, 1, self.num_channels, *([1] * (inputs.dim() - 2))))
         return self._join_members(_member_affine(split, self.weight, self.bias, shape), batch)
+
+    def runs_one_member(self) -> bool:
+        return True
 
     def extra_repr(self) -> str:
         return f"num_members={self.num_members}, {self.num_groups}, {self.num_channels}, eps={self.eps}"
@@ -464,6 +566,18 @@ class StackedBatchNorm(StackedModule):
                 f"StackedBatchNorm input: expected [M * B, {self.num_features}, ...], got shape "
                 f"{list(inputs.shape)}"
             )
+        member = running_member()
+        if member is not None:
+            return F.batch_norm(
+                inputs,
+                self.running_mean[member],
+                self.running_var[member],
+                None if self.weight is None else self.weight[member],
+                None if self.bias is None else self.bias[member],
+                False,
+                0.0,
+                self.eps,
+            )
         split, batch = self._split_members(inputs)
         members, channels, spatial = self.num_members, self.num_features, inputs.shape[2:]
         use_batch_stats = self.training or self.running_mean is None
@@ -496,6 +610,10 @@ class StackedBatchNorm(StackedModule):
         )
         out = out.view(batch, members, channels, *spatial).transpose(0, 1)
         return out.reshape(members * batch, channels, *spatial)
+
+    def runs_one_member(self) -> bool:
+        """With running statistics only (eval): batch statistics and their updates stay folded."""
+        return not self.training and self.running_mean is not None
 
     def extra_repr(self) -> str:
         members, features = self.num_members, self.num_features
@@ -734,6 +852,11 @@ def _own_tensors(module: nn.Module) -> list[torch.Tensor]:
     return list(itertools.chain(module.parameters(recurse=False), module.buffers(recurse=False)))
 
 
+def _has_own_tensors(module: nn.Module) -> bool:
+    """Whether ``module`` has a parameter or buffer of its own (``None`` entries do not count)."""
+    return any(t is not None for t in itertools.chain(module._parameters.values(), module._buffers.values()))
+
+
 def _has_state(module: nn.Module, recurse: bool) -> bool:
     return any(True for _ in itertools.chain(module.parameters(recurse), module.buffers(recurse)))
 
@@ -872,6 +995,10 @@ class DeepEnsemble(nn.Module):
     the same batches (or on their own batches, folded with :func:`uqkit.nn.members.fold_members` and passed
     inside :func:`uqkit.nn.members.pretiled`).
 
+    In inference (no gradients, CPU) a large batch runs member by member: the architecture's ``forward``
+    once per member on the ``[B, ...]`` inputs, outputs concatenated member-major, as the module docstring
+    describes (:meth:`runs_member_by_member`, :attr:`member_by_member_rows`); the result is the same.
+
     Args:
         factory: ``factory() -> nn.Module`` building one member. Every call must build the same architecture
             with new parameters. The member is called as ``ensemble`` is called (any positional and keyword
@@ -889,6 +1016,8 @@ class DeepEnsemble(nn.Module):
     Attributes:
         num_members: ``M`` (also as ``uqkit_num_members``, read by :func:`uqkit.nn.members.num_members`).
         network: the member-vectorized twin of the architecture (its parameters are the stacked ones).
+        member_by_member_rows: inference runs member by member from this many folded rows ``M * B``
+            (:data:`MEMBER_BY_MEMBER_ROWS`); ``None``: always one folded pass.
 
     Raises:
         TypeError: for a ``factory`` that is not callable or does not return an ``nn.Module``.
@@ -926,19 +1055,121 @@ class DeepEnsemble(nn.Module):
         _check_members(members)
         converter = _Converter()
         self.network = converter.convert(members, "", "network")
+        self.member_by_member_rows = MEMBER_BY_MEMBER_ROWS
         self.__dict__["_leaves"] = converter.leaves
+        self.__dict__["_shared_modules"] = [self.get_submodule(name) for _, name in converter.shared]
         self.__dict__["_shared"] = converter.shared
         self.__dict__["_template"] = copy.deepcopy(members[0]).to("meta")  # architecture only, no memory
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
-        args, kwargs = tile_inputs(args, kwargs, self.num_members)
-        first = next(
-            (v for v in (*args, *kwargs.values()) if isinstance(v, torch.Tensor) and v.dim() > 0), None
+        members = self.num_members
+        if not kwargs and len(args) == 1 and isinstance(args[0], torch.Tensor) and args[0].dim() > 0:
+            first = args[0]  # the common call, ensemble(x), without the generic walk over the inputs
+        else:
+            first = next(
+                (v for v in (*args, *kwargs.values()) if isinstance(v, torch.Tensor) and v.dim() > 0), None
+            )
+            if first is None:
+                return self.network(*args, **kwargs)
+        batch = first.shape[0]
+        if (
+            not torch.is_grad_enabled()
+            and not inputs_pretiled()
+            and self.runs_member_by_member(batch, first.device)
+        ):
+            out = self._forward_member_by_member(args, kwargs, batch)
+            if out is not None:
+                return out
+        args, kwargs = tile_inputs(args, kwargs, members)
+        if not inputs_pretiled():
+            batch *= members
+        return self._forward_folded(args, kwargs, batch // members)
+
+    def _forward_folded(self, args: tuple[Any, ...], kwargs: dict[str, Any], batch: int) -> Any:
+        """The network on the folded ``[M * B, ...]`` inputs (``batch`` = ``B``)."""
+        outer = running_member()  # only set here if another ensemble runs this one inside a member pass
+        previous = folded_batch()
+        _ONE_MEMBER.index = None
+        _set_folded_batch((self.num_members, batch))
+        try:
+            return self.network(*args, **kwargs)
+        finally:
+            _set_folded_batch(previous)
+            _ONE_MEMBER.index = outer
+
+    @property
+    def member_by_member_rows(self) -> int | None:
+        """Inference runs member by member from this many folded rows ``M * B`` (class docstring); ``None``:
+        always folded. Default :data:`MEMBER_BY_MEMBER_ROWS`."""
+        return self._member_by_member_rows
+
+    @member_by_member_rows.setter
+    def member_by_member_rows(self, rows: int | None) -> None:
+        if rows is not None:
+            check_positive_int(rows, "member_by_member_rows", minimum=0)
+        self.__dict__["_member_by_member_rows"] = rows
+
+    def runs_member_by_member(self, batch: int, device: torch.device | str = "cpu") -> bool:
+        """Whether a forward pass runs member by member when it needs no gradients (and its inputs are not
+        :func:`~uqkit.nn.members.pretiled`): the rule of the module docstring.
+
+        Args:
+            batch: ``B``, the examples per member.
+            device: where the inputs are (the rule is for CPU).
+
+        Raises:
+            TypeError, ValueError: for a ``batch`` that is not an int ``>= 0``, or a ``device`` torch does
+                not know.
+        """
+        check_positive_int(batch, "batch", minimum=0)
+        rows = self._member_by_member_rows
+        return (
+            rows is not None
+            and self.num_members > 1
+            and self.num_members * batch >= rows
+            and batch >= MEMBER_BY_MEMBER_MIN_BATCH
+            and torch.device(device).type == "cpu"
+            and self._network_runs_one_member()
         )
-        if first is None:
-            return self.network(*args, **kwargs)
-        with members_running(self.num_members, first.shape[0] // self.num_members):
-            return self.network(*args, **kwargs)
+
+    def _network_runs_one_member(self) -> bool:
+        """Whether every module of the network with parameters or buffers can run one member alone: a twin
+        whose :meth:`~StackedModule.runs_one_member` says so, or a module whose buffers all members share.
+        Read at each call: a module put into the network later (e.g. a per-member dropout, which reads the
+        folded rows) keeps the folded pass."""
+        shared = {id(module) for module in self._shared_modules}
+        for module in self.network.modules():
+            if isinstance(module, StackedModule):
+                if not module.runs_one_member():
+                    return False
+            elif id(module) not in shared and _has_own_tensors(module):
+                return False
+        return True
+
+    def _forward_member_by_member(self, args: tuple[Any, ...], kwargs: dict[str, Any], batch: int) -> Any:
+        """Each member's network on the un-tiled ``[B, ...]`` inputs in turn, outputs concatenated
+        member-major; ``None`` when the first member's output has a tensor that is not ``[B, ...]`` (the
+        caller then runs the folded pass, whose result such an output need not be a concatenation of)."""
+        outer = running_member()
+        previous = folded_batch()
+        _set_folded_batch(None)
+        parts: list[list[Any]] = []
+        spec = None
+        try:
+            for index in range(self.num_members):
+                _ONE_MEMBER.index = index
+                leaves, spec = pytree.tree_flatten(self.network(*args, **kwargs))
+                if not index and not all(
+                    leaf is None or (isinstance(leaf, torch.Tensor) and leaf.dim() and leaf.shape[0] == batch)
+                    for leaf in leaves
+                ):
+                    return None
+                parts.append(leaves)
+        finally:
+            _ONE_MEMBER.index = outer
+            _set_folded_batch(previous)
+        joined = [None if group[0] is None else torch.cat(group) for group in zip(*parts, strict=True)]
+        return pytree.tree_unflatten(joined, spec)
 
     def members(self) -> list[nn.Module]:
         """The ``M`` members as ordinary modules of the factory's architecture, with copies of their weights.

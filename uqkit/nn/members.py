@@ -256,6 +256,12 @@ def members_running(num_members: int, batch: int) -> Iterator[None]:
         _FOLDED.value = previous
 
 
+def _set_folded_batch(value: tuple[int, int] | None) -> None:
+    """Set what :func:`folded_batch` returns (:func:`members_running` without a context manager's per-call
+    cost, for a member model's forward; the caller restores the previous value)."""
+    _FOLDED.value = value
+
+
 def folded_batch() -> tuple[int, int] | None:
     """``(M, B)`` of the member model being run (see :func:`members_running`), or ``None`` outside one."""
     return getattr(_FOLDED, "value", None)

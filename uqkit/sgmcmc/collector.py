@@ -7,8 +7,11 @@ instead of a loop over ``K`` models), so ``uqkit.predict(collector, x)`` gives `
 ``k`` the ``k``-th sample, and the predictive is the Monte Carlo average of the posterior predictive
 ``p(y | x, D) ~ (1 / K) sum_k p(y | x, theta_k)`` (Welling & Teh 2011, Sec. 5; Zhang et al. 2020, Sec. 3).
 
-A large batch is predicted in slices of at most ``rows_per_pass`` rows (``K`` times the examples) per pass
-(:data:`ROWS_PER_PASS`), which keeps a pass's activations in the CPU's caches and its memory bounded.
+A large batch runs one sample at a time (the ensemble's member-by-member inference on CPU, see
+:class:`uqkit.DeepEnsemble`: its activations are one model's); a batch that the ensemble would fold into one
+pass of more than ``rows_per_pass`` rows (``K`` times the examples, :data:`ROWS_PER_PASS`), i.e. many samples
+of a small batch, is predicted in slices, which keeps a pass's activations in the CPU's caches and its
+memory bounded.
 
 Storage: a list of per-sample states, so that keeping a sample costs one copy of the model whatever ``K``;
 the vectorized model is built on first use after a change (it holds a second copy of the samples while it
@@ -40,12 +43,15 @@ SAMPLES_FORMAT = "uqkit.sgmcmc.SampleCollector/1"
 """The ``"format"`` entry of a file written by :meth:`SampleCollector.save`."""
 
 ROWS_PER_PASS = 768
-"""Default bound on the rows (samples times examples) of one vectorized pass of :func:`uqkit.predict`: the
-``K * B`` rows of a large batch are predicted in slices of the batch, so that the activations of a pass stay
-in the CPU's caches and its memory stays bounded whatever ``K``. Measured with 12 LeNet-5 samples at batch
-256 (one thread, torch 2.13, AMD EPYC with 32 MiB L3, other jobs running): 192, 384, 768, 1,536 and 3,072
-rows per pass (16 to 256 examples) took 0.68x, 0.55x, 0.55x, 1.03x and 1.31x the time of a loop over the 12
-models."""
+"""Default bound on the rows (samples times examples) of one folded vectorized pass of :func:`uqkit.predict`:
+the ``K * B`` rows of a batch that the samples' ensemble runs folded (fewer than
+:data:`uqkit.methods.ensemble.MEMBER_BY_MEMBER_MIN_BATCH` examples, or on a GPU) are predicted in slices of
+the batch, so that the activations of a pass stay in the CPU's caches and its memory stays bounded whatever
+``K``. A batch run sample by sample (the ensemble's member-by-member inference) is not sliced: its
+activations are one model's. Measured with 12 LeNet-5 samples at batch 256 (``benchmarks/sgmcmc.py``, one
+thread, torch 2.13, a shared 2-core machine): one folded pass of all 3,072 rows took 1.4x the time of a loop
+over the 12 models, slices of 768 rows 0.95x-1.1x (with 28,000-38,000 page faults per call), the whole batch
+sample by sample 0.54x-0.58x."""
 
 _PREDICT_OPTIONS = ("num_samples", "output", "batch_dim", "samples_per_pass", "mean_field")
 
@@ -74,9 +80,9 @@ class SampleCollector(nn.Module):
         thinning: ``thinning(step) -> bool`` deciding at :meth:`step` whether the state after 0-based
             ``step`` is kept (:class:`~uqkit.sgmcmc.EveryKSteps`, :class:`~uqkit.sgmcmc.CycleEnds`, or any
             callable); ``None``: only explicit :meth:`collect` calls keep samples.
-        rows_per_pass: the most rows (``K`` times the examples) one vectorized pass of :func:`uqkit.predict`
-            runs; a larger batch is predicted in slices (:data:`ROWS_PER_PASS`); ``None``: the whole batch
-            in one pass.
+        rows_per_pass: the most rows (``K`` times the examples) one folded vectorized pass of
+            :func:`uqkit.predict` runs; a larger batch that the ensemble runs folded is predicted in slices
+            (:data:`ROWS_PER_PASS`); ``None``: the whole batch in one pass.
 
     Attributes:
         num_samples: ``K``, the samples kept.
@@ -209,8 +215,10 @@ class SampleCollector(nn.Module):
     def uqkit_predict(self, *inputs: Any, **options: Any) -> Prediction | GaussianPrediction:
         """The hook :func:`uqkit.predict` calls: ``uqkit.predict(self.ensemble, *inputs, **options)``, over
         slices of the batch of at most ``rows_per_pass // K`` examples (at least one) when the ``K * B``
-        rows of one pass would exceed ``rows_per_pass``; the slices' predictions are concatenated along the
-        batch (examples are predicted independently in eval mode, so the result is the same up to rounding).
+        rows of one folded pass would exceed ``rows_per_pass`` (a batch that the ensemble runs sample by
+        sample, :meth:`uqkit.DeepEnsemble.runs_member_by_member`, goes whole); the slices' predictions are
+        concatenated along the batch (examples are predicted independently in eval mode, so the result is
+        the same up to rounding).
         Every tensor input whose size along ``batch_dim`` is ``B`` is sliced; a slice size that equals the
         size of another tensor input (which the member model would then take for a batch) is avoided."""
         ensemble = self.ensemble
@@ -223,6 +231,8 @@ class SampleCollector(nn.Module):
         if not -first.dim() <= batch_dim < first.dim():
             return predict(ensemble, *inputs, **options)  # predict names the bad batch_dim
         batch = first.shape[batch_dim]
+        if batch_dim % first.dim() == 0 and ensemble.runs_member_by_member(batch, first.device):
+            return predict(ensemble, *inputs, **options)  # one sample at a time: activations of one model
         chunk = _slice_size(batch, self.rows_per_pass // len(self._samples), tensors, batch_dim)
         if chunk is None:
             return predict(ensemble, *inputs, **options)
