@@ -24,8 +24,10 @@ from uqkit.bench.executors import Cell, LocalExecutor, RayExecutor, make_executo
 from uqkit.bench.regression import REGRESSION_METHODS, evaluate_regression_method, run_regression_bench
 from uqkit.bench.regression_cells import (
     _pooled_summary,
+    _merge_details,
     chunk_seed,
     merge_chunk_blocks,
+    method_chunks,
     partition_splits,
 )
 from uqkit.bench.report import validate_results
@@ -147,6 +149,20 @@ def test_partition_splits_and_chunk_seeds():
     with pytest.raises(ValueError, match="--split-chunks: expected at most the table's 20 splits, got 21"):
         partition_splits(20, 21)
     assert chunk_seed(5, 0) == 5 and chunk_seed(5, 2) != chunk_seed(5, 1) != 5
+
+
+def test_per_split_details_concatenate_and_a_shared_search_is_not_chunked():
+    chunk_a = {"steps": [3, 6], "per_split": [0.1, 0.2], "student": {"nll": [[1.0, 2.0], [3.0, 4.0]]}}
+    chunk_b = {"steps": [3, 6], "per_split": [0.3, 0.4, 0.5], "student": {"nll": [[5.0, 6.0]] * 3}}
+    merged = _merge_details([chunk_a, chunk_b], [2, 3], "details")
+    assert merged["steps"] == [3, 6]  # equal in every chunk: kept
+    assert merged["per_split"] == [0.1, 0.2, 0.3, 0.4, 0.5]
+    assert merged["student"]["nll"] == [[1.0, 2.0], [3.0, 4.0]] + [[5.0, 6.0]] * 3
+    with pytest.raises(ValueError, match="details.other: the chunks of a method hold different values"):
+        _merge_details([{"other": "a"}, {"other": "b"}], [2, 3], "details")
+    # the hyper-deep ensemble draws its search once for all splits: a chunk would draw another
+    assert method_chunks(REGRESSION_METHODS["hyper-deep-ensemble"], 4) == 1
+    assert method_chunks(REGRESSION_METHODS["deep-ensemble"], 4) == 4
 
 
 def test_pooled_mean_and_standard_error_equal_those_of_all_values():

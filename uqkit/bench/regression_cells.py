@@ -174,17 +174,31 @@ def _merge(values: list[Any], counts: list[int], path: str) -> Any:
     )
 
 
+def _merge_details(values: list[Any], counts: list[int], path: str) -> Any:
+    """The merge of a method's ``details`` (method-specific): equal values kept, dicts merged key by key,
+    lists with one entry per split (each chunk's as long as its number of splits) concatenated in split
+    order; anything else by :func:`_merge`'s rules."""
+    if all(value == values[0] for value in values[1:]):
+        return values[0]
+    if all(isinstance(value, dict) for value in values) and all(set(v) == set(values[0]) for v in values):
+        return {key: _merge_details([v[key] for v in values], counts, f"{path}.{key}") for key in values[0]}
+    if all(isinstance(v, list) and len(v) == n for v, n in zip(values, counts, strict=True)):
+        return [item for value in values for item in value]
+    return _merge(values, counts, path)
+
+
 def merge_chunk_blocks(blocks: Sequence[dict[str, Any]], test_rows: Sequence[int]) -> dict[str, Any]:
     """One method's block from its chunks' blocks (in chunk order), as one stack over all splits would
     have written it.
 
     * ``per_split`` lists and ``selection.validation_nll``: concatenated, in split order;
     * ``metrics``: mean and standard error over the concatenated per-split values (as one run computes);
-    * ``coverage_curve.observed`` and ``training.retraining_network_epochs``: the mean over splits (each
-      chunk's weighted by its number of splits);
+    * ``coverage_curve.observed``, ``training.retraining_network_epochs`` and a ``num_parameters`` that
+      differs between splits: the mean over splits (each chunk's weighted by its number of splits);
     * ``train_time_s`` and ``selection_time_s``: summed (the compute spent, not the wall time);
       ``inference_ms_per_example``: weighted by each chunk's test rows (``test_rows``);
     * any other ``{"mean", "se"}`` over splits (``conformal``): pooled exactly (:func:`_pooled_summary`);
+    * ``details`` (method-specific): its per-split lists concatenated (:func:`_merge_details`);
     * everything else must be equal in every chunk (description, parameter count, grid, ...).
 
     Raises:
@@ -210,12 +224,16 @@ def merge_chunk_blocks(blocks: Sequence[dict[str, Any]], test_rows: Sequence[int
             }
         elif key in ("train_time_s", "selection_time_s"):
             merged[key] = sum(values)
+        elif key == "num_parameters" and len(set(values)) > 1:  # a mean over splits (hyper-deep-ensemble)
+            merged[key] = _weighted_mean(values, counts)
         elif key == "inference_ms_per_example":
             merged[key] = _weighted_mean(values, list(test_rows))
         elif key == "selection":
             nll = [item for value in values for item in value["validation_nll"]]
             rest = [{k: v for k, v in value.items() if k != "validation_nll"} for value in values]
             merged[key] = {**_merge(rest, counts, key), "validation_nll": nll}
+        elif key == "details":  # method-specific; per-split lists concatenated
+            merged[key] = _merge_details(values, counts, key)
         elif key == "training":  # retraining_network_epochs is a mean over splits
             retraining = _weighted_mean([value["retraining_network_epochs"] for value in values], counts)
             rest = [{k: v for k, v in value.items() if k != "retraining_network_epochs"} for value in values]
@@ -236,6 +254,13 @@ def merge_chunk_blocks(blocks: Sequence[dict[str, Any]], test_rows: Sequence[int
         for name in blocks[0]["metrics"]
     }
     return {key: merged[key] for key in blocks[0]}  # the order of a one-stack block
+
+
+def method_chunks(method: Any, num_chunks: int) -> int:
+    """How many chunks ``method``'s splits run in: ``num_chunks``, or 1 for a method whose recipe is drawn
+    once for all splits (``shared_random_search``: the hyper-deep ensemble's random search), which a chunk,
+    under its own seed, would draw again, differently."""
+    return 1 if getattr(method, "shared_random_search", False) else num_chunks
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -301,10 +326,12 @@ def run_cells(
     for task in tasks:
         table = regression.load_regression_table(task, directory if task == "uci" else None)
         task_name = task if task != "uci" else f"uci-{table.name}"
-        parts = partition_splits(len(table.splits), num_chunks)
         results["tasks"][task_name] = regression._task_block(task, table)
         log(f"[uqkit] {task_name}: {len(table)} rows, {len(table.splits)} splits")
         for index, name in enumerate(names, start=1):
+            method = regression.REGRESSION_METHODS[name]  # the recipe travels with the cell
+            chunks = method_chunks(method, num_chunks)
+            parts = partition_splits(len(table.splits), chunks)
             test_rows = [sum(int(table.splits[i][1].numel()) for i in part) for part in parts]
             entry = _MethodChunks(
                 task_name, name, f"[uqkit] {task_name} [{index}/{len(names)}] {name}", test_rows
@@ -318,22 +345,24 @@ def run_cells(
                 log(f"[uqkit]   {name}: finished in the earlier run, kept ({whole})")
                 entry.done(kept, log)
                 continue
-            for chunk in range(num_chunks):
-                path = chunk_path(out, task_name, name, chunk, num_chunks)
-                block = _read_or_set_aside(path, read_json, redo, log) if resume and num_chunks > 1 else None
+            if chunks < num_chunks:
+                log(f"{entry.label}: one stack of all splits ({name} draws its search once for all of them)")
+            for chunk in range(chunks):
+                path = chunk_path(out, task_name, name, chunk, chunks)
+                block = _read_or_set_aside(path, read_json, redo, log) if resume and chunks > 1 else None
                 if block is not None:
-                    log(f"{entry.label}: splits chunk {chunk + 1} of {num_chunks} finished earlier, kept")
+                    log(f"{entry.label}: splits chunk {chunk + 1} of {chunks} finished earlier, kept")
                     entry.add(chunk, block, out, log)
                     continue
-                method = regression.REGRESSION_METHODS[name]  # the recipe travels with the cell
                 # a Ray worker may run in another working directory (a cluster node): absolute paths
                 cell_dir = str(Path(directory).resolve()) if task == "uci" and directory is not None else None
-                args = (task, cell_dir, method, seed, chunk, num_chunks, str(Path(out).resolve()))
+                args = (task, cell_dir, method, seed, chunk, chunks, str(Path(out).resolve()))
                 cells.append(Cell((task_name, name, chunk), args))
 
     def on_start(cell: Cell) -> None:
         entry, chunk = methods[cell.key[:2]], cell.key[2]
-        log(entry.label + (f": splits chunk {chunk + 1} of {num_chunks}" if num_chunks > 1 else ""))
+        chunks = len(entry.test_rows)
+        log(entry.label + (f": splits chunk {chunk + 1} of {chunks}" if chunks > 1 else ""))
 
     if executor.in_process:  # the cells log to this run's log
         outcomes = executor.map(functools.partial(run_regression_cell, log=log), cells, on_start)
@@ -345,10 +374,10 @@ def run_cells(
         entry, chunk = methods[cell.key[:2]], cell.key[2]
         if not executor.in_process:
             log(
-                f"{entry.label}: splits chunk {chunk + 1} of {num_chunks} done "
+                f"{entry.label}: splits chunk {chunk + 1} of {len(entry.test_rows)} done "
                 f"({block['train_time_s']:.1f} s)"
             )
-            path = chunk_path(out, entry.task_name, entry.name, chunk, num_chunks)
+            path = chunk_path(out, entry.task_name, entry.name, chunk, len(entry.test_rows))
             if not path.exists():  # a cluster node that does not share the run directory: written here
                 _atomic_write_json(block, path)
         entry.add(chunk, block, out, log)

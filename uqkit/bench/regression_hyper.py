@@ -35,7 +35,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -80,6 +80,8 @@ class HyperEnsembleRegression(RegressionMethod):
         dropout_range: the search's dropout range.
     """
 
+    shared_random_search: ClassVar[bool] = True
+    """The search's configurations are drawn once for all splits: ``--split-chunks`` runs it unchunked."""
     search_candidates: int = 10
     retrained: int = 5
     dropout_range: tuple[float, float] = (0.0, 0.3)
