@@ -23,8 +23,8 @@ from uqkit.bench import regression, runner
 from uqkit.bench.executors import Cell, LocalExecutor, RayExecutor, make_executor
 from uqkit.bench.regression import REGRESSION_METHODS, evaluate_regression_method, run_regression_bench
 from uqkit.bench.regression_cells import (
-    _pooled_summary,
     _merge_details,
+    _pooled_summary,
     chunk_seed,
     merge_chunk_blocks,
     method_chunks,
@@ -158,7 +158,7 @@ def test_per_split_details_concatenate_and_a_shared_search_is_not_chunked():
     assert merged["steps"] == [3, 6]  # equal in every chunk: kept
     assert merged["per_split"] == [0.1, 0.2, 0.3, 0.4, 0.5]
     assert merged["student"]["nll"] == [[1.0, 2.0], [3.0, 4.0]] + [[5.0, 6.0]] * 3
-    with pytest.raises(ValueError, match="details.other: the chunks of a method hold different values"):
+    with pytest.raises(ValueError, match=r"details\.other: the chunks of a method hold different values"):
         _merge_details([{"other": "a"}, {"other": "b"}], [2, 3], "details")
     # the hyper-deep ensemble draws its search once for all splits: a chunk would draw another
     assert method_chunks(REGRESSION_METHODS["hyper-deep-ensemble"], 4) == 1
