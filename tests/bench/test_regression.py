@@ -373,7 +373,7 @@ def test_list_shows_regression_tasks_and_methods(capsys):
         assert name in out
 
 
-OPT_IN = ("sgld", "csgmcmc", "csgmcmc-distilled", "hyper-deep-ensemble")
+OPT_IN = ("sgld", "csgmcmc", "csgmcmc-distilled", "apd", "hyper-deep-ensemble")
 
 
 def test_opt_in_methods_are_listed_and_run_only_when_named(tmp_path, small_methods, capsys, monkeypatch):
@@ -381,6 +381,9 @@ def test_opt_in_methods_are_listed_and_run_only_when_named(tmp_path, small_metho
     left out of a run without --methods; named, they run and write valid results and a report."""
     distilled = dataclasses.replace(REGRESSION_METHODS["csgmcmc-distilled"], student_epochs=3)
     monkeypatch.setitem(REGRESSION_METHODS, "csgmcmc-distilled", distilled)
+    monkeypatch.setitem(
+        REGRESSION_METHODS, "apd", dataclasses.replace(REGRESSION_METHODS["apd"], apd_steps=3)
+    )
     assert set(OPT_IN) <= set(REGRESSION_METHODS) and not set(OPT_IN) & set(default_regression_methods())
     assert methods_for_task("uci-boston") == default_regression_methods()
     assert methods_for_task("uci", opt_in=True) == list(REGRESSION_METHODS)
@@ -397,6 +400,7 @@ def test_opt_in_methods_are_listed_and_run_only_when_named(tmp_path, small_metho
     assert methods["sgld"]["details"]["schedule"] == "polynomial"
     assert methods["hyper-deep-ensemble"]["details"]["networks_trained_per_split"] == 15
     assert methods["csgmcmc-distilled"]["num_models"] == 1  # one student per split
+    assert methods["apd"]["num_models"] == 12  # networks drawn from each split's generator
     text = write_report(results, tmp_path / "run")["markdown"].read_text()
     assert "hyper-deep-ensemble" in text and "; lambda " in text and "; T " in text  # the samplers' choices
 

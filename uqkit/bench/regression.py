@@ -1233,6 +1233,7 @@ def run_regression_bench(
 
 
 # The opt-in methods with their own procedures register themselves (they build on this module).
+from uqkit.bench import regression_apd as _regression_apd  # noqa: E402, F401
 from uqkit.bench import regression_distilled as _regression_distilled  # noqa: E402, F401
 from uqkit.bench import regression_hyper as _regression_hyper  # noqa: E402, F401
 from uqkit.bench import regression_sgmcmc as _regression_sgmcmc  # noqa: E402, F401
