@@ -110,10 +110,29 @@ def test_reruns_csgmcmcs_chains_and_draws_networks_chosen_on_validation_only():
         assert first["per_split"][key][0] == second["per_split"][key][0]
     assert first["num_models"] == first["num_samples"] == method.drawn_networks == 12
     apd = first["details"]["apd"]
-    assert apd["generator_steps"] == 20 and len(apd["rank"]) == len(apd["fit_time_s"]) == 2
-    assert all(math.isfinite(v["samples"]) and math.isfinite(v["generated"]) for v in apd["validation_nll"])
-    assert apd["validation_nll"][0] == second["details"]["apd"]["validation_nll"][0]
-    assert apd["rank"][0] == second["details"]["apd"]["rank"][0]
+    assert apd["generator_steps"] == 20 and len(apd["splits"]) == 2
+    for split in apd["splits"]:
+        assert math.isfinite(split["validation_nll_samples"]) and math.isfinite(
+            split["validation_nll_generated"]
+        )
+    same, changed = apd["splits"][0], second["details"]["apd"]["splits"][0]
+    for key in ("rank", "validation_nll_samples", "validation_nll_generated"):
+        assert same[key] == changed[key]
     assert all(math.isfinite(v) for v in first["per_split"]["nll"]) and first["conformal"] is not None
     assert first["per_split"]["nll"][0] != second["per_split"]["nll"][0]
     assert first["training"]["optimizer"] == "SGHMC, then Adam (APD's WGAN-GP)"
+
+
+def test_chunks_of_splits_merge_one_details_entry_per_split():
+    """With --split-chunks, a method's ``details`` lists concatenate over chunks: one entry per split."""
+    from uqkit.bench.regression_cells import merge_chunk_blocks
+
+    table = _tiny_table(splits=3)
+    method = _small("apd", learning_rates=(1e-2,), apd_steps=3)
+    blocks = [
+        evaluate_regression_method(method, dataclasses.replace(table, splits=table.splits[a:b]), seed=0)
+        for a, b in ((0, 2), (2, 3))
+    ]
+    merged = merge_chunk_blocks(blocks, [10, 10])
+    assert len(merged["details"]["apd"]["splits"]) == 3
+    assert merged["details"]["apd"]["splits"][2] == blocks[1]["details"]["apd"]["splits"][0]

@@ -19,7 +19,7 @@ The GAN's settings are the classification twin's (``distill_generator`` of
 ``APD_LEARNING_RATE``, ``S = APD_DRAWN_NETWORKS``); nothing here is chosen on test rows. The protocol's
 selection phase gets generators too: fitted to each split's fit-part samples, their drawn networks give the
 split conformal intervals (calibrated on the validation rows, as every method's selection networks) and a
-validation NLL beside the samples' (the block's ``details.apd.validation_nll``), the only numbers on which
+validation NLL beside the samples' (the block's ``details.apd.splits``), the only numbers on which
 the GAN's settings may be judged. The splits' generators are fitted one after the other (:class:`uqkit.APD`
 fits one generator at a time; times in docs/regression.md).
 """
@@ -188,12 +188,18 @@ class GeneratedSGMCMCRegression(CyclicalSGMCMCRegression):
                 "hidden": self.apd_hidden,
                 "drawn_networks": self.drawn_networks,
                 "generators_per_split": 2,
-                "rank": ranks,
-                "validation_nll": [
-                    {"samples": _finite(s), "generated": _finite(g)}
-                    for s, g in zip(*(v.tolist() for v in validation_nll), strict=True)
+                # one entry per split (never equal between chunks of splits, which concatenate them)
+                "splits": [
+                    {
+                        "rank": rank,
+                        "validation_nll_samples": _finite(samples_nll),
+                        "validation_nll_generated": _finite(generated_nll),
+                        "fit_time_s": a + b,
+                    }
+                    for rank, samples_nll, generated_nll, a, b in zip(
+                        ranks, *(v.tolist() for v in validation_nll), selection_times, times, strict=True
+                    )
                 ],
-                "fit_time_s": [a + b for a, b in zip(selection_times, times, strict=True)],
             },
         }
         return RegressionFit(
