@@ -154,10 +154,18 @@ def test_partition_splits_and_chunk_seeds():
 def test_per_split_details_concatenate_and_a_shared_search_is_not_chunked():
     chunk_a = {"steps": [3, 6], "per_split": [0.1, 0.2], "student": {"nll": [[1.0, 2.0], [3.0, 4.0]]}}
     chunk_b = {"steps": [3, 6], "per_split": [0.3, 0.4, 0.5], "student": {"nll": [[5.0, 6.0]] * 3}}
-    merged = _merge_details([chunk_a, chunk_b], [2, 3], "details")
-    assert merged["steps"] == [3, 6]  # equal in every chunk: kept
+    paths = ("details.per_split", "details.student.nll", "details.equal")
+    chunk_a["equal"], chunk_b["equal"] = [7, 7], [7, 7, 7]
+    merged = _merge_details([chunk_a, chunk_b], [2, 3], "details", paths)
+    assert merged["steps"] == [3, 6]  # a setting, equal in every chunk: kept
     assert merged["per_split"] == [0.1, 0.2, 0.3, 0.4, 0.5]
     assert merged["student"]["nll"] == [[1.0, 2.0], [3.0, 4.0]] + [[5.0, 6.0]] * 3
+    assert merged["equal"] == [7] * 5
+    # per-split lists of two equal chunks concatenate too (equal values are no sign of a setting there)
+    same = {"per_split": [0.1, 0.2], "student": {"nll": [[1.0], [2.0]]}, "equal": [7, 7], "steps": [3, 6]}
+    assert _merge_details([same, same], [2, 2], "details", paths)["per_split"] == [0.1, 0.2, 0.1, 0.2]
+    with pytest.raises(ValueError, match=r"details\.per_split: expected one entry per split \(3\)"):
+        _merge_details([chunk_a, {**chunk_b, "per_split": [0.3]}], [2, 3], "details", paths)
     with pytest.raises(ValueError, match=r"details\.other: the chunks of a method hold different values"):
         _merge_details([{"other": "a"}, {"other": "b"}], [2, 3], "details")
     # the hyper-deep ensemble draws its search once for all splits: a chunk would draw another

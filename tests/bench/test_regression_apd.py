@@ -133,6 +133,6 @@ def test_chunks_of_splits_merge_one_details_entry_per_split():
         evaluate_regression_method(method, dataclasses.replace(table, splits=table.splits[a:b]), seed=0)
         for a, b in ((0, 2), (2, 3))
     ]
-    merged = merge_chunk_blocks(blocks, [10, 10])
+    merged = merge_chunk_blocks(blocks, [10, 10], method.per_split_details)
     assert len(merged["details"]["apd"]["splits"]) == 3
     assert merged["details"]["apd"]["splits"][2] == blocks[1]["details"]["apd"]["splits"][0]

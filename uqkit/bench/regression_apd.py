@@ -30,6 +30,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
@@ -110,6 +111,8 @@ class GeneratedSGMCMCRegression(CyclicalSGMCMCRegression):
             default; the GAN's cost per step grows as its square).
     """
 
+    per_split_details: ClassVar[tuple[str, ...]] = ("details.apd.splits",)
+    """The lists of ``details`` with one entry per split (chunks of splits concatenate them)."""
     apd_steps: int = APD_STEPS
     apd_learning_rate: float = APD_LEARNING_RATE
     drawn_networks: int = APD_DRAWN_NETWORKS

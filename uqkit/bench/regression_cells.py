@@ -174,20 +174,28 @@ def _merge(values: list[Any], counts: list[int], path: str) -> Any:
     )
 
 
-def _merge_details(values: list[Any], counts: list[int], path: str) -> Any:
-    """The merge of a method's ``details`` (method-specific): equal values kept, dicts merged key by key,
-    lists with one entry per split (each chunk's as long as its number of splits) concatenated in split
-    order; anything else by :func:`_merge`'s rules."""
-    if all(value == values[0] for value in values[1:]):
-        return values[0]
-    if all(isinstance(value, dict) for value in values) and all(set(v) == set(values[0]) for v in values):
-        return {key: _merge_details([v[key] for v in values], counts, f"{path}.{key}") for key in values[0]}
-    if all(isinstance(v, list) and len(v) == n for v, n in zip(values, counts, strict=True)):
+def _merge_details(values: list[Any], counts: list[int], path: str, per_split: Sequence[str] = ()) -> Any:
+    """The merge of a method's ``details`` (method-specific): the lists at the paths ``per_split`` (the
+    method's ``per_split_details``, e.g. ``details.student.validation_nll``: one entry per split, so each
+    chunk's as long as its number of splits) concatenated in split order, even where two chunks' lists
+    happen to be equal; dicts merged key by key; anything else by :func:`_merge`'s rules (equal in every
+    chunk, or an error naming the path)."""
+    if path in per_split:
+        for value, count in zip(values, counts, strict=True):
+            if not isinstance(value, list) or len(value) != count:
+                raise ValueError(f"{path}: expected one entry per split ({count}), got {value!r:.200}")
         return [item for value in values for item in value]
+    if all(isinstance(value, dict) for value in values) and all(set(v) == set(values[0]) for v in values):
+        return {
+            key: _merge_details([v[key] for v in values], counts, f"{path}.{key}", per_split)
+            for key in values[0]
+        }
     return _merge(values, counts, path)
 
 
-def merge_chunk_blocks(blocks: Sequence[dict[str, Any]], test_rows: Sequence[int]) -> dict[str, Any]:
+def merge_chunk_blocks(
+    blocks: Sequence[dict[str, Any]], test_rows: Sequence[int], per_split_details: Sequence[str] = ()
+) -> dict[str, Any]:
     """One method's block from its chunks' blocks (in chunk order), as one stack over all splits would
     have written it.
 
@@ -198,7 +206,8 @@ def merge_chunk_blocks(blocks: Sequence[dict[str, Any]], test_rows: Sequence[int
     * ``train_time_s`` and ``selection_time_s``: summed (the compute spent, not the wall time);
       ``inference_ms_per_example``: weighted by each chunk's test rows (``test_rows``);
     * any other ``{"mean", "se"}`` over splits (``conformal``): pooled exactly (:func:`_pooled_summary`);
-    * ``details`` (method-specific): its per-split lists concatenated (:func:`_merge_details`);
+    * ``details`` (method-specific): the lists at ``per_split_details`` (the method's, paths from
+      ``details``) concatenated, the rest merged by the rules here (:func:`_merge_details`);
     * everything else must be equal in every chunk (description, parameter count, grid, ...).
 
     Raises:
@@ -233,7 +242,7 @@ def merge_chunk_blocks(blocks: Sequence[dict[str, Any]], test_rows: Sequence[int
             rest = [{k: v for k, v in value.items() if k != "validation_nll"} for value in values]
             merged[key] = {**_merge(rest, counts, key), "validation_nll": nll}
         elif key == "details":  # method-specific; per-split lists concatenated
-            merged[key] = _merge_details(values, counts, key)
+            merged[key] = _merge_details(values, counts, key, per_split_details)
         elif key == "training":  # retraining_network_epochs is a mean over splits
             retraining = _weighted_mean([value["retraining_network_epochs"] for value in values], counts)
             rest = [{k: v for k, v in value.items() if k != "retraining_network_epochs"} for value in values]
@@ -269,8 +278,11 @@ def method_chunks(method: Any, num_chunks: int) -> int:
 class _MethodChunks:
     """The chunks of one (task, method) of a run, collected until the method's block can be written."""
 
-    def __init__(self, task_name: str, name: str, label: str, test_rows: list[int]) -> None:
+    def __init__(
+        self, task_name: str, name: str, label: str, test_rows: list[int], per_split_details: Sequence[str]
+    ) -> None:
         self.task_name, self.name, self.label, self.test_rows = task_name, name, label, test_rows
+        self.per_split_details = per_split_details
         self.blocks: dict[int, dict[str, Any]] = {}
         self.block: dict[str, Any] | None = None  # the method's block, once every chunk is done
 
@@ -286,7 +298,7 @@ class _MethodChunks:
             self.done(self.blocks[0], log)
             return
         blocks = [self.blocks[c] for c in range(len(self.test_rows))]
-        merged = _clean(merge_chunk_blocks(blocks, self.test_rows))
+        merged = _clean(merge_chunk_blocks(blocks, self.test_rows, self.per_split_details))
         _atomic_write_json(merged, chunk_path(out, self.task_name, self.name, 0, 1))
         self.done(merged, log)
 
@@ -333,9 +345,9 @@ def run_cells(
             chunks = method_chunks(method, num_chunks)
             parts = partition_splits(len(table.splits), chunks)
             test_rows = [sum(int(table.splits[i][1].numel()) for i in part) for part in parts]
-            entry = _MethodChunks(
-                task_name, name, f"[uqkit] {task_name} [{index}/{len(names)}] {name}", test_rows
-            )
+            label = f"[uqkit] {task_name} [{index}/{len(names)}] {name}"
+            per_split = getattr(method, "per_split_details", ())
+            entry = _MethodChunks(task_name, name, label, test_rows, per_split)
             methods[task_name, name] = entry
             redo = f"running {name} again"
             whole = chunk_path(out, task_name, name, 0, 1)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
@@ -83,6 +84,8 @@ class DistilledSGMCMCRegression(CyclicalSGMCMCRegression):
         student_epochs: the most epochs of a student (its epoch count chosen on validation).
     """
 
+    per_split_details: ClassVar[tuple[str, ...]] = ("details.student.validation_nll",)
+    """The lists of ``details`` with one entry per split (chunks of splits concatenate them)."""
     student_learning_rates: tuple[float, ...] = (1e-3, 1e-2)
     student_epochs: int = 400
 

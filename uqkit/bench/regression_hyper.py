@@ -82,6 +82,13 @@ class HyperEnsembleRegression(RegressionMethod):
 
     shared_random_search: ClassVar[bool] = True
     """The search's configurations are drawn once for all splits: ``--split-chunks`` runs it unchunked."""
+    per_split_details: ClassVar[tuple[str, ...]] = (
+        "details.members_selected",
+        "details.selections",
+        "details.search_selection",
+        "details.final_val_nll",
+    )
+    """The lists of ``details`` with one entry per split (chunks of splits concatenate them)."""
     search_candidates: int = 10
     retrained: int = 5
     dropout_range: tuple[float, float] = (0.0, 0.3)
