@@ -44,3 +44,22 @@ def fake_fashion_mnist_dir(tmp_path_factory) -> Path:
 def fake_fashion_mnist(fake_fashion_mnist_dir, monkeypatch) -> Path:
     monkeypatch.setenv("UQKIT_DATA", str(fake_fashion_mnist_dir))
     return fake_fashion_mnist_dir
+
+
+@pytest.fixture
+def uci_toy_directory(tmp_path) -> Path:
+    """A tiny regression table (40 rows) in the UCI directory format: ``tmp_path / "toy"``."""
+    return write_uci_directory(tmp_path / "toy")
+
+
+def write_uci_directory(directory: Path, rows: int = 40, seed: int = 0) -> Path:
+    """A tiny regression table in the UCI directory format (``data.txt``, ``index_features.txt``,
+    ``index_target.txt``): two Gaussian features, target ``x0 - x1`` plus noise of std 0.2."""
+    directory.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(rows, 2))
+    y = x[:, 0] - x[:, 1] + 0.2 * rng.normal(size=rows)
+    np.savetxt(directory / "data.txt", np.column_stack([x, y]))
+    (directory / "index_features.txt").write_text("0\n1\n")
+    (directory / "index_target.txt").write_text("2\n")
+    return directory

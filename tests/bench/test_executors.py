@@ -189,17 +189,6 @@ def test_pooled_mean_and_standard_error_equal_those_of_all_values():
         assert pooled["se"] == pytest.approx(summary(values)["se"], rel=1e-12)
 
 
-def _write_table(directory: Path, rows: int = 40, seed: int = 0) -> Path:
-    directory.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    x = rng.normal(size=(rows, 2))
-    y = x[:, 0] - x[:, 1] + 0.2 * rng.normal(size=rows)
-    np.savetxt(directory / "data.txt", np.column_stack([x, y]))
-    (directory / "index_features.txt").write_text("0\n1\n")
-    (directory / "index_target.txt").write_text("2\n")
-    return directory
-
-
 @pytest.fixture
 def tiny_methods(monkeypatch):
     """Two-epoch recipes (the recipe travels with each cell, so Ray workers train these too)."""
@@ -208,8 +197,8 @@ def tiny_methods(monkeypatch):
         monkeypatch.setitem(REGRESSION_METHODS, name, recipe)
 
 
-def test_a_chunked_method_is_its_chunks_run_alone_and_merged(tmp_path, tiny_methods):
-    data = _write_table(tmp_path / "toy")
+def test_a_chunked_method_is_its_chunks_run_alone_and_merged(tmp_path, tiny_methods, uci_toy_directory):
+    data = uci_toy_directory
     results = run_regression_bench(
         tmp_path / "run", ["uci"], ["mc-dropout"], data, seed=3, log=lambda _: None, split_chunks=3
     )
@@ -239,8 +228,10 @@ def test_a_chunked_method_is_its_chunks_run_alone_and_merged(tmp_path, tiny_meth
         merge_chunk_blocks([{**alone[0], "new": 1}, {**alone[1], "new": 2}], [1, 1])
 
 
-def test_a_chunked_run_resumes_its_unfinished_chunks_only(tmp_path, tiny_methods, monkeypatch):
-    data = _write_table(tmp_path / "toy")
+def test_a_chunked_run_resumes_its_unfinished_chunks_only(
+    tmp_path, tiny_methods, monkeypatch, uci_toy_directory
+):
+    data = uci_toy_directory
     run = tmp_path / "run"
     first = run_regression_bench(run, ["uci"], ["deterministic"], data, log=lambda _: None, split_chunks=2)
     with pytest.raises(RunConfigMismatchError, match="differs in: split_chunks"):
@@ -264,8 +255,8 @@ def test_a_chunked_run_resumes_its_unfinished_chunks_only(tmp_path, tiny_methods
     _assert_close(first["tasks"]["uci-toy"]["methods"], resumed["tasks"]["uci-toy"]["methods"])
 
 
-def test_cli_split_chunks(tmp_path, tiny_methods, capsys):
-    data = _write_table(tmp_path / "toy")
+def test_cli_split_chunks(tmp_path, tiny_methods, capsys, uci_toy_directory):
+    data = uci_toy_directory
     argv = ["bench", "--task", "uci", "--data-dir", str(data), "--methods", "deterministic", "--no-progress"]
     assert main([*argv, "--split-chunks", "21", "--out", str(tmp_path / "bad")]) == 2
     assert "--split-chunks: expected at most the table's 20 splits, got 21" in capsys.readouterr().err
@@ -355,8 +346,8 @@ def test_a_worker_killed_mid_cell_is_retried_and_nothing_is_lost(ray_executor, s
 
 
 @pytest.mark.ray
-def test_ray_regression_chunks_equal_the_local_run(ray_executor, tmp_path, tiny_methods):
-    data = _write_table(tmp_path / "toy")
+def test_ray_regression_chunks_equal_the_local_run(ray_executor, tmp_path, tiny_methods, uci_toy_directory):
+    data = uci_toy_directory
     arguments = (["uci"], ["deterministic", "mc-dropout"], data)
     local = run_regression_bench(tmp_path / "local", *arguments, log=lambda _: None, split_chunks=2)
     remote = run_regression_bench(

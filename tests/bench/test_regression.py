@@ -220,25 +220,14 @@ def test_reported_nll_and_rmse_are_in_original_units():
         assert b == pytest.approx(1000.0 * a, rel=1e-4)
 
 
-def _write_directory(directory: Path, rows: int = 40, seed: int = 0) -> Path:
-    directory.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    x = rng.normal(size=(rows, 2))
-    y = x[:, 0] - x[:, 1] + 0.2 * rng.normal(size=rows)
-    np.savetxt(directory / "data.txt", np.column_stack([x, y]))
-    (directory / "index_features.txt").write_text("0\n1\n")
-    (directory / "index_target.txt").write_text("2\n")
-    return directory
-
-
 @pytest.fixture
 def small_methods(monkeypatch):
     for name in list(REGRESSION_METHODS):
         monkeypatch.setitem(REGRESSION_METHODS, name, _small(name, epochs=2))
 
 
-def test_run_writes_valid_results_and_report(tmp_path, small_methods):
-    data = _write_directory(tmp_path / "toy")
+def test_run_writes_valid_results_and_report(tmp_path, small_methods, uci_toy_directory):
+    data = uci_toy_directory
     results = run_regression_bench(tmp_path / "run", ["uci"], data_dir=data, log=lambda _: None)
     validate_results(json.loads((tmp_path / "run" / "results.json").read_text()))
     task = results["tasks"]["uci-toy"]
@@ -258,8 +247,8 @@ def test_run_writes_valid_results_and_report(tmp_path, small_methods):
     assert "deep-ensemble" in format_leaderboard(results)
 
 
-def test_results_validation_catches_regression_mistakes(tmp_path, small_methods):
-    data = _write_directory(tmp_path / "toy")
+def test_results_validation_catches_regression_mistakes(tmp_path, small_methods, uci_toy_directory):
+    data = uci_toy_directory
     results = run_regression_bench(
         tmp_path / "run", ["uci"], ["deterministic"], data_dir=data, log=lambda _: None
     )
@@ -277,8 +266,10 @@ def test_results_validation_catches_regression_mistakes(tmp_path, small_methods)
         validate_results(bad)
 
 
-def test_resume_keeps_finished_methods_and_refuses_other_runs(tmp_path, small_methods, monkeypatch):
-    data = _write_directory(tmp_path / "toy")
+def test_resume_keeps_finished_methods_and_refuses_other_runs(
+    tmp_path, small_methods, monkeypatch, uci_toy_directory
+):
+    data = uci_toy_directory
     run = tmp_path / "run"
     first = run_regression_bench(run, ["uci"], ["deterministic"], data_dir=data, log=lambda _: None)
     with pytest.raises(RunConfigMismatchError, match="already holds a run; pass --resume"):
@@ -302,8 +293,10 @@ def test_resume_keeps_finished_methods_and_refuses_other_runs(tmp_path, small_me
     validate_results(json.loads((run / "results.json").read_text()))
 
 
-def test_resume_sets_aside_a_corrupt_method_file_and_runs_that_method_again(tmp_path, small_methods):
-    data = _write_directory(tmp_path / "toy")
+def test_resume_sets_aside_a_corrupt_method_file_and_runs_that_method_again(
+    tmp_path, small_methods, uci_toy_directory
+):
+    data = uci_toy_directory
     run = tmp_path / "run"
     methods = ["deterministic", "mc-dropout"]
     first = run_regression_bench(run, ["uci"], methods, data_dir=data, log=lambda _: None)
@@ -324,8 +317,8 @@ def test_resume_sets_aside_a_corrupt_method_file_and_runs_that_method_again(tmp_
     validate_results(json.loads((run / "results.json").read_text()))
 
 
-def test_cli_regression_resume(tmp_path, small_methods, capsys):
-    data = _write_directory(tmp_path / "toy")
+def test_cli_regression_resume(tmp_path, small_methods, capsys, uci_toy_directory):
+    data = uci_toy_directory
     argv = ["bench", "--task", "uci", "--data-dir", str(data), "--methods", "deterministic"]
     assert main([*argv, "--out", str(tmp_path / "run"), "--no-progress"]) == 0
     assert main([*argv, "--out", str(tmp_path / "run"), "--no-progress"]) == 2
@@ -341,8 +334,8 @@ def test_schema_doc_lists_every_regression_key():
     assert not missing, f"docs/results-schema.md does not document {missing}"
 
 
-def test_cli_malformed_directory_names_file_and_line(tmp_path, capsys):
-    data = _write_directory(tmp_path / "toy")
+def test_cli_malformed_directory_names_file_and_line(tmp_path, capsys, uci_toy_directory):
+    data = uci_toy_directory
     lines = (data / "data.txt").read_text().splitlines()
     lines[6] = "1.0 oops 2.0"
     (data / "data.txt").write_text("\n".join(lines) + "\n")
@@ -376,7 +369,9 @@ def test_list_shows_regression_tasks_and_methods(capsys):
 OPT_IN = ("sgld", "csgmcmc", "csgmcmc-distilled", "apd", "hyper-deep-ensemble")
 
 
-def test_opt_in_methods_are_listed_and_run_only_when_named(tmp_path, small_methods, capsys, monkeypatch):
+def test_opt_in_methods_are_listed_and_run_only_when_named(
+    tmp_path, small_methods, capsys, monkeypatch, uci_toy_directory
+):
     """The regression twins of the opt-in classification methods are registered for every UCI task but
     left out of a run without --methods; named, they run and write valid results and a report."""
     distilled = dataclasses.replace(REGRESSION_METHODS["csgmcmc-distilled"], student_epochs=3)
@@ -391,7 +386,7 @@ def test_opt_in_methods_are_listed_and_run_only_when_named(tmp_path, small_metho
     lines = capsys.readouterr().out.splitlines()
     for name in OPT_IN:
         assert any(line.split()[:1] == [name] and "[opt-in" in line for line in lines[-12:])
-    data = _write_directory(tmp_path / "toy")
+    data = uci_toy_directory
     results = run_regression_bench(tmp_path / "run", ["uci"], list(OPT_IN), data_dir=data, log=lambda _: None)
     validate_results(json.loads((tmp_path / "run" / "results.json").read_text()))
     methods = results["tasks"]["uci-toy"]["methods"]
