@@ -143,7 +143,8 @@ def regression_training_fields(
     validation_fraction: float,
 ) -> dict[str, Any]:
     """``block`` completed with the training part of a regression method block: the per-split learning rate
-    and epoch (the one whose weights the method kept, chosen on validation NLL) and the ``selection``."""
+    and epoch (the one whose weights the method kept, chosen on validation NLL), the ``selection``, and
+    ``training`` in the UCI layout (the one training's network epochs as its ``retraining``)."""
     chosen = selected_epochs[0] if selected_epochs else epochs
     best = min((entry["val_nll"] for entry in history), default=None)
     block["per_split"].update({"learning_rate": [learning_rate], "dropout": None, "epochs": [int(chosen)]})
@@ -155,4 +156,11 @@ def regression_training_fields(
         "validation_nll": [[best]],
     }
     block["selection_time_s"] = 0.0
+    facts = block.get("training")
+    if isinstance(facts, dict) and "network_epochs" in facts:  # the runner's facts, in the UCI layout
+        block["training"] = {
+            "optimizer": facts["optimizer"],
+            "selection_network_epochs": 0,  # no separate choice: the one training keeps its best epoch
+            "retraining_network_epochs": float(facts["network_epochs"]),
+        }
     return block
