@@ -42,6 +42,7 @@ import math
 import torch
 from torch import nn
 
+from uqkit._validation import check_positive_float
 from uqkit.bench.models import build_model
 from uqkit.bench.registry import Method, MethodContext, register_method
 from uqkit.methods.predict import predict
@@ -68,6 +69,7 @@ CSGMCMC_EXPLORATION = 0.8
 CSGMCMC_LR = 0.1
 CSGMCMC_FRICTION = 0.1
 CSGMCMC_TEMPERATURE = 1.0
+CSGMCMC_WEIGHT_DECAY = PRIOR_WEIGHT_DECAY
 SGLD_SAMPLES = 12
 SGLD_LR = 0.1
 SGLD_GAMMA = 0.55
@@ -95,6 +97,7 @@ class SGMCMCMethod(Method):
         num_data: ``N``, the training-set size.
         steps_per_epoch: training steps per epoch (to express spacings in epochs).
         temperature: ``T`` of the sampler (1: the posterior).
+        weight_decay: ``w >= 0``, the Gaussian prior as a weight decay on the mean loss: precision ``w N``.
     """
 
     select_best_epoch = False
@@ -103,7 +106,14 @@ class SGMCMCMethod(Method):
         "the SG-MCMC methods' step sizes, prior and temperature were chosen on classification only"
     )
 
-    def __init__(self, network: nn.Module, num_data: int, steps_per_epoch: int, temperature: float) -> None:
+    def __init__(
+        self,
+        network: nn.Module,
+        num_data: int,
+        steps_per_epoch: int,
+        temperature: float,
+        weight_decay: float = PRIOR_WEIGHT_DECAY,
+    ) -> None:
         super().__init__()
         self.chain = network
         self.network = SampleCollector(network)
@@ -111,7 +121,8 @@ class SGMCMCMethod(Method):
         self.num_data = int(num_data)
         self.steps_per_epoch = int(steps_per_epoch)
         self.temperature = float(temperature)
-        self.prior_precision = PRIOR_WEIGHT_DECAY * self.num_data
+        self.weight_decay = check_positive_float(weight_decay, "weight_decay", allow_zero=True)
+        self.prior_precision = self.weight_decay * self.num_data
 
     @property
     def num_samples(self) -> int:  # type: ignore[override]
@@ -179,7 +190,7 @@ class CyclicalSGMCMC(SGMCMCMethod):
     of ``num_cycles`` cycles, ``samples_per_cycle`` states kept at the ends of each cycle's last epochs.
 
     Args:
-        network, num_data, steps_per_epoch, temperature: as :class:`SGMCMCMethod`.
+        network, num_data, steps_per_epoch, temperature, weight_decay: as :class:`SGMCMCMethod`.
         base_lr: ``alpha_0``, each cycle's initial step size (on the mean loss).
         friction: SGHMC's ``alpha`` (``1 - momentum``).
         num_cycles: ``M``.
@@ -202,8 +213,9 @@ class CyclicalSGMCMC(SGMCMCMethod):
         num_cycles: int = CSGMCMC_CYCLES,
         exploration: float = CSGMCMC_EXPLORATION,
         samples_per_cycle: int = CSGMCMC_SAMPLES_PER_CYCLE,
+        weight_decay: float = CSGMCMC_WEIGHT_DECAY,
     ) -> None:
-        super().__init__(network, num_data, steps_per_epoch, temperature)
+        super().__init__(network, num_data, steps_per_epoch, temperature, weight_decay)
         self.base_lr = base_lr
         self.friction = friction
         self.num_cycles = num_cycles
@@ -247,7 +259,7 @@ class SGLDChain(SGMCMCMethod):
     """SGLD (Welling & Teh 2011): a polynomially decaying step size, a burn-in, then evenly thinned samples.
 
     Args:
-        network, num_data, steps_per_epoch, temperature: as :class:`SGMCMCMethod`.
+        network, num_data, steps_per_epoch, temperature, weight_decay: as :class:`SGMCMCMethod`.
         base_lr: the step size at step 0 (on the mean loss).
         gamma: the decay exponent of :func:`uqkit.sgmcmc.polynomial_step_size` (decay scale: one epoch).
         num_samples_kept: ``K``, evenly spaced over the steps after the burn-in.
@@ -267,8 +279,9 @@ class SGLDChain(SGMCMCMethod):
         gamma: float = SGLD_GAMMA,
         num_samples_kept: int = SGLD_SAMPLES,
         burn_in_fraction: float = SGLD_BURN_IN_FRACTION,
+        weight_decay: float = PRIOR_WEIGHT_DECAY,
     ) -> None:
-        super().__init__(network, num_data, steps_per_epoch, temperature)
+        super().__init__(network, num_data, steps_per_epoch, temperature, weight_decay)
         self.base_lr = base_lr
         self.gamma = gamma
         self.num_samples_kept = num_samples_kept
