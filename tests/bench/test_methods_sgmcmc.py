@@ -152,6 +152,17 @@ def test_state_dict_round_trip_of_a_finished_method():
     assert method.num_parameters() == 5 * sum(p.numel() for p in method.chain.parameters())
 
 
+def test_weight_decay_is_the_prior_precision_per_example():
+    method = _csgmcmc(weight_decay=2e-3)
+    (group,) = method.make_optimizer(1e-3).param_groups
+    assert group["prior_precision"] == pytest.approx(2e-3 * 96)  # w N, N = 96 training examples
+    chain = SGLDChain(_network(), 96, 96 // BATCH, weight_decay=0.0)
+    (group,) = chain.make_optimizer(1e-3).param_groups
+    assert group["prior_precision"] == 0.0
+    with pytest.raises(ValueError, match=r"weight_decay: expected a finite number >= 0, got -1.0"):
+        _csgmcmc(weight_decay=-1.0)
+
+
 def test_registered_as_opt_in_and_classification_only():
     assert not METHODS["csgmcmc"].default and not METHODS["sgld"].default
     assert "csgmcmc" not in methods_for_task("fashion-mnist")  # a run without --methods leaves them out
