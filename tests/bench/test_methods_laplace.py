@@ -7,6 +7,7 @@ from __future__ import annotations
 import copy
 import io
 import json
+import math
 
 import pytest
 import torch
@@ -85,13 +86,30 @@ def test_the_fitted_posterior_reloads_from_the_state_dict_without_data(hessian):
         torch.testing.assert_close(fresh.double().predict(test.double()).probs, reference)
 
 
-def test_refuses_to_predict_unfitted_and_to_fit_without_the_training_split():
+def test_unfitted_it_predicts_with_the_map_network_and_refuses_to_fit_without_the_training_split():
     method = build_laplace(CONTEXT).eval()
     x, y = _data(8, 0)
-    with pytest.raises(RuntimeError, match="call fit_post_hoc"):
-        method.predict(x)
+    with torch.no_grad():  # before the fit (the trainer's validation passes): the MAP network, S = 1
+        assert torch.equal(method.predict(x).logits, method.network(x).unsqueeze(0))
     with pytest.raises(ValueError, match="needs the training split"):
         method.fit_post_hoc(x, y)
+
+
+def test_bench_laplace_alone_trains_the_deterministic_network_itself(fake_fashion_mnist, tmp_path):
+    """Without ``deterministic`` in the run, ``laplace`` trains its network itself, choosing its epoch on the
+    MAP network's validation NLL exactly as ``deterministic`` does, then fits the posterior."""
+    alone = run_bench(
+        BenchConfig(out=tmp_path / "alone", methods=["laplace"], quick=True, progress=False),
+        log=lambda _: None,
+    )["tasks"]["fashion-mnist"]["methods"]["laplace"]
+    base = run_bench(
+        BenchConfig(out=tmp_path / "base", methods=["deterministic"], quick=True, progress=False),
+        log=lambda _: None,
+    )["tasks"]["fashion-mnist"]["methods"]["deterministic"]
+    assert alone["shares_training_with"] is None
+    assert [e["val_nll"] for e in alone["history"]] == pytest.approx([e["val_nll"] for e in base["history"]])
+    assert alone["selected_epochs"] == base["selected_epochs"]
+    assert math.isfinite(alone["metrics"]["nll"]) and alone["metrics"]["nll"] != base["metrics"]["nll"]
 
 
 def test_not_applicable_with_the_reason():

@@ -30,6 +30,7 @@ from uqkit.bench.models import build_model
 from uqkit.bench.registry import MethodContext, NotApplicableError, SingleNetwork, register_method
 from uqkit.methods.laplace import DEFAULT_MEMORY_BUDGET, LastLayerLaplace
 from uqkit.methods.laplace_curvature import STRUCTURES
+from uqkit.methods.predict import predict
 from uqkit.prediction import Prediction
 
 __all__ = ["LAPLACE_HESSIAN", "LAPLACE_PRIOR_PRECISION", "LAPLACE_SAMPLES", "LaplaceMethod", "build_laplace"]
@@ -112,11 +113,13 @@ class LaplaceMethod(SingleNetwork):
     def predict(self, inputs: torch.Tensor) -> Prediction:
         """The GLM predictive of :meth:`uqkit.LastLayerLaplace.predict` (probit, or Monte Carlo).
 
-        Raises:
-            RuntimeError: before :meth:`fit_post_hoc`.
+        Before :meth:`fit_post_hoc` there is no posterior yet: the prediction is the MAP network's own
+        (``S = 1``), the deterministic method's. That is what the trainer's validation passes score when
+        ``laplace`` trains its network itself (a run without ``deterministic``), so the epoch it keeps is the
+        one ``deterministic`` would keep.
         """
         if not self.fitted:
-            raise RuntimeError("laplace: call fit_post_hoc(...) (with the training split) before predict")
+            return predict(self.network, inputs, num_samples=1, output=self.likelihood.output)
         return self.laplace.predict(inputs, num_samples=self.laplace_samples)
 
     # -- the fitted posterior as state -------------------------------------------------------------------
