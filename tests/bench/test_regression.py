@@ -24,13 +24,7 @@ from uqkit.bench.regression import (
     evaluate_regression_method,
     run_regression_bench,
 )
-from uqkit.bench.report import (
-    REGRESSION_TASK_KEYS,
-    format_leaderboard,
-    schema_key_paths,
-    validate_results,
-    write_report,
-)
+from uqkit.bench.report import format_leaderboard, validate_results, write_report
 from uqkit.bench.runner import RunConfigMismatchError
 from uqkit.cli import main
 from uqkit.data import RegressionTable, load_uci_directory
@@ -325,13 +319,6 @@ def test_cli_regression_resume(tmp_path, small_methods, capsys, uci_toy_director
     assert "pass --resume" in capsys.readouterr().err
     assert main([*argv, "--out", str(tmp_path / "run"), "--no-progress", "--resume"]) == 0
     assert "finished in the earlier run, kept" in capsys.readouterr().out
-
-
-def test_schema_doc_lists_every_regression_key():
-    doc = (Path(__file__).resolve().parents[2] / "docs" / "results-schema.md").read_text(encoding="utf-8")
-    paths = schema_key_paths(REGRESSION_TASK_KEYS, "tasks.<task>")
-    missing = [path for path in paths if f"`{path}`" not in doc]
-    assert not missing, f"docs/results-schema.md does not document {missing}"
 
 
 def test_cli_malformed_directory_names_file_and_line(tmp_path, capsys, uci_toy_directory):

@@ -308,7 +308,11 @@ def _plain_errors(document) -> set[tuple[str, str]]:
     """jsonschema's own validator (per-item descent, no fast list check), with the same number types."""
     base = jsonschema.Draft202012Validator
     checker = base.TYPE_CHECKER.redefine_many(
-        {"number": schema_module._is_number, "integer": schema_module._is_integer}
+        {
+            "number": schema_module._is_number,
+            "integer": schema_module._is_integer,
+            "array": schema_module._is_array,
+        }
     )
     plain = jsonschema.validators.extend(base, type_checker=checker)(results_schema())
     return {(tuple(e.absolute_path).__repr__(), e.message) for e in plain.iter_errors(document)}

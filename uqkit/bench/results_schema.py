@@ -9,7 +9,8 @@ equal lengths, per-split lists have one value per split, ...).
 Numbers follow JSON: a finite number, or ``null`` for an undefined value. Python's ``json`` module reads and
 writes ``NaN`` and ``Infinity``, which are not JSON; here they are not numbers, so a NaN where the schema
 wants a number is an error naming its path (the runner writes ``null`` instead, with ``allow_nan=False``).
-Integers are Python ints (not ``3.0``, not ``True``).
+Integers are Python ints (not ``3.0``, not ``True``). A results dict built in memory (what
+:func:`uqkit.bench.runner.run_bench` returns) may hold tuples where the file holds lists.
 """
 
 from __future__ import annotations
@@ -60,6 +61,11 @@ def _is_number(checker: Any, instance: Any) -> bool:
 def _is_integer(checker: Any, instance: Any) -> bool:
     """A JSON integer as Python's ``json`` reads it: an int, not bool (``3.0`` is a float)."""
     return isinstance(instance, int) and not isinstance(instance, bool)
+
+
+def _is_array(checker: Any, instance: Any) -> bool:
+    """A JSON array: a list, or a tuple in a results dict built in memory (``json`` writes it as a list)."""
+    return isinstance(instance, (list, tuple))
 
 
 _SCALAR_TYPES: dict[str, Callable[[Any], bool]] = {
@@ -126,7 +132,8 @@ def _validator() -> Any:
             error
         )
     base = jsonschema.Draft202012Validator
-    checker = base.TYPE_CHECKER.redefine_many({"number": _is_number, "integer": _is_integer})
+    types = {"number": _is_number, "integer": _is_integer, "array": _is_array}
+    checker = base.TYPE_CHECKER.redefine_many(types)
     schema = results_schema()
     base.check_schema(schema)
     keywords = {"items": _fast_items(base.VALIDATORS["items"])}

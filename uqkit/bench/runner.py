@@ -709,6 +709,8 @@ def run_bench(
     for key in ("data", "target", "ood", "kind"):
         if results["config"][key] is None:
             results["config"].pop(key)
+        elif key in ("data", "ood"):  # paths as the file holds them, so that the returned dict validates
+            results["config"][key] = str(results["config"][key])
     seeds = config.seed_list()
     # a Ray worker may run in another working directory (a cluster node): cells get absolute paths
     absolute = {
