@@ -15,6 +15,7 @@ Integers are Python ints (not ``3.0``, not ``True``). A results dict built in me
 
 from __future__ import annotations
 
+import copy
 import functools
 import importlib.resources
 import itertools
@@ -47,10 +48,15 @@ _NAVIGATION = {"properties": "fixed", "additionalProperties": "free", "patternPr
 
 
 @functools.cache
-def results_schema() -> dict[str, Any]:
-    """The ``results.json`` schema (``uqkit/bench/results.schema.json``), parsed; the same dict every call."""
+def _schema() -> dict[str, Any]:
     text = importlib.resources.files("uqkit.bench").joinpath(SCHEMA_FILE).read_text(encoding="utf-8")
     return json.loads(text)
+
+
+def results_schema() -> dict[str, Any]:
+    """The ``results.json`` schema (``uqkit/bench/results.schema.json``, JSON Schema draft 2020-12), parsed:
+    a fresh copy, which the caller may change without affecting :func:`validate_results`."""
+    return copy.deepcopy(_schema())
 
 
 def _is_number(checker: Any, instance: Any) -> bool:
@@ -87,7 +93,7 @@ def _scalar_check(schema: Any) -> Callable[[Any], bool] | None:
         return cached[1]
     resolved = schema
     if isinstance(schema, dict) and set(schema) == {"$ref"} and schema["$ref"].startswith("#/$defs/"):
-        resolved = results_schema()["$defs"].get(schema["$ref"].removeprefix("#/$defs/"))
+        resolved = _schema()["$defs"].get(schema["$ref"].removeprefix("#/$defs/"))
     check = None
     if isinstance(resolved, dict) and "type" in resolved and set(resolved) <= _SCALAR_KEYWORDS:
         types = [resolved["type"]] if isinstance(resolved["type"], str) else list(resolved["type"])
@@ -134,7 +140,7 @@ def _validator() -> Any:
     base = jsonschema.Draft202012Validator
     types = {"number": _is_number, "integer": _is_integer, "array": _is_array}
     checker = base.TYPE_CHECKER.redefine_many(types)
-    schema = results_schema()
+    schema = _schema()
     base.check_schema(schema)
     keywords = {"items": _fast_items(base.VALIDATORS["items"])}
     return jsonschema.validators.extend(base, validators=keywords, type_checker=checker)(schema)
