@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import ast
 import collections
+import itertools
 import textwrap
 from dataclasses import dataclass
 from pathlib import Path
@@ -209,8 +210,9 @@ def _strongly_connected(graph: dict[str, dict[str, list[Import]]]) -> list[list[
 
 
 def find_cycles(graph: dict[str, dict[str, list[Import]]]) -> list[list[str]]:
-    """Cycles of ``graph`` as chains ``[a, b, ..., a]``: for every edge inside a strongly connected component,
-    the shortest cycle through it (deduplicated), so every import that closes a cycle is on a printed chain."""
+    """Cycles of ``graph`` as chains ``[a, b, ..., a]``: for every edge inside a strongly connected
+    component, the shortest cycle through it (deduplicated), so every import that closes a cycle is on a
+    printed chain."""
     cycles: set[tuple[str, ...]] = set()
     for component in _strongly_connected(graph):
         members = set(component)
@@ -241,7 +243,7 @@ def find_cycles(graph: dict[str, dict[str, list[Import]]]) -> list[list[str]]:
 def describe_cycle(cycle: list[str], graph: dict[str, dict[str, list[Import]]], root: Path) -> str:
     """``a -> b -> a`` with, under it, the file and line of each import on the chain."""
     lines = [" -> ".join(cycle)]
-    for a, b in zip(cycle, cycle[1:], strict=False):
+    for a, b in itertools.pairwise(cycle):
         imp = graph[a][b][0]
         how = "" if imp.target == b else f" (imports {imp.target}, which runs {b}/__init__.py first)"
         lines.append(f"    {a} -> {b}: {imp.path.relative_to(root.parent)}:{imp.line}{how}")
@@ -249,7 +251,8 @@ def describe_cycle(cycle: list[str], graph: dict[str, dict[str, list[Import]]], 
 
 
 def private_name_imports(root: Path, package: str) -> list[str]:
-    """Every read of another module's ``_name``: ``from m import _name`` or ``m._name`` on an imported module."""
+    """Every read of another module's ``_name``: ``from m import _name``, or ``m._name`` on an imported
+    module ``m``."""
     modules = module_names(root, package)
     found = []
     for imp in collect_imports(root, package):
@@ -410,7 +413,8 @@ def test_detector_counts_a_package_init_that_reexports(tmp_path):
 
 
 def test_detector_counts_the_init_of_a_package_above_the_target(tmp_path):
-    # pkg.low.x imports pkg.up.y; that runs pkg/up/__init__.py, which imports pkg.up.z, which imports pkg.low.x.
+    # pkg.low.x imports pkg.up.y; that runs pkg/up/__init__.py, which imports pkg.up.z, which imports
+    # pkg.low.x.
     package = _write_package(
         tmp_path,
         {
