@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import ast
 import collections
+import functools
 import itertools
 import textwrap
 from dataclasses import dataclass
@@ -45,16 +46,15 @@ import uqkit
 
 PACKAGE_ROOT = Path(uqkit.__file__).resolve().parent
 
-# Modules whose imports of other modules' private helpers are allowed for now. The UCI regression runner is
-# being rewritten into the one runner (issue 16, item 1) on its own branch, which removes its imports of
-# ``runner._...`` helpers. Empty this tuple when that branch lands.
+# Modules whose reads of other modules' private helpers are allowed for now: the UCI regression runner, being
+# rewritten into the one runner (issue 16, item 1) on its own branch, which removes its imports of
+# ``runner._...`` and ``regression._...`` helpers. Empty this tuple when that branch lands.
 PRIVATE_IMPORT_EXCEPTIONS: tuple[str, ...] = (
     "uqkit.bench.regression",
     "uqkit.bench.regression_apd",
     "uqkit.bench.regression_cells",
     "uqkit.bench.regression_distilled",
     "uqkit.bench.regression_hyper",
-    "uqkit.bench.regression_report",
     "uqkit.bench.regression_sgmcmc",
 )
 
@@ -79,6 +79,16 @@ def module_names(root: Path, package: str) -> dict[str, Path]:
             parts.pop()
         modules[".".join(parts)] = path
     return modules
+
+
+@functools.cache
+def _parse_source(path: Path, modified: int) -> ast.Module:
+    return ast.parse(path.read_text(), filename=str(path))
+
+
+def _parse(path: Path) -> ast.Module:
+    """The syntax tree of ``path``, parsed once per version of the file."""
+    return _parse_source(path, path.stat().st_mtime_ns)
 
 
 def _is_package(name: str, modules: dict[str, Path]) -> bool:
@@ -129,7 +139,7 @@ def collect_imports(root: Path, package: str) -> list[Import]:
     modules = module_names(root, package)
     imports: list[Import] = []
     for importer, path in modules.items():
-        tree = ast.parse(path.read_text(), filename=str(path))
+        tree = _parse(path)
         is_package = path.name == "__init__.py"
 
         def add(target: str, line: int, names: tuple[str, ...] = (), importer=importer, path=path) -> None:
@@ -262,7 +272,7 @@ def private_name_imports(root: Path, package: str) -> list[str]:
                     f"{imp.importer} <- {imp.target}.{name} ({imp.path.relative_to(root.parent)}:{imp.line})"
                 )
     for importer, path in modules.items():
-        tree = ast.parse(path.read_text(), filename=str(path))
+        tree = _parse(path)
         is_package = path.name == "__init__.py"
         bound: dict[str, str] = {}  # local name -> the uqkit module it is bound to
         for node in _runtime_nodes(tree):
@@ -307,7 +317,7 @@ def class_definitions(root: Path, package: str) -> dict[str, list[str]]:
     """Every class name defined in the package (at any depth), with where each definition is."""
     where: dict[str, list[str]] = collections.defaultdict(list)
     for name, path in module_names(root, package).items():
-        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        for node in ast.walk(_parse(path)):
             if isinstance(node, ast.ClassDef):
                 where[node.name].append(f"{name}:{node.lineno}")
     return where
@@ -322,7 +332,10 @@ def test_uqkit_has_no_import_cycles():
     graph = import_graph(PACKAGE_ROOT, "uqkit")
     cycles = find_cycles(graph)
     report = "\n".join(describe_cycle(cycle, graph, PACKAGE_ROOT) for cycle in cycles)
-    assert not cycles, f"{len(cycles)} import cycle(s) in uqkit/ (deferred imports count):\n{report}"
+    if cycles:
+        pytest.fail(
+            f"{len(cycles)} import cycle(s) in uqkit/ (deferred imports count):\n{report}", pytrace=False
+        )
 
 
 def test_uqkit_imports_no_private_helpers_across_modules():
@@ -331,19 +344,21 @@ def test_uqkit_imports_no_private_helpers_across_modules():
         for line in private_name_imports(PACKAGE_ROOT, "uqkit")
         if line.split(" <- ")[0] not in PRIVATE_IMPORT_EXCEPTIONS
     ]
-    assert not found, (
-        "private helpers read from another module (make them public where they live, or move them):\n"
-        + "\n".join(found)
-    )
+    if found:
+        pytest.fail(
+            "private helpers read from another module (make them public where they live, or move them):\n"
+            + "\n".join(found),
+            pytrace=False,
+        )
 
 
 def test_uqkit_class_names_are_unique():
     clashes = {
         name: where for name, where in class_definitions(PACKAGE_ROOT, "uqkit").items() if len(where) > 1
     }
-    assert not clashes, "classes that share one name:\n" + "\n".join(
-        f"{name}: {', '.join(where)}" for name, where in sorted(clashes.items())
-    )
+    if clashes:
+        lines = [f"{name}: {', '.join(where)}" for name, where in sorted(clashes.items())]
+        pytest.fail("classes that share one name:\n" + "\n".join(lines), pytrace=False)
 
 
 def test_exceptions_name_existing_modules():
