@@ -26,10 +26,13 @@ __all__ = [
     "check_same_length",
     "check_tensor",
     "check_unit_interval",
+    "describe_value",
 ]
 
 
-def _describe(value: Any) -> str:
+def describe_value(value: Any) -> str:
+    """What ``value`` is, for an error message: a tensor's shape and dtype, else its type and repr (at most
+    200 characters)."""
     if isinstance(value, torch.Tensor):
         return f"tensor of shape {tuple(value.shape)} and dtype {value.dtype}"
     return f"{type(value).__name__} {value!r}"[:200]
@@ -38,7 +41,7 @@ def _describe(value: Any) -> str:
 def check_tensor(value: Any, name: str) -> torch.Tensor:
     """Return ``value`` if it is a tensor, else raise a ``TypeError`` naming ``name``."""
     if not isinstance(value, torch.Tensor):
-        raise TypeError(f"{name}: expected a torch.Tensor, got {_describe(value)}")
+        raise TypeError(f"{name}: expected a torch.Tensor, got {describe_value(value)}")
     return value
 
 
@@ -153,7 +156,7 @@ def check_choice(value: Any, name: str, options: Iterable[str]) -> str:
 def check_positive_int(value: Any, name: str, minimum: int = 1) -> int:
     """Raise unless ``value`` is an int (not bool) of at least ``minimum``."""
     if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name}: expected an int, got {_describe(value)}")
+        raise TypeError(f"{name}: expected an int, got {describe_value(value)}")
     if value < minimum:
         raise ValueError(f"{name}: expected an int >= {minimum}, got {value}")
     return value
@@ -162,7 +165,7 @@ def check_positive_int(value: Any, name: str, minimum: int = 1) -> int:
 def check_positive_float(value: Any, name: str, allow_zero: bool = False) -> float:
     """Raise unless ``value`` is a finite real number > 0 (or >= 0 with ``allow_zero``)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name}: expected a number, got {_describe(value)}")
+        raise TypeError(f"{name}: expected a number, got {describe_value(value)}")
     value = float(value)
     ok = value >= 0 if allow_zero else value > 0
     if not ok or value != value or value in (float("inf"), float("-inf")):
@@ -174,7 +177,7 @@ def check_positive_float(value: Any, name: str, allow_zero: bool = False) -> flo
 def check_unit_interval(value: Any, name: str, open_left: bool = False, open_right: bool = False):
     """Raise unless ``value`` is a number in [0, 1] (ends open as requested)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name}: expected a number, got {_describe(value)}")
+        raise TypeError(f"{name}: expected a number, got {describe_value(value)}")
     value = float(value)
     lo_ok = value > 0 if open_left else value >= 0
     hi_ok = value < 1 if open_right else value <= 1

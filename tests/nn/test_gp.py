@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import uqkit
 from uqkit.nn.gp import RandomFeatureGP
 from uqkit.prediction import Prediction
 
@@ -395,6 +396,26 @@ def test_mean_field_prediction():
     mean, var = gp.mean_and_variance(hidden)
     torch.testing.assert_close(mean, logits)
     torch.testing.assert_close(var, variance)
+
+
+def test_predict_equals_uqkit_predict_and_leaves_the_layer_as_it_was():
+    # the layer's own predict does not go through uqkit.predict (uqkit.nn imports nothing of uqkit.methods)
+    gp, hidden = _trained_layer()
+    gp.train()
+    precision = gp.precision.clone()
+    for num_samples in (None, 6):
+        torch.manual_seed(1)
+        own = gp.predict(hidden, num_samples=num_samples).logits
+        torch.manual_seed(1)
+        torch.testing.assert_close(
+            own, uqkit.predict(gp, hidden, num_samples=num_samples).logits, rtol=0, atol=0
+        )
+        assert gp.training and torch.equal(gp.precision, precision) and not own.requires_grad
+    gp.default_num_samples = 4
+    torch.manual_seed(2)
+    own = gp.predict(hidden).logits
+    torch.manual_seed(2)
+    assert own.shape == (4, 5, 3) and torch.equal(own, uqkit.predict(gp, hidden).logits)
 
 
 def test_monte_carlo_prediction_moments():

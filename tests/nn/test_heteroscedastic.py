@@ -35,6 +35,16 @@ def test_zero_noise_equals_tempered_softmax():
     torch.testing.assert_close(prediction.log_probs, expected)
 
 
+def test_predict_equals_uqkit_predict_and_restores_the_mode():
+    head = _head(num_samples=5).train()
+    hidden = torch.randn(4, 6, dtype=torch.float64)
+    torch.manual_seed(3)
+    own = head.predict(hidden).logits
+    torch.manual_seed(3)
+    assert torch.equal(own, uqkit.predict(head, hidden).logits)
+    assert head.training and all(module.training for module in head.modules()) and not own.requires_grad
+
+
 def test_covariance_is_low_rank_plus_diagonal():
     head = _head()
     hidden = torch.randn(3, 6, dtype=torch.float64)

@@ -111,12 +111,12 @@ def test_stacked_bayesian_last_layer_equals_the_closed_form_model_by_model():
     function_mean, function_variance, noise_variance = model.moments(x)
     mean, variance = model(x)
     for k in range(3):
-        h = torch.relu(x[k] @ model.hidden.weight[k] + model.hidden.bias[k])
+        h = torch.relu(x[k] @ model.hidden.weight[k].T + model.hidden.bias[k])
         s = model.posterior_scale("weight")[k]
         want_mean = h @ model.weight_mean[k] + model.bias[k]
         torch.testing.assert_close(function_mean[k], want_mean, rtol=1e-13, atol=1e-13)
         torch.testing.assert_close(function_variance[k], h.square() @ s.square(), rtol=1e-13, atol=1e-13)
-        want_noise = F.softplus(h @ model.noise.weight[k] + model.noise.bias[k]) + 1e-6
+        want_noise = F.softplus(h @ model.noise.weight[k].T + model.noise.bias[k]) + 1e-6
         torch.testing.assert_close(noise_variance[k], want_noise, rtol=1e-13, atol=1e-13)
     torch.testing.assert_close(mean, function_mean)
     torch.testing.assert_close(variance, function_variance + noise_variance)

@@ -1,4 +1,4 @@
-"""Stacked models (uqkit/nn/stacked.py) against loops over the single-model layers, and Flipout's math."""
+"""Stacked layers (uqkit/nn/stacked.py) against loops over the single-model layers, and Flipout's math."""
 
 import copy
 
@@ -22,12 +22,12 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _linear_twins(stacked: StackedLinear) -> list[nn.Linear]:
-    """``nn.Linear`` copies of each model of a stack (weights transposed back)."""
+    """``nn.Linear`` copies of each member of a stacked linear layer."""
     layers = []
-    for k in range(stacked.num_models):
+    for k in range(stacked.num_members):
         layer = nn.Linear(stacked.in_features, stacked.out_features, dtype=stacked.weight.dtype)
         with torch.no_grad():
-            layer.weight.copy_(stacked.weight[k].T)
+            layer.weight.copy_(stacked.weight[k])
             layer.bias.copy_(stacked.bias[k])
         layers.append(layer)
     return layers
@@ -35,25 +35,59 @@ def _linear_twins(stacked: StackedLinear) -> list[nn.Linear]:
 
 def test_stacked_linear_equals_loop_over_linear_outputs_and_gradients():
     torch.manual_seed(0)
-    stacked = StackedLinear(4, 5, 3).double()
+    stacked = StackedLinear.from_shape(4, 5, 3).double()
     twins = _linear_twins(stacked)
     x = torch.randn(4, 7, 5, dtype=torch.float64)  # a different batch per model
-    out = stacked(x)
+    out = stacked.per_member(x)
     loop = torch.stack([twin(x[k]) for k, twin in enumerate(twins)])
     torch.testing.assert_close(out, loop, rtol=0, atol=1e-14)
     weights = torch.randn_like(out)
     (out * weights).sum().backward()
     sum((twin(x[k]) * weights[k]).sum() for k, twin in enumerate(twins)).backward()
     for k, twin in enumerate(twins):
-        torch.testing.assert_close(stacked.weight.grad[k], twin.weight.grad.T, rtol=0, atol=1e-13)
+        torch.testing.assert_close(stacked.weight.grad[k], twin.weight.grad, rtol=0, atol=1e-13)
         torch.testing.assert_close(stacked.bias.grad[k], twin.bias.grad, rtol=0, atol=1e-13)
-    broadcast = stacked(x[0])  # [B, D] goes to every model
+    broadcast = stacked.per_member(x[0].expand(4, -1, -1))  # one [B, D] batch for every model, not copied
     torch.testing.assert_close(broadcast, torch.stack([twin(x[0]) for twin in twins]), rtol=0, atol=1e-14)
+    # the same layer on the members folded into the batch, as a DeepEnsemble runs it
+    torch.testing.assert_close(stacked(x.reshape(28, 5)), out.detach().reshape(28, 3), rtol=0, atol=1e-14)
+    with pytest.raises(
+        ValueError, match=r"expected \[M, N, in_features\] = \[4, N, 5\], got shape \[3, 7, 5\]"
+    ):
+        stacked.per_member(x[:3])
+
+
+def test_stacked_linear_from_modules_holds_each_member_s_linear():
+    torch.manual_seed(0)
+    members = [nn.Linear(5, 3) for _ in range(4)]
+    stacked = StackedLinear(members)
+    assert (stacked.num_members, stacked.in_features, stacked.out_features) == (4, 5, 3)
+    for k, member in enumerate(members):
+        assert torch.equal(stacked.weight[k], member.weight) and torch.equal(stacked.bias[k], member.bias)
+    assert stacked.weight.data_ptr() not in {member.weight.data_ptr() for member in members}  # a copy
+
+
+def test_stacked_linear_from_shape_draws_in_the_uci_stacks_order():
+    # The UCI regression stacks drew [K, in, out] weights, then [K, out] biases; a seed must keep giving
+    # the same networks (their published numbers), now stored [K, out, in].
+    torch.manual_seed(5)
+    stacked = StackedLinear.from_shape(3, 4, 6)
+    torch.manual_seed(5)
+    bound = 4**-0.5
+    weight = torch.empty(3, 4, 6).uniform_(-bound, bound)
+    bias = torch.empty(3, 6).uniform_(-bound, bound)
+    assert torch.equal(stacked.weight.detach(), weight.transpose(1, 2))
+    assert torch.equal(stacked.bias.detach(), bias)
+    assert stacked.weight.is_contiguous() and StackedLinear.from_shape(3, 4, 6, bias=False).bias is None
+    with pytest.raises(ValueError, match="in_features"):
+        StackedLinear.from_shape(3, 0, 6)
+    with pytest.raises(TypeError, match="bias"):
+        StackedLinear.from_shape(3, 4, 6, bias=1)
 
 
 def test_stacked_linear_initialisation_is_nn_linear_s():
     torch.manual_seed(0)
-    stacked = StackedLinear(200, 16, 8)
+    stacked = StackedLinear.from_shape(200, 16, 8)
     bound = 16**-0.5
     weight, bias = stacked.weight.detach(), stacked.bias.detach()
     assert float(weight.abs().max()) <= bound and float(bias.abs().max()) <= bound
@@ -179,7 +213,7 @@ def test_stacked_gaussian_mlp_equals_loop_over_single_networks():
         torch.testing.assert_close(mean[k], want_mean, rtol=0, atol=1e-13)
         torch.testing.assert_close(variance[k], want_var, rtol=0, atol=1e-13)
         (0.5 * want_var.log() + (y[k] - want_mean) ** 2 / (2 * want_var)).sum().backward()
-        torch.testing.assert_close(model.hidden.weight.grad[k], hidden[k].weight.grad.T, rtol=0, atol=1e-12)
+        torch.testing.assert_close(model.hidden.weight.grad[k], hidden[k].weight.grad, rtol=0, atol=1e-12)
         torch.testing.assert_close(model.output.bias.grad[k], output[k].bias.grad, rtol=0, atol=1e-12)
     norms = model.weight_norms().detach()
     for k in range(3):

@@ -19,11 +19,12 @@ import torch
 
 from uqkit import metrics
 from uqkit.bench.evaluate_conformal import conformal_sets_block
+from uqkit.bench.inference import predict_in_batches
 from uqkit.bench.likelihoods import NUM_BINS
 from uqkit.bench.progress import progress_bar
 from uqkit.bench.registry import Method
 from uqkit.bench.tasks import Task
-from uqkit.prediction import GaussianPrediction, Prediction
+from uqkit.prediction import Prediction
 
 __all__ = ["SurfaceGrid", "evaluate_method", "predict_in_batches", "surface_grid"]
 
@@ -36,34 +37,6 @@ SURFACE_PADDING = 1.0
 SURFACE_DECIMALS = 3
 MAX_SURFACE_POINTS = 300
 """Most training (and, separately, OOD) points stored with a surface to be overlaid on the figure."""
-
-
-def predict_in_batches(
-    method: Method,
-    inputs: torch.Tensor,
-    batch_size: int,
-    device: str = "cpu",
-    desc: str = "predict",
-    progress: bool = True,
-) -> Prediction | GaussianPrediction:
-    """Predict ``inputs`` in batches (no gradients, eval mode); logits (or Gaussian means and variances)
-    gathered on the CPU."""
-    method.eval()
-    parts = []
-    num_batches = math.ceil(len(inputs) / batch_size)
-    with torch.no_grad(), progress_bar(num_batches, desc, enabled=progress) as bar:
-        for start in range(0, len(inputs), batch_size):
-            batch = inputs[start : start + batch_size].to(device)
-            prediction = method.predict(batch)
-            if isinstance(prediction, GaussianPrediction):
-                parts.append((prediction.sample_mean.cpu(), prediction.sample_variance.cpu()))
-            else:
-                parts.append(prediction.logits.cpu())
-            bar.update(1)
-    if isinstance(parts[0], tuple):
-        means, variances = zip(*parts, strict=True)
-        return GaussianPrediction(torch.cat(means, dim=1), torch.cat(variances, dim=1))
-    return Prediction(torch.cat(parts, dim=1))
 
 
 def _finite(value: float) -> float | None:

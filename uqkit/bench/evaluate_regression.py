@@ -19,8 +19,8 @@ from typing import Any
 import torch
 
 from uqkit import metrics
-from uqkit.bench.evaluate import predict_in_batches
 from uqkit.bench.evaluate_conformal import conformal_intervals, summarize_intervals
+from uqkit.bench.inference import predict_in_batches
 from uqkit.bench.registry import Method
 from uqkit.bench.regression import COVERAGE_LEVELS, mixture_nll
 from uqkit.bench.tasks import Task

@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from uqkit.bench.methods_sgmcmc import CyclicalSGMCMC, _steps_per_epoch
+from uqkit.bench.methods_sgmcmc import CyclicalSGMCMC, steps_per_epoch
 from uqkit.bench.models import build_model
 from uqkit.bench.posterior_distillation import (
     APD_DRAWN_NETWORKS,
@@ -117,7 +117,7 @@ class GeneratedCSGMCMC(DistilledGenerator, CyclicalSGMCMC):
 def _csgmcmc_distilled(context: MethodContext) -> Method:
     network = build_model(context.model, context.input_shape, context.num_classes)
     student = build_model(context.model, context.input_shape, context.num_classes)
-    return DistilledCSGMCMC(network, student, context.num_train, _steps_per_epoch(context))
+    return DistilledCSGMCMC(network, student, context.num_train, steps_per_epoch(context))
 
 
 @register_method(
@@ -135,4 +135,4 @@ def _apd(context: MethodContext) -> Method:
             f"apd distils networks of up to {APD_MAX_PARAMETERS:,} parameters; the {context.model} backbone "
             f"has {size:,} (use --model lenet5)"
         )
-    return GeneratedCSGMCMC(network, context, context.num_train, _steps_per_epoch(context))
+    return GeneratedCSGMCMC(network, context, context.num_train, steps_per_epoch(context))

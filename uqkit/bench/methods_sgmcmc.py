@@ -323,7 +323,9 @@ class SGLDChain(SGMCMCMethod):
             group["lr"] = rate
 
 
-def _steps_per_epoch(context: MethodContext) -> int:
+def steps_per_epoch(context: MethodContext) -> int:
+    """Optimizer steps in one epoch of the task: ``ceil(num_train / batch_size)``, at least 1 (the
+    schedules of the SG-MCMC methods and their distilled forms count in epochs)."""
     return max(1, math.ceil(context.num_train / context.batch_size))
 
 
@@ -338,7 +340,7 @@ def _steps_per_epoch(context: MethodContext) -> int:
 )
 def _csgmcmc(context: MethodContext) -> Method:
     network = build_model(context.model, context.input_shape, context.num_classes)
-    return CyclicalSGMCMC(network, context.num_train, _steps_per_epoch(context))
+    return CyclicalSGMCMC(network, context.num_train, steps_per_epoch(context))
 
 
 @register_method(
@@ -349,4 +351,4 @@ def _csgmcmc(context: MethodContext) -> Method:
 )
 def _sgld(context: MethodContext) -> Method:
     network = build_model(context.model, context.input_shape, context.num_classes)
-    return SGLDChain(network, context.num_train, _steps_per_epoch(context))
+    return SGLDChain(network, context.num_train, steps_per_epoch(context))

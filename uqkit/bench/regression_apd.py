@@ -87,7 +87,7 @@ def stack_from_vectors(vectors: torch.Tensor, like: StackedGaussianMLP) -> Stack
             f"{tuple(vectors.shape)}"
         )
     count = vectors.shape[0]
-    model = StackedGaussianMLP(count, like.hidden.weight.shape[1], like.hidden.weight.shape[2])
+    model = StackedGaussianMLP(count, like.hidden.in_features, like.hidden.out_features)
     with torch.no_grad():
         for parameter, block in zip(model.parameters(), vectors.split(sizes, dim=1), strict=True):
             parameter.copy_(block.reshape(count, *parameter.shape[1:]))
@@ -139,7 +139,7 @@ class GeneratedSGMCMCRegression(CyclicalSGMCMCRegression):
         """
         vectors = stack_vectors(samples)
         kept = vectors.shape[0] // splits
-        template = _build_stack(self, torch.zeros(1), samples.hidden.weight.shape[1])
+        template = _build_stack(self, torch.zeros(1), samples.hidden.in_features)
         drawn, ranks, times = [], [], []
         for split in range(splits):
             started = time.perf_counter()

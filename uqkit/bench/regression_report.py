@@ -2,8 +2,10 @@
 
 Reads only ``results.json`` (regression tasks, ``kind: "regression"``, see docs/results-schema.md), so
 ``uqkit report RUN_DIR`` rebuilds it. :func:`uqkit.bench.report.format_leaderboard` and
-:func:`uqkit.bench.report.write_report` hand regression runs to :func:`format_regression_tables` and
-:func:`write_regression_report`.
+:func:`uqkit.bench.report.write_report` check the results (:func:`uqkit.bench.results_schema.validate_results`) and
+hand regression runs to :func:`format_regression_tables` and :func:`write_regression_report`. The pieces every
+report shares come from :mod:`uqkit.bench.report_format`; this module does not import
+:mod:`uqkit.bench.report`, which imports it.
 """
 
 from __future__ import annotations
@@ -16,8 +18,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from uqkit.bench import conformal_report
-from uqkit.bench import report as _report
+from uqkit.bench import conformal_report, report_format, results_schema
 
 __all__ = [
     "PUBLISHED_LABELS",
@@ -178,17 +179,17 @@ def format_regression_tables(results: Mapping[str, Any]) -> str:
     built on the task's model follow, with the reason."""
     parts = []
     for name, task in results["tasks"].items():
-        if not _report.is_regression_task(task):
+        if not report_format.is_regression_task(task):
             continue
         title = f"{name}: {task['description']} ({_splits_text(task)})"
         table = _text_table(regression_header(task), regression_rows(task))
-        parts.append("\n".join([title, table, *_report.not_applicable_lines(task)]))
+        parts.append("\n".join([title, table, *report_format.not_applicable_lines(task)]))
     return "\n\n".join(parts)
 
 
 def _markdown_table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|:---|" + "---:|" * (len(header) - 2) + ":---|"]
-    lines += ["| " + " | ".join(_report._md(cell) for cell in row) + " |" for row in rows]
+    lines += ["| " + " | ".join(report_format.markdown_escape(cell) for cell in row) + " |" for row in rows]
     return "\n".join(lines)
 
 
@@ -234,31 +235,32 @@ def write_regression_report(results: Mapping[str, Any], run_dir: str | os.PathLi
     """Write ``report.md``, a self-contained ``report.html`` and ``figures/<task>_coverage.png``.
 
     Args:
-        results: a valid results dict whose tasks are all regression tasks.
+        results: a results dict following the schema (checked here with
+            :func:`uqkit.bench.results_schema.validate_results`) whose tasks are all regression tasks.
         run_dir: the run directory (created if missing).
 
     Returns:
         ``{"markdown": Path, "html": Path, "figures": list[Path]}``.
 
     Raises:
-        ValueError: if ``results`` does not follow the schema or holds a classification task.
+        ValueError: if ``results`` holds a classification task.
         ImportError: if matplotlib is not installed (``pip install 'uqkit[bench]'``).
     """
-    _report.validate_results(results)
-    kinds = {_report.is_regression_task(task) for task in results["tasks"].values()}
+    results_schema.validate_results(results)
+    kinds = {report_format.is_regression_task(task) for task in results["tasks"].values()}
     if kinds != {True}:
         raise ValueError("results: expected only regression tasks; run regression and classification apart")
-    plots = _report._import_plots()
+    plots = report_format.import_plots()
     run_dir = Path(run_dir)
     (run_dir / "figures").mkdir(parents=True, exist_ok=True)
-    colors = plots.method_colors(_report.method_order(results))
-    md = _report._markdown_header(results, "uqkit regression benchmark report")
+    colors = plots.method_colors(report_format.method_order(results))
+    md = report_format.markdown_header(results, "uqkit regression benchmark report")
     body = [
         "<h1>uqkit regression benchmark report</h1>",
         f"<p>Command: <code>{html.escape(results['command'])}</code><br>Created: "
         f"{html.escape(results['created'])}</p>",
         "<h2>Environment</h2>",
-        _report._html_key_value_table(results["environment"]),
+        report_format.html_key_value_table(results["environment"]),
     ]
     figure_paths = []
     for name, task in results["tasks"].items():
@@ -266,25 +268,33 @@ def write_regression_report(results: Mapping[str, Any], run_dir: str | os.PathLi
         png = plots.figure_png(plots.coverage_figure(name, task, colors))
         file_name = f"{plots._slug(name)}_coverage.png"
         path = run_dir / "figures" / file_name
-        _report._atomic_write(path, png)
+        report_format.atomic_write_bytes(path, png)
         figure_paths.append(path)
         caption = (
             "Interval coverage: observed fraction of test targets inside the central interval of each "
             "nominal probability, mean over splits; the dashed diagonal is perfect calibration."
         )
-        md += ["", f"## Task {_report._md(name)}", "", _report._md(task["description"]), ""]
-        md += [f"- **{label}**: {_report._md(text)}" for label, text in _facts(task)]
+        md += [
+            "",
+            f"## Task {report_format.markdown_escape(name)}",
+            "",
+            report_format.markdown_escape(task["description"]),
+            "",
+        ]
+        md += [f"- **{label}**: {report_format.markdown_escape(text)}" for label, text in _facts(task)]
         md += [
             "",
             _markdown_table(header, rows),
             "",
-            _report._md(_LEGEND),
-            *_report._markdown_not_applicable(task),
-            *conformal_report.markdown_lines(conformal_report.conformal_interval_table(task), _report._md),
+            report_format.markdown_escape(_LEGEND),
+            *report_format.markdown_not_applicable(task),
+            *conformal_report.markdown_lines(
+                conformal_report.conformal_interval_table(task), report_format.markdown_escape
+            ),
             "",
             f"![interval coverage](figures/{file_name})",
         ]
-        md += ["", f"*{_report._md(caption)}*"]
+        md += ["", f"*{report_format.markdown_escape(caption)}*"]
         head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
         trs = "".join(
             "<tr>" + "".join(f'<td class="num">{html.escape(c)}</td>' for c in row) + "</tr>" for row in rows
@@ -297,19 +307,19 @@ def write_regression_report(results: Mapping[str, Any], run_dir: str | os.PathLi
             f'<dl class="facts">{facts}</dl>',
             f'<div class="wide"><table><thead><tr>{head}</tr></thead><tbody>{trs}</tbody></table></div>',
             f'<p class="legend">{html.escape(_LEGEND)}</p>',
-            *_report._html_not_applicable(task),
+            *report_format.html_not_applicable(task),
             *conformal_report.html_lines(conformal_report.conformal_interval_table(task)),
             f'<figure><img src="data:image/png;base64,{data}" alt="interval coverage">'
             f"<figcaption>{html.escape(caption)}</figcaption></figure>",
         ]
     markdown_path, html_path = run_dir / "report.md", run_dir / "report.html"
-    _report._atomic_write(markdown_path, ("\n".join(md) + "\n").encode("utf-8"))
+    report_format.atomic_write_bytes(markdown_path, ("\n".join(md) + "\n").encode("utf-8"))
     title = "uqkit regression report: " + ", ".join(results["tasks"])
     page = (
         '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
-        f"<title>{html.escape(title)}</title>\n<style>{_report._CSS}</style>\n</head>\n<body>\n"
+        f"<title>{html.escape(title)}</title>\n<style>{report_format.REPORT_CSS}</style>\n</head>\n<body>\n"
         + "\n".join(body)
         + "\n</body>\n</html>\n"
     )
-    _report._atomic_write(html_path, page.encode("utf-8"))
+    report_format.atomic_write_bytes(html_path, page.encode("utf-8"))
     return {"markdown": markdown_path, "html": html_path, "figures": figure_paths}

@@ -284,8 +284,8 @@ def _gather_samples(parts: list, splits: int) -> StackedGaussianMLP:
             per_split = part.num_models // splits
             states.append(_slice_stack(part, split * per_split, per_split))
     state = {name: torch.cat([s[name] for s in states]) for name in states[0]}
-    rows, in_features = state["hidden.weight"].shape[0], state["hidden.weight"].shape[1]
-    model = StackedGaussianMLP(rows, in_features, state["hidden.weight"].shape[2])
+    rows, hidden, in_features = state["hidden.weight"].shape  # StackedLinear: [K, out, in]
+    model = StackedGaussianMLP(rows, in_features, hidden)
     model.load_state_dict(state)
     return model.eval()
 

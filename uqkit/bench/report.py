@@ -22,7 +22,6 @@ import base64
 import html
 import math
 import os
-import re
 import textwrap
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -30,7 +29,16 @@ from pathlib import Path
 from typing import Any
 
 from uqkit.bench import conformal_report
-from uqkit.bench._atomic import atomic_write
+from uqkit.bench.report_format import REPORT_CSS as _CSS
+from uqkit.bench.report_format import atomic_write_bytes as _atomic_write
+from uqkit.bench.report_format import html_key_value_table as _html_key_value_table
+from uqkit.bench.report_format import html_not_applicable as _html_not_applicable
+from uqkit.bench.report_format import import_plots as _import_plots
+from uqkit.bench.report_format import is_regression_task, method_order, not_applicable_lines
+from uqkit.bench.report_format import markdown_escape as _md
+from uqkit.bench.report_format import markdown_header as _markdown_header
+from uqkit.bench.report_format import markdown_not_applicable as _markdown_not_applicable
+from uqkit.bench.report_format import plain_text as _plain
 from uqkit.bench.results_schema import SCHEMA_VERSION, validate_results
 from uqkit.bench.seeds import mean_and_standard_error, paired_t_test
 
@@ -48,16 +56,12 @@ __all__ = [
     "write_report",
 ]
 
-_INSTALL_HINT = "pip install 'uqkit[bench]'"
 
 
 def _describe(value: Any) -> str:
     return f"{type(value).__name__} {value!r}"[:120]
 
 
-def is_regression_task(task: Mapping[str, Any]) -> bool:
-    """Whether a task block of ``results.json`` is a regression task (``kind == "regression"``)."""
-    return task.get("kind") == "regression"
 
 
 def _regression_run(results: Mapping[str, Any]) -> bool:
@@ -354,11 +358,6 @@ def _text_table(board: Leaderboard) -> str:
 _TEXT_MARKS = {"best": "*", "tied": "~", "": " "}
 
 
-def not_applicable_lines(task: Mapping[str, Any]) -> list[str]:
-    """``method: not applicable: reason`` for each method the task's model could not take (none: ``[]``)."""
-    return [f"{name}: not applicable: {reason}" for name, reason in task.get("not_applicable", {}).items()]
-
-
 def _text_board(results: Mapping[str, Any], name: str) -> str:
     lines = not_applicable_lines(results["tasks"][name])
     return "\n".join([_text_table(_build_leaderboard(results, name)), *lines])
@@ -384,23 +383,6 @@ def format_leaderboard(results: Mapping[str, Any], task: str | None = None) -> s
 
         return format_regression_tables(results)
     return "\n\n".join(_text_board(results, name) for name in _task_names(results, task))
-
-
-_MARKDOWN_SPECIAL = re.compile(r"([\\`*\[\]<>|#{}&])")
-_EMPHASIS_UNDERSCORE = re.compile(r"(?<![A-Za-z0-9])_|_(?![A-Za-z0-9])")  # intraword ``_`` is literal
-
-
-def _md(text: Any) -> str:
-    """``text`` with Markdown (and inline HTML) syntax escaped, on one line."""
-    text = _MARKDOWN_SPECIAL.sub(r"\\\1", " ".join(str(text).split()))
-    return _EMPHASIS_UNDERSCORE.sub(r"\\_", text)
-
-
-def _md_code(text: str) -> str:
-    """A Markdown code span holding ``text`` verbatim, whatever backticks it contains."""
-    longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
-    fence = "`" * (longest + 1)
-    return f"{fence} {text} {fence}" if longest else f"{fence}{text}{fence}"
 
 
 def _markdown_table(board: Leaderboard) -> str:
@@ -466,36 +448,6 @@ def _html_table(board: Leaderboard) -> str:
 # ---------------------------------------------------------------------------------------------------------
 # The written report
 # ---------------------------------------------------------------------------------------------------------
-def method_order(results: Mapping[str, Any]) -> list[str]:
-    """Every method of the run, once: ``config.methods`` order first, then by first appearance.
-
-    This order keys the colour palette, so that a method has the same colour in every figure and task.
-
-    Args:
-        results: a valid results dict.
-
-    Returns:
-        The method names.
-    """
-    names = list(results["config"].get("methods") or [])
-    for task in results["tasks"].values():
-        names += [name for name in task["methods"] if name not in names]
-    return list(dict.fromkeys(names))
-
-
-def _plain(value: Any) -> str:
-    """A JSON value as report text: lists joined by commas, booleans and null as in JSON."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (list, tuple)):
-        return ", ".join(_plain(item) for item in value)
-    if isinstance(value, dict):
-        return ", ".join(f"{key}: {_plain(item)}" for key, item in value.items())
-    return str(value)
-
-
 def _task_facts(task: Mapping[str, Any]) -> list[tuple[str, str]]:
     """(label, text) lines describing a task's data, OOD sets and shift."""
     shape = "×".join(str(n) for n in task["input_shape"])
@@ -562,23 +514,6 @@ def _figures_note(board: Leaderboard) -> str:
     )
 
 
-def _markdown_header(results: Mapping[str, Any], title: str) -> list[str]:
-    """The report's title, command, creation time, schema version and environment table (Markdown lines)."""
-    return [
-        f"# {title}",
-        "",
-        f"Command: {_md_code(results['command'])}  ",
-        f"Created: {_md(results['created'])}  ",
-        f"Schema version: {results['schema_version']}",
-        "",
-        "## Environment",
-        "",
-        "| | |",
-        "|:---|:---|",
-        *(f"| {_md(key)} | {_md(_plain(value))} |" for key, value in results["environment"].items()),
-    ]
-
-
 def _markdown_report(results: Mapping[str, Any], figures: Sequence[_RenderedFigure]) -> str:
     lines = [
         *_markdown_header(results, "uqkit benchmark report"),
@@ -619,48 +554,6 @@ def _markdown_report(results: Mapping[str, Any], figures: Sequence[_RenderedFigu
             alt = _md(figure.caption.split(":")[0])
             lines += ["", f"![{alt}](figures/{figure.file_name})", "", f"*{_md(figure.caption)}*"]
     return "\n".join(lines) + "\n"
-
-
-def _markdown_not_applicable(task: Mapping[str, Any]) -> list[str]:
-    """A "Not applicable" section (Markdown lines) listing the methods the model could not take, or ``[]``."""
-    lines = not_applicable_lines(task)
-    return ["", "### Not applicable", "", *(f"- {_md(line)}" for line in lines)] if lines else []
-
-
-def _html_not_applicable(task: Mapping[str, Any]) -> list[str]:
-    """The "Not applicable" section as HTML, or ``[]``."""
-    lines = not_applicable_lines(task)
-    items = "".join(f"<li>{html.escape(line)}</li>" for line in lines)
-    return ["<h3>Not applicable</h3>", f"<ul>{items}</ul>"] if lines else []
-
-
-_CSS = """
-body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: #1f2328;
-       max-width: 1180px; margin: 2em auto; padding: 0 1em; line-height: 1.45; }
-h1, h2, h3 { line-height: 1.2; }
-h2 { border-bottom: 1px solid #d0d7de; padding-bottom: .25em; margin-top: 2em; }
-code { background: #f6f8fa; padding: .1em .3em; border-radius: 4px; }
-table { border-collapse: collapse; margin: .5em 0 1em; font-size: .9em; }
-th, td { border: 1px solid #d0d7de; padding: .25em .6em; vertical-align: top; }
-thead th { background: #f6f8fa; }
-td.num, th.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
-td.best { background: #dafbe1; }
-td.tied { background: #f0fbf2; }
-.wide { overflow-x: auto; }
-.legend { color: #57606a; font-size: .9em; }
-figure { margin: 1.5em 0; } figure img { max-width: 100%; height: auto; border: 1px solid #eaeef2; }
-figcaption { color: #57606a; font-size: .9em; }
-dl.facts { display: grid; grid-template-columns: max-content auto; gap: .15em 1em; }
-dl.facts dt { font-weight: 600; } dl.facts dd { margin: 0; }
-"""
-
-
-def _html_key_value_table(mapping: Mapping[str, Any]) -> str:
-    rows = "".join(
-        f'<tr><th scope="row">{html.escape(str(key))}</th><td>{html.escape(_plain(value))}</td></tr>'
-        for key, value in mapping.items()
-    )
-    return f"<table>{rows}</table>"
 
 
 def _html_report(results: Mapping[str, Any], figures: Sequence[_RenderedFigure]) -> str:
@@ -718,18 +611,6 @@ def _html_report(results: Mapping[str, Any], figures: Sequence[_RenderedFigure])
         + "\n".join(body)
         + "\n</body>\n</html>\n"
     )
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    atomic_write(path, lambda handle: handle.write(data))
-
-
-def _import_plots():
-    try:
-        from uqkit.bench import plots
-    except ImportError as error:
-        raise ImportError(f"uqkit's benchmark figures need matplotlib: {_INSTALL_HINT}") from error
-    return plots
 
 
 def write_report(results: Mapping[str, Any], run_dir: str | os.PathLike) -> dict[str, Any]:

@@ -59,7 +59,7 @@ from uqkit.bench.distributed import (
     on_main,
     world_size,
 )
-from uqkit.bench.evaluate import predict_in_batches
+from uqkit.bench.inference import predict_in_batches
 from uqkit.bench.progress import progress_bar, report_epoch
 from uqkit.bench.registry import Method
 

@@ -16,7 +16,7 @@ import torch
 
 from uqkit._validation import check_labels
 from uqkit.conformal._inputs import check_generator, check_score, probabilities, uniform
-from uqkit.conformal.quantile import _conformal_quantile, check_alpha
+from uqkit.conformal.quantile import check_alpha, conformal_quantile
 from uqkit.conformal.scores import check_raps_parameters, class_order, lac_scores, raps_scores
 from uqkit.prediction import Prediction
 
@@ -165,7 +165,7 @@ class SplitConformalClassifier:
         if self._smoothed:
             self.threshold_ = None
         else:
-            self.threshold_ = float(_conformal_quantile(true_scores, self.alpha, stacklevel=3))
+            self.threshold_ = float(conformal_quantile(true_scores, self.alpha, stacklevel=3))
         return self
 
     def predict(

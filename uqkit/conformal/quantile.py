@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from uqkit._validation import check_float_tensor, check_unit_interval
+from uqkit._validation import check_float_tensor, check_positive_int, check_unit_interval
 
 __all__ = ["check_alpha", "conformal_quantile", "conformal_rank", "minimum_calibration_size"]
 
@@ -53,7 +53,7 @@ def minimum_calibration_size(alpha: float) -> int:
     return math.ceil((1 - exact) / exact)
 
 
-def conformal_quantile(scores: torch.Tensor, alpha: float) -> torch.Tensor:
+def conformal_quantile(scores: torch.Tensor, alpha: float, *, stacklevel: int = 2) -> torch.Tensor:
     """Split-conformal threshold: the ``ceil((n + 1)(1 - alpha))``-th smallest calibration score.
 
     With ``k = ceil((n + 1)(1 - alpha))`` (computed exactly, ``alpha`` read as the decimal it prints as), the
@@ -71,6 +71,8 @@ def conformal_quantile(scores: torch.Tensor, alpha: float) -> torch.Tensor:
         scores: ``[n]`` calibration scores, or ``[n, D]`` for ``D`` independent problems (one per column,
             e.g. one per regression output). Finite, ``n >= 1``.
         alpha: miscoverage level in ``(0, 1)``; the target coverage is ``1 - alpha``.
+        stacklevel: which call the ``UserWarning`` names, as in ``warnings.warn``: 2 (default) the caller
+            of this function; a calibrator's ``fit`` passes 3, its own caller.
 
     Returns:
         The threshold: a 0-d tensor for ``[n]`` scores, ``[D]`` for ``[n, D]``; dtype and device of
@@ -78,13 +80,9 @@ def conformal_quantile(scores: torch.Tensor, alpha: float) -> torch.Tensor:
 
     Raises:
         TypeError, ValueError: on a non-tensor, a non-float or non-finite tensor, a wrong rank, ``n = 0``, or
-            ``alpha`` outside ``(0, 1)``.
+            ``alpha`` outside ``(0, 1)``, a ``stacklevel`` that is not an int ``>= 1``.
     """
-    return _conformal_quantile(scores, alpha, stacklevel=3)
-
-
-def _conformal_quantile(scores: torch.Tensor, alpha: float, stacklevel: int) -> torch.Tensor:
-    """:func:`conformal_quantile`, warning at ``stacklevel`` (the user's call, for the calibrators)."""
+    stacklevel = check_positive_int(stacklevel, "stacklevel")
     scores = check_float_tensor(scores, "scores", (1, 2), "[calibration] or [calibration, outputs]")
     alpha = check_alpha(alpha)
     n = int(scores.shape[0])

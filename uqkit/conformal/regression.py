@@ -20,7 +20,7 @@ import torch
 
 from uqkit._validation import check_float_tensor
 from uqkit.conformal._inputs import check_score
-from uqkit.conformal.quantile import _conformal_quantile, check_alpha
+from uqkit.conformal.quantile import check_alpha, conformal_quantile
 from uqkit.prediction import GaussianPrediction
 
 __all__ = ["PredictionIntervals", "QuantilePrediction", "SplitConformalRegressor"]
@@ -193,7 +193,7 @@ class SplitConformalRegressor:
         targets = self._check_targets(targets, reference.shape).to(reference.device)
         scores = _as_2d(self._scores(prediction, targets))
         self.calibration_scores_ = scores.sort(dim=0).values
-        self.threshold_ = _conformal_quantile(scores, self.alpha, stacklevel=3)
+        self.threshold_ = conformal_quantile(scores, self.alpha, stacklevel=3)
         self._shape = tuple(reference.shape[1:])
         return self
 

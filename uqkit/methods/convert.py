@@ -50,8 +50,8 @@ from uqkit.nn import (
     Rank1Linear,
     StochasticModule,
 )
-from uqkit.nn._posterior import _check_prior
-from uqkit.nn.batchensemble import MemberConvBase, MemberLinearBase, _check_fast_weight_init
+from uqkit.nn._posterior import check_prior
+from uqkit.nn.batchensemble import MemberConvBase, MemberLinearBase, check_fast_weight_init
 from uqkit.nn.members import MEMBERS_ATTRIBUTE, tile_inputs
 from uqkit.nn.priors import NormalPrior, Prior
 from uqkit.nn.rank1 import RANK1_POSTERIOR_SCALE_INIT, default_rank1_prior
@@ -69,7 +69,7 @@ __all__ = [
 
 
 def _validate_config(config: Any) -> None:
-    _check_prior(config.prior)
+    check_prior(config.prior)
     check_positive_float(config.posterior_scale_init, "posterior_scale_init", allow_zero=True)
     if getattr(config, "num_samples", None) is not None:
         check_positive_int(config.num_samples, "num_samples")
@@ -188,7 +188,7 @@ class BatchEnsembleConfig:
 
     def __post_init__(self) -> None:
         check_positive_int(self.num_members, "num_members")
-        _check_fast_weight_init(self.fast_weight_init, self.fast_weight_std)
+        check_fast_weight_init(self.fast_weight_init, self.fast_weight_std)
 
     def layer_kwargs(self, source: nn.Module) -> dict[str, Any]:
         """Keyword arguments that the config adds to the constructor of the twin of ``source``."""
@@ -230,7 +230,7 @@ class Rank1Config:
     def __post_init__(self) -> None:
         check_positive_int(self.num_members, "num_members")
         _validate_config(self)
-        _check_fast_weight_init(self.fast_weight_init, self.fast_weight_std)
+        check_fast_weight_init(self.fast_weight_init, self.fast_weight_std)
 
     def layer_kwargs(self, source: nn.Module) -> dict[str, Any]:
         """Keyword arguments that the config adds to the constructor of the twin of ``source``."""

@@ -40,7 +40,7 @@ from uqkit._validation import (
     check_positive_float,
     check_positive_int,
 )
-from uqkit.methods.predict import _read_output, predict
+from uqkit.methods.predict import predict, read_output
 from uqkit.prediction import GaussianPrediction, Prediction
 
 __all__ = ["distill_predictive", "distillation_loss"]
@@ -233,7 +233,7 @@ def distill_predictive(
                     target = _select(cached, index)
                 else:
                     target = predict(teacher, inputs, num_samples=num_samples, output=output)
-                loss = distillation_loss(target, _read_output(student(inputs), student_output))
+                loss = distillation_loss(target, read_output(student(inputs), student_output))
                 if not torch.isfinite(loss):
                     raise RuntimeError(
                         f"distill_predictive: non-finite distillation loss ({float(loss.detach())}) at epoch "

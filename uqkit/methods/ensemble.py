@@ -18,7 +18,8 @@ type registry (like :func:`uqkit.bayesianize_`'s; :func:`register_vectorization`
 its ``[M * B, ...]`` input as ``[M, B, ...]`` and applies member ``m``'s weights to rows ``m * B`` to
 ``(m + 1) * B - 1``:
 
-* ``nn.Linear`` -> :class:`StackedLinear`: weights ``[M, out, in]`` and one batched matrix product
+* ``nn.Linear`` -> :class:`StackedLinear` (:mod:`uqkit.nn.stacked`, uqkit's one stacked linear layer, also
+  the layer of the UCI regression stacks): weights ``[M, out, in]`` and one batched matrix product
   (``torch.baddbmm``) on ``[M, B * T, in]`` (inputs with extra dimensions, ``[M * B, T, in]``, included), with
   the weight gradient computed directly in the weight's layout.
 * ``nn.Conv1d``/``nn.Conv2d``/``nn.Conv3d`` -> :class:`StackedConv`; ``nn.Embedding`` ->
@@ -73,7 +74,6 @@ from __future__ import annotations
 
 import copy
 import itertools
-import threading
 import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -88,12 +88,15 @@ from torch.utils import _pytree as pytree
 from uqkit._validation import check_positive_int
 from uqkit.nn.members import (
     MEMBERS_ATTRIBUTE,
-    _set_folded_batch,
     folded_batch,
     inputs_pretiled,
+    running_member,
+    set_folded_batch,
+    set_running_member,
     tile_inputs,
     tiled_source,
 )
+from uqkit.nn.stacked import StackedLinear, StackedModule, stack_tensors, stacked_parameter
 
 __all__ = [
     "MEMBER_BY_MEMBER_MIN_BATCH",
@@ -121,190 +124,6 @@ many rows (``M * B``) runs member by member (see :class:`DeepEnsemble`)."""
 MEMBER_BY_MEMBER_MIN_BATCH = 64
 """Member-by-member inference needs at least this many examples per member, so that the per-call cost of the
 network's forward (``M`` calls instead of one) is spread over enough rows."""
-
-_ONE_MEMBER = threading.local()
-
-
-def running_member() -> int | None:
-    """The index ``m`` of the member that :class:`DeepEnsemble`'s member-by-member inference is running now
-    (its twins then compute member ``m``'s output alone on ``[B, ...]``), or ``None`` (members folded)."""
-    return getattr(_ONE_MEMBER, "index", None)
-
-
-class StackedModule(nn.Module):
-    """Base class of member-vectorized twins whose parameters and buffers carry a leading member dimension.
-
-    A twin keeps the source module's parameter and buffer names, each with shape ``[M, *shape]``, so that
-    :meth:`member_state` (member ``m``'s tensors, keyed by the source module's names) can rebuild the source
-    module of any member. Its input is ``[M * B, ...]``, members folded into the batch, member-major.
-
-    A tensor with one row (shared by the whole batch, e.g. a transformer's ``position_ids`` ``[1, T]``)
-    inside a running :class:`DeepEnsemble` gives each member's ``B`` rows that member's result
-    (:meth:`_split_members` / :meth:`_join_members`).
-
-    A twin that can also run one member alone on an ordinary ``[B, ...]`` batch (with its slice ``m`` of the
-    stacked tensors, as the source module would) overrides :meth:`runs_one_member` and, while
-    :func:`running_member` returns ``m``, computes member ``m``'s result: :class:`DeepEnsemble`'s
-    member-by-member inference (see there) is used only when every twin of the network can.
-
-    Attributes:
-        num_members: ``M``.
-    """
-
-    num_members: int
-
-    def runs_one_member(self) -> bool:
-        """Whether this twin, as configured now, computes member :func:`running_member`'s output alone on a
-        ``[B, ...]`` batch while that is set (``False`` here: a twin must opt in)."""
-        return False
-
-    def member_state(self, index: int) -> dict[str, torch.Tensor]:
-        """Member ``index``'s parameters and buffers, named as in the source module (views, not copies)."""
-        return {
-            name: tensor[index]
-            for name, tensor in itertools.chain(self.named_parameters(), self.named_buffers())
-        }
-
-    def _split_members(self, inputs: torch.Tensor) -> tuple[torch.Tensor, int]:
-        """``[M * B, ...] -> ([M, B, ...], B)``; a one-row input shared by the batch -> ``([M, 1, ...], B)``
-        (expanded, no copy).
-
-        Raises:
-            ValueError: when the rows are not a multiple of ``M`` (and not one row shared by the batch).
-        """
-        members = self.num_members
-        rows = inputs.shape[0] if inputs.dim() else 0
-        running = folded_batch()
-        if rows == 1 and members > 1 and running is not None and running[0] == members:
-            return inputs.unsqueeze(0).expand(members, *inputs.shape), running[1]
-        if inputs.dim() == 0 or rows % members:
-            raise ValueError(
-                f"{type(self).__name__} input: expected a multiple of M = {members} rows (members folded "
-                f"into the batch, member-major [M * B, ...]), got shape {list(inputs.shape)}"
-            )
-        return inputs.unflatten(0, (members, rows // members)), rows // members
-
-    @staticmethod
-    def _join_members(outputs: torch.Tensor, batch: int) -> torch.Tensor:
-        """``[M, B, ...] -> [M * B, ...]`` (a ``[M, 1, ...]`` result of a shared row expanded to ``B``)."""
-        if outputs.shape[1] != batch:
-            outputs = outputs.expand(outputs.shape[0], batch, *outputs.shape[2:])
-        return outputs.reshape(outputs.shape[0] * batch, *outputs.shape[2:])
-
-
-def _stack(modules: Sequence[nn.Module], name: str) -> torch.Tensor | None:
-    tensors = [getattr(module, name) for module in modules]
-    if tensors[0] is None:
-        return None
-    return torch.stack([t.detach() for t in tensors])
-
-
-def _stacked_parameter(modules: Sequence[nn.Module], name: str) -> nn.Parameter | None:
-    stacked = _stack(modules, name)
-    if stacked is None:
-        return None
-    return nn.Parameter(stacked, requires_grad=getattr(modules[0], name).requires_grad)
-
-
-class _StackedLinearFunction(torch.autograd.Function):
-    """``y_m = x_m W_m^T + b_m`` by ``torch.baddbmm``, with the weight gradient computed in ``W``'s layout.
-
-    Autograd's own backward for ``bmm(x, W.mT)`` returns the weight gradient transposed (strides of
-    ``W.mT``), which the gradient accumulation then copies into ``W``'s layout on every step; computing
-    ``dW_m = dY_m^T x_m`` directly gives it contiguous. The backward is made of differentiable ops, so higher
-    derivatives work.
-    """
-
-    @staticmethod
-    def forward(inputs: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        if bias is None:
-            return torch.bmm(inputs, weight.mT)
-        return torch.baddbmm(bias.unsqueeze(1), inputs, weight.mT)
-
-    @staticmethod
-    def setup_context(ctx: Any, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
-        x, weight, bias = inputs
-        ctx.save_for_backward(x, weight)
-        ctx.has_bias = bias is not None
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        x, weight = ctx.saved_tensors
-        grad_x = torch.bmm(grad, weight) if ctx.needs_input_grad[0] else None
-        grad_weight = torch.bmm(grad.mT, x) if ctx.needs_input_grad[1] else None
-        grad_bias = grad.sum(1) if ctx.has_bias and ctx.needs_input_grad[2] else None
-        return grad_x, grad_weight, grad_bias
-
-
-class StackedLinear(StackedModule):
-    """``M`` ``nn.Linear`` layers as one batched matrix product.
-
-    ``y_m = x_m W_m^T + b_m`` for every member ``m`` with one ``torch.baddbmm`` on ``[M, B * T, in]``. An
-    input known to be ``M`` tiles of one batch (:func:`uqkit.nn.members.tiled_source`, e.g. the first layer
-    of an ensemble) enters the product as an expanded view of the un-tiled batch (no copy). Reading the
-    weights as one ``[M * out, in]`` matrix for such an input (a single ``F.linear``) measured slower on CPU
-    (MLP 784-512-512-10, 4 members, inference at batch 16: 1.07x vs 0.81x the time of a loop over 4 models).
-
-    Args:
-        modules: the ``M`` members' ``nn.Linear`` layers (same shapes).
-
-    Shape:
-        input ``[M * B, *, in_features]``, output ``[M * B, *, out_features]``. ``weight`` is
-        ``[M, out_features, in_features]``, ``bias`` ``[M, out_features]``.
-    """
-
-    def __init__(self, modules: Sequence[nn.Linear]) -> None:
-        super().__init__()
-        self.num_members = len(modules)
-        self.in_features = modules[0].in_features
-        self.out_features = modules[0].out_features
-        self.weight = _stacked_parameter(modules, "weight")
-        self.bias = _stacked_parameter(modules, "bias")
-
-    def runs_one_member(self) -> bool:
-        return True
-
-    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
-        if inputs.dim() < 2 or inputs.shape[-1] != self.in_features:
-            raise ValueError(
-                f"StackedLinear input: expected [M * B, *, {self.in_features}], got shape "
-                f"{list(inputs.shape)}"
-            )
-        member = running_member()
-        if member is not None:
-            return F.linear(inputs, self.weight[member], None if self.bias is None else self.bias[member])
-        members = self.num_members
-        source = tiled_source(inputs, members)
-        rows = inputs.shape[0]
-        if inputs.dim() == 2 and (source is not None or (rows % members == 0 and inputs.is_contiguous())):
-            # the common [M * B, in] case in as few ops as possible (one view in, one view out)
-            if source is not None:
-                flat = source.expand(members, -1, -1)
-            else:
-                flat = inputs.view(members, rows // members, self.in_features)
-            return self._product(flat).view(rows, self.out_features)
-        if source is not None:
-            flat = source.reshape(1, -1, self.in_features).expand(members, -1, -1)
-            batch = source.shape[0]
-        else:
-            split, batch = self._split_members(inputs)
-            flat = split.reshape(members, -1, self.in_features)
-        middle = inputs.shape[1:-1]
-        return self._join_members(self._product(flat).view(members, -1, *middle, self.out_features), batch)
-
-    def _product(self, flat: torch.Tensor) -> torch.Tensor:
-        """``[M, N, in] -> [M, N, out]``."""
-        if torch.is_grad_enabled():
-            return _StackedLinearFunction.apply(flat, self.weight, self.bias)
-        # no graph: the same product without autograd.Function's per-call argument binding
-        return _StackedLinearFunction.forward(flat, self.weight, self.bias)
-
-    def extra_repr(self) -> str:
-        return (
-            f"num_members={self.num_members}, in_features={self.in_features}, "
-            f"out_features={self.out_features}, bias={self.bias is not None}"
-        )
-
 
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 
@@ -343,8 +162,8 @@ class StackedConv(StackedModule):
         self.groups = source.groups
         self.padding_mode = source.padding_mode
         self.explicit_padding = list(source._reversed_padding_repeated_twice)
-        self.weight = _stacked_parameter(modules, "weight")
-        self.bias = _stacked_parameter(modules, "bias")
+        self.weight = stacked_parameter(modules, "weight")
+        self.bias = stacked_parameter(modules, "bias")
 
     def _conv(self, inputs: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, groups: int):
         padding = self.padding
@@ -411,7 +230,7 @@ class StackedEmbedding(StackedModule):
         self.num_embeddings = source.num_embeddings
         self.embedding_dim = source.embedding_dim
         self.padding_idx = source.padding_idx
-        self.weight = _stacked_parameter(modules, "weight")
+        self.weight = stacked_parameter(modules, "weight")
 
     def runs_one_member(self) -> bool:
         return True
@@ -463,8 +282,8 @@ class StackedLayerNorm(StackedModule):
         self.num_members = len(modules)
         self.normalized_shape = tuple(source.normalized_shape)
         self.eps = source.eps
-        self.weight = _stacked_parameter(modules, "weight")
-        self.bias = _stacked_parameter(modules, "bias")
+        self.weight = stacked_parameter(modules, "weight")
+        self.bias = stacked_parameter(modules, "bias")
 
     def runs_one_member(self) -> bool:
         return True
@@ -503,8 +322,8 @@ class StackedGroupNorm(StackedModule):
         self.num_groups = source.num_groups
         self.num_channels = source.num_channels
         self.eps = source.eps
-        self.weight = _stacked_parameter(modules, "weight")
-        self.bias = _stacked_parameter(modules, "bias")
+        self.weight = stacked_parameter(modules, "weight")
+        self.bias = stacked_parameter(modules, "bias")
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         if inputs.dim() < 2 or inputs.shape[1] != self.num_channels:
@@ -555,10 +374,10 @@ class StackedBatchNorm(StackedModule):
         self.eps = source.eps
         self.momentum = source.momentum
         self.track_running_stats = source.track_running_stats
-        self.weight = _stacked_parameter(modules, "weight")
-        self.bias = _stacked_parameter(modules, "bias")
+        self.weight = stacked_parameter(modules, "weight")
+        self.bias = stacked_parameter(modules, "bias")
         for name in ("running_mean", "running_var", "num_batches_tracked"):
-            self.register_buffer(name, _stack(modules, name))
+            self.register_buffer(name, stack_tensors(modules, name))
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         if inputs.dim() < 2 or inputs.shape[1] != self.num_features:
@@ -1089,13 +908,13 @@ class DeepEnsemble(nn.Module):
         """The network on the folded ``[M * B, ...]`` inputs (``batch`` = ``B``)."""
         outer = running_member()  # only set here if another ensemble runs this one inside a member pass
         previous = folded_batch()
-        _ONE_MEMBER.index = None
-        _set_folded_batch((self.num_members, batch))
+        set_running_member(None)
+        set_folded_batch((self.num_members, batch))
         try:
             return self.network(*args, **kwargs)
         finally:
-            _set_folded_batch(previous)
-            _ONE_MEMBER.index = outer
+            set_folded_batch(previous)
+            set_running_member(outer)
 
     @property
     def member_by_member_rows(self) -> int | None:
@@ -1152,12 +971,12 @@ class DeepEnsemble(nn.Module):
         caller then runs the folded pass, whose result such an output need not be a concatenation of)."""
         outer = running_member()
         previous = folded_batch()
-        _set_folded_batch(None)
+        set_folded_batch(None)
         parts: list[list[Any]] = []
         spec = None
         try:
             for index in range(self.num_members):
-                _ONE_MEMBER.index = index
+                set_running_member(index)
                 leaves, spec = pytree.tree_flatten(self.network(*args, **kwargs))
                 if not index and not all(
                     leaf is None or (isinstance(leaf, torch.Tensor) and leaf.dim() and leaf.shape[0] == batch)
@@ -1166,8 +985,8 @@ class DeepEnsemble(nn.Module):
                     return None
                 parts.append(leaves)
         finally:
-            _ONE_MEMBER.index = outer
-            _set_folded_batch(previous)
+            set_running_member(outer)
+            set_folded_batch(previous)
         joined = [None if group[0] is None else torch.cat(group) for group in zip(*parts, strict=True)]
         return pytree.tree_unflatten(joined, spec)
 

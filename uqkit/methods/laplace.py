@@ -58,9 +58,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from uqkit._validation import check_choice, check_labels, check_positive_float, check_positive_int
-from uqkit.methods.ensemble import StackedLinear
 from uqkit.methods.laplace_curvature import STRUCTURES, LastLayerCurvature
-from uqkit.methods.predict import _read_output
+from uqkit.methods.predict import read_output
+from uqkit.nn.stacked import StackedLinear
 from uqkit.prediction import GaussianPrediction, Prediction
 
 __all__ = ["DEFAULT_MC_SAMPLES", "DEFAULT_MEMORY_BUDGET", "DEFAULT_PRIOR_GRID", "LastLayerLaplace"]
@@ -400,7 +400,7 @@ class LastLayerLaplace(nn.Module):
                 f"last layer {name!r}: expected one call per forward pass of the model, got {len(calls)}"
             )
         features, outputs = calls[0]
-        value = _read_output(result, output)
+        value = read_output(result, output)
         if isinstance(value, tuple) or not (value is outputs or torch.equal(value, outputs)):
             raise ValueError(
                 f"model output: expected the output of the last layer {name!r} itself (the logits or the "

@@ -44,7 +44,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from uqkit._validation import _describe, check_float_tensor, check_positive_float, check_positive_int
+from uqkit._validation import check_float_tensor, check_positive_float, check_positive_int, describe_value
 from uqkit.objectives import gaussian_nll_loss, kl_divergence
 
 __all__ = [
@@ -180,7 +180,7 @@ def _gaussian_output(value: Any, what: str) -> dict[str, torch.Tensor | None]:
     if not isinstance(parts["mean"], torch.Tensor) or not isinstance(parts["variance"], torch.Tensor):
         raise TypeError(
             f"{what}: expected a Gaussian output, a dict or object with 'mean' and 'variance' tensors or a "
-            f"(mean, variance) pair, got {_describe(value)}; pass output=callable mapping it to one"
+            f"(mean, variance) pair, got {describe_value(value)}; pass output=callable mapping it to one"
         )
     has_function = [isinstance(parts[key], torch.Tensor) for key in ("function_mean", "function_variance")]
     if any(has_function) and not all(has_function):
@@ -243,7 +243,7 @@ def ncp_loss(
         A scalar tensor.
     """
     if not isinstance(model, nn.Module):
-        raise TypeError(f"model: expected a torch.nn.Module, got {_describe(model)}")
+        raise TypeError(f"model: expected a torch.nn.Module, got {describe_value(model)}")
     check_float_tensor(inputs, "inputs", finite=False)
     if inputs.ndim == 0:
         raise ValueError("inputs: expected a tensor [batch, ...], got a 0-D tensor")
@@ -254,7 +254,7 @@ def ncp_loss(
     if num_data is not None:
         check_positive_int(num_data, "num_data")
     if output is not None and not callable(output):
-        raise TypeError(f"output: expected a callable or None, got {_describe(output)}")
+        raise TypeError(f"output: expected a callable or None, got {describe_value(output)}")
     batch = int(inputs.shape[0])
     if targets.ndim == 1:
         targets = targets.unsqueeze(-1)

@@ -79,7 +79,14 @@ from uqkit.nn.flipout import check_example_dims
 from uqkit.nn.members import num_members
 from uqkit.prediction import GaussianPrediction, Prediction
 
-__all__ = ["DEFAULT_NUM_SAMPLES", "NUM_SAMPLES_ATTRIBUTE", "PREDICT_METHOD", "PredictiveHead", "predict"]
+__all__ = [
+    "DEFAULT_NUM_SAMPLES",
+    "NUM_SAMPLES_ATTRIBUTE",
+    "PREDICT_METHOD",
+    "PredictiveHead",
+    "predict",
+    "read_output",
+]
 
 DEFAULT_NUM_SAMPLES = 8
 """Samples drawn from a model with sampling layers when neither the call nor the model says how many."""
@@ -147,8 +154,19 @@ def _gaussian(value: Any) -> tuple[torch.Tensor, torch.Tensor] | None:
     return None
 
 
-def _read_output(value: Any, output: Callable[[Any], Any] | None) -> torch.Tensor | tuple[torch.Tensor, ...]:
-    """The logits tensor, or the ``(mean, variance)`` pair, of one model output."""
+def read_output(value: Any, output: Callable[[Any], Any] | None) -> torch.Tensor | tuple[torch.Tensor, ...]:
+    """The logits tensor, or the ``(mean, variance)`` pair, of one model output, read as :func:`predict` reads
+    it (also used by :class:`uqkit.LastLayerLaplace` and :func:`uqkit.distill_predictive`).
+
+    Args:
+        value: the model's output: a tensor of logits, a Gaussian (a dict or an object with ``mean`` and
+            ``variance`` tensors), an object or dict with a ``logits`` tensor, or a tuple or list whose first
+            element is the logits.
+        output: ``None``, or a callable applied to ``value`` first that returns one of those forms.
+
+    Raises:
+        TypeError: when the output is none of those forms.
+    """
     if output is not None:
         value = output(value)
     if isinstance(value, torch.Tensor):
@@ -393,7 +411,7 @@ def predict(
                 with ExitStack() as stack:
                     if head is not None:
                         stack.enter_context(head.record_predictive())
-                    result = _read_output(model(*args, **kw), output)
+                    result = read_output(model(*args, **kw), output)
                     if isinstance(result, tuple):  # Gaussian (mean, variance)
                         if head is not None:
                             raise TypeError(

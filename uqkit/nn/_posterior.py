@@ -44,7 +44,9 @@ class StochasticModule(nn.Module):
         return not self._use_posterior_mean
 
 
-def _check_prior(prior: object) -> Prior:
+def check_prior(prior: object) -> Prior:
+    """Return ``prior`` if it is a prior of :mod:`uqkit.nn.priors`, else raise a ``TypeError`` naming the
+    argument ``prior``."""
     if not isinstance(prior, (NormalPrior, ScaleMixtureNormalPrior)):
         raise TypeError(
             "prior: expected a uqkit.nn.priors.NormalPrior or ScaleMixtureNormalPrior, got "
@@ -69,7 +71,7 @@ class BayesianModule(StochasticModule):
 
     def __init__(self, prior: Prior | None = None, posterior_scale_init: float = 1e-2) -> None:
         super().__init__()
-        self.prior: Prior = NormalPrior() if prior is None else _check_prior(prior)
+        self.prior: Prior = NormalPrior() if prior is None else check_prior(prior)
         self._rho_init = _noise.scale_to_rho(posterior_scale_init, "posterior_scale_init")
         self.posterior_scale_init = float(posterior_scale_init)
         self.posterior_names: list[str] = []

@@ -73,7 +73,10 @@ def init_fast_weights_(tensor: torch.Tensor, init: str, std: float) -> torch.Ten
     return tensor
 
 
-def _check_fast_weight_init(init: Any, std: Any) -> tuple[str, float]:
+def check_fast_weight_init(init: Any, std: Any) -> tuple[str, float]:
+    """``(init, std)`` checked: ``init`` one of :data:`FAST_WEIGHT_INITS` (argument ``fast_weight_init``),
+    ``std >= 0`` (argument ``fast_weight_std``); shared by the BatchEnsemble and rank-1 layers and their
+    configs in :func:`uqkit.bayesianize_`."""
     return check_choice(init, "fast_weight_init", FAST_WEIGHT_INITS), check_positive_float(
         std, "fast_weight_std", allow_zero=True
     )
@@ -332,7 +335,7 @@ class _BatchEnsembleMixin:
     """Deterministic fast weights ``r`` ``[M, in]`` and ``s`` ``[M, out]``, and the forward pass."""
 
     def _setup_fast_weights(self, init: str, std: float, factory: dict[str, Any]) -> None:
-        self.fast_weight_init, self.fast_weight_std = _check_fast_weight_init(init, std)
+        self.fast_weight_init, self.fast_weight_std = check_fast_weight_init(init, std)
         members = self.num_members
         self.r = nn.Parameter(torch.empty(members, self.input_size, **factory))
         self.s = nn.Parameter(torch.empty(members, self.output_size, **factory))

@@ -434,11 +434,20 @@ class RandomFeatureGP(nn.Module):
         return torch.addcmul(mean, variance.sqrt(), noise)
 
     def predict(self, hidden: torch.Tensor, num_samples: int | None = None) -> Prediction:
-        """``uqkit.predict(self, hidden, num_samples=num_samples)``: mean-field logits (``S = 1``) for
-        ``num_samples=None`` and no :attr:`default_num_samples`, else ``S`` Monte Carlo samples."""
-        from uqkit.methods.predict import predict
-
-        return predict(self, hidden, num_samples=num_samples)
+        """What ``uqkit.predict(self, hidden, num_samples=num_samples)`` gives: mean-field logits (``S = 1``)
+        for ``num_samples=None`` and no :attr:`default_num_samples`, else ``S`` Monte Carlo samples
+        (:meth:`predictive_logits`), in eval mode (the precision is not updated) and without gradients; the
+        training flags are restored afterwards."""
+        if num_samples is None:
+            num_samples = self.default_num_samples
+        modes = [(module, module.training) for module in self.modules()]
+        self.eval()
+        try:
+            with torch.no_grad(), self.record_predictive():
+                return Prediction(self.predictive_logits(self(hidden), num_samples))
+        finally:
+            for module, training in modes:
+                module.training = training
 
     def extra_repr(self) -> str:
         return (

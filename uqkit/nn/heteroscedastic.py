@@ -141,12 +141,20 @@ class HeteroscedasticHead(nn.Module):
         logits (``softmax(log p) = p``), and :func:`uqkit.predict` sees a deterministic model: ``S = 1``,
         ``total = aleatoric = H[p]``, ``epistemic = 0``. For the draws themselves use :meth:`sample_logits`.
 
+        Like :func:`uqkit.predict`, it runs in eval mode and without gradients, and restores the training
+        flags afterwards.
+
         Returns:
             A :class:`~uqkit.Prediction` of ``[1, B, C]`` logits.
         """
-        from uqkit.methods.predict import predict
-
-        return predict(self, hidden)
+        modes = [(module, module.training) for module in self.modules()]
+        self.eval()
+        try:
+            with torch.no_grad():
+                return Prediction(self(hidden).unsqueeze(0))
+        finally:
+            for module, training in modes:
+                module.training = training
 
     def extra_repr(self) -> str:
         return (

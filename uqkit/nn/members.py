@@ -38,6 +38,9 @@ __all__ = [
     "members_running",
     "num_members",
     "pretiled",
+    "running_member",
+    "set_folded_batch",
+    "set_running_member",
     "tile_inputs",
     "tile_members",
     "tiled_source",
@@ -49,8 +52,8 @@ __all__ = [
 def with_member_dim(inputs: torch.Tensor, num_members: int, example_dims: int) -> torch.Tensor:
     """Deprecated: member models now take ``[B, ...]`` inputs as they are and tile them themselves.
 
-    Returns ``inputs`` as ``[M, B, ...]`` (the old layout, still used by :mod:`uqkit.nn.stacked`'s stacks of
-    independent regression networks), broadcasting a ``[B, ...]`` input with ``example_dims + 1`` dimensions.
+    Returns ``inputs`` as ``[M, B, ...]`` (the old layout), broadcasting a ``[B, ...]`` input with
+    ``example_dims + 1`` dimensions.
 
     Raises:
         ValueError: when ``inputs`` has neither ``example_dims + 1`` nor ``example_dims + 2`` dimensions, or
@@ -63,10 +66,6 @@ def with_member_dim(inputs: torch.Tensor, num_members: int, example_dims: int) -
         DeprecationWarning,
         stacklevel=2,
     )
-    return _with_member_dim(inputs, num_members, example_dims)
-
-
-def _with_member_dim(inputs: torch.Tensor, num_members: int, example_dims: int) -> torch.Tensor:
     if not isinstance(inputs, torch.Tensor):
         raise TypeError(f"inputs: expected a torch.Tensor, got {type(inputs).__name__}")
     if inputs.dim() == example_dims + 1:
@@ -256,7 +255,7 @@ def members_running(num_members: int, batch: int) -> Iterator[None]:
         _FOLDED.value = previous
 
 
-def _set_folded_batch(value: tuple[int, int] | None) -> None:
+def set_folded_batch(value: tuple[int, int] | None) -> None:
     """Set what :func:`folded_batch` returns (:func:`members_running` without a context manager's per-call
     cost, for a member model's forward; the caller restores the previous value)."""
     _FOLDED.value = value
@@ -265,6 +264,22 @@ def _set_folded_batch(value: tuple[int, int] | None) -> None:
 def folded_batch() -> tuple[int, int] | None:
     """``(M, B)`` of the member model being run (see :func:`members_running`), or ``None`` outside one."""
     return getattr(_FOLDED, "value", None)
+
+
+_ONE_MEMBER = threading.local()
+
+
+def running_member() -> int | None:
+    """The index ``m`` of the member that :class:`uqkit.DeepEnsemble`'s member-by-member inference is running
+    now (its stacked twins then compute member ``m``'s output alone on ``[B, ...]``), or ``None`` (members
+    folded)."""
+    return getattr(_ONE_MEMBER, "index", None)
+
+
+def set_running_member(index: int | None) -> None:
+    """Set what :func:`running_member` returns (a member model's forward, around each member's pass; the
+    caller restores the previous value)."""
+    _ONE_MEMBER.index = index
 
 
 def member_rows(tensor: torch.Tensor, num_members: int, name: str = "input") -> int:

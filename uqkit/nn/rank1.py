@@ -53,7 +53,7 @@ from uqkit.nn._posterior import BayesianModule
 from uqkit.nn.batchensemble import (
     MemberConvBase,
     MemberLinearBase,
-    _check_fast_weight_init,
+    check_fast_weight_init,
     init_fast_weights_,
 )
 from uqkit.nn.priors import NormalPrior, Prior
@@ -80,7 +80,7 @@ class _Rank1Mixin:
     per_example_noise: ClassVar[bool] = True
 
     def _setup_factors(self, init: str, std: float, factory: dict[str, Any]) -> None:
-        self.fast_weight_init, self.fast_weight_std = _check_fast_weight_init(init, std)
+        self.fast_weight_init, self.fast_weight_std = check_fast_weight_init(init, std)
         self._register_posterior("r", (self.num_members, self.input_size), **factory)
         self._register_posterior("s", (self.num_members, self.output_size), **factory)
         self.reset_parameters()

@@ -26,7 +26,7 @@ from torch import nn
 
 from uqkit._validation import check_float_tensor, check_positive_float, check_positive_int
 from uqkit.nn.priors import Prior
-from uqkit.nn.reparam import GaussianLinear, _std_from_variance
+from uqkit.nn.reparam import GaussianLinear, std_from_variance
 from uqkit.prediction import GaussianPrediction
 
 __all__ = ["BayesianRegressionHead"]
@@ -109,7 +109,7 @@ class BayesianRegressionHead(nn.Module):
         noise_variance = F.softplus(self.noise(hidden)) + self.min_variance
         if self.function.samples:
             draw = torch.randn_like(function_mean)
-            mean = torch.addcmul(function_mean, _std_from_variance(function_variance), draw)
+            mean = torch.addcmul(function_mean, std_from_variance(function_variance), draw)
         else:
             mean = function_mean
         return {

@@ -101,7 +101,7 @@ class GaussianLinear(LinearPosterior):
             return F.linear(input, self.weight_mean, self.bias_mean if self.has_bias else None)
         if self.local_reparameterization:
             mean, variance = self.output_moments(input)
-            return torch.addcmul(mean, _std_from_variance(variance), torch.randn_like(mean))
+            return torch.addcmul(mean, std_from_variance(variance), torch.randn_like(mean))
         bias = self.posterior_sample("bias") if self.has_bias else None
         return F.linear(input, self.posterior_sample("weight"), bias)
 
@@ -109,7 +109,7 @@ class GaussianLinear(LinearPosterior):
         return f"{super().extra_repr()}, local_reparameterization={self.local_reparameterization}"
 
 
-def _std_from_variance(variance: torch.Tensor) -> torch.Tensor:
+def std_from_variance(variance: torch.Tensor) -> torch.Tensor:
     """``sqrt(variance)``, with gradient 0 (not ``inf * 0 = NaN``) where the variance is 0.
 
     The pre-activation variance ``sum_i x_i^2 sigma_i^2 (+ sigma_b^2)`` is 0 for an all-zero input row of a
