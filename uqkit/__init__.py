@@ -15,7 +15,7 @@ from uqkit.methods.laplace import LastLayerLaplace
 from uqkit.methods.mimo import MIMO
 from uqkit.methods.ncp import NoiseContrastivePrior, ncp_loss
 from uqkit.methods.optimal_scales import fit_posterior_scales_
-from uqkit.methods.predict import predict
+from uqkit.methods.prediction_protocol import predict
 from uqkit.methods.sngp import SNGP
 from uqkit.objectives import ELBO, gaussian_nll_loss, kl_divergence
 from uqkit.prediction import GaussianPrediction, Prediction

@@ -17,7 +17,7 @@ from uqkit.methods.convert import (
     bayesianize_,
     register_conversion,
 )
-from uqkit.methods.predict import DEFAULT_NUM_SAMPLES
+from uqkit.methods.prediction_protocol import DEFAULT_NUM_SAMPLES
 from uqkit.nn import (
     FlipoutConv2d,
     FlipoutLinear,

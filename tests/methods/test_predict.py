@@ -1,4 +1,4 @@
-"""Monte Carlo prediction (uqkit/methods/predict.py)."""
+"""Monte Carlo prediction (uqkit/methods/prediction_protocol.py)."""
 
 import math
 

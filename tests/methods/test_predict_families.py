@@ -1,5 +1,6 @@
-"""uqkit.predict for every family through its protocol (uqkit/methods/predict.py): member models unfolded
-member-major, samples inside members, predictive heads (SNGP), output forms, Gaussian outputs, defaults."""
+"""uqkit.predict for every family through its protocol (uqkit/methods/prediction_protocol.py): member models
+unfolded member-major, samples inside members, predictive heads (SNGP), output forms, Gaussian outputs,
+defaults."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import torch
 from torch import nn
 
 import uqkit
-from uqkit.methods.predict import DEFAULT_NUM_SAMPLES
+from uqkit.methods.prediction_protocol import DEFAULT_NUM_SAMPLES
 from uqkit.nn import MCDropout, RandomFeatureGP, StochasticModule, members
 from uqkit.prediction import GaussianPrediction, Prediction
 

@@ -31,7 +31,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from uqkit._validation import check_positive_float, check_positive_int
-from uqkit.methods.predict import NUM_SAMPLES_ATTRIBUTE
+from uqkit.methods.prediction_protocol import NUM_SAMPLES_ATTRIBUTE
 from uqkit.nn import (
     BatchEnsembleConv1d,
     BatchEnsembleConv2d,

@@ -40,7 +40,7 @@ from uqkit._validation import (
     check_positive_float,
     check_positive_int,
 )
-from uqkit.methods.predict import _read_output, predict
+from uqkit.methods.prediction_protocol import _read_output, predict
 from uqkit.prediction import GaussianPrediction, Prediction
 
 __all__ = ["distill_predictive", "distillation_loss"]

@@ -42,7 +42,7 @@ from uqkit._validation import (
     check_tensor,
 )
 from uqkit.methods.ensemble import DeepEnsemble
-from uqkit.methods.predict import predict
+from uqkit.methods.prediction_protocol import predict
 from uqkit.nn.dropout import MemberDropout
 from uqkit.nn.members import fold_members, pretiled, tile_members
 

@@ -60,7 +60,7 @@ from torch import nn
 from uqkit._validation import check_choice, check_labels, check_positive_float, check_positive_int
 from uqkit.methods.ensemble import StackedLinear
 from uqkit.methods.laplace_curvature import STRUCTURES, LastLayerCurvature
-from uqkit.methods.predict import _read_output
+from uqkit.methods.prediction_protocol import _read_output
 from uqkit.prediction import GaussianPrediction, Prediction
 
 __all__ = ["DEFAULT_MC_SAMPLES", "DEFAULT_MEMORY_BUDGET", "DEFAULT_PRIOR_GRID", "LastLayerLaplace"]

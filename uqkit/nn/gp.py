@@ -40,9 +40,10 @@ Any other weights can be passed to :meth:`RandomFeatureGP.update_precision`.
 ``B x B`` matrix), and the predictive distribution is either the mean-field approximation of the
 softmax-Gaussian integral ``softmax(logits / sqrt(1 + lambda var))``, ``lambda = pi / 8`` (Lu et al. 2020,
 "Mean-field approximation to Gaussian-softmax integral", as used by Liu et al. 2020, Sec. 3.2), or Monte
-Carlo samples ``logits + sqrt(var) * eps``. The layer is a :class:`uqkit.methods.predict.PredictiveHead`:
-:func:`uqkit.predict` on any model whose output layer it is records the variances during the forward pass and
-draws the samples (or the mean-field logits) from them, so the network runs once whatever ``S``.
+Carlo samples ``logits + sqrt(var) * eps``. The layer is a
+:class:`uqkit.methods.prediction_protocol.PredictiveHead`: :func:`uqkit.predict` on any model whose output
+layer it is records the variances during the forward pass and draws the samples (or the mean-field logits)
+from them, so the network runs once whatever ``S``.
 
 When to accumulate (Liu et al. 2020, Sec. 3.2 and Algorithm 1): with ``momentum=None`` the precision is an
 exact sum; call :meth:`RandomFeatureGP.reset_precision` at the start of every epoch (or of the last one) so
@@ -436,7 +437,7 @@ class RandomFeatureGP(nn.Module):
     def predict(self, hidden: torch.Tensor, num_samples: int | None = None) -> Prediction:
         """``uqkit.predict(self, hidden, num_samples=num_samples)``: mean-field logits (``S = 1``) for
         ``num_samples=None`` and no :attr:`default_num_samples`, else ``S`` Monte Carlo samples."""
-        from uqkit.methods.predict import predict
+        from uqkit.methods.prediction_protocol import predict
 
         return predict(self, hidden, num_samples=num_samples)
 

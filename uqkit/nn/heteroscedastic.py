@@ -144,7 +144,7 @@ class HeteroscedasticHead(nn.Module):
         Returns:
             A :class:`~uqkit.Prediction` of ``[1, B, C]`` logits.
         """
-        from uqkit.methods.predict import predict
+        from uqkit.methods.prediction_protocol import predict
 
         return predict(self, hidden)
 
