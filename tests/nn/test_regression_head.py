@@ -86,11 +86,11 @@ def test_predict_splits_the_predictive_into_noise_and_function_variance():
         exact = model[-1].predictive(model[:-1](x))
         _, function_variance = model[-1].function_distribution(model[:-1](x))
     torch.testing.assert_close(
-        prediction.aleatoric, exact.variance - function_variance, rtol=1e-12, atol=1e-12
+        prediction.aleatoric_variance, exact.variance - function_variance, rtol=1e-12, atol=1e-12
     )
     # the epistemic part is the sample variance of 4000 draws: within 5 standard errors of v
     tolerance = 5 * function_variance * math.sqrt(2 / 3999)
-    assert bool(((prediction.epistemic - function_variance).abs() < tolerance).all())
+    assert bool(((prediction.epistemic_variance - function_variance).abs() < tolerance).all())
 
 
 def test_kl_is_the_mean_layer_s_and_bad_features_are_named():

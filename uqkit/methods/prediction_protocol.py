@@ -288,7 +288,7 @@ def predict(
 
     Example:
         >>> pred = uqkit.predict(model, x, num_samples=32)
-        >>> pred.probs, pred.epistemic
+        >>> pred.probs, pred.mutual_information
         >>> uqkit.predict(hf_model, input_ids=ids, attention_mask=mask)  # .logits read from the output
     """
     if not isinstance(model, nn.Module):
