@@ -10,7 +10,12 @@ import torch.nn.functional as F
 from torch import nn
 
 import uqkit
-from uqkit.nn import BayesianRegressionHead, GaussianLinear, StackedBayesianLastLayerMLP, use_posterior_mean
+from uqkit.nn import (
+    BayesianRegressionHead,
+    ReparameterizationLinear,
+    StackedBayesianLastLayerMLP,
+    use_posterior_mean,
+)
 from uqkit.objectives import kl_divergence
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -27,7 +32,7 @@ def _head(seed: int = 0) -> BayesianRegressionHead:
 
 def test_output_moments_are_kingma_s_closed_form():
     torch.manual_seed(0)
-    layer = GaussianLinear(4, 3, posterior_scale_init=0.2).double()
+    layer = ReparameterizationLinear(4, 3, posterior_scale_init=0.2).double()
     with torch.no_grad():
         layer.weight_rho.uniform_(-3, 0)
     x = torch.randn(6, 4, dtype=torch.float64)
