@@ -103,3 +103,18 @@ def test_deprecated_property_and_renamed_keyword():
         assert thing.scaled(2.0, num_members=4) == thing.scaled(2.0, 4) == 8.0
     with pytest.raises(TypeError, match=r"got both num_members= and its deprecated name size="):
         thing.scaled(2.0, size=4, num_members=4)
+
+
+def test_curvature_members_is_num_members():
+    """``LastLayerCurvature(members=...)``, ``.members`` and ``nbytes(members=...)`` (deprecated)."""
+    from uqkit.methods.laplace_curvature import DiagGGN
+
+    shape = dict(outputs=3, features=4, bias=True)
+    new = DiagGGN(num_members=2, **shape, dtype=torch.float64, device=torch.device("cpu"))
+    with pytest.warns(DeprecationWarning, match=r"__init__\(members=\.\.\.\) is deprecated .*num_members="):
+        old = DiagGGN(members=2, **shape, dtype=torch.float64, device=torch.device("cpu"))
+    assert old.diagonal.shape == new.diagonal.shape == (2, 3, 5)
+    with pytest.warns(DeprecationWarning, match=r"DiagGGN\.members is deprecated .*DiagGGN\.num_members"):
+        assert old.members == old.num_members == 2
+    with pytest.warns(DeprecationWarning, match=r"nbytes\(members=\.\.\.\)"):
+        assert DiagGGN.nbytes(members=2, **shape, itemsize=8) == DiagGGN.nbytes(2, **shape, itemsize=8) == 240
