@@ -34,7 +34,7 @@ from _env import benchmark_environment
 from torch import nn
 
 from uqkit.methods import predict
-from uqkit.nn import FlipoutLinear, GaussianLinear
+from uqkit.nn import FlipoutLinear, ReparameterizationLinear
 from uqkit.objectives import kl_divergence
 
 SIZES = (784, 512, 512, 10)
@@ -85,13 +85,13 @@ def speed_models(posterior_scale: float) -> dict[str, tuple[nn.Module, str]]:
             mlp(lambda i, o: FlipoutLinear(i, o, posterior_scale_init=posterior_scale)),
             "uqkit",
         ),
-        "uqkit GaussianLinear": (
-            mlp(lambda i, o: GaussianLinear(i, o, posterior_scale_init=posterior_scale)),
+        "uqkit ReparameterizationLinear": (
+            mlp(lambda i, o: ReparameterizationLinear(i, o, posterior_scale_init=posterior_scale)),
             "uqkit",
         ),
-        "uqkit GaussianLinear (local reparam.)": (
+        "uqkit ReparameterizationLinear (local reparam.)": (
             mlp(
-                lambda i, o: GaussianLinear(
+                lambda i, o: ReparameterizationLinear(
                     i, o, posterior_scale_init=posterior_scale, local_reparameterization=True
                 )
             ),
@@ -220,8 +220,10 @@ def variance_models(scale: float, reference: nn.Sequential) -> dict[str, nn.Modu
     makers = {
         "nn.Linear (minibatch noise only)": nn.Linear,
         "uqkit FlipoutLinear": lambda i, o: FlipoutLinear(i, o, posterior_scale_init=scale),
-        "uqkit GaussianLinear (shared sample)": lambda i, o: GaussianLinear(i, o, posterior_scale_init=scale),
-        "uqkit GaussianLinear (local reparam.)": lambda i, o: GaussianLinear(
+        "uqkit ReparameterizationLinear (shared sample)": lambda i, o: ReparameterizationLinear(
+            i, o, posterior_scale_init=scale
+        ),
+        "uqkit ReparameterizationLinear (local reparam.)": lambda i, o: ReparameterizationLinear(
             i, o, posterior_scale_init=scale, local_reparameterization=True
         ),
     }

@@ -167,7 +167,7 @@ def _rebuild(run: Path, method: str, task_name: str = "fashion-mnist"):
     from uqkit.bench import methods_bayesian as mb
     from uqkit.bench.models import build_model
     from uqkit.bench.tasks import build_task
-    from uqkit.methods.convert import FlipoutConfig, GaussianConfig, bayesianize_
+    from uqkit.methods.convert import FlipoutConfig, ReparameterizationConfig, bayesianize_
     from uqkit.nn.priors import NormalPrior
 
     state, label = _load_state(run, task_name, method)
@@ -177,7 +177,7 @@ def _rebuild(run: Path, method: str, task_name: str = "fashion-mnist"):
     if method == "flipout-bnn":
         config = FlipoutConfig(prior=prior, posterior_scale_init=mb.BNN_POSTERIOR_SCALE_INIT)
     else:
-        config = GaussianConfig(
+        config = ReparameterizationConfig(
             prior=prior, posterior_scale_init=mb.BNN_POSTERIOR_SCALE_INIT, local_reparameterization=True
         )
     bayesianize_(network, config)

@@ -12,7 +12,7 @@ OOD score against the test data, the fraction of examples whose variance is belo
 Run (after the bench run)::
 
     .venv/bin/python benchmarks/sngp_variance.py runs/sngp-weights-holdout --task fashion-mnist-holdout \\
-        --methods sngp-softmax,sngp-softmax-shared,sngp-gaussian
+        --methods sngp-softmax,sngp-softmax-shared,sngp-unit
 """
 
 from __future__ import annotations

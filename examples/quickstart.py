@@ -65,7 +65,9 @@ def main(epochs: int = 1, seed: int = 0) -> None:
             f"{metrics.expected_calibration_error(probs, test.labels):>8.4f}"
         )
     print(f"fitted temperature: {scaler.temperature:.3f}")
-    auroc = metrics.ood_auroc(uqkit.Prediction(test_logits).total, uqkit.Prediction(digits_logits).total)
+    auroc = metrics.ood_auroc(
+        uqkit.Prediction(test_logits).total_entropy, uqkit.Prediction(digits_logits).total_entropy
+    )
     print(f"OOD AUROC, Fashion-MNIST test vs digits (predictive entropy): {auroc:.4f}")
 
 

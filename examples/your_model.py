@@ -69,7 +69,7 @@ def two_halves(n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.
 def report(name: str, prediction: uqkit.Prediction, labels: torch.Tensor, far: uqkit.Prediction) -> None:
     accuracy = float((prediction.predicted_class == labels).float().mean())
     nll = float(metrics.nll(prediction.probs, labels))
-    near, away = float(prediction.epistemic.mean()), float(far.epistemic.mean())
+    near, away = float(prediction.mutual_information.mean()), float(far.mutual_information.mean())
     print(
         f"{name:<14} S={prediction.logits.shape[0]:<3} accuracy {accuracy:.3f}  NLL {nll:.3f}  "
         f"epistemic: data {near:.4f}, noise images {away:.4f}"

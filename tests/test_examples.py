@@ -29,7 +29,7 @@ def test_your_model_example_runs_and_predicts_with_a_sample_dimension(capsys):
     for name, prediction in results.items():
         assert isinstance(prediction, uqkit.Prediction)
         assert prediction.logits.shape == shapes[name], name
-        assert bool((prediction.epistemic >= -1e-6).all()), name
+        assert bool((prediction.mutual_information >= -1e-6).all()), name
         assert not torch.equal(prediction.logits[0], prediction.logits[1]), name  # samples / members differ
     out = capsys.readouterr().out
     # the ViT's patch convolution, attention projections, MLP and classifier

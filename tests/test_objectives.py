@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from torch import distributions as D
 from torch import nn
 
-from uqkit.nn import FlipoutConv2d, FlipoutLinear, GaussianLSTM, NormalPrior
+from uqkit.nn import FlipoutConv2d, FlipoutLinear, NormalPrior, ReparameterizationLSTM
 from uqkit.objectives import ELBO, kl_divergence
 
 
@@ -29,7 +29,7 @@ class _Net(nn.Module):
         super().__init__()
         prior = NormalPrior(scale=0.5)
         self.features = nn.Sequential(FlipoutConv2d(1, 2, 3, prior=prior), nn.ReLU(), nn.Flatten())
-        self.rnn = GaussianLSTM(4, 3, num_layers=2, prior=prior)
+        self.rnn = ReparameterizationLSTM(4, 3, num_layers=2, prior=prior)
         self.head = FlipoutLinear(2 * 4 * 4, 3, prior=prior)
 
     def forward(self, x):

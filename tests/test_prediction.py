@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -35,9 +36,11 @@ def test_properties_match_slow_reference(dtype, seed):
     probs, total, aleatoric = _reference(logits.double().numpy())
     tol = 1e-5 if dtype == torch.float32 else 1e-12
     np.testing.assert_allclose(prediction.probs.double().numpy(), probs, atol=tol)
-    np.testing.assert_allclose(prediction.total.double().numpy(), total, atol=10 * tol)
-    np.testing.assert_allclose(prediction.aleatoric.double().numpy(), aleatoric, atol=10 * tol)
-    np.testing.assert_allclose(prediction.epistemic.double().numpy(), total - aleatoric, atol=20 * tol)
+    np.testing.assert_allclose(prediction.total_entropy.double().numpy(), total, atol=10 * tol)
+    np.testing.assert_allclose(prediction.expected_entropy.double().numpy(), aleatoric, atol=10 * tol)
+    np.testing.assert_allclose(
+        prediction.mutual_information.double().numpy(), total - aleatoric, atol=20 * tol
+    )
     assert torch.equal(prediction.predicted_class, torch.from_numpy(probs.argmax(axis=1)))
     np.testing.assert_allclose(prediction.confidence.double().numpy(), probs.max(axis=1), atol=tol)
     assert prediction.num_samples == 7 and len(prediction) == 11 and prediction.num_classes == 5
@@ -48,21 +51,23 @@ def test_epistemic_is_nonnegative_and_zero_without_disagreement():
     logits = torch.randn(1, 50, 4, dtype=torch.float64)
     single = Prediction(logits[0])  # [B, C] means S = 1
     assert single.num_samples == 1
-    assert torch.equal(single.epistemic, torch.zeros(50, dtype=torch.float64))
+    assert torch.equal(single.mutual_information, torch.zeros(50, dtype=torch.float64))
     repeated = Prediction(logits.expand(6, 50, 4))
-    assert float(repeated.epistemic.abs().max()) < 1e-12
+    assert float(repeated.mutual_information.abs().max()) < 1e-12
     disagreeing = Prediction(20 * torch.randn(6, 50, 4))
-    assert bool((disagreeing.epistemic >= 0).all())
-    assert float(disagreeing.epistemic.mean()) > 0.3  # confident members that disagree
+    assert bool((disagreeing.mutual_information >= 0).all())
+    assert float(disagreeing.mutual_information.mean()) > 0.3  # confident members that disagree
 
 
 def test_extreme_logits_stay_finite():
     logits = torch.tensor([[[1e4, -1e4, 0.0]], [[-1e4, 1e4, 0.0]]])
     prediction = Prediction(logits)
     assert torch.allclose(prediction.probs, torch.tensor([[0.5, 0.5, 0.0]]))
-    assert torch.isfinite(prediction.total).all() and torch.isfinite(prediction.aleatoric).all()
-    assert prediction.total.item() == pytest.approx(math.log(2), abs=1e-6)
-    assert prediction.aleatoric.item() == pytest.approx(0.0, abs=1e-6)
+    assert (
+        torch.isfinite(prediction.total_entropy).all() and torch.isfinite(prediction.expected_entropy).all()
+    )
+    assert prediction.total_entropy.item() == pytest.approx(math.log(2), abs=1e-6)
+    assert prediction.expected_entropy.item() == pytest.approx(0.0, abs=1e-6)
 
 
 def test_indexing_and_concatenation_keep_samples():
@@ -72,7 +77,7 @@ def test_indexing_and_concatenation_keep_samples():
     assert torch.equal(prediction[4].logits, prediction.logits[:, 4:5])
     joined = Prediction.cat([prediction[:4], prediction[4:]])
     assert torch.equal(joined.logits, prediction.logits)
-    assert torch.equal(prediction.uncertainty("epistemic"), prediction.epistemic)
+    assert torch.equal(prediction.uncertainty("epistemic"), prediction.mutual_information)
 
 
 @pytest.mark.parametrize(
@@ -110,8 +115,8 @@ def test_gaussian_mixture_moments_match_slow_reference_and_sampling():
     second_moment = (v + m**2).mean(axis=0)
     np.testing.assert_allclose(prediction.mean.numpy(), mixture_mean, atol=1e-12)
     np.testing.assert_allclose(prediction.variance.numpy(), second_moment - mixture_mean**2, atol=1e-12)
-    np.testing.assert_allclose(prediction.aleatoric.numpy(), v.mean(axis=0), atol=1e-12)
-    np.testing.assert_allclose(prediction.epistemic.numpy(), m.var(axis=0), atol=1e-12)
+    np.testing.assert_allclose(prediction.aleatoric_variance.numpy(), v.mean(axis=0), atol=1e-12)
+    np.testing.assert_allclose(prediction.epistemic_variance.numpy(), m.var(axis=0), atol=1e-12)
     # Sampling the mixture: pick a component uniformly, then draw from it.
     n = 200_000
     component = torch.randint(0, 5, (n,), generator=generator)
@@ -123,9 +128,61 @@ def test_gaussian_mixture_moments_match_slow_reference_and_sampling():
 
 def test_gaussian_single_sample_and_bad_input():
     single = GaussianPrediction(torch.zeros(3, 1), torch.ones(3, 1))
-    assert single.num_samples == 1 and torch.equal(single.epistemic, torch.zeros(3, 1))
+    assert single.num_samples == 1 and torch.equal(single.epistemic_variance, torch.zeros(3, 1))
     assert torch.equal(single.stddev, torch.ones(3, 1))
     with pytest.raises(ValueError, match="variance: expected strictly positive values, got minimum -1"):
         GaussianPrediction(torch.zeros(3, 1), -torch.ones(3, 1))
     with pytest.raises(ValueError, match=r"expected the same shape, got \(3, 1\) and \(3, 2\)"):
         GaussianPrediction(torch.zeros(3, 1), torch.ones(3, 2))
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "kind"),
+    [
+        ("total", "total_entropy", "total"),
+        ("aleatoric", "expected_entropy", "aleatoric"),
+        ("epistemic", "mutual_information", "epistemic"),
+    ],
+)
+def test_entropy_parts_old_names_warn_and_equal_the_new(old, new, kind):
+    prediction = Prediction(3 * torch.randn(5, 4, 3, generator=torch.Generator().manual_seed(1)))
+    with pytest.warns(DeprecationWarning, match=rf"Prediction\.{old} is deprecated .*use Prediction\.{new}"):
+        value = getattr(prediction, old)
+    assert torch.equal(value, getattr(prediction, new))
+    assert torch.equal(prediction.uncertainty(kind), getattr(prediction, new))
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "kind"),
+    [
+        ("total", "variance", "total"),
+        ("aleatoric", "aleatoric_variance", "aleatoric"),
+        ("epistemic", "epistemic_variance", "epistemic"),
+    ],
+)
+def test_variance_parts_old_names_warn_and_equal_the_new(old, new, kind):
+    generator = torch.Generator().manual_seed(2)
+    prediction = GaussianPrediction(torch.randn(5, 4, 2, generator=generator), torch.rand(5, 4, 2) + 0.1)
+    with pytest.warns(
+        DeprecationWarning, match=rf"GaussianPrediction\.{old} is deprecated .*use GaussianPrediction\.{new}"
+    ):
+        value = getattr(prediction, old)
+    assert torch.equal(value, getattr(prediction, new))
+    assert torch.equal(prediction.uncertainty(kind), getattr(prediction, new))
+    with pytest.raises(ValueError, match="kind: expected 'total', 'aleatoric' or 'epistemic', got 'entropy'"):
+        prediction.uncertainty("entropy")
+
+
+def test_the_new_names_do_not_warn():
+    prediction = Prediction(torch.randn(2, 3, 4))
+    gaussian = GaussianPrediction(torch.randn(2, 3, 1), torch.ones(2, 3, 1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        values = [prediction.total_entropy, prediction.expected_entropy, prediction.mutual_information]
+        values += [gaussian.variance, gaussian.aleatoric_variance, gaussian.epistemic_variance]
+        values += [
+            p.uncertainty(kind)
+            for p in (prediction, gaussian)
+            for kind in ("total", "aleatoric", "epistemic")
+        ]
+    assert all(bool(torch.isfinite(value).all()) for value in values)

@@ -1,12 +1,14 @@
 """uqkit: trustworthy uncertainty for PyTorch models at close to the cost of one model."""
 
 from uqkit import calibration, conformal, data, metrics, nn, sgmcmc
+from uqkit._deprecation import renamed_module_attribute
 from uqkit.methods.apd import APD
+from uqkit.methods.convert import RENAMED as _RENAMED_CONFIGS
 from uqkit.methods.convert import (
     BatchEnsembleConfig,
     FlipoutConfig,
-    GaussianConfig,
     Rank1Config,
+    ReparameterizationConfig,
     bayesianize_,
 )
 from uqkit.methods.distillation import distill_predictive
@@ -15,7 +17,7 @@ from uqkit.methods.laplace import LastLayerLaplace
 from uqkit.methods.mimo import MIMO
 from uqkit.methods.ncp import NoiseContrastivePrior, ncp_loss
 from uqkit.methods.optimal_scales import fit_posterior_scales_
-from uqkit.methods.predict import predict
+from uqkit.methods.prediction_protocol import predict
 from uqkit.methods.sngp import SNGP
 from uqkit.objectives import ELBO, gaussian_nll_loss, kl_divergence
 from uqkit.prediction import GaussianPrediction, Prediction
@@ -30,12 +32,12 @@ __all__ = [
     "BatchEnsembleConfig",
     "DeepEnsemble",
     "FlipoutConfig",
-    "GaussianConfig",
     "GaussianPrediction",
     "LastLayerLaplace",
     "NoiseContrastivePrior",
     "Prediction",
     "Rank1Config",
+    "ReparameterizationConfig",
     "__version__",
     "bayesianize_",
     "calibration",
@@ -51,3 +53,8 @@ __all__ = [
     "predict",
     "sgmcmc",
 ]
+
+
+def __getattr__(name: str):
+    """Former names (``GaussianConfig``), deprecated: docs/architecture.md, "Names"."""
+    return renamed_module_attribute(__name__, name, _RENAMED_CONFIGS, globals())

@@ -5,11 +5,22 @@ outputs with a leading sample (or member) dimension ``S``: classification logits
 mean and variance ``[S, B, D]``. A deterministic model is the case ``S = 1``. :class:`Prediction` and
 :class:`GaussianPrediction` turn those into the predictive distribution and split its uncertainty into
 total, aleatoric and epistemic parts (Depeweg et al. 2018, "Decomposition of uncertainty in Bayesian deep
-learning"; Smith & Gal 2018):
+learning for efficient and risk-sensitive learning"; Smith & Gal 2018). Each part is named by what it
+measures, since a classifier measures it in entropy and a regressor in variance:
 
-* total = H[ E_s p_s ]            (entropy of the mean prediction)
-* aleatoric = E_s H[ p_s ]        (mean entropy of the samples)
-* epistemic = total - aleatoric   (mutual information between the label and the sample, >= 0)
+=========  ==========================================  ===========================================
+part       :class:`Prediction` (nats)                  :class:`GaussianPrediction` (squared units)
+=========  ==========================================  ===========================================
+total      ``total_entropy = H[ E_s p_s ]``            ``variance = E_s sigma_s^2 + Var_s mu_s``
+aleatoric  ``expected_entropy = E_s H[ p_s ]``         ``aleatoric_variance = E_s sigma_s^2``
+epistemic  ``mutual_information = total - aleatoric``  ``epistemic_variance = Var_s mu_s``
+=========  ==========================================  ===========================================
+
+The mutual information is that between the label and the sample (the model), ``>= 0``; the variance split is
+the law of total variance, Depeweg et al.'s decomposition for regression. ``uncertainty(kind)`` reads a part
+by the names ``"total"``, ``"aleatoric"`` and ``"epistemic"`` in both classes. The former attribute names
+``total``, ``aleatoric`` and ``epistemic`` (an entropy in one class, a variance in the other) are deprecated
+aliases.
 """
 
 from __future__ import annotations
@@ -18,9 +29,13 @@ import math
 
 import torch
 
+from uqkit._deprecation import deprecated_property
 from uqkit._validation import check_float_tensor, check_same_length
 
 __all__ = ["GaussianPrediction", "Prediction"]
+
+UNCERTAINTY_KINDS = ("total", "aleatoric", "epistemic")
+"""The parts of the decomposition, as :meth:`Prediction.uncertainty` and results.json name them."""
 
 
 def _entropy_from_log_probs(log_probs: torch.Tensor) -> torch.Tensor:
@@ -28,6 +43,17 @@ def _entropy_from_log_probs(log_probs: torch.Tensor) -> torch.Tensor:
     probs = log_probs.exp()
     plogp = torch.where(probs > 0, probs * log_probs, torch.zeros_like(probs))
     return -plogp.sum(dim=-1)
+
+
+# What each part of the uncertainty is called in each class.
+_ENTROPY_PARTS = dict(total="total_entropy", aleatoric="expected_entropy", epistemic="mutual_information")
+_VARIANCE_PARTS = dict(total="variance", aleatoric="aleatoric_variance", epistemic="epistemic_variance")
+
+
+def _check_kind(kind: str) -> str:
+    if kind not in UNCERTAINTY_KINDS:
+        raise ValueError(f"kind: expected 'total', 'aleatoric' or 'epistemic', got {kind!r}")
+    return kind
 
 
 class Prediction:
@@ -39,11 +65,12 @@ class Prediction:
 
     Shape:
         ``probs``: ``[B, C]``, the mean of the ``S`` softmaxes (the Bayesian model average).
-        ``confidence``, ``predicted_class``, ``total``, ``aleatoric``, ``epistemic``: ``[B]``.
+        ``confidence``, ``predicted_class``, ``total_entropy``, ``expected_entropy``,
+        ``mutual_information``: ``[B]``.
 
     Example:
         >>> pred = Prediction(torch.randn(10, 4, 3))
-        >>> pred.probs.shape, pred.epistemic.shape
+        >>> pred.probs.shape, pred.mutual_information.shape
         (torch.Size([4, 3]), torch.Size([4]))
     """
 
@@ -108,29 +135,34 @@ class Prediction:
 
     # -- uncertainty ------------------------------------------------------------------------------------
     @property
-    def total(self) -> torch.Tensor:
-        """``[B]`` total uncertainty: entropy of the predictive distribution (nats)."""
+    def total_entropy(self) -> torch.Tensor:
+        """``[B]`` total uncertainty: entropy of the predictive distribution, ``H[E_s p_s]`` (nats)."""
         return _entropy_from_log_probs(self.log_probs)
 
     @property
-    def aleatoric(self) -> torch.Tensor:
-        """``[B]`` aleatoric uncertainty: mean over samples of each sample's entropy (nats)."""
+    def expected_entropy(self) -> torch.Tensor:
+        """``[B]`` aleatoric uncertainty: the mean over samples of each sample's entropy, ``E_s H[p_s]``
+        (nats)."""
         return _entropy_from_log_probs(self.sample_log_probs).mean(dim=0)
 
     @property
-    def epistemic(self) -> torch.Tensor:
-        """``[B]`` epistemic uncertainty: mutual information, ``total - aleatoric``.
+    def mutual_information(self) -> torch.Tensor:
+        """``[B]`` epistemic uncertainty: mutual information between label and sample (nats),
+        ``total_entropy - expected_entropy`` (Depeweg et al. 2018).
 
         Non-negative by Jensen's inequality; float rounding below zero (of order 1e-7) is clamped to 0.
         Exactly 0 when ``S = 1``.
         """
-        return (self.total - self.aleatoric).clamp_min(0.0)
+        return (self.total_entropy - self.expected_entropy).clamp_min(0.0)
+
+    total = deprecated_property("total", "total_entropy")
+    aleatoric = deprecated_property("aleatoric", "expected_entropy")
+    epistemic = deprecated_property("epistemic", "mutual_information")
 
     def uncertainty(self, kind: str) -> torch.Tensor:
-        """The ``[B]`` uncertainty named ``kind``: ``"total"``, ``"aleatoric"`` or ``"epistemic"``."""
-        if kind not in ("total", "aleatoric", "epistemic"):
-            raise ValueError(f"kind: expected 'total', 'aleatoric' or 'epistemic', got {kind!r}")
-        return getattr(self, kind)
+        """The ``[B]`` part of the uncertainty named ``kind``: ``"total"`` (:attr:`total_entropy`),
+        ``"aleatoric"`` (:attr:`expected_entropy`) or ``"epistemic"`` (:attr:`mutual_information`)."""
+        return getattr(self, _ENTROPY_PARTS[_check_kind(kind)])
 
     # -- conveniences -----------------------------------------------------------------------------------
     def __getitem__(self, index) -> Prediction:
@@ -172,10 +204,11 @@ class GaussianPrediction:
 
     The mixture is summarised by its first two moments (Lakshminarayanan et al. 2017, eq. after (2)):
     ``mean = E_s mu_s`` and ``variance = E_s sigma_s^2 + Var_s mu_s``, with
-    ``aleatoric = E_s sigma_s^2`` and ``epistemic = Var_s mu_s`` (population variance over samples).
+    ``aleatoric_variance = E_s sigma_s^2`` and ``epistemic_variance = Var_s mu_s`` (population variance over
+    samples; the law of total variance, as in Depeweg et al. 2018).
 
     Shape:
-        ``mean``, ``variance``, ``aleatoric``, ``epistemic``, ``stddev``: ``[B, D]``.
+        ``mean``, ``variance``, ``aleatoric_variance``, ``epistemic_variance``, ``stddev``: ``[B, D]``.
     """
 
     def __init__(self, mean: torch.Tensor, variance: torch.Tensor) -> None:
@@ -210,28 +243,33 @@ class GaussianPrediction:
         return self.sample_mean.mean(dim=0)
 
     @property
-    def aleatoric(self) -> torch.Tensor:
-        """``[B, D]`` mean of the per-sample variances."""
+    def aleatoric_variance(self) -> torch.Tensor:
+        """``[B, D]`` aleatoric uncertainty: the mean of the per-sample variances, ``E_s sigma_s^2``."""
         return self.sample_variance.mean(dim=0)
 
     @property
-    def epistemic(self) -> torch.Tensor:
-        """``[B, D]`` variance of the per-sample means (0 when ``S = 1``)."""
+    def epistemic_variance(self) -> torch.Tensor:
+        """``[B, D]`` epistemic uncertainty: the variance of the per-sample means, ``Var_s mu_s`` (0 when
+        ``S = 1``)."""
         return self.sample_mean.var(dim=0, unbiased=False)
 
     @property
     def variance(self) -> torch.Tensor:
-        """``[B, D]`` mixture variance, ``aleatoric + epistemic``."""
-        return self.aleatoric + self.epistemic
+        """``[B, D]`` total uncertainty: the mixture variance, ``aleatoric_variance + epistemic_variance``."""
+        return self.aleatoric_variance + self.epistemic_variance
 
     @property
     def stddev(self) -> torch.Tensor:
         return self.variance.sqrt()
 
-    @property
-    def total(self) -> torch.Tensor:
-        """Alias of :attr:`variance`, for symmetry with :class:`Prediction`."""
-        return self.variance
+    total = deprecated_property("total", "variance")
+    aleatoric = deprecated_property("aleatoric", "aleatoric_variance")
+    epistemic = deprecated_property("epistemic", "epistemic_variance")
+
+    def uncertainty(self, kind: str) -> torch.Tensor:
+        """The ``[B, D]`` part of the uncertainty named ``kind``: ``"total"`` (:attr:`variance`),
+        ``"aleatoric"`` (:attr:`aleatoric_variance`) or ``"epistemic"`` (:attr:`epistemic_variance`)."""
+        return getattr(self, _VARIANCE_PARTS[_check_kind(kind)])
 
     def __getitem__(self, index) -> GaussianPrediction:
         mean, var = self.sample_mean[:, index], self.sample_variance[:, index]

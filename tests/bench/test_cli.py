@@ -6,6 +6,7 @@ import re
 
 import pytest
 
+import uqkit.data.fashion_mnist_loader as fashion_mnist_loader
 from uqkit.cli import main
 
 
@@ -56,14 +57,10 @@ def test_bad_options_exit_with_usage(capsys, argv, message):
 
 
 def test_missing_dataset_says_where_it_looked_and_how_to_get_it(capsys, tmp_path, monkeypatch):
-    import importlib
-
-    fashion_mnist = importlib.import_module("uqkit.data.fashion_mnist")
-
     empty = tmp_path / "empty"
     empty.mkdir()
     monkeypatch.setenv("UQKIT_DATA", str(empty))
-    monkeypatch.setattr(fashion_mnist, "DEBIAN_DIR", tmp_path / "not-installed")
+    monkeypatch.setattr(fashion_mnist_loader, "DEBIAN_DIR", tmp_path / "not-installed")
     err = _error(capsys, ["bench", "--quick", "--no-progress", "--out", str(tmp_path / "run")])
     assert "apt-get install dataset-fashion-mnist" in err
     assert str(empty) in err

@@ -12,7 +12,7 @@ from uqkit.bench import methods_bayesian
 from uqkit.bench.methods_bayesian import BNN_POSTERIOR_SCALE_INIT, BNN_PRIOR_SCALE, VariationalNetwork
 from uqkit.bench.tasks import TASKS
 from uqkit.bench.trainer import TrainConfig, train_method
-from uqkit.methods.convert import FlipoutConfig, GaussianConfig, bayesianize_
+from uqkit.methods.convert import FlipoutConfig, ReparameterizationConfig, bayesianize_
 from uqkit.nn.priors import NormalPrior
 
 # The default benchmark: Fashion-MNIST's 54,000 training images (60,000 less 6,000 for validation).
@@ -34,7 +34,7 @@ def _config(family: str):
     prior = NormalPrior(scale=BNN_PRIOR_SCALE)
     if family == "flipout":
         return FlipoutConfig(prior=prior, posterior_scale_init=BNN_POSTERIOR_SCALE_INIT)
-    return GaussianConfig(
+    return ReparameterizationConfig(
         prior=prior, posterior_scale_init=BNN_POSTERIOR_SCALE_INIT, local_reparameterization=True
     )
 

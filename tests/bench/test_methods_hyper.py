@@ -31,7 +31,7 @@ def test_registered_for_the_fashion_mnist_tasks_with_its_budget_in_the_descripti
     assert "hyper-deep-ensemble" not in methods_for_task("two-moons", opt_in=True)
     description = METHODS["hyper-deep-ensemble"].description
     assert "15 networks" in description and "3x a deep ensemble" in description
-    assert methods_hyper.SEARCH_CANDIDATES + methods_hyper.RETRAINED == 3 * methods_hyper.ENSEMBLE_SIZE
+    assert methods_hyper.SEARCH_CANDIDATES + methods_hyper.RETRAINED == 3 * methods_hyper.NUM_MEMBERS
 
 
 @pytest.mark.parametrize(("model", "shape"), [("mlp", (1, 28, 28)), ("lenet5", (1, 28, 28))])

@@ -1,4 +1,4 @@
-"""Tests of uqkit/data/idx.py, uqkit/data/fashion_mnist.py and rotated_fashion_mnist.
+"""Tests of uqkit/data/idx.py, uqkit/data/fashion_mnist_loader.py and rotated_fashion_mnist.
 
 Every test writes its own tiny IDX files with the independent writer below; none needs the network or the
 Debian package, except the one marked test that checks the real files when they are installed.
@@ -7,7 +7,6 @@ Debian package, except the one marked test that checks the real files when they 
 from __future__ import annotations
 
 import gzip
-import importlib
 import struct
 import time
 from pathlib import Path
@@ -16,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 
+import uqkit.data.fashion_mnist_loader as fashion_module
 from uqkit.data import (
     FASHION_MNIST_CLASSES,
     DatasetNotFoundError,
@@ -27,9 +27,6 @@ from uqkit.data import (
 )
 
 TYPE_CODES = {"u1": 0x08, "i1": 0x09, ">i2": 0x0B, ">i4": 0x0C, ">f4": 0x0D, ">f8": 0x0E}
-# The package exports a function of the same name, so ``import uqkit.data.fashion_mnist as m`` gives the
-# function; import_module returns the module itself.
-fashion_module = importlib.import_module("uqkit.data.fashion_mnist")
 SPLIT_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),

@@ -1,4 +1,4 @@
-"""Tests of uqkit/data/mnist1d.py: local generation, the .npz cache, and never downloading."""
+"""Tests of uqkit/data/mnist1d_generator.py: local generation, the .npz cache, and never downloading."""
 
 from __future__ import annotations
 

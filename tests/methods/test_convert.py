@@ -13,17 +13,17 @@ from uqkit.methods import convert
 from uqkit.methods.convert import (
     ConversionReport,
     FlipoutConfig,
-    GaussianConfig,
+    ReparameterizationConfig,
     bayesianize_,
     register_conversion,
 )
-from uqkit.methods.predict import DEFAULT_NUM_SAMPLES
+from uqkit.methods.prediction_protocol import DEFAULT_NUM_SAMPLES
 from uqkit.nn import (
     FlipoutConv2d,
     FlipoutLinear,
     FlipoutLSTM,
-    GaussianLinear,
     NormalPrior,
+    ReparameterizationLinear,
     use_posterior_mean,
 )
 
@@ -107,13 +107,15 @@ def test_flipout_conversion_with_zero_scale_reproduces_the_original_exactly():
 def test_gaussian_conversion_with_zero_scale_reproduces_the_original_exactly(local):
     model, x = _pretrained()
     reference = model(x)
-    report = bayesianize_(model, GaussianConfig(posterior_scale_init=0.0, local_reparameterization=local))
+    report = bayesianize_(
+        model, ReparameterizationConfig(posterior_scale_init=0.0, local_reparameterization=local)
+    )
     assert torch.equal(model(x), reference)
     assert {new for _, _, new in report.converted} == {
-        "GaussianConv2d",
-        "GaussianConv1d",
-        "GaussianLSTM",
-        "GaussianLinear",
+        "ReparameterizationConv2d",
+        "ReparameterizationConv1d",
+        "ReparameterizationLSTM",
+        "ReparameterizationLinear",
     }
     assert model.head[1].local_reparameterization is local
 
@@ -155,14 +157,17 @@ def test_unsupported_modules_are_reported_not_silently_skipped():
             "plain": nn.Linear(3, 3),
         }
     )
-    report = bayesianize_(model, GaussianConfig())
+    report = bayesianize_(model, ReparameterizationConfig())
     reasons = {name: reason for name, _, reason in report.skipped}
     assert "subclass of nn.Linear" in reasons["attention.out_proj"]
-    assert "no gaussian twin" in reasons["attention"] and "no gaussian twin" in reasons["norm"]
+    assert (
+        "no reparameterization twin" in reasons["attention"]
+        and "no reparameterization twin" in reasons["norm"]
+    )
     assert "proj_size=2" in reasons["projected"]
     assert "parametrizations" in reasons["normed"]
     assert not any("parametrizations." in name for name in reasons)
-    assert report.converted == [("plain", "Linear", "GaussianLinear")]
+    assert report.converted == [("plain", "Linear", "ReparameterizationLinear")]
     assert "left alone 5 module(s)" in str(report)
 
 
@@ -197,9 +202,9 @@ def test_bad_arguments():
     with pytest.raises(TypeError, match=r"prior: expected a uqkit\.nn\.priors"):
         FlipoutConfig(prior=1.0)
     with pytest.raises(ValueError, match="posterior_scale_init: expected a finite number >= 0"):
-        GaussianConfig(posterior_scale_init=-0.1)
+        ReparameterizationConfig(posterior_scale_init=-0.1)
     with pytest.raises(TypeError, match="local_reparameterization: expected a bool"):
-        GaussianConfig(local_reparameterization="yes")
+        ReparameterizationConfig(local_reparameterization="yes")
 
 
 def test_register_conversion_extends_the_registry(monkeypatch):
@@ -210,19 +215,19 @@ def test_register_conversion_extends_the_registry(monkeypatch):
             super().__init__()
             self.weight = nn.Parameter(torch.ones(3))
 
-    def to_gaussian(module, config):
-        layer = GaussianLinear(3, 3, bias=False, prior=config.prior)
+    def to_reparameterization(module, config):
+        layer = ReparameterizationLinear(3, 3, bias=False, prior=config.prior)
         with torch.no_grad():
             layer.weight_mean.copy_(torch.diag(module.weight))
         return layer
 
-    register_conversion(GaussianConfig, Scaled, to_gaussian)
+    register_conversion(ReparameterizationConfig, Scaled, to_reparameterization)
     model = nn.Sequential(Scaled())
-    report = bayesianize_(model, GaussianConfig())
-    assert isinstance(report, ConversionReport) and isinstance(model[0], GaussianLinear)
+    report = bayesianize_(model, ReparameterizationConfig())
+    assert isinstance(report, ConversionReport) and isinstance(model[0], ReparameterizationLinear)
     torch.testing.assert_close(model[0].weight_mean, torch.eye(3))
     with pytest.raises(TypeError, match=r"module_type: expected a subclass of nn\.Module"):
-        register_conversion(GaussianConfig, int, to_gaussian)
+        register_conversion(ReparameterizationConfig, int, to_reparameterization)
 
 
 def test_conv_twin_gets_every_constructor_argument():
@@ -253,7 +258,9 @@ def test_conv_twin_gets_every_constructor_argument():
 
 
 @pytest.mark.parametrize(
-    "config", [FlipoutConfig(num_samples=5), GaussianConfig(num_samples=5)], ids=["flipout", "gaussian"]
+    "config",
+    [FlipoutConfig(num_samples=5), ReparameterizationConfig(num_samples=5)],
+    ids=["flipout", "reparameterization"],
 )
 def test_config_num_samples_is_the_converted_models_default_for_predict(config):
     torch.manual_seed(0)

@@ -22,6 +22,7 @@ from uqkit.methods.hyper_ensemble import (
     greedy_mixture_selection,
     hyper_deep_ensemble,
     member_log_probs,
+    retrain_and_select,
     stratified_retraining,
 )
 
@@ -175,8 +176,35 @@ def test_greedy_selection_checks_its_inputs():
         greedy_ensemble_selection(log_probs, torch.tensor([0, 1, 2, 4, 0]), 2)
     with pytest.raises(ValueError, match="labels: expected 5 labels"):
         greedy_ensemble_selection(log_probs, labels[:4], 2)
-    with pytest.raises(ValueError, match="size: expected an int >= 1, got 0"):
+    with pytest.raises(ValueError, match="num_members: expected an int >= 1, got 0"):
         greedy_ensemble_selection(log_probs, labels, 0)
+
+
+def test_former_keyword_names_warn_and_count_the_same():
+    """Deprecated keywords: ``size=`` and ``ensemble_size=`` mean ``num_members=``, ``num_models=``
+    ``num_retrained=``."""
+    rng = np.random.default_rng(3)
+    log_probs = _log_probs(rng.normal(size=(4, 12, 3)))
+    labels = torch.from_numpy(rng.integers(0, 3, 12))
+    with pytest.warns(DeprecationWarning, match=r"greedy_ensemble_selection\(size=\.\.\.\) is deprecated"):
+        old = greedy_ensemble_selection(log_probs, labels, size=2)
+    assert old == greedy_ensemble_selection(log_probs, labels, num_members=2)
+    log_likelihoods = log_probs.gather(2, labels.view(1, -1, 1).expand(4, -1, 1)).squeeze(2)
+    with pytest.warns(DeprecationWarning, match=r"greedy_mixture_selection\(size=\.\.\.\)"):
+        old = greedy_mixture_selection(log_likelihoods, size=2)
+    assert old == greedy_mixture_selection(log_likelihoods, 2)
+    with pytest.warns(
+        DeprecationWarning, match=r"stratified_retraining\(num_models=\.\.\.\).*num_retrained="
+    ):
+        assert stratified_retraining([3, 1, 3], num_models=3) == stratified_retraining([3, 1, 3], 3)
+    # ensemble_size= reaches the check of num_members, which runs before any training
+    for function, args in (
+        (hyper_deep_ensemble, (_net, None, None, None)),
+        (retrain_and_select, (None,) * 6),
+    ):
+        warns = pytest.warns(DeprecationWarning, match=rf"{function.__name__}\(ensemble_size=\.\.\.\)")
+        with warns, pytest.raises(ValueError, match="num_members: expected an int >= 1, got 0"):
+            function(*args, ensemble_size=0)
 
 
 def test_stratified_retraining_is_round_robin_most_selected_first():
@@ -331,7 +359,7 @@ def test_hyper_deep_ensemble_runs_every_stage_and_selects_on_validation():
             optimizer.step()
 
     result = hyper_deep_ensemble(
-        _net, fit, val_x, val_y, ensemble_size=3, num_candidates=5, generator=torch.Generator().manual_seed(0)
+        _net, fit, val_x, val_y, num_members=3, num_candidates=5, generator=torch.Generator().manual_seed(0)
     )
     assert len(fitted) == 2 and len(fitted[0]) == 5 and fitted[0][0] == Hyperparameters()
     distinct = result.search.distinct

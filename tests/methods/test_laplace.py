@@ -196,7 +196,7 @@ def test_monte_carlo_logits_have_the_linearised_mean_and_covariance(hessian):
     again = la.predict(x_test, num_samples=samples, generator=torch.Generator().manual_seed(0)).logits
     assert torch.equal(logits, again)
     pred = uqkit.predict(la, x_test, num_samples=8)
-    assert pred.logits.shape == (8, 3, CLASSES) and bool((pred.epistemic > 0).all())
+    assert pred.logits.shape == (8, 3, CLASSES) and bool((pred.mutual_information > 0).all())
 
 
 @pytest.mark.parametrize("hessian", ["full", "kron", "diag"])
@@ -216,9 +216,11 @@ def test_regression_predictive_variance_is_model_variance_plus_noise(hessian):
     # Monte Carlo: the sampled means carry the model's variance (epistemic), the noise stays aleatoric
     samples = uqkit.predict(la, x_test, num_samples=4000)
     assert samples.sample_mean.shape == (4000, 6, OUTPUTS)
-    assert torch.allclose(samples.aleatoric, torch.full_like(f, 0.49))
+    assert torch.allclose(samples.aleatoric_variance, torch.full_like(f, 0.49))
     assert bool(
-        ((samples.epistemic - model_variance).abs() <= 5 * model_variance * math.sqrt(2 / 4000)).all()
+        (
+            (samples.epistemic_variance - model_variance).abs() <= 5 * model_variance * math.sqrt(2 / 4000)
+        ).all()
     )
 
 

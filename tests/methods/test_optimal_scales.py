@@ -25,10 +25,10 @@ from uqkit.nn import (
     FlipoutConv2d,
     FlipoutLinear,
     FlipoutLSTM,
-    GaussianConv1d,
-    GaussianConv2d,
-    GaussianLinear,
     NormalPrior,
+    ReparameterizationConv1d,
+    ReparameterizationConv2d,
+    ReparameterizationLinear,
     ScaleMixtureNormalPrior,
 )
 
@@ -46,7 +46,7 @@ def _regression_data(n: int = 200, d: int = 4, seed: int = 0) -> tuple[torch.Ten
     return x, y
 
 
-@pytest.mark.parametrize("layer_type", [FlipoutLinear, GaussianLinear])
+@pytest.mark.parametrize("layer_type", [FlipoutLinear, ReparameterizationLinear])
 @pytest.mark.parametrize("kl_weight", [1.0, 0.01])
 def test_linear_regression_scales_are_the_exact_mean_field_optimum(layer_type, kl_weight):
     x, y = _regression_data()
@@ -122,7 +122,7 @@ class _Sequence(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.step = FlipoutLinear(3, 4, prior=NormalPrior(0.5), posterior_scale_init=0.3)
-        self.out = GaussianLinear(4, 3, prior=NormalPrior(0.5), posterior_scale_init=0.3)
+        self.out = ReparameterizationLinear(4, 3, prior=NormalPrior(0.5), posterior_scale_init=0.3)
 
     def forward(self, x):
         return self.out(torch.tanh(self.step(x)).mean(1))
@@ -133,20 +133,20 @@ def _models():
     mlp = nn.Sequential(
         FlipoutLinear(5, 6, **prior),
         nn.ReLU(inplace=True),
-        GaussianLinear(6, 6, local_reparameterization=True, **prior),
+        ReparameterizationLinear(6, 6, local_reparameterization=True, **prior),
         nn.Tanh(),
-        GaussianLinear(6, 3, **prior),
+        ReparameterizationLinear(6, 3, **prior),
     )
     conv2d = nn.Sequential(
         FlipoutConv2d(2, 4, 3, stride=2, padding=1, groups=2, padding_mode="circular", **prior),
         nn.ReLU(),
-        GaussianConv2d(4, 3, (2, 3), padding=(1, 0), **prior),
+        ReparameterizationConv2d(4, 3, (2, 3), padding=(1, 0), **prior),
         nn.Tanh(),
         nn.Flatten(),
-        GaussianLinear(3 * 4 * 1, 3, local_reparameterization=True, **prior),
+        ReparameterizationLinear(3 * 4 * 1, 3, local_reparameterization=True, **prior),
     )
     conv1d = nn.Sequential(
-        GaussianConv1d(2, 3, 4, padding="same", dilation=2, **prior),
+        ReparameterizationConv1d(2, 3, 4, padding="same", dilation=2, **prior),
         nn.Tanh(),
         FlipoutConv1d(3, 2, 3, stride=2, bias=False, padding_mode="reflect", padding=1, **prior),
         nn.Flatten(),
@@ -197,7 +197,9 @@ def test_batches_and_loaders_give_the_whole_data_average():
 def test_fit_sets_every_layer_from_its_own_prior_and_keeps_the_means():
     torch.manual_seed(0)
     model = nn.Sequential(
-        FlipoutLinear(5, 4, prior=NormalPrior(0.1)), nn.ReLU(), GaussianLinear(4, 3, prior=NormalPrior(2.0))
+        FlipoutLinear(5, 4, prior=NormalPrior(0.1)),
+        nn.ReLU(),
+        ReparameterizationLinear(4, 3, prior=NormalPrior(2.0)),
     ).double()
     model.train()
     means = {n: p.detach().clone() for n, p in model.named_parameters() if n.endswith("_mean")}
@@ -218,7 +220,7 @@ def test_fit_sets_every_layer_from_its_own_prior_and_keeps_the_means():
 
 def test_later_passes_move_log_sigma_halfway_to_the_optimum_at_the_current_scales():
     torch.manual_seed(0)
-    model = nn.Sequential(FlipoutLinear(5, 8), nn.Tanh(), GaussianLinear(8, 3)).double()
+    model = nn.Sequential(FlipoutLinear(5, 8), nn.Tanh(), ReparameterizationLinear(8, 3)).double()
     x = torch.randn(40, 5, dtype=F64)
     reference = {n: p.detach().clone() for n, p in model.state_dict().items()}
     torch.manual_seed(7)

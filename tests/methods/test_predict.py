@@ -1,4 +1,4 @@
-"""Monte Carlo prediction (uqkit/methods/predict.py)."""
+"""Monte Carlo prediction (uqkit/methods/prediction_protocol.py)."""
 
 import math
 
@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from uqkit.methods import FlipoutConfig, bayesianize_, predict
-from uqkit.nn import FlipoutLinear, FlipoutLSTM, GaussianLinear, MCDropout, use_posterior_mean
+from uqkit.nn import FlipoutLinear, FlipoutLSTM, MCDropout, ReparameterizationLinear, use_posterior_mean
 from uqkit.prediction import Prediction
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -54,7 +54,7 @@ def test_batched_samples_follow_the_posterior_predictive():
 
 def test_shared_sample_layers_get_one_pass_per_sample():
     torch.manual_seed(0)
-    model = nn.Sequential(GaussianLinear(4, 3, posterior_scale_init=0.5))
+    model = nn.Sequential(ReparameterizationLinear(4, 3, posterior_scale_init=0.5))
     x = torch.randn(4).expand(2, 4)  # two copies of one input
     logits = predict(model, x, num_samples=5).logits
     assert torch.equal(logits[:, 0], logits[:, 1])  # one weight sample per pass, shared by the batch

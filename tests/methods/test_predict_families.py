@@ -1,5 +1,6 @@
-"""uqkit.predict for every family through its protocol (uqkit/methods/predict.py): member models unfolded
-member-major, samples inside members, predictive heads (SNGP), output forms, Gaussian outputs, defaults."""
+"""uqkit.predict for every family through its protocol (uqkit/methods/prediction_protocol.py): member models
+unfolded member-major, samples inside members, predictive heads (SNGP), output forms, Gaussian outputs,
+defaults."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import torch
 from torch import nn
 
 import uqkit
-from uqkit.methods.predict import DEFAULT_NUM_SAMPLES
+from uqkit.methods.prediction_protocol import DEFAULT_NUM_SAMPLES
 from uqkit.nn import MCDropout, RandomFeatureGP, StochasticModule, members
 from uqkit.prediction import GaussianPrediction, Prediction
 
@@ -198,7 +199,7 @@ def test_gaussian_outputs_give_a_gaussian_prediction(form):
     variances = torch.stack([o["variance"] if form == "dict" else o.variance for o in outputs])
     torch.testing.assert_close(prediction.sample_mean, means)
     torch.testing.assert_close(prediction.sample_variance, variances)
-    assert float(prediction.epistemic.min()) > 0  # the samples differ
+    assert float(prediction.epistemic_variance.min()) > 0  # the samples differ
 
 
 def _sngp(num_samples: int | None = None) -> uqkit.SNGP:
@@ -307,4 +308,4 @@ def test_heteroscedastic_model_is_one_averaged_distribution():
         expected = model(x)  # log of the Monte Carlo predictive over the head's 32 draws
     assert isinstance(prediction, Prediction) and prediction.num_samples == 1
     torch.testing.assert_close(prediction.log_probs, expected)
-    assert bool((prediction.epistemic == 0).all())
+    assert bool((prediction.mutual_information == 0).all())

@@ -7,11 +7,11 @@ import pytest
 import torch
 
 import uqkit
-from uqkit.methods import FlipoutConfig, GaussianConfig, bayesianize_
+from uqkit.methods import FlipoutConfig, ReparameterizationConfig, bayesianize_
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-CONFIGS = [FlipoutConfig(posterior_scale_init=0.05), GaussianConfig(posterior_scale_init=0.05)]
+CONFIGS = [FlipoutConfig(posterior_scale_init=0.05), ReparameterizationConfig(posterior_scale_init=0.05)]
 
 
 def _check_examples_in_order(model: torch.nn.Module, **inputs: torch.Tensor) -> None:

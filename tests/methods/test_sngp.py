@@ -105,7 +105,7 @@ def _is_distance_aware(
     )
 
 
-@pytest.mark.parametrize(("likelihood", "min_ratio"), [("softmax", 1.5), ("gaussian", 10.0)])
+@pytest.mark.parametrize(("likelihood", "min_ratio"), [("softmax", 1.5), ("unit", 10.0)])
 def test_sngp_variance_grows_with_distance_from_the_training_data(likelihood, min_ratio):
     """Distance awareness (Liu et al. 2020, Sec. 3) is a property of the GP posterior variance.
 

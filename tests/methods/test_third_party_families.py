@@ -14,7 +14,13 @@ from torch import nn
 from torch.nn import functional as F
 
 import uqkit
-from uqkit.methods import BatchEnsembleConfig, DeepEnsemble, FlipoutConfig, GaussianConfig, Rank1Config
+from uqkit.methods import (
+    BatchEnsembleConfig,
+    DeepEnsemble,
+    FlipoutConfig,
+    Rank1Config,
+    ReparameterizationConfig,
+)
 from uqkit.nn import HeteroscedasticHead, MCDropout, RandomFeatureGP, use_posterior_mean
 
 pytestmark = [
@@ -43,7 +49,9 @@ def _adam_step(model: nn.Module, loss: torch.Tensor) -> float:
     return sum(not torch.equal(a, p.detach()) for a, p in zip(before, params, strict=True)) / len(params)
 
 
-@pytest.mark.parametrize("config", [FlipoutConfig, GaussianConfig], ids=["flipout", "gaussian"])
+@pytest.mark.parametrize(
+    "config", [FlipoutConfig, ReparameterizationConfig], ids=["flipout", "reparameterization"]
+)
 @pytest.mark.parametrize("name", NAMES)
 def test_bayesian_conversion_trains_on_the_elbo(name, config, tiny_hf):
     factory, inputs = tiny_hf.model_and_inputs(name)

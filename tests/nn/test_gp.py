@@ -108,7 +108,7 @@ def test_random_feature_posterior_matches_exact_gp(dim):
         num_features=num_features,
         length_scale=length_scale,
         normalize_input=False,
-        likelihood="gaussian",
+        likelihood="unit",
     ).to(dtype)
     # Bayesian linear regression on the features: prior beta ~ N(0, I) (ridge 1), noise s^2 -> weights 1/s^2.
     gp.update_precision(train_x, weights=torch.full((n,), 1 / noise_variance, dtype=dtype))
@@ -277,7 +277,7 @@ def test_precision_is_the_laplace_hessian_at_the_map(likelihood, num_classes):
 
 
 def test_unit_weights_match_sklearn_gaussian_process_regression():
-    """``likelihood="gaussian"``: GP regression with unit noise on the random features. scikit-learn's
+    """``likelihood="unit"``: GP regression with unit noise on the random features. scikit-learn's
     GaussianProcessRegressor with the linear kernel ``phi^T phi' / ridge`` on the features (the function-space
     form: an n x n solve, not the layer's D x D precision) gives the same posterior variance and mean."""
     from sklearn.gaussian_process import GaussianProcessRegressor
@@ -287,7 +287,7 @@ def test_unit_weights_match_sklearn_gaussian_process_regression():
     hidden, _ = _three_clusters(3, n=50)
     targets = torch.sin(hidden).sum(1)
     torch.manual_seed(24)
-    gp = RandomFeatureGP(4, 1, num_features=40, ridge_penalty=ridge, likelihood="gaussian").double()
+    gp = RandomFeatureGP(4, 1, num_features=40, ridge_penalty=ridge, likelihood="unit").double()
     gp.train()
     with torch.no_grad():
         for batch in hidden.split(16):
@@ -468,7 +468,7 @@ def test_state_dict_deepcopy_and_cache_invalidation():
     gp.reset_precision()  # the cached factor must not survive a reset
     prior_variance = _reference_features(gp, hidden).square().sum(1, keepdim=True).expand(-1, 3)
     torch.testing.assert_close(gp.predictive_variance(hidden), prior_variance)
-    shared = RandomFeatureGP(8, 3, num_features=64, likelihood="gaussian").double()
+    shared = RandomFeatureGP(8, 3, num_features=64, likelihood="unit").double()
     with pytest.raises(RuntimeError, match=r"precision: expected a precision of shape \(1, 64, 64\)"):
         shared.load_state_dict(gp.state_dict())
 
@@ -486,9 +486,7 @@ def test_bad_inputs():
         RandomFeatureGP(2, 3, ridge_penalty=0.0)
     with pytest.raises(ValueError, match=r"momentum: expected a number in \(0, 1\)"):
         RandomFeatureGP(2, 3, momentum=1.0)
-    with pytest.raises(
-        ValueError, match="likelihood: expected one of 'softmax', 'softmax-shared', 'gaussian'"
-    ):
+    with pytest.raises(ValueError, match="likelihood: expected one of 'softmax', 'softmax-shared', 'unit'"):
         RandomFeatureGP(2, 3, likelihood="poisson")
     with pytest.raises(ValueError, match="one 16384 x 16384 precision per class"):
         RandomFeatureGP(2, 3, num_features=16384)
@@ -520,3 +518,18 @@ def test_bad_inputs():
     gp._invalidate()
     with pytest.raises(RuntimeError, match="not positive definite"):
         gp.predictive_variance(torch.randn(2, 4))
+
+
+def test_former_likelihood_name_gaussian_warns_and_means_unit():
+    """``likelihood="gaussian"`` (deprecated) is ``"unit"``: same option, same precision after an update."""
+    hidden = torch.randn(6, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    torch.manual_seed(0)
+    unit = RandomFeatureGP(4, 3, num_features=16, likelihood="unit").double()
+    torch.manual_seed(0)
+    with pytest.warns(DeprecationWarning, match=r"likelihood='gaussian'\) is deprecated .*likelihood='unit'"):
+        old = RandomFeatureGP(4, 3, num_features=16, likelihood="gaussian").double()
+    assert old.likelihood == "unit" and old.num_precisions == 1
+    for gp in (unit, old):
+        gp.train()(hidden)  # a training pass adds the batch to the precision
+    assert torch.equal(old.precision, unit.precision)
+    assert not torch.equal(unit.precision, unit._prior_precision(torch.float64, unit.precision.device))

@@ -133,11 +133,11 @@ def test_prediction_is_the_averaged_predictive_with_no_epistemic_part():
     entropy = -(probs * probs.log()).sum(-1)
     assert prediction.num_samples == 1 and prediction.logits.shape == (1, 5, 4)
     torch.testing.assert_close(prediction.probs, probs)
-    torch.testing.assert_close(prediction.total, entropy)
-    torch.testing.assert_close(prediction.aleatoric, entropy)
-    assert bool((prediction.epistemic == 0).all())
+    torch.testing.assert_close(prediction.total_entropy, entropy)
+    torch.testing.assert_close(prediction.expected_entropy, entropy)
+    assert bool((prediction.mutual_information == 0).all())
     # the draws' mutual information, what was reported as epistemic, is not negligible here
-    assert float(Prediction(draws).epistemic.min()) > 0.05
+    assert float(Prediction(draws).mutual_information.min()) > 0.05
 
 
 def test_benchmark_method_reports_label_noise_as_aleatoric():
@@ -153,8 +153,8 @@ def test_benchmark_method_reports_label_noise_as_aleatoric():
         torch.manual_seed(1)
         again = method.predict(x)
     assert method.num_samples == 1 and prediction.logits.shape == (1, 8, 4)
-    assert bool((prediction.epistemic == 0).all())
-    torch.testing.assert_close(prediction.total, prediction.aleatoric)
+    assert bool((prediction.mutual_information == 0).all())
+    torch.testing.assert_close(prediction.total_entropy, prediction.expected_entropy)
     torch.testing.assert_close(again.log_probs, log_probs)  # same draws: the same distribution
 
 

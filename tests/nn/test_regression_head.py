@@ -10,7 +10,12 @@ import torch.nn.functional as F
 from torch import nn
 
 import uqkit
-from uqkit.nn import BayesianRegressionHead, GaussianLinear, StackedBayesianLastLayerMLP, use_posterior_mean
+from uqkit.nn import (
+    BayesianRegressionHead,
+    ReparameterizationLinear,
+    StackedBayesianLastLayerMLP,
+    use_posterior_mean,
+)
 from uqkit.objectives import kl_divergence
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -27,7 +32,7 @@ def _head(seed: int = 0) -> BayesianRegressionHead:
 
 def test_output_moments_are_kingma_s_closed_form():
     torch.manual_seed(0)
-    layer = GaussianLinear(4, 3, posterior_scale_init=0.2).double()
+    layer = ReparameterizationLinear(4, 3, posterior_scale_init=0.2).double()
     with torch.no_grad():
         layer.weight_rho.uniform_(-3, 0)
     x = torch.randn(6, 4, dtype=torch.float64)
@@ -86,11 +91,11 @@ def test_predict_splits_the_predictive_into_noise_and_function_variance():
         exact = model[-1].predictive(model[:-1](x))
         _, function_variance = model[-1].function_distribution(model[:-1](x))
     torch.testing.assert_close(
-        prediction.aleatoric, exact.variance - function_variance, rtol=1e-12, atol=1e-12
+        prediction.aleatoric_variance, exact.variance - function_variance, rtol=1e-12, atol=1e-12
     )
     # the epistemic part is the sample variance of 4000 draws: within 5 standard errors of v
     tolerance = 5 * function_variance * math.sqrt(2 / 3999)
-    assert bool(((prediction.epistemic - function_variance).abs() < tolerance).all())
+    assert bool(((prediction.epistemic_variance - function_variance).abs() < tolerance).all())
 
 
 def test_kl_is_the_mean_layer_s_and_bad_features_are_named():

@@ -10,10 +10,10 @@ from torch import nn
 
 from uqkit.nn import (
     BayesianModule,
-    GaussianConv1d,
-    GaussianConv2d,
-    GaussianLinear,
-    GaussianLSTM,
+    ReparameterizationConv1d,
+    ReparameterizationConv2d,
+    ReparameterizationLinear,
+    ReparameterizationLSTM,
     use_posterior_mean,
 )
 
@@ -30,18 +30,30 @@ def load_means(bayesian: BayesianModule, twin: nn.Module) -> None:
 
 
 TWIN_CASES = [
-    (nn.Linear, GaussianLinear, (6, 4), {}, (5, 6)),
-    (nn.Linear, GaussianLinear, (6, 4), {"bias": False}, (3, 2, 6)),
-    (nn.Linear, lambda *a, **k: GaussianLinear(*a, **k, local_reparameterization=True), (6, 4), {}, (5, 6)),
+    (nn.Linear, ReparameterizationLinear, (6, 4), {}, (5, 6)),
+    (nn.Linear, ReparameterizationLinear, (6, 4), {"bias": False}, (3, 2, 6)),
+    (
+        nn.Linear,
+        lambda *a, **k: ReparameterizationLinear(*a, **k, local_reparameterization=True),
+        (6, 4),
+        {},
+        (5, 6),
+    ),
     (
         nn.Conv1d,
-        GaussianConv1d,
+        ReparameterizationConv1d,
         (4, 2, 3),
         {"stride": 2, "groups": 2, "padding_mode": "replicate", "padding": 2},
         (2, 4, 9),
     ),
-    (nn.Conv2d, GaussianConv2d, (3, 4, (2, 3)), {"dilation": (2, 1), "padding": "same"}, (2, 3, 7, 6)),
-    (nn.Conv2d, GaussianConv2d, (3, 4, 3), {"bias": False}, (3, 6, 6)),
+    (
+        nn.Conv2d,
+        ReparameterizationConv2d,
+        (3, 4, (2, 3)),
+        {"dilation": (2, 1), "padding": "same"},
+        (2, 3, 7, 6),
+    ),
+    (nn.Conv2d, ReparameterizationConv2d, (3, 4, 3), {"bias": False}, (3, 6, 6)),
 ]
 
 
@@ -64,7 +76,7 @@ def test_lstm_zero_scale_equals_nn_lstm_under_the_default_backend(kwargs):
     # sampled weights go through nn.LSTM's own fused kernel: exact whatever the backend
     torch.manual_seed(0)
     twin = nn.LSTM(5, 7, **kwargs)
-    layer = GaussianLSTM(5, 7, **kwargs, posterior_scale_init=0.0)
+    layer = ReparameterizationLSTM(5, 7, **kwargs, posterior_scale_init=0.0)
     load_means(layer, twin)
     x = torch.randn(3, 6, 5)
     out, (h, c) = layer(x)
@@ -87,10 +99,10 @@ class _SampleRecorder:
 def test_linear_and_conv_use_one_weight_sample_per_forward(monkeypatch):
     rec = _SampleRecorder(monkeypatch)
     torch.manual_seed(0)
-    linear = GaussianLinear(4, 3, posterior_scale_init=0.3)
+    linear = ReparameterizationLinear(4, 3, posterior_scale_init=0.3)
     x = torch.randn(5, 4)
     torch.testing.assert_close(linear(x), F.linear(x, rec.samples["weight"], rec.samples["bias"]))
-    conv = GaussianConv2d(2, 3, 3, stride=2, posterior_scale_init=0.3)
+    conv = ReparameterizationConv2d(2, 3, 3, stride=2, posterior_scale_init=0.3)
     x = torch.randn(2, 2, 7, 7)
     torch.testing.assert_close(conv(x), F.conv2d(x, rec.samples["weight"], rec.samples["bias"], stride=2))
 
@@ -98,7 +110,7 @@ def test_linear_and_conv_use_one_weight_sample_per_forward(monkeypatch):
 def test_lstm_is_nn_lstm_with_the_sampled_weights(monkeypatch):
     rec = _SampleRecorder(monkeypatch)
     torch.manual_seed(0)
-    layer = GaussianLSTM(3, 4, num_layers=2, posterior_scale_init=0.3)
+    layer = ReparameterizationLSTM(3, 4, num_layers=2, posterior_scale_init=0.3)
     x = torch.randn(5, 2, 3)
     out, _ = layer(x)
     twin = nn.LSTM(3, 4, num_layers=2)
@@ -111,8 +123,8 @@ def test_lstm_is_nn_lstm_with_the_sampled_weights(monkeypatch):
 @pytest.mark.parametrize(
     ("layer", "x"),
     [
-        (GaussianLinear(4, 3, posterior_scale_init=0.5), torch.randn(4)),
-        (GaussianConv2d(2, 3, 2), torch.randn(2, 3, 3)),
+        (ReparameterizationLinear(4, 3, posterior_scale_init=0.5), torch.randn(4)),
+        (ReparameterizationConv2d(2, 3, 2), torch.randn(2, 3, 3)),
     ],
 )
 def test_shared_sample_gives_identical_perturbations_to_copies(layer, x):
@@ -135,7 +147,7 @@ def _check_moments(samples, mean, var, independent):
 def test_linear_output_mean_and_variance_match_the_analytic_values(local):
     # Kingma et al. 2015 eqs. (6)-(7): y_j ~ N(x m_j + b_j, sum_i x_i^2 s_ji^2 + s_bj^2).
     torch.manual_seed(0)
-    layer = GaussianLinear(5, 3, posterior_scale_init=0.3, local_reparameterization=local).double()
+    layer = ReparameterizationLinear(5, 3, posterior_scale_init=0.3, local_reparameterization=local).double()
     x = torch.randn(5, dtype=torch.float64)
     with torch.no_grad():
         layer.bias_rho.fill_(math.log(math.expm1(0.5)))
@@ -149,7 +161,7 @@ def test_linear_output_mean_and_variance_match_the_analytic_values(local):
 
 def test_local_reparameterization_noise_is_independent_per_example():
     torch.manual_seed(0)
-    layer = GaussianLinear(4, 3, posterior_scale_init=0.5, local_reparameterization=True)
+    layer = ReparameterizationLinear(4, 3, posterior_scale_init=0.5, local_reparameterization=True)
     x = torch.randn(4)
     with torch.no_grad():
         out = layer(x.expand(2 * 5000, 4)) - F.linear(x, layer.weight_mean, layer.bias_mean)
@@ -161,7 +173,7 @@ def test_local_reparameterization_noise_is_independent_per_example():
 
 def test_conv2d_output_mean_and_variance_match_the_analytic_values():
     torch.manual_seed(0)
-    layer = GaussianConv2d(2, 3, 3, padding=1, posterior_scale_init=0.3).double()
+    layer = ReparameterizationConv2d(2, 3, 3, padding=1, posterior_scale_init=0.3).double()
     x = torch.randn(1, 2, 4, 4, dtype=torch.float64)
     with torch.no_grad():
         samples = torch.cat([layer(x) for _ in range(6000)])
@@ -172,8 +184,8 @@ def test_conv2d_output_mean_and_variance_match_the_analytic_values():
 
 def test_state_dict_deepcopy_and_flags():
     torch.manual_seed(0)
-    layer = GaussianLinear(4, 3, local_reparameterization=True)
-    fresh = GaussianLinear(4, 3, local_reparameterization=True)
+    layer = ReparameterizationLinear(4, 3, local_reparameterization=True)
+    fresh = ReparameterizationLinear(4, 3, local_reparameterization=True)
     fresh.load_state_dict(layer.state_dict())
     clone = copy.deepcopy(layer)
     x = torch.randn(2, 4)
@@ -183,16 +195,17 @@ def test_state_dict_deepcopy_and_flags():
         outs.append(module(x))
     assert torch.equal(outs[0], outs[1]) and torch.equal(outs[0], outs[2])
     assert (
-        GaussianConv1d(2, 2, 1).per_example_noise is False and GaussianLSTM(2, 2).per_example_noise is False
+        ReparameterizationConv1d(2, 2, 1).per_example_noise is False
+        and ReparameterizationLSTM(2, 2).per_example_noise is False
     )
     assert "local_reparameterization=True" in repr(layer)
 
 
 def test_bad_arguments():
     with pytest.raises(TypeError, match="local_reparameterization: expected a bool"):
-        GaussianLinear(3, 2, local_reparameterization=1)
+        ReparameterizationLinear(3, 2, local_reparameterization=1)
     with pytest.raises(ValueError, match="expected 3 features"):
-        GaussianConv1d(3, 2, 1)(torch.randn(2, 4, 5))
+        ReparameterizationConv1d(3, 2, 1)(torch.randn(2, 4, 5))
 
 
 @pytest.mark.parametrize("bias", [False, True])
@@ -202,7 +215,9 @@ def test_local_reparameterization_gradients_at_zero_variance_are_zero_not_nan(bi
     # infinite, and infinity times dv = 0 made every rho gradient NaN. Reference: the same noise (the forward
     # pass's only draw, same seed) applied by hand to the rows with positive variance, double precision.
     torch.manual_seed(0)
-    layer = GaussianLinear(4, 3, bias=bias, posterior_scale_init=0.2, local_reparameterization=True).double()
+    layer = ReparameterizationLinear(
+        4, 3, bias=bias, posterior_scale_init=0.2, local_reparameterization=True
+    ).double()
     x = torch.randn(5, 4, dtype=torch.float64)
     x[2] = 0.0
     x.requires_grad_(True)
@@ -235,7 +250,7 @@ def test_local_reparameterization_input_gradient_at_zero_scale_equals_the_twins(
     # (it was NaN: infinity from sqrt's backward times the zero variances of the weights).
     torch.manual_seed(0)
     twin = nn.Linear(4, 3).double()
-    layer = GaussianLinear(4, 3, posterior_scale_init=0.0, local_reparameterization=True).double()
+    layer = ReparameterizationLinear(4, 3, posterior_scale_init=0.0, local_reparameterization=True).double()
     load_means(layer, twin)
     x = torch.randn(6, 4, dtype=torch.float64, requires_grad=True)
     x_twin = x.detach().clone().requires_grad_(True)

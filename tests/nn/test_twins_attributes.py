@@ -8,11 +8,15 @@ import torch
 from torch import nn
 
 import uqkit
-from uqkit.methods import FlipoutConfig, GaussianConfig, bayesianize_
+from uqkit.methods import FlipoutConfig, ReparameterizationConfig, bayesianize_
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-CONFIGS = [FlipoutConfig(), GaussianConfig(), GaussianConfig(local_reparameterization=True)]
+CONFIGS = [
+    FlipoutConfig(),
+    ReparameterizationConfig(),
+    ReparameterizationConfig(local_reparameterization=True),
+]
 _LINEAR = ("in_features", "out_features")
 _CONV = ("in_channels", "out_channels", "kernel_size", "stride", "padding", "dilation", "groups")
 _CONV_ALL = (*_CONV, "padding_mode", "transposed", "output_padding")

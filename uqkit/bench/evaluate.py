@@ -51,7 +51,7 @@ def _classification_metrics(prediction: Prediction, labels: torch.Tensor) -> dic
         "nll": metrics.nll(probs, labels),
         "brier": metrics.brier_score(probs, labels),
         "ece": metrics.expected_calibration_error(probs, labels, num_bins=NUM_BINS),
-        "aurc": metrics.aurc(prediction.total, correct),
+        "aurc": metrics.aurc(prediction.total_entropy, correct),
     }
 
 
@@ -82,8 +82,8 @@ def _ood_block(in_prediction: Prediction, ood_prediction: Prediction, seed: int)
         }
     block["scores"] = {
         "kind": "total",
-        "in": _score_sample(in_prediction.total, seed),
-        "ood": _score_sample(ood_prediction.total, seed + 1),
+        "in": _score_sample(in_prediction.total_entropy, seed),
+        "ood": _score_sample(ood_prediction.total_entropy, seed + 1),
     }
     return block
 
@@ -161,8 +161,8 @@ def _surface_block(
     return {
         "x": _rounded(grid.x),
         "y": _rounded(grid.y),
-        "total": _rounded(prediction.total.reshape(shape)),
-        "epistemic": _rounded(prediction.epistemic.reshape(shape)),
+        "total": _rounded(prediction.total_entropy.reshape(shape)),
+        "epistemic": _rounded(prediction.mutual_information.reshape(shape)),
         "train_points": {
             "x": _rounded(train_points[:, 0]),
             "y": _rounded(train_points[:, 1]),
@@ -205,8 +205,8 @@ def evaluate_method(
     probs = prediction.probs
     correct = prediction.predicted_class == test_labels
     curve = metrics.calibration_curve(probs, test_labels, num_bins=NUM_BINS)
-    referral = metrics.referral_curve(prediction.total, correct)
-    risk_coverage = metrics.risk_coverage_curve(prediction.total, correct)
+    referral = metrics.referral_curve(prediction.total_entropy, correct)
+    risk_coverage = metrics.risk_coverage_curve(prediction.total_entropy, correct)
 
     result: dict[str, Any] = {
         "num_samples": prediction.num_samples,

@@ -33,8 +33,8 @@ __all__ = ["evaluate_regression", "regression_training_fields"]
 def _ood_scores(in_prediction: GaussianPrediction, ood_prediction: GaussianPrediction) -> dict[str, Any]:
     block = {}
     for kind in ("total", "epistemic"):
-        in_scores = getattr(in_prediction, "variance" if kind == "total" else kind).sum(dim=-1)
-        ood_scores = getattr(ood_prediction, "variance" if kind == "total" else kind).sum(dim=-1)
+        in_scores = in_prediction.uncertainty(kind).sum(dim=-1)
+        ood_scores = ood_prediction.uncertainty(kind).sum(dim=-1)
         block[kind] = {
             "auroc": metrics.ood_auroc(in_scores, ood_scores),
             "aupr": metrics.ood_aupr(in_scores, ood_scores),

@@ -16,7 +16,7 @@ import torch
 from uqkit.bench.models import build_model
 from uqkit.bench.registry import Method, MethodContext, register_method
 from uqkit.bench.trainer import ADAM_EPS
-from uqkit.methods.convert import FlipoutConfig, GaussianConfig, bayesianize_
+from uqkit.methods.convert import FlipoutConfig, ReparameterizationConfig, bayesianize_
 from uqkit.methods.optimal_scales import fit_posterior_scales_
 from uqkit.nn.priors import NormalPrior
 from uqkit.objectives import ELBO
@@ -201,7 +201,7 @@ def _flipout_bnn(context: MethodContext) -> Method:
 )
 def _gaussian_bnn(context: MethodContext) -> Method:
     prior = bnn_prior(context)
-    config = GaussianConfig(
+    config = ReparameterizationConfig(
         prior=prior, posterior_scale_init=BNN_POSTERIOR_SCALE_INIT, local_reparameterization=True
     )
     return _variational(context, config)

@@ -31,7 +31,7 @@ from uqkit.bench.posterior_distillation import (
     DistilledStudent,
 )
 from uqkit.bench.registry import Method, MethodContext, NotApplicableError, register_method
-from uqkit.methods.predict import predict
+from uqkit.methods.prediction_protocol import predict
 from uqkit.prediction import GaussianPrediction, Prediction
 
 __all__ = ["APD_MAX_PARAMETERS", "DistilledCSGMCMC", "GeneratedCSGMCMC"]

@@ -10,12 +10,12 @@ Importing this module registers it in :data:`uqkit.bench.registry.METHODS`. The 
    ``(1e-5, 0.2)``), trained as one :class:`~uqkit.methods.hyper_ensemble.HyperEnsemble` stack, each
    candidate on its own batch order (as the deep ensemble's members) and kept at its own epoch of lowest
    validation NLL.
-2. **Greedy selection** of up to :data:`ENSEMBLE_SIZE` distinct candidates on validation NLL, with
+2. **Greedy selection** of up to :data:`NUM_MEMBERS` distinct candidates on validation NLL, with
    replacement (:func:`~uqkit.methods.hyper_ensemble.greedy_ensemble_selection`).
 3. **Stratification** (:meth:`HyperDeepEnsembleMethod.fit_post_hoc`): :data:`RETRAINED` new initialisations
    of the selected hyperparameters, spread round-robin over the distinct ones, most selected first, trained
    as a second stack with the same trainer, epochs, learning rate and schedule, new batch orders.
-4. **Final greedy selection** of :data:`ENSEMBLE_SIZE` distinct networks over the stratified pool (the
+4. **Final greedy selection** of :data:`NUM_MEMBERS` distinct networks over the stratified pool (the
    search's networks of the selected hyperparameters and the retrained ones; fewer only when no addition
    lowers the validation NLL). A network selected ``c`` times weighs ``c / L`` of the ``L`` selections: the
    final ensemble runs each network once and predicts ``[L, B, C]``, its rows repeated ``c`` times.
@@ -51,7 +51,7 @@ from uqkit.methods.hyper_ensemble import (
 )
 
 __all__ = [
-    "ENSEMBLE_SIZE",
+    "NUM_MEMBERS",
     "RETRAINED",
     "SEARCH_CANDIDATES",
     "HyperCandidates",
@@ -59,7 +59,7 @@ __all__ = [
     "search_space",
 ]
 
-ENSEMBLE_SIZE = 5
+NUM_MEMBERS = 5
 SEARCH_CANDIDATES = 10
 RETRAINED = 5
 DROPOUT_RANGE = (0.0, 0.3)
@@ -109,7 +109,7 @@ class HyperDeepEnsembleMethod(HyperCandidates):
     Args:
         factory: builds one member (the task's backbone with ``nn.Dropout`` after every hidden activation).
         candidates: the random search's hyperparameters.
-        ensemble_size: the final ensemble's size (most selections).
+        num_members: the final ensemble's size (most distinct selections).
         num_retrained: the networks of the stratification stage.
         training: the run's :class:`~uqkit.bench.trainer.TrainConfig` (the retraining stage uses its epochs,
             batch size, learning rate, schedule and device, with batch orders seeded from
@@ -120,13 +120,13 @@ class HyperDeepEnsembleMethod(HyperCandidates):
         self,
         factory,
         candidates: list[Hyperparameters],
-        ensemble_size: int,
+        num_members: int,
         num_retrained: int,
         training=None,
     ) -> None:
         super().__init__(HyperEnsemble(factory, candidates))
         self.factory = factory
-        self.ensemble_size = ensemble_size
+        self.num_members = num_members
         self.num_retrained = num_retrained
         self.training_config = training
         self.record: dict[str, Any] = {}
@@ -166,7 +166,7 @@ class HyperDeepEnsembleMethod(HyperCandidates):
         started = time.perf_counter()
         candidates = self.network
         candidate_log_probs = member_log_probs(candidates, inputs, _VALIDATION_BATCH)
-        search = greedy_ensemble_selection(candidate_log_probs, labels, self.ensemble_size)
+        search = greedy_ensemble_selection(candidate_log_probs, labels, self.num_members)
         retraining_config = replace(
             config,
             seed=config.seed + candidates.num_members,
@@ -191,7 +191,7 @@ class HyperDeepEnsembleMethod(HyperCandidates):
                 fit,
                 inputs,
                 labels,
-                self.ensemble_size,
+                self.num_members,
                 self.num_retrained,
                 _VALIDATION_BATCH,
             )
@@ -215,8 +215,8 @@ class HyperDeepEnsembleMethod(HyperCandidates):
             "retrained": len(result.retrained_from),
             "epochs_each": config.epochs,
             "network_epochs": networks * config.epochs,
-            "deep_ensemble_trainings": networks / self.ensemble_size,
-            "ensemble_size": self.ensemble_size,
+            "deep_ensemble_trainings": networks / self.num_members,
+            "ensemble_size": self.num_members,
             "members_selected": len(result.final.distinct),
             "selections": len(result.final.indices),
             "search": {
@@ -264,10 +264,10 @@ def _factory(context: MethodContext):
 
 @register_method(
     "hyper-deep-ensemble",
-    f"hyper-deep ensemble (Wenzel et al. 2020) of {ENSEMBLE_SIZE}: random search of {SEARCH_CANDIDATES} "
+    f"hyper-deep ensemble (Wenzel et al. 2020) of {NUM_MEMBERS}: random search of {SEARCH_CANDIDATES} "
     f"(L2, dropout, label smoothing), greedy selection on validation NLL, {RETRAINED} retrained "
     f"initialisations, final greedy selection; {SEARCH_CANDIDATES + RETRAINED} networks x the run's epochs "
-    f"({(SEARCH_CANDIDATES + RETRAINED) / ENSEMBLE_SIZE:g}x a deep ensemble's training)",
+    f"({(SEARCH_CANDIDATES + RETRAINED) / NUM_MEMBERS:g}x a deep ensemble's training)",
     tasks=HYPER_TASKS,
     default=False,
 )
@@ -275,4 +275,4 @@ def _hyper_deep_ensemble(context: MethodContext) -> Method:
     generator = torch.Generator().manual_seed(int(torch.randint(2**31 - 1, ())))  # from the run's seed
     drawn = search_space(context.num_train).sample(SEARCH_CANDIDATES - 1, generator)
     candidates = [Hyperparameters(), *drawn]  # the first: the untuned network (a deep ensemble's member)
-    return HyperDeepEnsembleMethod(_factory(context), candidates, ENSEMBLE_SIZE, RETRAINED, context.training)
+    return HyperDeepEnsembleMethod(_factory(context), candidates, NUM_MEMBERS, RETRAINED, context.training)

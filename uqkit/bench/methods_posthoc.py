@@ -30,7 +30,7 @@ from uqkit.bench.models import build_model
 from uqkit.bench.registry import MethodContext, NotApplicableError, SingleNetwork, register_method
 from uqkit.methods.laplace import DEFAULT_MEMORY_BUDGET, LastLayerLaplace
 from uqkit.methods.laplace_curvature import STRUCTURES
-from uqkit.methods.predict import predict
+from uqkit.methods.prediction_protocol import predict
 from uqkit.prediction import Prediction
 
 __all__ = ["LAPLACE_HESSIAN", "LAPLACE_PRIOR_PRECISION", "LAPLACE_SAMPLES", "LaplaceMethod", "build_laplace"]

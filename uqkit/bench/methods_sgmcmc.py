@@ -55,7 +55,7 @@ from torch import nn
 from uqkit._validation import check_positive_float
 from uqkit.bench.models import build_model
 from uqkit.bench.registry import Method, MethodContext, register_method
-from uqkit.methods.predict import predict
+from uqkit.methods.prediction_protocol import predict
 from uqkit.prediction import GaussianPrediction, Prediction
 from uqkit.sgmcmc import (
     SGHMC,

@@ -40,7 +40,7 @@ from uqkit._validation import check_float_tensor, check_positive_int
 from uqkit.methods.apd import APD, parameter_vectors
 from uqkit.methods.distillation import distill_predictive
 from uqkit.methods.ensemble import DeepEnsemble
-from uqkit.methods.predict import predict
+from uqkit.methods.prediction_protocol import predict
 from uqkit.prediction import GaussianPrediction, Prediction
 
 __all__ = [

@@ -22,7 +22,7 @@ from torch import nn
 
 from uqkit.bench.likelihoods import CATEGORICAL, Likelihood
 from uqkit.bench.models import build_model
-from uqkit.methods.predict import predict
+from uqkit.methods.prediction_protocol import predict
 from uqkit.objectives import ELBO
 from uqkit.prediction import Prediction
 

@@ -2,10 +2,10 @@
 
 Reads only ``results.json`` (regression tasks, ``kind: "regression"``, see docs/results-schema.md), so
 ``uqkit report RUN_DIR`` rebuilds it. :func:`uqkit.bench.report.format_leaderboard` and
-:func:`uqkit.bench.report.write_report` check the results (:func:`uqkit.bench.results_schema.validate_results`) and
-hand regression runs to :func:`format_regression_tables` and :func:`write_regression_report`. The pieces every
-report shares come from :mod:`uqkit.bench.report_format`; this module does not import
-:mod:`uqkit.bench.report`, which imports it.
+:func:`uqkit.bench.report.write_report` hand regression runs to :func:`format_regression_tables` and
+:func:`write_regression_report`, which checks the results with
+:func:`uqkit.bench.results_schema.validate_results`. The pieces every report shares come from
+:mod:`uqkit.bench.report_format`; this module does not import :mod:`uqkit.bench.report`, which imports it.
 """
 
 from __future__ import annotations

@@ -57,11 +57,8 @@ __all__ = [
 ]
 
 
-
 def _describe(value: Any) -> str:
     return f"{type(value).__name__} {value!r}"[:120]
-
-
 
 
 def _regression_run(results: Mapping[str, Any]) -> bool:

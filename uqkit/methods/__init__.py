@@ -1,12 +1,14 @@
 """Methods that turn a model into one that predicts with uncertainty."""
 
+from uqkit._deprecation import renamed_module_attribute
 from uqkit.methods.apd import APD, ensemble_from_vectors, parameter_vectors
+from uqkit.methods.convert import RENAMED as _RENAMED_CONFIGS
 from uqkit.methods.convert import (
     BatchEnsembleConfig,
     ConversionReport,
     FlipoutConfig,
-    GaussianConfig,
     Rank1Config,
+    ReparameterizationConfig,
     bayesianize_,
     register_conversion,
 )
@@ -23,7 +25,7 @@ from uqkit.methods.laplace import LastLayerLaplace
 from uqkit.methods.mimo import MIMO
 from uqkit.methods.ncp import NoiseContrastivePrior, ncp_loss
 from uqkit.methods.optimal_scales import diagonal_ggn, fit_posterior_scales_, optimal_posterior_scale
-from uqkit.methods.predict import predict
+from uqkit.methods.prediction_protocol import predict
 from uqkit.methods.sngp import SNGP
 
 __all__ = [
@@ -34,13 +36,13 @@ __all__ = [
     "ConversionReport",
     "DeepEnsemble",
     "FlipoutConfig",
-    "GaussianConfig",
     "HyperEnsemble",
     "HyperparameterSpace",
     "Hyperparameters",
     "LastLayerLaplace",
     "NoiseContrastivePrior",
     "Rank1Config",
+    "ReparameterizationConfig",
     "bayesianize_",
     "diagonal_ggn",
     "distill_predictive",
@@ -57,3 +59,8 @@ __all__ = [
     "register_vectorization",
     "vmap_vectorization",
 ]
+
+
+def __getattr__(name: str):
+    """Former names (``GaussianConfig``), deprecated: docs/architecture.md, "Names"."""
+    return renamed_module_attribute(__name__, name, _RENAMED_CONFIGS, globals())

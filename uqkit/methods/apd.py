@@ -63,7 +63,7 @@ from uqkit._validation import (
     check_unit_interval,
 )
 from uqkit.methods.ensemble import DeepEnsemble
-from uqkit.methods.predict import predict
+from uqkit.methods.prediction_protocol import predict
 from uqkit.prediction import GaussianPrediction, Prediction
 
 __all__ = [

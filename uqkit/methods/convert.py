@@ -3,9 +3,9 @@
 One entry point, a config object and a filter, as in ``torchao.quantize_(model, config, filter_fn)``: every
 ``nn.Linear``, ``nn.Conv1d``, ``nn.Conv2d`` and ``nn.LSTM`` anywhere in the model (nested containers, shared
 modules, any qualified name) is replaced by its twin of the family that the config names, with the
-pretrained weights copied into the posterior means (Flipout, Gaussian) or the shared weight (BatchEnsemble,
-rank-1). Anything left alone is listed in the returned :class:`ConversionReport`: nothing is skipped
-silently.
+pretrained weights copied into the posterior means (Flipout, reparameterisation) or the shared weight
+(BatchEnsemble, rank-1). Anything left alone is listed in the returned :class:`ConversionReport`: nothing is
+skipped silently.
 
 The member-vectorized families (:class:`BatchEnsembleConfig`, :class:`Rank1Config`) fold the ``M`` members
 into the batch (:mod:`uqkit.nn.members`): the converted model is called exactly as before its conversion
@@ -30,8 +30,9 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from uqkit._deprecation import renamed_module_attribute
 from uqkit._validation import check_positive_float, check_positive_int
-from uqkit.methods.predict import NUM_SAMPLES_ATTRIBUTE
+from uqkit.methods.prediction_protocol import NUM_SAMPLES_ATTRIBUTE
 from uqkit.nn import (
     BatchEnsembleConv1d,
     BatchEnsembleConv2d,
@@ -41,13 +42,13 @@ from uqkit.nn import (
     FlipoutConv2d,
     FlipoutLinear,
     FlipoutLSTM,
-    GaussianConv1d,
-    GaussianConv2d,
-    GaussianLinear,
-    GaussianLSTM,
     Rank1Conv1d,
     Rank1Conv2d,
     Rank1Linear,
+    ReparameterizationConv1d,
+    ReparameterizationConv2d,
+    ReparameterizationLinear,
+    ReparameterizationLSTM,
     StochasticModule,
 )
 from uqkit.nn._posterior import check_prior
@@ -60,12 +61,19 @@ __all__ = [
     "BatchEnsembleConfig",
     "ConversionReport",
     "FlipoutConfig",
-    "GaussianConfig",
     "Rank1Config",
+    "ReparameterizationConfig",
     "bayesianize_",
     "register_conversion",
     "remove_member_tiling",
 ]
+
+RENAMED = {"GaussianConfig": "ReparameterizationConfig"}
+"""Former names (deprecated; removed in uqkit 0.2.0)."""
+
+
+def __getattr__(name: str):
+    return renamed_module_attribute(__name__, name, RENAMED, globals())
 
 
 def _validate_config(config: Any) -> None:
@@ -113,8 +121,10 @@ class FlipoutConfig:
 
 
 @dataclass(frozen=True)
-class GaussianConfig:
-    """Convert to reparameterised Gaussian layers (Blundell et al. 2015): one weight sample per forward.
+class ReparameterizationConfig:
+    """Convert to mean-field layers trained with the reparameterisation trick (Blundell et al. 2015): one
+    weight sample per forward pass (:class:`uqkit.nn.ReparameterizationLinear` and its twins). Formerly
+    ``GaussianConfig``.
 
     Args:
         prior: prior of every converted weight and bias (default ``NormalPrior(scale=1.0)``).
@@ -130,7 +140,7 @@ class GaussianConfig:
     posterior_scale_init: float = 1e-2
     local_reparameterization: bool = False
     num_samples: int | None = None
-    family: ClassVar[str] = "gaussian"
+    family: ClassVar[str] = "reparameterization"
 
     def __post_init__(self) -> None:
         _validate_config(self)
@@ -243,8 +253,8 @@ class Rank1Config:
         }
 
 
-Config = FlipoutConfig | GaussianConfig | BatchEnsembleConfig | Rank1Config
-_CONFIG_TYPES = (FlipoutConfig, GaussianConfig, BatchEnsembleConfig, Rank1Config)
+Config = FlipoutConfig | ReparameterizationConfig | BatchEnsembleConfig | Rank1Config
+_CONFIG_TYPES = (FlipoutConfig, ReparameterizationConfig, BatchEnsembleConfig, Rank1Config)
 Converter = Callable[[nn.Module, Any], nn.Module]
 
 
@@ -330,7 +340,15 @@ def register_conversion(config_type: type, module_type: type[nn.Module], convert
 
 for _config, _twins in (
     (FlipoutConfig, (FlipoutLinear, FlipoutConv1d, FlipoutConv2d, FlipoutLSTM)),
-    (GaussianConfig, (GaussianLinear, GaussianConv1d, GaussianConv2d, GaussianLSTM)),
+    (
+        ReparameterizationConfig,
+        (
+            ReparameterizationLinear,
+            ReparameterizationConv1d,
+            ReparameterizationConv2d,
+            ReparameterizationLSTM,
+        ),
+    ),
 ):
     for _source, _twin, _arguments in zip(
         (nn.Linear, nn.Conv1d, nn.Conv2d, nn.LSTM),
@@ -487,9 +505,9 @@ def bayesianize_(
     """Replace, in place, the supported layers of ``model`` by twins of the ``config``'s family.
 
     ``nn.Linear``, ``nn.Conv1d``, ``nn.Conv2d`` and ``nn.LSTM`` become Flipout layers under
-    :class:`FlipoutConfig` and reparameterised Gaussian layers under :class:`GaussianConfig`, with the same
-    constructor arguments, device and dtype, and with the pretrained weights and biases copied into the
-    posterior means (posterior scales set to ``config.posterior_scale_init``). A module shared by several
+    :class:`FlipoutConfig` and reparameterisation-trick layers under :class:`ReparameterizationConfig`, with
+    the same constructor arguments, device and dtype, and with the pretrained weights and biases copied into
+    the posterior means (posterior scales set to ``config.posterior_scale_init``). A module shared by several
     names is replaced by one twin shared the same way. With ``posterior_scale_init=0`` the converted model
     computes what the original computed.
 
@@ -500,13 +518,13 @@ def bayesianize_(
     (:class:`TileMembers`) that tiles its ``[B, ...]`` inputs to ``[M * B, ...]`` and the attribute
     ``uqkit_num_members = M``: it is called exactly as before and returns ``[M * B, ...]``, member-major.
 
-    A config's ``num_samples`` (Flipout, Gaussian), when given, becomes the root model's
+    A config's ``num_samples`` (Flipout, reparameterisation), when given, becomes the root model's
     ``uqkit_num_samples``, the number of samples :func:`uqkit.predict` draws when its call gives none.
 
     Args:
         model: the model to convert (modified in place). It cannot itself be a supported layer: wrap it,
             e.g. ``nn.Sequential(layer)``.
-        config: :class:`FlipoutConfig`, :class:`GaussianConfig`, :class:`BatchEnsembleConfig` or
+        config: :class:`FlipoutConfig`, :class:`ReparameterizationConfig`, :class:`BatchEnsembleConfig` or
             :class:`Rank1Config` (defaults are usable as they are).
         filter_fn: optional ``filter_fn(module, qualified_name) -> bool`` called on each supported module;
             only those for which it returns ``True`` are converted.
@@ -530,8 +548,8 @@ def bayesianize_(
         raise TypeError(f"model: expected a torch.nn.Module, got {type(model).__name__}")
     if not isinstance(config, _CONFIG_TYPES):
         raise TypeError(
-            "config: expected uqkit.FlipoutConfig(), uqkit.GaussianConfig(), uqkit.BatchEnsembleConfig() or "
-            f"uqkit.Rank1Config(), got {type(config).__name__}"
+            "config: expected uqkit.FlipoutConfig(), uqkit.ReparameterizationConfig(), "
+            f"uqkit.BatchEnsembleConfig() or uqkit.Rank1Config(), got {type(config).__name__}"
         )
     if filter_fn is not None and not callable(filter_fn):
         raise TypeError(

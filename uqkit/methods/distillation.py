@@ -40,7 +40,7 @@ from uqkit._validation import (
     check_positive_float,
     check_positive_int,
 )
-from uqkit.methods.predict import predict, read_output
+from uqkit.methods.prediction_protocol import predict, read_output
 from uqkit.prediction import GaussianPrediction, Prediction
 
 __all__ = ["distill_predictive", "distillation_loss"]

@@ -10,9 +10,9 @@ selected twice counts twice). docs/efficient_ensembles.md has the equations and 
 simplifies.
 
 * :func:`greedy_ensemble_selection`: Caruana's greedy forward selection with replacement, on the validation
-  NLL of the averaged predictive, until ``size`` distinct candidates are in, or earlier when no addition
-  lowers the NLL (Wenzel et al.'s rule, as their code); ties go to the lowest candidate index. A candidate
-  selected ``c`` times of ``L`` weighs ``c / L``; :class:`HyperEnsemble` stores it once with that
+  NLL of the averaged predictive, until ``num_members`` distinct candidates are in, or earlier when no
+  addition lowers the NLL (Wenzel et al.'s rule, as their code); ties go to the lowest candidate index. A
+  candidate selected ``c`` times of ``L`` weighs ``c / L``; :class:`HyperEnsemble` stores it once with that
   multiplicity.
 * :class:`Hyperparameters`, :class:`HyperparameterSpace`: the per-member hyperparameters (L2 coefficient,
   dropout rate, label smoothing) and the random-search distribution over them (log-uniform L2 and label
@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from uqkit._deprecation import renamed_keywords
 from uqkit._validation import (
     check_float_tensor,
     check_labels,
@@ -42,7 +43,7 @@ from uqkit._validation import (
     check_tensor,
 )
 from uqkit.methods.ensemble import DeepEnsemble
-from uqkit.methods.predict import predict
+from uqkit.methods.prediction_protocol import predict
 from uqkit.nn.dropout import MemberDropout
 from uqkit.nn.members import fold_members, pretiled, tile_members
 
@@ -79,8 +80,8 @@ class GreedySelection:
             twice (the ensemble is a multiset, each entry weighing ``1 / len(indices)``).
         scores: the validation NLL of the ensemble after each addition (decreasing strictly).
         num_candidates: ``K``, the size of the pool.
-        stopped_early: whether selection stopped before ``size`` distinct candidates because no addition
-            lowered the NLL.
+        stopped_early: whether selection stopped before ``num_members`` distinct candidates because no
+            addition lowered the NLL.
     """
 
     indices: tuple[int, ...]
@@ -110,8 +111,9 @@ def _true_class_log_probs(log_probs: torch.Tensor, labels: torch.Tensor) -> torc
     return log_probs.detach().double().gather(2, index).squeeze(2)
 
 
+@renamed_keywords(size="num_members")
 def greedy_ensemble_selection(
-    log_probs: torch.Tensor, labels: torch.Tensor, size: int, max_selections: int | None = None
+    log_probs: torch.Tensor, labels: torch.Tensor, num_members: int, max_selections: int | None = None
 ) -> GreedySelection:
     """Greedy ensemble selection with replacement on validation NLL (Caruana et al. 2004, Sec. 2).
 
@@ -120,7 +122,7 @@ def greedy_ensemble_selection(
 
         ``NLL(E + k) = -(1 / N) sum_n log[(1 / (|E| + 1)) (sum_{e in E} p_e(y_n | x_n) + p_k(y_n | x_n))]``,
 
-    while ``E`` holds fewer than ``size`` *distinct* candidates, as uncertainty-baselines'
+    while ``E`` holds fewer than ``num_members`` *distinct* candidates, as uncertainty-baselines'
     ``greedy_selection`` (Wenzel et al. 2020's code) counts the ensemble size; a candidate added again
     raises its weight in the mixture to ``count / |E|``. Selection stops early when the best addition does
     not lower the NLL strictly (by more than float64 rounding, a relative ``1e-12``), and after
@@ -133,16 +135,16 @@ def greedy_ensemble_selection(
         log_probs: ``[K, N, C]`` log-probabilities of the ``K`` candidates on the ``N`` validation examples
             (``log_softmax`` of their logits; each row must normalise).
         labels: ``[N]`` class indices of the validation examples.
-        size: the most distinct candidates, ``>= 1`` (the ensemble size).
-        max_selections: the most additions, ``>= size``; default ``4 * size``.
+        num_members: the most distinct candidates, ``>= 1`` (the ensemble's members; formerly ``size``).
+        max_selections: the most additions, ``>= num_members``; default ``4 * num_members``.
 
     Returns:
         A :class:`GreedySelection` with at least one index.
 
     Raises:
         TypeError, ValueError: for log-probabilities that are not a finite ``[K, N, C]`` float tensor whose
-            rows normalise, labels that are not ``N`` class indices in ``[0, C)``, or a bad ``size`` or
-            ``max_selections``.
+            rows normalise, labels that are not ``N`` class indices in ``[0, C)``, or a bad ``num_members``
+            or ``max_selections``.
 
     Shape:
         ``log_probs [K, N, C]``, ``labels [N]``.
@@ -162,12 +164,13 @@ def greedy_ensemble_selection(
         )
     labels = check_labels(labels, "labels", num_classes=classes, length=examples)
     return greedy_mixture_selection(
-        _true_class_log_probs(log_probs, labels.to(log_probs.device)), size, max_selections
+        _true_class_log_probs(log_probs, labels.to(log_probs.device)), num_members, max_selections
     )
 
 
+@renamed_keywords(size="num_members")
 def greedy_mixture_selection(
-    log_likelihoods: torch.Tensor, size: int, max_selections: int | None = None
+    log_likelihoods: torch.Tensor, num_members: int, max_selections: int | None = None
 ) -> GreedySelection:
     """:func:`greedy_ensemble_selection` on each candidate's log-likelihood of each validation target, for
     any predictive (a regression network's Gaussian density ``log N(y_n; mu_k(x_n), sigma_k^2(x_n))``, a
@@ -176,15 +179,15 @@ def greedy_mixture_selection(
 
     Args:
         log_likelihoods: ``[K, N]`` finite log-likelihoods of the ``K`` candidates on the ``N`` examples.
-        size: the most distinct candidates, ``>= 1``.
-        max_selections: the most additions, ``>= size``; default ``4 * size``.
+        num_members: the most distinct candidates, ``>= 1`` (formerly ``size``).
+        max_selections: the most additions, ``>= num_members``; default ``4 * num_members``.
 
     Returns:
         A :class:`GreedySelection` with at least one index.
 
     Raises:
         TypeError, ValueError: for log-likelihoods that are not a finite, non-empty ``[K, N]`` float
-            tensor, or a bad ``size`` or ``max_selections``.
+            tensor, or a bad ``num_members`` or ``max_selections``.
 
     Shape:
         ``log_likelihoods [K, N]``.
@@ -196,14 +199,14 @@ def greedy_mixture_selection(
             f"log_likelihoods: expected at least one candidate and example, got shape "
             f"{tuple(log_likelihoods.shape)}"
         )
-    size = check_positive_int(size, "size")
-    max_selections = 4 * size if max_selections is None else max_selections
-    max_selections = check_positive_int(max_selections, "max_selections", minimum=size)
+    num_members = check_positive_int(num_members, "num_members")
+    max_selections = 4 * num_members if max_selections is None else max_selections
+    max_selections = check_positive_int(max_selections, "max_selections", minimum=num_members)
     true = log_likelihoods.detach().double()
     indices: list[int] = []
     scores: list[float] = []
     log_sum: torch.Tensor | None = None  # log sum_{e in E} p_e(y_n | x_n), [N]
-    while len(set(indices)) < size and len(indices) < max_selections:
+    while len(set(indices)) < num_members and len(indices) < max_selections:
         totals = true if log_sum is None else torch.logaddexp(log_sum.unsqueeze(0), true)  # [K, N]
         candidate_nlls = math.log(len(indices) + 1) - totals.mean(dim=1)
         best = int(torch.argmin(candidate_nlls))  # the first (lowest) index among equal minima
@@ -577,29 +580,31 @@ def member_log_probs(model: nn.Module, inputs: torch.Tensor, batch_size: int = 5
 # The algorithm: random search, greedy selection, stratification across initialisations, final selection.
 
 
-def stratified_retraining(selection: Sequence[int], num_models: int) -> list[int]:
-    """Which selected candidates to retrain from new random initialisations, ``num_models`` in all.
+@renamed_keywords(num_models="num_retrained")
+def stratified_retraining(selection: Sequence[int], num_retrained: int) -> list[int]:
+    """Which selected candidates to retrain from new random initialisations, ``num_retrained`` in all.
 
     Wenzel et al. 2020 (Sec. 3, ``hyper_deep_ens``) retrain each hyperparameter the first greedy selection
-    chose with ``K`` new initialisations. Here the retraining budget is ``num_models`` networks, spread over
-    the distinct selected candidates round-robin, the most often selected first (ties: the earlier selected);
-    ``num_models = (K - 1) * d`` for ``d`` distinct candidates gives each ``K`` initialisations with the
-    search's own network.
+    chose with ``K`` new initialisations. Here the retraining budget is ``num_retrained`` networks, spread
+    over the distinct selected candidates round-robin, the most often selected first (ties: the earlier
+    selected); ``num_retrained = (K - 1) * d`` for ``d`` distinct candidates gives each ``K`` initialisations
+    with the search's own network.
 
     Args:
         selection: the first selection's indices (:attr:`GreedySelection.indices`), repeats included.
-        num_models: how many networks to retrain, ``>= 1``.
+        num_retrained: how many networks to retrain, ``>= 1`` (formerly ``num_models``, as in
+            :func:`retrain_and_select`).
 
     Returns:
-        ``num_models`` candidate indices (a candidate once per new initialisation), round by round.
+        ``num_retrained`` candidate indices (a candidate once per new initialisation), round by round.
     """
-    num_models = check_positive_int(num_models, "num_models")
+    num_retrained = check_positive_int(num_retrained, "num_retrained")
     selection = list(selection)
     if not selection:
         raise ValueError("selection: expected at least one selected candidate, got none")
     first = {index: position for position, index in reversed(list(enumerate(selection)))}
     order = sorted(first, key=lambda index: (-selection.count(index), first[index]))
-    return [order[j % len(order)] for j in range(num_models)]
+    return [order[j % len(order)] for j in range(num_retrained)]
 
 
 @dataclass
@@ -630,6 +635,7 @@ class HyperDeepEnsembleResult:
         return [self.pool[index] for index in self.final.distinct]
 
 
+@renamed_keywords(ensemble_size="num_members")
 def retrain_and_select(
     candidates: HyperEnsemble,
     candidate_log_probs: torch.Tensor,
@@ -637,7 +643,7 @@ def retrain_and_select(
     fit: Callable[[HyperEnsemble], None],
     val_inputs: torch.Tensor,
     val_labels: torch.Tensor,
-    ensemble_size: int,
+    num_members: int,
     num_retrained: int | None = None,
     batch_size: int = 512,
 ) -> HyperDeepEnsembleResult:
@@ -645,7 +651,7 @@ def retrain_and_select(
 
     Retrains the hyperparameters of the first selection with new initialisations
     (:func:`stratified_retraining`; the new stack is built from torch's global generator and trained by
-    ``fit``), and selects ``ensemble_size`` members greedily (:func:`greedy_ensemble_selection`) from the
+    ``fit``), and selects ``num_members`` members greedily (:func:`greedy_ensemble_selection`) from the
     stratified pool: the search's networks of the selected hyperparameters, then the retrained networks.
 
     Args:
@@ -654,18 +660,18 @@ def retrain_and_select(
         search: the first greedy selection over them.
         fit: ``fit(stack)`` trains a new :class:`HyperEnsemble` in place (its :meth:`HyperEnsemble.loss`).
         val_inputs, val_labels: the validation split the selection is made on.
-        ensemble_size: the final ensemble's size (most distinct members).
-        num_retrained: how many networks to retrain; default ``(ensemble_size - 1) * d`` for ``d`` distinct
-            selected hyperparameters (each then has ``ensemble_size`` initialisations, as the paper's).
+        num_members: the final ensemble's size, its most distinct members (formerly ``ensemble_size``).
+        num_retrained: how many networks to retrain; default ``(num_members - 1) * d`` for ``d`` distinct
+            selected hyperparameters (each then has ``num_members`` initialisations, as the paper's).
         batch_size: of the validation predictions.
 
     Returns:
         A :class:`HyperDeepEnsembleResult`.
     """
-    ensemble_size = check_positive_int(ensemble_size, "ensemble_size")
+    num_members = check_positive_int(num_members, "num_members")
     distinct = list(search.distinct)
     if num_retrained is None:
-        num_retrained = max(1, (ensemble_size - 1) * len(distinct))
+        num_retrained = max(1, (num_members - 1) * len(distinct))
     retrained_from = stratified_retraining(search.indices, num_retrained)
     hyperparameters = candidates.hyperparameters
     retrained = HyperEnsemble(candidates.factory, [hyperparameters[index] for index in retrained_from])
@@ -677,7 +683,7 @@ def retrain_and_select(
             member_log_probs(retrained, val_inputs, batch_size).to(val_inputs.device),
         ]
     )
-    final = greedy_ensemble_selection(pool_log_probs, val_labels, ensemble_size)
+    final = greedy_ensemble_selection(pool_log_probs, val_labels, num_members)
     stacks = (candidates, retrained)
     ensemble = HyperEnsemble.from_members(
         [(stacks[pool[i][0]], pool[i][1]) for i in final.distinct],
@@ -686,13 +692,14 @@ def retrain_and_select(
     return HyperDeepEnsembleResult(ensemble, search, retrained, retrained_from, pool, final)
 
 
+@renamed_keywords(ensemble_size="num_members")
 def hyper_deep_ensemble(
     factory: Callable[[], nn.Module],
     fit: Callable[[HyperEnsemble], None],
     val_inputs: torch.Tensor,
     val_labels: torch.Tensor,
     *,
-    ensemble_size: int = 5,
+    num_members: int = 5,
     num_candidates: int = 10,
     num_retrained: int | None = None,
     space: HyperparameterSpace | None = None,
@@ -705,7 +712,7 @@ def hyper_deep_ensemble(
     1. Random search: ``num_candidates`` hyperparameters from ``space`` (the first the default,
        :class:`Hyperparameters` ``()``, with ``include_default``, as uncertainty-baselines' sweeps include
        the untuned model), trained as one :class:`HyperEnsemble` by ``fit``.
-    2. Greedy selection of ``ensemble_size`` on validation NLL (:func:`greedy_ensemble_selection`).
+    2. Greedy selection of ``num_members`` on validation NLL (:func:`greedy_ensemble_selection`).
     3. Stratification and final selection (:func:`retrain_and_select`).
 
     Args:
@@ -713,7 +720,8 @@ def hyper_deep_ensemble(
         fit: ``fit(stack)`` trains a :class:`HyperEnsemble` in place on the training split, e.g. Adam on
             ``stack.loss(x, y)``; selection happens on the validation split only.
         val_inputs, val_labels: the validation split.
-        ensemble_size: ``K``, the final ensemble's size (most distinct members).
+        num_members: ``K``, the final ensemble's size, its most distinct members (formerly
+            ``ensemble_size``).
         num_candidates: the random search's size.
         num_retrained: see :func:`retrain_and_select`.
         space: the search space (default :class:`HyperparameterSpace` ``()``).
@@ -725,7 +733,7 @@ def hyper_deep_ensemble(
         A :class:`HyperDeepEnsembleResult`; ``result.ensemble`` predicts with ``uqkit.predict``.
     """
     num_candidates = check_positive_int(num_candidates, "num_candidates")
-    ensemble_size = check_positive_int(ensemble_size, "ensemble_size")
+    num_members = check_positive_int(num_members, "num_members")
     space = HyperparameterSpace() if space is None else space
     if not isinstance(space, HyperparameterSpace):
         raise TypeError(f"space: expected a HyperparameterSpace, got {type(space).__name__}")
@@ -736,7 +744,7 @@ def hyper_deep_ensemble(
     candidates = HyperEnsemble(factory, hyperparameters)
     fit(candidates)
     candidate_log_probs = member_log_probs(candidates, val_inputs, batch_size)
-    search = greedy_ensemble_selection(candidate_log_probs, val_labels, ensemble_size)
+    search = greedy_ensemble_selection(candidate_log_probs, val_labels, num_members)
     return retrain_and_select(
         candidates,
         candidate_log_probs,
@@ -744,7 +752,7 @@ def hyper_deep_ensemble(
         fit,
         val_inputs,
         val_labels,
-        ensemble_size,
+        num_members,
         num_retrained,
         batch_size,
     )

@@ -59,7 +59,7 @@ from torch import nn
 
 from uqkit._validation import check_choice, check_labels, check_positive_float, check_positive_int
 from uqkit.methods.laplace_curvature import STRUCTURES, LastLayerCurvature
-from uqkit.methods.predict import read_output
+from uqkit.methods.prediction_protocol import read_output
 from uqkit.nn.stacked import StackedLinear
 from uqkit.prediction import GaussianPrediction, Prediction
 

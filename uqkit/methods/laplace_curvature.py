@@ -37,6 +37,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from uqkit._deprecation import deprecated_property, renamed_keywords
+
 __all__ = [
     "CHUNK_ELEMENTS",
     "STRUCTURES",
@@ -72,7 +74,7 @@ class LastLayerCurvature(nn.Module):
     """Base class: the GGN of one last linear layer per member, in one structure.
 
     Args:
-        members: ``M``.
+        num_members: ``M`` (formerly ``members``, deprecated).
         outputs: ``C``, the outputs that the curvature couples (the classes; 1 for the Gaussian likelihood,
             whose ``K`` outputs share one block).
         features: ``D``, the layer's input features.
@@ -86,20 +88,30 @@ class LastLayerCurvature(nn.Module):
 
     structure: str = ""
 
+    @renamed_keywords(members="num_members")
     def __init__(
-        self, members: int, outputs: int, features: int, bias: bool, dtype: torch.dtype, device: torch.device
+        self,
+        num_members: int,
+        outputs: int,
+        features: int,
+        bias: bool,
+        dtype: torch.dtype,
+        device: torch.device,
     ) -> None:
         super().__init__()
-        self.members, self.outputs, self.features, self.bias = members, outputs, features, bias
+        self.num_members, self.outputs, self.features, self.bias = num_members, outputs, features, bias
         self.width = features + int(bias)  # F
         self.num_data = 0
         self._factory = {"dtype": dtype, "device": device}  # for the buffers made in __init__
+
+    members = deprecated_property("members", "num_members")
 
     def _zeros(self, *shape: int) -> torch.Tensor:
         return torch.zeros(*shape, **self._factory)
 
     @classmethod
-    def nbytes(cls, members: int, outputs: int, features: int, bias: bool, itemsize: int) -> int:
+    @renamed_keywords(members="num_members")
+    def nbytes(cls, num_members: int, outputs: int, features: int, bias: bool, itemsize: int) -> int:
         """Bytes of the matrices this structure holds at its peak (fit and first prediction)."""
         raise NotImplementedError
 
@@ -153,7 +165,7 @@ class FullGGN(LastLayerCurvature):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         p = self.num_parameters
-        self.register_buffer("hessian", self._zeros(self.members, p, p))
+        self.register_buffer("hessian", self._zeros(self.num_members, p, p))
         self._clear_cache()
 
     def _clear_cache(self) -> None:
@@ -166,14 +178,15 @@ class FullGGN(LastLayerCurvature):
         return super()._apply(fn, recurse)
 
     @classmethod
-    def nbytes(cls, members: int, outputs: int, features: int, bias: bool, itemsize: int) -> int:
+    @renamed_keywords(members="num_members")
+    def nbytes(cls, num_members: int, outputs: int, features: int, bias: bool, itemsize: int) -> int:
         p = outputs * (features + int(bias))
-        return 3 * members * p * p * itemsize  # H, the covariance and one work matrix (P or its factor)
+        return 3 * num_members * p * p * itemsize  # H, the covariance and one work matrix (P or its factor)
 
     def _blocks(self) -> torch.Tensor:
         """``H`` viewed as ``[M, C, F, C, F]``."""
         c, f = self.outputs, self.width
-        return self.hessian.view(self.members, c, f, c, f)
+        return self.hessian.view(self.num_members, c, f, c, f)
 
     def accumulate(self, features: torch.Tensor, probs: torch.Tensor | None) -> None:
         c, f = self.outputs, self.width
@@ -181,8 +194,8 @@ class FullGGN(LastLayerCurvature):
         if probs is None:  # Gaussian: H = I_K (x) Phi~^T Phi~ (before 1 / sigma^2)
             self.hessian.baddbmm_(features.mT, features)
             return
-        rows = self.hessian.view(self.members, c, f, c * f)
-        for part in _chunks(features.shape[1], self.members * c * f):
+        rows = self.hessian.view(self.num_members, c, f, c * f)
+        for part in _chunks(features.shape[1], self.num_members * c * f):
             phi, p = features[:, part], probs[:, part]
             variances = softmax_variances(p)
             for out in range(c):
@@ -283,15 +296,17 @@ class KronGGN(LastLayerCurvature):
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        m, c, d = self.members, self.outputs, self.features
+        m, c, d = self.num_members, self.outputs, self.features
         self.register_buffer("output_factor", self._zeros(m, c, c))  # B
         self.register_buffer("input_factor", self._zeros(m, d, d))  # A
         for name in ("values_b", "vectors_b", "values_a", "vectors_a"):  # set by finalize
             self.register_buffer(name, None)
 
     @classmethod
-    def nbytes(cls, members: int, outputs: int, features: int, bias: bool, itemsize: int) -> int:
-        return 2 * members * (outputs * outputs + features * features) * itemsize  # factors and eigenvectors
+    @renamed_keywords(members="num_members")
+    def nbytes(cls, num_members: int, outputs: int, features: int, bias: bool, itemsize: int) -> int:
+        # the Kronecker factors and their eigenvectors
+        return 2 * num_members * (outputs * outputs + features * features) * itemsize
 
     def accumulate(self, features: torch.Tensor, probs: torch.Tensor | None) -> None:
         n = features.shape[1]
@@ -355,7 +370,7 @@ class KronGGN(LastLayerCurvature):
         return out
 
     def precision(self, delta: torch.Tensor) -> torch.Tensor:
-        m, c, d, f = self.members, self.outputs, self.features, self.width
+        m, c, d, f = self.num_members, self.outputs, self.features, self.width
         dense = self.input_factor.new_zeros(m, c, f, c, f)
         dense[:, :, :d, :, :d] = torch.einsum("mck,mde->mcdke", self.output_factor, self.input_factor)
         if self.bias:
@@ -372,11 +387,12 @@ class DiagGGN(LastLayerCurvature):
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.register_buffer("diagonal", self._zeros(self.members, self.outputs, self.width))
+        self.register_buffer("diagonal", self._zeros(self.num_members, self.outputs, self.width))
 
     @classmethod
-    def nbytes(cls, members: int, outputs: int, features: int, bias: bool, itemsize: int) -> int:
-        return members * outputs * (features + int(bias)) * itemsize
+    @renamed_keywords(members="num_members")
+    def nbytes(cls, num_members: int, outputs: int, features: int, bias: bool, itemsize: int) -> int:
+        return num_members * outputs * (features + int(bias)) * itemsize
 
     def accumulate(self, features: torch.Tensor, probs: torch.Tensor | None) -> None:
         self.num_data += features.shape[1]

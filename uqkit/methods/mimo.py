@@ -413,7 +413,7 @@ class MIMO(nn.Module):
 
     def predict(self, inputs: torch.Tensor) -> Prediction:
         """:func:`uqkit.predict` of this model: the same input to every member, ``[M, B, K]`` logits."""
-        from uqkit.methods.predict import predict
+        from uqkit.methods.prediction_protocol import predict
 
         return predict(self, inputs)
 

@@ -43,11 +43,12 @@ chunks) and squared. The layers sample as they do in training (one weight draw p
 local reparameterisation), so the pass averages ``G`` over the posterior as well as the data, the ``E_q`` of
 (1); inside :func:`uqkit.nn.use_posterior_mean` it is ``G`` at the means.
 
-Supported: :class:`~uqkit.nn.FlipoutLinear`, :class:`~uqkit.nn.GaussianLinear` (with or without local
-reparameterisation), :class:`~uqkit.nn.FlipoutConv1d` / ``Conv2d`` and :class:`~uqkit.nn.GaussianConv1d` /
-``Conv2d``, each with a :class:`~uqkit.nn.priors.NormalPrior` (the mixture prior has no closed-form KL, so no
-closed-form optimum). Bayesian LSTMs, rank-1 and stacked layers are refused with their names: their weights
-enter the outputs through more than one product per example.
+Supported: :class:`~uqkit.nn.FlipoutLinear`, :class:`~uqkit.nn.ReparameterizationLinear` (with or without
+local reparameterisation), :class:`~uqkit.nn.FlipoutConv1d` / ``Conv2d`` and
+:class:`~uqkit.nn.ReparameterizationConv1d` / ``Conv2d``, each with a :class:`~uqkit.nn.priors.NormalPrior`
+(the mixture prior has no closed-form KL, so no closed-form optimum). Bayesian LSTMs, rank-1 and stacked
+layers are refused with their names: their weights enter the outputs through more than one product per
+example.
 """
 
 from __future__ import annotations

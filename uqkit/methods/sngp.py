@@ -137,7 +137,7 @@ class SNGP(nn.Module):
 
     def predict(self, *inputs, num_samples: int | None = None, **kwargs) -> Prediction:
         """``uqkit.predict(self, *inputs, num_samples=num_samples, **kwargs)``: see :func:`uqkit.predict`."""
-        from uqkit.methods.predict import predict
+        from uqkit.methods.prediction_protocol import predict
 
         return predict(self, *inputs, num_samples=num_samples, **kwargs)
 

@@ -5,6 +5,7 @@ mode; :func:`use_posterior_mean` gives the deterministic mean-weight output. Bay
 ``kl_divergence()``; :func:`uqkit.kl_divergence` sums them over a model.
 """
 
+from uqkit._deprecation import renamed_module_attribute
 from uqkit.nn import priors
 from uqkit.nn._noise import rademacher
 from uqkit.nn._posterior import BayesianModule, StochasticModule, use_posterior_mean
@@ -16,7 +17,13 @@ from uqkit.nn.heteroscedastic import HeteroscedasticHead
 from uqkit.nn.priors import NormalPrior, ScaleMixtureNormalPrior
 from uqkit.nn.rank1 import Rank1Conv1d, Rank1Conv2d, Rank1Linear
 from uqkit.nn.regression_head import BayesianRegressionHead
-from uqkit.nn.reparam import GaussianConv1d, GaussianConv2d, GaussianLinear, GaussianLSTM
+from uqkit.nn.reparam import RENAMED as _RENAMED_LAYERS
+from uqkit.nn.reparam import (
+    ReparameterizationConv1d,
+    ReparameterizationConv2d,
+    ReparameterizationLinear,
+    ReparameterizationLSTM,
+)
 from uqkit.nn.spectral import BoundedSpectralNorm, spectral_norm
 from uqkit.nn.stacked import (
     StackedBayesianLastLayerMLP,
@@ -37,10 +44,6 @@ __all__ = [
     "FlipoutConv2d",
     "FlipoutLSTM",
     "FlipoutLinear",
-    "GaussianConv1d",
-    "GaussianConv2d",
-    "GaussianLSTM",
-    "GaussianLinear",
     "HeteroscedasticHead",
     "MCDropout",
     "MemberDropout",
@@ -49,6 +52,10 @@ __all__ = [
     "Rank1Conv1d",
     "Rank1Conv2d",
     "Rank1Linear",
+    "ReparameterizationConv1d",
+    "ReparameterizationConv2d",
+    "ReparameterizationLSTM",
+    "ReparameterizationLinear",
     "ScaleMixtureNormalPrior",
     "StackedBayesianLastLayerMLP",
     "StackedDropout",
@@ -61,3 +68,8 @@ __all__ = [
     "spectral_norm",
     "use_posterior_mean",
 ]
+
+
+def __getattr__(name: str):
+    """The layers' former names (``GaussianLinear``, ...), deprecated: docs/architecture.md, "Names"."""
+    return renamed_module_attribute(__name__, name, _RENAMED_LAYERS, globals())

@@ -28,10 +28,12 @@ training data. The ``likelihood`` option chooses the Hessian weights ``w_ik``:
   phi_i phi_i^T``; the classes' ``beta_k`` are independent a posteriori.
 * ``"softmax-shared"``: one precision shared by the classes, weighted by the largest softmax probability,
   ``w_i = p_i (1 - p_i)``; an approximation of this library (its former default), kept for comparison.
-* ``"gaussian"``: one shared precision with unit weights, ``P = ridge * I + sum_i phi_i phi_i^T``: the exact
-  posterior of GP regression with unit noise (edward2's and uncertainty-baselines' default
+* ``"unit"``: one shared precision with unit weights ``w_i = 1``, ``P = ridge * I + sum_i phi_i phi_i^T``: the
+  exact posterior of GP regression with unit noise (edward2's and uncertainty-baselines' default
   ``gp_cov_likelihood='gaussian'``; edward2's ``'binary_logistic'`` weight ``p (1 - p)`` is for one logit
-  only).
+  only). Its former name ``"gaussian"`` is accepted with a ``DeprecationWarning`` until uqkit 0.2.0: for a
+  classifier the weights are not those of its likelihood, and "Gaussian" names the distribution of a
+  regressor's outputs in this library (docs/architecture.md, "Names").
 
 Any other weights can be passed to :meth:`RandomFeatureGP.update_precision`.
 
@@ -40,9 +42,10 @@ Any other weights can be passed to :meth:`RandomFeatureGP.update_precision`.
 ``B x B`` matrix), and the predictive distribution is either the mean-field approximation of the
 softmax-Gaussian integral ``softmax(logits / sqrt(1 + lambda var))``, ``lambda = pi / 8`` (Lu et al. 2020,
 "Mean-field approximation to Gaussian-softmax integral", as used by Liu et al. 2020, Sec. 3.2), or Monte
-Carlo samples ``logits + sqrt(var) * eps``. The layer is a :class:`uqkit.methods.predict.PredictiveHead`:
-:func:`uqkit.predict` on any model whose output layer it is records the variances during the forward pass and
-draws the samples (or the mean-field logits) from them, so the network runs once whatever ``S``.
+Carlo samples ``logits + sqrt(var) * eps``. The layer is a
+:class:`uqkit.methods.prediction_protocol.PredictiveHead`: :func:`uqkit.predict` on any model whose output
+layer it is records the variances during the forward pass and draws the samples (or the mean-field logits)
+from them, so the network runs once whatever ``S``.
 
 When to accumulate (Liu et al. 2020, Sec. 3.2 and Algorithm 1): with ``momentum=None`` the precision is an
 exact sum; call :meth:`RandomFeatureGP.reset_precision` at the start of every epoch (or of the last one) so
@@ -61,6 +64,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from uqkit._deprecation import warn_renamed
 from uqkit._validation import (
     check_choice,
     check_float_tensor,
@@ -72,7 +76,8 @@ from uqkit.prediction import Prediction
 
 __all__ = ["RandomFeatureGP"]
 
-_LIKELIHOODS = ("softmax", "softmax-shared", "gaussian")
+_LIKELIHOODS = ("softmax", "softmax-shared", "unit")
+_RENAMED_LIKELIHOODS = {"gaussian": "unit"}  # deprecated; removed in uqkit 0.2.0
 # Per-class precisions hold C * D^2 numbers; beyond this many (1 GiB of float32) ask for a shared one.
 _MAX_PRECISION_ELEMENTS = 2**28
 
@@ -102,8 +107,8 @@ class RandomFeatureGP(nn.Module):
             not learned away) before the random features. Default ``True``.
         likelihood: the Laplace weights of the precision: ``"softmax"`` (default; one precision per class,
             weights ``p_k (1 - p_k)``, Liu et al. 2020, eq. (9)), ``"softmax-shared"`` (one precision,
-            weight ``p (1 - p)`` of the largest probability) or ``"gaussian"`` (one precision, unit
-            weights). See the module docstring.
+            weight ``p (1 - p)`` of the largest probability) or ``"unit"`` (one precision, unit weights;
+            formerly ``"gaussian"``, deprecated). See the module docstring.
         num_samples: the default of :func:`uqkit.predict`: ``None`` (default) for the mean-field logits, an
             int ``S`` for ``S`` Monte Carlo samples of the logits (kept as :attr:`default_num_samples`).
 
@@ -122,7 +127,7 @@ class RandomFeatureGP(nn.Module):
 
     Raises:
         ValueError: for ``likelihood="softmax"`` when the ``C`` precisions would hold more than ``2^28``
-            numbers (use fewer features or ``likelihood="gaussian"``).
+            numbers (use fewer features or ``likelihood="unit"``).
 
     Example:
         >>> gp = RandomFeatureGP(128, 10, num_features=512)
@@ -156,13 +161,17 @@ class RandomFeatureGP(nn.Module):
             momentum = check_unit_interval(momentum, "momentum", open_left=True, open_right=True)
         self.momentum = momentum
         self.mean_field_factor = check_positive_float(mean_field_factor, "mean_field_factor", allow_zero=True)
+        if isinstance(likelihood, str) and likelihood in _RENAMED_LIKELIHOODS:
+            new = _RENAMED_LIKELIHOODS[likelihood]
+            warn_renamed(f"RandomFeatureGP(likelihood={likelihood!r})", f"likelihood={new!r}")
+            likelihood = new
         self.likelihood = check_choice(likelihood, "likelihood", _LIKELIHOODS)
         self.num_precisions = num_classes if likelihood == "softmax" else 1
         if self.num_precisions * num_features**2 > _MAX_PRECISION_ELEMENTS:
             raise ValueError(
                 f"likelihood='softmax' keeps one {num_features} x {num_features} precision per class: "
                 f"{num_classes} of them hold {num_classes * num_features**2:,} numbers (more than "
-                f"{_MAX_PRECISION_ELEMENTS:,}); use fewer num_features or likelihood='gaussian'"
+                f"{_MAX_PRECISION_ELEMENTS:,}); use fewer num_features or likelihood='unit'"
             )
         self.normalize_input = bool(normalize_input)
         self.track_precision = True
@@ -233,7 +242,7 @@ class RandomFeatureGP(nn.Module):
 
     def _likelihood_weights(self, logits: torch.Tensor) -> torch.Tensor:
         """Hessian weights ``[B, K]`` of the likelihood at the current logits."""
-        if self.likelihood == "gaussian":
+        if self.likelihood == "unit":
             return torch.ones(logits.shape[0], 1, dtype=logits.dtype, device=logits.device)
         probabilities = torch.softmax(logits, dim=-1)
         if self.likelihood == "softmax-shared":

@@ -21,9 +21,18 @@ from dataclasses import dataclass
 import torch
 from torch.autograd.function import once_differentiable
 
+from uqkit._deprecation import renamed_module_attribute
 from uqkit._validation import check_float_tensor, check_positive_float, check_unit_interval
 
 __all__ = ["NormalPrior", "Prior", "ScaleMixtureNormalPrior"]
+
+RENAMED = {"gaussian_entropy": "normal_entropy"}
+"""Former names (deprecated; removed in uqkit 0.2.0)."""
+
+
+def __getattr__(name: str):
+    return renamed_module_attribute(__name__, name, RENAMED, globals())
+
 
 _HALF_LOG_TWO_PI = 0.5 * math.log(2.0 * math.pi)
 
@@ -74,8 +83,11 @@ class _NormalKL(torch.autograd.Function):
         return grad_mean, grad_scale, None, None
 
 
-def gaussian_entropy(scale: torch.Tensor) -> torch.Tensor:
-    """Entropy of a factorised Gaussian, ``sum_i (log scale_i + (1 + log 2 pi) / 2)`` (nats)."""
+def normal_entropy(scale: torch.Tensor) -> torch.Tensor:
+    """Entropy of a factorised normal distribution, ``sum_i (log scale_i + (1 + log 2 pi) / 2)`` (nats).
+
+    Formerly ``gaussian_entropy`` (deprecated; "Gaussian" names distributions of outputs in uqkit).
+    """
     return scale.log().sum() + scale.numel() * (0.5 + _HALF_LOG_TWO_PI)
 
 
@@ -171,7 +183,7 @@ class ScaleMixtureNormalPrior:
         """
         _check_posterior(mean, scale)
         weights = torch.addcmul(mean, scale, torch.randn_like(scale))
-        return -gaussian_entropy(scale) - self.log_prob(weights).sum()
+        return -normal_entropy(scale) - self.log_prob(weights).sum()
 
 
 Prior = NormalPrior | ScaleMixtureNormalPrior

@@ -4,9 +4,9 @@ The head maps the features ``h`` of a network's last hidden layer to a Gaussian 
 
     ``y | h, w ~ N(f, sigma^2(h))``,   ``f = h w + b``,   ``w ~ q(w) = N(m, diag(s^2))``,
 
-with a factorised Gaussian posterior over the mean's weights ``w`` (a :class:`~uqkit.nn.GaussianLinear`
-without bias), a deterministic bias ``b`` and a deterministic noise variance
-``sigma^2(h) = softplus(h a + c) + min_variance`` (the variance head of Nix & Weigend 1994 and
+with a factorised Gaussian posterior over the mean's weights ``w`` (a
+:class:`~uqkit.nn.ReparameterizationLinear` without bias), a deterministic bias ``b`` and a deterministic
+noise variance ``sigma^2(h) = softplus(h a + c) + min_variance`` (the variance head of Nix & Weigend 1994 and
 Lakshminarayanan et al. 2017; Hafner et al. put the softplus on the standard deviation). This is the
 architecture of Hafner et al.'s BBB and BBB+NCP models: Bayesian about the mean only, at the output layer.
 
@@ -26,7 +26,7 @@ from torch import nn
 
 from uqkit._validation import check_float_tensor, check_positive_float, check_positive_int
 from uqkit.nn.priors import Prior
-from uqkit.nn.reparam import GaussianLinear, std_from_variance
+from uqkit.nn.reparam import ReparameterizationLinear, std_from_variance
 from uqkit.prediction import GaussianPrediction
 
 __all__ = ["BayesianRegressionHead"]
@@ -75,7 +75,7 @@ class BayesianRegressionHead(nn.Module):
         self.out_features = check_positive_int(out_features, "out_features")
         check_positive_float(posterior_scale_init, "posterior_scale_init")
         self.min_variance = check_positive_float(min_variance, "min_variance")
-        self.function = GaussianLinear(
+        self.function = ReparameterizationLinear(
             in_features,
             out_features,
             bias=False,

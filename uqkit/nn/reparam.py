@@ -1,12 +1,18 @@
-"""Gaussian layers with the reparameterisation trick (Blundell et al. 2015; Kingma et al. 2015).
+"""Mean-field layers trained with the reparameterisation trick (Blundell et al. 2015; Kingma et al. 2015).
+
+The layers are named after their gradient estimator, as :mod:`uqkit.nn.flipout`'s are: both families hold the
+same factorised normal posterior over the weights (in this library "Gaussian" names a distribution of the
+outputs, as in :class:`uqkit.GaussianPrediction`; docs/architecture.md, "Names"). The former names
+``GaussianLinear``, ``GaussianConv1d``, ``GaussianConv2d`` and ``GaussianLSTM`` are deprecated aliases.
 
 Each forward pass draws one weight sample ``W = mean + softplus(rho) * eps``, ``eps ~ N(0, I)``, shared by
 every example of the batch (Bayes by Backprop, Blundell et al. 2015, Sec. 3.2). One draw per batch is cheap
 but correlates the examples' noise, so the gradient variance does not fall as ``1 / batch``
 (``per_example_noise = False``; :func:`uqkit.predict` then draws each sample with its own forward pass).
 
-:class:`GaussianLinear` also offers the local reparameterisation trick (Kingma et al. 2015, eqs. (6)-(7)):
-for a factorised Gaussian posterior the pre-activation ``b_nj = sum_i x_ni W_ji + bias_j`` is itself Gaussian,
+:class:`ReparameterizationLinear` also offers the local reparameterisation trick (Kingma et al. 2015, eqs.
+(6)-(7)): for a factorised Gaussian posterior the pre-activation ``b_nj = sum_i x_ni W_ji + bias_j`` is itself
+Gaussian,
 ``N(x_n mean_j + bias_mean_j, sum_i x_ni^2 sigma_ji^2 + sigma_bias_j^2)``, so it is sampled directly,
 independently per example: lower-variance gradients at the cost of a second matrix product.
 
@@ -21,13 +27,31 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
+from uqkit._deprecation import renamed_module_attribute
 from uqkit.nn._twins import ConvPosterior, LinearPosterior, LSTMPosterior
 from uqkit.nn.priors import Prior
 
-__all__ = ["GaussianConv1d", "GaussianConv2d", "GaussianLSTM", "GaussianLinear"]
+__all__ = [
+    "ReparameterizationConv1d",
+    "ReparameterizationConv2d",
+    "ReparameterizationLSTM",
+    "ReparameterizationLinear",
+]
+
+RENAMED = {
+    "GaussianConv1d": "ReparameterizationConv1d",
+    "GaussianConv2d": "ReparameterizationConv2d",
+    "GaussianLSTM": "ReparameterizationLSTM",
+    "GaussianLinear": "ReparameterizationLinear",
+}
+"""The layers' former names (deprecated; removed in uqkit 0.2.0)."""
 
 
-class GaussianLinear(LinearPosterior):
+def __getattr__(name: str):
+    return renamed_module_attribute(__name__, name, RENAMED, globals())
+
+
+class ReparameterizationLinear(LinearPosterior):
     """Bayesian ``nn.Linear`` with a factorised Gaussian posterior (Bayes by Backprop).
 
     Args:
@@ -124,7 +148,7 @@ def std_from_variance(variance: torch.Tensor) -> torch.Tensor:
     return torch.where(positive, torch.where(positive, variance, 1.0).sqrt(), 0.0)
 
 
-class _GaussianConvNd(ConvPosterior):
+class _ReparameterizationConvNd(ConvPosterior):
     """One weight sample per forward pass, convolved with the twin's own operator."""
 
     per_example_noise: ClassVar[bool] = False
@@ -136,7 +160,7 @@ class _GaussianConvNd(ConvPosterior):
         return out.squeeze(0) if unbatched else out
 
 
-class GaussianConv1d(_GaussianConvNd):
+class ReparameterizationConv1d(_ReparameterizationConvNd):
     """Bayesian ``nn.Conv1d`` with a factorised Gaussian posterior, one weight sample per forward pass.
 
     Args:
@@ -153,7 +177,7 @@ class GaussianConv1d(_GaussianConvNd):
     conv = staticmethod(F.conv1d)
 
 
-class GaussianConv2d(_GaussianConvNd):
+class ReparameterizationConv2d(_ReparameterizationConvNd):
     """Bayesian ``nn.Conv2d`` with a factorised Gaussian posterior, one weight sample per forward pass.
 
     Args:
@@ -170,7 +194,7 @@ class GaussianConv2d(_GaussianConvNd):
     conv = staticmethod(F.conv2d)
 
 
-class GaussianLSTM(LSTMPosterior):
+class ReparameterizationLSTM(LSTMPosterior):
     """Bayesian ``nn.LSTM`` with a factorised Gaussian posterior: one weight sample per forward pass.
 
     The sampled weights run through ``nn.LSTM``'s own fused kernel, so the layer costs one LSTM call plus

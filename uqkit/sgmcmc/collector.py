@@ -34,7 +34,7 @@ from torch import nn
 from uqkit._atomic import CorruptFileError, atomic_write, read_torch
 from uqkit._validation import check_float_tensor, check_positive_int
 from uqkit.methods.ensemble import DeepEnsemble
-from uqkit.methods.predict import predict
+from uqkit.methods.prediction_protocol import predict
 from uqkit.prediction import GaussianPrediction, Prediction
 
 __all__ = ["ROWS_PER_PASS", "SAMPLES_FORMAT", "SampleCollector"]

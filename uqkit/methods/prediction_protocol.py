@@ -21,8 +21,9 @@ families: each family declares what it is through a small protocol, read off the
    ``Delta W`` per layer and draw independent sign vectors (Wen et al. 2018, Sec. 3.1): pairwise
    uncorrelated at every pre-activation, not independent, so averages of nonlinear functions vary somewhat
    more from call to call than with ``k`` independent passes (``samples_per_pass=1`` gives those). Layers
-   that share one weight sample across the batch (plain reparameterisation: ``GaussianLinear`` without
-   local reparameterisation, ``GaussianConv*``, ``GaussianLSTM``) get one forward pass per sample.
+   that share one weight sample across the batch (plain reparameterisation: ``ReparameterizationLinear``
+   without local reparameterisation, ``ReparameterizationConv*``, ``ReparameterizationLSTM``) get one forward
+   pass per sample.
 3. *Predictive heads* (:class:`PredictiveHead`, e.g. :class:`uqkit.nn.RandomFeatureGP` inside
    :class:`uqkit.SNGP`): the output layer whose logits are the model's output and that knows their
    predictive distribution. During the forward pass it records what it needs (the GP's logit variances);
@@ -264,7 +265,7 @@ def predict(
 
     Args:
         model: any ``nn.Module``: a deterministic network, one with sampling layers (after
-            :func:`uqkit.bayesianize_` with ``FlipoutConfig`` / ``GaussianConfig``, or with
+            :func:`uqkit.bayesianize_` with ``FlipoutConfig`` / ``ReparameterizationConfig``, or with
             :class:`uqkit.nn.MCDropout`), a member model (``uqkit_num_members = M``), an :class:`uqkit.SNGP`
             or another model with a :class:`PredictiveHead`, or a Gaussian-head regressor.
         *inputs: positional inputs of ``model``.
@@ -306,7 +307,7 @@ def predict(
 
     Example:
         >>> pred = uqkit.predict(model, x, num_samples=32)
-        >>> pred.probs, pred.epistemic
+        >>> pred.probs, pred.mutual_information
         >>> uqkit.predict(hf_model, input_ids=ids, attention_mask=mask)  # .logits read from the output
     """
     if not isinstance(model, nn.Module):
