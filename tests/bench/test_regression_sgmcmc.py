@@ -16,6 +16,7 @@ from uqkit.bench import regression, regression_sgmcmc
 from uqkit.bench.divergence import ChainDivergenceError
 from uqkit.bench.regression import REGRESSION_METHODS, _phase_data, evaluate_regression_method
 from uqkit.bench.regression_cells import merge_chunk_blocks
+from uqkit.bench.regression_report import _chosen
 from uqkit.data import RegressionTable
 from uqkit.sgmcmc import CyclicalSchedule
 
@@ -256,3 +257,19 @@ def test_the_divergence_record_of_chunks_of_splits_merges_split_by_split():
         assert merged[key] == [block["details"]["divergence"][key][0] for block in blocks]
     assert merged["tolerance"] == method.divergence_tolerance
     assert merged["selection"] != [[], []]  # chunk 1's 0.2 chain diverged, chunk 0's did not
+
+
+def test_the_report_names_the_splits_rerun_at_a_smaller_step_size():
+    block = {
+        "per_split": {"learning_rate": [0.03, 0.03, 0.01], "epochs": [1600] * 3},
+        "selection": {"grid": [{"learning_rate": 0.01}, {"learning_rate": 0.03}], "select_epochs": False},
+        "details": {
+            "divergence": {
+                "retraining": [[], [{"learning_rate": 0.03}, {"learning_rate": 0.015}], []],
+                "retraining_learning_rate": [0.03, 0.0075, 0.01],
+            }
+        },
+    }
+    assert _chosen(block) == "lr 0.01 x1, 0.03 x2; epochs 1600; diverged, rerun: split 1 at lr 0.0075"
+    del block["details"]
+    assert _chosen(block) == "lr 0.01 x1, 0.03 x2; epochs 1600"
