@@ -158,16 +158,15 @@ class DivergenceMonitor:
         if not isinstance(sampling, bool):
             raise TypeError(f"sampling: expected a bool, got {type(sampling).__name__} {sampling!r}")
         losses = torch.as_tensor(losses).detach().reshape(-1)
-        if losses.dtype != torch.float64 or losses.device.type != "cpu":
-            losses = losses.to("cpu", torch.float64)
+        if losses.device.type != "cpu":
+            losses = losses.cpu()
         if losses.numel() != self.num_chains:
             raise ValueError(
                 f"losses: expected {self.num_chains} losses (one per chain), got shape {tuple(losses.shape)}"
             )
         found = []
-        finite = torch.isfinite(losses)
-        if not bool(finite.all()):
-            bad = ~finite & ~self.diverged
+        if not math.isfinite(float(losses.sum())):  # one check for the common case, then chain by chain
+            bad = ~torch.isfinite(losses) & ~self.diverged
             for chain in bad.nonzero().flatten().tolist():
                 level = float(self.level[chain])
                 found.append(Divergence(chain, step, "non-finite", float(losses[chain]), level))
