@@ -32,6 +32,15 @@ one stack of chains, one per split, with its own optimizer: the samplers act ele
 a stack are independent (a loss that sums the models' mean NLLs gives each its own gradient), but a stack
 shares one step size, prior and temperature. The kept samples are one stack of ``splits x 12`` networks,
 predicted in one pass like a deep ensemble.
+
+Divergence (docs/sgmcmc.md#divergence-detection): every chain's loss is watched by a
+:class:`uqkit.sgmcmc.DivergenceMonitor` (one window per epoch): a non-finite loss, or epoch-mean losses in a
+sampling stage more than :attr:`SGMCMCRegressionMethod.divergence_tolerance` (2 nats) above the lowest the
+chain had reached, for 2 epochs in a row or to the stage's end. While choosing, a diverged chain scores its
+configuration ``inf`` for its split; in the retraining its samples are discarded and the split's chain runs
+again at half the step size, up to :attr:`SGMCMCRegressionMethod.max_step_halvings` times, after which
+:class:`~uqkit.bench.divergence.ChainDivergenceError` names the split and step
+(:meth:`SGMCMCRegressionMethod.fit`).
 """
 
 from __future__ import annotations
