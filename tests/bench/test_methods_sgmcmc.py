@@ -4,17 +4,19 @@ a kill keeps the same samples; the finished method predicts with its samples as 
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
 from torch import nn
 
 import uqkit
+from uqkit.bench.divergence import ChainDivergenceError
 from uqkit.bench.methods_sgmcmc import CyclicalSGMCMC, SGLDChain
 from uqkit.bench.registry import METHODS, MethodContext, build_method, methods_for_task
 from uqkit.bench.report import _training_text
 from uqkit.bench.runner import BenchConfig, run_bench
-from uqkit.bench.trainer import TrainConfig, load_checkpoint, train_method
+from uqkit.bench.trainer import NonFiniteLossError, TrainConfig, load_checkpoint, train_method
 from uqkit.sgmcmc import SampleCollector
 
 BATCH = 16
@@ -194,3 +196,30 @@ def test_bench_run_records_samples_and_training(tmp_path, fake_fashion_mnist):
     assert saved["tasks"]["fashion-mnist"]["methods"]["csgmcmc"]["training"]["optimizer"] == "SGHMC"
     text = _training_text(saved["tasks"]["fashion-mnist"]["methods"]["csgmcmc"])
     assert text == "4 epochs (4× the task's 1), SGHMC, no epoch selection"
+
+
+def test_a_chain_that_blows_up_in_a_sampling_stage_stops_the_run():
+    """A step size 40 times the tests' (2.0 on the mean loss) throws the chain off: in the second cycle's
+    sampling stage its epoch-mean loss is far above the lowest it had reached. The run fails with an error
+    naming the method, epoch and step instead of keeping samples from there (a finite loss: the trainer's
+    own non-finite check never fires)."""
+    method = _csgmcmc(base_lr=2.0)
+    with pytest.raises(
+        ChainDivergenceError, match=r"method 'csgmcmc'.* epoch \d+, step \d+ .*blew up"
+    ) as error:
+        _train(method, epochs=8)
+    divergence = error.value.divergence
+    assert isinstance(error.value, NonFiniteLossError) and divergence.reason == "blow-up"
+    assert math.isfinite(divergence.loss) and divergence.loss - divergence.level > method.divergence_tolerance
+    assert method.is_sampling(divergence.step, 8 * 96 // BATCH)
+    assert (divergence.step + 1) % (96 // BATCH) == 0  # judged at an epoch's end, on the epoch's mean
+
+
+def test_a_healthy_chain_is_not_stopped_and_a_non_finite_loss_is_named():
+    _train(SGLDChain(_network(), 96, 96 // BATCH), epochs=8)  # the tests' step size: no divergence
+    method = SGLDChain(_network(), 96, 96 // BATCH)
+    inputs, labels = _data()
+    inputs[5] = math.nan
+    config = TrainConfig(epochs=2, batch_size=BATCH, learning_rate=1e-3, seed=0, progress=False)
+    with pytest.raises(ChainDivergenceError, match=r"method 'sgld'.*non-finite loss \(nan\)"):
+        train_method(method, "sgld", inputs, labels, inputs[:32], labels[:32], config)

@@ -13,7 +13,10 @@ import torch
 from test_regression import _tiny_table  # the same tiny table (tests/bench is on sys.path under pytest)
 
 from uqkit.bench import regression, regression_sgmcmc
+from uqkit.bench.divergence import ChainDivergenceError
 from uqkit.bench.regression import REGRESSION_METHODS, _phase_data, evaluate_regression_method
+from uqkit.bench.regression_cells import merge_chunk_blocks
+from uqkit.bench.regression_report import _chosen
 from uqkit.data import RegressionTable
 from uqkit.sgmcmc import CyclicalSchedule
 
@@ -164,3 +167,109 @@ def test_samples_disagree_more_away_from_the_data(name):
     inside, far = x[0, :, 0].abs() <= 1.5, x[0, :, 0].abs() >= 6.0
     assert epistemic[far].min() > 3.0 * epistemic[inside].max()
     assert total[far].min() > 3.0 * total[inside].max()
+
+
+def _training_nll(fit, table: RegressionTable) -> torch.Tensor:
+    """``[splits, K]`` each kept sample's mean NLL of its whole training split (standardised units)."""
+    full = _phase_data(table, [(train, train) for train, _ in table.splits])
+    with torch.no_grad():
+        mean, variance = fit.model(full.train_x.repeat_interleave(fit.members, dim=0))
+    targets = full.train_y.repeat_interleave(fit.members, dim=0)
+    nll = 0.5 * torch.log(2 * math.pi * variance) + (targets - mean) ** 2 / (2 * variance)
+    return nll.mean(dim=(1, 2)).reshape(len(table.splits), fit.members)
+
+
+def test_a_chain_that_blows_up_is_discarded_and_rerun_at_half_the_step_size():
+    """Issue 14's Boston split 4 in small: the chain chosen on validation at a peak step size of 0.2 ran
+    clean on the fit part, but on the whole training split a cycle restart throws it off its mode onto a
+    plateau of finite but high loss (a huge predicted variance), where it goes on sampling; the code before
+    the check kept those samples silently (their training NLL up to 5.6 nats). Now the chain is found in
+    its last sampling stage, its samples are discarded and it runs again at half the step size, as
+    recorded; every kept sample fits its training split within the tolerance of a level no worse than
+    knowing nothing (``N(0, 1)`` in standardised units, ``0.5 log(2 pi e)`` = 1.42 nats)."""
+    table = _tiny_table(splits=1)
+    method = _small("csgmcmc", epochs=120, learning_rates=(0.2,), temperatures=(1.0,))
+    fit = method.fit(table, seed=6)
+    divergence = fit.details["divergence"]
+    assert divergence["selection"] == [[]] and fit.validation_nll[0][0] is not None
+    schedule = CyclicalSchedule(0.2, 120, 4, 0.8)  # the retraining: 50 rows, one step per epoch
+    (events,) = divergence["retraining"]
+    assert [event["learning_rate"] for event in events] == [0.2]  # one rerun, at 0.1, ran clean
+    assert events[0]["reason"] == "blow-up" and schedule.is_sampling(events[0]["step"])
+    assert events[0]["loss"] - events[0]["level"] > method.divergence_tolerance
+    assert divergence["retraining_learning_rate"] == [0.1]
+    assert fit.training["retraining_network_epochs"] == 2 * 120
+    assert fit.configs == [{"learning_rate": 0.2, "prior_precision": 10.0, "temperature": 1.0}]
+    nll = _training_nll(fit, table)
+    assert bool(torch.isfinite(nll).all()) and float(nll.max()) < 0.5 * math.log(2 * math.pi * math.e) + 2.0
+
+
+def test_a_diverged_configuration_scores_inf_while_choosing():
+    """While choosing on validation, a chain that diverges gives its configuration ``inf`` (``None``) for
+    its split, whatever its samples would score; the events name the configuration."""
+    table = _tiny_table(splits=3)
+    method = _small("csgmcmc", epochs=120, learning_rates=(0.01, 0.3), temperatures=(1.0,))
+    block = evaluate_regression_method(method, table, seed=1)
+    divergence = block["details"]["divergence"]
+    assert any(divergence["selection"])
+    for split, events in enumerate(divergence["selection"]):
+        assert (block["selection"]["validation_nll"][split][1] is None) == bool(events)
+        assert all(event["learning_rate"] == 0.3 and event["temperature"] == 1.0 for event in events)
+        if events:
+            assert block["per_split"]["learning_rate"][split] == 0.01
+    assert len(divergence["retraining"]) == len(divergence["retraining_learning_rate"]) == 3
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_a_chain_that_still_diverges_fails_naming_the_split_and_step(name):
+    table = _tiny_table(splits=2)
+    full = _phase_data(table, [(train, train) for train, _ in table.splits])
+    method = _small(name, epochs=40, max_step_halvings=1)
+    config = {"learning_rate": 30.0, "prior_precision": 10.0, "temperature": 1.0}
+    retraining = regression_sgmcmc._Retraining(2)
+    with pytest.raises(
+        ChainDivergenceError, match=rf"{name}: the chain of split 0 .* step size 15 .* step \d+"
+    ):
+        method._retrain(full, [0, 1], config, 0, retraining, None)
+    assert [event["learning_rate"] for event in retraining.events[0]] == [30.0, 15.0]
+    # a grid whose every configuration diverges while choosing
+    method = _small(name, epochs=40, learning_rates=(300.0,), temperatures=(1.0,))
+    with pytest.raises(
+        ChainDivergenceError, match=r"all 1 configurations diverged .* split 0 .* step size 300"
+    ):
+        method.fit(table, seed=0)
+    with pytest.raises(ValueError, match="max_step_halvings"):
+        _small(name, max_step_halvings=-1)
+    with pytest.raises(ValueError, match="divergence_tolerance"):
+        _small(name, divergence_tolerance=0.0)
+
+
+def test_the_divergence_record_of_chunks_of_splits_merges_split_by_split():
+    """``uqkit bench --split-chunks``: each chunk's per-split divergence lists join in split order."""
+    table = _tiny_table(splits=2)
+    method = _small("csgmcmc", epochs=120, learning_rates=(0.01, 0.2), temperatures=(1.0,))
+    blocks = [
+        evaluate_regression_method(method, dataclasses.replace(table, splits=(split,)), seed=6)
+        for split in table.splits
+    ]
+    merged = merge_chunk_blocks(blocks, [10, 10], method.per_split_details)["details"]["divergence"]
+    for key in ("selection", "retraining", "retraining_learning_rate"):
+        assert merged[key] == [block["details"]["divergence"][key][0] for block in blocks]
+    assert merged["tolerance"] == method.divergence_tolerance
+    assert merged["selection"] != [[], []]  # chunk 1's 0.2 chain diverged, chunk 0's did not
+
+
+def test_the_report_names_the_splits_rerun_at_a_smaller_step_size():
+    block = {
+        "per_split": {"learning_rate": [0.03, 0.03, 0.01], "epochs": [1600] * 3},
+        "selection": {"grid": [{"learning_rate": 0.01}, {"learning_rate": 0.03}], "select_epochs": False},
+        "details": {
+            "divergence": {
+                "retraining": [[], [{"learning_rate": 0.03}, {"learning_rate": 0.015}], []],
+                "retraining_learning_rate": [0.03, 0.0075, 0.01],
+            }
+        },
+    }
+    assert _chosen(block) == "lr 0.01 x1, 0.03 x2; epochs 1600; diverged, rerun: split 1 at lr 0.0075"
+    del block["details"]
+    assert _chosen(block) == "lr 0.01 x1, 0.03 x2; epochs 1600"

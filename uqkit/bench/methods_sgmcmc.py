@@ -40,6 +40,15 @@ chosen on the Fashion-MNIST validation split (never on test) by ``benchmarks/sgm
 Friction (Zhang et al.'s momentum form), the exploration fraction and ``sgld``'s settings (``w = 5e-4``,
 ``T = 1``) were not swept.
 
+Divergence: both watch the chain's training loss (:class:`uqkit.sgmcmc.DivergenceMonitor`, one window per
+epoch) and stop the run with a :class:`~uqkit.bench.divergence.ChainDivergenceError` (a
+:class:`~uqkit.bench.trainer.NonFiniteLossError`) naming the method, epoch, step and step size when the
+loss is non-finite, or when the epoch-mean loss in the sampling stage (``csgmcmc``: the last 20% of each
+cycle; ``sgld``: after the burn-in) stays more than ``divergence_tolerance`` (2 nats) above the lowest epoch
+mean the chain has reached for 2 epochs in a row, or up to the stage's end. The run fails rather than
+recovering: here the step size is a fixed recipe, not chosen on validation, so a divergence means the
+recipe does not suit the task (docs/sgmcmc.md).
+
 A subclass (e.g. a distilled student of the samples) overrides :meth:`SGMCMCMethod.fit_post_hoc` and
 :meth:`SGMCMCMethod.predict`; the samples' own prediction stays available as
 :meth:`SGMCMCMethod.predict_with_samples`.
@@ -53,6 +62,8 @@ import torch
 from torch import nn
 
 from uqkit._validation import check_positive_float
+from uqkit.bench.distributed import world_size
+from uqkit.bench.divergence import ChainDivergenceError
 from uqkit.bench.models import build_model
 from uqkit.bench.registry import Method, MethodContext, register_method
 from uqkit.methods.prediction_protocol import predict
@@ -66,6 +77,7 @@ from uqkit.sgmcmc import (
     SampleCollector,
     polynomial_step_size,
 )
+from uqkit.sgmcmc.divergence import DEFAULT_TOLERANCE, Divergence, DivergenceMonitor
 
 __all__ = ["CyclicalSGMCMC", "SGLDChain", "SGMCMCMethod"]
 
@@ -108,7 +120,12 @@ class SGMCMCMethod(Method):
         steps_per_epoch: training steps per epoch (to express spacings in epochs).
         temperature: ``T`` of the sampler (1: the posterior).
         weight_decay: ``w >= 0``, the Gaussian prior as a weight decay on the mean loss: precision ``w N``.
+        divergence_tolerance: ``> 0`` nats per example above the chain's running level at which an epoch's
+            mean loss in the sampling stage stops the run (:meth:`on_step_end`).
     """
+
+    method_name = "sg-mcmc"
+    """The benchmark method's name, for error messages."""
 
     select_best_epoch = False
     budget_multiple = SGMCMC_BUDGET
@@ -123,6 +140,7 @@ class SGMCMCMethod(Method):
         steps_per_epoch: int,
         temperature: float,
         weight_decay: float = PRIOR_WEIGHT_DECAY,
+        divergence_tolerance: float = DEFAULT_TOLERANCE,
     ) -> None:
         super().__init__()
         self.chain = network
@@ -133,6 +151,11 @@ class SGMCMCMethod(Method):
         self.temperature = float(temperature)
         self.weight_decay = check_positive_float(weight_decay, "weight_decay", allow_zero=True)
         self.prior_precision = self.weight_decay * self.num_data
+        self.divergence_tolerance = check_positive_float(divergence_tolerance, "divergence_tolerance")
+        self._monitor: DivergenceMonitor | None = None
+        self._step_loss: torch.Tensor | None = None
+        self._step = 0
+        self._step_size = 0.0
 
     @property
     def num_samples(self) -> int:  # type: ignore[override]
@@ -148,8 +171,40 @@ class SGMCMCMethod(Method):
         return self.network.num_samples
 
     def training_loss(self, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """The mean NLL of the batch under the chain (the optimizer scales it by ``N`` and adds the prior)."""
-        return self.likelihood.loss(self.chain(inputs), labels)
+        """The mean NLL of the batch under the chain (the optimizer scales it by ``N`` and adds the prior).
+
+        Raises:
+            ChainDivergenceError: for a non-finite loss while training.
+        """
+        loss = self.likelihood.loss(self.chain(inputs), labels)
+        if self._sampling:  # training: the trainer's steps, watched by on_step_end
+            self._step_loss = loss.detach()
+            if not torch.isfinite(self._step_loss):
+                level = math.inf if self._monitor is None else float(self._monitor.level[0])
+                self._diverged(Divergence(0, self._step, "non-finite", float(self._step_loss), level))
+        return loss
+
+    def _sum_over_ranks(self, tensor: torch.Tensor) -> torch.Tensor:
+        """The sum over the data-parallel ranks (on the chain's device, for NCCL), so that every rank judges
+        the same epoch mean."""
+        import torch.distributed as dist
+
+        total = tensor.to(next(self.chain.parameters()).device).clone()
+        dist.all_reduce(total)
+        return total.cpu()
+
+    def is_sampling(self, step: int, total_steps: int) -> bool:
+        """Whether ``step`` of a run of ``total_steps`` is in the sampling stage (subclasses)."""
+        raise NotImplementedError(f"{type(self).__name__} must implement is_sampling")
+
+    def _diverged(self, divergence: Divergence) -> None:
+        epoch, within = divmod(divergence.step, self.steps_per_epoch)
+        raise ChainDivergenceError(
+            f"method {self.method_name!r}: the chain diverged at epoch {epoch + 1}, step {within + 1} "
+            f"(global step {divergence.step}), step size {self._step_size:.3g}: {divergence.describe()}; "
+            f"lower its base_lr (now {getattr(self, 'base_lr', None)}) or its temperature",
+            divergence,
+        )
 
     def thinning(self, total_steps: int):
         """The rule ``rule(step) -> bool`` for a run of ``total_steps`` steps (subclasses)."""
@@ -162,17 +217,41 @@ class SGMCMCMethod(Method):
             self.network.thinning = self.thinning(total_steps)
             self._planned_steps = total_steps
 
+    def on_step_start(self, step: int, total_steps: int, optimizer: torch.optim.Optimizer) -> None:
+        """Note the step and its step size (subclasses set the step size, then call this)."""
+        self._step = step
+        self._step_size = float(optimizer.param_groups[0]["lr"])
+
     def on_step_end(self, step: int, total_steps: int) -> None:
-        """Keep the chain's state if the thinning rule picks ``step``."""
+        """Check the step's loss for a divergence, then keep the chain's state if the thinning rule picks
+        ``step``.
+
+        Raises:
+            ChainDivergenceError: when the epoch that ``step`` ends makes a blow-up: in the sampling stage,
+                epoch-mean losses more than :attr:`divergence_tolerance` above the lowest epoch mean so far
+                for 2 epochs in a row, or up to the stage's end (:class:`uqkit.sgmcmc.DivergenceMonitor`).
+        """
         self._plan(total_steps)
+        if self._step_loss is not None:
+            if self._monitor is None:
+                reduce = self._sum_over_ranks if world_size() > 1 else None
+                self._monitor = DivergenceMonitor(
+                    1, self.steps_per_epoch, self.divergence_tolerance, reduce=reduce
+                )
+            if self._monitor.update(step, self._step_loss, self.is_sampling(step, total_steps)):
+                self._diverged(self._monitor.events[-1])
+            self._step_loss = None
         self.network.step(step)
 
     def on_train_end(self) -> None:
         """From now on, predict with the samples.
 
         Raises:
+            ChainDivergenceError: when the run ended in a blow-up (its last epochs above the tolerance).
             RuntimeError: when the run kept no sample (too short for the thinning rule).
         """
+        if self._monitor is not None and self._monitor.close():
+            self._diverged(self._monitor.events[-1])
         if self.network.num_samples == 0:
             raise RuntimeError(
                 f"{type(self).__name__}: the run kept no sample; train for more epochs (the samples are "
@@ -211,6 +290,7 @@ class CyclicalSGMCMC(SGMCMCMethod):
 
     optimizer_name = "SGHMC"
     own_schedule = "cyclical"
+    method_name = "csgmcmc"
 
     def __init__(
         self,
@@ -263,6 +343,11 @@ class CyclicalSGMCMC(SGMCMCMethod):
         """The step size of Zhang et al.'s Eq. 1; noise only in the sampling stage."""
         self._plan(total_steps)
         self.schedule(total_steps).apply(optimizer, step)
+        super().on_step_start(step, total_steps, optimizer)
+
+    def is_sampling(self, step: int, total_steps: int) -> bool:
+        """Whether ``step`` is in its cycle's sampling stage."""
+        return self.schedule(total_steps).is_sampling(step)
 
 
 class SGLDChain(SGMCMCMethod):
@@ -278,6 +363,7 @@ class SGLDChain(SGMCMCMethod):
 
     optimizer_name = "SGLD"
     own_schedule = "polynomial"
+    method_name = "sgld"
 
     def __init__(
         self,
@@ -321,6 +407,11 @@ class SGLDChain(SGMCMCMethod):
         rate = polynomial_step_size(step, self.base_lr, self.steps_per_epoch, self.gamma)
         for group in optimizer.param_groups:
             group["lr"] = rate
+        super().on_step_start(step, total_steps, optimizer)
+
+    def is_sampling(self, step: int, total_steps: int) -> bool:
+        """Whether ``step`` is past the burn-in."""
+        return step >= self.thinning(total_steps).burn_in
 
 
 def steps_per_epoch(context: MethodContext) -> int:

@@ -520,8 +520,9 @@ class StackSampler(Protocol):
         """Set the 0-based ``step``'s step size (and noise switch) before the optimizer's step."""
         ...
 
-    def after_step(self, step: int, model: nn.Module) -> None:
-        """Keep the stack's state after ``step`` if the thinning rule picks it."""
+    def after_step(self, step: int, model: nn.Module, losses: torch.Tensor) -> None:
+        """Keep the stack's state after ``step`` if the thinning rule picks it; ``losses``: ``[K]`` each
+        model's loss at the step (its divergence check)."""
         ...
 
 
@@ -632,7 +633,7 @@ def _train_stack(
                 sampler.before_step(step, optimizer)
             optimizer.step()
             if sampler is not None:
-                sampler.after_step(step, model)
+                sampler.after_step(step, model, per_model.detach())
             step += 1
         model.eval()
         if on_epoch is not None:

@@ -111,7 +111,10 @@ class GeneratedSGMCMCRegression(CyclicalSGMCMCRegression):
             default; the GAN's cost per step grows as its square).
     """
 
-    per_split_details: ClassVar[tuple[str, ...]] = ("details.apd.splits",)
+    per_split_details: ClassVar[tuple[str, ...]] = (
+        *CyclicalSGMCMCRegression.per_split_details,
+        "details.apd.splits",
+    )
     """The lists of ``details`` with one entry per split (chunks of splits concatenate them)."""
     apd_steps: int = APD_STEPS
     apd_learning_rate: float = APD_LEARNING_RATE

@@ -84,7 +84,10 @@ class DistilledSGMCMCRegression(CyclicalSGMCMCRegression):
         student_epochs: the most epochs of a student (its epoch count chosen on validation).
     """
 
-    per_split_details: ClassVar[tuple[str, ...]] = ("details.student.validation_nll",)
+    per_split_details: ClassVar[tuple[str, ...]] = (
+        *CyclicalSGMCMCRegression.per_split_details,
+        "details.student.validation_nll",
+    )
     """The lists of ``details`` with one entry per split (chunks of splits concatenate them)."""
     student_learning_rates: tuple[float, ...] = (1e-3, 1e-2)
     student_epochs: int = 400

@@ -97,6 +97,14 @@ def _chosen(method: Mapping[str, Any]) -> str:
         parts.append(f"epochs {epochs[0]}-{epochs[-1]} (median {epochs[len(epochs) // 2]})")
     else:
         parts.append(f"epochs {epochs[0]}")
+    divergence = (method.get("details") or {}).get("divergence") or {}
+    reruns = [
+        f"split {split} at lr {divergence['retraining_learning_rate'][split]:g}"
+        for split, events in enumerate(divergence.get("retraining", []))
+        if events
+    ]
+    if reruns:  # an SG-MCMC chain that diverged in the retraining ran again at a smaller step size
+        parts.append("diverged, rerun: " + ", ".join(reruns))
     return "; ".join(parts)
 
 
@@ -200,7 +208,9 @@ _LEGEND = (
     "it is like for like with: Deep Ensembles and PBP score one Gaussian (moment-matched), the MC dropout "
     "rerun the exact mixture of its samples. Mean ± standard error over the splits (sample standard "
     "deviation / sqrt(splits)). 95% cov.: fraction of test targets inside the central 95% interval. chosen: "
-    "hyper-parameters chosen on the validation split of each training split (x = number of splits). With "
+    "hyper-parameters chosen on the validation split of each training split (x = number of splits); "
+    "diverged, rerun: the splits whose SG-MCMC chain diverged in the retraining and ran again at a smaller "
+    "step size, the one their samples came from (docs/sgmcmc.md). With "
     "one split (your own data: uqkit bench --data), the mean alone, and the epoch of lowest validation NLL "
     "whose weights the method kept; AUROC <OOD set>: OOD detection scored by the predictive variance "
     "(total) / the variance of the members' or samples' means (epistemic)."

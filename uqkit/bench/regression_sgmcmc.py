@@ -32,6 +32,15 @@ one stack of chains, one per split, with its own optimizer: the samplers act ele
 a stack are independent (a loss that sums the models' mean NLLs gives each its own gradient), but a stack
 shares one step size, prior and temperature. The kept samples are one stack of ``splits x 12`` networks,
 predicted in one pass like a deep ensemble.
+
+Divergence (docs/sgmcmc.md#divergence-detection): every chain's loss is watched by a
+:class:`uqkit.sgmcmc.DivergenceMonitor` (one window per epoch): a non-finite loss, or epoch-mean losses in a
+sampling stage more than :attr:`SGMCMCRegressionMethod.divergence_tolerance` (2 nats) above the lowest the
+chain had reached, for 2 epochs in a row or to the stage's end. While choosing, a diverged chain scores its
+configuration ``inf`` for its split; in the retraining its samples are discarded and the split's chain runs
+again at half the step size, up to :attr:`SGMCMCRegressionMethod.max_step_halvings` times, after which
+:class:`~uqkit.bench.divergence.ChainDivergenceError` names the split and step
+(:meth:`SGMCMCRegressionMethod.fit`).
 """
 
 from __future__ import annotations
@@ -46,6 +55,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from uqkit.bench.divergence import ChainDivergenceError
 from uqkit.bench.regression import (
     BATCH_SIZE,
     RegressionFit,
@@ -63,6 +73,7 @@ from uqkit.bench.regression import (
 from uqkit.data.uci import RegressionTable
 from uqkit.nn.stacked import StackedGaussianMLP
 from uqkit.sgmcmc import SGHMC, SGLD, CycleEnds, CyclicalSchedule, EveryKSteps, polynomial_step_size
+from uqkit.sgmcmc.divergence import DEFAULT_PATIENCE, DEFAULT_TOLERANCE, Divergence, DivergenceMonitor
 
 __all__ = [
     "CHAIN_EPOCHS",
@@ -82,12 +93,24 @@ class SGMCMCRegressionMethod(RegressionMethod):
         prior_precisions: grid of ``lambda`` of the prior ``N(0, lambda^-1 I)`` over every weight and bias.
         temperatures: grid of ``T`` (1: the posterior; below 1: a cold posterior).
         epochs: the chain's length in epochs (no epoch selection; :data:`CHAIN_EPOCHS`).
+        divergence_tolerance: nats per example above its running level at which a chain's epoch-mean loss
+            in a sampling stage is a divergence (:class:`uqkit.sgmcmc.DivergenceMonitor`).
+        max_step_halvings: how many times a diverged retraining chain is rerun at half the step size before
+            the fit fails (:meth:`fit`).
     """
 
     prior_precisions: tuple[float, ...] = (1.0,)
     temperatures: tuple[float, ...] = (1.0,)
+    divergence_tolerance: float = DEFAULT_TOLERANCE
+    max_step_halvings: int = 2
     optimizer_name: ClassVar[str] = ""
     schedule_name: ClassVar[str] = ""
+    per_split_details: ClassVar[tuple[str, ...]] = (
+        "details.divergence.selection",
+        "details.divergence.retraining",
+        "details.divergence.retraining_learning_rate",
+    )
+    """The lists of ``details`` with one entry per split (chunks of splits concatenate them)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -103,6 +126,14 @@ class SGMCMCRegressionMethod(RegressionMethod):
             raise ValueError(f"{self.name}: prior_precisions must be >= 0, got {self.prior_precisions}")
         if not self.temperatures or any(t < 0 for t in self.temperatures):
             raise ValueError(f"{self.name}: temperatures must be >= 0, got {self.temperatures}")
+        if not self.divergence_tolerance > 0:
+            raise ValueError(
+                f"{self.name}: divergence_tolerance must be > 0, got {self.divergence_tolerance}"
+            )
+        if not isinstance(self.max_step_halvings, int) or self.max_step_halvings < 0:
+            raise ValueError(
+                f"{self.name}: max_step_halvings must be an int >= 0, got {self.max_step_halvings!r}"
+            )
 
     def grid(self) -> list[dict[str, float]]:
         """Every ``{"learning_rate", "prior_precision", "temperature"}`` configuration."""
@@ -145,13 +176,28 @@ class SGMCMCRegressionMethod(RegressionMethod):
             raise_on_nonfinite=raise_on_nonfinite,
             sampler=chains,
         )
+        chains.finish()
         return chains.samples(self, phase.train_x.shape[2]), chains
 
     def fit(
         self, table: RegressionTable, seed: int, log: Callable[[str], None] | None = None
     ) -> RegressionFit:
         """Choose each split's configuration on its validation part (the samples' validation NLL), run the
-        chosen configuration's chain on the whole training split, and return its samples."""
+        chosen configuration's chain on the whole training split, and return its samples.
+
+        Divergences (:class:`uqkit.sgmcmc.DivergenceMonitor`: a non-finite loss, or an epoch's mean loss in
+        a sampling stage more than :attr:`divergence_tolerance` above the chain's running level): while
+        choosing, a diverged chain's configuration scores ``inf`` for its split (a step size that diverges
+        is a bad choice). In the retraining, a diverged chain's samples are all discarded and its split's
+        chain is run again, from the start, at half the step size, up to :attr:`max_step_halvings` times.
+        Every divergence and the step size each split's samples came from are in ``details["divergence"]``;
+        the reruns' epochs count in ``training["retraining_network_epochs"]``.
+
+        Raises:
+            ChainDivergenceError: every configuration's chain of a split diverged while choosing, or a
+                split's chain still diverges after :attr:`max_step_halvings` halvings; it names the method,
+                the split, the step and the step size.
+        """
         started = time.perf_counter()
         splits, grid = len(table.splits), self.grid()
         pairs = _validation_pairs(table, seed)
@@ -159,15 +205,32 @@ class SGMCMCRegressionMethod(RegressionMethod):
         every_split = torch.arange(splits)
         scores = torch.empty(splits, len(grid), dtype=torch.float64)
         candidates = []
+        selection_events: list[list[dict[str, Any]]] = [[] for _ in range(splits)]
         for index, config in enumerate(grid):
             # the same seed for every configuration: the same initialisations and batch orders
-            samples, _ = self.run_chains(phase, every_split, config, seed, raise_on_nonfinite=False)
+            samples, chains = self.run_chains(phase, every_split, config, seed, raise_on_nonfinite=False)
             kept = samples.num_models // splits
             mean, variance = _sample_predictions(samples, phase.eval_x.repeat_interleave(kept, dim=0), 1)
             shape = (splits, kept, *mean.shape[1:])
             nll = _group_nll(mean.reshape(shape), variance.reshape(shape), phase.eval_y).double()
+            for split in range(splits):
+                divergence = chains.divergence(split)
+                if divergence is not None:
+                    nll[split] = math.inf
+                    selection_events[split].append({**config, **_event(divergence)})
             scores[:, index] = torch.where(torch.isfinite(nll), nll, torch.full_like(nll, math.inf))
             candidates.append(samples)
+        for split in torch.isinf(scores).all(dim=1).nonzero().flatten().tolist():
+            first = selection_events[split][0] if selection_events[split] else None
+            detail = "their validation NLL is not finite"
+            if first is not None:
+                rate, step, reason = first["learning_rate"], first["step"], first["reason"]
+                detail = f"the first at step size {rate:g}, step {step}: {reason}"
+            raise ChainDivergenceError(
+                f"{self.name}: the chains of all {len(grid)} configurations diverged while choosing on "
+                f"validation for split {split} (0-based, of the {splits} this fit trains; {detail}); choose "
+                "smaller learning_rates"
+            )
         chosen = scores.argmin(dim=1)
         selection = _gather_samples([candidates[int(c)] for c in chosen], splits)
         networks = _SelectionNetworks(selection, [self.epochs] * splits, phase, pairs)
@@ -178,16 +241,11 @@ class SGMCMCRegressionMethod(RegressionMethod):
                 f"{selection_time:.1f} s"
             )
         full = _phase_data(table, [(train, train) for train, _ in table.splits])
-        parts: list[StackedGaussianMLP | None] = [None] * splits
-        kept_steps: list[int] = []
+        retraining = _Retraining(splits)
         for index in sorted(set(chosen.tolist())):
-            these = (chosen == index).nonzero().flatten()
-            samples, chains = self.run_chains(full, these, grid[index], seed + 7, raise_on_nonfinite=True)
-            kept_steps = chains.kept_steps
-            per_chain = samples.num_models // these.numel()
-            for position, split in enumerate(these.tolist()):
-                parts[split] = _slice_stack(samples, position * per_chain, per_chain)
-        model = _gather_samples(parts, splits)
+            these = (chosen == index).nonzero().flatten().tolist()
+            self._retrain(full, these, grid[index], seed + 7, retraining, log)
+        model = _gather_samples(retraining.parts, splits)
         validation_nll = [[v if math.isfinite(v) else None for v in row] for row in scores.tolist()]
         num_fit, num_train = phase.train_x.shape[1], full.train_x.shape[1]
         details = {
@@ -200,8 +258,17 @@ class SGMCMCRegressionMethod(RegressionMethod):
                 "selection": math.ceil(num_fit / BATCH_SIZE),
                 "retraining": math.ceil(num_train / BATCH_SIZE),
             },
-            "sample_steps": kept_steps,
+            "sample_steps": retraining.kept_steps,
             **self.schedule_details(),
+            "divergence": {
+                "tolerance": self.divergence_tolerance,
+                "window": "one epoch",
+                "patience": DEFAULT_PATIENCE,
+                "max_step_halvings": self.max_step_halvings,
+                "selection": selection_events,
+                "retraining": retraining.events,
+                "retraining_learning_rate": retraining.learning_rates,
+            },
         }
         return RegressionFit(
             model,
@@ -212,19 +279,88 @@ class SGMCMCRegressionMethod(RegressionMethod):
             networks,
             selection_time,
             grid,
-            training_budget(self.optimizer_name, len(grid) * self.epochs, [self.epochs] * splits),
+            training_budget(self.optimizer_name, len(grid) * self.epochs, retraining.epochs),
             details,
         )
+
+    def _retrain(
+        self,
+        phase,
+        splits: list[int],
+        config: dict[str, float],
+        seed: int,
+        retraining: _Retraining,
+        log: Callable[[str], None] | None,
+    ) -> None:
+        """Run ``config``'s chains on ``splits`` of ``phase`` into ``retraining``; rerun the diverged ones
+        at half the step size (:meth:`fit`)."""
+        rate = config["learning_rate"]
+        for halvings in range(self.max_step_halvings + 1):
+            samples, chains = self.run_chains(
+                phase, torch.tensor(splits), {**config, "learning_rate": rate}, seed, raise_on_nonfinite=False
+            )
+            retraining.kept_steps = chains.kept_steps
+            per_chain = samples.num_models // len(splits)
+            diverged = []
+            for position, split in enumerate(splits):
+                retraining.epochs[split] += self.epochs
+                divergence = chains.divergence(position)
+                if divergence is None:
+                    retraining.parts[split] = _slice_stack(samples, position * per_chain, per_chain)
+                    retraining.learning_rates[split] = rate
+                    continue
+                retraining.events[split].append({"learning_rate": rate, **_event(divergence)})
+                diverged.append(split)
+                if halvings == self.max_step_halvings:
+                    raise ChainDivergenceError(
+                        f"{self.name}: the chain of split {split} (0-based, of the {len(retraining.parts)} "
+                        f"this fit trains) diverged in the retraining at step size {rate:g} (the chosen "
+                        f"{config['learning_rate']:g} halved {halvings} times): {divergence.describe()} "
+                        f"(epoch {divergence.step // chains.steps_per_epoch + 1}); choose smaller "
+                        "learning_rates",
+                        divergence,
+                    )
+                if log is not None:
+                    log(
+                        f"[uqkit]   {self.name}: split {split}'s chain diverged at step size {rate:g} "
+                        f"({divergence.describe()}); its samples are discarded and it runs again at "
+                        f"{rate / 2:g}"
+                    )
+            if not diverged:
+                return
+            splits, rate = diverged, rate / 2
+
+
+def _event(divergence: Divergence) -> dict[str, Any]:
+    """A divergence for ``details["divergence"]``: step, reason, loss and running level."""
+    return {key: value for key, value in divergence.as_dict().items() if key != "chain"}
+
+
+class _Retraining:
+    """What the retraining of every split gathers: its samples, the step size they came from, its
+    divergences and its epochs (reruns included)."""
+
+    def __init__(self, splits: int) -> None:
+        self.parts: list[dict[str, torch.Tensor] | None] = [None] * splits
+        self.learning_rates: list[float | None] = [None] * splits
+        self.events: list[list[dict[str, Any]]] = [[] for _ in range(splits)]
+        self.epochs: list[int] = [0] * splits
+        self.kept_steps: list[int] = []
 
 
 class StackChains:
     """One SG-MCMC run of a stack of chains for :func:`uqkit.bench.regression._train_stack` (its
-    ``sampler``): the optimizer, the step size of each step, and the states its thinning rule keeps.
+    ``sampler``): the optimizer, the step size of each step, the states its thinning rule keeps, and the
+    chains' divergence check (:class:`uqkit.sgmcmc.DivergenceMonitor`, one window per epoch).
 
     Args:
         make_optimizer: ``make_optimizer(params, num_data)`` builds the sampler.
         set_step: ``set_step(step, optimizer)`` sets the step size (and noise) of 0-based ``step``.
         thinning: ``thinning(step) -> bool``, which steps' states are kept.
+        sampling: ``sampling(step) -> bool``, whether ``step`` is in a sampling stage (where a loss far
+            above its running level is a divergence).
+        steps_per_epoch: the monitor's window.
+        tolerance: the monitor's tolerance (nats per example).
     """
 
     def __init__(
@@ -232,10 +368,17 @@ class StackChains:
         make_optimizer: Callable[[Iterable[torch.Tensor], int], torch.optim.Optimizer],
         set_step: Callable[[int, torch.optim.Optimizer], None],
         thinning: Callable[[int], bool],
+        sampling: Callable[[int], bool],
+        steps_per_epoch: int,
+        tolerance: float = DEFAULT_TOLERANCE,
     ) -> None:
         self.make_optimizer = make_optimizer
         self.set_step = set_step
         self.thinning = thinning
+        self.sampling = sampling
+        self.steps_per_epoch = steps_per_epoch
+        self.tolerance = tolerance
+        self.monitor: DivergenceMonitor | None = None
         self.kept: list[dict[str, torch.Tensor]] = []
         self.kept_steps: list[int] = []
 
@@ -245,10 +388,23 @@ class StackChains:
     def before_step(self, step: int, optimizer: torch.optim.Optimizer) -> None:
         self.set_step(step, optimizer)
 
-    def after_step(self, step: int, model: nn.Module) -> None:
+    def after_step(self, step: int, model: nn.Module, losses: torch.Tensor) -> None:
+        if self.monitor is None:
+            self.monitor = DivergenceMonitor(losses.numel(), self.steps_per_epoch, self.tolerance)
+        self.monitor.update(step, losses, self.sampling(step))
         if self.thinning(step):
             self.kept.append({name: value.detach().clone() for name, value in model.state_dict().items()})
             self.kept_steps.append(step)
+
+    def finish(self) -> None:
+        """After the run's last step: judge the windows that ended it (:meth:`DivergenceMonitor.close`)."""
+        if self.monitor is not None:
+            self.monitor.close()
+
+    def divergence(self, chain: int) -> Divergence | None:
+        """Chain ``chain``'s divergence, or None if it ran clean (or nothing ran)."""
+        events = [] if self.monitor is None else self.monitor.events
+        return next((event for event in events if event.chain == chain), None)
 
     def samples(self, method: RegressionMethod, in_features: int) -> StackedGaussianMLP:
         """The kept states as one stack of ``chains * K`` networks, chain-major (chain ``c``'s ``K``
@@ -333,7 +489,14 @@ class CyclicalSGMCMCRegression(SGMCMCRegressionMethod):
                 friction=self.friction,
             )
 
-        return StackChains(make_optimizer, lambda step, optimizer: schedule.apply(optimizer, step), thinning)
+        return StackChains(
+            make_optimizer,
+            lambda step, optimizer: schedule.apply(optimizer, step),
+            thinning,
+            schedule.is_sampling,
+            steps_per_epoch,
+            self.divergence_tolerance,
+        )
 
     def schedule_details(self) -> dict[str, Any]:
         return {
@@ -385,7 +548,15 @@ class SGLDRegression(SGMCMCRegressionMethod):
             for group in optimizer.param_groups:
                 group["lr"] = rate
 
-        return StackChains(make_optimizer, set_step, self.thinning(total_steps))
+        thinning = self.thinning(total_steps)
+        return StackChains(
+            make_optimizer,
+            set_step,
+            thinning,
+            lambda step: step >= thinning.burn_in,
+            steps_per_epoch,
+            self.divergence_tolerance,
+        )
 
     def schedule_details(self) -> dict[str, Any]:
         return {

@@ -9,12 +9,15 @@
 * Samples: :class:`SampleCollector` keeps thinned states (:class:`EveryKSteps`, :class:`CycleEnds`) and
   predicts with them as one :class:`uqkit.DeepEnsemble` (``uqkit.predict(collector, x)``: ``[K, B, C]``);
   it saves and loads them, and gives them as a ``[K, P]`` matrix.
+* Divergence: :class:`DivergenceMonitor` flags a chain whose loss is non-finite, or far above its running
+  level in a sampling stage (:class:`Divergence`).
 
 Equations and the mapping to the papers: docs/sgmcmc.md.
 """
 
 from uqkit.sgmcmc._base import SGMCMCOptimizer
 from uqkit.sgmcmc.collector import SampleCollector
+from uqkit.sgmcmc.divergence import Divergence, DivergenceMonitor
 from uqkit.sgmcmc.psgld import PreconditionedSGLD
 from uqkit.sgmcmc.schedule import CyclicalSchedule, cyclical_step_size, polynomial_step_size
 from uqkit.sgmcmc.sghmc import SGHMC
@@ -26,6 +29,8 @@ __all__ = [
     "SGLD",
     "CycleEnds",
     "CyclicalSchedule",
+    "Divergence",
+    "DivergenceMonitor",
     "EveryKSteps",
     "PreconditionedSGLD",
     "SGMCMCOptimizer",
