@@ -154,19 +154,24 @@ def test_samples_disagree_more_away_from_the_data(name):
     data (standardised |x| >= 6) than anywhere on it (|x| <= 1.5, the data's range): ReLU networks
     extrapolate linearly, with slopes that differ from sample to sample. The factor 3 is the one issue 14
     asks of NCP's toy (predictive standard deviation in the gap at least 3x its value on the data), here on
-    the variance; seeds 0-2 of both samplers give 3.9x to 106x."""
+    the variance, as a geometric mean over four chains (seeds 0-3): one chain's ratio is a random quantity
+    (1.8x to 106x over the seeds and both samplers), a sampler whose samples agree gives about 1x."""
     phase = _toy_phase()
     method = _small(name, epochs=150)  # 450 steps
     config = {"learning_rate": 0.1, "prior_precision": 10.0, "temperature": 1.0}
-    samples, _ = method.run_chains(phase, torch.arange(1), config, seed=0, raise_on_nonfinite=True)
-    x = torch.linspace(-8.0, 8.0, 33).reshape(1, -1, 1).expand(samples.num_models, -1, -1)
-    with torch.no_grad():
-        mean, variance = samples(x)
-    epistemic = mean.var(dim=0, unbiased=False)[:, 0]
-    total = variance.mean(dim=0)[:, 0] + epistemic
+    x = torch.linspace(-8.0, 8.0, 33).reshape(1, -1, 1)
     inside, far = x[0, :, 0].abs() <= 1.5, x[0, :, 0].abs() >= 6.0
-    assert epistemic[far].min() > 3.0 * epistemic[inside].max()
-    assert total[far].min() > 3.0 * total[inside].max()
+    log_ratios = {"epistemic": [], "total": []}
+    for seed in range(4):
+        samples, _ = method.run_chains(phase, torch.arange(1), config, seed=seed, raise_on_nonfinite=True)
+        with torch.no_grad():
+            mean, variance = samples(x.expand(samples.num_models, -1, -1))
+        epistemic = mean.var(dim=0, unbiased=False)[:, 0]
+        total = variance.mean(dim=0)[:, 0] + epistemic
+        for key, value in (("epistemic", epistemic), ("total", total)):
+            log_ratios[key].append(math.log(value[far].min() / value[inside].max()))
+    for key, values in log_ratios.items():
+        assert math.exp(sum(values) / len(values)) > 3.0, (key, [round(math.exp(v), 2) for v in values])
 
 
 def _training_nll(fit, table: RegressionTable) -> torch.Tensor:
