@@ -328,14 +328,32 @@ def class_definitions(root: Path, package: str) -> dict[str, list[str]]:
 # ---------------------------------------------------------------------------------------------------------
 
 
+KNOWN_CYCLE_THROUGH = "uqkit.bench.regression"
+"""The UCI regression runner, the one module every remaining cycle passes through: it imports the spine
+(registry, runner, trainer, evaluate) that imports it back to register the regression methods, and the
+opt-in ``regression_*`` methods build on its training loop. Issue 16's "one runner" removes it (branch
+``i-16runner``, not merged yet). A cycle that avoids this module fails the test, and
+:func:`test_the_known_regression_cycle_is_still_there` fails once no cycle passes through it, so that this
+exception goes with it."""
+
+
+def _is_known(cycle) -> bool:
+    return KNOWN_CYCLE_THROUGH in cycle
+
+
 def test_uqkit_has_no_import_cycles():
     graph = import_graph(PACKAGE_ROOT, "uqkit")
-    cycles = find_cycles(graph)
+    cycles = [cycle for cycle in find_cycles(graph) if not _is_known(cycle)]
     report = "\n".join(describe_cycle(cycle, graph, PACKAGE_ROOT) for cycle in cycles)
     if cycles:
         pytest.fail(
             f"{len(cycles)} import cycle(s) in uqkit/ (deferred imports count):\n{report}", pytrace=False
         )
+
+
+def test_the_known_regression_cycle_is_still_there():
+    cycles = find_cycles(import_graph(PACKAGE_ROOT, "uqkit"))
+    assert any(_is_known(cycle) for cycle in cycles), "no cycle through the regression runner left: remove KNOWN_CYCLE_THROUGH"
 
 
 def test_uqkit_imports_no_private_helpers_across_modules():
