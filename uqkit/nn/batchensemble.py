@@ -111,9 +111,16 @@ class _MemberBase(nn.Module):
         ``[B, ...]`` batch when the rows are known to be ``M`` tiles of it (:func:`tiled_source`), else
         ``None``."""
         check_float_tensor(input, "input", finite=False)
-        x = input.view(self.num_members, member_rows(input, self.num_members), *input.shape[1:])
+        members = self.num_members
+        x = input.view(members, member_rows(input, members), *input.shape[1:])
         self._check_example(x)
-        return x, tiled_source(input, self.num_members)
+        # The un-tiled batch serves only a one-feature input (see ``_combine``) or the members' weights side
+        # by side (``_shared_is_cheaper``): skip the look-up (and its reshape) where neither can apply.
+        if self.input_size != 1 and not (
+            getattr(self, "groups", 1) == 1 and self.weight.numel() * members <= input.numel()
+        ):
+            return x, None
+        return x, tiled_source(input, members)
 
     def _combine(
         self, x: torch.Tensor, r: torch.Tensor, s: torch.Tensor, source: torch.Tensor | None = None
@@ -231,6 +238,22 @@ class MemberLinearBase(_MemberBase):
     def _members_first(self, out: torch.Tensor, members: int, size: int) -> torch.Tensor:
         out = out.unflatten(-1, (members, size)).movedim(-2, 0)  # [M, B, *, size]
         return out.reshape(members * out.shape[1], *out.shape[2:])
+
+    def _combine(
+        self, x: torch.Tensor, r: torch.Tensor, s: torch.Tensor, source: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """:meth:`_MemberBase._combine`, for the common ``[M, B, in]`` input in six ops.
+
+        ``F.linear`` takes the ``[M, B, in]`` scaled input as it is (one product, no reshape around it) and
+        the factors broadcast as ``[M, 1|B, features]``: at a small batch each op's fixed cost (a few
+        microseconds) is a measurable part of the layer's time.
+        """
+        if x.dim() != 3 or (r.shape[-1] == 1 and source is not None):
+            return super()._combine(x, r, s, source)
+        out = F.linear(x * (r if r.dim() == 3 else r.unsqueeze(1)), self.weight)  # [M, B, out]
+        s = s if s.dim() == 3 else s.unsqueeze(1)
+        out = out * s if self.bias is None else torch.addcmul(self.bias.unsqueeze(1), out, s)
+        return out.view(x.shape[0] * x.shape[1], out.shape[2])
 
     def _product(
         self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
