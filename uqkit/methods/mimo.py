@@ -264,11 +264,14 @@ class MIMO(nn.Module):
         """The network on ``M`` copies of ``x``, its first layer (``found``: :meth:`_first_layer`) with the
         summed member blocks; ``None`` when the shapes do not fold."""
         path, layer = found
+        inputs = x
         for _, children, index in path:  # nn.Flatten / nn.Identity before the first layer, outermost first
             for child in children[:index]:
                 x = child(x)
         linear = isinstance(layer, nn.Linear)
         if linear and x.dim() != 2:  # the members' features are concatenated along dimension 1
+            return None
+        if not linear and x is not inputs:  # a convolution reads the input's own channels, not flattened ones
             return None
         folded = self._folded_weight(layer, x.shape[1])
         if folded is None:
@@ -321,14 +324,16 @@ class MIMO(nn.Module):
             batch = inputs.shape[0]
             found = self._first_layer() if self.fold_shared_input and only else None
             if found is not None:
-                # The first layer is known: its width is checked without walking the network's modules.
+                # The fold runs only where the first layer takes M times the input's width (it sums the
+                # weight's M blocks of exactly that width), so that case needs no other check; otherwise the
+                # width is checked against the layer found, without walking the network's modules.
+                outputs = self._folded_forward(inputs, found)
+                if outputs is not None:
+                    return self._split_heads(outputs, batch)
                 layer = found[1]
                 linear = isinstance(layer, nn.Linear)
                 width = ("features", layer.in_features) if linear else ("channels", layer.in_channels)
                 self._check_width(inputs, width)
-                outputs = self._folded_forward(inputs, found)
-                if outputs is not None:
-                    return self._split_heads(outputs, batch)
             else:
                 self._check_width(inputs)
             stacked = inputs.repeat(1, members, *([1] * (inputs.dim() - 2)))

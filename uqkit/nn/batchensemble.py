@@ -114,13 +114,15 @@ class _MemberBase(nn.Module):
         members = self.num_members
         x = input.view(members, member_rows(input, members), *input.shape[1:])
         self._check_example(x)
-        # The un-tiled batch serves only a one-feature input (see ``_combine``) or the members' weights side
-        # by side (``_shared_is_cheaper``): skip the look-up (and its reshape) where neither can apply.
-        if self.input_size != 1 and not (
-            getattr(self, "groups", 1) == 1 and self.weight.numel() * members <= input.numel()
-        ):
+        if not self._source_may_help(input):
             return x, None
         return x, tiled_source(input, members)
+
+    def _source_may_help(self, input: torch.Tensor) -> bool:
+        """Whether the un-tiled batch of ``input`` could be used: for a one-feature input (see
+        :meth:`_combine`) or where the members' weights side by side are cheaper (:meth:`_shared_is_cheaper`,
+        with ``source.numel() = input.numel() / M``). Elsewhere the look-up (and its reshape) is skipped."""
+        raise NotImplementedError
 
     def _combine(
         self, x: torch.Tensor, r: torch.Tensor, s: torch.Tensor, source: torch.Tensor | None = None
@@ -227,6 +229,13 @@ class MemberLinearBase(_MemberBase):
                 f"last), got shape {[x.shape[0] * x.shape[1], *x.shape[2:]]}"
             )
 
+    def _source_may_help(self, input: torch.Tensor) -> bool:
+        # plain attributes only (``W`` is [out, in]): run on every call, and a parameter or a missing
+        # attribute (``groups``) goes through nn.Module.__getattr__
+        return (
+            self.in_features == 1 or self.out_features * self.in_features * self.num_members <= input.numel()
+        )
+
     def _factor_view(self, factor: torch.Tensor, dims: int) -> torch.Tensor:
         # One view op ([M, 1|B, *1, features]): these run three times per layer call, and at a small batch
         # the per-op overhead is a measurable part of the layer's time.
@@ -326,6 +335,10 @@ class MemberConvBase(_MemberBase):
                 f"input: expected [M * B, {self.in_channels}, {n} spatial dim(s)] (members folded into the "
                 f"batch), got shape {[x.shape[0] * x.shape[1], *x.shape[2:]]}"
             )
+
+    def _source_may_help(self, input: torch.Tensor) -> bool:
+        kernel = self.out_channels * self.in_channels * math.prod(self.kernel_size)  # W's entries, groups = 1
+        return self.in_channels == 1 or (self.groups == 1 and kernel * self.num_members <= input.numel())
 
     def _factor_view(self, factor: torch.Tensor, dims: int) -> torch.Tensor:
         examples = factor.shape[1] if factor.dim() == 3 else 1  # [M, 1|B, channels, *1], one view op
