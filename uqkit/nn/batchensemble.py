@@ -251,11 +251,11 @@ class MemberLinearBase(_MemberBase):
     def _combine(
         self, x: torch.Tensor, r: torch.Tensor, s: torch.Tensor, source: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """:meth:`_MemberBase._combine`, for the common ``[M, B, in]`` input in six ops.
+        """:meth:`_MemberBase._combine` for the common ``[M, B, in]`` input, in seven ops instead of ten.
 
         ``F.linear`` takes the ``[M, B, in]`` scaled input as it is (one product, no reshape around it) and
         the factors broadcast as ``[M, 1|B, features]``: at a small batch each op's fixed cost (a few
-        microseconds) is a measurable part of the layer's time.
+        microseconds) is a measurable part of the layer's time. Same values as the general path (tested).
         """
         if x.dim() != 3 or (r.shape[-1] == 1 and source is not None):
             return super()._combine(x, r, s, source)
