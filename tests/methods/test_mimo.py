@@ -171,6 +171,9 @@ def test_bad_arguments():
     mimo = MIMO(network, 3)
     with pytest.raises(ValueError, match="expected 2 features per example"):
         mimo(torch.randn(2, 4, 2))
+    convolutional = MIMO(nn.Sequential(nn.Conv2d(3 * 2, 4, 3), nn.Flatten(), nn.LazyLinear(3 * 2)), 3)
+    with pytest.raises(ValueError, match="expected 2 channels per example"):  # checked on the folded path
+        convolutional(torch.randn(2, 3, 5, 5))
     with pytest.raises(ValueError, match="expected a multiple of M = 3 rows"), pretiled():
         mimo(torch.randn(4, 2))
     with pytest.raises(ValueError, match="labels: expected a tensor with 4 rows"):

@@ -2,6 +2,7 @@
 
 import copy
 import math
+from functools import partial
 
 import pytest
 import torch
@@ -9,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from uqkit.nn import BatchEnsembleConv1d, BatchEnsembleConv2d, BatchEnsembleLinear
+from uqkit.nn.batchensemble import _MemberBase
 from uqkit.nn.members import fold_members, tile_inputs, tile_members, unfold_members
 
 pytestmark = [
@@ -85,6 +87,36 @@ def test_linear_equals_member_layers_with_rank1_scaled_weights(bias, member_inpu
         expected = member_linear(layer, m)(x[m] if member_input else x)
         torch.testing.assert_close(out[m], expected, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(layer.member_weights()[1], member_linear(layer, 1).weight, rtol=0, atol=1e-14)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("per_example", [False, True])
+def test_linear_short_path_equals_the_general_combine(bias, per_example):
+    # MemberLinearBase._combine runs [M, B, in] inputs in six ops; _MemberBase._combine handles any shape
+    torch.manual_seed(9)
+    layer = BatchEnsembleLinear(6, 4, num_members=3, bias=bias, dtype=torch.float64)
+    _randomize(layer)
+    x = torch.randn(3, 5, 6, dtype=torch.float64, requires_grad=True)
+    r, s = layer.r, layer.s
+    if per_example:  # the rank-1 layers' per-example factor samples
+        r = torch.randn(3, 5, 6, dtype=torch.float64, requires_grad=True)
+        s = torch.randn(3, 5, 4, dtype=torch.float64, requires_grad=True)
+    inputs = [x, r, s, layer.weight] + ([layer.bias] if bias else [])
+    outputs, grads = [], []
+    for combine in (layer._combine, partial(_MemberBase._combine, layer)):
+        out = combine(x, r, s)
+        outputs.append(out)
+        grads.append(torch.autograd.grad(out.sin().sum(), inputs))
+    assert outputs[0].shape == (15, 4)
+    torch.testing.assert_close(outputs[0], outputs[1], rtol=1e-12, atol=1e-12)
+    for short, general in zip(*grads, strict=True):
+        torch.testing.assert_close(short, general, rtol=1e-12, atol=1e-12)
+    # a [M * B, T, in] input takes the general path: each position of member m's examples uses member m
+    tokens = torch.randn(3 * 2, 5, 6, dtype=torch.float64)
+    out = unfold_members(layer(tokens), 3)
+    for m in range(3):
+        expected = member_linear(layer, m)(tokens[2 * m : 2 * m + 2])
+        torch.testing.assert_close(out[m], expected, rtol=1e-12, atol=1e-12)
 
 
 CONV_CASES = [

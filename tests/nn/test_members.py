@@ -52,6 +52,9 @@ def test_tile_inputs_tiles_batch_shaped_tensors_only_and_marks_the_tiles():
     assert torch.equal(tiled_source(tx.view(9, 5, 1).flatten(1), 3), x)  # a row-keeping view of a tile
     assert tiled_source(tx + 0, 3) is None and tiled_source(tile_members(x, 3), 3) is None
     assert tiled_source(tx, 2) is None
+    (alone,), none = tile_inputs((x,), {}, 3)  # one positional tensor: the short path, the same tile
+    assert none == {} and torch.equal(alone, tile_members(x, 3)) and torch.equal(tiled_source(alone, 3), x)
+    assert tile_inputs((x,), {}, 1)[0][0] is x
     with pretiled():
         (same,), _ = tile_inputs((tx,), {}, 3)
         assert same is tx

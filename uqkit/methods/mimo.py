@@ -36,6 +36,7 @@ is that of one network with an ``M`` times wider head, exactly (up to float roun
 
 from __future__ import annotations
 
+import math
 import warnings
 from typing import Any
 
@@ -54,7 +55,7 @@ __all__ = ["MIMO"]
 _FOLDABLE = (nn.Linear, nn.Conv1d, nn.Conv2d)
 
 
-_Path = list[tuple[nn.Sequential, list[nn.Module], int]]
+_Path = list[tuple[nn.Sequential, tuple[nn.Module, ...], int]]
 
 
 def _first_layer_path(network: nn.Module) -> tuple[_Path, nn.Module] | None:
@@ -64,17 +65,20 @@ def _first_layer_path(network: nn.Module) -> tuple[_Path, nn.Module] | None:
     because their execution order is their registration order.
 
     Returns:
-        ``(path, layer)``: ``path`` lists, outermost first, each ``nn.Sequential``, its children and the index
-        of the child that leads to ``layer``; ``None`` when ``network`` is not such a chain or its first layer
-        is not an ``nn.Linear`` / ``nn.Conv1d`` / ``nn.Conv2d`` with ``groups = 1`` and no hooks.
+        ``(path, layer)``: ``path`` lists, outermost first, each ``nn.Sequential``, the modules it runs in
+        order (its ``_modules`` values) and the index of the one that leads to ``layer``; ``None`` when
+        ``network`` is not such a chain or its first layer is not an ``nn.Linear`` / ``nn.Conv1d`` /
+        ``nn.Conv2d`` with ``groups = 1`` and no hooks.
     """
     path: _Path = []
     module = network
     while type(module).forward is nn.Sequential.forward:
         if _has_hooks(module):
             return None
-        children = list(module.children())
+        children = tuple(module._modules.values())
         for index, child in enumerate(children):
+            if child is None:
+                return None
             if isinstance(child, nn.Flatten) and child.start_dim == 1 and child.end_dim == -1:
                 continue
             if isinstance(child, nn.Identity):
@@ -92,10 +96,8 @@ def _first_layer_path(network: nn.Module) -> tuple[_Path, nn.Module] | None:
 def _path_is_current(path: _Path, layer: nn.Module) -> bool:
     """Whether a path found by :func:`_first_layer_path` still describes the network (no child replaced)."""
     for sequential, children, _ in path:
-        modules = sequential._modules
-        if _has_hooks(sequential) or len(modules) != len(children):
-            return False
-        if not all(a is b for a, b in zip(modules.values(), children, strict=True)):
+        # modules compare by identity: one tuple comparison instead of a Python loop (run on every call)
+        if _has_hooks(sequential) or tuple(sequential._modules.values()) != children:
             return False
     return not _has_hooks(layer)
 
@@ -211,13 +213,15 @@ class MIMO(nn.Module):
         members = self.num_members
         return outputs.view(batch, members, -1).transpose(0, 1).reshape(members * batch, -1)
 
-    def _check_width(self, inputs: torch.Tensor) -> None:
-        """Refuse inputs whose width times ``M`` does not match the network's first layer."""
-        width = _input_width(self.network)
+    def _check_width(self, inputs: torch.Tensor, width: tuple[str, int] | None = None) -> None:
+        """Refuse inputs whose width times ``M`` does not match the network's first layer (``width``:
+        :func:`_input_width` of the network, looked up when not given)."""
+        if width is None:
+            width = _input_width(self.network)
         if width is None or inputs.dim() < 2:
             return
         kind, size = width
-        given = inputs.shape[1] if kind == "channels" else inputs[0].numel()
+        given = inputs.shape[1] if kind == "channels" else math.prod(inputs.shape[1:])
         if self.num_members * given != size:
             raise ValueError(
                 f"inputs: expected {size // self.num_members if size % self.num_members == 0 else size} "
@@ -248,20 +252,26 @@ class MIMO(nn.Module):
             cache = self.__dict__["_fold_cache"] = VersionedCache()
         return cache.get((weight,), members, fold)
 
-    def _folded_forward(self, x: torch.Tensor) -> torch.Tensor | None:
-        """The network on ``M`` copies of ``x``, its first layer with the summed member blocks."""
+    def _first_layer(self) -> tuple[_Path, nn.Module] | None:
+        """:func:`_first_layer_path` of the network, reused while no child is replaced and no hook added."""
         found = self.__dict__.get("_fold_path")
         if found is None or not _path_is_current(*found):
             found = _first_layer_path(self.network)
-            self.__dict__["_fold_path"] = found  # reused while no child is replaced and no hook added
-        if found is None:
-            return None
+            self.__dict__["_fold_path"] = found
+        return found
+
+    def _folded_forward(self, x: torch.Tensor, found: tuple[_Path, nn.Module]) -> torch.Tensor | None:
+        """The network on ``M`` copies of ``x``, its first layer (``found``: :meth:`_first_layer`) with the
+        summed member blocks; ``None`` when the shapes do not fold."""
         path, layer = found
+        inputs = x
         for _, children, index in path:  # nn.Flatten / nn.Identity before the first layer, outermost first
             for child in children[:index]:
                 x = child(x)
         linear = isinstance(layer, nn.Linear)
         if linear and x.dim() != 2:  # the members' features are concatenated along dimension 1
+            return None
+        if not linear and x is not inputs:  # a convolution reads the input's own channels, not flattened ones
             return None
         folded = self._folded_weight(layer, x.shape[1])
         if folded is None:
@@ -292,11 +302,15 @@ class MIMO(nn.Module):
                 :func:`uqkit.nn.members.pretiled` ``[M * B, C, *rest]`` (member ``m``'s batch in rows
                 ``m * B`` to ``(m + 1) * B - 1``). Other inputs reach the network unchanged.
         """
-        keys = [("arg", i) for i, v in enumerate(args) if isinstance(v, torch.Tensor)]
-        keys += [("kw", k) for k, v in kwargs.items() if isinstance(v, torch.Tensor)]
-        if not keys:
-            raise TypeError("inputs: expected at least one tensor input, got none")
-        where, key = keys[0]
+        only = len(args) == 1 and not kwargs and isinstance(args[0], torch.Tensor)  # the common call
+        if only:
+            where, key = "arg", 0
+        else:
+            keys = [("arg", i) for i, v in enumerate(args) if isinstance(v, torch.Tensor)]
+            keys += [("kw", k) for k, v in kwargs.items() if isinstance(v, torch.Tensor)]
+            if not keys:
+                raise TypeError("inputs: expected at least one tensor input, got none")
+            where, key = keys[0]
         inputs = args[key] if where == "arg" else kwargs[key]
         check_float_tensor(inputs, "inputs", finite=False)
         members = self.num_members
@@ -307,12 +321,21 @@ class MIMO(nn.Module):
             # [M, B, C, *rest] -> [B, M * C, *rest]: member-major along the channel dimension
             stacked = x.transpose(0, 1).reshape(batch, members * x.shape[2], *x.shape[3:])
         else:
-            self._check_width(inputs)
             batch = inputs.shape[0]
-            if self.fold_shared_input and len(args) == 1 and not kwargs and where == "arg":
-                outputs = self._folded_forward(inputs)
+            found = self._first_layer() if self.fold_shared_input and only else None
+            if found is not None:
+                # The fold runs only where the first layer takes M times the input's width (it sums the
+                # weight's M blocks of exactly that width), so that case needs no other check; otherwise the
+                # width is checked against the layer found, without walking the network's modules.
+                outputs = self._folded_forward(inputs, found)
                 if outputs is not None:
                     return self._split_heads(outputs, batch)
+                layer = found[1]
+                linear = isinstance(layer, nn.Linear)
+                width = ("features", layer.in_features) if linear else ("channels", layer.in_channels)
+                self._check_width(inputs, width)
+            else:
+                self._check_width(inputs)
             stacked = inputs.repeat(1, members, *([1] * (inputs.dim() - 2)))
         if where == "arg":
             args = (*args[:key], stacked, *args[key + 1 :])

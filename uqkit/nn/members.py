@@ -184,6 +184,20 @@ def tile_inputs(
     Raises:
         ValueError: inside :func:`pretiled`, when the batch is not a multiple of ``num_members``.
     """
+    if (
+        batch_dim == 0
+        and not kwargs
+        and len(args) == 1
+        and isinstance(args[0], torch.Tensor)
+        and args[0].dim() > 0
+        and type(num_members) is int
+        and num_members > 1
+        and not inputs_pretiled()
+    ):
+        # One positional tensor, the common call: the general path below in a few microseconds less.
+        tiled = torch.cat([args[0]] * num_members)  # as tile_members
+        tiled._uqkit_tiled_from = (args[0], num_members)
+        return (tiled,), kwargs
     tensors = [v for v in (*args, *kwargs.values()) if isinstance(v, torch.Tensor) and v.dim() > batch_dim]
     if not tensors or num_members == 1:
         return args, kwargs
