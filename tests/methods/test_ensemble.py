@@ -18,6 +18,7 @@ from uqkit.bench.models import Conv1dNet, LeNet5, ResidualMLP, mlp
 from uqkit.methods import DeepEnsemble, predict, register_vectorization, vmap_vectorization
 from uqkit.methods.ensemble import (
     _REGISTRY,
+    MEMBER_BY_MEMBER_BYTES,
     MEMBER_BY_MEMBER_MIN_BATCH,
     MEMBER_BY_MEMBER_ROWS,
     StackedBatchNorm,
@@ -340,6 +341,50 @@ def test_member_by_member_rule():
         ensemble.member_by_member_rows = 1.5
     with pytest.raises(ValueError, match="batch: expected an int >= 0, got -1"):
         ensemble.runs_member_by_member(-1)
+
+
+def _pooled_conv() -> nn.Module:
+    """A convolution whose output grows with the image (8 channels per pixel), pooled to 2 outputs."""
+    return nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 2)
+    )
+
+
+def test_narrow_networks_fold_with_several_threads():
+    # the first member-by-member pass measures the widest twin output per example; with more than one
+    # thread a network whose folded activations stay under MEMBER_BY_MEMBER_BYTES then runs folded
+    assert MEMBER_BY_MEMBER_BYTES == 8 * 2**20
+    members, batch = 4, 128  # 512 folded rows: the rows rule holds
+    torch.manual_seed(0)
+    ensemble = DeepEnsemble(_pooled_conv, members).eval()
+    seen, handles = _rows_seen(ensemble)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        # 8 x 8 images: 8 * 64 floats (2 KiB) per example, 1 MiB folded; 32 x 32: 16 MiB folded; a new input
+        # shape is measured anew. Rows each twin saw, call by call:
+        calls = [(8, [batch, members * batch]), (32, [batch, batch]), (8, [batch, members * batch])]
+        for size, expected in calls:
+            x = torch.randn(batch, 1, size, size)
+            reference = torch.cat([member.eval()(x) for member in ensemble.members()])
+            rows = []
+            for _ in expected:
+                seen.clear()
+                with torch.no_grad():
+                    torch.testing.assert_close(ensemble(x), reference, rtol=1e-5, atol=1e-6)
+                rows.append(seen[0])
+            assert rows == expected, size  # measured in a pass member by member, then per the bytes
+            assert ensemble.runs_member_by_member(batch) is (size == 32)
+        torch.set_num_threads(1)  # one thread: no batching gain, member by member whatever the width
+        assert ensemble.runs_member_by_member(batch)
+        seen.clear()
+        with torch.no_grad():
+            ensemble(x)
+        assert seen[0] == batch
+    finally:
+        torch.set_num_threads(threads)
+        for handle in handles:
+            handle.remove()
 
 
 class _Offset(nn.Module):

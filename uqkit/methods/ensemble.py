@@ -63,6 +63,18 @@ folded call, at most a few hundred member by member) and 0.81x-0.99x for the MLP
 activations are narrow; in the cells it leaves folded it took 0.97x-1.30x (small batches, where the
 per-member calls cost more than the folding saves). ``ensemble.member_by_member_rows = None`` always folds.
 
+**Narrow networks fold on several threads.** The first member-by-member pass for inputs of a new shape also
+measures the bytes per example of the widest tensor a twin returns (forward hooks, that pass only). With
+more than one torch thread, a network whose widest folded activation, ``M * B`` times that, stays under
+:data:`MEMBER_BY_MEMBER_BYTES` (8 MiB) runs folded from the next call on: its matrix products are then
+batched over the members (``baddbmm``, each thread a whole member's product), which the per-member products
+are not. Measured with ``benchmarks/ensembles.py`` on 2 threads (2-core AMD EPYC, torch 2.13, each run at
+high priority beside other jobs): the MLP 784-512-512-10 at ``M * B = 4 x 256`` (2 MiB folded) took
+0.92-0.97x the loop over 4 models folded against 1.00-1.06x member by member (commit 347ffc5, which always
+folded: 0.87-0.99x); LeNet-5 (19 MiB) stays member by member. On one thread the products gain nothing from
+batching and member by member avoids the folded pass's page faults (the table above), so the rule is
+unchanged there.
+
 Measured on 2 CPU cores (torch 2.13, ``benchmarks/ensembles.py``, 4 members, time relative to a Python loop
 over 4 models; ``benchmarks/results/ensembles.json``): see docs/efficient_ensembles.md. ``torch.func.vmap``
 over stacked parameters of the whole model measured slower than the stacked twins at small batches (MLP
@@ -96,6 +108,7 @@ from uqkit.nn.members import (
 )
 
 __all__ = [
+    "MEMBER_BY_MEMBER_BYTES",
     "MEMBER_BY_MEMBER_MIN_BATCH",
     "MEMBER_BY_MEMBER_ROWS",
     "DeepEnsemble",
@@ -121,6 +134,12 @@ many rows (``M * B``) runs member by member (see :class:`DeepEnsemble`)."""
 MEMBER_BY_MEMBER_MIN_BATCH = 64
 """Member-by-member inference needs at least this many examples per member, so that the per-call cost of the
 network's forward (``M`` calls instead of one) is spread over enough rows."""
+
+MEMBER_BY_MEMBER_BYTES = 8 * 2**20
+"""With more than one torch thread, member-by-member inference also needs the folded pass's widest activation
+(the largest output of a twin, on ``M * B`` rows, as measured in the first member-by-member pass) to take at
+least this many bytes; a narrower network (an MLP) runs folded, where its matrix products are batched over
+the members (see :class:`DeepEnsemble`)."""
 
 _ONE_MEMBER = threading.local()
 
@@ -997,7 +1016,9 @@ class DeepEnsemble(nn.Module):
 
     In inference (no gradients, CPU) a large batch runs member by member: the architecture's ``forward``
     once per member on the ``[B, ...]`` inputs, outputs concatenated member-major, as the module docstring
-    describes (:meth:`runs_member_by_member`, :attr:`member_by_member_rows`); the result is the same.
+    describes (:meth:`runs_member_by_member`, :attr:`member_by_member_rows`); the result is the same. On
+    more than one thread a network with narrow activations (:data:`MEMBER_BY_MEMBER_BYTES`, measured in its
+    first member-by-member pass) folds instead.
 
     Args:
         factory: ``factory() -> nn.Module`` building one member. Every call must build the same architecture
@@ -1056,6 +1077,7 @@ class DeepEnsemble(nn.Module):
         converter = _Converter()
         self.network = converter.convert(members, "", "network")
         self.member_by_member_rows = MEMBER_BY_MEMBER_ROWS
+        self.__dict__["_widest"] = None  # (input signature, bytes per example of the widest twin output)
         self.__dict__["_leaves"] = converter.leaves
         self.__dict__["_shared_modules"] = [self.get_submodule(name) for _, name in converter.shared]
         self.__dict__["_shared"] = converter.shared
@@ -1072,14 +1094,14 @@ class DeepEnsemble(nn.Module):
             if first is None:
                 return self.network(*args, **kwargs)
         batch = first.shape[0]
-        if (
-            not torch.is_grad_enabled()
-            and not inputs_pretiled()
-            and self.runs_member_by_member(batch, first.device)
-        ):
-            out = self._forward_member_by_member(args, kwargs, batch)
-            if out is not None:
-                return out
+        if not torch.is_grad_enabled() and not inputs_pretiled():
+            signature = (tuple(first.shape[1:]), first.dtype)
+            widest = self._widest[1] if self._widest is not None and self._widest[0] == signature else None
+            if self._by_member(batch, first.device, widest):
+                measure = signature if widest is None else None
+                out = self._forward_member_by_member(args, kwargs, batch, measure)
+                if out is not None:
+                    return out
         args, kwargs = tile_inputs(args, kwargs, members)
         if not inputs_pretiled():
             batch *= members
@@ -1111,7 +1133,8 @@ class DeepEnsemble(nn.Module):
 
     def runs_member_by_member(self, batch: int, device: torch.device | str = "cpu") -> bool:
         """Whether a forward pass runs member by member when it needs no gradients (and its inputs are not
-        :func:`~uqkit.nn.members.pretiled`): the rule of the module docstring.
+        :func:`~uqkit.nn.members.pretiled`): the rule of the module docstring, with the widest activation
+        measured in the last member-by-member pass (before any, member by member).
 
         Args:
             batch: ``B``, the examples per member.
@@ -1122,13 +1145,23 @@ class DeepEnsemble(nn.Module):
                 not know.
         """
         check_positive_int(batch, "batch", minimum=0)
-        rows = self._member_by_member_rows
+        return self._by_member(batch, device, None if self._widest is None else self._widest[1])
+
+    def _by_member(self, batch: int, device: torch.device | str, widest: int | None) -> bool:
+        """The rule, with ``widest`` the measured bytes per example of the widest twin output (``None``:
+        not measured yet for these inputs, which runs member by member and measures it)."""
+        rows, members = self._member_by_member_rows, self.num_members
         return (
             rows is not None
-            and self.num_members > 1
-            and self.num_members * batch >= rows
+            and members > 1
+            and members * batch >= rows
             and batch >= MEMBER_BY_MEMBER_MIN_BATCH
             and torch.device(device).type == "cpu"
+            and (
+                widest is None
+                or torch.get_num_threads() == 1
+                or members * batch * widest >= MEMBER_BY_MEMBER_BYTES
+            )
             and self._network_runs_one_member()
         )
 
@@ -1146,10 +1179,14 @@ class DeepEnsemble(nn.Module):
                 return False
         return True
 
-    def _forward_member_by_member(self, args: tuple[Any, ...], kwargs: dict[str, Any], batch: int) -> Any:
+    def _forward_member_by_member(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any], batch: int, measure: Any = None
+    ) -> Any:
         """Each member's network on the un-tiled ``[B, ...]`` inputs in turn, outputs concatenated
         member-major; ``None`` when the first member's output has a tensor that is not ``[B, ...]`` (the
-        caller then runs the folded pass, whose result such an output need not be a concatenation of)."""
+        caller then runs the folded pass, whose result such an output need not be a concatenation of).
+        With ``measure`` (the inputs' signature), the first member's pass also records the bytes per example
+        of the widest twin output, for the rule."""
         outer = running_member()
         previous = folded_batch()
         _set_folded_batch(None)
@@ -1158,7 +1195,10 @@ class DeepEnsemble(nn.Module):
         try:
             for index in range(self.num_members):
                 _ONE_MEMBER.index = index
-                leaves, spec = pytree.tree_flatten(self.network(*args, **kwargs))
+                if not index and measure is not None:
+                    leaves, spec = pytree.tree_flatten(self._measured(args, kwargs, batch, measure))
+                else:
+                    leaves, spec = pytree.tree_flatten(self.network(*args, **kwargs))
                 if not index and not all(
                     leaf is None or (isinstance(leaf, torch.Tensor) and leaf.dim() and leaf.shape[0] == batch)
                     for leaf in leaves
@@ -1170,6 +1210,27 @@ class DeepEnsemble(nn.Module):
             _set_folded_batch(previous)
         joined = [None if group[0] is None else torch.cat(group) for group in zip(*parts, strict=True)]
         return pytree.tree_unflatten(joined, spec)
+
+    def _measured(self, args: tuple[Any, ...], kwargs: dict[str, Any], batch: int, signature: Any) -> Any:
+        """The network on the inputs (one member's pass), recording the bytes per example of the largest
+        tensor a twin returns as ``(signature, bytes)`` for :meth:`_by_member`."""
+        widest = 0
+
+        def record(module: nn.Module, inputs: Any, output: Any) -> None:
+            nonlocal widest
+            for leaf in pytree.tree_leaves(output):
+                if isinstance(leaf, torch.Tensor):
+                    widest = max(widest, -(-leaf.numel() * leaf.element_size() // max(batch, 1)))
+
+        twins = [module for module in self.network.modules() if isinstance(module, StackedModule)]
+        handles = [twin.register_forward_hook(record) for twin in twins]
+        try:
+            out = self.network(*args, **kwargs)
+        finally:
+            for handle in handles:
+                handle.remove()
+        self.__dict__["_widest"] = (signature, widest)
+        return out
 
     def members(self) -> list[nn.Module]:
         """The ``M`` members as ordinary modules of the factory's architecture, with copies of their weights.
