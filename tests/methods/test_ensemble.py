@@ -14,6 +14,7 @@ from torch import nn
 from torch.nn import functional as F
 
 import uqkit
+import uqkit.methods.ensemble as ensemble_module
 from uqkit.bench.models import Conv1dNet, LeNet5, ResidualMLP, mlp
 from uqkit.methods import DeepEnsemble, predict, register_vectorization, vmap_vectorization
 from uqkit.methods.ensemble import (
@@ -165,6 +166,81 @@ def test_vectorized_equals_loop_over_exported_members(name, per_member, mode):
     for after, before in zip(ensemble.members(), members, strict=True):
         for (n, a), (_, b) in zip(after.named_buffers(), before.named_buffers(), strict=True):
             torch.testing.assert_close(a, b, **TOL, msg=n)
+
+
+# the networks whose folded pass starts at their first twin on the un-tiled input: nn.Sequential chains whose
+# first module with parameters (after nn.Flatten) is a Linear or a convolution with groups = 1
+STARTS_UNTILED = {"mlp", "lenet5", "cnn1d", "resmlp", "vmap-fallback", "norms-and-custom-block"}
+
+
+class _Custom(nn.Module):
+    """A Linear first, but a forward of its own: the ensemble cannot know what reads the input."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(5, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x) + x[:, :3]
+
+
+def _tile_spy(monkeypatch) -> list[int]:
+    """Records the batch of every call of the ensemble's ``tile_inputs``."""
+    calls: list[int] = []
+    real = ensemble_module.tile_inputs
+
+    def spy(args, kwargs, members):
+        calls.append(members)
+        return real(args, kwargs, members)
+
+    monkeypatch.setattr(ensemble_module, "tile_inputs", spy)
+    return calls
+
+
+@pytest.mark.parametrize("name", ARCHITECTURES)
+def test_a_chain_starts_on_the_untiled_input(name, monkeypatch):
+    # such a chain's first twin multiplies the un-tiled batch by the members' weights side by side, so the
+    # input is never copied M times; results and gradients equal the members' (as in the test above)
+    ensemble = _ensemble(name)
+    members = ensemble.members()
+    tiled = _tile_spy(monkeypatch)
+    x = _inputs(name, 4).requires_grad_()
+    out = _run(ensemble, x)
+    reference = _loop(members, x.expand(M, *x.shape))
+    torch.testing.assert_close(out, reference, **TOL)
+    weights = torch.randn_like(reference)
+    grad = torch.autograd.grad((out * weights).sum(), x)[0]
+    torch.testing.assert_close(grad, torch.autograd.grad((reference * weights).sum(), x)[0], **TOL)
+    assert tiled == ([] if name in STARTS_UNTILED else [M])
+
+
+def test_the_untiled_start_is_not_taken_where_it_could_differ(monkeypatch):
+    tiled = _tile_spy(monkeypatch)
+    torch.manual_seed(0)
+    x = torch.randn(4, 5, dtype=torch.float64)
+
+    custom = DeepEnsemble(lambda: _Custom().double(), M)  # its own forward: tiled
+    torch.testing.assert_close(custom(x), torch.cat([member(x) for member in custom.members()]), **TOL)
+    assert tiled == [M]
+
+    chain = DeepEnsemble(lambda: nn.Sequential(nn.Flatten(), nn.Linear(5, 3)).double(), M)
+    reference = torch.cat([member(x) for member in chain.members()])
+    tiled.clear()
+    chain(x)
+    assert tiled == []
+    seen = []
+    handle = chain.network[1].register_forward_pre_hook(lambda module, args: seen.append(args[0].shape[0]))
+    torch.testing.assert_close(chain(x), reference, **TOL)  # a hook sees the folded rows, as always
+    assert tiled == [M] and seen == [M * 4]
+    handle.remove()
+    with pretiled():
+        chain(tile_members(x, M))
+    assert tiled == [M, M]
+
+    torch.manual_seed(0)  # dropout in front: each member's copy of a row draws its own mask, so tile
+    dropped = DeepEnsemble(lambda: nn.Sequential(nn.Dropout(0.5), nn.Linear(5, 3)).double(), M)
+    rows = unfold_members(dropped(torch.ones(4, 5, dtype=torch.float64)), M)
+    assert tiled == [M, M, M] and not torch.equal(rows[0], rows[1])
 
 
 def test_layers_map_to_stacked_twins_and_fallback():

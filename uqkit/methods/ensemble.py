@@ -68,12 +68,24 @@ measures the bytes per example of the widest tensor a twin returns (forward hook
 more than one torch thread, a network whose widest folded activation, ``M * B`` times that, stays under
 :data:`MEMBER_BY_MEMBER_BYTES` (8 MiB) runs folded from the next call on: its matrix products are then
 batched over the members (``baddbmm``, each thread a whole member's product), which the per-member products
-are not. Measured with ``benchmarks/ensembles.py`` on 2 threads (2-core AMD EPYC, torch 2.13, each run at
-high priority beside other jobs): the MLP 784-512-512-10 at ``M * B = 4 x 256`` (2 MiB folded) took
-0.92-0.97x the loop over 4 models folded against 1.00-1.06x member by member (commit 347ffc5, which always
-folded: 0.87-0.99x); LeNet-5 (19 MiB) stays member by member. On one thread the products gain nothing from
-batching and member by member avoids the folded pass's page faults (the table above), so the rule is
-unchanged there.
+are not. On one thread the products gain nothing from batching and member by member avoids the folded
+pass's page faults (the measurements above), so the rule is unchanged there. Measured with
+``benchmarks/ensembles.py`` on 2 threads (2-core AMD EPYC, torch 2.13, each run at high priority beside
+other jobs): the MLP 784-512-512-10 at ``M = 4``, ``B = 256`` (2 MiB folded) took 0.86-0.91x the loop over 4
+models folded (from the un-tiled input, below) against 1.02-1.06x member by member (commit 347ffc5, which
+always folded: 0.87-0.99x); LeNet-5 (19 MiB) stays member by member. How often a folded pass page-faults
+depends on the process's allocation history: in a fresh process that only predicts, the MLP's folded pass
+faulted about 1,000 times per call in most runs and took 1.07-1.16x the loop (347ffc5: 0.89-1.19x).
+
+**A chain starts on the un-tiled input.** For an ``nn.Sequential`` network (its own ``forward``) whose
+first module with parameters is a ``StackedLinear`` or a ``StackedConv`` with ``groups = 1``, after
+``nn.Flatten`` / ``nn.Identity`` modules only, the folded pass never tiles the input: the first twin
+multiplies the ``[B, ...]`` batch once by the members' weights side by side (as it does for a tiled input,
+:func:`~uqkit.nn.members.tiled_source`) and the rest of the chain runs on its member-major output. The
+result is the same, without the ``M``-fold copy of the input (3 MiB for the MLP at ``B = 256``, which also
+made the folded pass fault more often). Not taken when one of these modules has forward hooks (they would
+see the un-tiled input), or for a module in front that could treat each member's copy of a row differently
+(e.g. dropout).
 
 Measured on 2 CPU cores (torch 2.13, ``benchmarks/ensembles.py``, 4 members, time relative to a Python loop
 over 4 models; ``benchmarks/results/ensembles.json``): see docs/efficient_ensembles.md. ``torch.func.vmap``
@@ -142,6 +154,13 @@ least this many bytes; a narrower network (an MLP) runs folded, where its matrix
 the members (see :class:`DeepEnsemble`)."""
 
 _ONE_MEMBER = threading.local()
+
+
+def _global_forward_hooks() -> bool:
+    """Whether a global module forward (pre-)hook is registered (``register_module_forward_hook``)."""
+    hooks = torch.nn.modules.module
+    names = ("_global_forward_hooks", "_global_forward_pre_hooks")
+    return any(getattr(hooks, name, None) for name in names)
 
 
 def running_member() -> int | None:
@@ -260,7 +279,8 @@ class StackedLinear(StackedModule):
 
     ``y_m = x_m W_m^T + b_m`` for every member ``m`` with one ``torch.baddbmm`` on ``[M, B * T, in]``. An
     input known to be ``M`` tiles of one batch (:func:`uqkit.nn.members.tiled_source`, e.g. the first layer
-    of an ensemble) enters the product as an expanded view of the un-tiled batch (no copy). Reading the
+    of an ensemble; or the un-tiled batch itself at the start of a :class:`DeepEnsemble`'s ``nn.Sequential``
+    chain) enters the product as an expanded view of the un-tiled batch (no copy). Reading the
     weights as one ``[M * out, in]`` matrix for such an input (a single ``F.linear``) measured slower on CPU
     (MLP 784-512-512-10, 4 members, inference at batch 16: 1.07x vs 0.81x the time of a loop over 4 models).
 
@@ -294,22 +314,30 @@ class StackedLinear(StackedModule):
             return F.linear(inputs, self.weight[member], None if self.bias is None else self.bias[member])
         members = self.num_members
         source = tiled_source(inputs, members)
-        rows = inputs.shape[0]
-        if inputs.dim() == 2 and (source is not None or (rows % members == 0 and inputs.is_contiguous())):
-            # the common [M * B, in] case in as few ops as possible (one view in, one view out)
-            if source is not None:
-                flat = source.expand(members, -1, -1)
-            else:
-                flat = inputs.view(members, rows // members, self.in_features)
-            return self._product(flat).view(rows, self.out_features)
         if source is not None:
-            flat = source.reshape(1, -1, self.in_features).expand(members, -1, -1)
-            batch = source.shape[0]
-        else:
-            split, batch = self._split_members(inputs)
-            flat = split.reshape(members, -1, self.in_features)
+            return self._forward_shared(source)
+        rows = inputs.shape[0]
+        if inputs.dim() == 2 and rows % members == 0 and inputs.is_contiguous():
+            # the common [M * B, in] case in as few ops as possible (one view in, one view out)
+            flat = inputs.view(members, rows // members, self.in_features)
+            return self._product(flat).view(rows, self.out_features)
+        split, batch = self._split_members(inputs)
+        flat = split.reshape(members, -1, self.in_features)
         middle = inputs.shape[1:-1]
         return self._join_members(self._product(flat).view(members, -1, *middle, self.out_features), batch)
+
+    def _accepts_shared(self, source: torch.Tensor) -> bool:
+        return source.dim() >= 2 and source.shape[-1] == self.in_features
+
+    def _forward_shared(self, source: torch.Tensor) -> torch.Tensor:
+        """Every member's output ``[M * B, *, out]`` (member-major) for one batch ``[B, *, in]`` that all
+        members read: the members' products with an expanded view of it (no copy)."""
+        members, batch = self.num_members, source.shape[0]
+        if source.dim() == 2:
+            return self._product(source.expand(members, -1, -1)).view(members * batch, self.out_features)
+        flat = source.reshape(1, -1, self.in_features).expand(members, -1, -1)
+        out = self._product(flat).view(members, batch, *source.shape[1:-1], self.out_features)
+        return self._join_members(out, batch)
 
     def _product(self, flat: torch.Tensor) -> torch.Tensor:
         """``[M, N, in] -> [M, N, out]``."""
@@ -332,7 +360,8 @@ class StackedConv(StackedModule):
     """``M`` convolutions (1-D, 2-D or 3-D) with stacked weights ``[M, out, in / groups, *K]``.
 
     An input known to be ``M`` tiles of one batch (:func:`uqkit.nn.members.tiled_source`, e.g. the first
-    layer of an ensemble) with ``groups = 1`` is one convolution of the un-tiled batch with the members'
+    layer of an ensemble; or the un-tiled batch itself at the start of a :class:`DeepEnsemble`'s
+    ``nn.Sequential`` chain) with ``groups = 1`` is one convolution of the un-tiled batch with the members'
     filters side by side, ``M * out`` output channels, copied into member-major rows. Any other input runs
     one convolution per member on its ``B`` rows and its slice of the stacked weights. Folding the members
     into the channels and running one grouped convolution with ``M * groups`` groups computes the same, but
@@ -375,6 +404,20 @@ class StackedConv(StackedModule):
     def runs_one_member(self) -> bool:
         return True
 
+    def _accepts_shared(self, source: torch.Tensor) -> bool:
+        shape_ok = source.dim() == self.spatial_dims + 2 and source.shape[1] == self.in_channels
+        return self.groups == 1 and shape_ok
+
+    def _forward_shared(self, source: torch.Tensor) -> torch.Tensor:
+        """Every member's output ``[M * B, out, *S]`` (member-major) for one batch ``[B, in, *S]`` that all
+        members read (``groups = 1``): one convolution with the members' filters side by side."""
+        members = self.num_members
+        weight = self.weight.reshape(members * self.out_channels, *self.weight.shape[2:])
+        bias = None if self.bias is None else self.bias.reshape(-1)
+        out = self._conv(source, weight, bias, 1)  # [B, M * out, *S]
+        out = out.view(out.shape[0], members, self.out_channels, *out.shape[2:]).transpose(0, 1)
+        return out.reshape(members * out.shape[1], *out.shape[2:])
+
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         if inputs.dim() != self.spatial_dims + 2 or inputs.shape[1] != self.in_channels:
             raise ValueError(
@@ -388,11 +431,7 @@ class StackedConv(StackedModule):
         members = self.num_members
         source = tiled_source(inputs, members)
         if source is not None and self.groups == 1:
-            weight = self.weight.reshape(members * self.out_channels, *self.weight.shape[2:])
-            bias = None if self.bias is None else self.bias.reshape(-1)
-            out = self._conv(source, weight, bias, 1)  # [B, M * out, *S]
-            out = out.view(out.shape[0], members, self.out_channels, *out.shape[2:]).transpose(0, 1)
-            return out.reshape(members * out.shape[1], *out.shape[2:])
+            return self._forward_shared(source)
         split, batch = self._split_members(inputs)
         biases = [None] * members if self.bias is None else self.bias.unbind(0)
         weights = self.weight.unbind(0)
@@ -1102,22 +1141,61 @@ class DeepEnsemble(nn.Module):
                 out = self._forward_member_by_member(args, kwargs, batch, measure)
                 if out is not None:
                     return out
+        if members > 1 and len(args) == 1 and not kwargs and first is args[0] and not inputs_pretiled():
+            start = self._untiled_start(first)
+            if start is not None:
+                return self._forward_folded(start[1:], {}, batch, start[0])
         args, kwargs = tile_inputs(args, kwargs, members)
         if not inputs_pretiled():
             batch *= members
         return self._forward_folded(args, kwargs, batch // members)
 
-    def _forward_folded(self, args: tuple[Any, ...], kwargs: dict[str, Any], batch: int) -> Any:
-        """The network on the folded ``[M * B, ...]`` inputs (``batch`` = ``B``)."""
+    def _forward_folded(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any], batch: int, start: int | None = None
+    ) -> Any:
+        """The network on the folded ``[M * B, ...]`` inputs (``batch`` = ``B``); with ``start``, the
+        ``nn.Sequential`` network from its module ``start`` on, that twin taking the un-tiled ``[B, ...]``
+        input ``args[0]`` (:meth:`_untiled_start`)."""
         outer = running_member()  # only set here if another ensemble runs this one inside a member pass
         previous = folded_batch()
         _ONE_MEMBER.index = None
         _set_folded_batch((self.num_members, batch))
         try:
-            return self.network(*args, **kwargs)
+            if start is None:
+                return self.network(*args, **kwargs)
+            modules = list(self.network)
+            out = modules[start]._forward_shared(args[0])
+            for module in modules[start + 1 :]:
+                out = module(out)
+            return out
         finally:
             _set_folded_batch(previous)
             _ONE_MEMBER.index = outer
+
+    def _untiled_start(self, inputs: torch.Tensor) -> tuple[int, torch.Tensor] | None:
+        """Where a folded pass can start without tiling its one input: for an ``nn.Sequential`` network
+        (its own ``forward``) whose first modules are ``nn.Identity`` / ``nn.Flatten`` (keeping dimension 0,
+        so they treat rows independently and commute with tiling) followed by a ``StackedLinear`` or a
+        ``StackedConv`` with ``groups = 1``, that twin's index and its input computed from the un-tiled
+        ``[B, ...]`` batch. The twin then multiplies the batch once by the members' weights side by side, as
+        it does on a tiled input (:func:`~uqkit.nn.members.tiled_source`), so the result is the same without
+        the ``M``-fold copy of the input. ``None`` for any other network, or when a module involved has
+        forward hooks (they would see the un-tiled input or be skipped)."""
+        network = self.network
+        if type(network).forward is not nn.Sequential.forward or _global_forward_hooks():
+            return None
+        if network._forward_hooks or network._forward_pre_hooks:
+            return None
+        for index, module in enumerate(network):
+            if module._forward_hooks or module._forward_pre_hooks:
+                return None
+            if isinstance(module, (StackedLinear, StackedConv)):
+                return (index, inputs) if module._accepts_shared(inputs) else None
+            if isinstance(module, nn.Flatten) and inputs.dim() and module.start_dim % inputs.dim():
+                inputs = module(inputs)
+            elif not isinstance(module, nn.Identity):
+                return None
+        return None
 
     @property
     def member_by_member_rows(self) -> int | None:
