@@ -14,10 +14,12 @@ from torch import nn
 from torch.nn import functional as F
 
 import uqkit
+import uqkit.methods.ensemble as ensemble_module
 from uqkit.bench.models import Conv1dNet, LeNet5, ResidualMLP, mlp
 from uqkit.methods import DeepEnsemble, predict, register_vectorization, vmap_vectorization
 from uqkit.methods.ensemble import (
     _REGISTRY,
+    MEMBER_BY_MEMBER_BYTES,
     MEMBER_BY_MEMBER_MIN_BATCH,
     MEMBER_BY_MEMBER_ROWS,
     StackedBatchNorm,
@@ -164,6 +166,81 @@ def test_vectorized_equals_loop_over_exported_members(name, per_member, mode):
     for after, before in zip(ensemble.members(), members, strict=True):
         for (n, a), (_, b) in zip(after.named_buffers(), before.named_buffers(), strict=True):
             torch.testing.assert_close(a, b, **TOL, msg=n)
+
+
+# the networks whose folded pass starts at their first twin on the un-tiled input: nn.Sequential chains whose
+# first module with parameters (after nn.Flatten) is a Linear or a convolution with groups = 1
+STARTS_UNTILED = {"mlp", "lenet5", "cnn1d", "resmlp", "vmap-fallback", "norms-and-custom-block"}
+
+
+class _Custom(nn.Module):
+    """A Linear first, but a forward of its own: the ensemble cannot know what reads the input."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(5, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x) + x[:, :3]
+
+
+def _tile_spy(monkeypatch) -> list[int]:
+    """Records the batch of every call of the ensemble's ``tile_inputs``."""
+    calls: list[int] = []
+    real = ensemble_module.tile_inputs
+
+    def spy(args, kwargs, members):
+        calls.append(members)
+        return real(args, kwargs, members)
+
+    monkeypatch.setattr(ensemble_module, "tile_inputs", spy)
+    return calls
+
+
+@pytest.mark.parametrize("name", ARCHITECTURES)
+def test_a_chain_starts_on_the_untiled_input(name, monkeypatch):
+    # such a chain's first twin multiplies the un-tiled batch by the members' weights side by side, so the
+    # input is never copied M times; results and gradients equal the members' (as in the test above)
+    ensemble = _ensemble(name)
+    members = ensemble.members()
+    tiled = _tile_spy(monkeypatch)
+    x = _inputs(name, 4).requires_grad_()
+    out = _run(ensemble, x)
+    reference = _loop(members, x.expand(M, *x.shape))
+    torch.testing.assert_close(out, reference, **TOL)
+    weights = torch.randn_like(reference)
+    grad = torch.autograd.grad((out * weights).sum(), x)[0]
+    torch.testing.assert_close(grad, torch.autograd.grad((reference * weights).sum(), x)[0], **TOL)
+    assert tiled == ([] if name in STARTS_UNTILED else [M])
+
+
+def test_the_untiled_start_is_not_taken_where_it_could_differ(monkeypatch):
+    tiled = _tile_spy(monkeypatch)
+    torch.manual_seed(0)
+    x = torch.randn(4, 5, dtype=torch.float64)
+
+    custom = DeepEnsemble(lambda: _Custom().double(), M)  # its own forward: tiled
+    torch.testing.assert_close(custom(x), torch.cat([member(x) for member in custom.members()]), **TOL)
+    assert tiled == [M]
+
+    chain = DeepEnsemble(lambda: nn.Sequential(nn.Flatten(), nn.Linear(5, 3)).double(), M)
+    reference = torch.cat([member(x) for member in chain.members()])
+    tiled.clear()
+    chain(x)
+    assert tiled == []
+    seen = []
+    handle = chain.network[1].register_forward_pre_hook(lambda module, args: seen.append(args[0].shape[0]))
+    torch.testing.assert_close(chain(x), reference, **TOL)  # a hook sees the folded rows, as always
+    assert tiled == [M] and seen == [M * 4]
+    handle.remove()
+    with pretiled():
+        chain(tile_members(x, M))
+    assert tiled == [M, M]
+
+    torch.manual_seed(0)  # dropout in front: each member's copy of a row draws its own mask, so tile
+    dropped = DeepEnsemble(lambda: nn.Sequential(nn.Dropout(0.5), nn.Linear(5, 3)).double(), M)
+    rows = unfold_members(dropped(torch.ones(4, 5, dtype=torch.float64)), M)
+    assert tiled == [M, M, M] and not torch.equal(rows[0], rows[1])
 
 
 def test_layers_map_to_stacked_twins_and_fallback():
@@ -340,6 +417,50 @@ def test_member_by_member_rule():
         ensemble.member_by_member_rows = 1.5
     with pytest.raises(ValueError, match="batch: expected an int >= 0, got -1"):
         ensemble.runs_member_by_member(-1)
+
+
+def _pooled_conv() -> nn.Module:
+    """A convolution whose output grows with the image (8 channels per pixel), pooled to 2 outputs."""
+    return nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 2)
+    )
+
+
+def test_narrow_networks_fold_with_several_threads():
+    # the first member-by-member pass measures the widest twin output per example; with more than one
+    # thread a network whose folded activations stay under MEMBER_BY_MEMBER_BYTES then runs folded
+    assert MEMBER_BY_MEMBER_BYTES == 8 * 2**20
+    members, batch = 4, 128  # 512 folded rows: the rows rule holds
+    torch.manual_seed(0)
+    ensemble = DeepEnsemble(_pooled_conv, members).eval()
+    seen, handles = _rows_seen(ensemble)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        # 8 x 8 images: 8 * 64 floats (2 KiB) per example, 1 MiB folded; 32 x 32: 16 MiB folded; a new input
+        # shape is measured anew. Rows each twin saw, call by call:
+        calls = [(8, [batch, members * batch]), (32, [batch, batch]), (8, [batch, members * batch])]
+        for size, expected in calls:
+            x = torch.randn(batch, 1, size, size)
+            reference = torch.cat([member.eval()(x) for member in ensemble.members()])
+            rows = []
+            for _ in expected:
+                seen.clear()
+                with torch.no_grad():
+                    torch.testing.assert_close(ensemble(x), reference, rtol=1e-5, atol=1e-6)
+                rows.append(seen[0])
+            assert rows == expected, size  # measured in a pass member by member, then per the bytes
+            assert ensemble.runs_member_by_member(batch) is (size == 32)
+        torch.set_num_threads(1)  # one thread: no batching gain, member by member whatever the width
+        assert ensemble.runs_member_by_member(batch)
+        seen.clear()
+        with torch.no_grad():
+            ensemble(x)
+        assert seen[0] == batch
+    finally:
+        torch.set_num_threads(threads)
+        for handle in handles:
+            handle.remove()
 
 
 class _Offset(nn.Module):

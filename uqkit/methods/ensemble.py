@@ -64,6 +64,30 @@ folded call, at most a few hundred member by member) and 0.81x-0.99x for the MLP
 activations are narrow; in the cells it leaves folded it took 0.97x-1.30x (small batches, where the
 per-member calls cost more than the folding saves). ``ensemble.member_by_member_rows = None`` always folds.
 
+**Narrow networks fold on several threads.** The first member-by-member pass for inputs of a new shape also
+measures the bytes per example of the widest tensor a twin returns (forward hooks, that pass only). With
+more than one torch thread, a network whose widest folded activation, ``M * B`` times that, stays under
+:data:`MEMBER_BY_MEMBER_BYTES` (8 MiB) runs folded from the next call on: its matrix products are then
+batched over the members (``baddbmm``, each thread a whole member's product), which the per-member products
+are not. On one thread the products gain nothing from batching and member by member avoids the folded
+pass's page faults (the measurements above), so the rule is unchanged there. Measured with
+``benchmarks/ensembles.py`` on 2 threads (2-core AMD EPYC, torch 2.13, each run at high priority beside
+other jobs): the MLP 784-512-512-10 at ``M = 4``, ``B = 256`` (2 MiB folded) took 0.86-0.91x the loop over 4
+models folded (from the un-tiled input, below) against 1.02-1.06x member by member (commit 347ffc5, which
+always folded: 0.87-0.99x); LeNet-5 (19 MiB) stays member by member. How often a folded pass page-faults
+depends on the process's allocation history: in a fresh process that only predicts, the MLP's folded pass
+faulted about 1,000 times per call in most runs and took 1.07-1.16x the loop (347ffc5: 0.89-1.19x).
+
+**A chain starts on the un-tiled input.** For an ``nn.Sequential`` network (its own ``forward``) whose
+first module with parameters is a ``StackedLinear`` or a ``StackedConv`` with ``groups = 1``, after
+``nn.Flatten`` / ``nn.Identity`` modules only, the folded pass never tiles the input: the first twin
+multiplies the ``[B, ...]`` batch once by the members' weights side by side (as it does for a tiled input,
+:func:`~uqkit.nn.members.tiled_source`) and the rest of the chain runs on its member-major output. The
+result is the same, without the ``M``-fold copy of the input (3 MiB for the MLP at ``B = 256``, which also
+made the folded pass fault more often). Not taken when one of these modules has forward hooks (they would
+see the un-tiled input), or for a module in front that could treat each member's copy of a row differently
+(e.g. dropout).
+
 Measured on 2 CPU cores (torch 2.13, ``benchmarks/ensembles.py``, 4 members, time relative to a Python loop
 over 4 models; ``benchmarks/results/ensembles.json``): see docs/efficient_ensembles.md. ``torch.func.vmap``
 over stacked parameters of the whole model measured slower than the stacked twins at small batches (MLP
@@ -99,6 +123,7 @@ from uqkit.nn.members import (
 from uqkit.nn.stacked import StackedLinear, StackedModule, stack_tensors, stacked_parameter
 
 __all__ = [
+    "MEMBER_BY_MEMBER_BYTES",
     "MEMBER_BY_MEMBER_MIN_BATCH",
     "MEMBER_BY_MEMBER_ROWS",
     "DeepEnsemble",
@@ -125,6 +150,20 @@ MEMBER_BY_MEMBER_MIN_BATCH = 64
 """Member-by-member inference needs at least this many examples per member, so that the per-call cost of the
 network's forward (``M`` calls instead of one) is spread over enough rows."""
 
+MEMBER_BY_MEMBER_BYTES = 8 * 2**20
+"""With more than one torch thread, member-by-member inference also needs the folded pass's widest activation
+(the largest output of a twin, on ``M * B`` rows, as measured in the first member-by-member pass) to take at
+least this many bytes; a narrower network (an MLP) runs folded, where its matrix products are batched over
+the members (see :class:`DeepEnsemble`)."""
+
+
+def _global_forward_hooks() -> bool:
+    """Whether a global module forward (pre-)hook is registered (``register_module_forward_hook``)."""
+    hooks = torch.nn.modules.module
+    names = ("_global_forward_hooks", "_global_forward_pre_hooks")
+    return any(getattr(hooks, name, None) for name in names)
+
+
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 
 
@@ -132,7 +171,8 @@ class StackedConv(StackedModule):
     """``M`` convolutions (1-D, 2-D or 3-D) with stacked weights ``[M, out, in / groups, *K]``.
 
     An input known to be ``M`` tiles of one batch (:func:`uqkit.nn.members.tiled_source`, e.g. the first
-    layer of an ensemble) with ``groups = 1`` is one convolution of the un-tiled batch with the members'
+    layer of an ensemble; or the un-tiled batch itself at the start of a :class:`DeepEnsemble`'s
+    ``nn.Sequential`` chain) with ``groups = 1`` is one convolution of the un-tiled batch with the members'
     filters side by side, ``M * out`` output channels, copied into member-major rows. Any other input runs
     one convolution per member on its ``B`` rows and its slice of the stacked weights. Folding the members
     into the channels and running one grouped convolution with ``M * groups`` groups computes the same, but
@@ -175,6 +215,20 @@ class StackedConv(StackedModule):
     def runs_one_member(self) -> bool:
         return True
 
+    def _accepts_shared(self, source: torch.Tensor) -> bool:
+        shape_ok = source.dim() == self.spatial_dims + 2 and source.shape[1] == self.in_channels
+        return self.groups == 1 and shape_ok
+
+    def _forward_shared(self, source: torch.Tensor) -> torch.Tensor:
+        """Every member's output ``[M * B, out, *S]`` (member-major) for one batch ``[B, in, *S]`` that all
+        members read (``groups = 1``): one convolution with the members' filters side by side."""
+        members = self.num_members
+        weight = self.weight.reshape(members * self.out_channels, *self.weight.shape[2:])
+        bias = None if self.bias is None else self.bias.reshape(-1)
+        out = self._conv(source, weight, bias, 1)  # [B, M * out, *S]
+        out = out.view(out.shape[0], members, self.out_channels, *out.shape[2:]).transpose(0, 1)
+        return out.reshape(members * out.shape[1], *out.shape[2:])
+
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         if inputs.dim() != self.spatial_dims + 2 or inputs.shape[1] != self.in_channels:
             raise ValueError(
@@ -188,11 +242,7 @@ class StackedConv(StackedModule):
         members = self.num_members
         source = tiled_source(inputs, members)
         if source is not None and self.groups == 1:
-            weight = self.weight.reshape(members * self.out_channels, *self.weight.shape[2:])
-            bias = None if self.bias is None else self.bias.reshape(-1)
-            out = self._conv(source, weight, bias, 1)  # [B, M * out, *S]
-            out = out.view(out.shape[0], members, self.out_channels, *out.shape[2:]).transpose(0, 1)
-            return out.reshape(members * out.shape[1], *out.shape[2:])
+            return self._forward_shared(source)
         split, batch = self._split_members(inputs)
         biases = [None] * members if self.bias is None else self.bias.unbind(0)
         weights = self.weight.unbind(0)
@@ -816,7 +866,9 @@ class DeepEnsemble(nn.Module):
 
     In inference (no gradients, CPU) a large batch runs member by member: the architecture's ``forward``
     once per member on the ``[B, ...]`` inputs, outputs concatenated member-major, as the module docstring
-    describes (:meth:`runs_member_by_member`, :attr:`member_by_member_rows`); the result is the same.
+    describes (:meth:`runs_member_by_member`, :attr:`member_by_member_rows`); the result is the same. On
+    more than one thread a network with narrow activations (:data:`MEMBER_BY_MEMBER_BYTES`, measured in its
+    first member-by-member pass) folds instead.
 
     Args:
         factory: ``factory() -> nn.Module`` building one member. Every call must build the same architecture
@@ -875,6 +927,7 @@ class DeepEnsemble(nn.Module):
         converter = _Converter()
         self.network = converter.convert(members, "", "network")
         self.member_by_member_rows = MEMBER_BY_MEMBER_ROWS
+        self.__dict__["_widest"] = None  # (input signature, bytes per example of the widest twin output)
         self.__dict__["_leaves"] = converter.leaves
         self.__dict__["_shared_modules"] = [self.get_submodule(name) for _, name in converter.shared]
         self.__dict__["_shared"] = converter.shared
@@ -891,30 +944,69 @@ class DeepEnsemble(nn.Module):
             if first is None:
                 return self.network(*args, **kwargs)
         batch = first.shape[0]
-        if (
-            not torch.is_grad_enabled()
-            and not inputs_pretiled()
-            and self.runs_member_by_member(batch, first.device)
-        ):
-            out = self._forward_member_by_member(args, kwargs, batch)
-            if out is not None:
-                return out
+        if not torch.is_grad_enabled() and not inputs_pretiled():
+            signature = (tuple(first.shape[1:]), first.dtype)
+            widest = self._widest[1] if self._widest is not None and self._widest[0] == signature else None
+            if self._by_member(batch, first.device, widest):
+                measure = signature if widest is None else None
+                out = self._forward_member_by_member(args, kwargs, batch, measure)
+                if out is not None:
+                    return out
+        if members > 1 and len(args) == 1 and not kwargs and first is args[0] and not inputs_pretiled():
+            start = self._untiled_start(first)
+            if start is not None:
+                return self._forward_folded(start[1:], {}, batch, start[0])
         args, kwargs = tile_inputs(args, kwargs, members)
         if not inputs_pretiled():
             batch *= members
         return self._forward_folded(args, kwargs, batch // members)
 
-    def _forward_folded(self, args: tuple[Any, ...], kwargs: dict[str, Any], batch: int) -> Any:
-        """The network on the folded ``[M * B, ...]`` inputs (``batch`` = ``B``)."""
+    def _forward_folded(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any], batch: int, start: int | None = None
+    ) -> Any:
+        """The network on the folded ``[M * B, ...]`` inputs (``batch`` = ``B``); with ``start``, the
+        ``nn.Sequential`` network from its module ``start`` on, that twin taking the un-tiled ``[B, ...]``
+        input ``args[0]`` (:meth:`_untiled_start`)."""
         outer = running_member()  # only set here if another ensemble runs this one inside a member pass
         previous = folded_batch()
         set_running_member(None)
         set_folded_batch((self.num_members, batch))
         try:
-            return self.network(*args, **kwargs)
+            if start is None:
+                return self.network(*args, **kwargs)
+            modules = list(self.network)
+            out = modules[start]._forward_shared(args[0])
+            for module in modules[start + 1 :]:
+                out = module(out)
+            return out
         finally:
             set_folded_batch(previous)
             set_running_member(outer)
+
+    def _untiled_start(self, inputs: torch.Tensor) -> tuple[int, torch.Tensor] | None:
+        """Where a folded pass can start without tiling its one input: for an ``nn.Sequential`` network
+        (its own ``forward``) whose first modules are ``nn.Identity`` / ``nn.Flatten`` (keeping dimension 0,
+        so they treat rows independently and commute with tiling) followed by a ``StackedLinear`` or a
+        ``StackedConv`` with ``groups = 1``, that twin's index and its input computed from the un-tiled
+        ``[B, ...]`` batch. The twin then multiplies the batch once by the members' weights side by side, as
+        it does on a tiled input (:func:`~uqkit.nn.members.tiled_source`), so the result is the same without
+        the ``M``-fold copy of the input. ``None`` for any other network, or when a module involved has
+        forward hooks (they would see the un-tiled input or be skipped)."""
+        network = self.network
+        if type(network).forward is not nn.Sequential.forward or _global_forward_hooks():
+            return None
+        if network._forward_hooks or network._forward_pre_hooks:
+            return None
+        for index, module in enumerate(network):
+            if module._forward_hooks or module._forward_pre_hooks:
+                return None
+            if isinstance(module, (StackedLinear, StackedConv)):
+                return (index, inputs) if module._accepts_shared(inputs) else None
+            if isinstance(module, nn.Flatten) and inputs.dim() and module.start_dim % inputs.dim():
+                inputs = module(inputs)
+            elif not isinstance(module, nn.Identity):
+                return None
+        return None
 
     @property
     def member_by_member_rows(self) -> int | None:
@@ -930,7 +1022,8 @@ class DeepEnsemble(nn.Module):
 
     def runs_member_by_member(self, batch: int, device: torch.device | str = "cpu") -> bool:
         """Whether a forward pass runs member by member when it needs no gradients (and its inputs are not
-        :func:`~uqkit.nn.members.pretiled`): the rule of the module docstring.
+        :func:`~uqkit.nn.members.pretiled`): the rule of the module docstring, with the widest activation
+        measured in the last member-by-member pass (before any, member by member).
 
         Args:
             batch: ``B``, the examples per member.
@@ -941,13 +1034,23 @@ class DeepEnsemble(nn.Module):
                 not know.
         """
         check_positive_int(batch, "batch", minimum=0)
-        rows = self._member_by_member_rows
+        return self._by_member(batch, device, None if self._widest is None else self._widest[1])
+
+    def _by_member(self, batch: int, device: torch.device | str, widest: int | None) -> bool:
+        """The rule, with ``widest`` the measured bytes per example of the widest twin output (``None``:
+        not measured yet for these inputs, which runs member by member and measures it)."""
+        rows, members = self._member_by_member_rows, self.num_members
         return (
             rows is not None
-            and self.num_members > 1
-            and self.num_members * batch >= rows
+            and members > 1
+            and members * batch >= rows
             and batch >= MEMBER_BY_MEMBER_MIN_BATCH
             and torch.device(device).type == "cpu"
+            and (
+                widest is None
+                or torch.get_num_threads() == 1
+                or members * batch * widest >= MEMBER_BY_MEMBER_BYTES
+            )
             and self._network_runs_one_member()
         )
 
@@ -965,10 +1068,14 @@ class DeepEnsemble(nn.Module):
                 return False
         return True
 
-    def _forward_member_by_member(self, args: tuple[Any, ...], kwargs: dict[str, Any], batch: int) -> Any:
+    def _forward_member_by_member(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any], batch: int, measure: Any = None
+    ) -> Any:
         """Each member's network on the un-tiled ``[B, ...]`` inputs in turn, outputs concatenated
         member-major; ``None`` when the first member's output has a tensor that is not ``[B, ...]`` (the
-        caller then runs the folded pass, whose result such an output need not be a concatenation of)."""
+        caller then runs the folded pass, whose result such an output need not be a concatenation of).
+        With ``measure`` (the inputs' signature), the first member's pass also records the bytes per example
+        of the widest twin output, for the rule."""
         outer = running_member()
         previous = folded_batch()
         set_folded_batch(None)
@@ -977,7 +1084,10 @@ class DeepEnsemble(nn.Module):
         try:
             for index in range(self.num_members):
                 set_running_member(index)
-                leaves, spec = pytree.tree_flatten(self.network(*args, **kwargs))
+                if not index and measure is not None:
+                    leaves, spec = pytree.tree_flatten(self._measured(args, kwargs, batch, measure))
+                else:
+                    leaves, spec = pytree.tree_flatten(self.network(*args, **kwargs))
                 if not index and not all(
                     leaf is None or (isinstance(leaf, torch.Tensor) and leaf.dim() and leaf.shape[0] == batch)
                     for leaf in leaves
@@ -989,6 +1099,27 @@ class DeepEnsemble(nn.Module):
             set_folded_batch(previous)
         joined = [None if group[0] is None else torch.cat(group) for group in zip(*parts, strict=True)]
         return pytree.tree_unflatten(joined, spec)
+
+    def _measured(self, args: tuple[Any, ...], kwargs: dict[str, Any], batch: int, signature: Any) -> Any:
+        """The network on the inputs (one member's pass), recording the bytes per example of the largest
+        tensor a twin returns as ``(signature, bytes)`` for :meth:`_by_member`."""
+        widest = 0
+
+        def record(module: nn.Module, inputs: Any, output: Any) -> None:
+            nonlocal widest
+            for leaf in pytree.tree_leaves(output):
+                if isinstance(leaf, torch.Tensor):
+                    widest = max(widest, -(-leaf.numel() * leaf.element_size() // max(batch, 1)))
+
+        twins = [module for module in self.network.modules() if isinstance(module, StackedModule)]
+        handles = [twin.register_forward_hook(record) for twin in twins]
+        try:
+            out = self.network(*args, **kwargs)
+        finally:
+            for handle in handles:
+                handle.remove()
+        self.__dict__["_widest"] = (signature, widest)
+        return out
 
     def members(self) -> list[nn.Module]:
         """The ``M`` members as ordinary modules of the factory's architecture, with copies of their weights.

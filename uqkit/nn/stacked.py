@@ -177,9 +177,11 @@ class StackedLinear(StackedModule):
 
     ``y_m = x_m W_m^T + b_m`` for every member ``m`` with one ``torch.baddbmm`` on ``[M, B * T, in]``. An
     input known to be ``M`` tiles of one batch (:func:`uqkit.nn.members.tiled_source`, e.g. the first layer
-    of an ensemble) enters the product as an expanded view of the un-tiled batch (no copy). Reading the
-    weights as one ``[M * out, in]`` matrix for such an input (a single ``F.linear``) measured slower on CPU
-    (MLP 784-512-512-10, 4 members, inference at batch 16: 1.07x vs 0.81x the time of a loop over 4 models).
+    of an ensemble; or the un-tiled batch itself at the start of a :class:`uqkit.DeepEnsemble`'s
+    ``nn.Sequential`` chain) enters the product as an expanded view of the un-tiled batch (no copy). Reading
+    the weights as one ``[M * out, in]`` matrix for such an input (a single ``F.linear``) measured slower on
+    CPU (MLP 784-512-512-10, 4 members, inference at batch 16: 1.07x vs 0.81x the time of a loop over 4
+    models).
 
     It is the one stacked linear layer of uqkit: :class:`uqkit.DeepEnsemble` builds it from its members'
     ``nn.Linear`` layers, and the stacks of independent regression networks below create it fresh
@@ -247,22 +249,30 @@ class StackedLinear(StackedModule):
             return F.linear(inputs, self.weight[member], None if self.bias is None else self.bias[member])
         members = self.num_members
         source = tiled_source(inputs, members)
-        rows = inputs.shape[0]
-        if inputs.dim() == 2 and (source is not None or (rows % members == 0 and inputs.is_contiguous())):
-            # the common [M * B, in] case in as few ops as possible (one view in, one view out)
-            if source is not None:
-                flat = source.expand(members, -1, -1)
-            else:
-                flat = inputs.view(members, rows // members, self.in_features)
-            return self._product(flat).view(rows, self.out_features)
         if source is not None:
-            flat = source.reshape(1, -1, self.in_features).expand(members, -1, -1)
-            batch = source.shape[0]
-        else:
-            split, batch = self._split_members(inputs)
-            flat = split.reshape(members, -1, self.in_features)
+            return self._forward_shared(source)
+        rows = inputs.shape[0]
+        if inputs.dim() == 2 and rows % members == 0 and inputs.is_contiguous():
+            # the common [M * B, in] case in as few ops as possible (one view in, one view out)
+            flat = inputs.view(members, rows // members, self.in_features)
+            return self._product(flat).view(rows, self.out_features)
+        split, batch = self._split_members(inputs)
+        flat = split.reshape(members, -1, self.in_features)
         middle = inputs.shape[1:-1]
         return self._join_members(self._product(flat).view(members, -1, *middle, self.out_features), batch)
+
+    def _accepts_shared(self, source: torch.Tensor) -> bool:
+        return source.dim() >= 2 and source.shape[-1] == self.in_features
+
+    def _forward_shared(self, source: torch.Tensor) -> torch.Tensor:
+        """Every member's output ``[M * B, *, out]`` (member-major) for one batch ``[B, *, in]`` that all
+        members read: the members' products with an expanded view of it (no copy)."""
+        members, batch = self.num_members, source.shape[0]
+        if source.dim() == 2:
+            return self._product(source.expand(members, -1, -1)).view(members * batch, self.out_features)
+        flat = source.reshape(1, -1, self.in_features).expand(members, -1, -1)
+        out = self._product(flat).view(members, batch, *source.shape[1:-1], self.out_features)
+        return self._join_members(out, batch)
 
     def per_member(self, inputs: torch.Tensor) -> torch.Tensor:
         """``[M, N, in] -> [M, N, out]``: member ``m``'s layer applied to ``inputs[m]`` (members on a leading
