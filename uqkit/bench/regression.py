@@ -45,6 +45,7 @@ from torch import nn
 from uqkit._validation import check_choice, check_positive_int
 from uqkit.bench.evaluate_conformal import conformal_intervals, summarize_intervals
 from uqkit.bench.report import SCHEMA_VERSION
+from uqkit.bench.run_files import prepare_run_dir, write_json
 from uqkit.bench.trainer import NonFiniteLossError
 from uqkit.data.uci import RegressionTable, Standardizer, load_uci_directory, uci_boston, uci_concrete
 from uqkit.methods.ncp import expected_gaussian_nll, output_prior_divergence
@@ -1186,7 +1187,7 @@ def run_regression_bench(
     Raises:
         RunConfigMismatchError: ``out`` holds a run and ``resume`` is False, or it holds a different run.
     """
-    from uqkit.bench.runner import _atomic_write_json, _prepare_run_dir, environment
+    from uqkit.bench.runner import environment
 
     for task in tasks:
         check_choice(task, "--task", REGRESSION_TASKS)
@@ -1201,7 +1202,7 @@ def run_regression_bench(
     executor = executor if executor is not None else LocalExecutor()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    _prepare_run_dir(out, _run_identity(tasks, names, data_dir, seed, split_chunks), resume, command)
+    prepare_run_dir(out, _run_identity(tasks, names, data_dir, seed, split_chunks), resume, command)
     results: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
         "created": "",
@@ -1228,7 +1229,7 @@ def run_regression_bench(
     finally:
         torch.set_num_threads(threads)
     results["created"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-    _atomic_write_json(results, out / "results.json")
+    write_json(results, out / "results.json")
     return results
 
 

@@ -29,6 +29,7 @@ from typing import Any
 import torch
 
 from uqkit._validation import check_positive_int
+from uqkit.bench.run_files import json_safe, read_or_set_aside, write_json
 
 __all__ = [
     "chunk_path",
@@ -107,7 +108,6 @@ def run_regression_cell(
         log: progress printer (None: quiet).
     """
     from uqkit.bench import regression
-    from uqkit.bench.runner import _atomic_write_json, _clean
 
     table = regression.load_regression_table(task, data_dir)
     task_name = task if task != "uci" else f"uci-{table.name}"
@@ -115,8 +115,8 @@ def run_regression_cell(
     if num_chunks > 1:
         table = dataclasses.replace(table, splits=tuple(table.splits[i] for i in splits))
     block = regression.evaluate_regression_method(method, table, chunk_seed(seed, chunk), log)
-    block = _clean(block)
-    _atomic_write_json(block, chunk_path(out, task_name, method.name, chunk, num_chunks))
+    block = json_safe(block)
+    write_json(block, chunk_path(out, task_name, method.name, chunk, num_chunks))
     return block
 
 
@@ -289,8 +289,6 @@ class _MethodChunks:
     def add(self, chunk: int, block: dict[str, Any], out: Path, log: Callable[[str], None]) -> None:
         """Keep a finished chunk; with the last one, merge, write ``methods/<task>/<method>.json`` (when
         chunked: the one-stack cell wrote it) and log the method's numbers."""
-        from uqkit.bench.runner import _atomic_write_json, _clean
-
         self.blocks[chunk] = block
         if len(self.blocks) < len(self.test_rows):
             return
@@ -298,8 +296,8 @@ class _MethodChunks:
             self.done(self.blocks[0], log)
             return
         blocks = [self.blocks[c] for c in range(len(self.test_rows))]
-        merged = _clean(merge_chunk_blocks(blocks, self.test_rows, self.per_split_details))
-        _atomic_write_json(merged, chunk_path(out, self.task_name, self.name, 0, 1))
+        merged = json_safe(merge_chunk_blocks(blocks, self.test_rows, self.per_split_details))
+        write_json(merged, chunk_path(out, self.task_name, self.name, 0, 1))
         self.done(merged, log)
 
     def done(self, block: dict[str, Any], log: Callable[[str], None]) -> None:
@@ -329,7 +327,6 @@ def run_cells(
     from uqkit.bench import regression
     from uqkit.bench._atomic import read_json
     from uqkit.bench.executors import Cell
-    from uqkit.bench.runner import _atomic_write_json, _read_or_set_aside
 
     total_started = time.perf_counter()
     directory = None if data_dir is None else str(data_dir)
@@ -351,7 +348,7 @@ def run_cells(
             methods[task_name, name] = entry
             redo = f"running {name} again"
             whole = chunk_path(out, task_name, name, 0, 1)
-            kept = _read_or_set_aside(whole, read_json, redo, log) if resume else None
+            kept = read_or_set_aside(whole, read_json, redo, log) if resume else None
             if kept is not None:
                 log(entry.label)
                 log(f"[uqkit]   {name}: finished in the earlier run, kept ({whole})")
@@ -361,7 +358,7 @@ def run_cells(
                 log(f"{entry.label}: one stack of all splits ({name} draws its search once for all of them)")
             for chunk in range(chunks):
                 path = chunk_path(out, task_name, name, chunk, chunks)
-                block = _read_or_set_aside(path, read_json, redo, log) if resume and chunks > 1 else None
+                block = read_or_set_aside(path, read_json, redo, log) if resume and chunks > 1 else None
                 if block is not None:
                     log(f"{entry.label}: splits chunk {chunk + 1} of {chunks} finished earlier, kept")
                     entry.add(chunk, block, out, log)
@@ -391,7 +388,7 @@ def run_cells(
             )
             path = chunk_path(out, entry.task_name, entry.name, chunk, len(entry.test_rows))
             if not path.exists():  # a cluster node that does not share the run directory: written here
-                _atomic_write_json(block, path)
+                write_json(block, path)
         entry.add(chunk, block, out, log)
     for (task_name, name), entry in methods.items():
         results["tasks"][task_name]["methods"][name] = entry.block
