@@ -13,7 +13,8 @@ import torch
 from test_regression import _tiny_table  # the same tiny table (tests/bench is on sys.path under pytest)
 
 from uqkit.bench import regression, regression_sgmcmc
-from uqkit.bench.regression import REGRESSION_METHODS, _phase_data, evaluate_regression_method
+from uqkit.bench.regression import REGRESSION_METHODS, evaluate_regression_method
+from uqkit.bench.regression_stack import SplitData, split_data
 from uqkit.data import RegressionTable
 from uqkit.sgmcmc import CyclicalSchedule
 
@@ -134,7 +135,7 @@ def test_trains_and_predicts_finite_gaussians_and_never_chooses_on_test_data(nam
     assert first["conformal"]["network"] == "selection"
 
 
-def _toy_phase(rows: int = 300) -> regression._Phase:
+def _toy_phase(rows: int = 300) -> SplitData:
     """A 1-D regression toy: ``y = sin(3x) + noise`` on ``x`` in [-1, 1], one split, all rows training."""
     rng = np.random.default_rng(0)
     x = rng.uniform(-1.0, 1.0, size=(rows, 1))
@@ -142,7 +143,7 @@ def _toy_phase(rows: int = 300) -> regression._Phase:
     every = torch.arange(rows)
     x, y = torch.from_numpy(x), torch.from_numpy(y)
     table = RegressionTable("toy", x, y, ("x",), "y", ((every, every),), "t")
-    return _phase_data(table, [(every, every)])
+    return split_data(table, [(every, every)])
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -93,6 +93,16 @@ class Method(nn.Module):
         own_schedule: the name of the per-step schedule a method with its own optimizer applies itself (e.g.
             ``"cyclical"``), recorded as the result block's ``learning_rate_schedule``; ``None``: the
             trainer's.
+        per_order_data: whether each batch order draws from its own data (a stack of networks, each on its
+            own split: :class:`uqkit.bench.regression_stack.StackedRegression`): the trainer's training and
+            validation tensors are then ``[num_batch_orders, N, ...]`` and order ``j``'s batches come from
+            row ``j``.
+        validation_every: score on validation after every this many epochs and after the last (1, default:
+            every epoch); ``None``: never (nothing to select, e.g. a retraining on all the training data).
+        independent_parts: whether the parts of :meth:`validation_nlls` are trained independently (a stack
+            of networks whose loss is the sum of theirs): a non-finite loss then spoils only the parts whose
+            terms are not finite, which score ``inf`` and are never selected, and training goes on; ``False``
+            (default): the trainer stops with :class:`~uqkit.bench.trainer.NonFiniteLossError`.
     """
 
     num_samples: int = 1
@@ -105,6 +115,9 @@ class Method(nn.Module):
     budget_multiple: int = 1
     optimizer_name: str = "Adam"
     own_schedule: str | None = None
+    per_order_data: bool = False
+    validation_every: int | None = 1
+    independent_parts: bool = False
 
     def use_likelihood(self, likelihood: Likelihood) -> None:
         """Train and predict with ``likelihood`` (every :class:`uqkit.ELBO` of the method scores its data
@@ -175,6 +188,24 @@ class Method(nn.Module):
         every rank). Parameters need nothing: their gradients are averaged at every step.
         """
 
+    def draw_batch_orders(self, num_examples: int, generators: list[torch.Generator]) -> torch.Tensor:
+        """``[num_batch_orders, num_examples]``: this epoch's order of the training examples for each batch
+        order, drawn from ``generators`` (one per order, order ``j``'s seeded with the run's seed plus ``j``,
+        saved in the epoch checkpoints). Default: a ``torch.randperm`` per order from its own generator."""
+        return torch.stack([torch.randperm(num_examples, generator=generator) for generator in generators])
+
+    def score_validation(
+        self, inputs: torch.Tensor, labels: torch.Tensor
+    ) -> tuple[dict[str, float], list[float]] | None:
+        """The method's own validation scoring, or ``None`` (default) for the trainer's: the predictive
+        distribution in batches through the likelihood (its :meth:`~uqkit.bench.likelihoods.Likelihood.
+        validation_metrics`) and :meth:`validation_nlls`.
+
+        Called by the trainer in eval mode without gradients. Returns the history's validation numbers (e.g.
+        ``{"val_nll": ...}``) and the validation NLL of each part, as :meth:`validation_nlls`.
+        """
+        return None
+
     def on_epoch_start(self, epoch: int, num_epochs: int) -> None:
         """Called by the trainer before each epoch (0-based ``epoch``); default: nothing.
 
@@ -190,6 +221,11 @@ class Method(nn.Module):
         into the epoch checkpoints as Adam's does.
         """
         return None
+
+    def on_epoch_end(self, epoch: int, num_epochs: int) -> None:
+        """Called by the trainer after each epoch (1-based ``epoch``, after its validation and epoch
+        selection); default: nothing. For a method that keeps states of its own (a stack whose networks end
+        at different epochs)."""
 
     def on_step_start(self, step: int, total_steps: int, optimizer: torch.optim.Optimizer) -> None:
         """Called by the trainer before each training step (0-based global ``step`` of ``total_steps``, the

@@ -42,13 +42,13 @@ from uqkit.bench.posterior_distillation import (
 )
 from uqkit.bench.regression import (
     RegressionFit,
-    _build_stack,
     _SelectionNetworks,
     register_regression_method,
     training_budget,
 )
 from uqkit.bench.regression_distilled import mixture_moments
 from uqkit.bench.regression_sgmcmc import CHAIN_EPOCHS, CyclicalSGMCMCRegression, csgmcmc_recipe
+from uqkit.bench.regression_stack import build_stack
 from uqkit.data.uci import RegressionTable
 from uqkit.nn.stacked import StackedGaussianMLP
 from uqkit.objectives import gaussian_nll_loss
@@ -139,7 +139,7 @@ class GeneratedSGMCMCRegression(CyclicalSGMCMCRegression):
         """
         vectors = stack_vectors(samples)
         kept = vectors.shape[0] // splits
-        template = _build_stack(self, torch.zeros(1), samples.hidden.weight.shape[1])
+        template = build_stack(self, torch.zeros(1), samples.hidden.weight.shape[1])
         drawn, ranks, times = [], [], []
         for split in range(splits):
             started = time.perf_counter()

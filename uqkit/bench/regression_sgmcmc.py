@@ -47,18 +47,20 @@ import torch
 from torch import nn
 
 from uqkit.bench.regression import (
-    BATCH_SIZE,
     RegressionFit,
     RegressionMethod,
-    _build_stack,
-    _group_nll,
-    _phase_data,
-    _sample_predictions,
     _SelectionNetworks,
-    _train_stack,
     _validation_pairs,
     register_regression_method,
     training_budget,
+)
+from uqkit.bench.regression_stack import (
+    BATCH_SIZE,
+    build_stack,
+    group_nll,
+    sample_stack,
+    split_data,
+    train_stack,
 )
 from uqkit.data.uci import RegressionTable
 from uqkit.nn.stacked import StackedGaussianMLP
@@ -133,16 +135,14 @@ class SGMCMCRegressionMethod(RegressionMethod):
         num_train = phase.train_x.shape[1]
         steps_per_epoch = math.ceil(num_train / BATCH_SIZE)
         chains = self.chains(config, self.epochs * steps_per_epoch, steps_per_epoch)
-        models = split_of_model.numel()
-        _train_stack(
+        train_stack(
             self,
             phase,
             split_of_model,
-            torch.full((models,), config["learning_rate"]),
-            torch.zeros(models),
+            [config] * split_of_model.numel(),
             self.epochs,
             seed,
-            raise_on_nonfinite=raise_on_nonfinite,
+            independent_parts=not raise_on_nonfinite,
             sampler=chains,
         )
         return chains.samples(self, phase.train_x.shape[2]), chains
@@ -155,7 +155,7 @@ class SGMCMCRegressionMethod(RegressionMethod):
         started = time.perf_counter()
         splits, grid = len(table.splits), self.grid()
         pairs = _validation_pairs(table, seed)
-        phase = _phase_data(table, pairs)
+        phase = split_data(table, pairs)
         every_split = torch.arange(splits)
         scores = torch.empty(splits, len(grid), dtype=torch.float64)
         candidates = []
@@ -163,9 +163,9 @@ class SGMCMCRegressionMethod(RegressionMethod):
             # the same seed for every configuration: the same initialisations and batch orders
             samples, _ = self.run_chains(phase, every_split, config, seed, raise_on_nonfinite=False)
             kept = samples.num_models // splits
-            mean, variance = _sample_predictions(samples, phase.eval_x.repeat_interleave(kept, dim=0), 1)
+            mean, variance = sample_stack(samples, phase.eval_x.repeat_interleave(kept, dim=0), 1)
             shape = (splits, kept, *mean.shape[1:])
-            nll = _group_nll(mean.reshape(shape), variance.reshape(shape), phase.eval_y).double()
+            nll = group_nll(mean.reshape(shape), variance.reshape(shape), phase.eval_y).double()
             scores[:, index] = torch.where(torch.isfinite(nll), nll, torch.full_like(nll, math.inf))
             candidates.append(samples)
         chosen = scores.argmin(dim=1)
@@ -177,7 +177,7 @@ class SGMCMCRegressionMethod(RegressionMethod):
                 f"[uqkit]   {self.name}: step size, prior and temperature chosen on validation in "
                 f"{selection_time:.1f} s"
             )
-        full = _phase_data(table, [(train, train) for train, _ in table.splits])
+        full = split_data(table, [(train, train) for train, _ in table.splits])
         parts: list[StackedGaussianMLP | None] = [None] * splits
         kept_steps: list[int] = []
         for index in sorted(set(chosen.tolist())):
@@ -218,7 +218,7 @@ class SGMCMCRegressionMethod(RegressionMethod):
 
 
 class StackChains:
-    """One SG-MCMC run of a stack of chains for :func:`uqkit.bench.regression._train_stack` (its
+    """One SG-MCMC run of a stack of chains for :func:`uqkit.bench.regression_stack.train_stack` (its
     ``sampler``): the optimizer, the step size of each step, and the states its thinning rule keeps.
 
     Args:
@@ -263,7 +263,7 @@ class StackChains:
             name: torch.stack([sample[name] for sample in self.kept], dim=1).flatten(0, 1)
             for name in self.kept[0]
         }
-        model = _build_stack(method, torch.zeros(next(iter(state.values())).shape[0]), in_features)
+        model = build_stack(method, torch.zeros(next(iter(state.values())).shape[0]), in_features)
         model.load_state_dict(state)
         return model.eval()
 
