@@ -21,7 +21,7 @@ import torch
 
 from uqkit.bench import regression, runner
 from uqkit.bench.executors import Cell, LocalExecutor, RayExecutor, make_executor
-from uqkit.bench.regression import REGRESSION_METHODS, evaluate_regression_method, run_regression_bench
+from uqkit.bench.regression import REGRESSION_METHODS, evaluate_regression_method
 from uqkit.bench.regression_cells import (
     _merge_details,
     _pooled_summary,
@@ -29,6 +29,7 @@ from uqkit.bench.regression_cells import (
     merge_chunk_blocks,
     method_chunks,
     partition_splits,
+    run_regression_bench,
 )
 from uqkit.bench.report import validate_results
 from uqkit.bench.run_files import json_safe

@@ -13,14 +13,14 @@ import pytest
 import torch
 
 from uqkit.bench import regression
-from uqkit.bench.registry import methods_for_task
+from uqkit.bench.registry import methods_for_task, register_task_methods
 from uqkit.bench.regression import (
     PUBLISHED,
     REGRESSION_METHODS,
     default_regression_methods,
     evaluate_regression_method,
-    run_regression_bench,
 )
+from uqkit.bench.regression_cells import run_regression_bench
 from uqkit.bench.regression_stack import StackedAdam, split_data, train_stack
 from uqkit.bench.report import (
     REGRESSION_TASK_KEYS,
@@ -383,6 +383,9 @@ def test_opt_in_methods_are_listed_and_run_only_when_named(
     assert set(OPT_IN) <= set(REGRESSION_METHODS) and not set(OPT_IN) & set(default_regression_methods())
     assert methods_for_task("uci-boston") == default_regression_methods()
     assert methods_for_task("uci", opt_in=True) == list(REGRESSION_METHODS)
+    assert list(REGRESSION_METHODS)[: len(default_regression_methods())] == default_regression_methods()
+    with pytest.raises(ValueError, match="uci-boston are listed already"):
+        register_task_methods(["uci-boston"], lambda opt_in: [])
     assert main(["list"]) == 0
     lines = capsys.readouterr().out.splitlines()
     for name in OPT_IN:

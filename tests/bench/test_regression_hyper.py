@@ -12,7 +12,7 @@ import torch
 from test_regression import _tiny_table  # the same tiny table (tests/bench is on sys.path under pytest)
 
 from uqkit.bench import regression
-from uqkit.bench.regression import REGRESSION_METHODS, _model_splits, evaluate_regression_method
+from uqkit.bench.regression import REGRESSION_METHODS, evaluate_regression_method, model_splits
 from uqkit.bench.regression_hyper import HyperEnsembleRegression
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -56,7 +56,7 @@ def test_selection_is_the_greedy_mixture_on_validation_and_retrained_members_kee
     fit = method.fit(table, seed=0)
     networks = fit.networks
     splits = len(table.splits)
-    split_of_model = _model_splits(networks.model.num_models, splits, networks.rows)
+    split_of_model = model_splits(networks.model.num_models, splits, networks.rows)
     with torch.no_grad():
         mean, variance = networks.model(networks.phase.eval_x[split_of_model])
     for split in range(splits):

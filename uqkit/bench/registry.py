@@ -13,7 +13,7 @@ here (or from another module with :func:`register_method`), and nothing else cha
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "METHODS",
+    "TASK_METHODS",
     "Method",
     "MethodContext",
     "MethodEntry",
@@ -38,6 +39,7 @@ __all__ = [
     "build_method",
     "methods_for_task",
     "register_method",
+    "register_task_methods",
 ]
 
 
@@ -291,19 +293,38 @@ def register_method(name: str, description: str, tasks: tuple[str, ...] | None =
     return decorate
 
 
+TASK_METHODS: dict[str, Callable[[bool], list[str]]] = {}
+"""Tasks whose methods another registry lists (:func:`register_task_methods`): task -> ``lister(opt_in)``."""
+
+
+def register_task_methods(tasks: Iterable[str], lister: Callable[[bool], list[str]]) -> None:
+    """Let ``lister(opt_in)`` answer :func:`methods_for_task` for ``tasks``: a family of tasks whose
+    methods are registered elsewhere (the UCI regression tasks: :mod:`uqkit.bench.regression`'s recipes).
+
+    Raises:
+        ValueError: for a task whose methods are listed already.
+    """
+    if not callable(lister):
+        raise TypeError(f"lister: expected a callable lister(opt_in) -> names, got {type(lister).__name__}")
+    tasks = list(tasks)
+    taken = [task for task in tasks if task in TASK_METHODS]
+    if taken:
+        raise ValueError(f"tasks: the methods of {', '.join(taken)} are listed already")
+    for task in tasks:
+        TASK_METHODS[task] = lister
+
+
 def methods_for_task(task: str, opt_in: bool = False) -> list[str]:
     """Names of the registered methods that apply to ``task``, in registration order: the ones a run
     without ``--methods`` trains, and with ``opt_in=True`` also those that run only when named
     (``register_method(..., default=False)``).
 
-    For a regression task (``uci-boston``, ``uci-concrete``, ``uci``) these are the regression methods of
-    :data:`uqkit.bench.regression.REGRESSION_METHODS`, which share names with their classification twins
-    (the opt-in ones, ``register_regression_method(..., default=False)``, only with ``opt_in=True``).
+    For a task of a family registered with :func:`register_task_methods` (the regression tasks
+    ``uci-boston``, ``uci-concrete``, ``uci``: the recipes of :data:`uqkit.bench.regression.
+    REGRESSION_METHODS`, which share names with their classification twins) the family's lister answers.
     """
-    from uqkit.bench.regression import REGRESSION_METHODS, REGRESSION_TASKS, default_regression_methods
-
-    if task in REGRESSION_TASKS:
-        return list(REGRESSION_METHODS) if opt_in else default_regression_methods()
+    if task in TASK_METHODS:
+        return TASK_METHODS[task](opt_in)
     return [
         name
         for name, entry in METHODS.items()

@@ -12,11 +12,17 @@ Protocol (Hernandez-Lobato & Adams 2015; Gal & Ghahramani 2016; Lakshminarayanan
 * test RMSE and Gaussian NLL in the target's original units, per split, then mean and standard error over
   the splits.
 
-Speed: every model of a phase (split x ensemble member x hyper-parameter configuration) is one slice of a
-stack, each fed its own minibatches of its own split: one :class:`~uqkit.bench.regression_stack.
-StackedRegression` method, trained by the one trainer (:func:`~uqkit.bench.regression_stack.train_stack`).
-Models never interact, so this is exactly the set of independent trainings, at the cost of a handful of
-batched products per step.
+This module is the protocol as a policy of the UCI tasks: a method's recipe (:class:`RegressionMethod`:
+architecture, loss, grids) and the choice on validation and retraining (:meth:`RegressionMethod.fit`), whose
+every training is a :class:`~uqkit.bench.regression_stack.StackedRegression` method trained by the one
+trainer (:func:`uqkit.bench.trainer.train_method`, through :func:`~uqkit.bench.regression_stack.
+train_stack`); and the test of what a fit returns (:func:`evaluate_regression_method`, every split's
+:class:`~uqkit.GaussianPrediction` scored by :func:`~uqkit.bench.regression_metrics.prediction_metrics`, as
+a regression task of the user's data is). Every model of a phase (split x ensemble member x
+hyper-parameter configuration) is one network of one stack, each fed its own minibatches of its own split;
+networks never interact, so this is exactly the set of independent trainings, at the cost of a handful of
+batched products per step. A run of tasks x methods (resumable, its cells on an executor) is
+:func:`uqkit.bench.regression_cells.run_regression_bench`.
 
 The methods (:data:`REGRESSION_METHODS`, registered with :func:`register_regression_method`):
 ``deterministic`` (one network), ``deep-ensemble`` (5 networks, their Gaussian mixture), ``mc-dropout``
@@ -24,20 +30,18 @@ The methods (:data:`REGRESSION_METHODS`, registered with :func:`register_regress
 weights with Flipout, trained on the ELBO with the KL divided by the training-set size) and ``ncp`` (a
 Bayesian last layer for the mean trained with a noise-contrastive prior, Hafner et al. 2018: the network's
 function distribution at perturbed inputs pulled towards a wide output prior; its input-noise and prior
-scales are hyper-parameters chosen on validation like the others).
+scales are hyper-parameters chosen on validation like the others). The opt-in ones (``csgmcmc``,
+``sgld``, ``csgmcmc-distilled``, ``apd``, ``hyper-deep-ensemble``) register themselves from their modules,
+which :mod:`uqkit.bench` imports.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import datetime as _dt
 import itertools
 import math
-import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -45,6 +49,8 @@ from torch import nn
 
 from uqkit._validation import check_choice, check_positive_int
 from uqkit.bench.evaluate_conformal import conformal_intervals, summarize_intervals
+from uqkit.bench.registry import register_task_methods
+from uqkit.bench.regression_metrics import COVERAGE_LEVELS, mixture_nll, prediction_metrics, summarize_splits
 from uqkit.bench.regression_stack import (
     BATCH_SIZE,
     HIDDEN_UNITS,
@@ -54,10 +60,7 @@ from uqkit.bench.regression_stack import (
     split_data,
     train_stack,
 )
-from uqkit.bench.report import SCHEMA_VERSION
-from uqkit.bench.run_files import prepare_run_dir, write_json
 from uqkit.data.uci import RegressionTable, load_uci_directory, uci_boston, uci_concrete
-from uqkit.metrics.regression import gaussian_nll, interval_coverage, rmse
 from uqkit.prediction import GaussianPrediction
 
 __all__ = [
@@ -71,12 +74,9 @@ __all__ = [
     "load_regression_table",
     "mixture_nll",
     "register_regression_method",
-    "run_regression_bench",
 ]
 
 VALIDATION_FRACTION = 0.2
-COVERAGE_LEVELS = tuple(round(0.05 * i, 2) for i in range(1, 20))
-"""Nominal probabilities of the central intervals in the coverage calibration curve (0.05 ... 0.95)."""
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -368,7 +368,7 @@ def load_regression_table(task: str, data_dir: str | None = None) -> RegressionT
 # ---------------------------------------------------------------------------------------------------------
 # The protocol: choice on validation, retraining, test
 # ---------------------------------------------------------------------------------------------------------
-def _validation_pairs(table: RegressionTable, seed: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def validation_pairs(table: RegressionTable, seed: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """80/20 (fit, validation) row indices carved from each split's training rows, seeded per split."""
     pairs = []
     for split, (train_index, _) in enumerate(table.splits):
@@ -380,7 +380,7 @@ def _validation_pairs(table: RegressionTable, seed: int) -> list[tuple[torch.Ten
 
 
 @dataclass
-class _SelectionNetworks:
+class SelectionNetworks:
     """The networks of the selection phase for split conformal prediction (UCI protocol).
 
     The protocol retrains the chosen configuration on the whole training split, which leaves no held-out
@@ -428,7 +428,7 @@ class RegressionFit:
     configs: list[dict[str, Any]]
     epochs: list[int]
     validation_nll: list[list[float | None]]
-    networks: _SelectionNetworks | None
+    networks: SelectionNetworks | None
     selection_time_s: float
     grid: list[dict[str, Any]]
     training: dict[str, Any]
@@ -436,7 +436,7 @@ class RegressionFit:
     rows: list[torch.Tensor] | None = None
 
 
-def _split_rows(split: int, members: int, rows: list[torch.Tensor] | None) -> torch.Tensor:
+def split_rows(split: int, members: int, rows: list[torch.Tensor] | None) -> torch.Tensor:
     """The rows of split ``split``'s models in a split-major stack of ``members`` models per split."""
     if rows is not None:
         return rows[split]
@@ -448,7 +448,7 @@ def stack_size(network: nn.Module) -> int:
     return next(network.parameters()).shape[0]
 
 
-def _model_splits(num_models: int, splits: int, rows: list[torch.Tensor] | None) -> torch.Tensor:
+def model_splits(num_models: int, splits: int, rows: list[torch.Tensor] | None) -> torch.Tensor:
     """``[num_models]``: the split of each model of a split-major stack (``rows``: see :class:`RegressionFit`;
     None: ``num_models / splits`` models per split)."""
     if rows is None:
@@ -463,7 +463,7 @@ def _model_splits(num_models: int, splits: int, rows: list[torch.Tensor] | None)
 
 def _select(
     method: RegressionMethod, table: RegressionTable, seed: int
-) -> tuple[list[dict[str, float]], list[int], list[list[float | None]], _SelectionNetworks | None]:
+) -> tuple[list[dict[str, float]], list[int], list[list[float | None]], SelectionNetworks | None]:
     """Choose each split's configuration and epoch count on its validation split.
 
     Every (split, configuration, member) is one network of one stack, trained on the split's fit part and
@@ -479,7 +479,7 @@ def _select(
     splits = len(table.splits)
     if len(grid) == 1 and not method.select_epochs:
         return [grid[0]] * splits, [method.epochs] * splits, [[None] for _ in range(splits)], None
-    pairs = _validation_pairs(table, seed)
+    pairs = validation_pairs(table, seed)
     phase = split_data(table, pairs)
     members = method.members
     # model index = ((split * G) + config) * M + member
@@ -511,15 +511,15 @@ def _select(
     model = build_stack(method, stack.dropout[chosen], phase.train_x.shape[2])
     model.load_state_dict({name: value[chosen] for name, value in stack.network.state_dict().items()})
     model.eval()
-    networks = _SelectionNetworks(model, list(chosen_epochs), phase, pairs)
+    networks = SelectionNetworks(model, list(chosen_epochs), phase, pairs)
     return chosen_configs, chosen_epochs, per_config, networks
 
 
 def _selection_conformal(
-    method: RegressionMethod, table: RegressionTable, networks: _SelectionNetworks, seed: int
+    method: RegressionMethod, table: RegressionTable, networks: SelectionNetworks, seed: int
 ) -> dict[str, Any]:
     """Conformal intervals of every split, calibrated on its validation rows by the selection network (see
-    :class:`_SelectionNetworks`) and scored on its test rows, beside that network's Gaussian intervals;
+    :class:`SelectionNetworks`) and scored on its test rows, beside that network's Gaussian intervals;
     summarised over splits (:func:`uqkit.bench.evaluate_conformal.summarize_intervals`)."""
     phase = networks.phase
     splits, num_val = phase.eval_x.shape[0], phase.eval_x.shape[1]
@@ -535,14 +535,14 @@ def _selection_conformal(
     torch.manual_seed(seed + 13)
     all_mean, all_variance = sample_stack(
         networks.model,
-        inputs[_model_splits(stack_size(networks.model), splits, networks.rows)],
+        inputs[model_splits(stack_size(networks.model), splits, networks.rows)],
         method.num_samples,
         one_pass_per_sample=method.flipout,
     )  # [splits * members, S, rows, 1]
     per_split = []
     for split, (_, test_index) in enumerate(table.splits):
         standardizer = phase.standardizers[split]
-        block = _split_rows(split, members, networks.rows)
+        block = split_rows(split, members, networks.rows)
         mean = standardizer.mean_to_original(all_mean[block].double()).flatten(0, 1)
         variance = standardizer.variance_to_original(all_variance[block].double()).flatten(0, 1)
         end = num_val + int(test_index.numel())
@@ -553,20 +553,6 @@ def _selection_conformal(
             conformal_intervals(val, val_targets, test, table.targets[test_index].reshape(-1, 1))
         )
     return summarize_intervals(per_split, num_val, network="selection")
-
-
-def _summary(values: Sequence[float]) -> dict[str, float]:
-    """Mean and standard error (sample standard deviation / sqrt(n)) of per-split values."""
-    tensor = torch.tensor(list(values), dtype=torch.float64)
-    se = float(tensor.std(unbiased=True) / math.sqrt(tensor.numel())) if tensor.numel() > 1 else 0.0
-    return {"mean": float(tensor.mean()), "se": se}
-
-
-def mixture_nll(mean: torch.Tensor, variance: torch.Tensor, targets: torch.Tensor) -> float:
-    """Exact NLL of the equal-weight Gaussian mixture ``[S, B, D]`` (log-mean-exp over the ``S``
-    components), averaged over the ``B * D`` targets."""
-    log_prob = -0.5 * (2 * math.pi * variance).log() - (targets - mean).square() / (2 * variance)
-    return float(-(torch.logsumexp(log_prob.double(), dim=0) - math.log(mean.shape[0])).mean())
 
 
 def evaluate_regression_method(
@@ -598,7 +584,7 @@ def evaluate_regression_method(
     # Test sets may differ in size by one row for custom splits, so test prediction is per split below.
     splits, members, model = len(table.splits), fitted.members, fitted.model
     full = split_data(table, [(train, train) for train, _ in table.splits])
-    split_of_model = _model_splits(stack_size(model), splits, fitted.rows)
+    split_of_model = model_splits(stack_size(model), splits, fitted.rows)
     torch.manual_seed(seed + 11)
     per_split: dict[str, list[float]] = {"nll": [], "rmse": [], "nll_mixture": [], "coverage_95": []}
     coverage = torch.zeros(len(COVERAGE_LEVELS), dtype=torch.float64)
@@ -617,25 +603,15 @@ def evaluate_regression_method(
     for split, (_, test_index) in enumerate(table.splits):
         standardizer = full.standardizers[split]
         targets = table.targets[test_index].reshape(-1, 1)
-        rows, size = _split_rows(split, members, fitted.rows), int(test_index.numel())
+        rows, size = split_rows(split, members, fitted.rows), int(test_index.numel())
         mean = all_mean[rows, :, :size].double()
         variance = all_variance[rows, :, :size].double()
         mean = standardizer.mean_to_original(mean).reshape(-1, *mean.shape[-2:])
         variance = standardizer.variance_to_original(variance).reshape(-1, *variance.shape[-2:])
-        prediction = GaussianPrediction(mean, variance)
-        per_split["nll"].append(gaussian_nll(prediction.mean, prediction.variance, targets))
-        per_split["rmse"].append(rmse(prediction.mean, targets))
-        per_split["nll_mixture"].append(mixture_nll(mean, variance, targets))
-        per_split["coverage_95"].append(
-            interval_coverage(prediction.mean, prediction.variance, targets, 0.95)
-        )
-        coverage += torch.tensor(
-            [
-                interval_coverage(prediction.mean, prediction.variance, targets, level)
-                for level in COVERAGE_LEVELS
-            ],
-            dtype=torch.float64,
-        )
+        numbers = prediction_metrics(GaussianPrediction(mean, variance), targets)
+        for name, values in per_split.items():
+            values.append(numbers[name])
+        coverage += torch.tensor(numbers["coverage"], dtype=torch.float64)
         num_test += int(test_index.numel())
     inference_time = time.perf_counter() - inference_started
     coverage /= splits
@@ -651,7 +627,7 @@ def evaluate_regression_method(
         "train_time_s": train_time,
         "selection_time_s": fitted.selection_time_s,
         "inference_ms_per_example": 1000.0 * inference_time / max(1, num_test),
-        "metrics": {name: _summary(values) for name, values in per_split.items()},
+        "metrics": {name: summarize_splits(values) for name, values in per_split.items()},
         "per_split": {
             **per_split,
             "learning_rate": [c["learning_rate"] for c in configs],
@@ -721,9 +697,11 @@ def training_budget(optimizer: str, selection: int, retraining: Sequence[int]) -
 
 
 # ---------------------------------------------------------------------------------------------------------
-# A run: tasks x methods -> results.json and the report
+# A task's block of results.json
 # ---------------------------------------------------------------------------------------------------------
-def _task_block(task: str, table: RegressionTable) -> dict[str, Any]:
+def regression_task_block(task: str, table: RegressionTable) -> dict[str, Any]:
+    """The block of regression task ``task`` (its ``table``) in ``results.json``, without its methods'
+    blocks: the table's facts, the protocol and the published numbers (docs/results-schema.md)."""
     info = REGRESSION_TASKS[task]
     train_sizes = sorted({int(train.numel()) for train, _ in table.splits})
     test_sizes = sorted({int(test.numel()) for _, test in table.splits})
@@ -754,118 +732,6 @@ def _task_block(task: str, table: RegressionTable) -> dict[str, Any]:
     }
 
 
-def _run_identity(
-    tasks: Sequence[str],
-    names: Sequence[str],
-    data_dir: str | os.PathLike | None,
-    seed: int,
-    split_chunks: int = 1,
-) -> dict[str, Any]:
-    """What a resumed run must share with the run it continues (the split chunks only when more than one,
-    so that runs made before chunks existed still resume)."""
-    identity = {
-        "kind": "regression",
-        "tasks": list(tasks),
-        "methods": list(names),
-        "seed": seed,
-        "data_dir": None if data_dir is None else str(Path(data_dir).resolve()),
-        "recipes": {name: dataclasses.asdict(REGRESSION_METHODS[name]) for name in names},
-    }
-    if split_chunks != 1:
-        identity["split_chunks"] = split_chunks
-    return identity
-
-
-def run_regression_bench(
-    out: str | os.PathLike,
-    tasks: Sequence[str],
-    methods: Sequence[str] | None = None,
-    data_dir: str | os.PathLike | None = None,
-    seed: int = 0,
-    command: str = "",
-    log: Callable[[str], None] = print,
-    resume: bool = False,
-    executor: Any = None,
-    split_chunks: int = 1,
-) -> dict[str, Any]:
-    """Run regression ``methods`` (default: :func:`default_regression_methods`) on ``tasks``; write
-    ``results.json`` and the report.
-
-    Each finished method's block is also written (atomically) to ``methods/<task>/<method>.json`` as soon as
-    it is done, and the run's identity (tasks, methods, seed, data directory and every method's recipe) to
-    ``config.json``. A run directory that holds a run is only continued with ``resume=True`` and the same
-    identity; finished methods are then read back instead of retrained.
-    The run uses one torch thread (restored afterwards): its batched products are far too small to gain
-    from more, and on a busy machine every OpenMP region can stall.
-
-    Args:
-        out: the run directory.
-        tasks: names from :data:`REGRESSION_TASKS` (``uci`` reads ``data_dir``).
-        methods: names from :data:`REGRESSION_METHODS`, or None for the default ones (all but the opt-in).
-        data_dir: a UCI-format directory for the ``uci`` task.
-        seed: the run's seed.
-        command: the command line, recorded in the results.
-        log: progress printer.
-        resume: continue the run in ``out`` (``uqkit bench --resume``), keeping its finished methods.
-        executor: where the (table, method, chunk) cells run (:mod:`uqkit.bench.executors`; default: this
-            process, one after the other).
-        split_chunks: train each method's splits as this many stacks, one cell each
-            (:mod:`uqkit.bench.regression_cells`; 1, the default: one stack of all splits).
-
-    Returns:
-        The results dict written to ``out/results.json``.
-
-    Raises:
-        RunConfigMismatchError: ``out`` holds a run and ``resume`` is False, or it holds a different run.
-    """
-    from uqkit.bench.runner import environment
-
-    for task in tasks:
-        check_choice(task, "--task", REGRESSION_TASKS)
-    names = list(methods) if methods else default_regression_methods()
-    for name in names:
-        check_choice(name, "--methods", REGRESSION_METHODS)
-    check_positive_int(seed, "--seed", minimum=0)
-    check_positive_int(split_chunks, "--split-chunks")
-    from uqkit.bench.executors import LocalExecutor
-    from uqkit.bench.regression_cells import run_cells
-
-    executor = executor if executor is not None else LocalExecutor()
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    prepare_run_dir(out, _run_identity(tasks, names, data_dir, seed, split_chunks), resume, command)
-    results: dict[str, Any] = {
-        "schema_version": SCHEMA_VERSION,
-        "created": "",
-        "command": command,
-        "environment": {**environment("cpu"), "executor": executor.describe()},
-        "config": {
-            "tasks": list(tasks),
-            "methods": list(methods) if methods else None,
-            "epochs": None,
-            "seed": seed,
-            "quick": False,
-            "batch_size": BATCH_SIZE,
-            "model": f"mlp-{HIDDEN_UNITS}",
-            "device": "cpu",
-            "data_dir": None if data_dir is None else str(data_dir),
-            "split_chunks": split_chunks,
-        },
-        "tasks": {},
-    }
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the stacked products are small: threads only add OpenMP synchronisation
-    try:
-        run_cells(results, out, tasks, names, data_dir, seed, log, resume, executor, split_chunks)
-    finally:
-        torch.set_num_threads(threads)
-    results["created"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-    write_json(results, out / "results.json")
-    return results
-
-
-# The opt-in methods with their own procedures register themselves (they build on this module).
-from uqkit.bench import regression_apd as _regression_apd  # noqa: E402, F401
-from uqkit.bench import regression_distilled as _regression_distilled  # noqa: E402, F401
-from uqkit.bench import regression_hyper as _regression_hyper  # noqa: E402, F401
-from uqkit.bench import regression_sgmcmc as _regression_sgmcmc  # noqa: E402, F401
+register_task_methods(
+    REGRESSION_TASKS, lambda opt_in: list(REGRESSION_METHODS) if opt_in else default_regression_methods()
+)

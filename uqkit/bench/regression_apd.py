@@ -42,7 +42,7 @@ from uqkit.bench.posterior_distillation import (
 )
 from uqkit.bench.regression import (
     RegressionFit,
-    _SelectionNetworks,
+    SelectionNetworks,
     register_regression_method,
     training_budget,
 )
@@ -174,7 +174,7 @@ class GeneratedSGMCMCRegression(CyclicalSGMCMCRegression):
         for model in (selection.model, drawn_selection):
             mean, variance = mixture_moments(model, phase.eval_x)
             validation_nll.append(gaussian_nll_loss(mean, variance, phase.eval_y).mean(dim=(1, 2)))
-        networks = _SelectionNetworks(drawn_selection, selection.epochs, phase, selection.pairs)
+        networks = SelectionNetworks(drawn_selection, selection.epochs, phase, selection.pairs)
         if log is not None:
             log(
                 f"[uqkit]   {self.name}: generators of the selection phase fitted in "

@@ -30,7 +30,7 @@ import torch
 
 from uqkit.bench.regression import (
     RegressionFit,
-    _SelectionNetworks,
+    SelectionNetworks,
     register_regression_method,
     training_budget,
 )
@@ -113,7 +113,7 @@ class DistilledSGMCMCRegression(CyclicalSGMCMCRegression):
         networks = build_stack(self, torch.zeros(splits), table.num_features)
         state = students.network.state_dict()
         networks.load_state_dict({name: value[chosen] for name, value in state.items()})
-        networks = _SelectionNetworks(networks.eval(), epochs.tolist(), selection.phase, selection.pairs)
+        networks = SelectionNetworks(networks.eval(), epochs.tolist(), selection.phase, selection.pairs)
         student_selection = time.perf_counter() - started
         if log is not None:
             log(f"[uqkit]   {self.name}: students chosen on validation in {student_selection:.1f} s")

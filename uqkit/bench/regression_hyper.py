@@ -42,10 +42,10 @@ import torch
 from uqkit.bench.regression import (
     RegressionFit,
     RegressionMethod,
-    _SelectionNetworks,
-    _validation_pairs,
+    SelectionNetworks,
     register_regression_method,
     training_budget,
+    validation_pairs,
 )
 from uqkit.bench.regression_stack import HIDDEN_UNITS, split_data, train_stack
 from uqkit.data.uci import RegressionTable
@@ -155,7 +155,7 @@ class HyperEnsembleRegression(RegressionMethod):
         """The five stages of the module docstring."""
         started = time.perf_counter()
         splits, size = len(table.splits), self.members
-        pairs = _validation_pairs(table, seed)
+        pairs = validation_pairs(table, seed)
         phase = split_data(table, pairs)
         candidates = self.candidates(phase.train_x.shape[1], seed)
         count = len(candidates)
@@ -201,7 +201,7 @@ class HyperEnsembleRegression(RegressionMethod):
                 selection_states.append({name: value[row] for name, value in stack.state_dict().items()})
             members.append(split_members)
         rows = _rows(members)
-        networks = _SelectionNetworks(
+        networks = SelectionNetworks(
             _deterministic_stack(selection_states, table.num_features),
             [max(m["epochs"] for m in split_members) for split_members in members],
             phase,

@@ -49,10 +49,10 @@ from torch import nn
 from uqkit.bench.regression import (
     RegressionFit,
     RegressionMethod,
-    _SelectionNetworks,
-    _validation_pairs,
+    SelectionNetworks,
     register_regression_method,
     training_budget,
+    validation_pairs,
 )
 from uqkit.bench.regression_stack import (
     BATCH_SIZE,
@@ -154,7 +154,7 @@ class SGMCMCRegressionMethod(RegressionMethod):
         chosen configuration's chain on the whole training split, and return its samples."""
         started = time.perf_counter()
         splits, grid = len(table.splits), self.grid()
-        pairs = _validation_pairs(table, seed)
+        pairs = validation_pairs(table, seed)
         phase = split_data(table, pairs)
         every_split = torch.arange(splits)
         scores = torch.empty(splits, len(grid), dtype=torch.float64)
@@ -170,7 +170,7 @@ class SGMCMCRegressionMethod(RegressionMethod):
             candidates.append(samples)
         chosen = scores.argmin(dim=1)
         selection = _gather_samples([candidates[int(c)] for c in chosen], splits)
-        networks = _SelectionNetworks(selection, [self.epochs] * splits, phase, pairs)
+        networks = SelectionNetworks(selection, [self.epochs] * splits, phase, pairs)
         selection_time = time.perf_counter() - started
         if log is not None:
             log(
