@@ -118,7 +118,7 @@ def test_a_snapshot_equals_the_shorter_training_of_the_same_model():
     """Models in a stack are independent, so keeping model k after epoch e is training it for e epochs."""
     table = _tiny_table()
     phase = split_data(table, [(train, test) for train, test in table.splits])
-    method = _small("deep-ensemble", members=1)
+    method = _small("deep-ensemble", num_members=1)
     splits, configs = torch.arange(3), [{"learning_rate": 1e-2}] * 3
     long, _ = train_stack(method, phase, splits, configs, 3, seed=5, snapshot_epochs=torch.tensor([1, 3, 2]))
     one, _ = train_stack(method, phase, splits, configs, 1, seed=5)
@@ -150,6 +150,20 @@ def test_hyper_parameters_never_depend_on_test_data(name):
         for key in ("input_noise", "output_prior_scale"):
             assert first["per_split"][key][0] == second["per_split"][key][0]
     assert first["per_split"]["nll"][0] != second["per_split"]["nll"][0]  # its test data did change
+
+
+def test_members_is_the_deprecated_name_of_num_members():
+    """``members=`` (constructor, ``dataclasses.replace``) and ``.members`` still work for one release, with a
+    DeprecationWarning; the recipe's fields (the run's identity) hold ``num_members`` only."""
+    with pytest.warns(DeprecationWarning, match=r"RegressionMethod\(members=\.\.\.\).*num_members="):
+        old = regression.RegressionMethod("old", "an old recipe", members=3)
+    assert old.num_members == 3 and "members" not in dataclasses.asdict(old)
+    with pytest.warns(DeprecationWarning, match="num_members"):
+        assert old.members == 3
+    with pytest.warns(DeprecationWarning, match=r"HyperEnsembleRegression\(members="):
+        fewer = dataclasses.replace(REGRESSION_METHODS["hyper-deep-ensemble"], members=2)
+    assert fewer.num_members == 2 and type(fewer).__name__ == "HyperEnsembleRegression"
+    assert dataclasses.replace(fewer, epochs=3).num_members == 2  # replace keeps it, without a warning
 
 
 def test_ncp_grid_and_recipe():

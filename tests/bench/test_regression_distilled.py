@@ -14,7 +14,7 @@ from test_regression import _tiny_table  # the same tiny table (tests/bench is o
 
 from uqkit.bench.regression import REGRESSION_METHODS, evaluate_regression_method
 from uqkit.bench.regression_distilled import mixture_moments
-from uqkit.bench.regression_stack import SplitData, build_stack, train_stack
+from uqkit.bench.regression_stack import SplitData, build_stack, stack_size, train_stack
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -78,7 +78,7 @@ def test_distils_csgmcmcs_samples_into_one_network_chosen_on_validation_only():
     fit = method.fit(table, seed=0)
     teacher = _small("csgmcmc").fit(table, seed=0)
     assert fit.validation_nll == teacher.validation_nll  # the same chains and choices as csgmcmc
-    assert fit.members == 1 and fit.model.num_models == 2 and fit.networks.model.num_models == 2
+    assert fit.num_members == 1 and stack_size(fit.model) == 2 and stack_size(fit.networks.model) == 2
     student = fit.details["student"]
     for split, config in enumerate(fit.configs):
         assert {k: config[k] for k in teacher.configs[split]} == teacher.configs[split]

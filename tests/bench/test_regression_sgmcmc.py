@@ -14,7 +14,7 @@ from test_regression import _tiny_table  # the same tiny table (tests/bench is o
 
 from uqkit.bench import regression, regression_sgmcmc
 from uqkit.bench.regression import REGRESSION_METHODS, evaluate_regression_method
-from uqkit.bench.regression_stack import SplitData, split_data
+from uqkit.bench.regression_stack import SplitData, split_data, stack_size
 from uqkit.data import RegressionTable
 from uqkit.sgmcmc import CyclicalSchedule
 
@@ -39,14 +39,14 @@ def test_grid_recipe_and_checks(name):
     grid = method.grid()
     assert len(grid) == len(method.learning_rates) * len(method.prior_precisions) * len(method.temperatures)
     assert {tuple(sorted(c)) for c in grid} == {("learning_rate", "prior_precision", "temperature")}
-    assert method.members == 1 and method.num_samples == 1 and not method.select_epochs
+    assert method.num_members == 1 and method.num_samples == 1 and not method.select_epochs
     assert method.epochs == 4 * 400  # 4 deterministic runs of the protocol's cap
     with pytest.raises(ValueError, match="select_epochs"):
         dataclasses.replace(method, select_epochs=True)
     with pytest.raises(ValueError, match="temperatures"):
         dataclasses.replace(method, temperatures=(-1.0,))
     with pytest.raises(ValueError, match="one chain per split"):
-        dataclasses.replace(method, members=5)
+        dataclasses.replace(method, num_members=5)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -79,7 +79,7 @@ def test_csgmcmc_keeps_its_samples_in_each_cycles_sampling_stage():
     fit = method.fit(table, seed=0)
     steps = fit.details["sample_steps"]  # retraining: 50 rows, one step per epoch, cycles of 30 steps
     schedule = CyclicalSchedule(1e-2, 120, 4, 0.8)
-    assert len(steps) == 12 == fit.members == fit.model.num_models
+    assert len(steps) == 12 == fit.num_members == stack_size(fit.model)
     for cycle in range(4):
         in_cycle = [s for s in steps if schedule.cycle(s) == cycle]
         assert all(schedule.is_sampling(s) for s in in_cycle)
@@ -157,7 +157,7 @@ def test_samples_disagree_more_away_from_the_data(name):
     method = _small(name, epochs=150)  # 450 steps
     config = {"learning_rate": 0.1, "prior_precision": 10.0, "temperature": 1.0}
     samples, _ = method.run_chains(phase, torch.arange(1), config, seed=0, raise_on_nonfinite=True)
-    x = torch.linspace(-8.0, 8.0, 33).reshape(1, -1, 1).expand(samples.num_models, -1, -1)
+    x = torch.linspace(-8.0, 8.0, 33).reshape(1, -1, 1).expand(stack_size(samples), -1, -1)
     with torch.no_grad():
         mean, variance = samples(x)
     epistemic = mean.var(dim=0, unbiased=False)[:, 0]

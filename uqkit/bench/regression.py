@@ -40,6 +40,7 @@ from __future__ import annotations
 import itertools
 import math
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -58,6 +59,7 @@ from uqkit.bench.regression_stack import (
     build_stack,
     sample_stack,
     split_data,
+    stack_size,
     train_stack,
 )
 from uqkit.data.uci import RegressionTable, load_uci_directory, uci_boston, uci_concrete
@@ -82,14 +84,27 @@ VALIDATION_FRACTION = 0.2
 # ---------------------------------------------------------------------------------------------------------
 # Methods
 # ---------------------------------------------------------------------------------------------------------
+class _MembersKeyword(type):
+    """The metaclass of :class:`RegressionMethod`: ``members=`` is the deprecated keyword of
+    ``num_members=`` for one release (in the constructor and in ``dataclasses.replace``)."""
+
+    def __call__(cls, *args: Any, **kwargs: Any) -> Any:
+        if "members" in kwargs:
+            message = f"{cls.__name__}(members=...) is deprecated; use num_members="
+            warnings.warn(message, DeprecationWarning, stacklevel=2)
+            kwargs["num_members"] = kwargs.pop("members")
+        return super().__call__(*args, **kwargs)
+
+
 @dataclass(frozen=True)
-class RegressionMethod:
+class RegressionMethod(metaclass=_MembersKeyword):
     """A regression method of the UCI benchmark: a stack of Gaussian-head MLPs and how to train it.
 
     Attributes:
         name: registry name.
         description: one line for tables.
-        members: networks per split whose predictions are mixed (5 for a deep ensemble).
+        num_members: networks per split whose predictions are mixed (5 for a deep ensemble); ``members=``
+            is its deprecated keyword (and ``.members`` its deprecated attribute) for one release.
         learning_rates: grid of Adam learning rates, chosen on validation.
         dropout_rates: grid of MC dropout rates (None: no dropout), chosen on validation.
         epochs: training epochs (the maximum when ``select_epochs``).
@@ -121,7 +136,7 @@ class RegressionMethod:
 
     name: str
     description: str
-    members: int = 1
+    num_members: int = 1
     learning_rates: tuple[float, ...] = (1e-3,)
     dropout_rates: tuple[float, ...] | None = None
     epochs: int = 40
@@ -140,6 +155,13 @@ class RegressionMethod:
     output_prior_scales: tuple[float, ...] | None = None
     ncp_weight: float = 0.1
 
+    @property
+    def members(self) -> int:
+        """Deprecated name of :attr:`num_members` (one release)."""
+        message = f"{type(self).__name__}.members is deprecated; use num_members"
+        warnings.warn(message, DeprecationWarning, stacklevel=2)
+        return self.num_members
+
     def __post_init__(self) -> None:
         if self.ncp:
             if not self.input_noises or not self.output_prior_scales:
@@ -147,7 +169,7 @@ class RegressionMethod:
                     f"{self.name}: ncp needs input_noises and output_prior_scales grids, got "
                     f"{self.input_noises!r} and {self.output_prior_scales!r}"
                 )
-            if self.flipout or self.dropout_rates is not None or self.members != 1:
+            if self.flipout or self.dropout_rates is not None or self.num_members != 1:
                 raise ValueError(f"{self.name}: ncp is one network, without Flipout, dropout or members")
             if any(v <= 0 for v in (*self.input_noises, *self.output_prior_scales, self.ncp_weight)):
                 raise ValueError(f"{self.name}: ncp scales and weight must be > 0")
@@ -243,7 +265,7 @@ register_regression_method(
         "deep-ensemble",
         "5 Gaussian-head networks with adversarial training, their mixture (Lakshminarayanan et al. "
         "2017); lr and epochs (at most 400, as every method) chosen on validation",
-        members=5,
+        num_members=5,
         learning_rates=(1e-3, 1e-2),
         epochs=400,
         select_epochs=True,
@@ -409,7 +431,7 @@ class RegressionFit:
     Attributes:
         model: a stack of ``splits * members`` models, split-major, trained on the whole training splits
             (for a sampler: its kept samples; for an ensemble: its members).
-        members: the models of each split in ``model``.
+        num_members: the models of each split in ``model``.
         configs: the configuration chosen for each split (its keys other than ``learning_rate`` and
             ``dropout`` become per-split lists of the results block, e.g. ``ncp``'s ``input_noise``).
         epochs: the epochs trained on each split.
@@ -424,7 +446,7 @@ class RegressionFit:
     """
 
     model: nn.Module
-    members: int
+    num_members: int
     configs: list[dict[str, Any]]
     epochs: list[int]
     validation_nll: list[list[float | None]]
@@ -443,21 +465,16 @@ def split_rows(split: int, members: int, rows: list[torch.Tensor] | None) -> tor
     return torch.arange(split * members, (split + 1) * members)
 
 
-def stack_size(network: nn.Module) -> int:
-    """The number of networks of a stack (the leading dimension of its parameters)."""
-    return next(network.parameters()).shape[0]
-
-
-def model_splits(num_models: int, splits: int, rows: list[torch.Tensor] | None) -> torch.Tensor:
-    """``[num_models]``: the split of each model of a split-major stack (``rows``: see :class:`RegressionFit`;
-    None: ``num_models / splits`` models per split)."""
+def model_splits(num_members: int, splits: int, rows: list[torch.Tensor] | None) -> torch.Tensor:
+    """``[num_members]``: the split of each model of a split-major stack (``rows``: see
+    :class:`RegressionFit`; None: ``num_members / splits`` models per split)."""
     if rows is None:
-        return torch.arange(splits).repeat_interleave(num_models // splits)
-    owner = torch.full((num_models,), -1, dtype=torch.long)
+        return torch.arange(splits).repeat_interleave(num_members // splits)
+    owner = torch.full((num_members,), -1, dtype=torch.long)
     for split, split_rows in enumerate(rows):
         owner[split_rows] = split
     if bool((owner < 0).any()):
-        raise ValueError(f"rows: expected every one of the {num_models} models in some split's rows")
+        raise ValueError(f"rows: expected every one of the {num_members} models in some split's rows")
     return owner
 
 
@@ -481,7 +498,7 @@ def _select(
         return [grid[0]] * splits, [method.epochs] * splits, [[None] for _ in range(splits)], None
     pairs = validation_pairs(table, seed)
     phase = split_data(table, pairs)
-    members = method.members
+    members = method.num_members
     # model index = ((split * G) + config) * M + member
     split_of_model = torch.arange(splits).repeat_interleave(len(grid) * members)
     config_of_model = torch.arange(len(grid)).repeat_interleave(members).repeat(splits)
@@ -582,7 +599,7 @@ def evaluate_regression_method(
     fitted = method.fit(table, seed, log)
     train_time = time.perf_counter() - started
     # Test sets may differ in size by one row for custom splits, so test prediction is per split below.
-    splits, members, model = len(table.splits), fitted.members, fitted.model
+    splits, members, model = len(table.splits), fitted.num_members, fitted.model
     full = split_data(table, [(train, train) for train, _ in table.splits])
     split_of_model = model_splits(stack_size(model), splits, fitted.rows)
     torch.manual_seed(seed + 11)
@@ -661,7 +678,7 @@ def _fit_by_selection(
     selection_time = time.perf_counter() - started
     if log is not None:
         log(f"[uqkit]   {method.name}: hyper-parameters chosen on validation in {selection_time:.1f} s")
-    splits, members = len(table.splits), method.members
+    splits, members = len(table.splits), method.num_members
     full = split_data(table, [(train, train) for train, _ in table.splits])
     split_of_model = torch.arange(splits).repeat_interleave(members)
     snapshot = torch.tensor([epochs[s] for s in split_of_model.tolist()])

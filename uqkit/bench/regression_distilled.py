@@ -35,7 +35,7 @@ from uqkit.bench.regression import (
     training_budget,
 )
 from uqkit.bench.regression_sgmcmc import CHAIN_EPOCHS, CyclicalSGMCMCRegression, csgmcmc_recipe
-from uqkit.bench.regression_stack import SplitData, build_stack, split_data, train_stack
+from uqkit.bench.regression_stack import SplitData, build_stack, split_data, stack_size, train_stack
 from uqkit.data.uci import RegressionTable
 from uqkit.nn.stacked import StackedGaussianMLP
 
@@ -53,7 +53,7 @@ def mixture_moments(samples: StackedGaussianMLP, x: torch.Tensor) -> tuple[torch
         ``[P, N, 1]`` each: ``E_k mu_k`` and ``E_k sigma_k^2 + Var_k mu_k``.
     """
     splits = x.shape[0]
-    kept = samples.num_models // splits
+    kept = stack_size(samples) // splits
     with torch.no_grad():
         mean, variance = samples(x.repeat_interleave(kept, dim=0))
     mean = mean.reshape(splits, kept, *mean.shape[1:])

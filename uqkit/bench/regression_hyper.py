@@ -93,7 +93,7 @@ class HyperEnsembleRegression(RegressionMethod):
         super().__post_init__()
         if self.flipout or self.ncp or self.dropout_rates is not None or self.adversarial:
             raise ValueError(f"{self.name}: the hyper-deep ensemble searches its own dropout and L2 only")
-        if self.search_candidates < 1 or self.retrained < 1 or self.members < 1:
+        if self.search_candidates < 1 or self.retrained < 1 or self.num_members < 1:
             raise ValueError(f"{self.name}: search_candidates, retrained and members must be >= 1")
 
     @property
@@ -154,7 +154,7 @@ class HyperEnsembleRegression(RegressionMethod):
     ) -> RegressionFit:
         """The five stages of the module docstring."""
         started = time.perf_counter()
-        splits, size = len(table.splits), self.members
+        splits, size = len(table.splits), self.num_members
         pairs = validation_pairs(table, seed)
         phase = split_data(table, pairs)
         candidates = self.candidates(phase.train_x.shape[1], seed)
@@ -305,7 +305,7 @@ register_regression_method(
         "protocol's grid), greedy selection on validation NLL, 5 retrained initialisations, final greedy "
         "selection, each network's epochs chosen on validation (at most 400), members retrained on the "
         "whole training split; 15 networks per split (3x a 5-member ensemble's)",
-        members=5,
+        num_members=5,
         learning_rates=(1e-3, 1e-2),
         epochs=400,
         select_epochs=True,

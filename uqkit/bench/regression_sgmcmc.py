@@ -60,6 +60,7 @@ from uqkit.bench.regression_stack import (
     group_nll,
     sample_stack,
     split_data,
+    stack_size,
     train_stack,
 )
 from uqkit.data.uci import RegressionTable
@@ -93,7 +94,7 @@ class SGMCMCRegressionMethod(RegressionMethod):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.members != 1 or self.flipout or self.dropout_rates is not None or self.ncp:
+        if self.num_members != 1 or self.flipout or self.dropout_rates is not None or self.ncp:
             raise ValueError(
                 f"{self.name}: an SG-MCMC method is one chain per split, without Flipout or dropout"
             )
@@ -162,7 +163,7 @@ class SGMCMCRegressionMethod(RegressionMethod):
         for index, config in enumerate(grid):
             # the same seed for every configuration: the same initialisations and batch orders
             samples, _ = self.run_chains(phase, every_split, config, seed, raise_on_nonfinite=False)
-            kept = samples.num_models // splits
+            kept = stack_size(samples) // splits
             mean, variance = sample_stack(samples, phase.eval_x.repeat_interleave(kept, dim=0), 1)
             shape = (splits, kept, *mean.shape[1:])
             nll = group_nll(mean.reshape(shape), variance.reshape(shape), phase.eval_y).double()
@@ -184,7 +185,7 @@ class SGMCMCRegressionMethod(RegressionMethod):
             these = (chosen == index).nonzero().flatten()
             samples, chains = self.run_chains(full, these, grid[index], seed + 7, raise_on_nonfinite=True)
             kept_steps = chains.kept_steps
-            per_chain = samples.num_models // these.numel()
+            per_chain = stack_size(samples) // these.numel()
             for position, split in enumerate(these.tolist()):
                 parts[split] = _slice_stack(samples, position * per_chain, per_chain)
         model = _gather_samples(parts, splits)
@@ -194,7 +195,7 @@ class SGMCMCRegressionMethod(RegressionMethod):
             "sampler": self.optimizer_name,
             "schedule": self.schedule_name,
             "chain_epochs": self.epochs,
-            "samples_per_chain": model.num_models // splits,
+            "samples_per_chain": stack_size(model) // splits,
             "num_data": {"selection": num_fit, "retraining": num_train},
             "steps_per_epoch": {
                 "selection": math.ceil(num_fit / BATCH_SIZE),
@@ -205,7 +206,7 @@ class SGMCMCRegressionMethod(RegressionMethod):
         }
         return RegressionFit(
             model,
-            model.num_models // splits,
+            stack_size(model) // splits,
             [grid[int(c)] for c in chosen],
             [self.epochs] * splits,
             validation_nll,
@@ -281,7 +282,7 @@ def _gather_samples(parts: list, splits: int) -> StackedGaussianMLP:
         if isinstance(part, dict):
             states.append(part)
         else:
-            per_split = part.num_models // splits
+            per_split = stack_size(part) // splits
             states.append(_slice_stack(part, split * per_split, per_split))
     state = {name: torch.cat([s[name] for s in states]) for name in states[0]}
     rows, in_features = state["hidden.weight"].shape[0], state["hidden.weight"].shape[1]

@@ -58,6 +58,7 @@ __all__ = [
     "group_nll",
     "sample_stack",
     "split_data",
+    "stack_size",
     "train_stack",
 ]
 
@@ -189,6 +190,11 @@ def build_stack(
     )
 
 
+def stack_size(network: nn.Module) -> int:
+    """The number of networks of a stack (the leading dimension of its parameters)."""
+    return next(network.parameters()).shape[0]
+
+
 @torch.no_grad()
 def sample_stack(
     network: nn.Module, x: torch.Tensor, num_samples: int, one_pass_per_sample: bool = False
@@ -311,7 +317,7 @@ class StackedRegression(Method):
         if models % group_size:
             raise ValueError(f"group_size: expected a divisor of the {models} networks, got {group_size}")
         self.recipe, self.split_of_model, self.num_train = recipe, split_of_model, num_train
-        self.num_models = models
+        self.num_members = models
         self.learning_rates = self._per_model(configs, "learning_rate")
         dropout = self._per_model(configs, "dropout")
         self.dropout = torch.zeros(models) if dropout is None else dropout
@@ -352,7 +358,7 @@ class StackedRegression(Method):
         return {
             name: value.detach().clone() if clone else value.detach()
             for name, value in self.network.state_dict().items()
-            if value.dim() and value.shape[0] == self.num_models
+            if value.dim() and value.shape[0] == self.num_members
         }
 
     def use_likelihood(self, likelihood: Likelihood) -> None:
@@ -376,7 +382,7 @@ class StackedRegression(Method):
     def draw_batch_orders(self, num_examples: int, generators: list[torch.Generator]) -> torch.Tensor:
         """Each network's own order of its split's rows, all ``K`` drawn at once from the first generator
         (``torch.rand(K, N).argsort``)."""
-        return torch.rand(self.num_models, num_examples, generator=generators[0]).argsort(dim=1)
+        return torch.rand(self.num_members, num_examples, generator=generators[0]).argsort(dim=1)
 
     def on_epoch_start(self, epoch: int, num_epochs: int) -> None:
         self.epoch = epoch + 1
@@ -485,7 +491,7 @@ class StackedRegression(Method):
         inputs and ``[K, V, 1]`` targets; the history gets their mean over the finite ones."""
         if self.scoring == "predictive":
             mean, variance = self.sample(inputs, self.validation_samples)
-            groups = self.num_models // self.group_size
+            groups = self.num_members // self.group_size
             shape = (groups, self.group_size, *mean.shape[1:])
             nll = group_nll(mean.reshape(shape), variance.reshape(shape), labels[:: self.group_size])
         else:
