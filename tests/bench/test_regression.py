@@ -130,6 +130,27 @@ def test_a_snapshot_equals_the_shorter_training_of_the_same_model():
     assert not torch.equal(long["hidden.weight"][1], one["hidden.weight"][1])
 
 
+def test_a_stack_predicts_each_networks_gaussians_on_its_own_inputs():
+    """StackedRegression.predict: ``[K * S, B, 1]`` network-major, row block k the network k's S passes on
+    its own inputs x[k]; a Flipout stack draws each pass's weight noise anew (its samples differ)."""
+    table = _tiny_table()
+    phase = split_data(table, [(train, test) for train, test in table.splits])
+    for name, samples in (("deterministic", 1), ("flipout-bnn", 4)):
+        recipe = _small(name, num_samples=samples)
+        stack, _ = train_stack(recipe, phase, torch.arange(3), [{"learning_rate": 1e-2}] * 3, 1, seed=0)
+        x = phase.eval_x
+        prediction = stack.predict(x)
+        assert prediction.sample_mean.shape == (3 * samples, x.shape[1], 1)
+        if samples == 1:
+            with torch.no_grad():
+                mean, variance = stack.network(x)
+            torch.testing.assert_close(prediction.sample_mean, mean)
+            torch.testing.assert_close(prediction.sample_variance, variance)
+        else:
+            first = prediction.sample_mean[:samples]
+            assert not torch.equal(first[0], first[1])
+
+
 @pytest.mark.parametrize("name", ["deep-ensemble", "mc-dropout", "ncp"])
 def test_hyper_parameters_never_depend_on_test_data(name):
     table = _tiny_table()

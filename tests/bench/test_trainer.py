@@ -282,10 +282,11 @@ def test_resume_keeps_the_best_epoch_seen_before_the_interruption(tmp_path):
 
 
 class _TwoOrders(SingleNetwork):
-    """Two batch orders, each on its own data (``per_order_data``), scored by itself every 2 epochs with
-    scripted part NLLs, its loss non-finite from the second epoch on (``independent_parts``)."""
+    """Two batch orders, each on its own data (``order_rows``: rows 1 and 0 of the data), scored by itself
+    every 2 epochs with scripted part NLLs, its loss non-finite from the second epoch on
+    (``independent_parts``)."""
 
-    per_order_data = True
+    order_rows = torch.tensor([1, 0])
     num_batch_orders = 2
     validation_every = 2
     independent_parts = True
@@ -314,8 +315,8 @@ class _TwoOrders(SingleNetwork):
         self.ended.append(epoch)
 
 
-def test_per_order_data_own_orders_validation_schedule_and_independent_parts():
-    """Order j's batches come from row j of the [2, N, 1] data, in the method's own order; the method is
+def test_order_rows_own_orders_validation_schedule_and_independent_parts():
+    """Order j's batches come from row order_rows[j] of the [2, N, 1] data, in the method's own order; it is
     scored after epochs 2, 4 and 5 (every 2, and the last), each part ends at its lowest NLL (a part never
     finite at the first scored epoch, with NLL inf); a NaN loss does not stop it."""
     rows = torch.stack([torch.arange(10.0), torch.arange(100.0, 110.0)]).unsqueeze(-1)
@@ -325,11 +326,11 @@ def test_per_order_data_own_orders_validation_schedule_and_independent_parts():
     result = train_method(method, "two", rows, rows, rows[:, :3], rows[:, :3], config)
     for order in range(2):
         seen = torch.cat(method.seen[order])
-        assert len(seen) == 50 and set(seen.tolist()) == set(rows[order].flatten().tolist())
+        assert len(seen) == 50 and set(seen.tolist()) == set(rows[1 - order].flatten().tolist())
     expected = torch.rand(2, 10, generator=torch.Generator().manual_seed(3 + 1)).argsort(dim=1)
-    assert torch.equal(torch.cat(method.seen[0][:3]), rows[0, expected[0], 0])  # the method's own order
+    assert torch.equal(torch.cat(method.seen[0][:3]), rows[1, expected[0], 0])  # the method's own order
     assert method.ended == [1, 2, 3, 4, 5]
     assert [("val_nll" in entry) for entry in result.history] == [False, True, False, True, True]
     assert result.selected_epochs == [4, 2] and result.selected_nlls == [3.0, math.inf]
-    with pytest.raises(ValueError, match="per_order_data"):
-        train_method(_TwoOrders([]), "two", rows[:1], rows[:1], rows[:1], rows[:1], config)
+    with pytest.raises(ValueError, match="order_rows"):
+        train_method(_TwoOrders([]), "two", rows[:1], rows[:1], rows[:1], rows[:1], config)  # no row 1

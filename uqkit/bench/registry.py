@@ -95,10 +95,10 @@ class Method(nn.Module):
         own_schedule: the name of the per-step schedule a method with its own optimizer applies itself (e.g.
             ``"cyclical"``), recorded as the result block's ``learning_rate_schedule``; ``None``: the
             trainer's.
-        per_order_data: whether each batch order draws from its own data (a stack of networks, each on its
-            own split: :class:`uqkit.bench.regression_stack.StackedRegression`): the trainer's training and
-            validation tensors are then ``[num_batch_orders, N, ...]`` and order ``j``'s batches come from
-            row ``j``.
+        order_rows: ``None`` (default): one training set, ``[N, ...]`` tensors. Else ``[num_batch_orders]``
+            rows of ``[R, N, ...]`` training and validation tensors (``R`` data sets of one size), batch
+            order ``j`` drawing its batches from row ``order_rows[j]``: a stack of networks, each on its own
+            split (:class:`uqkit.bench.regression_stack.StackedRegression`).
         validation_every: score on validation after every this many epochs and after the last (1, default:
             every epoch); ``None``: never (nothing to select, e.g. a retraining on all the training data).
         independent_parts: whether the parts of :meth:`validation_nlls` are trained independently (a stack
@@ -117,7 +117,7 @@ class Method(nn.Module):
     budget_multiple: int = 1
     optimizer_name: str = "Adam"
     own_schedule: str | None = None
-    per_order_data: bool = False
+    order_rows: torch.Tensor | None = None
     validation_every: int | None = 1
     independent_parts: bool = False
 
@@ -169,6 +169,11 @@ class Method(nn.Module):
             name: value.detach().clone() if isinstance(value, torch.Tensor) else copy.deepcopy(value)
             for name, value in self.state_dict().items()
         }
+
+    def part_states(self, indices: list[int]) -> list[dict[str, Any]]:
+        """:meth:`part_state` of each part of ``indices`` (the trainer's call; a method of many parts may
+        copy them at once)."""
+        return [self.part_state(index) for index in indices]
 
     def load_part_states(self, states: list[dict[str, Any]]) -> None:
         """Load the parts' states (from :meth:`part_state`), each possibly from another epoch."""

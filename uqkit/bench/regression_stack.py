@@ -6,8 +6,8 @@ each one hidden layer of 50 units). :class:`StackedRegression` holds all ``K`` o
 trained on its own split with its own configuration; :func:`train_stack` trains it with
 :func:`uqkit.bench.trainer.train_method`, as any other method:
 
-* data: ``per_order_data`` with one batch order per network (``[K, N, D]`` inputs, network ``k``'s batches
-  from its own split's rows), the ``K`` orders drawn as one ``torch.rand(K, N).argsort`` per epoch;
+* data: the splits' ``[P, N, D]`` inputs, one batch order per network (``order_rows``: network ``k``'s
+  batches from its own split's rows), the ``K`` orders drawn as one ``torch.rand(K, N).argsort`` per epoch;
 * loss: the sum over networks of each network's mean (beta-)NLL on its batch (plus its adversarial term,
   dropout weight decay, L2, or NCP term; a Flipout stack's negative ELBO per example, :class:`uqkit.ELBO`,
   without warm-up), so that every network gets exactly the gradient it would get alone;
@@ -259,15 +259,16 @@ def _sum_of_means(per_network: torch.Tensor, targets: torch.Tensor) -> torch.Ten
 class StackedRegression(Method):
     """``K`` Gaussian-head networks of ``recipe``'s architecture trained as one method (module docstring).
 
-    Network ``k`` trains on the rows of ``split_of_model[k]`` (the trainer hands it ``[K, B, D]`` inputs
-    and ``[K, B, 1]`` targets, a batch of its own split per network) with configuration ``configs[k]``: its
+    Network ``k`` trains on split ``split_of_model[k]`` of ``[P, N, D]`` data (the trainer hands the method
+    ``[K, B, D]`` inputs and ``[K, B, 1]`` targets, a batch of its own split per network; validation data
+    are ``[P, V, ...]`` too) with configuration ``configs[k]``: its
     ``learning_rate`` and, where present, its ``dropout`` rate, NCP ``input_noise`` and
     ``output_prior_scale``, and ``l2`` coefficient.
 
     Args:
         recipe: the :class:`~uqkit.bench.regression.RegressionMethod` (loss, architecture, samples).
         configs: one configuration per network.
-        split_of_model: ``[K]`` the split of each network (for messages).
+        split_of_model: ``[K]`` the split (row of the data) of each network.
         num_train: ``N``, the training rows of each network (its weight decay, ELBO and sampler scale).
         in_features: input features.
         input_ranges: ``[K, D]`` each network's range of every standardised input over its training rows
@@ -290,7 +291,6 @@ class StackedRegression(Method):
             (Korattikara et al. 2015; :func:`uqkit.methods.distillation.distillation_loss`).
     """
 
-    per_order_data = True
     likelihood: Likelihood = GAUSSIAN
 
     def __init__(
@@ -317,6 +317,7 @@ class StackedRegression(Method):
         if models % group_size:
             raise ValueError(f"group_size: expected a divisor of the {models} networks, got {group_size}")
         self.recipe, self.split_of_model, self.num_train = recipe, split_of_model, num_train
+        self.order_rows = split_of_model
         self.num_members = models
         self.learning_rates = self._per_model(configs, "learning_rate")
         dropout = self._per_model(configs, "dropout")
@@ -437,7 +438,7 @@ class StackedRegression(Method):
             per_model = per_model + self.weight_decay.to(per_model.dtype) * network.weight_norms()
         if self.l2 is not None:
             per_model = per_model + self.l2.to(per_model.dtype) * network.weight_norms()
-        self.diverged |= ~torch.isfinite(per_model.detach())
+        self.diverged.logical_or_(~torch.isfinite(per_model.detach()))
         if not self.independent_parts and bool(self.diverged.any()):
             bad = self.diverged.nonzero().flatten()
             raise NonFiniteLossError(
@@ -487,8 +488,10 @@ class StackedRegression(Method):
     def score_validation(
         self, inputs: torch.Tensor, labels: torch.Tensor
     ) -> tuple[dict[str, float], list[float]]:
-        """The validation NLL of each group of ``group_size`` networks (``scoring``) on its ``[K, V, D]``
-        inputs and ``[K, V, 1]`` targets; the history gets their mean over the finite ones."""
+        """The validation NLL of each group of ``group_size`` networks (``scoring``) on its split's rows of
+        the ``[P, V, D]`` inputs and ``[P, V, 1]`` targets; the history gets their mean over the finite
+        ones."""
+        inputs, labels = inputs[self.split_of_model], labels[self.split_of_model]
         if self.scoring == "predictive":
             mean, variance = self.sample(inputs, self.validation_samples)
             groups = self.num_members // self.group_size
@@ -503,14 +506,28 @@ class StackedRegression(Method):
         return {"val_nll": summary}, nll.tolist()
 
     def part_state(self, index: int) -> dict[str, Any]:
-        """Group ``index``'s slice (its ``group_size`` networks) of every stacked tensor."""
-        rows = slice(index * self.group_size, (index + 1) * self.group_size)
-        return {name: value[rows].clone() for name, value in self._stacked_state().items()}
+        """Group ``index``'s slice (its ``group_size`` networks) of every stacked tensor, flattened into one
+        copy (``{"flat": [P]}``)."""
+        return self.part_states([index])[0]
+
+    def part_states(self, indices: list[int]) -> list[dict[str, Any]]:
+        """:meth:`part_state` of the groups ``indices``, gathered at once (an index per stacked tensor, one
+        copy per group)."""
+        groups = self.num_members // self.group_size
+        rows = torch.tensor(indices, dtype=torch.long)
+        gathered = [value.reshape(groups, -1)[rows] for value in self._stacked_state().values()]
+        return [{"flat": row.clone()} for row in torch.cat(gathered, dim=1)]
 
     def load_part_states(self, states: list[dict[str, Any]]) -> None:
-        """Load the groups' slices, each possibly from another epoch."""
-        stacked = {name: torch.cat([state[name] for state in states]) for name in states[0]}
-        self.network.load_state_dict({**self.network.state_dict(), **stacked})
+        """Load every group's state (from :meth:`part_state`), each possibly from another epoch."""
+        flat = torch.stack([state["flat"] for state in states])  # [groups, P]
+        current = self._stacked_state()
+        sizes = [value.numel() // len(states) for value in current.values()]
+        loaded = {
+            name: column.reshape(value.shape).to(value.dtype)
+            for (name, value), column in zip(current.items(), flat.split(sizes, dim=1), strict=True)
+        }
+        self.network.load_state_dict({**self.network.state_dict(), **loaded})
 
 
 def train_stack(
@@ -540,17 +557,16 @@ def train_stack(
     (``[P, N, 1]``): distil a teacher whose predictive mean at the training rows is ``data.train_y``
     (:class:`StackedRegression`'s ``distillation``). The other arguments are :class:`StackedRegression`'s.
     """
-    rows = split_of_model
-    train_x, train_y = data.train_x[rows], data.train_y[rows]
+    train_x, train_y = data.train_x, data.train_y
     if teacher_variance is not None:
-        train_y = torch.cat([train_y, teacher_variance[rows].to(train_y.dtype)], dim=-1)
+        train_y = torch.cat([train_y, teacher_variance.to(train_y.dtype)], dim=-1)
     if validation_every is None:
-        val_x, val_y = train_x[:, :0], data.train_y[rows][:, :0]
+        val_x, val_y = data.train_x[:, :0], data.train_y[:, :0]
     else:
-        val_x, val_y = data.eval_x[rows], data.eval_y[rows]
+        val_x, val_y = data.eval_x, data.eval_y
     ranges = None
     if recipe.adversarial > 0:
-        ranges = (data.train_x.amax(dim=1) - data.train_x.amin(dim=1))[rows]  # [K, D]
+        ranges = (data.train_x.amax(dim=1) - data.train_x.amin(dim=1))[split_of_model]  # [K, D]
     torch.manual_seed(seed)
     method = StackedRegression(
         recipe,

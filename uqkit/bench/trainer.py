@@ -10,9 +10,9 @@ Lakshminarayanan et al. 2017 shuffle each member independently) gets ``k`` indep
 training set per epoch, order ``j`` from a ``torch.Generator`` seeded with ``seed + j``; its loss receives
 ``[k, B, ...]`` inputs and ``[k, B]`` labels. Order 0 is the single-order methods' order, so member ``j`` sees
 exactly the batches of a single model trained with seed ``seed + j``. A method may draw its orders itself
-(:meth:`~uqkit.bench.registry.Method.draw_batch_orders`). With ``per_order_data`` (a stack of networks, each
-on its own data: the UCI protocol's splits), the training and validation tensors are ``[k, N, ...]`` and
-order ``j`` takes its examples from row ``j``.
+(:meth:`~uqkit.bench.registry.Method.draw_batch_orders`). With ``order_rows`` (a stack of networks, each on
+its own data: the UCI protocol's splits), the training and validation tensors are ``[R, N, ...]``, ``R`` data
+sets, and order ``j`` takes its examples from row ``order_rows[j]``.
 
 Epoch selection: after every epoch the trainer scores the method on the validation split and keeps, for
 each independently selected part (:meth:`~uqkit.bench.registry.Method.validation_nlls`: the whole method,
@@ -223,14 +223,18 @@ def train_method(
     history: list[dict[str, float]] = []
     start_epoch, elapsed = 0, 0.0
     best: dict[str, list] = {"nll": [], "epoch": [], "states": []}  # per part, filled after epoch 1
-    per_order = bool(method.per_order_data)
-    if per_order and (train_labels.shape[0] != num_orders or val_labels.shape[0] != num_orders):
+    order_rows = None if method.order_rows is None else method.order_rows.reshape(-1, 1)
+    if order_rows is not None and (
+        len(order_rows) != num_orders
+        or train_labels.dim() < 2
+        or not 0 <= int(order_rows.min()) <= int(order_rows.max()) < len(train_labels) == len(val_labels)
+    ):
         raise ValueError(
-            f"method {name!r}: per_order_data expects [{num_orders}, N, ...] training and validation data "
-            f"(one row per batch order), got {train_labels.shape[0]} and {val_labels.shape[0]} rows"
+            f"method {name!r}: order_rows expects a row of [R, N, ...] training and validation data for "
+            f"each of its {num_orders} batch orders, got rows {order_rows.flatten().tolist()[:8]} of data of "
+            f"shapes {tuple(train_labels.shape)} and {tuple(val_labels.shape)}"
         )
-    order_rows = torch.arange(num_orders).unsqueeze(1) if per_order else None
-    num_examples = train_labels.shape[1] if per_order else len(train_labels)
+    num_examples = train_labels.shape[1] if order_rows is not None else len(train_labels)
     steps_per_epoch = math.ceil(num_examples / config.batch_size)
     parallel = None
     if world_size() > 1:
@@ -376,12 +380,12 @@ def _keep_best_parts(method: Method, best: dict[str, list], part_nlls: list[floa
     if not best["nll"]:
         best["nll"] = [math.inf] * len(part_nlls)
         best["epoch"] = [epoch] * len(part_nlls)
-        best["states"] = [method.part_state(index) for index in range(len(part_nlls))]
+        best["states"] = method.part_states(list(range(len(part_nlls))))
     if len(part_nlls) != len(best["nll"]):
         raise ValueError(
             f"validation_nlls: expected {len(best['nll'])} parts as in earlier epochs, got {len(part_nlls)}"
         )
-    for index, nll in enumerate(part_nlls):
-        if math.isfinite(nll) and nll < best["nll"][index]:
-            best["nll"][index], best["epoch"][index] = nll, epoch
-            best["states"][index] = method.part_state(index)
+    improved = [i for i, nll in enumerate(part_nlls) if math.isfinite(nll) and nll < best["nll"][i]]
+    for index, state in zip(improved, method.part_states(improved) if improved else [], strict=True):
+        best["nll"][index], best["epoch"][index] = part_nlls[index], epoch
+        best["states"][index] = state
