@@ -22,7 +22,7 @@ from pathlib import Path
 
 from _env import benchmark_environment
 
-from uqkit.bench.regression import run_regression_bench
+from uqkit.bench.regression_cells import run_regression_bench
 from uqkit.bench.regression_report import format_regression_tables
 from uqkit.bench.report import write_report
 

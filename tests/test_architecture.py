@@ -46,18 +46,6 @@ import uqkit
 
 PACKAGE_ROOT = Path(uqkit.__file__).resolve().parent
 
-# Modules whose reads of other modules' private helpers are allowed for now: the UCI regression runner, being
-# rewritten into the one runner (issue 16, item 1) on its own branch, which removes its imports of
-# ``runner._...`` and ``regression._...`` helpers. Empty this tuple when that branch lands.
-PRIVATE_IMPORT_EXCEPTIONS: tuple[str, ...] = (
-    "uqkit.bench.regression",
-    "uqkit.bench.regression_apd",
-    "uqkit.bench.regression_cells",
-    "uqkit.bench.regression_distilled",
-    "uqkit.bench.regression_hyper",
-    "uqkit.bench.regression_sgmcmc",
-)
-
 
 @dataclass(frozen=True)
 class Import:
@@ -328,22 +316,9 @@ def class_definitions(root: Path, package: str) -> dict[str, list[str]]:
 # ---------------------------------------------------------------------------------------------------------
 
 
-KNOWN_CYCLE_THROUGH = "uqkit.bench.regression"
-"""The UCI regression runner, the one module every remaining cycle passes through: it imports the spine
-(registry, runner, trainer, evaluate) that imports it back to register the regression methods, and the
-opt-in ``regression_*`` methods build on its training loop. Issue 16's "one runner" removes it (branch
-``i-16runner``, not merged yet). A cycle that avoids this module fails the test, and
-:func:`test_the_known_regression_cycle_is_still_there` fails once no cycle passes through it, so that this
-exception goes with it."""
-
-
-def _is_known(cycle) -> bool:
-    return KNOWN_CYCLE_THROUGH in cycle
-
-
 def test_uqkit_has_no_import_cycles():
     graph = import_graph(PACKAGE_ROOT, "uqkit")
-    cycles = [cycle for cycle in find_cycles(graph) if not _is_known(cycle)]
+    cycles = find_cycles(graph)
     report = "\n".join(describe_cycle(cycle, graph, PACKAGE_ROOT) for cycle in cycles)
     if cycles:
         pytest.fail(
@@ -351,18 +326,8 @@ def test_uqkit_has_no_import_cycles():
         )
 
 
-def test_the_known_regression_cycle_is_still_there():
-    cycles = find_cycles(import_graph(PACKAGE_ROOT, "uqkit"))
-    left = any(_is_known(cycle) for cycle in cycles)
-    assert left, "no cycle through the regression runner left: remove KNOWN_CYCLE_THROUGH"
-
-
 def test_uqkit_imports_no_private_helpers_across_modules():
-    found = [
-        line
-        for line in private_name_imports(PACKAGE_ROOT, "uqkit")
-        if line.split(" <- ")[0] not in PRIVATE_IMPORT_EXCEPTIONS
-    ]
+    found = private_name_imports(PACKAGE_ROOT, "uqkit")
     if found:
         pytest.fail(
             "private helpers read from another module (make them public where they live, or move them):\n"
@@ -378,11 +343,6 @@ def test_uqkit_class_names_are_unique():
     if clashes:
         lines = [f"{name}: {', '.join(where)}" for name, where in sorted(clashes.items())]
         pytest.fail("classes that share one name:\n" + "\n".join(lines), pytrace=False)
-
-
-def test_exceptions_name_existing_modules():
-    modules = module_names(PACKAGE_ROOT, "uqkit")
-    assert [name for name in PRIVATE_IMPORT_EXCEPTIONS if name not in modules] == []
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -352,7 +352,7 @@ def _run_with_executor(
 
 
 def _run_regression(args: argparse.Namespace, argv: list[str], out: Path, log: Callable[[str], None]) -> int:
-    from uqkit.bench.regression import run_regression_bench
+    from uqkit.bench.regression_cells import run_regression_bench
 
     results = _run_with_executor(
         out,

@@ -22,6 +22,8 @@ from uqkit.bench.evaluate_conformal import ALPHAS
 from uqkit.bench.evaluate_regression import evaluate_regression
 from uqkit.bench.likelihoods import GAUSSIAN
 from uqkit.bench.registry import Method, MethodContext, build_method
+from uqkit.bench.regression_cells import run_regression_bench
+from uqkit.bench.regression_stack import split_data, train_stack
 from uqkit.bench.report import method_order, validate_results, write_report
 from uqkit.bench.runner import BenchConfig, run_bench
 from uqkit.bench.tasks import Task, build_task
@@ -289,15 +291,14 @@ def test_uci_selection_network_is_the_chosen_configuration_at_the_chosen_epoch()
     grid = method.grid()
     splits = len(table.splits)
     split_of_model = torch.arange(splits).repeat_interleave(len(grid))
-    lrs = torch.tensor([config["learning_rate"] for config in grid] * splits)
     chosen = [split * len(grid) + grid.index(config) for split, config in enumerate(configs)]
     snapshot = torch.tensor([epochs[int(split)] for split in split_of_model])
-    phase = regression._phase_data(table, regression._validation_pairs(table, 2))
-    again = regression._train_stack(
-        method, phase, split_of_model, lrs, torch.zeros(len(lrs)), method.epochs, 2, snapshot_epochs=snapshot
+    phase = split_data(table, regression.validation_pairs(table, 2))
+    again, _ = train_stack(
+        method, phase, split_of_model, grid * splits, method.epochs, 2, snapshot_epochs=snapshot
     )
     for name, value in networks.model.state_dict().items():
-        torch.testing.assert_close(value, again.state_dict()[name][chosen], rtol=0, atol=0)
+        torch.testing.assert_close(value, again.network.state_dict()[name][chosen], rtol=0, atol=0)
 
 
 def test_uci_intervals_never_read_the_test_targets():
@@ -328,7 +329,7 @@ def test_uci_run_reports_the_conformal_intervals(tmp_path, monkeypatch):
     np.savetxt(directory / "data.txt", np.column_stack([x, x[:, 0] - x[:, 1] + 0.2 * rng.normal(size=200)]))
     (directory / "index_features.txt").write_text("0\n1\n")
     (directory / "index_target.txt").write_text("2\n")
-    results = regression.run_regression_bench(
+    results = run_regression_bench(
         tmp_path / "run", ["uci"], ["deterministic"], data_dir=directory, log=lambda _: None
     )
     validate_results(json.loads((tmp_path / "run" / "results.json").read_text()))

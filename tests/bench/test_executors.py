@@ -21,7 +21,7 @@ import torch
 
 from uqkit.bench import regression, runner
 from uqkit.bench.executors import Cell, LocalExecutor, RayExecutor, make_executor
-from uqkit.bench.regression import REGRESSION_METHODS, evaluate_regression_method, run_regression_bench
+from uqkit.bench.regression import REGRESSION_METHODS, evaluate_regression_method
 from uqkit.bench.regression_cells import (
     _merge_details,
     _pooled_summary,
@@ -29,8 +29,10 @@ from uqkit.bench.regression_cells import (
     merge_chunk_blocks,
     method_chunks,
     partition_splits,
+    run_regression_bench,
 )
 from uqkit.bench.report import validate_results
+from uqkit.bench.run_files import json_safe
 from uqkit.bench.runner import BenchConfig, RunConfigMismatchError, run_bench, run_cell
 from uqkit.cli import main
 from uqkit.data import load_uci_directory
@@ -210,7 +212,7 @@ def test_a_chunked_method_is_its_chunks_run_alone_and_merged(tmp_path, tiny_meth
     alone, saved_times = [], []
     for chunk, part in enumerate(partition_splits(20, 3)):
         sub = dataclasses.replace(table, splits=tuple(table.splits[i] for i in part))
-        alone.append(runner._clean(evaluate_regression_method(method, sub, chunk_seed(3, chunk))))
+        alone.append(json_safe(evaluate_regression_method(method, sub, chunk_seed(3, chunk))))
         saved = json.loads(
             (tmp_path / "run" / "methods" / "uci-toy" / "mc-dropout" / f"chunk-{chunk}-of-3.json").read_text()
         )

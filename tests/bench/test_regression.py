@@ -13,21 +13,20 @@ import pytest
 import torch
 
 from uqkit.bench import regression
-from uqkit.bench.registry import methods_for_task
+from uqkit.bench.registry import methods_for_task, register_task_methods
 from uqkit.bench.regression import (
     PUBLISHED,
     REGRESSION_METHODS,
-    StackedAdam,
-    _phase_data,
-    _train_stack,
     default_regression_methods,
     evaluate_regression_method,
-    run_regression_bench,
 )
+from uqkit.bench.regression_cells import run_regression_bench
+from uqkit.bench.regression_stack import StackedAdam, split_data, train_stack
 from uqkit.bench.report import format_leaderboard, validate_results, write_report
 from uqkit.bench.runner import RunConfigMismatchError
 from uqkit.cli import main
 from uqkit.data import RegressionTable, load_uci_directory
+from uqkit.nn import StackedBayesianLastLayerMLP
 from uqkit.objectives import gaussian_nll_loss
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -112,19 +111,38 @@ def test_stacked_adam_equals_torch_adam_per_model_with_its_own_learning_rate(flo
 def test_a_snapshot_equals_the_shorter_training_of_the_same_model():
     """Models in a stack are independent, so keeping model k after epoch e is training it for e epochs."""
     table = _tiny_table()
-    phase = _phase_data(table, [(train, test) for train, test in table.splits])
-    method = _small("deep-ensemble", members=1)
-    splits = torch.arange(3)
-    lrs, dropout = torch.full((3,), 1e-2), torch.zeros(3)
-    long = _train_stack(
-        method, phase, splits, lrs, dropout, 3, seed=5, snapshot_epochs=torch.tensor([1, 3, 2])
-    )
-    one = _train_stack(method, phase, splits, lrs, dropout, 1, seed=5)
-    two = _train_stack(method, phase, splits, lrs, dropout, 2, seed=5)
-    for name, value in long.state_dict().items():
-        torch.testing.assert_close(value[0], one.state_dict()[name][0], rtol=0, atol=0)
-        torch.testing.assert_close(value[2], two.state_dict()[name][2], rtol=0, atol=0)
-    assert not torch.equal(long.state_dict()["hidden.weight"][1], one.state_dict()["hidden.weight"][1])
+    phase = split_data(table, [(train, test) for train, test in table.splits])
+    method = _small("deep-ensemble", num_members=1)
+    splits, configs = torch.arange(3), [{"learning_rate": 1e-2}] * 3
+    long, _ = train_stack(method, phase, splits, configs, 3, seed=5, snapshot_epochs=torch.tensor([1, 3, 2]))
+    one, _ = train_stack(method, phase, splits, configs, 1, seed=5)
+    two, _ = train_stack(method, phase, splits, configs, 2, seed=5)
+    long, one, two = (stack.network.state_dict() for stack in (long, one, two))
+    for name, value in long.items():
+        torch.testing.assert_close(value[0], one[name][0], rtol=0, atol=0)
+        torch.testing.assert_close(value[2], two[name][2], rtol=0, atol=0)
+    assert not torch.equal(long["hidden.weight"][1], one["hidden.weight"][1])
+
+
+def test_a_stack_predicts_each_networks_gaussians_on_its_own_inputs():
+    """StackedRegression.predict: ``[K * S, B, 1]`` network-major, row block k the network k's S passes on
+    its own inputs x[k]; a Flipout stack draws each pass's weight noise anew (its samples differ)."""
+    table = _tiny_table()
+    phase = split_data(table, [(train, test) for train, test in table.splits])
+    for name, samples in (("deterministic", 1), ("flipout-bnn", 4)):
+        recipe = _small(name, num_samples=samples)
+        stack, _ = train_stack(recipe, phase, torch.arange(3), [{"learning_rate": 1e-2}] * 3, 1, seed=0)
+        x = phase.eval_x
+        prediction = stack.predict(x)
+        assert prediction.sample_mean.shape == (3 * samples, x.shape[1], 1)
+        if samples == 1:
+            with torch.no_grad():
+                mean, variance = stack.network(x)
+            torch.testing.assert_close(prediction.sample_mean, mean)
+            torch.testing.assert_close(prediction.sample_variance, variance)
+        else:
+            first = prediction.sample_mean[:samples]
+            assert not torch.equal(first[0], first[1])
 
 
 @pytest.mark.parametrize("name", ["deep-ensemble", "mc-dropout", "ncp"])
@@ -147,6 +165,20 @@ def test_hyper_parameters_never_depend_on_test_data(name):
         for key in ("input_noise", "output_prior_scale"):
             assert first["per_split"][key][0] == second["per_split"][key][0]
     assert first["per_split"]["nll"][0] != second["per_split"]["nll"][0]  # its test data did change
+
+
+def test_members_is_the_deprecated_name_of_num_members():
+    """``members=`` (constructor, ``dataclasses.replace``) and ``.members`` still work for one release, with a
+    DeprecationWarning; the recipe's fields (the run's identity) hold ``num_members`` only."""
+    with pytest.warns(DeprecationWarning, match=r"RegressionMethod\(members=\.\.\.\).*num_members="):
+        old = regression.RegressionMethod("old", "an old recipe", members=3)
+    assert old.num_members == 3 and "members" not in dataclasses.asdict(old)
+    with pytest.warns(DeprecationWarning, match="num_members"):
+        assert old.members == 3
+    with pytest.warns(DeprecationWarning, match=r"HyperEnsembleRegression\(members="):
+        fewer = dataclasses.replace(REGRESSION_METHODS["hyper-deep-ensemble"], members=2)
+    assert fewer.num_members == 2 and type(fewer).__name__ == "HyperEnsembleRegression"
+    assert dataclasses.replace(fewer, epochs=3).num_members == 2  # replace keeps it, without a warning
 
 
 def test_ncp_grid_and_recipe():
@@ -177,15 +209,19 @@ def test_ncp_training_is_the_ncp_loss_of_each_model():
     from uqkit.methods.ncp import expected_gaussian_nll, output_prior_divergence
 
     table = _tiny_table()
-    phase = _phase_data(table, [(train, test) for train, test in table.splits])
+    phase = split_data(table, [(train, test) for train, test in table.splits])
     method = _small("ncp", epochs=1)
     noise, prior = torch.tensor([0.1, 0.5, 1.0]), torch.tensor([0.5, 1.0, 2.0])
-    args = (method, phase, torch.arange(3), torch.full((3,), 1e-2), torch.zeros(3), 1)
-    model = _train_stack(*args, seed=2, input_noise=noise, prior_scale=prior)
-    assert isinstance(model, regression.StackedBayesianLastLayerMLP)
+    configs = [
+        {"learning_rate": 1e-2, "input_noise": float(a), "output_prior_scale": float(b)}
+        for a, b in zip(noise, prior, strict=True)
+    ]
+    stack, _ = train_stack(method, phase, torch.arange(3), configs, 1, seed=2)
+    model = stack.network
+    assert isinstance(model, StackedBayesianLastLayerMLP)
     x, y = phase.train_x[:, :8], phase.train_y[:, :8]
     torch.manual_seed(11)
-    losses = regression._ncp_losses(method, model, x, y, noise, prior)
+    losses = stack.ncp_losses(x, y)
     torch.manual_seed(11)
     eps = torch.randn_like(x)
     for k in range(3):
@@ -197,7 +233,7 @@ def test_ncp_training_is_the_ncp_loss_of_each_model():
         )
         torch.testing.assert_close(losses[k], want, rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="input_noise"):
-        _train_stack(*args, seed=2)
+        train_stack(method, phase, torch.arange(3), [{"learning_rate": 1e-2}] * 3, 1, seed=2)
 
 
 def test_reported_nll_and_rmse_are_in_original_units():
@@ -369,6 +405,9 @@ def test_opt_in_methods_are_listed_and_run_only_when_named(
     assert set(OPT_IN) <= set(REGRESSION_METHODS) and not set(OPT_IN) & set(default_regression_methods())
     assert methods_for_task("uci-boston") == default_regression_methods()
     assert methods_for_task("uci", opt_in=True) == list(REGRESSION_METHODS)
+    assert list(REGRESSION_METHODS)[: len(default_regression_methods())] == default_regression_methods()
+    with pytest.raises(ValueError, match="uci-boston are listed already"):
+        register_task_methods(["uci-boston"], lambda opt_in: [])
     assert main(["list"]) == 0
     lines = capsys.readouterr().out.splitlines()
     for name in OPT_IN:

@@ -13,6 +13,7 @@ from test_regression import _tiny_table  # the same tiny table (tests/bench is o
 
 from uqkit.bench.regression import REGRESSION_METHODS, evaluate_regression_method, mixture_nll
 from uqkit.bench.regression_apd import stack_from_vectors, stack_vectors
+from uqkit.bench.regression_stack import stack_size
 from uqkit.nn.stacked import StackedGaussianMLP
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -88,7 +89,7 @@ def test_drawn_networks_predict_as_well_as_the_samples():
     tolerance = 4 * math.sqrt(2) * float(torch.tensor(reference).std())
     method = dataclasses.replace(REGRESSION_METHODS["apd"], apd_steps=50, drawn_networks=count)
     drawn, ranks, times = method.generate(stack_from_vectors(samples, center), 1, seed=0)
-    assert drawn.num_models == count and ranks == [count - 1] and len(times) == 1
+    assert stack_size(drawn) == count and ranks == [count - 1] and len(times) == 1
     assert abs(nll(drawn) - target) < tolerance
     collapsed = stack_from_vectors(samples.mean(dim=0, keepdim=True), center)
     assert abs(nll(collapsed) - target) > tolerance

@@ -12,8 +12,9 @@ import pytest
 import torch
 from test_regression import _tiny_table  # the same tiny table (tests/bench is on sys.path under pytest)
 
-from uqkit.bench.regression import REGRESSION_METHODS, _Phase, _train_stack, evaluate_regression_method
+from uqkit.bench.regression import REGRESSION_METHODS, evaluate_regression_method
 from uqkit.bench.regression_distilled import mixture_moments
+from uqkit.bench.regression_stack import SplitData, build_stack, stack_size, train_stack
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -38,22 +39,15 @@ def test_the_student_learns_the_teachers_mean_and_variance():
     rng = np.random.default_rng(0)
     x = torch.from_numpy(rng.uniform(-2.0, 2.0, size=(2, 80, 1))).float()
     teacher_mean, teacher_variance = torch.sin(2 * x), 0.05 + 0.3 * torch.sigmoid(3 * x)
-    phase = _Phase(x, teacher_mean, x[:, :10], teacher_mean[:, :10], [None, None])
+    phase = SplitData(x, teacher_mean, x[:, :10], teacher_mean[:, :10], [None, None])
     method = REGRESSION_METHODS["csgmcmc-distilled"]
 
     def kl_after(variance):
-        model = _train_stack(
-            method,
-            phase,
-            torch.arange(2),
-            torch.full((2,), 1e-2),
-            torch.zeros(2),
-            400,
-            0,
-            teacher_variance=variance,
+        stack, _ = train_stack(
+            method, phase, torch.arange(2), [{"learning_rate": 1e-2}] * 2, 400, 0, teacher_variance=variance
         )
         with torch.no_grad():
-            mean, student_variance = model(x)
+            mean, student_variance = stack.network(x)
         ratio = teacher_variance / student_variance
         kl = 0.5 * (ratio - 1 - ratio.log() + (teacher_mean - mean).square() / student_variance)
         return float(kl.mean()), ratio
@@ -66,10 +60,8 @@ def test_the_student_learns_the_teachers_mean_and_variance():
 
 def test_mixture_moments_are_the_samples_mean_and_total_variance():
     samples = REGRESSION_METHODS["csgmcmc"]  # any stack of 2 splits x 3 samples
-    from uqkit.bench.regression import _build_stack
-
     torch.manual_seed(0)
-    stack = _build_stack(samples, torch.zeros(6), 2)
+    stack = build_stack(samples, torch.zeros(6), 2)
     x = torch.randn(2, 5, 2)
     mean, variance = mixture_moments(stack, x)
     with torch.no_grad():
@@ -86,7 +78,7 @@ def test_distils_csgmcmcs_samples_into_one_network_chosen_on_validation_only():
     fit = method.fit(table, seed=0)
     teacher = _small("csgmcmc").fit(table, seed=0)
     assert fit.validation_nll == teacher.validation_nll  # the same chains and choices as csgmcmc
-    assert fit.members == 1 and fit.model.num_models == 2 and fit.networks.model.num_models == 2
+    assert fit.num_members == 1 and stack_size(fit.model) == 2 and stack_size(fit.networks.model) == 2
     student = fit.details["student"]
     for split, config in enumerate(fit.configs):
         assert {k: config[k] for k in teacher.configs[split]} == teacher.configs[split]

@@ -12,21 +12,26 @@ import torch
 from test_regression import _tiny_table  # the same tiny table (tests/bench is on sys.path under pytest)
 
 from uqkit.bench import regression
-from uqkit.bench.regression import REGRESSION_METHODS, _model_splits, evaluate_regression_method
+from uqkit.bench.regression import REGRESSION_METHODS, evaluate_regression_method, model_splits
 from uqkit.bench.regression_hyper import HyperEnsembleRegression
+from uqkit.bench.regression_stack import stack_size
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _small(**changes) -> HyperEnsembleRegression:
-    defaults = {"epochs": 15, "search_candidates": 6, "retrained": 3, "members": 3}
+    defaults = {"epochs": 15, "search_candidates": 6, "retrained": 3, "num_members": 3}
     return dataclasses.replace(REGRESSION_METHODS["hyper-deep-ensemble"], **{**defaults, **changes})
 
 
 def test_candidates_alternate_the_protocols_learning_rates_and_draw_l2_and_dropout_from_the_space():
     method = REGRESSION_METHODS["hyper-deep-ensemble"]
     candidates = method.candidates(400, seed=3)
-    assert len(candidates) == method.search_candidates == 10 and method.retrained == 5 and method.members == 5
+    assert (
+        len(candidates) == method.search_candidates == 10
+        and method.retrained == 5
+        and method.num_members == 5
+    )
     assert candidates[0] == {"learning_rate": 1e-3, "l2": 0.0, "dropout": 0.0}  # the untuned network
     assert [c["learning_rate"] for c in candidates] == [1e-3, 1e-2] * 5
     for c in candidates[1:]:
@@ -56,14 +61,14 @@ def test_selection_is_the_greedy_mixture_on_validation_and_retrained_members_kee
     fit = method.fit(table, seed=0)
     networks = fit.networks
     splits = len(table.splits)
-    split_of_model = _model_splits(networks.model.num_models, splits, networks.rows)
+    split_of_model = model_splits(stack_size(networks.model), splits, networks.rows)
     with torch.no_grad():
         mean, variance = networks.model(networks.phase.eval_x[split_of_model])
     for split in range(splits):
         members = fit.configs[split]["members"]
         rows = networks.rows[split].tolist()
         counts = [rows.count(r) for r in sorted(set(rows))]
-        assert counts == [m["count"] for m in members] and 1 <= len(members) <= method.members
+        assert counts == [m["count"] for m in members] and 1 <= len(members) <= method.num_members
         # the selected multiset's validation NLL, recomputed by loops, is the greedy's last score ...
         targets = networks.phase.eval_y[split, :, 0]
         nll = _mixture_nll_by_loop(mean[..., 0], variance[..., 0], targets, rows)
@@ -74,7 +79,7 @@ def test_selection_is_the_greedy_mixture_on_validation_and_retrained_members_kee
         for row in sorted(set(rows)):
             assert nll <= _mixture_nll_by_loop(mean[..., 0], variance[..., 0], targets, [row]) + 1e-6
     # the retrained members: one network per distinct member, each weighted by its count at test
-    assert fit.model.num_models == networks.model.num_models
+    assert stack_size(fit.model) == stack_size(networks.model)
     assert [r.tolist() for r in fit.rows] == [r.tolist() for r in networks.rows]
     assert fit.training["selection_network_epochs"] == (method.search_candidates + method.retrained) * 15
     assert fit.epochs == [max(m["epochs"] for m in c["members"]) for c in fit.configs]
@@ -83,7 +88,7 @@ def test_selection_is_the_greedy_mixture_on_validation_and_retrained_members_kee
 def test_members_predict_deterministically_without_dropout():
     fit = _small(epochs=5).fit(_tiny_table(splits=1), seed=0)
     assert fit.model.dropout is None
-    x = torch.randn(fit.model.num_models, 7, 3)
+    x = torch.randn(stack_size(fit.model), 7, 3)
     first, second = fit.model(x), fit.model(x)
     torch.testing.assert_close(first, second, rtol=0, atol=0)
 
@@ -104,6 +109,6 @@ def test_choices_never_depend_on_test_data_and_the_block_reports_the_budget():
     details = first["details"]
     assert details["networks_trained_per_split"] == 9 and details["deep_ensemble_trainings"] == 3.0
     assert first["selection"]["grid"] == method.candidates(40, seed=1)
-    assert first["num_models"] == method.members
+    assert first["num_models"] == method.num_members
     assert first["conformal"]["network"] == "selection"
     assert isinstance(regression.REGRESSION_METHODS["hyper-deep-ensemble"], HyperEnsembleRegression)

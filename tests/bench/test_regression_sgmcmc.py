@@ -14,9 +14,10 @@ from test_regression import _tiny_table  # the same tiny table (tests/bench is o
 
 from uqkit.bench import regression, regression_sgmcmc
 from uqkit.bench.divergence import ChainDivergenceError
-from uqkit.bench.regression import REGRESSION_METHODS, _phase_data, evaluate_regression_method
+from uqkit.bench.regression import REGRESSION_METHODS, evaluate_regression_method
 from uqkit.bench.regression_cells import merge_chunk_blocks
 from uqkit.bench.regression_report import _chosen
+from uqkit.bench.regression_stack import SplitData, split_data, stack_size
 from uqkit.data import RegressionTable
 from uqkit.sgmcmc import CyclicalSchedule
 
@@ -41,14 +42,14 @@ def test_grid_recipe_and_checks(name):
     grid = method.grid()
     assert len(grid) == len(method.learning_rates) * len(method.prior_precisions) * len(method.temperatures)
     assert {tuple(sorted(c)) for c in grid} == {("learning_rate", "prior_precision", "temperature")}
-    assert method.members == 1 and method.num_samples == 1 and not method.select_epochs
+    assert method.num_members == 1 and method.num_samples == 1 and not method.select_epochs
     assert method.epochs == 4 * 400  # 4 deterministic runs of the protocol's cap
     with pytest.raises(ValueError, match="select_epochs"):
         dataclasses.replace(method, select_epochs=True)
     with pytest.raises(ValueError, match="temperatures"):
         dataclasses.replace(method, temperatures=(-1.0,))
     with pytest.raises(ValueError, match="one chain per split"):
-        dataclasses.replace(method, members=5)
+        dataclasses.replace(method, num_members=5)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -81,7 +82,7 @@ def test_csgmcmc_keeps_its_samples_in_each_cycles_sampling_stage():
     fit = method.fit(table, seed=0)
     steps = fit.details["sample_steps"]  # retraining: 50 rows, one step per epoch, cycles of 30 steps
     schedule = CyclicalSchedule(1e-2, 120, 4, 0.8)
-    assert len(steps) == 12 == fit.members == fit.model.num_models
+    assert len(steps) == 12 == fit.num_members == stack_size(fit.model)
     for cycle in range(4):
         in_cycle = [s for s in steps if schedule.cycle(s) == cycle]
         assert all(schedule.is_sampling(s) for s in in_cycle)
@@ -137,7 +138,7 @@ def test_trains_and_predicts_finite_gaussians_and_never_chooses_on_test_data(nam
     assert first["conformal"]["network"] == "selection"
 
 
-def _toy_phase(rows: int = 300) -> regression._Phase:
+def _toy_phase(rows: int = 300) -> SplitData:
     """A 1-D regression toy: ``y = sin(3x) + noise`` on ``x`` in [-1, 1], one split, all rows training."""
     rng = np.random.default_rng(0)
     x = rng.uniform(-1.0, 1.0, size=(rows, 1))
@@ -145,7 +146,7 @@ def _toy_phase(rows: int = 300) -> regression._Phase:
     every = torch.arange(rows)
     x, y = torch.from_numpy(x), torch.from_numpy(y)
     table = RegressionTable("toy", x, y, ("x",), "y", ((every, every),), "t")
-    return _phase_data(table, [(every, every)])
+    return split_data(table, [(every, every)])
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -165,7 +166,7 @@ def test_samples_disagree_more_away_from_the_data(name):
     for seed in range(4):
         samples, _ = method.run_chains(phase, torch.arange(1), config, seed=seed, raise_on_nonfinite=True)
         with torch.no_grad():
-            mean, variance = samples(x.expand(samples.num_models, -1, -1))
+            mean, variance = samples(x.expand(stack_size(samples), -1, -1))
         epistemic = mean.var(dim=0, unbiased=False)[:, 0]
         total = variance.mean(dim=0)[:, 0] + epistemic
         for key, value in (("epistemic", epistemic), ("total", total)):
@@ -176,12 +177,12 @@ def test_samples_disagree_more_away_from_the_data(name):
 
 def _training_nll(fit, table: RegressionTable) -> torch.Tensor:
     """``[splits, K]`` each kept sample's mean NLL of its whole training split (standardised units)."""
-    full = _phase_data(table, [(train, train) for train, _ in table.splits])
+    full = split_data(table, [(train, train) for train, _ in table.splits])
     with torch.no_grad():
-        mean, variance = fit.model(full.train_x.repeat_interleave(fit.members, dim=0))
-    targets = full.train_y.repeat_interleave(fit.members, dim=0)
+        mean, variance = fit.model(full.train_x.repeat_interleave(fit.num_members, dim=0))
+    targets = full.train_y.repeat_interleave(fit.num_members, dim=0)
     nll = 0.5 * torch.log(2 * math.pi * variance) + (targets - mean) ** 2 / (2 * variance)
-    return nll.mean(dim=(1, 2)).reshape(len(table.splits), fit.members)
+    return nll.mean(dim=(1, 2)).reshape(len(table.splits), fit.num_members)
 
 
 def test_a_chain_that_blows_up_is_discarded_and_rerun_at_half_the_step_size():
@@ -228,7 +229,7 @@ def test_a_diverged_configuration_scores_inf_while_choosing():
 @pytest.mark.parametrize("name", NAMES)
 def test_a_chain_that_still_diverges_fails_naming_the_split_and_step(name):
     table = _tiny_table(splits=2)
-    full = _phase_data(table, [(train, train) for train, _ in table.splits])
+    full = split_data(table, [(train, train) for train, _ in table.splits])
     method = _small(name, epochs=40, max_step_halvings=1)
     config = {"learning_rate": 30.0, "prior_precision": 10.0, "temperature": 1.0}
     retraining = regression_sgmcmc._Retraining(2)

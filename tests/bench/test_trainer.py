@@ -279,3 +279,58 @@ def test_resume_keeps_the_best_epoch_seen_before_the_interruption(tmp_path):
     expected = _state_after(1)
     for key, value in method.state_dict().items():
         assert torch.equal(value, expected[key]), key
+
+
+class _TwoOrders(SingleNetwork):
+    """Two batch orders, each on its own data (``order_rows``: rows 1 and 0 of the data), scored by itself
+    every 2 epochs with scripted part NLLs, its loss non-finite from the second epoch on
+    (``independent_parts``)."""
+
+    order_rows = torch.tensor([1, 0])
+    num_batch_orders = 2
+    validation_every = 2
+    independent_parts = True
+
+    def __init__(self, part_nlls: list[list[float]]) -> None:
+        super().__init__(nn.Linear(1, 1))
+        self.part_nlls, self.scored = part_nlls, 0
+        self.seen: list[list[torch.Tensor]] = [[], []]
+        self.ended: list[int] = []
+
+    def draw_batch_orders(self, num_examples: int, generators: list[torch.Generator]) -> torch.Tensor:
+        return torch.rand(2, num_examples, generator=generators[1]).argsort(dim=1)
+
+    def training_loss(self, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        for order in range(2):
+            self.seen[order].append(inputs[order].flatten())
+        loss = (self.network(inputs) - labels).square().mean()
+        return loss * float("nan") if self.ended else loss
+
+    def score_validation(self, inputs: torch.Tensor, labels: torch.Tensor) -> tuple[dict, list[float]]:
+        self.scored += 1
+        nlls = self.part_nlls[self.scored - 1]
+        return {"val_nll": min(nlls)}, nlls
+
+    def on_epoch_end(self, epoch: int, num_epochs: int) -> None:
+        self.ended.append(epoch)
+
+
+def test_order_rows_own_orders_validation_schedule_and_independent_parts():
+    """Order j's batches come from row order_rows[j] of the [2, N, 1] data, in the method's own order; it is
+    scored after epochs 2, 4 and 5 (every 2, and the last), each part ends at its lowest NLL (a part never
+    finite at the first scored epoch, with NLL inf); a NaN loss does not stop it."""
+    rows = torch.stack([torch.arange(10.0), torch.arange(100.0, 110.0)]).unsqueeze(-1)
+    torch.manual_seed(0)
+    method = _TwoOrders([[5.0, math.nan], [3.0, math.inf], [4.0, math.nan]])
+    config = TrainConfig(epochs=5, batch_size=4, learning_rate=1e-2, seed=3, progress=False)
+    result = train_method(method, "two", rows, rows, rows[:, :3], rows[:, :3], config)
+    for order in range(2):
+        seen = torch.cat(method.seen[order])
+        assert len(seen) == 50 and set(seen.tolist()) == set(rows[1 - order].flatten().tolist())
+    expected = torch.rand(2, 10, generator=torch.Generator().manual_seed(3 + 1)).argsort(dim=1)
+    assert torch.equal(torch.cat(method.seen[0][:3]), rows[1, expected[0], 0])  # the method's own order
+    assert method.ended == [1, 2, 3, 4, 5]
+    assert [("val_nll" in entry) for entry in result.history] == [False, True, False, True, True]
+    assert result.selected_epochs == [4, 2] and result.selected_nlls == [3.0, math.inf]
+    with pytest.raises(ValueError, match="order_rows"):
+        train_method(_TwoOrders([]), "two", rows[:1], rows[:1], rows[:1], rows[:1], config)  # no row 1

@@ -6,7 +6,10 @@ Bayesian ones in :mod:`uqkit.bench.methods_bayesian`, SNGP and heteroscedastic i
 :mod:`uqkit.bench.methods_ensembles`, the last-layer Laplace in :mod:`uqkit.bench.methods_posthoc`, hyper-deep
 ensembles in :mod:`uqkit.bench.methods_hyper`,
 SGLD and cyclical SG-MCMC in :mod:`uqkit.bench.methods_sgmcmc`, their distilled forms in
-:mod:`uqkit.bench.methods_distilled`).
+:mod:`uqkit.bench.methods_distilled`), and every recipe of the UCI regression protocol (the default ones in
+:mod:`uqkit.bench.regression`, the opt-in ones in :mod:`uqkit.bench.regression_sgmcmc`,
+:mod:`uqkit.bench.regression_distilled`, :mod:`uqkit.bench.regression_apd` and
+:mod:`uqkit.bench.regression_hyper`).
 """
 
 from uqkit.bench import (
@@ -18,6 +21,10 @@ from uqkit.bench import (
     methods_posthoc,
     methods_sgmcmc,
     registry,
+    regression_apd,
+    regression_distilled,
+    regression_hyper,
+    regression_sgmcmc,
 )
 
 __all__ = [
@@ -29,4 +36,8 @@ __all__ = [
     "methods_posthoc",
     "methods_sgmcmc",
     "registry",
+    "regression_apd",
+    "regression_distilled",
+    "regression_hyper",
+    "regression_sgmcmc",
 ]

@@ -22,7 +22,7 @@ from uqkit import metrics
 from uqkit.bench.evaluate_conformal import conformal_intervals, summarize_intervals
 from uqkit.bench.inference import predict_in_batches
 from uqkit.bench.registry import Method
-from uqkit.bench.regression import COVERAGE_LEVELS, mixture_nll
+from uqkit.bench.regression_metrics import COVERAGE_LEVELS, prediction_metrics
 from uqkit.bench.tasks import Task
 from uqkit.nn.members import num_members
 from uqkit.prediction import GaussianPrediction
@@ -64,16 +64,8 @@ def evaluate_regression(
     inference_s = time.perf_counter() - started
     prediction = _original_units(standardised, task)
     targets = _original_targets(task.test.labels, task)
-    values = {
-        "nll": metrics.gaussian_nll(prediction.mean, prediction.variance, targets),
-        "rmse": metrics.rmse(prediction.mean, targets),
-        "nll_mixture": mixture_nll(prediction.sample_mean, prediction.sample_variance, targets),
-        "coverage_95": metrics.interval_coverage(prediction.mean, prediction.variance, targets, 0.95),
-    }
-    observed = [
-        metrics.interval_coverage(prediction.mean, prediction.variance, targets, level)
-        for level in COVERAGE_LEVELS
-    ]
+    values = prediction_metrics(prediction, targets)
+    observed = values.pop("coverage")
     ood = {}
     for ood_name, ood_set in task.ood_sets.items():
         ood_prediction = predict_in_batches(

@@ -58,7 +58,8 @@ def report_epoch(name: str, record: Mapping[str, float], epochs: int, enabled: b
     Args:
         name: the method.
         record: the epoch's history entry: ``epoch`` (1-based), ``train_loss``, ``val_nll``,
-            ``val_accuracy`` (a fraction; for regression ``val_rmse`` instead) and ``time_s``.
+            ``val_accuracy`` (a fraction; for regression ``val_rmse`` instead; neither after an epoch that
+            was not scored on validation) and ``time_s``.
         epochs: the number of epochs of the run.
         enabled: ``False`` for ``--no-progress``: print nothing.
 
@@ -68,13 +69,16 @@ def report_epoch(name: str, record: Mapping[str, float], epochs: int, enabled: b
     """
     if not enabled or stderr_is_terminal():
         return
+    quality = ""  # an epoch after which the method was not scored on validation has none
+    if "val_nll" in record:
+        quality += f"val NLL {record['val_nll']:.4f}, "
     if "val_accuracy" in record:
-        quality = f"val accuracy {100 * record['val_accuracy']:.2f}%"
-    else:
-        quality = f"val RMSE {record['val_rmse']:.4f}"
+        quality += f"val accuracy {100 * record['val_accuracy']:.2f}%, "
+    elif "val_rmse" in record:
+        quality += f"val RMSE {record['val_rmse']:.4f}, "
     print(
         f"[uqkit] {name} epoch {int(record['epoch'])}/{epochs}: train loss {record['train_loss']:.4f}, "
-        f"val NLL {record['val_nll']:.4f}, {quality}, {record['time_s']:.1f} s",
+        f"{quality}{record['time_s']:.1f} s",
         file=sys.stderr,
         flush=True,
     )

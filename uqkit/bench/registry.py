@@ -13,7 +13,7 @@ here (or from another module with :func:`register_method`), and nothing else cha
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "METHODS",
+    "TASK_METHODS",
     "Method",
     "MethodContext",
     "MethodEntry",
@@ -38,6 +39,7 @@ __all__ = [
     "build_method",
     "methods_for_task",
     "register_method",
+    "register_task_methods",
 ]
 
 
@@ -93,6 +95,16 @@ class Method(nn.Module):
         own_schedule: the name of the per-step schedule a method with its own optimizer applies itself (e.g.
             ``"cyclical"``), recorded as the result block's ``learning_rate_schedule``; ``None``: the
             trainer's.
+        order_rows: ``None`` (default): one training set, ``[N, ...]`` tensors. Else ``[num_batch_orders]``
+            rows of ``[R, N, ...]`` training and validation tensors (``R`` data sets of one size), batch
+            order ``j`` drawing its batches from row ``order_rows[j]``: a stack of networks, each on its own
+            split (:class:`uqkit.bench.regression_stack.StackedRegression`).
+        validation_every: score on validation after every this many epochs and after the last (1, default:
+            every epoch); ``None``: never (nothing to select, e.g. a retraining on all the training data).
+        independent_parts: whether the parts of :meth:`validation_nlls` are trained independently (a stack
+            of networks whose loss is the sum of theirs): a non-finite loss then spoils only the parts whose
+            terms are not finite, which score ``inf`` and are never selected, and training goes on; ``False``
+            (default): the trainer stops with :class:`~uqkit.bench.trainer.NonFiniteLossError`.
     """
 
     num_samples: int = 1
@@ -105,6 +117,9 @@ class Method(nn.Module):
     budget_multiple: int = 1
     optimizer_name: str = "Adam"
     own_schedule: str | None = None
+    order_rows: torch.Tensor | None = None
+    validation_every: int | None = 1
+    independent_parts: bool = False
 
     def use_likelihood(self, likelihood: Likelihood) -> None:
         """Train and predict with ``likelihood`` (every :class:`uqkit.ELBO` of the method scores its data
@@ -155,6 +170,11 @@ class Method(nn.Module):
             for name, value in self.state_dict().items()
         }
 
+    def part_states(self, indices: list[int]) -> list[dict[str, Any]]:
+        """:meth:`part_state` of each part of ``indices`` (the trainer's call; a method of many parts may
+        copy them at once)."""
+        return [self.part_state(index) for index in indices]
+
     def load_part_states(self, states: list[dict[str, Any]]) -> None:
         """Load the parts' states (from :meth:`part_state`), each possibly from another epoch."""
         self.load_state_dict(states[0])
@@ -175,6 +195,24 @@ class Method(nn.Module):
         every rank). Parameters need nothing: their gradients are averaged at every step.
         """
 
+    def draw_batch_orders(self, num_examples: int, generators: list[torch.Generator]) -> torch.Tensor:
+        """``[num_batch_orders, num_examples]``: this epoch's order of the training examples for each batch
+        order, drawn from ``generators`` (one per order, order ``j``'s seeded with the run's seed plus ``j``,
+        saved in the epoch checkpoints). Default: a ``torch.randperm`` per order from its own generator."""
+        return torch.stack([torch.randperm(num_examples, generator=generator) for generator in generators])
+
+    def score_validation(
+        self, inputs: torch.Tensor, labels: torch.Tensor
+    ) -> tuple[dict[str, float], list[float]] | None:
+        """The method's own validation scoring, or ``None`` (default) for the trainer's: the predictive
+        distribution in batches through the likelihood (its :meth:`~uqkit.bench.likelihoods.Likelihood.
+        validation_metrics`) and :meth:`validation_nlls`.
+
+        Called by the trainer in eval mode without gradients. Returns the history's validation numbers (e.g.
+        ``{"val_nll": ...}``) and the validation NLL of each part, as :meth:`validation_nlls`.
+        """
+        return None
+
     def on_epoch_start(self, epoch: int, num_epochs: int) -> None:
         """Called by the trainer before each epoch (0-based ``epoch``); default: nothing.
 
@@ -190,6 +228,11 @@ class Method(nn.Module):
         into the epoch checkpoints as Adam's does.
         """
         return None
+
+    def on_epoch_end(self, epoch: int, num_epochs: int) -> None:
+        """Called by the trainer after each epoch (1-based ``epoch``, after its validation and epoch
+        selection); default: nothing. For a method that keeps states of its own (a stack whose networks end
+        at different epochs)."""
 
     def on_step_start(self, step: int, total_steps: int, optimizer: torch.optim.Optimizer) -> None:
         """Called by the trainer before each training step (0-based global ``step`` of ``total_steps``, the
@@ -255,19 +298,38 @@ def register_method(name: str, description: str, tasks: tuple[str, ...] | None =
     return decorate
 
 
+TASK_METHODS: dict[str, Callable[[bool], list[str]]] = {}
+"""Tasks whose methods another registry lists (:func:`register_task_methods`): task -> ``lister(opt_in)``."""
+
+
+def register_task_methods(tasks: Iterable[str], lister: Callable[[bool], list[str]]) -> None:
+    """Let ``lister(opt_in)`` answer :func:`methods_for_task` for ``tasks``: a family of tasks whose
+    methods are registered elsewhere (the UCI regression tasks: :mod:`uqkit.bench.regression`'s recipes).
+
+    Raises:
+        ValueError: for a task whose methods are listed already.
+    """
+    if not callable(lister):
+        raise TypeError(f"lister: expected a callable lister(opt_in) -> names, got {type(lister).__name__}")
+    tasks = list(tasks)
+    taken = [task for task in tasks if task in TASK_METHODS]
+    if taken:
+        raise ValueError(f"tasks: the methods of {', '.join(taken)} are listed already")
+    for task in tasks:
+        TASK_METHODS[task] = lister
+
+
 def methods_for_task(task: str, opt_in: bool = False) -> list[str]:
     """Names of the registered methods that apply to ``task``, in registration order: the ones a run
     without ``--methods`` trains, and with ``opt_in=True`` also those that run only when named
     (``register_method(..., default=False)``).
 
-    For a regression task (``uci-boston``, ``uci-concrete``, ``uci``) these are the regression methods of
-    :data:`uqkit.bench.regression.REGRESSION_METHODS`, which share names with their classification twins
-    (the opt-in ones, ``register_regression_method(..., default=False)``, only with ``opt_in=True``).
+    For a task of a family registered with :func:`register_task_methods` (the regression tasks
+    ``uci-boston``, ``uci-concrete``, ``uci``: the recipes of :data:`uqkit.bench.regression.
+    REGRESSION_METHODS`, which share names with their classification twins) the family's lister answers.
     """
-    from uqkit.bench.regression import REGRESSION_METHODS, REGRESSION_TASKS, default_regression_methods
-
-    if task in REGRESSION_TASKS:
-        return list(REGRESSION_METHODS) if opt_in else default_regression_methods()
+    if task in TASK_METHODS:
+        return TASK_METHODS[task](opt_in)
     return [
         name
         for name, entry in METHODS.items()

@@ -12,10 +12,17 @@ Protocol (Hernandez-Lobato & Adams 2015; Gal & Ghahramani 2016; Lakshminarayanan
 * test RMSE and Gaussian NLL in the target's original units, per split, then mean and standard error over
   the splits.
 
-Speed: every model of a phase (split x ensemble member x hyper-parameter configuration) is one slice of a
-:class:`uqkit.nn.StackedGaussianMLP`, each fed its own minibatches of its own split, and trained in one
-batched loop with :class:`StackedAdam` (Adam with a learning rate per model). Models never interact, so
-this is exactly the set of independent trainings, at the cost of a handful of batched products per step.
+This module is the protocol as a policy of the UCI tasks: a method's recipe (:class:`RegressionMethod`:
+architecture, loss, grids) and the choice on validation and retraining (:meth:`RegressionMethod.fit`), whose
+every training is a :class:`~uqkit.bench.regression_stack.StackedRegression` method trained by the one
+trainer (:func:`uqkit.bench.trainer.train_method`, through :func:`~uqkit.bench.regression_stack.
+train_stack`); and the test of what a fit returns (:func:`evaluate_regression_method`, every split's
+:class:`~uqkit.GaussianPrediction` scored by :func:`~uqkit.bench.regression_metrics.prediction_metrics`, as
+a regression task of the user's data is). Every model of a phase (split x ensemble member x
+hyper-parameter configuration) is one network of one stack, each fed its own minibatches of its own split;
+networks never interact, so this is exactly the set of independent trainings, at the cost of a handful of
+batched products per step. A run of tasks x methods (resumable, its cells on an executor) is
+:func:`uqkit.bench.regression_cells.run_regression_bench`.
 
 The methods (:data:`REGRESSION_METHODS`, registered with :func:`register_regression_method`):
 ``deterministic`` (one network), ``deep-ensemble`` (5 networks, their Gaussian mixture), ``mc-dropout``
@@ -23,35 +30,39 @@ The methods (:data:`REGRESSION_METHODS`, registered with :func:`register_regress
 weights with Flipout, trained on the ELBO with the KL divided by the training-set size) and ``ncp`` (a
 Bayesian last layer for the mean trained with a noise-contrastive prior, Hafner et al. 2018: the network's
 function distribution at perturbed inputs pulled towards a wide output prior; its input-noise and prior
-scales are hyper-parameters chosen on validation like the others).
+scales are hyper-parameters chosen on validation like the others). The opt-in ones (``csgmcmc``,
+``sgld``, ``csgmcmc-distilled``, ``apd``, ``hyper-deep-ensemble``) register themselves from their modules,
+which :mod:`uqkit.bench` imports.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import datetime as _dt
 import itertools
 import math
-import os
 import time
-from collections.abc import Callable, Iterable, Sequence
+import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 from torch import nn
 
 from uqkit._validation import check_choice, check_positive_int
 from uqkit.bench.evaluate_conformal import conformal_intervals, summarize_intervals
-from uqkit.bench.report import SCHEMA_VERSION
-from uqkit.bench.trainer import NonFiniteLossError
-from uqkit.data.uci import RegressionTable, Standardizer, load_uci_directory, uci_boston, uci_concrete
-from uqkit.methods.ncp import expected_gaussian_nll, output_prior_divergence
-from uqkit.metrics.regression import gaussian_nll, interval_coverage, rmse
-from uqkit.nn.priors import NormalPrior
-from uqkit.nn.stacked import StackedBayesianLastLayerMLP, StackedGaussianMLP
-from uqkit.objectives import gaussian_nll_loss, kl_divergence
+from uqkit.bench.registry import register_task_methods
+from uqkit.bench.regression_metrics import COVERAGE_LEVELS, mixture_nll, prediction_metrics, summarize_splits
+from uqkit.bench.regression_stack import (
+    BATCH_SIZE,
+    HIDDEN_UNITS,
+    SplitData,
+    build_stack,
+    sample_stack,
+    split_data,
+    stack_size,
+    train_stack,
+)
+from uqkit.data.uci import RegressionTable, load_uci_directory, uci_boston, uci_concrete
 from uqkit.prediction import GaussianPrediction
 
 __all__ = [
@@ -61,94 +72,39 @@ __all__ = [
     "REGRESSION_TASKS",
     "RegressionMethod",
     "RegressionTaskInfo",
-    "StackedAdam",
     "evaluate_regression_method",
     "load_regression_table",
     "mixture_nll",
     "register_regression_method",
-    "run_regression_bench",
 ]
 
-BATCH_SIZE = 100
-HIDDEN_UNITS = 50
 VALIDATION_FRACTION = 0.2
-COVERAGE_LEVELS = tuple(round(0.05 * i, 2) for i in range(1, 20))
-"""Nominal probabilities of the central intervals in the coverage calibration curve (0.05 ... 0.95)."""
-_HALF_LOG_TWO_PI = 0.5 * math.log(2.0 * math.pi)
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Adam with one learning rate per stacked model
-# ---------------------------------------------------------------------------------------------------------
-class StackedAdam(torch.optim.Optimizer):
-    """Adam (Kingma & Ba 2015, Algorithm 1) where model ``k`` of a stack has its own learning rate.
-
-    Every parameter carries the model dimension first (``[K, ...]``); the update of entry ``[k, ...]`` is
-    ``theta <- theta - lr[k] * m_hat / (sqrt(v_hat) + eps)`` with the bias-corrected moments
-    ``m_hat = m / (1 - beta1^t)``, ``v_hat = v / (1 - beta2^t)``: exactly ``torch.optim.Adam`` run on each
-    model alone (which cannot give parameters that share a tensor different rates).
-
-    Args:
-        params: stacked parameters, each ``[K, ...]``.
-        lr: ``[K]`` learning rates (or one number for all).
-        betas, eps: as ``torch.optim.Adam``.
-    """
-
-    def __init__(
-        self,
-        params,
-        lr: torch.Tensor | float,
-        betas: tuple[float, float] = (0.9, 0.999),
-        eps: float = 1e-8,
-    ) -> None:
-        super().__init__(params, {"betas": betas, "eps": eps})
-        self.lr = torch.as_tensor(lr, dtype=torch.get_default_dtype())
-        if self.lr.ndim > 1 or bool((self.lr <= 0).any()):
-            raise ValueError(
-                f"lr: expected positive learning rates, one number or [K], got {self.lr.tolist()}"
-            )
-
-    @torch.no_grad()
-    def step(self, closure: Callable[[], float] | None = None) -> None:  # type: ignore[override]
-        if closure is not None:
-            raise ValueError("closure: StackedAdam takes no closure")
-        for group in self.param_groups:
-            beta1, beta2 = group["betas"]
-            for param in group["params"]:
-                if param.grad is None:
-                    continue
-                state = self.state[param]
-                if not state:
-                    state["step"] = 0
-                    state["exp_avg"] = torch.zeros_like(param)
-                    state["exp_avg_sq"] = torch.zeros_like(param)
-                state["step"] += 1
-                t = state["step"]
-                exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
-                exp_avg.lerp_(param.grad, 1.0 - beta1)
-                exp_avg_sq.mul_(beta2).addcmul_(param.grad, param.grad, value=1.0 - beta2)
-                denom = (exp_avg_sq / (1.0 - beta2**t)).sqrt_().add_(group["eps"])
-                lr = self.lr.to(param.dtype)
-                if lr.ndim == 1:
-                    if lr.shape[0] != param.shape[0]:
-                        raise ValueError(
-                            f"lr: expected {param.shape[0]} learning rates (one per model), got {lr.shape[0]}"
-                        )
-                    lr = lr.reshape(-1, *([1] * (param.dim() - 1)))
-                param.sub_(exp_avg * (lr / (1.0 - beta1**t)) / denom)
 
 
 # ---------------------------------------------------------------------------------------------------------
 # Methods
 # ---------------------------------------------------------------------------------------------------------
+class _MembersKeyword(type):
+    """The metaclass of :class:`RegressionMethod`: ``members=`` is the deprecated keyword of
+    ``num_members=`` for one release (in the constructor and in ``dataclasses.replace``)."""
+
+    def __call__(cls, *args: Any, **kwargs: Any) -> Any:
+        if "members" in kwargs:
+            message = f"{cls.__name__}(members=...) is deprecated; use num_members="
+            warnings.warn(message, DeprecationWarning, stacklevel=2)
+            kwargs["num_members"] = kwargs.pop("members")
+        return super().__call__(*args, **kwargs)
+
+
 @dataclass(frozen=True)
-class RegressionMethod:
+class RegressionMethod(metaclass=_MembersKeyword):
     """A regression method of the UCI benchmark: a stack of Gaussian-head MLPs and how to train it.
 
     Attributes:
         name: registry name.
         description: one line for tables.
-        members: networks per split whose predictions are mixed (5 for a deep ensemble).
+        num_members: networks per split whose predictions are mixed (5 for a deep ensemble); ``members=``
+            is its deprecated keyword (and ``.members`` its deprecated attribute) for one release.
         learning_rates: grid of Adam learning rates, chosen on validation.
         dropout_rates: grid of MC dropout rates (None: no dropout), chosen on validation.
         epochs: training epochs (the maximum when ``select_epochs``).
@@ -180,7 +136,7 @@ class RegressionMethod:
 
     name: str
     description: str
-    members: int = 1
+    num_members: int = 1
     learning_rates: tuple[float, ...] = (1e-3,)
     dropout_rates: tuple[float, ...] | None = None
     epochs: int = 40
@@ -199,6 +155,13 @@ class RegressionMethod:
     output_prior_scales: tuple[float, ...] | None = None
     ncp_weight: float = 0.1
 
+    @property
+    def members(self) -> int:
+        """Deprecated name of :attr:`num_members` (one release)."""
+        message = f"{type(self).__name__}.members is deprecated; use num_members"
+        warnings.warn(message, DeprecationWarning, stacklevel=2)
+        return self.num_members
+
     def __post_init__(self) -> None:
         if self.ncp:
             if not self.input_noises or not self.output_prior_scales:
@@ -206,7 +169,7 @@ class RegressionMethod:
                     f"{self.name}: ncp needs input_noises and output_prior_scales grids, got "
                     f"{self.input_noises!r} and {self.output_prior_scales!r}"
                 )
-            if self.flipout or self.dropout_rates is not None or self.members != 1:
+            if self.flipout or self.dropout_rates is not None or self.num_members != 1:
                 raise ValueError(f"{self.name}: ncp is one network, without Flipout, dropout or members")
             if any(v <= 0 for v in (*self.input_noises, *self.output_prior_scales, self.ncp_weight)):
                 raise ValueError(f"{self.name}: ncp scales and weight must be > 0")
@@ -302,7 +265,7 @@ register_regression_method(
         "deep-ensemble",
         "5 Gaussian-head networks with adversarial training, their mixture (Lakshminarayanan et al. "
         "2017); lr and epochs (at most 400, as every method) chosen on validation",
-        members=5,
+        num_members=5,
         learning_rates=(1e-3, 1e-2),
         epochs=400,
         select_epochs=True,
@@ -425,265 +388,9 @@ def load_regression_table(task: str, data_dir: str | None = None) -> RegressionT
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Stacked training
+# The protocol: choice on validation, retraining, test
 # ---------------------------------------------------------------------------------------------------------
-@dataclass
-class _Phase:
-    """Data of one training phase, standardised per split: ``[P, N, D]`` train and ``[P, V, D]`` eval."""
-
-    train_x: torch.Tensor
-    train_y: torch.Tensor
-    eval_x: torch.Tensor
-    eval_y: torch.Tensor
-    standardizers: list[Standardizer]
-
-
-def _phase_data(table: RegressionTable, pairs: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> _Phase:
-    """Standardise each ``(train, eval)`` index pair with its training rows' statistics and stack them."""
-    train_x, train_y, eval_x, eval_y, standardizers = [], [], [], [], []
-    for train_index, eval_index in pairs:
-        standardizer = Standardizer(table.inputs[train_index], table.targets[train_index])
-        standardizers.append(standardizer)
-        train_x.append(standardizer.inputs(table.inputs[train_index]))
-        train_y.append(standardizer.targets(table.targets[train_index]))
-        eval_x.append(standardizer.inputs(table.inputs[eval_index]))
-        eval_y.append(standardizer.targets(table.targets[eval_index]))
-    dtype = torch.get_default_dtype()
-    return _Phase(
-        torch.stack(train_x).to(dtype),
-        torch.stack(train_y).to(dtype),
-        torch.stack(eval_x).to(dtype),
-        torch.stack(eval_y).to(dtype),
-        standardizers,
-    )
-
-
-def _build_stack(
-    method: RegressionMethod, dropout: torch.Tensor, in_features: int
-) -> StackedGaussianMLP | StackedBayesianLastLayerMLP:
-    if method.ncp:
-        return StackedBayesianLastLayerMLP(
-            dropout.numel(), in_features, HIDDEN_UNITS, posterior_scale_init=method.posterior_scale_init
-        )
-    return StackedGaussianMLP(
-        dropout.numel(),
-        in_features,
-        HIDDEN_UNITS,
-        dropout=dropout if method.uses_dropout else None,
-        flipout=method.flipout,
-        prior=NormalPrior(scale=method.prior_scale),
-        posterior_scale_init=method.posterior_scale_init,
-    )
-
-
-@torch.no_grad()
-def _sample_predictions(model: StackedGaussianMLP, x: torch.Tensor, num_samples: int):
-    """``[K, S, B, 1]`` means and variances of ``num_samples`` stochastic passes of every model on ``x[k]``.
-
-    The ``S`` passes are one forward pass over the inputs repeated ``S`` times: every stochastic layer here
-    draws independent noise per example (dropout masks, Flipout signs), and a Flipout layer's ``Delta W``
-    is shared only within one pass, so repeated examples see ``S`` different sign draws but the same
-    ``Delta W``; to give each sample its own ``Delta W`` too, the passes are run one by one for Flipout.
-    """
-    models, batch = x.shape[:2]
-    if num_samples == 1:
-        mean, variance = model(x)
-        return mean.unsqueeze(1), variance.unsqueeze(1)
-    if model.hidden.__class__.__name__ == "StackedFlipoutLinear":
-        outputs = [model(x) for _ in range(num_samples)]
-        return torch.stack([m for m, _ in outputs], 1), torch.stack([v for _, v in outputs], 1)
-    mean, variance = model(x.repeat(1, num_samples, 1))
-    shape = (models, num_samples, batch, mean.shape[-1])
-    return mean.reshape(shape), variance.reshape(shape)
-
-
-def _group_nll(mean: torch.Tensor, variance: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Per group NLL of the moment-matched mixture: means ``[G, M, S, B, 1]``, targets ``[G, B, 1]``."""
-    groups = mean.shape[0]
-    mean = mean.reshape(groups, -1, *mean.shape[-2:])
-    variance = variance.reshape(groups, -1, *variance.shape[-2:])
-    mix_mean = mean.mean(dim=1)
-    mix_var = variance.mean(dim=1) + mean.var(dim=1, unbiased=False)
-    nll = 0.5 * mix_var.log() + (targets - mix_mean).square() / (2 * mix_var) + _HALF_LOG_TWO_PI
-    return nll.mean(dim=(1, 2))
-
-
-class StackSampler(Protocol):
-    """An SG-MCMC run of a stack, for :func:`_train_stack` (the regression forms of ``sgld`` and
-    ``csgmcmc``, :mod:`uqkit.bench.regression_sgmcmc`): the optimizer, the per-step schedule, the samples."""
-
-    def optimizer(self, params: Iterable[torch.Tensor], num_data: int) -> torch.optim.Optimizer:
-        """The sampler over ``params`` for a training set of ``num_data`` rows per model."""
-        ...
-
-    def before_step(self, step: int, optimizer: torch.optim.Optimizer) -> None:
-        """Set the 0-based ``step``'s step size (and noise switch) before the optimizer's step."""
-        ...
-
-    def after_step(self, step: int, model: nn.Module, losses: torch.Tensor) -> None:
-        """Keep the stack's state after ``step`` if the thinning rule picks it; ``losses``: ``[K]`` each
-        model's loss at the step (its divergence check)."""
-        ...
-
-
-def _train_stack(
-    method: RegressionMethod,
-    phase: _Phase,
-    split_of_model: torch.Tensor,
-    learning_rates: torch.Tensor,
-    dropout: torch.Tensor,
-    num_epochs: int,
-    seed: int,
-    snapshot_epochs: torch.Tensor | None = None,
-    on_epoch: Callable[[int, StackedGaussianMLP], None] | None = None,
-    raise_on_nonfinite: bool = True,
-    input_noise: torch.Tensor | None = None,
-    prior_scale: torch.Tensor | None = None,
-    l2: torch.Tensor | None = None,
-    sampler: StackSampler | None = None,
-    teacher_variance: torch.Tensor | None = None,
-) -> StackedGaussianMLP:
-    """Train ``K`` models, model ``k`` on split ``split_of_model[k]`` of ``phase``, as one stack.
-
-    Each model gets its own random minibatch order (batch size :data:`BATCH_SIZE`). The loss is the sum
-    over models of each model's mean (beta-)NLL over its batch, plus its weight decay (dropout methods) or
-    its ``KL / N`` (Flipout), so that every model gets exactly its own gradient. With ``ncp``, a model's
-    loss is its mean expected NLL under its function distribution plus ``ncp_weight`` times the mean NCP
-    divergence at its batch perturbed with its own ``input_noise[k]``, towards ``N(y, prior_scale[k]^2)``.
-
-    Args:
-        snapshot_epochs: ``[K]`` epoch (1-based) after which each model's parameters are kept; the returned
-            stack holds those (the models are independent, so training the others longer changes nothing).
-        on_epoch: called as ``on_epoch(epoch, model)`` after each epoch (validation scoring).
-        raise_on_nonfinite: raise :class:`~uqkit.bench.trainer.NonFiniteLossError` when a model's loss is
-            not finite; off while scoring a grid, where a diverged configuration simply scores ``inf``.
-        input_noise, prior_scale: ``[K]`` NCP scales ``sigma_x`` and ``sigma_y`` (``ncp`` methods only).
-        l2: ``[K]`` coefficients ``lambda_k`` of an L2 term ``lambda_k ||W_k||^2`` on each model's weight
-            matrices (biases excluded) added to its mean loss (the hyper-deep ensemble's).
-        sampler: an SG-MCMC sampler of the stack (:class:`StackSampler`) in place of
-            :class:`StackedAdam`: its optimizer updates the parameters (``learning_rates`` unused), its
-            ``before_step`` sets the step's step size and noise, its ``after_step`` keeps samples.
-        teacher_variance: ``[P, N, 1]`` a teacher's predictive variance at each training row, whose mean is
-            ``phase.train_y``: the loss is then the predictive distillation loss ``KL(N(m_T, v_T) ||
-            N(mu, sigma^2))`` up to the teacher's entropy, ``NLL(m_T; mu, sigma^2) + v_T / (2 sigma^2)``
-            (:func:`uqkit.methods.distillation.distillation_loss`).
-    """
-    models = split_of_model.numel()
-    if method.ncp and (input_noise is None or prior_scale is None):
-        raise ValueError(f"{method.name}: ncp training needs input_noise and prior_scale, one per model")
-    num_train, in_features = phase.train_x.shape[1], phase.train_x.shape[2]
-    torch.manual_seed(seed)
-    model = _build_stack(method, dropout, in_features)
-    if sampler is None:
-        optimizer = StackedAdam(model.parameters(), learning_rates)
-    else:
-        optimizer = sampler.optimizer(model.parameters(), num_train)
-    generator = torch.Generator().manual_seed(seed + 1)
-    weight_decay = method.lengthscale**2 * (1.0 - dropout) / (2.0 * num_train)
-    kept = {name: value.detach().clone() for name, value in model.state_dict().items()}
-    rows = split_of_model.unsqueeze(1)
-    diverged = torch.zeros(models, dtype=torch.bool)
-    epsilon = None
-    step = 0
-    if method.adversarial > 0:
-        ranges = phase.train_x.amax(dim=1) - phase.train_x.amin(dim=1)  # [P, D]
-        epsilon = (method.adversarial * ranges)[split_of_model].unsqueeze(1)  # [K, 1, D]
-    for epoch in range(1, num_epochs + 1):
-        model.train()
-        order = torch.rand(models, num_train, generator=generator).argsort(dim=1)
-        for start in range(0, num_train, BATCH_SIZE):
-            index = order[:, start : start + BATCH_SIZE]
-            inputs, targets = phase.train_x[rows, index], phase.train_y[rows, index]
-            if epsilon is not None:
-                inputs = inputs.requires_grad_(True)
-            if method.ncp:
-                per_model = _ncp_losses(method, model, inputs, targets, input_noise, prior_scale)
-            else:
-                mean, variance = model(inputs)
-                per_model = gaussian_nll_loss(mean, variance, targets, beta=method.beta).mean(dim=(1, 2))
-                if teacher_variance is not None:
-                    spread = teacher_variance[rows, index].to(variance.dtype) / (2 * variance)
-                    per_model = per_model + spread.mean(dim=(1, 2))
-            if epsilon is not None:
-                (grad,) = torch.autograd.grad(per_model.sum(), inputs, retain_graph=True)
-                adversarial = (inputs + epsilon * grad.sign()).detach()
-                mean, variance = model(adversarial)
-                adversarial_loss = gaussian_nll_loss(mean, variance, targets, beta=method.beta)
-                per_model = per_model + adversarial_loss.mean(dim=(1, 2))
-            if method.dropout_rates is not None:
-                per_model = per_model + weight_decay.to(per_model.dtype) * model.weight_norms()
-            if l2 is not None:
-                per_model = per_model + l2.to(per_model.dtype) * model.weight_norms()
-            diverged |= ~torch.isfinite(per_model.detach())
-            if raise_on_nonfinite and bool(diverged.any()):
-                bad = diverged.nonzero().flatten()
-                raise NonFiniteLossError(
-                    f"{method.name}: non-finite training loss at epoch {epoch} for {bad.numel()} models "
-                    f"(splits {sorted(set(split_of_model[bad].tolist()))[:5]}, learning rates "
-                    f"{sorted(set(learning_rates[bad].tolist()))})"
-                )
-            # A diverged model (possible while scoring a grid) only spoils its own slice: the gradient of a
-            # sum reaches each term with weight 1 whatever the others hold.
-            loss = per_model.sum()
-            if method.flipout:
-                loss = loss + kl_divergence(model) / num_train
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if sampler is not None:
-                sampler.before_step(step, optimizer)
-            optimizer.step()
-            if sampler is not None:
-                sampler.after_step(step, model, per_model.detach())
-            step += 1
-        model.eval()
-        if on_epoch is not None:
-            on_epoch(epoch, model)
-        if snapshot_epochs is not None:
-            done = snapshot_epochs == epoch
-            if bool(done.any()):
-                for name, value in model.state_dict().items():
-                    if value.dim() and value.shape[0] == models:
-                        kept[name][done] = value.detach()[done]
-    if snapshot_epochs is not None:
-        model.load_state_dict(kept)
-    return model
-
-
-def _ncp_losses(
-    method: RegressionMethod,
-    model: StackedBayesianLastLayerMLP,
-    inputs: torch.Tensor,
-    targets: torch.Tensor,
-    input_noise: torch.Tensor,
-    prior_scale: torch.Tensor,
-) -> torch.Tensor:
-    """``[K]`` NCP losses (Hafner et al. 2018): expected NLL on the batch plus ``ncp_weight`` times the KL
-    from ``N(y, prior_scale[k]^2)`` to the function distribution at the batch perturbed by
-    ``input_noise[k]``, each a mean over the model's batch; clean and perturbed rows in one pass."""
-    noise = input_noise.to(inputs.dtype).reshape(-1, 1, 1)
-    batch = inputs.shape[1]
-    both = torch.cat([inputs, inputs + noise * torch.randn_like(inputs)], dim=1)
-    function_mean, function_variance, noise_variance = model.moments(both)
-    nll = expected_gaussian_nll(
-        function_mean[:, :batch], function_variance[:, :batch], noise_variance[:, :batch], targets
-    )
-    divergence = output_prior_divergence(
-        function_mean[:, batch:],
-        function_variance[:, batch:],
-        targets,
-        prior_scale.to(inputs.dtype).reshape(-1, 1, 1),
-    )
-    return nll.mean(dim=(1, 2)) + method.ncp_weight * divergence.mean(dim=(1, 2))
-
-
-def _per_model(configs: Sequence[dict[str, float]], key: str) -> torch.Tensor | None:
-    """``[K]`` values of hyper-parameter ``key`` of each model's configuration (None if absent)."""
-    if key not in configs[0]:
-        return None
-    return torch.tensor([config[key] for config in configs])
-
-
-def _validation_pairs(table: RegressionTable, seed: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def validation_pairs(table: RegressionTable, seed: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """80/20 (fit, validation) row indices carved from each split's training rows, seeded per split."""
     pairs = []
     for split, (train_index, _) in enumerate(table.splits):
@@ -694,38 +401,8 @@ def _validation_pairs(table: RegressionTable, seed: int) -> list[tuple[torch.Ten
     return pairs
 
 
-class _BestSnapshots:
-    """Every model's parameters at the lowest validation NLL of its group so far (the first such epoch on
-    ties; a non-finite NLL counts as ``+inf``), the rule by which :func:`_select` picks the epochs.
-
-    Args:
-        group_of_model: ``[K]`` the group (split x configuration) of each model of the stack.
-    """
-
-    def __init__(self, group_of_model: torch.Tensor) -> None:
-        self.group_of_model = group_of_model
-        self.best: torch.Tensor | None = None
-        self.epoch: torch.Tensor | None = None
-        self.state: dict[str, torch.Tensor] = {}
-
-    def update(self, epoch: int, nll: torch.Tensor, model: StackedGaussianMLP) -> None:
-        """Keep the models of the groups whose ``[groups]`` validation ``nll`` improved at ``epoch``."""
-        nll = torch.where(torch.isfinite(nll), nll, torch.full_like(nll, math.inf))
-        if self.best is None:
-            self.best, self.epoch = nll, torch.full(nll.shape, epoch)
-            self.state = {name: value.detach().clone() for name, value in model.state_dict().items()}
-            return
-        improved = nll < self.best
-        self.best = torch.where(improved, nll, self.best)
-        self.epoch = torch.where(improved, torch.full_like(self.epoch, epoch), self.epoch)
-        rows = improved[self.group_of_model]
-        for name, value in model.state_dict().items():
-            if value.dim() and value.shape[0] == rows.numel():
-                self.state[name][rows] = value.detach()[rows]
-
-
 @dataclass
-class _SelectionNetworks:
+class SelectionNetworks:
     """The networks of the selection phase for split conformal prediction (UCI protocol).
 
     The protocol retrains the chosen configuration on the whole training split, which leaves no held-out
@@ -740,9 +417,9 @@ class _SelectionNetworks:
         pairs: ``(fit rows, validation rows)`` of each split.
     """
 
-    model: StackedGaussianMLP
+    model: nn.Module
     epochs: list[int]
-    phase: _Phase
+    phase: SplitData
     pairs: list[tuple[torch.Tensor, torch.Tensor]]
     rows: list[torch.Tensor] | None = None
 
@@ -754,7 +431,7 @@ class RegressionFit:
     Attributes:
         model: a stack of ``splits * members`` models, split-major, trained on the whole training splits
             (for a sampler: its kept samples; for an ensemble: its members).
-        members: the models of each split in ``model``.
+        num_members: the models of each split in ``model``.
         configs: the configuration chosen for each split (its keys other than ``learning_rate`` and
             ``dropout`` become per-split lists of the results block, e.g. ``ncp``'s ``input_noise``).
         epochs: the epochs trained on each split.
@@ -768,12 +445,12 @@ class RegressionFit:
             selected twice); None: each of the split's ``members`` rows once.
     """
 
-    model: StackedGaussianMLP
-    members: int
+    model: nn.Module
+    num_members: int
     configs: list[dict[str, Any]]
     epochs: list[int]
     validation_nll: list[list[float | None]]
-    networks: _SelectionNetworks | None
+    networks: SelectionNetworks | None
     selection_time_s: float
     grid: list[dict[str, Any]]
     training: dict[str, Any]
@@ -781,30 +458,35 @@ class RegressionFit:
     rows: list[torch.Tensor] | None = None
 
 
-def _split_rows(split: int, members: int, rows: list[torch.Tensor] | None) -> torch.Tensor:
+def split_rows(split: int, members: int, rows: list[torch.Tensor] | None) -> torch.Tensor:
     """The rows of split ``split``'s models in a split-major stack of ``members`` models per split."""
     if rows is not None:
         return rows[split]
     return torch.arange(split * members, (split + 1) * members)
 
 
-def _model_splits(num_models: int, splits: int, rows: list[torch.Tensor] | None) -> torch.Tensor:
-    """``[num_models]``: the split of each model of a split-major stack (``rows``: see :class:`RegressionFit`;
-    None: ``num_models / splits`` models per split)."""
+def model_splits(num_members: int, splits: int, rows: list[torch.Tensor] | None) -> torch.Tensor:
+    """``[num_members]``: the split of each model of a split-major stack (``rows``: see
+    :class:`RegressionFit`; None: ``num_members / splits`` models per split)."""
     if rows is None:
-        return torch.arange(splits).repeat_interleave(num_models // splits)
-    owner = torch.full((num_models,), -1, dtype=torch.long)
+        return torch.arange(splits).repeat_interleave(num_members // splits)
+    owner = torch.full((num_members,), -1, dtype=torch.long)
     for split, split_rows in enumerate(rows):
         owner[split_rows] = split
     if bool((owner < 0).any()):
-        raise ValueError(f"rows: expected every one of the {num_models} models in some split's rows")
+        raise ValueError(f"rows: expected every one of the {num_members} models in some split's rows")
     return owner
 
 
 def _select(
     method: RegressionMethod, table: RegressionTable, seed: int
-) -> tuple[list[dict[str, float]], list[int], list[list[float | None]], _SelectionNetworks | None]:
+) -> tuple[list[dict[str, float]], list[int], list[list[float | None]], SelectionNetworks | None]:
     """Choose each split's configuration and epoch count on its validation split.
+
+    Every (split, configuration, member) is one network of one stack, trained on the split's fit part and
+    scored on its validation part every ``score_every`` epochs (only after the last without
+    ``select_epochs``): each (split, configuration) group, its members' mixture, ends at its epoch of lowest
+    validation NLL, and each split takes its configuration of lowest NLL.
 
     Returns the chosen configuration and epoch count per split, the validation NLL (standardised
     units) of every configuration at its best epoch, per split, and the chosen networks of the selection
@@ -814,82 +496,51 @@ def _select(
     splits = len(table.splits)
     if len(grid) == 1 and not method.select_epochs:
         return [grid[0]] * splits, [method.epochs] * splits, [[None] for _ in range(splits)], None
-    pairs = _validation_pairs(table, seed)
-    phase = _phase_data(table, pairs)
-    members = method.members
+    pairs = validation_pairs(table, seed)
+    phase = split_data(table, pairs)
+    members = method.num_members
     # model index = ((split * G) + config) * M + member
     split_of_model = torch.arange(splits).repeat_interleave(len(grid) * members)
     config_of_model = torch.arange(len(grid)).repeat_interleave(members).repeat(splits)
-    model_configs = [grid[c] for c in config_of_model.tolist()]
-    lrs = _per_model(model_configs, "learning_rate")
-    dropout = _per_model(model_configs, "dropout")
-    eval_rows = split_of_model.unsqueeze(1)
-    scores: list[torch.Tensor] = []  # per scored epoch: [splits, G]
-    epochs_scored: list[int] = []
-    snapshots = _BestSnapshots(torch.arange(split_of_model.numel()) // members)
-
-    def score(epoch: int, model: StackedGaussianMLP) -> None:
-        if (method.select_epochs and epoch % method.score_every == 0) or epoch == method.epochs:
-            x = phase.eval_x[eval_rows, torch.arange(phase.eval_x.shape[1])]
-            mean, variance = _sample_predictions(model, x, method.validation_samples)
-            groups = splits * len(grid)
-            shape = (groups, members, *mean.shape[1:])
-            targets = phase.eval_y.repeat_interleave(len(grid), dim=0)
-            nll = _group_nll(mean.reshape(shape), variance.reshape(shape), targets)
-            scores.append(nll.reshape(splits, len(grid)))
-            epochs_scored.append(epoch)
-            snapshots.update(epoch, nll, model)
-
-    _train_stack(
+    stack, result = train_stack(
         method,
         phase,
         split_of_model,
-        lrs,
-        dropout,
+        [grid[c] for c in config_of_model.tolist()],
         method.epochs,
         seed,
-        on_epoch=score,
-        raise_on_nonfinite=False,
-        input_noise=_per_model(model_configs, "input_noise"),
-        prior_scale=_per_model(model_configs, "output_prior_scale"),
+        group_size=members,
+        validation_every=method.score_every if method.select_epochs else method.epochs,
+        validation_samples=method.validation_samples,
+        independent_parts=True,
     )
-    table_scores = torch.stack(scores)  # [E, splits, G]
-    table_scores = torch.where(
-        torch.isfinite(table_scores), table_scores, torch.full_like(table_scores, math.inf)
-    )
+    best = torch.tensor(result.selected_nlls, dtype=torch.float64).reshape(splits, len(grid))
+    best_epochs = torch.tensor(result.selected_epochs).reshape(splits, len(grid))
     chosen_configs, chosen_epochs, per_config, chosen_models = [], [], [], []
     for split in range(splits):
-        best_per_config, best_epoch_index = table_scores[:, split, :].min(dim=0)
-        config = int(best_per_config.argmin())
+        config = int(best[split].argmin())
         chosen_configs.append(grid[config])
-        chosen_epochs.append(epochs_scored[int(best_epoch_index[config])])
-        per_config.append([float(v) if math.isfinite(float(v)) else None for v in best_per_config])
+        chosen_epochs.append(int(best_epochs[split, config]))
+        per_config.append([float(v) if math.isfinite(float(v)) else None for v in best[split]])
         first = (split * len(grid) + config) * members
         chosen_models.extend(range(first, first + members))
     chosen = torch.tensor(chosen_models)
-    model = _build_stack(method, dropout[chosen], phase.train_x.shape[2])
-    stacked = split_of_model.numel()
-    model.load_state_dict(
-        {
-            name: value[chosen] if value.dim() and value.shape[0] == stacked else value
-            for name, value in snapshots.state.items()
-        }
-    )
+    model = build_stack(method, stack.dropout[chosen], phase.train_x.shape[2])
+    model.load_state_dict({name: value[chosen] for name, value in stack.network.state_dict().items()})
     model.eval()
-    group_epochs = snapshots.epoch[chosen // members][::members].tolist()
-    networks = _SelectionNetworks(model, group_epochs, phase, pairs)
+    networks = SelectionNetworks(model, list(chosen_epochs), phase, pairs)
     return chosen_configs, chosen_epochs, per_config, networks
 
 
 def _selection_conformal(
-    method: RegressionMethod, table: RegressionTable, networks: _SelectionNetworks, seed: int
+    method: RegressionMethod, table: RegressionTable, networks: SelectionNetworks, seed: int
 ) -> dict[str, Any]:
     """Conformal intervals of every split, calibrated on its validation rows by the selection network (see
-    :class:`_SelectionNetworks`) and scored on its test rows, beside that network's Gaussian intervals;
+    :class:`SelectionNetworks`) and scored on its test rows, beside that network's Gaussian intervals;
     summarised over splits (:func:`uqkit.bench.evaluate_conformal.summarize_intervals`)."""
     phase = networks.phase
     splits, num_val = phase.eval_x.shape[0], phase.eval_x.shape[1]
-    members = networks.model.num_models // splits
+    members = stack_size(networks.model) // splits
     test_sets = [
         phase.standardizers[s].inputs(table.inputs[test]) for s, (_, test) in enumerate(table.splits)
     ]
@@ -899,15 +550,16 @@ def _selection_conformal(
     for split, x in enumerate(test_sets):
         inputs[split, num_val : num_val + len(x)] = x.to(inputs.dtype)
     torch.manual_seed(seed + 13)
-    all_mean, all_variance = _sample_predictions(
+    all_mean, all_variance = sample_stack(
         networks.model,
-        inputs[_model_splits(networks.model.num_models, splits, networks.rows)],
+        inputs[model_splits(stack_size(networks.model), splits, networks.rows)],
         method.num_samples,
+        one_pass_per_sample=method.flipout,
     )  # [splits * members, S, rows, 1]
     per_split = []
     for split, (_, test_index) in enumerate(table.splits):
         standardizer = phase.standardizers[split]
-        block = _split_rows(split, members, networks.rows)
+        block = split_rows(split, members, networks.rows)
         mean = standardizer.mean_to_original(all_mean[block].double()).flatten(0, 1)
         variance = standardizer.variance_to_original(all_variance[block].double()).flatten(0, 1)
         end = num_val + int(test_index.numel())
@@ -918,20 +570,6 @@ def _selection_conformal(
             conformal_intervals(val, val_targets, test, table.targets[test_index].reshape(-1, 1))
         )
     return summarize_intervals(per_split, num_val, network="selection")
-
-
-def _summary(values: Sequence[float]) -> dict[str, float]:
-    """Mean and standard error (sample standard deviation / sqrt(n)) of per-split values."""
-    tensor = torch.tensor(list(values), dtype=torch.float64)
-    se = float(tensor.std(unbiased=True) / math.sqrt(tensor.numel())) if tensor.numel() > 1 else 0.0
-    return {"mean": float(tensor.mean()), "se": se}
-
-
-def mixture_nll(mean: torch.Tensor, variance: torch.Tensor, targets: torch.Tensor) -> float:
-    """Exact NLL of the equal-weight Gaussian mixture ``[S, B, D]`` (log-mean-exp over the ``S``
-    components), averaged over the ``B * D`` targets."""
-    log_prob = -0.5 * (2 * math.pi * variance).log() - (targets - mean).square() / (2 * variance)
-    return float(-(torch.logsumexp(log_prob.double(), dim=0) - math.log(mean.shape[0])).mean())
 
 
 def evaluate_regression_method(
@@ -961,9 +599,9 @@ def evaluate_regression_method(
     fitted = method.fit(table, seed, log)
     train_time = time.perf_counter() - started
     # Test sets may differ in size by one row for custom splits, so test prediction is per split below.
-    splits, members, model = len(table.splits), fitted.members, fitted.model
-    full = _phase_data(table, [(train, train) for train, _ in table.splits])
-    split_of_model = _model_splits(model.num_models, splits, fitted.rows)
+    splits, members, model = len(table.splits), fitted.num_members, fitted.model
+    full = split_data(table, [(train, train) for train, _ in table.splits])
+    split_of_model = model_splits(stack_size(model), splits, fitted.rows)
     torch.manual_seed(seed + 11)
     per_split: dict[str, list[float]] = {"nll": [], "rmse": [], "nll_mixture": [], "coverage_95": []}
     coverage = torch.zeros(len(COVERAGE_LEVELS), dtype=torch.float64)
@@ -975,30 +613,22 @@ def evaluate_regression_method(
     padded = torch.zeros(splits, longest, table.num_features, dtype=full.train_x.dtype)
     for split, x in enumerate(test_sets):
         padded[split, : len(x)] = x.to(padded.dtype)
-    all_mean, all_variance = _sample_predictions(model, padded[split_of_model], method.num_samples)
+    all_mean, all_variance = sample_stack(
+        model, padded[split_of_model], method.num_samples, one_pass_per_sample=method.flipout
+    )
     num_test = 0
     for split, (_, test_index) in enumerate(table.splits):
         standardizer = full.standardizers[split]
         targets = table.targets[test_index].reshape(-1, 1)
-        rows, size = _split_rows(split, members, fitted.rows), int(test_index.numel())
+        rows, size = split_rows(split, members, fitted.rows), int(test_index.numel())
         mean = all_mean[rows, :, :size].double()
         variance = all_variance[rows, :, :size].double()
         mean = standardizer.mean_to_original(mean).reshape(-1, *mean.shape[-2:])
         variance = standardizer.variance_to_original(variance).reshape(-1, *variance.shape[-2:])
-        prediction = GaussianPrediction(mean, variance)
-        per_split["nll"].append(gaussian_nll(prediction.mean, prediction.variance, targets))
-        per_split["rmse"].append(rmse(prediction.mean, targets))
-        per_split["nll_mixture"].append(mixture_nll(mean, variance, targets))
-        per_split["coverage_95"].append(
-            interval_coverage(prediction.mean, prediction.variance, targets, 0.95)
-        )
-        coverage += torch.tensor(
-            [
-                interval_coverage(prediction.mean, prediction.variance, targets, level)
-                for level in COVERAGE_LEVELS
-            ],
-            dtype=torch.float64,
-        )
+        numbers = prediction_metrics(GaussianPrediction(mean, variance), targets)
+        for name, values in per_split.items():
+            values.append(numbers[name])
+        coverage += torch.tensor(numbers["coverage"], dtype=torch.float64)
         num_test += int(test_index.numel())
     inference_time = time.perf_counter() - inference_started
     coverage /= splits
@@ -1014,7 +644,7 @@ def evaluate_regression_method(
         "train_time_s": train_time,
         "selection_time_s": fitted.selection_time_s,
         "inference_ms_per_example": 1000.0 * inference_time / max(1, num_test),
-        "metrics": {name: _summary(values) for name, values in per_split.items()},
+        "metrics": {name: summarize_splits(values) for name, values in per_split.items()},
         "per_split": {
             **per_split,
             "learning_rate": [c["learning_rate"] for c in configs],
@@ -1048,24 +678,18 @@ def _fit_by_selection(
     selection_time = time.perf_counter() - started
     if log is not None:
         log(f"[uqkit]   {method.name}: hyper-parameters chosen on validation in {selection_time:.1f} s")
-    splits, members = len(table.splits), method.members
-    full = _phase_data(table, [(train, train) for train, _ in table.splits])
+    splits, members = len(table.splits), method.num_members
+    full = split_data(table, [(train, train) for train, _ in table.splits])
     split_of_model = torch.arange(splits).repeat_interleave(members)
-    model_configs = [configs[s] for s in split_of_model.tolist()]
-    lrs = _per_model(model_configs, "learning_rate")
-    dropout = _per_model(model_configs, "dropout")
     snapshot = torch.tensor([epochs[s] for s in split_of_model.tolist()])
-    model = _train_stack(
+    stack, _ = train_stack(
         method,
         full,
         split_of_model,
-        lrs,
-        dropout,
+        [configs[s] for s in split_of_model.tolist()],
         int(snapshot.max()),
         seed + 7,
         snapshot_epochs=snapshot,
-        input_noise=_per_model(model_configs, "input_noise"),
-        prior_scale=_per_model(model_configs, "output_prior_scale"),
     )
     grid = method.grid()
     training = training_budget(
@@ -1074,7 +698,7 @@ def _fit_by_selection(
         retraining=[members * e for e in epochs],
     )
     return RegressionFit(
-        model, members, configs, epochs, validation_nll, networks, selection_time, grid, training
+        stack.network, members, configs, epochs, validation_nll, networks, selection_time, grid, training
     )
 
 
@@ -1090,9 +714,11 @@ def training_budget(optimizer: str, selection: int, retraining: Sequence[int]) -
 
 
 # ---------------------------------------------------------------------------------------------------------
-# A run: tasks x methods -> results.json and the report
+# A task's block of results.json
 # ---------------------------------------------------------------------------------------------------------
-def _task_block(task: str, table: RegressionTable) -> dict[str, Any]:
+def regression_task_block(task: str, table: RegressionTable) -> dict[str, Any]:
+    """The block of regression task ``task`` (its ``table``) in ``results.json``, without its methods'
+    blocks: the table's facts, the protocol and the published numbers (docs/results-schema.md)."""
     info = REGRESSION_TASKS[task]
     train_sizes = sorted({int(train.numel()) for train, _ in table.splits})
     test_sizes = sorted({int(test.numel()) for _, test in table.splits})
@@ -1123,118 +749,6 @@ def _task_block(task: str, table: RegressionTable) -> dict[str, Any]:
     }
 
 
-def _run_identity(
-    tasks: Sequence[str],
-    names: Sequence[str],
-    data_dir: str | os.PathLike | None,
-    seed: int,
-    split_chunks: int = 1,
-) -> dict[str, Any]:
-    """What a resumed run must share with the run it continues (the split chunks only when more than one,
-    so that runs made before chunks existed still resume)."""
-    identity = {
-        "kind": "regression",
-        "tasks": list(tasks),
-        "methods": list(names),
-        "seed": seed,
-        "data_dir": None if data_dir is None else str(Path(data_dir).resolve()),
-        "recipes": {name: dataclasses.asdict(REGRESSION_METHODS[name]) for name in names},
-    }
-    if split_chunks != 1:
-        identity["split_chunks"] = split_chunks
-    return identity
-
-
-def run_regression_bench(
-    out: str | os.PathLike,
-    tasks: Sequence[str],
-    methods: Sequence[str] | None = None,
-    data_dir: str | os.PathLike | None = None,
-    seed: int = 0,
-    command: str = "",
-    log: Callable[[str], None] = print,
-    resume: bool = False,
-    executor: Any = None,
-    split_chunks: int = 1,
-) -> dict[str, Any]:
-    """Run regression ``methods`` (default: :func:`default_regression_methods`) on ``tasks``; write
-    ``results.json`` and the report.
-
-    Each finished method's block is also written (atomically) to ``methods/<task>/<method>.json`` as soon as
-    it is done, and the run's identity (tasks, methods, seed, data directory and every method's recipe) to
-    ``config.json``. A run directory that holds a run is only continued with ``resume=True`` and the same
-    identity; finished methods are then read back instead of retrained.
-    The run uses one torch thread (restored afterwards): its batched products are far too small to gain
-    from more, and on a busy machine every OpenMP region can stall.
-
-    Args:
-        out: the run directory.
-        tasks: names from :data:`REGRESSION_TASKS` (``uci`` reads ``data_dir``).
-        methods: names from :data:`REGRESSION_METHODS`, or None for the default ones (all but the opt-in).
-        data_dir: a UCI-format directory for the ``uci`` task.
-        seed: the run's seed.
-        command: the command line, recorded in the results.
-        log: progress printer.
-        resume: continue the run in ``out`` (``uqkit bench --resume``), keeping its finished methods.
-        executor: where the (table, method, chunk) cells run (:mod:`uqkit.bench.executors`; default: this
-            process, one after the other).
-        split_chunks: train each method's splits as this many stacks, one cell each
-            (:mod:`uqkit.bench.regression_cells`; 1, the default: one stack of all splits).
-
-    Returns:
-        The results dict written to ``out/results.json``.
-
-    Raises:
-        RunConfigMismatchError: ``out`` holds a run and ``resume`` is False, or it holds a different run.
-    """
-    from uqkit.bench.runner import _atomic_write_json, _prepare_run_dir, environment
-
-    for task in tasks:
-        check_choice(task, "--task", REGRESSION_TASKS)
-    names = list(methods) if methods else default_regression_methods()
-    for name in names:
-        check_choice(name, "--methods", REGRESSION_METHODS)
-    check_positive_int(seed, "--seed", minimum=0)
-    check_positive_int(split_chunks, "--split-chunks")
-    from uqkit.bench.executors import LocalExecutor
-    from uqkit.bench.regression_cells import run_cells
-
-    executor = executor if executor is not None else LocalExecutor()
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    _prepare_run_dir(out, _run_identity(tasks, names, data_dir, seed, split_chunks), resume, command)
-    results: dict[str, Any] = {
-        "schema_version": SCHEMA_VERSION,
-        "created": "",
-        "command": command,
-        "environment": {**environment("cpu"), "executor": executor.describe()},
-        "config": {
-            "tasks": list(tasks),
-            "methods": list(methods) if methods else None,
-            "epochs": None,
-            "seed": seed,
-            "quick": False,
-            "batch_size": BATCH_SIZE,
-            "model": f"mlp-{HIDDEN_UNITS}",
-            "device": "cpu",
-            "data_dir": None if data_dir is None else str(data_dir),
-            "split_chunks": split_chunks,
-        },
-        "tasks": {},
-    }
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the stacked products are small: threads only add OpenMP synchronisation
-    try:
-        run_cells(results, out, tasks, names, data_dir, seed, log, resume, executor, split_chunks)
-    finally:
-        torch.set_num_threads(threads)
-    results["created"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-    _atomic_write_json(results, out / "results.json")
-    return results
-
-
-# The opt-in methods with their own procedures register themselves (they build on this module).
-from uqkit.bench import regression_apd as _regression_apd  # noqa: E402, F401
-from uqkit.bench import regression_distilled as _regression_distilled  # noqa: E402, F401
-from uqkit.bench import regression_hyper as _regression_hyper  # noqa: E402, F401
-from uqkit.bench import regression_sgmcmc as _regression_sgmcmc  # noqa: E402, F401
+register_task_methods(
+    REGRESSION_TASKS, lambda opt_in: list(REGRESSION_METHODS) if opt_in else default_regression_methods()
+)

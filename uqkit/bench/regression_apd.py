@@ -42,13 +42,13 @@ from uqkit.bench.posterior_distillation import (
 )
 from uqkit.bench.regression import (
     RegressionFit,
-    _build_stack,
-    _SelectionNetworks,
+    SelectionNetworks,
     register_regression_method,
     training_budget,
 )
 from uqkit.bench.regression_distilled import mixture_moments
 from uqkit.bench.regression_sgmcmc import CHAIN_EPOCHS, CyclicalSGMCMCRegression, csgmcmc_recipe
+from uqkit.bench.regression_stack import build_stack
 from uqkit.data.uci import RegressionTable
 from uqkit.nn.stacked import StackedGaussianMLP
 from uqkit.objectives import gaussian_nll_loss
@@ -142,7 +142,7 @@ class GeneratedSGMCMCRegression(CyclicalSGMCMCRegression):
         """
         vectors = stack_vectors(samples)
         kept = vectors.shape[0] // splits
-        template = _build_stack(self, torch.zeros(1), samples.hidden.in_features)
+        template = build_stack(self, torch.zeros(1), samples.hidden.in_features)
         drawn, ranks, times = [], [], []
         for split in range(splits):
             started = time.perf_counter()
@@ -177,7 +177,7 @@ class GeneratedSGMCMCRegression(CyclicalSGMCMCRegression):
         for model in (selection.model, drawn_selection):
             mean, variance = mixture_moments(model, phase.eval_x)
             validation_nll.append(gaussian_nll_loss(mean, variance, phase.eval_y).mean(dim=(1, 2)))
-        networks = _SelectionNetworks(drawn_selection, selection.epochs, phase, selection.pairs)
+        networks = SelectionNetworks(drawn_selection, selection.epochs, phase, selection.pairs)
         if log is not None:
             log(
                 f"[uqkit]   {self.name}: generators of the selection phase fitted in "

@@ -18,6 +18,7 @@ the same on every executor. ``K`` is part of the run's identity (``--resume`` ke
 from __future__ import annotations
 
 import dataclasses
+import datetime as _dt
 import functools
 import math
 import os
@@ -28,7 +29,22 @@ from typing import Any
 
 import torch
 
-from uqkit._validation import check_positive_int
+from uqkit._validation import check_choice, check_positive_int
+from uqkit.bench import regression
+from uqkit.bench._atomic import read_json
+from uqkit.bench.executors import Cell, LocalExecutor
+from uqkit.bench.regression import (
+    REGRESSION_METHODS,
+    REGRESSION_TASKS,
+    default_regression_methods,
+    load_regression_table,
+    regression_task_block,
+)
+from uqkit.bench.regression_metrics import summarize_splits
+from uqkit.bench.regression_stack import BATCH_SIZE, HIDDEN_UNITS
+from uqkit.bench.report import SCHEMA_VERSION
+from uqkit.bench.run_files import json_safe, prepare_run_dir, read_or_set_aside, write_json
+from uqkit.bench.runner import environment
 
 __all__ = [
     "chunk_path",
@@ -36,6 +52,7 @@ __all__ = [
     "merge_chunk_blocks",
     "partition_splits",
     "run_cells",
+    "run_regression_bench",
     "run_regression_cell",
 ]
 
@@ -106,17 +123,14 @@ def run_regression_cell(
         out: the run directory.
         log: progress printer (None: quiet).
     """
-    from uqkit.bench import regression
-    from uqkit.bench.runner import _atomic_write_json, _clean
-
-    table = regression.load_regression_table(task, data_dir)
+    table = load_regression_table(task, data_dir)
     task_name = task if task != "uci" else f"uci-{table.name}"
     splits = partition_splits(len(table.splits), num_chunks)[chunk]
     if num_chunks > 1:
         table = dataclasses.replace(table, splits=tuple(table.splits[i] for i in splits))
     block = regression.evaluate_regression_method(method, table, chunk_seed(seed, chunk), log)
-    block = _clean(block)
-    _atomic_write_json(block, chunk_path(out, task_name, method.name, chunk, num_chunks))
+    block = json_safe(block)
+    write_json(block, chunk_path(out, task_name, method.name, chunk, num_chunks))
     return block
 
 
@@ -213,8 +227,6 @@ def merge_chunk_blocks(
     Raises:
         ValueError: a key differs between chunks and has no rule (a new field: add its rule here).
     """
-    from uqkit.bench.regression import _summary
-
     blocks = list(blocks)
     if len(blocks) == 1:
         return blocks[0]
@@ -256,7 +268,7 @@ def merge_chunk_blocks(
     per_split = merged["per_split"]
     merged["metrics"] = {
         name: (
-            _summary(per_split[name])
+            summarize_splits(per_split[name])
             if isinstance(per_split.get(name), list) and None not in per_split[name]
             else _merge([block["metrics"][name] for block in blocks], counts, f"metrics.{name}")
         )
@@ -289,8 +301,6 @@ class _MethodChunks:
     def add(self, chunk: int, block: dict[str, Any], out: Path, log: Callable[[str], None]) -> None:
         """Keep a finished chunk; with the last one, merge, write ``methods/<task>/<method>.json`` (when
         chunked: the one-stack cell wrote it) and log the method's numbers."""
-        from uqkit.bench.runner import _atomic_write_json, _clean
-
         self.blocks[chunk] = block
         if len(self.blocks) < len(self.test_rows):
             return
@@ -298,8 +308,8 @@ class _MethodChunks:
             self.done(self.blocks[0], log)
             return
         blocks = [self.blocks[c] for c in range(len(self.test_rows))]
-        merged = _clean(merge_chunk_blocks(blocks, self.test_rows, self.per_split_details))
-        _atomic_write_json(merged, chunk_path(out, self.task_name, self.name, 0, 1))
+        merged = json_safe(merge_chunk_blocks(blocks, self.test_rows, self.per_split_details))
+        write_json(merged, chunk_path(out, self.task_name, self.name, 0, 1))
         self.done(merged, log)
 
     def done(self, block: dict[str, Any], log: Callable[[str], None]) -> None:
@@ -323,25 +333,20 @@ def run_cells(
     executor: Any,
     num_chunks: int,
 ) -> None:
-    """The body of :func:`uqkit.bench.regression.run_regression_bench`: every (task, method, chunk of
+    """The body of :func:`run_regression_bench`: every (task, method, chunk of
     splits) not finished earlier is a cell (:func:`run_regression_cell`) run by ``executor``; a method's
     block goes into ``results`` (and, merged, to its file) once all its chunks are done."""
-    from uqkit.bench import regression
-    from uqkit.bench._atomic import read_json
-    from uqkit.bench.executors import Cell
-    from uqkit.bench.runner import _atomic_write_json, _read_or_set_aside
-
     total_started = time.perf_counter()
     directory = None if data_dir is None else str(data_dir)
     methods: dict[tuple[str, str], _MethodChunks] = {}
     cells: list[Cell] = []
     for task in tasks:
-        table = regression.load_regression_table(task, directory if task == "uci" else None)
+        table = load_regression_table(task, directory if task == "uci" else None)
         task_name = task if task != "uci" else f"uci-{table.name}"
-        results["tasks"][task_name] = regression._task_block(task, table)
+        results["tasks"][task_name] = regression_task_block(task, table)
         log(f"[uqkit] {task_name}: {len(table)} rows, {len(table.splits)} splits")
         for index, name in enumerate(names, start=1):
-            method = regression.REGRESSION_METHODS[name]  # the recipe travels with the cell
+            method = REGRESSION_METHODS[name]  # the recipe travels with the cell
             chunks = method_chunks(method, num_chunks)
             parts = partition_splits(len(table.splits), chunks)
             test_rows = [sum(int(table.splits[i][1].numel()) for i in part) for part in parts]
@@ -351,7 +356,7 @@ def run_cells(
             methods[task_name, name] = entry
             redo = f"running {name} again"
             whole = chunk_path(out, task_name, name, 0, 1)
-            kept = _read_or_set_aside(whole, read_json, redo, log) if resume else None
+            kept = read_or_set_aside(whole, read_json, redo, log) if resume else None
             if kept is not None:
                 log(entry.label)
                 log(f"[uqkit]   {name}: finished in the earlier run, kept ({whole})")
@@ -361,7 +366,7 @@ def run_cells(
                 log(f"{entry.label}: one stack of all splits ({name} draws its search once for all of them)")
             for chunk in range(chunks):
                 path = chunk_path(out, task_name, name, chunk, chunks)
-                block = _read_or_set_aside(path, read_json, redo, log) if resume and chunks > 1 else None
+                block = read_or_set_aside(path, read_json, redo, log) if resume and chunks > 1 else None
                 if block is not None:
                     log(f"{entry.label}: splits chunk {chunk + 1} of {chunks} finished earlier, kept")
                     entry.add(chunk, block, out, log)
@@ -391,7 +396,7 @@ def run_cells(
             )
             path = chunk_path(out, entry.task_name, entry.name, chunk, len(entry.test_rows))
             if not path.exists():  # a cluster node that does not share the run directory: written here
-                _atomic_write_json(block, path)
+                write_json(block, path)
         entry.add(chunk, block, out, log)
     for (task_name, name), entry in methods.items():
         results["tasks"][task_name]["methods"][name] = entry.block
@@ -399,3 +404,108 @@ def run_cells(
     results["environment"]["threads"] = (
         torch.get_num_threads() if executor.in_process else executor.threads_per_worker
     )
+
+
+def _run_identity(
+    tasks: Sequence[str],
+    names: Sequence[str],
+    data_dir: str | os.PathLike | None,
+    seed: int,
+    split_chunks: int = 1,
+) -> dict[str, Any]:
+    """What a resumed run must share with the run it continues (the split chunks only when more than one,
+    so that runs made before chunks existed still resume)."""
+    identity = {
+        "kind": "regression",
+        "tasks": list(tasks),
+        "methods": list(names),
+        "seed": seed,
+        "data_dir": None if data_dir is None else str(Path(data_dir).resolve()),
+        "recipes": {name: dataclasses.asdict(REGRESSION_METHODS[name]) for name in names},
+    }
+    if split_chunks != 1:
+        identity["split_chunks"] = split_chunks
+    return identity
+
+
+def run_regression_bench(
+    out: str | os.PathLike,
+    tasks: Sequence[str],
+    methods: Sequence[str] | None = None,
+    data_dir: str | os.PathLike | None = None,
+    seed: int = 0,
+    command: str = "",
+    log: Callable[[str], None] = print,
+    resume: bool = False,
+    executor: Any = None,
+    split_chunks: int = 1,
+) -> dict[str, Any]:
+    """Run regression ``methods`` (default: :func:`default_regression_methods`) on ``tasks``; write
+    ``results.json`` and the report.
+
+    Each finished method's block is also written (atomically) to ``methods/<task>/<method>.json`` as soon as
+    it is done, and the run's identity (tasks, methods, seed, data directory and every method's recipe) to
+    ``config.json``. A run directory that holds a run is only continued with ``resume=True`` and the same
+    identity; finished methods are then read back instead of retrained.
+    The run uses one torch thread (restored afterwards): its batched products are far too small to gain
+    from more, and on a busy machine every OpenMP region can stall.
+
+    Args:
+        out: the run directory.
+        tasks: names from :data:`REGRESSION_TASKS` (``uci`` reads ``data_dir``).
+        methods: names from :data:`REGRESSION_METHODS`, or None for the default ones (all but the opt-in).
+        data_dir: a UCI-format directory for the ``uci`` task.
+        seed: the run's seed.
+        command: the command line, recorded in the results.
+        log: progress printer.
+        resume: continue the run in ``out`` (``uqkit bench --resume``), keeping its finished methods.
+        executor: where the (table, method, chunk) cells run (:mod:`uqkit.bench.executors`; default: this
+            process, one after the other).
+        split_chunks: train each method's splits as this many stacks, one cell each
+            (the module docstring; 1, the default: one stack of all splits).
+
+    Returns:
+        The results dict written to ``out/results.json``.
+
+    Raises:
+        RunConfigMismatchError: ``out`` holds a run and ``resume`` is False, or it holds a different run.
+    """
+    for task in tasks:
+        check_choice(task, "--task", REGRESSION_TASKS)
+    names = list(methods) if methods else default_regression_methods()
+    for name in names:
+        check_choice(name, "--methods", REGRESSION_METHODS)
+    check_positive_int(seed, "--seed", minimum=0)
+    check_positive_int(split_chunks, "--split-chunks")
+    executor = executor if executor is not None else LocalExecutor()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    prepare_run_dir(out, _run_identity(tasks, names, data_dir, seed, split_chunks), resume, command)
+    results: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION,
+        "created": "",
+        "command": command,
+        "environment": {**environment("cpu"), "executor": executor.describe()},
+        "config": {
+            "tasks": list(tasks),
+            "methods": list(methods) if methods else None,
+            "epochs": None,
+            "seed": seed,
+            "quick": False,
+            "batch_size": BATCH_SIZE,
+            "model": f"mlp-{HIDDEN_UNITS}",
+            "device": "cpu",
+            "data_dir": None if data_dir is None else str(data_dir),
+            "split_chunks": split_chunks,
+        },
+        "tasks": {},
+    }
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the stacked products are small: threads only add OpenMP synchronisation
+    try:
+        run_cells(results, out, tasks, names, data_dir, seed, log, resume, executor, split_chunks)
+    finally:
+        torch.set_num_threads(threads)
+    results["created"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    write_json(results, out / "results.json")
+    return results

@@ -30,19 +30,14 @@ import torch
 
 from uqkit.bench.regression import (
     RegressionFit,
-    _BestSnapshots,
-    _build_stack,
-    _Phase,
-    _phase_data,
-    _SelectionNetworks,
-    _train_stack,
+    SelectionNetworks,
     register_regression_method,
     training_budget,
 )
 from uqkit.bench.regression_sgmcmc import CHAIN_EPOCHS, CyclicalSGMCMCRegression, csgmcmc_recipe
+from uqkit.bench.regression_stack import SplitData, build_stack, split_data, stack_size, train_stack
 from uqkit.data.uci import RegressionTable
 from uqkit.nn.stacked import StackedGaussianMLP
-from uqkit.objectives import gaussian_nll_loss
 
 __all__ = ["DistilledSGMCMCRegression", "mixture_moments"]
 
@@ -58,7 +53,7 @@ def mixture_moments(samples: StackedGaussianMLP, x: torch.Tensor) -> tuple[torch
         ``[P, N, 1]`` each: ``E_k mu_k`` and ``E_k sigma_k^2 + Var_k mu_k``.
     """
     splits = x.shape[0]
-    kept = samples.num_models // splits
+    kept = stack_size(samples) // splits
     with torch.no_grad():
         mean, variance = samples(x.repeat_interleave(kept, dim=0))
     mean = mean.reshape(splits, kept, *mean.shape[1:])
@@ -66,10 +61,10 @@ def mixture_moments(samples: StackedGaussianMLP, x: torch.Tensor) -> tuple[torch
     return mean.mean(dim=1), variance.mean(dim=1) + mean.var(dim=1, unbiased=False)
 
 
-def _distillation_phase(phase: _Phase, samples: StackedGaussianMLP) -> tuple[_Phase, torch.Tensor]:
+def _distillation_phase(phase: SplitData, samples: StackedGaussianMLP) -> tuple[SplitData, torch.Tensor]:
     """``phase`` with the samples' mixture mean as the training targets, and the mixture's variance."""
     mean, variance = mixture_moments(samples, phase.train_x)
-    distilled = _Phase(
+    distilled = SplitData(
         phase.train_x, mean.to(phase.train_y.dtype), phase.eval_x, phase.eval_y, phase.standardizers
     )
     return distilled, variance
@@ -103,45 +98,37 @@ class DistilledSGMCMCRegression(CyclicalSGMCMCRegression):
         selection = teacher.networks
         phase, spread = _distillation_phase(selection.phase, selection.model)
         split_of_model = torch.arange(splits).repeat_interleave(len(rates))
-        eval_x, eval_y = phase.eval_x[split_of_model], phase.eval_y[split_of_model]
-        snapshots = _BestSnapshots(torch.arange(split_of_model.numel()))
-
-        def score(epoch: int, model: StackedGaussianMLP) -> None:
-            with torch.no_grad():
-                mean, variance = model(eval_x)
-            snapshots.update(epoch, gaussian_nll_loss(mean, variance, eval_y).mean(dim=(1, 2)), model)
-
-        _train_stack(
+        students, result = train_stack(
             self,
             phase,
             split_of_model,
-            torch.tensor(rates).repeat(splits),
-            torch.zeros(split_of_model.numel()),
+            [{"learning_rate": rate} for rate in rates] * splits,
             self.student_epochs,
             seed + 21,
-            on_epoch=score,
-            raise_on_nonfinite=False,
+            validation_every=1,
+            scoring="posterior-mean",
+            independent_parts=True,
             teacher_variance=spread,
         )
-        student_nll = snapshots.best.reshape(splits, len(rates))
+        student_nll = torch.tensor(result.selected_nlls, dtype=torch.float64).reshape(splits, len(rates))
         chosen = student_nll.argmin(dim=1) + torch.arange(splits) * len(rates)
-        epochs = snapshots.epoch[chosen]
-        networks = _build_stack(self, torch.zeros(splits), table.num_features)
-        networks.load_state_dict({name: value[chosen] for name, value in snapshots.state.items()})
-        networks = _SelectionNetworks(networks.eval(), epochs.tolist(), selection.phase, selection.pairs)
+        epochs = torch.tensor(result.selected_epochs)[chosen]
+        networks = build_stack(self, torch.zeros(splits), table.num_features)
+        state = students.network.state_dict()
+        networks.load_state_dict({name: value[chosen] for name, value in state.items()})
+        networks = SelectionNetworks(networks.eval(), epochs.tolist(), selection.phase, selection.pairs)
         student_selection = time.perf_counter() - started
         if log is not None:
             log(f"[uqkit]   {self.name}: students chosen on validation in {student_selection:.1f} s")
         full, full_spread = _distillation_phase(
-            _phase_data(table, [(train, train) for train, _ in table.splits]), teacher.model
+            split_data(table, [(train, train) for train, _ in table.splits]), teacher.model
         )
         chosen_rates = [float(rates[int(c) % len(rates)]) for c in chosen]
-        student = _train_stack(
+        student, _ = train_stack(
             self,
             full,
             torch.arange(splits),
-            torch.tensor(chosen_rates),
-            torch.zeros(splits),
+            [{"learning_rate": rate} for rate in chosen_rates],
             int(epochs.max()),
             seed + 27,
             snapshot_epochs=epochs,
@@ -162,7 +149,7 @@ class DistilledSGMCMCRegression(CyclicalSGMCMCRegression):
             },
         }
         return RegressionFit(
-            student.eval(),
+            student.network,
             1,
             configs,
             teacher.epochs,

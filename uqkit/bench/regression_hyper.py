@@ -40,18 +40,14 @@ from typing import Any, ClassVar
 import torch
 
 from uqkit.bench.regression import (
-    HIDDEN_UNITS,
     RegressionFit,
     RegressionMethod,
-    _BestSnapshots,
-    _build_stack,
-    _phase_data,
-    _SelectionNetworks,
-    _train_stack,
-    _validation_pairs,
+    SelectionNetworks,
     register_regression_method,
     training_budget,
+    validation_pairs,
 )
+from uqkit.bench.regression_stack import HIDDEN_UNITS, split_data, train_stack
 from uqkit.data.uci import RegressionTable
 from uqkit.methods.hyper_ensemble import (
     Hyperparameters,
@@ -97,7 +93,7 @@ class HyperEnsembleRegression(RegressionMethod):
         super().__post_init__()
         if self.flipout or self.ncp or self.dropout_rates is not None or self.adversarial:
             raise ValueError(f"{self.name}: the hyper-deep ensemble searches its own dropout and L2 only")
-        if self.search_candidates < 1 or self.retrained < 1 or self.members < 1:
+        if self.search_candidates < 1 or self.retrained < 1 or self.num_members < 1:
             raise ValueError(f"{self.name}: search_candidates, retrained and members must be >= 1")
 
     @property
@@ -134,46 +130,33 @@ class HyperEnsembleRegression(RegressionMethod):
             ``log N(y_v; mu_k(x_v), sigma_k^2(x_v))`` there (standardised units).
         """
 
-        def per_model(key: str) -> torch.Tensor:
-            return torch.tensor([config[key] for config in configs])
-
-        eval_x, eval_y = phase.eval_x[split_of_model], phase.eval_y[split_of_model]
-        snapshots = _BestSnapshots(torch.arange(len(configs)))
-
-        def score(epoch: int, model: StackedGaussianMLP) -> None:
-            if epoch % self.score_every == 0 or epoch == self.epochs:
-                snapshots.update(epoch, -_log_densities(model, eval_x, eval_y).mean(dim=1), model)
-
-        dropout = per_model("dropout")
-        _train_stack(
+        stack, result = train_stack(
             self,
             phase,
             split_of_model,
-            per_model("learning_rate"),
-            dropout,
+            configs,
             self.epochs,
             seed,
-            on_epoch=score,
-            raise_on_nonfinite=False,
-            l2=per_model("l2"),
+            validation_every=self.score_every,
+            scoring="posterior-mean",
+            independent_parts=True,
         )
-        model = _build_stack(self, dropout, phase.train_x.shape[2])
-        model.load_state_dict(snapshots.state)
-        log_densities = _log_densities(model, eval_x, eval_y)
+        model = stack.network
+        log_densities = _log_densities(model, phase.eval_x[split_of_model], phase.eval_y[split_of_model])
         finite = torch.isfinite(log_densities)
         log_densities = torch.where(
             finite, log_densities, torch.full_like(log_densities, _DIVERGED_LOG_LIKELIHOOD)
         )
-        return model, snapshots.epoch.clone(), log_densities
+        return model, torch.tensor(result.selected_epochs), log_densities
 
     def fit(
         self, table: RegressionTable, seed: int, log: Callable[[str], None] | None = None
     ) -> RegressionFit:
         """The five stages of the module docstring."""
         started = time.perf_counter()
-        splits, size = len(table.splits), self.members
-        pairs = _validation_pairs(table, seed)
-        phase = _phase_data(table, pairs)
+        splits, size = len(table.splits), self.num_members
+        pairs = validation_pairs(table, seed)
+        phase = split_data(table, pairs)
         candidates = self.candidates(phase.train_x.shape[1], seed)
         count = len(candidates)
         search, search_epochs, search_ll = self.train_networks(
@@ -218,7 +201,7 @@ class HyperEnsembleRegression(RegressionMethod):
                 selection_states.append({name: value[row] for name, value in stack.state_dict().items()})
             members.append(split_members)
         rows = _rows(members)
-        networks = _SelectionNetworks(
+        networks = SelectionNetworks(
             _deterministic_stack(selection_states, table.num_features),
             [max(m["epochs"] for m in split_members) for split_members in members],
             phase,
@@ -234,20 +217,18 @@ class HyperEnsembleRegression(RegressionMethod):
         # The protocol's retraining of the final members on the whole training split.
         flat = [member for split_members in members for member in split_members]
         split_of_model = torch.tensor([s for s, split_members in enumerate(members) for _ in split_members])
-        full = _phase_data(table, [(train, train) for train, _ in table.splits])
+        full = split_data(table, [(train, train) for train, _ in table.splits])
         snapshot = torch.tensor([member["epochs"] for member in flat])
-        model = _train_stack(
+        stack, _ = train_stack(
             self,
             full,
             split_of_model,
-            torch.tensor([member["learning_rate"] for member in flat]),
-            torch.tensor([member["dropout"] for member in flat]),
+            [{key: member[key] for key in ("learning_rate", "dropout", "l2")} for member in flat],
             int(snapshot.max()),
             seed + 7,
             snapshot_epochs=snapshot,
-            l2=torch.tensor([member["l2"] for member in flat]),
         )
-        state = model.state_dict()
+        state = stack.network.state_dict()
         model = _deterministic_stack(
             [{name: value[k] for name, value in state.items()} for k in range(len(flat))], table.num_features
         )
@@ -324,7 +305,7 @@ register_regression_method(
         "protocol's grid), greedy selection on validation NLL, 5 retrained initialisations, final greedy "
         "selection, each network's epochs chosen on validation (at most 400), members retrained on the "
         "whole training split; 15 networks per split (3x a 5-member ensemble's)",
-        members=5,
+        num_members=5,
         learning_rates=(1e-3, 1e-2),
         epochs=400,
         select_epochs=True,

@@ -57,18 +57,21 @@ from torch import nn
 
 from uqkit.bench.divergence import ChainDivergenceError
 from uqkit.bench.regression import (
-    BATCH_SIZE,
     RegressionFit,
     RegressionMethod,
-    _build_stack,
-    _group_nll,
-    _phase_data,
-    _sample_predictions,
-    _SelectionNetworks,
-    _train_stack,
-    _validation_pairs,
+    SelectionNetworks,
     register_regression_method,
     training_budget,
+    validation_pairs,
+)
+from uqkit.bench.regression_stack import (
+    BATCH_SIZE,
+    build_stack,
+    group_nll,
+    sample_stack,
+    split_data,
+    stack_size,
+    train_stack,
 )
 from uqkit.data.uci import RegressionTable
 from uqkit.nn.stacked import StackedGaussianMLP
@@ -114,7 +117,7 @@ class SGMCMCRegressionMethod(RegressionMethod):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.members != 1 or self.flipout or self.dropout_rates is not None or self.ncp:
+        if self.num_members != 1 or self.flipout or self.dropout_rates is not None or self.ncp:
             raise ValueError(
                 f"{self.name}: an SG-MCMC method is one chain per split, without Flipout or dropout"
             )
@@ -164,16 +167,14 @@ class SGMCMCRegressionMethod(RegressionMethod):
         num_train = phase.train_x.shape[1]
         steps_per_epoch = math.ceil(num_train / BATCH_SIZE)
         chains = self.chains(config, self.epochs * steps_per_epoch, steps_per_epoch)
-        models = split_of_model.numel()
-        _train_stack(
+        train_stack(
             self,
             phase,
             split_of_model,
-            torch.full((models,), config["learning_rate"]),
-            torch.zeros(models),
+            [config] * split_of_model.numel(),
             self.epochs,
             seed,
-            raise_on_nonfinite=raise_on_nonfinite,
+            independent_parts=not raise_on_nonfinite,
             sampler=chains,
         )
         chains.finish()
@@ -200,8 +201,8 @@ class SGMCMCRegressionMethod(RegressionMethod):
         """
         started = time.perf_counter()
         splits, grid = len(table.splits), self.grid()
-        pairs = _validation_pairs(table, seed)
-        phase = _phase_data(table, pairs)
+        pairs = validation_pairs(table, seed)
+        phase = split_data(table, pairs)
         every_split = torch.arange(splits)
         scores = torch.empty(splits, len(grid), dtype=torch.float64)
         candidates = []
@@ -209,10 +210,10 @@ class SGMCMCRegressionMethod(RegressionMethod):
         for index, config in enumerate(grid):
             # the same seed for every configuration: the same initialisations and batch orders
             samples, chains = self.run_chains(phase, every_split, config, seed, raise_on_nonfinite=False)
-            kept = samples.num_models // splits
-            mean, variance = _sample_predictions(samples, phase.eval_x.repeat_interleave(kept, dim=0), 1)
+            kept = stack_size(samples) // splits
+            mean, variance = sample_stack(samples, phase.eval_x.repeat_interleave(kept, dim=0), 1)
             shape = (splits, kept, *mean.shape[1:])
-            nll = _group_nll(mean.reshape(shape), variance.reshape(shape), phase.eval_y).double()
+            nll = group_nll(mean.reshape(shape), variance.reshape(shape), phase.eval_y).double()
             for split in range(splits):
                 divergence = chains.divergence(split)
                 if divergence is not None:
@@ -233,14 +234,14 @@ class SGMCMCRegressionMethod(RegressionMethod):
             )
         chosen = scores.argmin(dim=1)
         selection = _gather_samples([candidates[int(c)] for c in chosen], splits)
-        networks = _SelectionNetworks(selection, [self.epochs] * splits, phase, pairs)
+        networks = SelectionNetworks(selection, [self.epochs] * splits, phase, pairs)
         selection_time = time.perf_counter() - started
         if log is not None:
             log(
                 f"[uqkit]   {self.name}: step size, prior and temperature chosen on validation in "
                 f"{selection_time:.1f} s"
             )
-        full = _phase_data(table, [(train, train) for train, _ in table.splits])
+        full = split_data(table, [(train, train) for train, _ in table.splits])
         retraining = _Retraining(splits)
         for index in sorted(set(chosen.tolist())):
             these = (chosen == index).nonzero().flatten().tolist()
@@ -252,7 +253,7 @@ class SGMCMCRegressionMethod(RegressionMethod):
             "sampler": self.optimizer_name,
             "schedule": self.schedule_name,
             "chain_epochs": self.epochs,
-            "samples_per_chain": model.num_models // splits,
+            "samples_per_chain": stack_size(model) // splits,
             "num_data": {"selection": num_fit, "retraining": num_train},
             "steps_per_epoch": {
                 "selection": math.ceil(num_fit / BATCH_SIZE),
@@ -272,7 +273,7 @@ class SGMCMCRegressionMethod(RegressionMethod):
         }
         return RegressionFit(
             model,
-            model.num_models // splits,
+            stack_size(model) // splits,
             [grid[int(c)] for c in chosen],
             [self.epochs] * splits,
             validation_nll,
@@ -300,7 +301,7 @@ class SGMCMCRegressionMethod(RegressionMethod):
                 phase, torch.tensor(splits), {**config, "learning_rate": rate}, seed, raise_on_nonfinite=False
             )
             retraining.kept_steps = chains.kept_steps
-            per_chain = samples.num_models // len(splits)
+            per_chain = stack_size(samples) // len(splits)
             diverged = []
             for position, split in enumerate(splits):
                 retraining.epochs[split] += self.epochs
@@ -349,7 +350,7 @@ class _Retraining:
 
 
 class StackChains:
-    """One SG-MCMC run of a stack of chains for :func:`uqkit.bench.regression._train_stack` (its
+    """One SG-MCMC run of a stack of chains for :func:`uqkit.bench.regression_stack.train_stack` (its
     ``sampler``): the optimizer, the step size of each step, the states its thinning rule keeps, and the
     chains' divergence check (:class:`uqkit.sgmcmc.DivergenceMonitor`, one window per epoch).
 
@@ -419,7 +420,7 @@ class StackChains:
             name: torch.stack([sample[name] for sample in self.kept], dim=1).flatten(0, 1)
             for name in self.kept[0]
         }
-        model = _build_stack(method, torch.zeros(next(iter(state.values())).shape[0]), in_features)
+        model = build_stack(method, torch.zeros(next(iter(state.values())).shape[0]), in_features)
         model.load_state_dict(state)
         return model.eval()
 
@@ -437,7 +438,7 @@ def _gather_samples(parts: list, splits: int) -> StackedGaussianMLP:
         if isinstance(part, dict):
             states.append(part)
         else:
-            per_split = part.num_models // splits
+            per_split = stack_size(part) // splits
             states.append(_slice_stack(part, split * per_split, per_split))
     state = {name: torch.cat([s[name] for s in states]) for name in states[0]}
     rows, hidden, in_features = state["hidden.weight"].shape  # StackedLinear: [K, out, in]

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import functools
-import json
 import os
 import platform
 import time
@@ -50,7 +49,7 @@ import numpy as np
 import torch
 
 import uqkit
-from uqkit.bench._atomic import CorruptFileError, atomic_write, read_json, set_aside
+from uqkit.bench._atomic import CorruptFileError, read_json
 from uqkit.bench.distributed import is_main_process, on_main, world_size
 from uqkit.bench.evaluate import evaluate_method
 from uqkit.bench.executors import Cell, LocalExecutor, RayExecutor
@@ -65,6 +64,14 @@ from uqkit.bench.registry import (
     methods_for_task,
 )
 from uqkit.bench.report import SCHEMA_VERSION
+from uqkit.bench.run_files import (
+    RunConfigMismatchError,
+    json_safe,
+    prepare_run_dir,
+    read_or_set_aside,
+    set_aside_corrupt,
+    write_json,
+)
 from uqkit.bench.seeds import aggregate_seed_blocks
 from uqkit.bench.tasks import TASKS, Task, TaskInfo, build_task
 from uqkit.bench.trainer import (
@@ -86,10 +93,6 @@ __all__ = [
 ]
 
 DEFAULT_TASKS = ("fashion-mnist",)
-
-
-class RunConfigMismatchError(ValueError):
-    """``--resume`` was asked for a run directory made with a different configuration."""
 
 
 @dataclass
@@ -167,30 +170,6 @@ def environment(device: str) -> dict[str, Any]:
     return env
 
 
-def _atomic_write_json(obj: Any, path: Path) -> None:
-    if not is_main_process():  # under torchrun only rank 0 writes
-        return
-    text = json.dumps(obj, indent=1, allow_nan=False, default=_json_default)
-    atomic_write(path, lambda handle: handle.write(text.encode("utf-8")))
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
-
-
-def _clean(value: Any) -> Any:
-    """Replace NaN/inf floats by None (JSON has no NaN) recursively."""
-    if isinstance(value, float):
-        return value if value == value and abs(value) != float("inf") else None
-    if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
-    return value
-
-
 def _check_user_config(config: BenchConfig) -> None:
     """The options of a run on the user's data (``--data``)."""
     model = config.model
@@ -261,37 +240,6 @@ def _check_config(config: BenchConfig) -> None:
         raise ValueError(f"--lr: expected a positive number, got {config.learning_rate}")
 
 
-def _prepare_run_dir(out: Path, identity: dict[str, Any], resume: bool, command: str) -> None:
-    """Start a run directory (write ``config.json``) or check that ``--resume`` continues the same run.
-
-    Shared by the classification suite and the regression benchmark; ``identity`` is what a resumed run
-    must share with the run it continues (compared after a JSON round trip, as it is stored).
-
-    Raises:
-        RunConfigMismatchError: ``out`` holds a run and ``resume`` is False, or it holds a different run.
-    """
-    identity = json.loads(json.dumps(identity))
-    config_path = out / "config.json"
-    if not config_path.exists():
-        _atomic_write_json({"identity": identity, "command": command}, config_path)
-        return
-    if not resume:
-        raise RunConfigMismatchError(
-            f"run directory {out} already holds a run; pass --resume to continue it, or --out to start a "
-            "new one"
-        )
-    saved = read_json(config_path).get("identity")
-    if saved != identity:
-        saved = saved if isinstance(saved, dict) else {}
-        differing = [key for key in sorted(set(identity) | set(saved)) if saved.get(key) != identity.get(key)]
-        values = [f"{key} {identity.get(key)!r} here, {saved.get(key)!r} in the run" for key in differing]
-        details = "".join(f"; {text}" for text in values if len(text) <= 100)  # long ones: the name only
-        raise RunConfigMismatchError(
-            f"--resume: {out} was started with a different configuration (differs in: "
-            f"{', '.join(differing)}{details}); pass --out to start a new run"
-        )
-
-
 def _train_config(config: BenchConfig, info: TaskInfo) -> TrainConfig:
     default_epochs = info.quick_epochs if config.quick else info.epochs
     return TrainConfig(
@@ -303,37 +251,6 @@ def _train_config(config: BenchConfig, info: TaskInfo) -> TrainConfig:
         progress=config.progress,
         schedule=info.schedule,
     )
-
-
-def _set_aside_corrupt(error: CorruptFileError, redo: str, log: Callable[[str], None]) -> None:
-    """Warn that ``error.path`` is corrupt, move it to ``<name>.corrupt``, and say what is redone."""
-    aside = set_aside(error.path)
-    log(f"[uqkit] warning: {error}; moved it to {aside.name} and {redo}")
-
-
-def _read_or_set_aside(
-    path: Path, read: Callable[[Path], dict[str, Any]], redo: str, log: Callable[[str], None]
-) -> dict[str, Any] | None:
-    """``read(path)``; ``None`` if there is no such file, or if it was corrupt (then set aside; ``redo``
-    says what is done instead).
-
-    ``read`` is :func:`load_checkpoint` for checkpoints and model files, :func:`read_json` for a finished
-    method's result block. Shared by the classification suite and the regression benchmark. Under torchrun
-    rank 0 reads (and sets aside) and every rank gets its result.
-    """
-    return on_main(_read_here_or_set_aside, path, read, redo, log)
-
-
-def _read_here_or_set_aside(
-    path: Path, read: Callable[[Path], dict[str, Any]], redo: str, log: Callable[[str], None]
-) -> dict[str, Any] | None:
-    if not path.exists():
-        return None
-    try:
-        return read(path)
-    except CorruptFileError as error:
-        _set_aside_corrupt(error, redo, log)
-        return None
 
 
 def _method_train_config(method: Method, train_config: TrainConfig) -> TrainConfig:
@@ -377,7 +294,7 @@ def _train(
     except CorruptFileError as error:
         if error.path != checkpoint:
             raise
-        on_main(_set_aside_corrupt, error, f"training {method_name} from scratch", log)
+        on_main(set_aside_corrupt, error, f"training {method_name} from scratch", log)
     return train_method(method, method_name, *arguments, checkpoint_path=checkpoint)
 
 
@@ -420,7 +337,7 @@ def _run_method(
     history: list[dict[str, float]]
     checkpoint = _cell_path(config, "checkpoints", task.name, method_name, ".pt")
     redo = f"training {method_name} again (from its epoch checkpoint if any)"
-    state = _read_or_set_aside(model_path, load_checkpoint, redo, log)
+    state = read_or_set_aside(model_path, load_checkpoint, redo, log)
     if state is not None:  # finished training earlier, killed during evaluation
         method.load_state_dict(state["method"])
         history, train_time, shared = state["history"], float(state["train_time_s"]), state["shared"]
@@ -429,7 +346,7 @@ def _run_method(
         base = method.shares_training_with
         base_path = _cell_path(config, "models", task.name, base, ".pt") if base else None  # the same seed's
         redo = f"training {method_name} on its own, without {base}'s network"
-        state = None if base_path is None else _read_or_set_aside(base_path, load_checkpoint, redo, log)
+        state = None if base_path is None else read_or_set_aside(base_path, load_checkpoint, redo, log)
         if state is not None:
             prefix = "network."
             network_state = {k[len(prefix) :]: v for k, v in state["method"].items() if k.startswith(prefix)}
@@ -478,7 +395,7 @@ def _run_method(
         fraction = len(task.val) / (len(task.train) + len(task.val))
         epochs, rate = method_config.epochs, method_config.learning_rate
         regression_training_fields(block, history, selected, rate, epochs, fraction)
-    return _clean(block)
+    return json_safe(block)
 
 
 def _regression_header(task: Task, train_config: TrainConfig) -> dict[str, Any]:
@@ -649,7 +566,7 @@ def run_cell(
         config = replace(config, seed=seed)
     task, info = _cell_task(config, task_name, seed)
     block = _run_method(config, task, method_name, _train_config(config, info), log)
-    _atomic_write_json(block, _done_path(config, task_name, method_name, seed))
+    write_json(block, _done_path(config, task_name, method_name, seed))
     return block
 
 
@@ -690,7 +607,7 @@ def run_bench(
             raise ValueError(REGRESSION_SEEDS_ERROR)
     executor = executor if executor is not None else LocalExecutor()
     config.out.mkdir(parents=True, exist_ok=True)
-    on_main(_prepare_run_dir, config.out, config.identity(), config.resume, config.command)
+    on_main(prepare_run_dir, config.out, config.identity(), config.resume, config.command)
     results: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -746,7 +663,7 @@ def run_bench(
             key = (task_name, method_name, seed)
             line = f"[uqkit] {task_name} [{index}/{count}] {method_name}{_seed_text(config, seed)}"
             done_path = _done_path(config, task_name, method_name, seed)
-            block = _read_or_set_aside(done_path, read_json, f"evaluating {method_name} again", log)
+            block = read_or_set_aside(done_path, read_json, f"evaluating {method_name} again", log)
             if block is not None:
                 log(f"{line}: finished earlier, kept")
                 blocks[key] = block
@@ -767,7 +684,7 @@ def run_bench(
         names = header["methods"]
         task_blocks = {(name, seed): blocks[(task_name, name, seed)] for name in names for seed in seeds}
         header["methods"] = _aggregate_cells(task_blocks, names, seeds)
-    _atomic_write_json(results, config.out / "results.json")
+    write_json(results, config.out / "results.json")
     return results
 
 
@@ -791,7 +708,7 @@ def _run_cells(
         log(f"{started[cell.key]}: done ({count}/{len(cells)}; trained in {block['train_time_s']:.1f} s)")
         path = _done_path(cell.args[0], *cell.key)
         if not path.exists():  # a cluster node that does not share the run directory: written here
-            _atomic_write_json(block, path)
+            write_json(block, path)
         blocks[cell.key] = block
 
 

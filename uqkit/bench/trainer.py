@@ -9,7 +9,10 @@ Batch order: a method with ``num_batch_orders = k > 1`` (a deep ensemble: one pe
 Lakshminarayanan et al. 2017 shuffle each member independently) gets ``k`` independent permutations of the
 training set per epoch, order ``j`` from a ``torch.Generator`` seeded with ``seed + j``; its loss receives
 ``[k, B, ...]`` inputs and ``[k, B]`` labels. Order 0 is the single-order methods' order, so member ``j`` sees
-exactly the batches of a single model trained with seed ``seed + j``.
+exactly the batches of a single model trained with seed ``seed + j``. A method may draw its orders itself
+(:meth:`~uqkit.bench.registry.Method.draw_batch_orders`). With ``order_rows`` (a stack of networks, each on
+its own data: the UCI protocol's splits), the training and validation tensors are ``[R, N, ...]``, ``R`` data
+sets, and order ``j`` takes its examples from row ``order_rows[j]``.
 
 Epoch selection: after every epoch the trainer scores the method on the validation split and keeps, for
 each independently selected part (:meth:`~uqkit.bench.registry.Method.validation_nlls`: the whole method,
@@ -17,12 +20,17 @@ or each member of a deep ensemble with ``select_members_separately``), the state
 lowest validation NLL; training ends with those states loaded (early stopping by checkpoint selection;
 chosen on validation, never on test).
 ``TrainResult.selected_epochs`` says which epochs they were. A method with ``select_best_epoch = False``
-(a sampler) ends with its last epoch's state (``selected_epochs`` is then ``[epochs]``).
+(a sampler) ends with its last epoch's state (``selected_epochs`` is then ``[epochs]``). A method may score
+itself (:meth:`~uqkit.bench.registry.Method.score_validation`) and only after some epochs
+(``validation_every``; the last epoch always, unless it is ``None``: never). A method of independent parts
+(``independent_parts``: a stack of networks) may go on training after a non-finite loss: the parts it spoils
+score ``inf`` and are never selected.
 
 A method's own optimizer and steps: :meth:`~uqkit.bench.registry.Method.make_optimizer` may return the
 method's optimizer (SG-MCMC), which the trainer then steps without its learning-rate schedule; around every
 step it calls ``method.on_step_start(step, total_steps, optimizer)`` and ``method.on_step_end(step,
-total_steps)`` with the 0-based global step, and ``method.on_train_end()`` once at the end.
+total_steps)`` with the 0-based global step, ``method.on_epoch_end(epoch, epochs)`` after every epoch
+(1-based, after validation), and ``method.on_train_end()`` once at the end.
 
 Determinism: stochastic layers (dropout, weight noise) draw from torch's global generator, seeded before
 the method is built. Every generator's state is saved in every epoch checkpoint, so a run resumed after a
@@ -44,7 +52,7 @@ from __future__ import annotations
 import math
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -115,11 +123,13 @@ def learning_rate_factor(schedule: str, step: int, total_steps: int) -> float:
 
 @dataclass
 class TrainResult:
-    """Per-epoch history, training time, and the epoch (1-based) whose state each part ends with."""
+    """Per-epoch history, training time, the epoch (1-based) whose state each part ends with and, for a
+    method that selects its epochs, each part's validation NLL there (``inf`` for a part never finite)."""
 
     history: list[dict[str, float]]
     train_time_s: float
     selected_epochs: list[int]
+    selected_nlls: list[float] = field(default_factory=list)
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
@@ -149,13 +159,27 @@ def _evaluate_validation(
     :meth:`~uqkit.bench.likelihoods.Likelihood.validation_metrics`), and the NLL of each independently
     selected part (:meth:`Method.validation_nlls`).
 
-    Leaves the method in train mode.
+    A method that scores itself (:meth:`Method.score_validation`) is scored by it, in eval mode and without
+    gradients. Leaves the method in train mode.
     """
+    method.eval()
+    with torch.no_grad():
+        scored = method.score_validation(inputs, labels)
+    if scored is not None:
+        method.train()
+        return scored
     prediction = predict_in_batches(method, inputs, batch_size, device, progress=False)
     method.train()
     return method.likelihood.validation_metrics(prediction, labels), method.validation_nlls(
         prediction, labels
     )
+
+
+def _validates_after(method: Method, epoch: int, num_epochs: int) -> bool:
+    """Whether the trainer scores ``method`` on validation after 1-based ``epoch``: every
+    ``validation_every`` epochs and after the last (never with ``None``)."""
+    every = method.validation_every
+    return every is not None and (epoch % every == 0 or epoch == num_epochs)
 
 
 def train_method(
@@ -193,13 +217,24 @@ def train_method(
         optimizer = torch.optim.Adam(
             method.parameter_groups(config.learning_rate), lr=config.learning_rate, eps=ADAM_EPS
         )
-    base_learning_rates = [group["lr"] for group in optimizer.param_groups]
+    base_learning_rates = [group["lr"] for group in optimizer.param_groups] if scheduled else []
     num_orders = int(method.num_batch_orders)
     shuffles = [torch.Generator().manual_seed(config.seed + order) for order in range(num_orders)]
     history: list[dict[str, float]] = []
     start_epoch, elapsed = 0, 0.0
     best: dict[str, list] = {"nll": [], "epoch": [], "states": []}  # per part, filled after epoch 1
-    num_examples = len(train_labels)
+    order_rows = None if method.order_rows is None else method.order_rows.reshape(-1, 1)
+    if order_rows is not None and (
+        len(order_rows) != num_orders
+        or train_labels.dim() < 2
+        or not 0 <= int(order_rows.min()) <= int(order_rows.max()) < len(train_labels) == len(val_labels)
+    ):
+        raise ValueError(
+            f"method {name!r}: order_rows expects a row of [R, N, ...] training and validation data for "
+            f"each of its {num_orders} batch orders, got rows {order_rows.flatten().tolist()[:8]} of data of "
+            f"shapes {tuple(train_labels.shape)} and {tuple(val_labels.shape)}"
+        )
+    num_examples = train_labels.shape[1] if order_rows is not None else len(train_labels)
     steps_per_epoch = math.ceil(num_examples / config.batch_size)
     parallel = None
     if world_size() > 1:
@@ -248,7 +283,7 @@ def train_method(
     for epoch in range(start_epoch, config.epochs):
         started = time.perf_counter()
         method.on_epoch_start(epoch, config.epochs)
-        orders = torch.stack([torch.randperm(num_examples, generator=shuffle) for shuffle in shuffles])
+        orders = method.draw_batch_orders(num_examples, shuffles)
         loss_sum, seen = 0.0, 0
         bar = progress_bar(
             total=steps_per_epoch, desc=f"{name} epoch {epoch + 1}/{config.epochs}", enabled=progress
@@ -263,10 +298,11 @@ def train_method(
                     index, weight = parallel.shard(index)  # this rank's examples, the factor on its loss
                 global_step = epoch * steps_per_epoch + step
                 method.on_step_start(global_step, total_steps, optimizer)
-                x = train_inputs[index].to(device, non_blocking=True)
-                y = train_labels[index].to(device, non_blocking=True)
+                rows = index if order_rows is None else (order_rows, index)
+                x = train_inputs[rows].to(device, non_blocking=True)
+                y = train_labels[rows].to(device, non_blocking=True)
                 loss = method.training_loss(x, y) if parallel is None else parallel.loss(x, y)
-                if not torch.isfinite(loss):
+                if not method.independent_parts and not torch.isfinite(loss):
                     value = float(loss.detach())
                     raise NonFiniteLossError(
                         f"method {name!r}: non-finite training loss ({value}) at epoch {epoch + 1}, "
@@ -286,11 +322,14 @@ def train_method(
                 bar.set_postfix(loss=f"{loss_sum / seen:.4f}")
         if parallel is not None:
             loss_sum = parallel.end_epoch(loss_sum, epoch + 1)  # combined statistics, ranks checked equal
-        validation, part_nlls = _evaluate_validation(
-            method, val_inputs, val_labels.cpu(), max(config.batch_size, 512), config.device
-        )
-        if method.select_best_epoch:
-            _keep_best_parts(method, best, part_nlls, epoch + 1)
+        validation: dict[str, float] = {}
+        if _validates_after(method, epoch + 1, config.epochs):
+            validation, part_nlls = _evaluate_validation(
+                method, val_inputs, val_labels.cpu(), max(config.batch_size, 512), config.device
+            )
+            if method.select_best_epoch:
+                _keep_best_parts(method, best, part_nlls, epoch + 1)
+        method.on_epoch_end(epoch + 1, config.epochs)
         epoch_time = time.perf_counter() - started
         elapsed += epoch_time
         history.append(
@@ -321,12 +360,14 @@ def train_method(
             barrier()  # no rank goes on (or reads the checkpoint) before it is written
     if best["states"]:
         method.load_part_states(best["states"])
-    selected = list(best["epoch"]) if method.select_best_epoch else [config.epochs]
+    selected = list(best["epoch"]) if method.select_best_epoch and best["epoch"] else [config.epochs]
     method.on_train_end()
     if parallel is not None:
         check_in_sync(method, "at the end of training")
     method.eval()
-    return TrainResult(history=history, train_time_s=elapsed, selected_epochs=selected)
+    return TrainResult(
+        history=history, train_time_s=elapsed, selected_epochs=selected, selected_nlls=list(best["nll"])
+    )
 
 
 def _keep_best_parts(method: Method, best: dict[str, list], part_nlls: list[float], epoch: int) -> None:
@@ -339,12 +380,12 @@ def _keep_best_parts(method: Method, best: dict[str, list], part_nlls: list[floa
     if not best["nll"]:
         best["nll"] = [math.inf] * len(part_nlls)
         best["epoch"] = [epoch] * len(part_nlls)
-        best["states"] = [method.part_state(index) for index in range(len(part_nlls))]
+        best["states"] = method.part_states(list(range(len(part_nlls))))
     if len(part_nlls) != len(best["nll"]):
         raise ValueError(
             f"validation_nlls: expected {len(best['nll'])} parts as in earlier epochs, got {len(part_nlls)}"
         )
-    for index, nll in enumerate(part_nlls):
-        if math.isfinite(nll) and nll < best["nll"][index]:
-            best["nll"][index], best["epoch"][index] = nll, epoch
-            best["states"][index] = method.part_state(index)
+    improved = [i for i, nll in enumerate(part_nlls) if math.isfinite(nll) and nll < best["nll"][i]]
+    for index, state in zip(improved, method.part_states(improved) if improved else [], strict=True):
+        best["nll"][index], best["epoch"][index] = part_nlls[index], epoch
+        best["states"][index] = state
