@@ -60,6 +60,7 @@ from torch import nn
 from uqkit._validation import check_choice, check_labels, check_positive_float, check_positive_int
 from uqkit.methods.laplace_curvature import STRUCTURES, LastLayerCurvature
 from uqkit.methods.prediction_protocol import read_output
+from uqkit.nn.modes import evaluation_mode
 from uqkit.nn.stacked import StackedLinear
 from uqkit.prediction import GaussianPrediction, Prediction
 
@@ -94,15 +95,9 @@ def _describe(value: Any) -> str:
 
 @contextlib.contextmanager
 def _evaluating(model: nn.Module) -> Iterator[None]:
-    """Eval mode and no gradients inside; every module's training flag restored afterwards."""
-    flags = [(module, module.training) for module in model.modules()]
-    model.eval()
-    try:
-        with torch.no_grad():
-            yield
-    finally:
-        for module, training in flags:
-            module.training = training
+    """Eval mode (:func:`uqkit.nn.modes.evaluation_mode`) and no gradients inside."""
+    with evaluation_mode(model), torch.no_grad():
+        yield
 
 
 def _find_last_layer(model: nn.Module, name: str | None) -> tuple[str, nn.Module]:

@@ -65,6 +65,7 @@ from uqkit._validation import check_choice, check_positive_float, check_positive
 from uqkit.nn._noise import scales_to_rho
 from uqkit.nn._posterior import BayesianModule
 from uqkit.nn._twins import ConvPosterior, LinearPosterior
+from uqkit.nn.modes import evaluation_mode
 from uqkit.nn.priors import NormalPrior
 
 __all__ = ["diagonal_ggn", "fit_posterior_scales_", "optimal_posterior_scale"]
@@ -246,18 +247,6 @@ def _output_factors(outputs: torch.Tensor, likelihood: str, sigma: float | None)
         yield v.reshape(outputs.shape)
 
 
-@contextmanager
-def _evaluating(model: nn.Module) -> Iterator[None]:
-    """Eval mode inside (batch-norm statistics, no dropout; Bayesian layers still sample); flags restored."""
-    flags = [(module, module.training) for module in model.modules()]
-    model.eval()
-    try:
-        yield
-    finally:
-        for module, training in flags:
-            module.training = training
-
-
 def diagonal_ggn(
     model: nn.Module,
     data: Any,
@@ -316,7 +305,7 @@ def _diagonal_ggn(
     batch_size = check_positive_int(batch_size, "batch_size")
     recorder = _Recorder(layers)
     examples = 0
-    with _evaluating(model), recorder.attached(), torch.enable_grad():
+    with evaluation_mode(model), recorder.attached(), torch.enable_grad():
         for inputs in _input_batches(data, batch_size):
             recorder.clear()
             outputs = model(inputs)

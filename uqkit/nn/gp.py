@@ -72,6 +72,7 @@ from uqkit._validation import (
     check_positive_int,
     check_unit_interval,
 )
+from uqkit.nn.modes import evaluation_mode
 from uqkit.prediction import Prediction
 
 __all__ = ["RandomFeatureGP"]
@@ -449,14 +450,8 @@ class RandomFeatureGP(nn.Module):
         training flags are restored afterwards."""
         if num_samples is None:
             num_samples = self.default_num_samples
-        modes = [(module, module.training) for module in self.modules()]
-        self.eval()
-        try:
-            with torch.no_grad(), self.record_predictive():
-                return Prediction(self.predictive_logits(self(hidden), num_samples))
-        finally:
-            for module, training in modes:
-                module.training = training
+        with evaluation_mode(self), torch.no_grad(), self.record_predictive():
+            return Prediction(self.predictive_logits(self(hidden), num_samples))
 
     def extra_repr(self) -> str:
         return (

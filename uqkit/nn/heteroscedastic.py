@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from uqkit._validation import check_float_tensor, check_positive_float, check_positive_int
+from uqkit.nn.modes import evaluation_mode
 from uqkit.prediction import Prediction
 
 __all__ = ["HeteroscedasticHead"]
@@ -147,14 +148,8 @@ class HeteroscedasticHead(nn.Module):
         Returns:
             A :class:`~uqkit.Prediction` of ``[1, B, C]`` logits.
         """
-        modes = [(module, module.training) for module in self.modules()]
-        self.eval()
-        try:
-            with torch.no_grad():
-                return Prediction(self(hidden).unsqueeze(0))
-        finally:
-            for module, training in modes:
-                module.training = training
+        with evaluation_mode(self), torch.no_grad():
+            return Prediction(self(hidden).unsqueeze(0))
 
     def extra_repr(self) -> str:
         return (
