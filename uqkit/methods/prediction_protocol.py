@@ -78,6 +78,7 @@ from uqkit._validation import check_float_tensor, check_positive_int
 from uqkit.nn import StochasticModule
 from uqkit.nn.flipout import check_example_dims
 from uqkit.nn.members import num_members
+from uqkit.nn.modes import evaluation_mode
 from uqkit.prediction import GaussianPrediction, Prediction
 
 __all__ = [
@@ -393,51 +394,45 @@ def predict(
             f"batch, so repeated copies would get identical samples; got {samples_per_pass}"
         )
 
-    training = [(m, m.training) for m in model.modules()]
-    model.eval()
     means: list[torch.Tensor] = []
     variances: list[torch.Tensor] = []
-    try:
-        with torch.no_grad(), check_example_dims(model) as expect_examples:
-            done = 0
-            while done < passes:
-                copies = min(samples_per_pass, passes - done)
-                # each Flipout layer must draw its signs along these copies * batch examples (members of a
-                # member model ride in the same dimension)
-                expect_examples(
-                    {copies * batch, members * copies * batch},
-                    f"predict(..., batch_dim={batch_dim}): {copies} sample(s) x a batch of {batch}",
-                )
-                args, kw = _repeat_inputs(inputs, kwargs, copies, batch, batch_dim)
-                with ExitStack() as stack:
+    with evaluation_mode(model), torch.no_grad(), check_example_dims(model) as expect_examples:
+        done = 0
+        while done < passes:
+            copies = min(samples_per_pass, passes - done)
+            # each Flipout layer must draw its signs along these copies * batch examples (members of a
+            # member model ride in the same dimension)
+            expect_examples(
+                {copies * batch, members * copies * batch},
+                f"predict(..., batch_dim={batch_dim}): {copies} sample(s) x a batch of {batch}",
+            )
+            args, kw = _repeat_inputs(inputs, kwargs, copies, batch, batch_dim)
+            with ExitStack() as stack:
+                if head is not None:
+                    stack.enter_context(head.record_predictive())
+                result = read_output(model(*args, **kw), output)
+                if isinstance(result, tuple):  # Gaussian (mean, variance)
                     if head is not None:
-                        stack.enter_context(head.record_predictive())
-                    result = read_output(model(*args, **kw), output)
-                    if isinstance(result, tuple):  # Gaussian (mean, variance)
-                        if head is not None:
-                            raise TypeError(
-                                "model output: expected the logits of the predictive head, got a Gaussian"
-                            )
-                        for values, name, parts in zip(
-                            result, ("mean", "variance"), (means, variances), strict=True
-                        ):
-                            check_float_tensor(
-                                values, f"model output {name}", 2, "[batch, outputs]", finite=False
-                            )
-                            _check_rows(values, members, copies, batch, batch_dim)
-                            parts.append(_member_major(values.unsqueeze(0), members, copies, batch))
+                        raise TypeError(
+                            "model output: expected the logits of the predictive head, got a Gaussian"
+                        )
+                    for values, name, parts in zip(
+                        result, ("mean", "variance"), (means, variances), strict=True
+                    ):
+                        check_float_tensor(
+                            values, f"model output {name}", 2, "[batch, outputs]", finite=False
+                        )
+                        _check_rows(values, members, copies, batch, batch_dim)
+                        parts.append(_member_major(values.unsqueeze(0), members, copies, batch))
+                else:
+                    check_float_tensor(result, "model output", 2, "[batch, classes] logits", finite=False)
+                    _check_rows(result, members, copies, batch, batch_dim)
+                    if head is not None:
+                        result = head.predictive_logits(result, None if mean_field else head_samples)
                     else:
-                        check_float_tensor(result, "model output", 2, "[batch, classes] logits", finite=False)
-                        _check_rows(result, members, copies, batch, batch_dim)
-                        if head is not None:
-                            result = head.predictive_logits(result, None if mean_field else head_samples)
-                        else:
-                            result = result.unsqueeze(0)
-                        means.append(_member_major(result, members, copies, batch))
-                done += copies
-    finally:
-        for module, was_training in training:
-            module.training = was_training
+                        result = result.unsqueeze(0)
+                    means.append(_member_major(result, members, copies, batch))
+            done += copies
     mean = torch.cat(means, dim=1).flatten(0, 1)
     if variances:
         return GaussianPrediction(mean, torch.cat(variances, dim=1).flatten(0, 1))
