@@ -4,7 +4,8 @@ from docs/architecture.md alone").
 * docs/architecture.md, section "Where each method lives": every backticked path exists, every name given
   in parentheses after a ``.py`` path is defined at the top level of that file, and every method a user can
   name (``uqkit bench --methods``: :data:`uqkit.bench.registry.METHODS` and the UCI recipes of
-  :data:`uqkit.bench.regression.REGRESSION_METHODS`) has its row.
+  :data:`uqkit.bench.regression.REGRESSION_METHODS`) has its row; every module the data-flow picture at the
+  top names exists.
 * README.md and docs/*.md: every relative link (``[text](path)``, ``![alt](path)``) points at an existing
   file, and its ``#anchor``, if any, at a heading of that file (GitHub's heading ids).
 
@@ -37,8 +38,8 @@ _URL = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.\-]*:")
 
 
 def github_slug(heading: str) -> str:
-    """The id GitHub gives a Markdown heading: lower case, inline code and emphasis marks dropped, every
-    character that is not a letter, digit, ``_``, ``-`` or space removed, each space made a ``-``."""
+    """The id GitHub gives a Markdown heading: lower case, every character that is not a letter, digit,
+    ``_``, ``-`` or space removed (backticks, ``*``, punctuation), each space made a ``-``."""
     return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
 
 
