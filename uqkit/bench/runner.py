@@ -81,6 +81,7 @@ from uqkit.bench.trainer import (
     load_checkpoint,
     train_method,
 )
+from uqkit.bench.upgrade import current_method_name
 from uqkit.bench.user_model import is_factory_spec
 
 __all__ = [
@@ -121,6 +122,10 @@ class BenchConfig:
     target: str | None = None
     ood: Path | None = None
     kind: str | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.methods, (list, tuple)):  # an old method name warns and runs under its new one
+            self.methods = [current_method_name(name) for name in self.methods]
 
     def seed_list(self) -> list[int]:
         """The run's seeds: ``seeds`` (``--seeds``, ``--num-seeds``) when given, else ``[seed]``."""
