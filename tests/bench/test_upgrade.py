@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from uqkit.bench import runner
+from uqkit.bench._atomic import CorruptFileError
 from uqkit.bench.registry import METHODS
 from uqkit.bench.results_schema import SCHEMA_VERSION, validate_results
 from uqkit.bench.run_files import RunConfigMismatchError, prepare_run_dir
@@ -24,6 +25,8 @@ from uqkit.bench.upgrade import (
     UPGRADABLE_VERSIONS,
     current_method_name,
     current_run_identity,
+    read_method_block,
+    upgrade_method_block,
     upgrade_results,
 )
 from uqkit.cli import main
@@ -142,8 +145,7 @@ def test_old_layout_is_upgraded_key_by_key():
             "fashion-mnist": {
                 "not_applicable": {"reparameterization-bnn": "why"},
                 "methods": {
-                    # a classification block has no num_models in version 1: an unknown key stays as it is
-                    "deterministic": {"num_models": 7, "details": {"num_members": 3}},
+                    "deterministic": {"num_members": 7, "details": {"num_members": 3}},
                     "reparameterization-bnn": {
                         "shares_training_with": "reparameterization-bnn",
                         "metrics": {"nll": 0.5},
@@ -169,6 +171,20 @@ def test_old_layout_is_upgraded_key_by_key():
         "hyper-deep-ensemble",
     ]  # the run's method order (it keys the report's colours)
     assert upgrade_results(upgraded) is upgraded  # the current version: nothing to do
+
+
+def test_a_run_directorys_finished_block_is_read_in_the_current_layout(tmp_path):
+    """A run started by an older uqkit resumes with the blocks it finished (the runners read them with
+    read_method_block)."""
+    old = {"num_models": 5, "num_samples": 5, "details": {"ensemble_size": 5, "retrained": 3}}
+    path = tmp_path / "hyper-deep-ensemble.json"
+    path.write_text(json.dumps(old), encoding="utf-8")
+    new = {"num_members": 5, "num_samples": 5, "details": {"num_members": 5, "retrained": 3}}
+    assert read_method_block(path) == new
+    assert upgrade_method_block(new) == new and upgrade_method_block(old) == new and "num_models" in old
+    path.write_text('{"num_models": 5', encoding="utf-8")
+    with pytest.raises(CorruptFileError, match="invalid JSON"):
+        read_method_block(path)
 
 
 def test_versions_that_cannot_be_read_are_refused():

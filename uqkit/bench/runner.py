@@ -49,7 +49,7 @@ import numpy as np
 import torch
 
 import uqkit
-from uqkit.bench._atomic import CorruptFileError, read_json
+from uqkit.bench._atomic import CorruptFileError
 from uqkit.bench.distributed import is_main_process, on_main, world_size
 from uqkit.bench.evaluate import evaluate_method
 from uqkit.bench.executors import Cell, LocalExecutor, RayExecutor
@@ -81,7 +81,7 @@ from uqkit.bench.trainer import (
     load_checkpoint,
     train_method,
 )
-from uqkit.bench.upgrade import current_method_name
+from uqkit.bench.upgrade import current_method_name, read_method_block
 from uqkit.bench.user_model import is_factory_spec
 
 __all__ = [
@@ -668,7 +668,7 @@ def run_bench(
             key = (task_name, method_name, seed)
             line = f"[uqkit] {task_name} [{index}/{count}] {method_name}{_seed_text(config, seed)}"
             done_path = _done_path(config, task_name, method_name, seed)
-            block = read_or_set_aside(done_path, read_json, f"evaluating {method_name} again", log)
+            block = read_or_set_aside(done_path, read_method_block, f"evaluating {method_name} again", log)
             if block is not None:
                 log(f"{line}: finished earlier, kept")
                 blocks[key] = block

@@ -16,15 +16,21 @@ Version steps:
   ``num_members``; ``details.ensemble_size`` (``hyper-deep-ensemble``) is ``details.num_members``; the method
   ``gaussian-bnn`` is ``reparameterization-bnn`` (its block, ``config.methods``, ``not_applicable`` and
   ``shares_training_with``). Numbers are unchanged.
+
+A run directory's finished method blocks carry no version; :func:`read_method_block` reads each through the
+same steps, so a run started by an older uqkit resumes.
 """
 
 from __future__ import annotations
 
 import copy
+import os
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 from uqkit._deprecation import warn_renamed
+from uqkit.bench._atomic import read_json
 from uqkit.bench.results_schema import SCHEMA_VERSION
 
 __all__ = [
@@ -32,6 +38,8 @@ __all__ = [
     "UPGRADABLE_VERSIONS",
     "current_method_name",
     "current_run_identity",
+    "read_method_block",
+    "upgrade_method_block",
     "upgrade_results",
 ]
 
@@ -82,17 +90,17 @@ def _renamed_keys(mapping: Mapping[str, Any], renames: Mapping[str, str]) -> dic
     return {renames.get(key, key): value for key, value in mapping.items()}
 
 
-def _version_1_method(block: dict[str, Any], regression: bool) -> dict[str, Any]:
-    """One method block (or one seed's block) of schema version 1, as version 2."""
-    if regression:
-        block = _renamed_keys(block, {"num_models": "num_members"})
+def _version_1_method(block: dict[str, Any]) -> dict[str, Any]:
+    """One method block (or one seed's block) of schema version 1, as version 2 (only a regression block ever
+    had ``num_models``)."""
+    block = _renamed_keys(block, {"num_models": "num_members"})
     if isinstance(block.get("details"), dict):
         block["details"] = _renamed_keys(block["details"], {"ensemble_size": "num_members"})
     if block.get("shares_training_with") in RENAMED_METHODS:
         block["shares_training_with"] = RENAMED_METHODS[block["shares_training_with"]]
     if isinstance(block.get("seeds"), dict):
         block["seeds"] = {
-            seed: _version_1_method(seed_block, regression) if isinstance(seed_block, dict) else seed_block
+            seed: _version_1_method(seed_block) if isinstance(seed_block, dict) else seed_block
             for seed, seed_block in block["seeds"].items()
         }
     return block
@@ -111,13 +119,13 @@ def _version_1_to_2(results: dict[str, Any]) -> dict[str, Any]:
             continue
         if isinstance(task.get("not_applicable"), dict):
             task["not_applicable"] = _renamed_keys(task["not_applicable"], RENAMED_METHODS)
-        if isinstance(task.get("methods"), dict):
-            regression = task.get("kind") == "regression"
+        methods = task.get("methods")
+        if isinstance(methods, dict):  # (the whole dict is a copy already)
             task["methods"] = {
-                RENAMED_METHODS.get(name, name): _version_1_method(block, regression)
+                RENAMED_METHODS.get(name, name): _version_1_method(block)
                 if isinstance(block, dict)
                 else block
-                for name, block in task["methods"].items()
+                for name, block in methods.items()
             }
     results["schema_version"] = 2
     return results
@@ -128,6 +136,25 @@ _STEPS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {1: _version_1_t
 
 UPGRADABLE_VERSIONS: tuple[int, ...] = tuple(sorted(_STEPS))
 """The older schema versions :func:`upgrade_results` reads."""
+
+
+def upgrade_method_block(block: Any) -> Any:
+    """One method's result block, as a run directory keeps it (``methods/<task>/<method>.json``, a regression
+    cell's chunk), in the current layout: a run started by an older uqkit resumes with the blocks it
+    finished then. A block has no version of its own, so every version step is applied; each is a no-op on
+    a current block. Returns a new dict (``block`` itself if it is not a dict)."""
+    if not isinstance(block, dict):
+        return block
+    return _version_1_method(copy.deepcopy(block))
+
+
+def read_method_block(path: str | os.PathLike) -> dict[str, Any]:
+    """:func:`upgrade_method_block` of the JSON file ``path``: what the runners read a finished block with.
+
+    Raises:
+        uqkit.bench._atomic.CorruptFileError: the file is truncated or not a JSON object (as ``read_json``).
+    """
+    return upgrade_method_block(read_json(Path(path)))
 
 
 def upgrade_results(results: Any) -> Any:
