@@ -81,8 +81,14 @@ def current_run_identity(identity: Mapping[str, Any]) -> dict[str, Any]:
         raise TypeError(f"identity: expected a mapping, got {type(identity).__name__}")
     current = dict(identity)
     if isinstance(current.get("methods"), list):
-        current["methods"] = [RENAMED_METHODS.get(name, name) for name in current["methods"]]
+        current["methods"] = [_current(name) for name in current["methods"]]
     return current
+
+
+def _current(name: Any) -> Any:
+    """A method name under its current name, without a warning; anything else (a malformed file) as it is,
+    for validation to name."""
+    return RENAMED_METHODS.get(name, name) if isinstance(name, str) else name
 
 
 def _renamed_keys(mapping: Mapping[str, Any], renames: Mapping[str, str]) -> dict[str, Any]:
@@ -96,8 +102,8 @@ def _version_1_method(block: dict[str, Any]) -> dict[str, Any]:
     block = _renamed_keys(block, {"num_models": "num_members"})
     if isinstance(block.get("details"), dict):
         block["details"] = _renamed_keys(block["details"], {"ensemble_size": "num_members"})
-    if block.get("shares_training_with") in RENAMED_METHODS:
-        block["shares_training_with"] = RENAMED_METHODS[block["shares_training_with"]]
+    if "shares_training_with" in block:
+        block["shares_training_with"] = _current(block["shares_training_with"])
     if isinstance(block.get("seeds"), dict):
         block["seeds"] = {
             seed: _version_1_method(seed_block) if isinstance(seed_block, dict) else seed_block
@@ -112,7 +118,7 @@ def _version_1_to_2(results: dict[str, Any]) -> dict[str, Any]:
     names them)."""
     config = results.get("config")
     if isinstance(config, dict) and isinstance(config.get("methods"), list):
-        config["methods"] = [RENAMED_METHODS.get(name, name) for name in config["methods"]]
+        config["methods"] = [_current(name) for name in config["methods"]]
     tasks = results.get("tasks")
     for task in tasks.values() if isinstance(tasks, dict) else []:
         if not isinstance(task, dict):
@@ -122,9 +128,7 @@ def _version_1_to_2(results: dict[str, Any]) -> dict[str, Any]:
         methods = task.get("methods")
         if isinstance(methods, dict):  # (the whole dict is a copy already)
             task["methods"] = {
-                RENAMED_METHODS.get(name, name): _version_1_method(block)
-                if isinstance(block, dict)
-                else block
+                _current(name): _version_1_method(block) if isinstance(block, dict) else block
                 for name, block in methods.items()
             }
     results["schema_version"] = 2
