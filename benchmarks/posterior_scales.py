@@ -77,12 +77,26 @@ def scale_quantiles(state: dict[str, torch.Tensor]) -> list[tuple[str, int, list
     return rows
 
 
+def _file_names(method: str) -> tuple[str, ...]:
+    """The names ``method``'s files may have: its own, then its old names (a run made before it was renamed,
+    e.g. ``gaussian-bnn`` for ``reparameterization-bnn``, names its files so)."""
+    from uqkit.bench.upgrade import RENAMED_METHODS
+
+    return (method, *(old for old, new in RENAMED_METHODS.items() if new == method))
+
+
+def _method_file(run: Path, folder: str, task: str, method: str, suffix: str) -> Path:
+    """``<run>/<folder>/<task>/<method><suffix>``, under the method's old name if only that exists."""
+    paths = [run / folder / task / f"{name}{suffix}" for name in _file_names(method)]
+    return next((path for path in paths if path.exists()), paths[0])
+
+
 def _load_state(run: Path, task: str, method: str) -> tuple[dict[str, torch.Tensor], str]:
     """The finished method's state, or else its last epoch checkpoint's; and a label saying which."""
-    path = run / "models" / task / f"{method}.pt"
+    path = _method_file(run, "models", task, method, ".pt")
     label = run.name
     if not path.exists():
-        path = run / "checkpoints" / task / f"{method}.pt"
+        path = _method_file(run, "checkpoints", task, method, ".pt")
         if not path.exists():
             raise FileNotFoundError(
                 f"{run}: neither models/ nor checkpoints/{task}/{method}.pt exists; pass the directory of a "
@@ -97,7 +111,7 @@ def _load_state(run: Path, task: str, method: str) -> tuple[dict[str, torch.Tens
 
 
 def _validation_nll(run: Path, task: str, method: str) -> str:
-    path = run / "methods" / task / f"{method}.json"
+    path = _method_file(run, "methods", task, method, ".json")
     if not path.exists():
         return "n/a"
     history = json.loads(path.read_text(encoding="utf-8")).get("history") or []
@@ -352,7 +366,7 @@ def _epoch_rows(run: Path, method: str) -> list[str]:
     rows = []
     for line in path.read_text(encoding="utf-8").splitlines():
         entry = json.loads(line)
-        if Path(entry["path"]).stem != method:
+        if Path(entry["path"]).stem not in _file_names(method):
             continue
         hist = entry["hist"]
         cells = " | ".join(
@@ -415,7 +429,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("runs", nargs="+", type=Path, help="run directories of finished `uqkit bench` runs")
     parser.add_argument("--task", default="fashion-mnist")
-    parser.add_argument("--methods", default="flipout-bnn,gaussian-bnn", help="comma list")
+    parser.add_argument("--methods", default="flipout-bnn,reparameterization-bnn", help="comma list")
     args = parser.parse_args(argv)
 
     header = " | ".join(f"q{round(100 * q):02d}" for q in QUANTILES)

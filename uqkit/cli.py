@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -380,6 +381,21 @@ def _run_regression(args: argparse.Namespace, argv: list[str], out: Path, log: C
     return 0
 
 
+def _current_methods(methods: list[str] | None, log: Callable[[str], None]) -> list[str] | None:
+    """``--methods`` with each renamed method under its current name; the deprecation warning that names the
+    new one goes to the log (the terminal and ``log.txt``), where a ``DeprecationWarning`` would be hidden."""
+    if methods is None:
+        return None
+    from uqkit.bench.upgrade import current_method_name
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", DeprecationWarning)
+        names = [current_method_name(name) for name in methods]
+    for warning in caught:
+        log(f"[uqkit] warning: {warning.message}")
+    return names
+
+
 def _logged(
     args: argparse.Namespace, argv: list[str], command: Callable[[Any, list[str], Path, Callable], int]
 ) -> int:
@@ -390,6 +406,7 @@ def _logged(
     out = on_main(_run_dir, args)  # under torchrun: rank 0's choice (a new directory is named by the time)
     log = _RunLog(out) if is_main_process() else _QuietLog()
     try:
+        args.methods = _current_methods(args.methods, log)
         return command(args, argv, out, log)
     except Exception as error:
         log.write(f"uqkit: error: {error}")
@@ -500,9 +517,11 @@ def _cmd_report(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"{path} does not exist; pass the directory of a finished `uqkit bench` run")
     from uqkit.bench._atomic import read_json
     from uqkit.bench.report import validate_results
+    from uqkit.bench.upgrade import upgrade_results
 
     results = read_json(path)  # a truncated or garbled file: a CorruptFileError naming it
     try:
+        results = upgrade_results(results)  # an older schema version, as the current one (not rewritten)
         validate_results(results)
     except (TypeError, ValueError) as error:
         raise ValueError(f"{path}: not a valid results file: {error}") from None

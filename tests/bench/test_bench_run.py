@@ -54,7 +54,7 @@ def quick_run(fake_fashion_mnist_dir, tmp_path_factory):
 def test_quick_run_writes_every_documented_key(quick_run):
     results = json.loads((quick_run / "results.json").read_text())
     validate_results(results)  # every key of docs/results-schema.md, with its type
-    assert results["schema_version"] == 1
+    assert results["schema_version"] == 2
     assert {"uqkit", "torch", "python", "cpu", "threads"} <= set(results["environment"])
     assert results["command"].startswith("uqkit bench --quick")
     task = results["tasks"]["fashion-mnist"]

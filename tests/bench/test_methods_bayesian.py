@@ -103,7 +103,7 @@ def test_prior_scale_is_the_tasks_own_where_its_validation_chose_one():
     }
     assert len(contexts) == 2  # the two tasks' scales differ
     for expected, context in contexts.items():
-        for name in ("flipout-bnn", "gaussian-bnn"):
+        for name in ("flipout-bnn", "reparameterization-bnn"):
             method = build_method(name, context)
             priors = {
                 module.prior for module in method.network.modules() if hasattr(module, "posterior_names")
@@ -135,7 +135,7 @@ def test_kl_weight_is_the_tasks_own_and_weighs_the_kl_term():
         torch.testing.assert_close(loss, nll + expected * kl / context.num_train, rtol=1e-5, atol=0)
 
 
-@pytest.mark.parametrize("family", ["flipout", "gaussian"])
+@pytest.mark.parametrize("family", ["flipout", "reparameterization"])
 def test_fit_post_hoc_puts_the_scales_at_the_optimum_of_the_methods_own_objective(family):
     import copy
 
@@ -179,5 +179,34 @@ def test_scales_go_to_the_optimum_only_on_the_tasks_that_chose_it():
         (MethodContext((1, 28, 28), 10, "mlp", 100, "fashion-mnist"), True),
         (MethodContext((2,), 2, "resmlp", 100, "two-moons"), False),
     ):
-        for name in ("flipout-bnn", "gaussian-bnn"):
+        for name in ("flipout-bnn", "reparameterization-bnn"):
             assert build_method(name, context).optimal_scales is expected, (context.task, name)
+
+
+def test_the_old_name_gaussian_bnn_builds_reparameterization_bnn_with_a_warning():
+    """``gaussian-bnn`` (renamed: "Gaussian" names outputs, not weights) still builds, until uqkit 0.2.0: the
+    very network of ``reparameterization-bnn`` (same layers, same initial draws), with a warning naming it."""
+    from uqkit.bench.registry import METHODS, MethodContext, build_method, methods_for_task
+    from uqkit.nn import FlipoutLinear, ReparameterizationLinear
+
+    context = MethodContext((2,), 2, "resmlp", 100, "two-moons")
+    torch.manual_seed(0)
+    new = build_method("reparameterization-bnn", context)
+    torch.manual_seed(0)
+    with pytest.warns(
+        DeprecationWarning,
+        match=r"'gaussian-bnn' is deprecated and will be removed in uqkit 0\.2\.0; use 'reparameterization-",
+    ):
+        old = build_method("gaussian-bnn", context)
+    layers = [module for module in old.network.modules() if isinstance(module, ReparameterizationLinear)]
+    assert layers and all(layer.local_reparameterization for layer in layers)
+    assert not any(isinstance(module, FlipoutLinear) for module in old.network.modules())
+    assert old.state_dict().keys() == new.state_dict().keys()
+    for name, value in old.state_dict().items():
+        other = new.state_dict()[name]
+        assert torch.equal(value, other) if isinstance(value, torch.Tensor) else value == other, name
+    assert "gaussian-bnn" not in METHODS
+    for task in ("fashion-mnist", "two-moons"):
+        names = methods_for_task(task)
+        assert "gaussian-bnn" not in names
+        assert names.index("reparameterization-bnn") == names.index("flipout-bnn") + 1  # the old place

@@ -83,7 +83,7 @@ def test_fit_post_hoc_retrains_the_selection_and_records_the_budget(tmp_path):
         details["networks_trained"] == 15 and details["search_candidates"] == 10 and details["retrained"] == 5
     )
     assert details["epochs_each"] == 2 and details["network_epochs"] == 30
-    assert details["deep_ensemble_trainings"] == 3.0
+    assert details["deep_ensemble_trainings"] == 3.0 and details["num_members"] == 5 == method.num_members
     assert len(details["retraining"]["selected_epochs"]) == 5
     search = details["search"]["selection"]
     assert set(details["retraining"]["from_candidates"]) == set(search)

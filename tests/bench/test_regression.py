@@ -264,7 +264,7 @@ def test_run_writes_valid_results_and_report(tmp_path, small_methods, uci_toy_di
     assert task["kind"] == "regression" and task["num_splits"] == 20 and task["num_train"] == 36
     assert list(task["methods"]) == default_regression_methods()
     ensemble = task["methods"]["deep-ensemble"]
-    assert ensemble["num_models"] == 5 and len(ensemble["per_split"]["nll"]) == 20
+    assert ensemble["num_members"] == 5 and len(ensemble["per_split"]["nll"]) == 20
     values = ensemble["per_split"]["nll"]
     mean, se = np.mean(values), np.std(values, ddof=1) / np.sqrt(20)
     assert ensemble["metrics"]["nll"]["mean"] == pytest.approx(mean) and ensemble["metrics"]["nll"]["se"] == (
@@ -420,8 +420,8 @@ def test_opt_in_methods_are_listed_and_run_only_when_named(
     assert methods["csgmcmc"]["training"]["optimizer"] == "SGHMC"
     assert methods["sgld"]["details"]["schedule"] == "polynomial"
     assert methods["hyper-deep-ensemble"]["details"]["networks_trained_per_split"] == 15
-    assert methods["csgmcmc-distilled"]["num_models"] == 1  # one student per split
-    assert methods["apd"]["num_models"] == 12  # networks drawn from each split's generator
+    assert methods["csgmcmc-distilled"]["num_members"] == 1  # one student per split
+    assert methods["apd"]["num_members"] == 12  # networks drawn from each split's generator
     text = write_report(results, tmp_path / "run")["markdown"].read_text()
     assert "hyper-deep-ensemble" in text and "; lambda " in text and "; T " in text  # the samplers' choices
 

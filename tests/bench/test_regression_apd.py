@@ -109,7 +109,7 @@ def test_reruns_csgmcmcs_chains_and_draws_networks_chosen_on_validation_only():
     for key in ("learning_rate", "prior_precision", "temperature"):
         assert first["per_split"][key] == [config[key] for config in teacher.configs]
         assert first["per_split"][key][0] == second["per_split"][key][0]
-    assert first["num_models"] == first["num_samples"] == method.drawn_networks == 12
+    assert first["num_members"] == first["num_samples"] == method.drawn_networks == 12
     apd = first["details"]["apd"]
     assert apd["generator_steps"] == 20 and len(apd["splits"]) == 2
     for split in apd["splits"]:

@@ -91,6 +91,6 @@ def test_distils_csgmcmcs_samples_into_one_network_chosen_on_validation_only():
     second = evaluate_regression_method(method, dataclasses.replace(table, targets=changed_targets), seed=0)
     for key in ("student_learning_rate", "student_epochs", "learning_rate", "prior_precision"):
         assert first["per_split"][key][0] == second["per_split"][key][0]
-    assert first["num_models"] == first["num_samples"] == 1
+    assert first["num_members"] == first["num_samples"] == 1
     assert all(math.isfinite(v) for v in first["per_split"]["nll"])
     assert first["per_split"]["nll"][0] != second["per_split"]["nll"][0]

@@ -109,6 +109,6 @@ def test_choices_never_depend_on_test_data_and_the_block_reports_the_budget():
     details = first["details"]
     assert details["networks_trained_per_split"] == 9 and details["deep_ensemble_trainings"] == 3.0
     assert first["selection"]["grid"] == method.candidates(40, seed=1)
-    assert first["num_models"] == method.num_members
+    assert first["num_members"] == details["num_members"] == method.num_members  # one word counts members
     assert first["conformal"]["network"] == "selection"
     assert isinstance(regression.REGRESSION_METHODS["hyper-deep-ensemble"], HyperEnsembleRegression)

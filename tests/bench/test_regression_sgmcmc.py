@@ -130,7 +130,7 @@ def test_trains_and_predicts_finite_gaussians_and_never_chooses_on_test_data(nam
         chosen = first["selection"]["grid"][best]
         assert all(first["per_split"][key][split] == chosen[key] for key in chosen)
     kept = len(first["details"]["sample_steps"])
-    assert first["num_models"] == first["num_samples"] == first["details"]["samples_per_chain"] == kept >= 4
+    assert first["num_members"] == first["num_samples"] == first["details"]["samples_per_chain"] == kept >= 4
     for key in ("nll", "rmse", "nll_mixture", "coverage_95"):
         assert all(math.isfinite(v) for v in first["per_split"][key])
     assert first["training"]["optimizer"] == ("SGHMC" if name == "csgmcmc" else "SGLD")

@@ -115,11 +115,11 @@ def _method_block(rng: np.random.Generator, samples: int, ood_sets, shift_values
 
 
 def make_results(seed: int = 0, methods: dict[str, int] = METHODS) -> dict:
-    """A synthetic ``results.json`` (schema version 1) with a few undefined (null) values."""
+    """A synthetic ``results.json`` (schema version 2) with a few undefined (null) values."""
     rng = np.random.default_rng(seed)
     shift_values = list(range(0, 181, 15))
     results = {
-        "schema_version": 1,
+        "schema_version": 2,
         "created": "2026-11-26T17:00:00+00:00",
         "command": "uqkit bench --quick",
         "environment": {
@@ -262,7 +262,13 @@ def test_missing_key_is_named_with_its_path(results, path, message):
             f"{T}.methods: expected at least 1 entry, got an empty object",
         ),
         (("tasks", SHIFT_TASK, "shift"), [0, 15], f"{T}.shift: expected an object (dict) or null, got list"),
-        (("schema_version",), 2, "results.schema_version: this uqkit reads schema version 1, got 2"),
+        (("schema_version",), 3, "results.schema_version: this uqkit reads schema version 2, got 3"),
+        (
+            ("schema_version",),
+            1,
+            "results.schema_version: this uqkit reads schema version 2, got 1; read an older file through "
+            "uqkit.bench.upgrade.upgrade_results first",
+        ),
     ],
 )
 def test_mistyped_value_is_named_with_its_path(results, path, value, message):

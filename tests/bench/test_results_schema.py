@@ -21,6 +21,7 @@ import pytest
 
 from uqkit.bench import results_schema as schema_module
 from uqkit.bench.results_schema import MAX_LISTED_ERRORS, results_schema, validate_results
+from uqkit.bench.upgrade import upgrade_results
 from uqkit.cli import main
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -30,7 +31,8 @@ NAN_HINT = "(not a JSON number; write null for an undefined value)"
 
 
 def _load(relative: str) -> dict:
-    return json.loads((RESULTS / relative / "results.json").read_text(encoding="utf-8"))
+    """A committed file (schema version 1), read as every reader does: upgraded to the current version."""
+    return upgrade_results(json.loads((RESULTS / relative / "results.json").read_text(encoding="utf-8")))
 
 
 @pytest.fixture(scope="module")
@@ -145,7 +147,7 @@ def test_the_committed_results_files_are_found():
 
 @pytest.mark.parametrize("path", RESULT_FILES, ids=lambda path: str(path.parent.relative_to(RESULTS)))
 def test_committed_results_file_is_valid(path):
-    validate_results(json.loads(path.read_text(encoding="utf-8")))
+    validate_results(upgrade_results(json.loads(path.read_text(encoding="utf-8"))))
 
 
 # -- broken documents: the path and what was wrong --------------------------------------------------------
@@ -247,7 +249,7 @@ def test_nan_read_from_the_file_is_an_error(lenet):
             95.0,
             f"{R}.metrics.coverage_95.mean: expected a number in [0, 1]",
         ),
-        (("num_models",), _DELETE, f"{R}: missing key 'num_models'"),
+        (("num_members",), _DELETE, f"{R}: missing key 'num_members'"),
         (
             ("conformal", "network"),
             "retrained",

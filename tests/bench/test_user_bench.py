@@ -182,7 +182,7 @@ def test_csv_regression_learns_and_reports_in_the_targets_units(files, tmp_path,
     assert 0.5 < deterministic["metrics"]["rmse"]["mean"] < 6.0
     assert deterministic["metrics"]["rmse"]["se"] is None
     assert 0.0 <= deterministic["metrics"]["coverage_95"]["mean"] <= 1.0
-    assert task["methods"]["deep-ensemble"]["num_models"] == 5
+    assert task["methods"]["deep-ensemble"]["num_members"] == 5
     assert "prices: " in printed and "temperature-scaled: not applicable: classification only" in printed
     assert "### Not applicable" in (out / "report.md").read_text()
 
@@ -362,4 +362,4 @@ def test_regression_evaluation_maps_predictions_to_the_targets_units(files):
     assert block["metrics"]["nll"]["mean"] == pytest.approx(nll / len(targets), rel=1e-6)
     assert block["metrics"]["rmse"]["mean"] == pytest.approx(rmse, rel=1e-6)
     assert block["metrics"]["coverage_95"]["mean"] == pytest.approx(inside / len(targets))
-    assert block["num_models"] == 1 and block["num_samples"] == 1
+    assert block["num_members"] == 1 and block["num_samples"] == 1

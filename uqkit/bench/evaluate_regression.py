@@ -75,7 +75,7 @@ def evaluate_regression(
     members = num_members(method.network)
     conformal = _conformal_block(method, task, prediction, targets, batch_size, device, label, progress)
     return {
-        "num_models": members,
+        "num_members": members,
         "num_samples": standardised.num_samples,
         "num_parameters": method.num_parameters(),
         "inference_ms_per_example": 1000.0 * inference_s / len(targets),

@@ -1,12 +1,16 @@
-"""Benchmark methods with mean-field variational weights: ``flipout-bnn`` and ``gaussian-bnn``.
+"""Benchmark methods with mean-field variational weights: ``flipout-bnn`` and ``reparameterization-bnn``.
 
 Importing this module registers both in :data:`uqkit.bench.registry.METHODS`. Each takes the task's
 backbone, converts every ``nn.Linear``/``nn.Conv*`` in place with :func:`uqkit.bayesianize_` (Flipout, Wen
-et al. 2018; or Gaussian weights with the reparameterization trick, Blundell et al. 2015), trains on
-:class:`uqkit.ELBO` with one weight sample per step, and predicts with ``S`` posterior samples through
-:func:`uqkit.predict`. Where a task's validation chose it (:data:`BNN_TASK_OPTIMAL_SCALES`), the posterior
-scales are then put at the optimum of the trained objective given the means
-(:func:`uqkit.fit_posterior_scales_`).
+et al. 2018; or :class:`~uqkit.ReparameterizationConfig`, the reparameterization trick of Blundell et al.
+2015 in its local form, Kingma et al. 2015), trains on :class:`uqkit.ELBO` with one weight sample per step,
+and predicts with ``S`` posterior samples through :func:`uqkit.predict`. Where a task's validation chose it
+(:data:`BNN_TASK_OPTIMAL_SCALES`), the posterior scales are then put at the optimum of the trained objective
+given the means (:func:`uqkit.fit_posterior_scales_`).
+
+Both are named by their gradient estimator, as their layers are (docs/architecture.md, "Names"):
+``reparameterization-bnn`` was ``gaussian-bnn`` until 2026-12, and the old name is still accepted, with a
+deprecation warning, until uqkit 0.2.0 (:data:`uqkit.bench.upgrade.RENAMED_METHODS`).
 """
 
 from __future__ import annotations
@@ -33,8 +37,8 @@ mean-field posterior of the 670,000-weight MLP over-regularises: its KL is about
 and the validation NLL rises as the scales grow."""
 BNN_TASK_PRIOR_SCALES = {"two-moons": 1.0}
 """Tasks whose own validation chose another prior scale than :data:`BNN_PRIOR_SCALE`. Two moons (900 training
-points, a residual MLP of width 128): validation NLL after 100 epochs, flipout / gaussian, 0.070 / 0.064 under
-N(0, 1), 0.110 / 0.109 under N(0, 0.3^2), 0.283 / 0.277 under N(0, 0.1^2) (2026-12-07)."""
+points, a residual MLP of width 128): validation NLL after 100 epochs, flipout / reparameterization, 0.070 /
+0.064 under N(0, 1), 0.110 / 0.109 under N(0, 0.3^2), 0.283 / 0.277 under N(0, 0.1^2) (2026-12-07)."""
 
 
 def bnn_prior(context: MethodContext) -> NormalPrior:
@@ -50,8 +54,8 @@ good is the Bayes posterior in deep neural networks really?"; Zhang et al. 2018 
 way). A deliberate deviation from the ELBO, measured on Fashion-MNIST (MLP, 5 epochs, seed 0, prior
 ``N(0, 0.1^2)``; docs/bayesian_layers.md). With the scales *trained* by Adam (2026-12-07) the full ELBO's
 mean-field optimum underfits: validation NLL after 5 epochs, ``flipout-bnn``, 0.418 (weight 1), 0.303 (0.1),
-0.289 (0.01), 0.290 (0.001); ``gaussian-bnn`` 0.423 (1) and 0.300 (0.01); but the scales were not at the
-optimum of their objective. With the scales put *at* that optimum after training
+0.289 (0.01), 0.290 (0.001); ``reparameterization-bnn`` 0.423 (1) and 0.300 (0.01); but the scales were not
+at the optimum of their objective. With the scales put *at* that optimum after training
 (:data:`BNN_TASK_OPTIMAL_SCALES`; 2026-12-07, on the means of a 0.01 run, validation NLL 0.2901 with their
 trained scales): 0.3027 at 0.01, 0.2909 at 0.001, **0.2902** at 1e-4 (0.2900 at 1e-5); 1e-4 is the largest
 weight tied with the best (prediction-seed spread 0.0001-0.0005). The held-out-classes task shares the data
@@ -195,11 +199,11 @@ def _flipout_bnn(context: MethodContext) -> Method:
 
 
 @register_method(
-    "gaussian-bnn",
+    "reparameterization-bnn",
     f"mean-field Gaussian weights, local reparameterization (Kingma 2015), ELBO (KL weight per task), "
     f"{BNN_SAMPLES} samples",
 )
-def _gaussian_bnn(context: MethodContext) -> Method:
+def _reparameterization_bnn(context: MethodContext) -> Method:
     prior = bnn_prior(context)
     config = ReparameterizationConfig(
         prior=prior, posterior_scale_init=BNN_POSTERIOR_SCALE_INIT, local_reparameterization=True

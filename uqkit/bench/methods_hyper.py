@@ -216,7 +216,7 @@ class HyperDeepEnsembleMethod(HyperCandidates):
             "epochs_each": config.epochs,
             "network_epochs": networks * config.epochs,
             "deep_ensemble_trainings": networks / self.num_members,
-            "ensemble_size": self.num_members,
+            "num_members": self.num_members,
             "members_selected": len(result.final.distinct),
             "selections": len(result.final.indices),
             "search": {

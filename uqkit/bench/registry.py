@@ -22,6 +22,7 @@ from torch import nn
 
 from uqkit.bench.likelihoods import CATEGORICAL, Likelihood
 from uqkit.bench.models import build_model
+from uqkit.bench.upgrade import current_method_name
 from uqkit.methods.prediction_protocol import predict
 from uqkit.objectives import ELBO
 from uqkit.prediction import Prediction
@@ -338,7 +339,10 @@ def methods_for_task(task: str, opt_in: bool = False) -> list[str]:
 
 
 def build_method(name: str, context: MethodContext) -> Method:
-    """Build the registered method ``name`` for the task described by ``context``."""
+    """Build the registered method ``name`` for the task described by ``context`` (the old name of a renamed
+    method builds it under its new one, with a ``DeprecationWarning``: :func:`uqkit.bench.upgrade.
+    current_method_name`)."""
+    name = current_method_name(name)
     if name not in METHODS:
         raise ValueError(f"method: expected one of {', '.join(METHODS)}, got {name!r}")
     return METHODS[name].builder(context)

@@ -638,7 +638,7 @@ def evaluate_regression_method(
     chosen = [key for key in configs[0] if key not in ("learning_rate", "dropout")]
     block = {
         "description": method.description,
-        "num_models": members,
+        "num_members": members,
         "num_samples": members * method.num_samples,
         "num_parameters": int(num_parameters),
         "train_time_s": train_time,

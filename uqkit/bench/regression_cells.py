@@ -31,7 +31,6 @@ import torch
 
 from uqkit._validation import check_choice, check_positive_int
 from uqkit.bench import regression
-from uqkit.bench._atomic import read_json
 from uqkit.bench.executors import Cell, LocalExecutor
 from uqkit.bench.regression import (
     REGRESSION_METHODS,
@@ -45,6 +44,7 @@ from uqkit.bench.regression_stack import BATCH_SIZE, HIDDEN_UNITS
 from uqkit.bench.report import SCHEMA_VERSION
 from uqkit.bench.run_files import json_safe, prepare_run_dir, read_or_set_aside, write_json
 from uqkit.bench.runner import environment
+from uqkit.bench.upgrade import read_method_block
 
 __all__ = [
     "chunk_path",
@@ -356,7 +356,7 @@ def run_cells(
             methods[task_name, name] = entry
             redo = f"running {name} again"
             whole = chunk_path(out, task_name, name, 0, 1)
-            kept = read_or_set_aside(whole, read_json, redo, log) if resume else None
+            kept = read_or_set_aside(whole, read_method_block, redo, log) if resume else None
             if kept is not None:
                 log(entry.label)
                 log(f"[uqkit]   {name}: finished in the earlier run, kept ({whole})")
@@ -366,7 +366,9 @@ def run_cells(
                 log(f"{entry.label}: one stack of all splits ({name} draws its search once for all of them)")
             for chunk in range(chunks):
                 path = chunk_path(out, task_name, name, chunk, chunks)
-                block = read_or_set_aside(path, read_json, redo, log) if resume and chunks > 1 else None
+                block = (
+                    read_or_set_aside(path, read_method_block, redo, log) if resume and chunks > 1 else None
+                )
                 if block is not None:
                     log(f"{entry.label}: splits chunk {chunk + 1} of {chunks} finished earlier, kept")
                     entry.add(chunk, block, out, log)

@@ -244,7 +244,7 @@ class HyperEnsembleRegression(RegressionMethod):
         details = {
             "search_candidates": count,
             "retrained": self.retrained,
-            "ensemble_size": size,
+            "num_members": size,
             "networks_trained_per_split": networks_trained,
             "max_epochs_each": self.epochs,
             "deep_ensemble_trainings": networks_trained / size,

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from uqkit.bench import conformal_report, report_format, results_schema
+from uqkit.bench.upgrade import upgrade_results
 
 __all__ = [
     "PUBLISHED_LABELS",
@@ -150,7 +151,7 @@ def regression_rows(task: Mapping[str, Any]) -> list[list[str]]:
                 _pm(metrics["nll_mixture"]),
                 f"{100 * metrics['coverage_95']['mean']:.1f}%",
                 *(_auroc_pair(method, ood_name) for ood_name in ood_names),
-                f"{method['num_models']} x {method['num_samples'] // method['num_models']}",
+                f"{method['num_members']} x {method['num_samples'] // method['num_members']}",
                 f"{method['num_parameters']:,}",
                 f"{method['train_time_s']:.1f}",
                 _chosen(method),
@@ -245,7 +246,8 @@ def write_regression_report(results: Mapping[str, Any], run_dir: str | os.PathLi
     """Write ``report.md``, a self-contained ``report.html`` and ``figures/<task>_coverage.png``.
 
     Args:
-        results: a results dict following the schema (checked here with
+        results: a results dict following the schema (an older version is upgraded first,
+            :func:`uqkit.bench.upgrade.upgrade_results`; checked here with
             :func:`uqkit.bench.results_schema.validate_results`) whose tasks are all regression tasks.
         run_dir: the run directory (created if missing).
 
@@ -256,6 +258,7 @@ def write_regression_report(results: Mapping[str, Any], run_dir: str | os.PathLi
         ValueError: if ``results`` holds a classification task.
         ImportError: if matplotlib is not installed (``pip install 'uqkit[bench]'``).
     """
+    results = upgrade_results(results)
     results_schema.validate_results(results)
     kinds = {report_format.is_regression_task(task) for task in results["tasks"].values()}
     if kinds != {True}:

@@ -1,8 +1,9 @@
 """The benchmark report: check ``results.json``, render leaderboards, write Markdown and HTML with figures.
 
-``uqkit bench`` writes every number of a run into ``results.json`` (schema version 1: the JSON Schema
+``uqkit bench`` writes every number of a run into ``results.json`` (schema version 2: the JSON Schema
 ``uqkit/bench/results.schema.json``, rendered key by key in ``docs/results-schema.md``); this module is its
-consumer:
+consumer. Every function here takes a results dict of an older schema version too, and reads it through
+:func:`uqkit.bench.upgrade.upgrade_results` first (the caller's dict is not changed):
 
 * :func:`validate_results` (from :mod:`uqkit.bench.results_schema`) checks a results dict against the schema
   and a few rules across keys, raising ``ValueError`` with the path of each bad key
@@ -41,6 +42,7 @@ from uqkit.bench.report_format import markdown_not_applicable as _markdown_not_a
 from uqkit.bench.report_format import plain_text as _plain
 from uqkit.bench.results_schema import SCHEMA_VERSION, validate_results
 from uqkit.bench.seeds import mean_and_standard_error, paired_t_test
+from uqkit.bench.upgrade import upgrade_results
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -215,6 +217,7 @@ def build_leaderboard(results: Mapping[str, Any], task: str) -> Leaderboard:
     Returns:
         The :class:`Leaderboard`.
     """
+    results = upgrade_results(results)
     validate_results(results)
     if not isinstance(task, str):
         raise TypeError(f"task: expected a task name (str), got {_describe(task)}")
@@ -374,6 +377,7 @@ def format_leaderboard(results: Mapping[str, Any], task: str | None = None) -> s
     Returns:
         The tables, separated by blank lines.
     """
+    results = upgrade_results(results)
     validate_results(results)
     if _regression_run(results):
         from uqkit.bench.regression_report import format_regression_tables
@@ -413,6 +417,7 @@ def leaderboard_markdown(results: Mapping[str, Any], task: str | None = None) ->
         For each task a ``#### <task>`` heading line, the table and a legend line, separated by blank
         lines.
     """
+    results = upgrade_results(results)
     validate_results(results)
     if _regression_run(results):
         raise ValueError(
@@ -634,6 +639,7 @@ def write_report(results: Mapping[str, Any], run_dir: str | os.PathLike) -> dict
         ValueError: if ``results`` does not follow the schema.
         ImportError: if matplotlib is not installed (``pip install 'uqkit[bench]'``).
     """
+    results = upgrade_results(results)
     validate_results(results)
     if not isinstance(run_dir, (str, os.PathLike)):
         raise TypeError(f"run_dir: expected a path (str or os.PathLike), got {_describe(run_dir)}")

@@ -27,8 +27,11 @@ from typing import Any
 
 __all__ = ["MAX_LISTED_ERRORS", "SCHEMA_FILE", "SCHEMA_VERSION", "results_schema", "validate_results"]
 
-SCHEMA_VERSION = 1
-"""Version of the ``results.json`` layout that this module reads (the schema's ``schema_version``)."""
+SCHEMA_VERSION = 2
+"""Version of the ``results.json`` layout that this module reads (the schema's ``schema_version``); a file of
+an older version is read through :func:`uqkit.bench.upgrade.upgrade_results` first. Version 2 (2026-12):
+members are counted by ``num_members`` (version 1: ``num_models``, ``details.ensemble_size``) and the method
+``gaussian-bnn`` is ``reparameterization-bnn``."""
 
 SCHEMA_FILE = "results.schema.json"
 """The schema's file name inside the ``uqkit.bench`` package."""
@@ -236,7 +239,8 @@ def validate_results(results: Any) -> None:
     ``len(y)`` rows of ``len(x)`` values over increasing axes, its point lists pair up and its labels are
     class indices; an optional ``conformal`` block has one entry per level of its ``alphas`` in every list
     (and ``C + 1`` fractions in each ``size_fraction``); a method's ``seeds`` name ``config.seeds``; a
-    regression method's per-split lists have ``num_splits`` values. Extra keys are allowed.
+    regression method's per-split lists have ``num_splits`` values. Extra keys are allowed. A file of an older
+    schema version is an error here: read it through :func:`uqkit.bench.upgrade.upgrade_results` first.
 
     Args:
         results: the parsed ``results.json``.
@@ -254,9 +258,11 @@ def validate_results(results: Any) -> None:
             f"results: expected an object (dict) parsed from results.json, got {_describe(results)}"
         )
     if "schema_version" in results and results["schema_version"] != SCHEMA_VERSION:
+        version = results["schema_version"]
+        older = isinstance(version, int) and not isinstance(version, bool) and version < SCHEMA_VERSION
+        hint = "; read an older file through uqkit.bench.upgrade.upgrade_results first" if older else ""
         raise ValueError(
-            f"results.schema_version: this uqkit reads schema version {SCHEMA_VERSION}, "
-            f"got {results['schema_version']!r}"
+            f"results.schema_version: this uqkit reads schema version {SCHEMA_VERSION}, got {version!r}{hint}"
         )
     problems = _schema_errors(results)
     if problems:

@@ -14,6 +14,7 @@ from typing import Any
 
 from uqkit.bench._atomic import CorruptFileError, atomic_write, read_json, set_aside
 from uqkit.bench.distributed import is_main_process, on_main
+from uqkit.bench.upgrade import current_run_identity
 
 __all__ = [
     "RunConfigMismatchError",
@@ -60,7 +61,8 @@ def prepare_run_dir(out: Path, identity: dict[str, Any], resume: bool, command: 
     """Start a run directory (write ``config.json``) or check that ``--resume`` continues the same run.
 
     ``identity`` is what a resumed run must share with the run it continues (compared after a JSON round
-    trip, as it is stored).
+    trip, as it is stored). A run saved with a method's old name continues under its new name
+    (:func:`uqkit.bench.upgrade.current_run_identity`: that method is trained afresh, its old files unused).
 
     Raises:
         RunConfigMismatchError: ``out`` holds a run and ``resume`` is False, or it holds a different run.
@@ -76,6 +78,8 @@ def prepare_run_dir(out: Path, identity: dict[str, Any], resume: bool, command: 
             "new one"
         )
     saved = read_json(config_path).get("identity")
+    if isinstance(saved, dict):
+        saved = current_run_identity(saved)
     if saved != identity:
         saved = saved if isinstance(saved, dict) else {}
         differing = [key for key in sorted(set(identity) | set(saved)) if saved.get(key) != identity.get(key)]

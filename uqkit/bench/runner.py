@@ -49,7 +49,7 @@ import numpy as np
 import torch
 
 import uqkit
-from uqkit.bench._atomic import CorruptFileError, read_json
+from uqkit.bench._atomic import CorruptFileError
 from uqkit.bench.distributed import is_main_process, on_main, world_size
 from uqkit.bench.evaluate import evaluate_method
 from uqkit.bench.executors import Cell, LocalExecutor, RayExecutor
@@ -81,6 +81,7 @@ from uqkit.bench.trainer import (
     load_checkpoint,
     train_method,
 )
+from uqkit.bench.upgrade import current_method_name, read_method_block
 from uqkit.bench.user_model import is_factory_spec
 
 __all__ = [
@@ -121,6 +122,10 @@ class BenchConfig:
     target: str | None = None
     ood: Path | None = None
     kind: str | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.methods, (list, tuple)):  # an old method name warns and runs under its new one
+            self.methods = [current_method_name(name) for name in self.methods]
 
     def seed_list(self) -> list[int]:
         """The run's seeds: ``seeds`` (``--seeds``, ``--num-seeds``) when given, else ``[seed]``."""
@@ -663,7 +668,7 @@ def run_bench(
             key = (task_name, method_name, seed)
             line = f"[uqkit] {task_name} [{index}/{count}] {method_name}{_seed_text(config, seed)}"
             done_path = _done_path(config, task_name, method_name, seed)
-            block = read_or_set_aside(done_path, read_json, f"evaluating {method_name} again", log)
+            block = read_or_set_aside(done_path, read_method_block, f"evaluating {method_name} again", log)
             if block is not None:
                 log(f"{line}: finished earlier, kept")
                 blocks[key] = block
