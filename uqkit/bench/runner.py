@@ -22,6 +22,14 @@ Each (task, method, seed) is one cell (:func:`run_cell`), run in this process or
 (:mod:`uqkit.bench.executors`); a method that reuses another's network (``shares_training_with``) runs after
 that method's cell.
 
+:func:`run_bench` is the one driver of every run: what a cell is, and how a method's block is made from its
+cells' blocks, is the policy of the run's tasks (:mod:`uqkit.bench.task_policy`). The classification tasks
+and the user's data follow :class:`SuitePolicy` (the cells above); the UCI tables (``uci-boston``,
+``uci-concrete``, ``uci`` with ``--data-dir``) follow :class:`~uqkit.bench.regression_cells.UCIPolicy`: a
+cell is one (table, method, chunk of splits) of the UCI protocol, written to ``methods/<task>/<method>.json``
+(one chunk, the default) or ``methods/<task>/<method>/chunk-<c>-of-<K>.json`` (``--split-chunks K``, merged
+into ``methods/<task>/<method>.json`` once the method's last chunk is done).
+
 A method is finished once its JSON is written (atomically); ``--resume`` skips finished methods, continues a
 method from its last epoch checkpoint, and never loses a finished result. A truncated or garbled file (a
 disk filled up, a copy cut short) is reported by name and moved aside to ``<name>.corrupt``, never deleted;
