@@ -435,7 +435,8 @@ def _run_suite(args: argparse.Namespace, argv: list[str], out: Path, log: Callab
     if not is_main_process():  # under torchrun rank 0 writes the report
         return 0
     html = _finish_report(results, out, log)
-    log(f"[uqkit] total time {results['total_time_s']:.1f} s")
+    if "total_time_s" in results:
+        log(f"[uqkit] total time {results['total_time_s']:.1f} s")
     log(f"[uqkit] results: {out / 'results.json'}")
     log(f"[uqkit] report:  {html}  (and {out / 'report.md'})")
     return 0

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +23,7 @@ from uqkit.bench.regression import (
 )
 from uqkit.bench.regression_stack import StackedAdam, split_data, train_stack
 from uqkit.bench.report import format_leaderboard, validate_results, write_report
-from uqkit.bench.runner import RunConfigMismatchError
+from uqkit.bench.runner import BenchConfig, RunConfigMismatchError, run_bench
 from uqkit.cli import main
 from uqkit.data import RegressionTable, load_uci_directory
 from uqkit.nn import StackedBayesianLastLayerMLP
@@ -340,6 +341,69 @@ def test_resume_sets_aside_a_corrupt_method_file_and_runs_that_method_again(
     again, before = resumed["tasks"]["uci-toy"]["methods"], first["tasks"]["uci-toy"]["methods"]
     assert again["mc-dropout"]["per_split"] == before["mc-dropout"]["per_split"]  # same ops, same process
     validate_results(json.loads((run / "results.json").read_text()))
+
+
+def test_a_run_directory_of_the_driver_before_run_bench_resumes(
+    run_uci, tmp_path, small_methods, uci_toy_directory
+):
+    """A UCI run directory written before run_bench drove the UCI tables (its config.json's identity in the
+    layout below, written by ``regression_cells._run_identity``) is continued by ``--resume``, its finished
+    methods kept; a different recipe still refuses, naming it."""
+    data, run = uci_toy_directory, tmp_path / "run"
+    first = run_uci(run, ["deterministic", "mc-dropout"], data, log=lambda _: None)
+    (run / "results.json").unlink()  # killed before the end
+    (run / "methods" / "uci-toy" / "mc-dropout.json").unlink()  # killed during the second method
+    identity = {  # the earlier driver's layout, spelled out
+        "kind": "regression",
+        "tasks": ["uci"],
+        "methods": ["deterministic", "mc-dropout"],
+        "seed": 0,
+        "data_dir": str(data.resolve()),
+        "recipes": {
+            name: dataclasses.asdict(REGRESSION_METHODS[name]) for name in ("deterministic", "mc-dropout")
+        },
+    }
+    (run / "config.json").write_text(json.dumps({"identity": identity, "command": "uqkit bench ..."}))
+    messages: list[str] = []
+    resumed = run_uci(run, ["deterministic", "mc-dropout"], data, log=messages.append, resume=True)
+    assert any("[1/2] deterministic: finished earlier, kept" in m for m in messages)
+    assert sum("[2/2] mc-dropout" in m and "kept" not in m for m in messages) == 1  # run again
+    _, before = resumed["tasks"]["uci-toy"]["methods"], first["tasks"]["uci-toy"]["methods"]
+    assert (
+        resumed["tasks"]["uci-toy"]["methods"]["mc-dropout"]["per_split"] == before["mc-dropout"]["per_split"]
+    )
+    identity["recipes"]["deterministic"]["epochs"] += 1
+    (run / "config.json").write_text(json.dumps({"identity": identity, "command": "uqkit bench ..."}))
+    with pytest.raises(RunConfigMismatchError, match="differs in: recipes"):
+        run_uci(run, ["deterministic", "mc-dropout"], data, log=lambda _: None, resume=True)
+
+
+def test_options_of_a_uci_run_are_checked_before_the_run_directory_is_made(
+    run_uci, tmp_path, uci_toy_directory
+):
+    out = tmp_path / "run"
+    cases = [
+        (
+            {"tasks": ["uci-boston"], "epochs": 3, "learning_rate": 0.1},
+            "--epochs, --lr: not used by regression",
+        ),
+        ({"tasks": ["uci-boston"], "quick": True}, "--quick: not used by regression tasks"),
+        ({"tasks": ["uci-boston", "two-moons"]}, "expected only regression tasks"),
+        ({"tasks": ["uci-boston"], "data_dir": uci_toy_directory}, "--data-dir: only the task 'uci'"),
+        ({"tasks": ["uci"]}, "--data-dir: task 'uci' reads a UCI directory"),
+        ({"tasks": ["uci-boston"], "seeds": [0, 1]}, "take one seed"),
+        ({"tasks": ["uci-boston"], "split_chunks": 0}, "--split-chunks: expected an int >= 1, got 0"),
+        ({"tasks": ["uci-boston"], "methods": ["sngp"]}, "--methods: expected one of 'deterministic'"),
+        ({"tasks": ["two-moons"], "split_chunks": 2}, "--split-chunks: only UCI regression tasks"),
+        (
+            {"tasks": ["two-moons"], "data_dir": uci_toy_directory},
+            "--data-dir: only the regression task 'uci'",
+        ),
+    ]
+    for options, message in cases:
+        with pytest.raises(ValueError, match=re.escape(message)):
+            run_bench(BenchConfig(out=out, progress=False, **options), log=lambda _: None)
+    assert not out.exists()
 
 
 def test_cli_regression_resume(tmp_path, small_methods, capsys, uci_toy_directory):
