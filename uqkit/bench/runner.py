@@ -765,10 +765,10 @@ def _run_planned(
     }
     if not executor.in_process:  # the threads each cell ran on
         results["environment"]["threads"] = executor.threads_per_worker
-    plans = [policy.plan(config, task, log) for task in config.tasks]
+    plans: list[TaskPlan] = []
     blocks: dict[tuple, dict] = {}
     merged: dict[tuple[str, str], dict] = {}  # (task, method) -> the method's block
-    method_of = {key: (plan, name) for plan in plans for name, keys in plan.methods.items() for key in keys}
+    method_of: dict[tuple, tuple[TaskPlan, str]] = {}  # cell key -> its task's plan and its method
 
     def finished(key: tuple, block: dict) -> None:
         """Keep a cell's block; with its method's last cell, merge the method's block (logged at once)."""
@@ -780,7 +780,11 @@ def _run_planned(
 
     cells: list[Cell] = []
     started: dict[tuple, PlannedCell] = {}
-    for plan in plans:
+    for task in config.tasks:
+        plan = policy.plan(config, task, log)
+        plans.append(plan)
+        method_of.update({key: (plan, name) for name, keys in plan.methods.items() for key in keys})
+        results["tasks"][plan.name] = plan.header
         for planned in plan.cells:
             key = planned.cell.key
             block = read_or_set_aside(planned.path, read_json, f"running {key[1]} again", log)
@@ -790,7 +794,6 @@ def _run_planned(
             else:
                 cells.append(planned.cell)
                 started[key] = planned
-        results["tasks"][plan.name] = plan.header
     _run_cells(cells, executor, log, started, finished)
     if not is_main_process():  # under torchrun: rank 0 evaluated the cells and writes the results
         return results
