@@ -28,7 +28,7 @@ import math
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from uqkit._validation import check_choice, check_positive_int
 from uqkit.bench import regression
@@ -43,6 +43,9 @@ from uqkit.bench.regression import (
 from uqkit.bench.regression_metrics import summarize_splits
 from uqkit.bench.run_files import json_safe, write_json
 from uqkit.bench.task_policy import PlannedCell, TaskPlan
+
+if TYPE_CHECKING:  # the runner imports this policy
+    from uqkit.bench.runner import BenchConfig
 
 __all__ = [
     "REGRESSION_SEEDS_ERROR",
@@ -326,7 +329,7 @@ class UCIPolicy:
         # (task, method) -> the test rows of each chunk, the per-split paths of its details
         self.chunks: dict[tuple[str, str], tuple[list[int], tuple[str, ...]]] = {}
 
-    def check(self, config: Any) -> Any:
+    def check(self, config: BenchConfig) -> BenchConfig:
         """Check a UCI run's options (every option the protocol fixes unset, one seed, ``data_dir`` exactly
         for the ``uci`` task, known methods); ``split_chunks`` defaults to 1."""
         given = [flag for key, flag in _FIXED_OPTIONS.items() if getattr(config, key) is not None]
@@ -352,11 +355,11 @@ class UCIPolicy:
         check_positive_int(split_chunks, "--split-chunks")
         return dataclasses.replace(config, split_chunks=split_chunks)
 
-    def prepare(self, config: Any, log: Callable[[str], None]) -> Any:
+    def prepare(self, config: BenchConfig, log: Callable[[str], None]) -> BenchConfig:
         """Nothing to read before the run directory is written: the tables are read by :meth:`plan`."""
         return config
 
-    def identity(self, config: Any) -> dict[str, Any]:
+    def identity(self, config: BenchConfig) -> dict[str, Any]:
         """Tasks, methods (the default ones named), seed, data directory, every method's recipe, and the
         split chunks when more than one (so that runs made before chunks existed still resume)."""
         names = _method_names(config)
@@ -372,7 +375,7 @@ class UCIPolicy:
             identity["split_chunks"] = config.split_chunks
         return identity
 
-    def plan(self, config: Any, task: str, log: Callable[[str], None]) -> TaskPlan:
+    def plan(self, config: BenchConfig, task: str, log: Callable[[str], None]) -> TaskPlan:
         """Every (method, chunk of splits) of the table of ``task``: the method's recipe travels with its
         cells, the table is read on the worker's disk (from an absolute ``data_dir``)."""
         directory = str(Path(config.data_dir).resolve()) if task == "uci" else None
@@ -408,8 +411,8 @@ class UCIPolicy:
         """The method's chunks merged (:func:`merge_chunk_blocks`) and written to
         ``methods/<task>/<method>.json``; its NLL and RMSE logged."""
         test_rows, per_split = self.chunks[plan.name, method]
-        block = next(iter(blocks.values()))
-        if len(blocks) > 1:  # one chunk: its cell wrote the method's file
+        block = next(iter(blocks.values()))  # one chunk: its cell wrote the method's file
+        if len(blocks) > 1:
             block = json_safe(merge_chunk_blocks(list(blocks.values()), test_rows, per_split))
             write_json(block, chunk_path(self.out, plan.name, method, 0, 1))
         nll, error = block["metrics"]["nll"], block["metrics"]["rmse"]
@@ -420,6 +423,6 @@ class UCIPolicy:
         return block
 
 
-def _method_names(config: Any) -> list[str]:
+def _method_names(config: BenchConfig) -> list[str]:
     """The methods of a UCI run: ``config.methods``, else :func:`default_regression_methods`."""
     return list(config.methods) if config.methods else default_regression_methods()
