@@ -368,10 +368,9 @@ def test_a_run_directory_of_the_driver_before_run_bench_resumes(
     resumed = run_uci(run, ["deterministic", "mc-dropout"], data, log=messages.append, resume=True)
     assert any("[1/2] deterministic: finished earlier, kept" in m for m in messages)
     assert sum("[2/2] mc-dropout" in m and "kept" not in m for m in messages) == 1  # run again
-    _, before = resumed["tasks"]["uci-toy"]["methods"], first["tasks"]["uci-toy"]["methods"]
-    assert (
-        resumed["tasks"]["uci-toy"]["methods"]["mc-dropout"]["per_split"] == before["mc-dropout"]["per_split"]
-    )
+    again, before = resumed["tasks"]["uci-toy"]["methods"], first["tasks"]["uci-toy"]["methods"]
+    assert again["deterministic"] == before["deterministic"]  # read back
+    assert again["mc-dropout"]["per_split"] == before["mc-dropout"]["per_split"]  # same ops, same process
     identity["recipes"]["deterministic"]["epochs"] += 1
     (run / "config.json").write_text(json.dumps({"identity": identity, "command": "uqkit bench ..."}))
     with pytest.raises(RunConfigMismatchError, match="differs in: recipes"):
