@@ -22,9 +22,9 @@ from pathlib import Path
 
 from _env import benchmark_environment
 
-from uqkit.bench.regression_cells import run_regression_bench
 from uqkit.bench.regression_report import format_regression_tables
 from uqkit.bench.report import write_report
+from uqkit.bench.runner import BenchConfig, run_bench
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "uci"
@@ -46,9 +46,11 @@ def main(argv: list[str] | None = None) -> int:
             continue
         out = ROOT / "benchmarks" / "results" / f"uci-{table}"
         started = time.perf_counter()
-        results = run_regression_bench(out, ["uci"], methods, directory, args.seed, command=command)
+        config = BenchConfig(out, ["uci"], methods, seed=args.seed, command=command, data_dir=directory)
+        results = run_bench(config)
         results["benchmark_environment"] = benchmark_environment(wall_time_s=time.perf_counter() - started)
-        results["config"]["data_dir"] = f"shared/data/uci/{table}"
+        results["config"]["data_dir"] = f"shared/data/uci/{table}"  # no machine's absolute paths
+        results["config"]["out"] = f"benchmarks/results/uci-{table}"
         (out / "results.json").write_text(json.dumps(results, indent=1, allow_nan=False), encoding="utf-8")
         write_report(results, out)
         print(format_regression_tables(results))

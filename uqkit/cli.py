@@ -304,36 +304,6 @@ def _interruptible(out: Path, run: Callable[[], dict], log: Callable[[str], None
         return None
 
 
-def _cmd_regression(args: argparse.Namespace, argv: list[str]) -> int:
-    """``uqkit bench`` on regression tasks: the UCI protocol, all splits trained as stacked models."""
-    from uqkit.bench.regression import REGRESSION_TASKS
-
-    if any(task not in REGRESSION_TASKS for task in args.task):
-        raise ValueError(
-            f"--task: expected only regression tasks ({', '.join(REGRESSION_TASKS)}) or only classification "
-            f"tasks in one run, got {', '.join(args.task)}"
-        )
-    fixed = {"--model": args.model, "--epochs": args.epochs, "--batch-size": args.batch_size, "--lr": args.lr}
-    fixed.update({"--target": args.target, "--ood": args.ood, "--kind": args.kind})
-    given = [flag for flag, value in fixed.items() if value is not None]
-    given += ["--quick"] if args.quick else []
-    if args.device != "cpu":
-        given.append("--device")
-    if given:
-        raise ValueError(
-            f"{', '.join(given)}: not used by regression tasks (the UCI protocol fixes the network and "
-            "batch; learning rates and epochs are chosen on validation)"
-        )
-    if args.data_dir is not None and "uci" not in args.task:
-        raise ValueError("--data-dir: only the task 'uci' reads a directory; add --task uci")
-    if len(args.seeds) > 1:
-        from uqkit.bench.runner import REGRESSION_SEEDS_ERROR
-
-        raise ValueError(REGRESSION_SEEDS_ERROR)
-    _executor(args)  # its options are checked before the run directory is made
-    return _logged(args, argv, _run_regression)
-
-
 def _executor(args: argparse.Namespace):
     """The executor of ``--executor`` and its options (not started)."""
     from uqkit.bench.executors import make_executor
@@ -350,35 +320,6 @@ def _run_with_executor(
         if executor.name != "local":
             log(f"[uqkit] executor: {executor.describe()}, ready in {executor.startup_time_s:.1f} s")
         return _interruptible(out, lambda: run(executor), log)
-
-
-def _run_regression(args: argparse.Namespace, argv: list[str], out: Path, log: Callable[[str], None]) -> int:
-    from uqkit.bench.regression_cells import run_regression_bench
-
-    results = _run_with_executor(
-        out,
-        _executor(args),
-        lambda executor: run_regression_bench(
-            out,
-            args.task,
-            args.methods,
-            args.data_dir,
-            args.seed,
-            command=shlex.join(["uqkit", *argv]),
-            log=log,
-            resume=args.resume,
-            executor=executor,
-            split_chunks=args.split_chunks or 1,
-        ),
-        log,
-    )
-    if results is None:
-        return 130
-    html = _finish_report(results, out, log)
-    log(f"[uqkit] total time {results['total_time_s']:.1f} s")
-    log(f"[uqkit] results: {Path(out) / 'results.json'}")
-    log(f"[uqkit] report:  {html}  (and {Path(out) / 'report.md'})")
-    return 0
 
 
 def _current_methods(methods: list[str] | None, log: Callable[[str], None]) -> list[str] | None:
@@ -456,31 +397,25 @@ def _check_torchrun(args: argparse.Namespace, processes: int) -> None:
 
 
 def _cmd_bench_here(args: argparse.Namespace, argv: list[str]) -> int:
-    from uqkit.bench.regression import REGRESSION_TASKS
+    from uqkit.bench.runner import check_config
 
     _resolve_seeds(args)
-    if args.task and any(task in REGRESSION_TASKS for task in args.task) and args.data is None:
-        return _cmd_regression(args, argv)
-    if args.data_dir is not None:
-        raise ValueError("--data-dir: only the regression task 'uci' reads a directory; add --task uci")
     if args.data is not None and args.task:
         raise ValueError("--task and --data: the data is the task; pass one of them")
-    if args.split_chunks is not None:
-        raise ValueError(
-            "--split-chunks: only UCI regression tasks train splits; drop it or add --task uci-..."
-        )
-    _executor(args)  # its options are checked before the run directory is made
+    # the options are checked before the run directory is made
+    check_config(_bench_config(args, argv, args.out or Path("runs")))
+    _executor(args)
     return _logged(args, argv, _run_suite)
 
 
-def _run_suite(args: argparse.Namespace, argv: list[str], out: Path, log: Callable[[str], None]) -> int:
-    """``uqkit bench`` on classification tasks, or on the user's data (``--data``), with the one runner."""
+def _bench_config(args: argparse.Namespace, argv: list[str], out: Path):
+    """The :class:`~uqkit.bench.runner.BenchConfig` of ``uqkit bench``'s options, run in ``out``."""
     from uqkit.bench.distributed import is_main_process
-    from uqkit.bench.runner import BenchConfig, run_bench
+    from uqkit.bench.runner import BenchConfig
     from uqkit.bench.user_task import task_name
 
     tasks = [task_name(args.data)] if args.data is not None else args.task or ["fashion-mnist"]
-    config = BenchConfig(
+    return BenchConfig(
         out=out,
         tasks=tasks,
         methods=args.methods,
@@ -499,13 +434,26 @@ def _run_suite(args: argparse.Namespace, argv: list[str], out: Path, log: Callab
         target=args.target,
         ood=args.ood,
         kind=args.kind,
+        data_dir=args.data_dir,
+        split_chunks=args.split_chunks,
     )
+
+
+def _run_suite(args: argparse.Namespace, argv: list[str], out: Path, log: Callable[[str], None]) -> int:
+    """``uqkit bench`` on any task (classification, the UCI tables, the user's data ``--data``) with the
+    one driver, :func:`uqkit.bench.runner.run_bench`."""
+    from uqkit.bench.distributed import is_main_process
+    from uqkit.bench.runner import run_bench
+
+    config = _bench_config(args, argv, out)
     results = _run_with_executor(out, _executor(args), lambda executor: run_bench(config, log, executor), log)
     if results is None:
         return 130
     if not is_main_process():  # under torchrun rank 0 writes the report
         return 0
     html = _finish_report(results, out, log)
+    if "total_time_s" in results:
+        log(f"[uqkit] total time {results['total_time_s']:.1f} s")
     log(f"[uqkit] results: {out / 'results.json'}")
     log(f"[uqkit] report:  {html}  (and {out / 'report.md'})")
     return 0

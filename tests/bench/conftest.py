@@ -46,6 +46,24 @@ def fake_fashion_mnist(fake_fashion_mnist_dir, monkeypatch) -> Path:
     return fake_fashion_mnist_dir
 
 
+def run_uci_task(out, methods=None, data_dir=None, log=print, executor=None, **options) -> dict:
+    """The task ``uci`` of the UCI directory ``data_dir`` through the one driver,
+    :func:`uqkit.bench.runner.run_bench` (``options``: more :class:`~uqkit.bench.runner.BenchConfig` fields,
+    e.g. ``seed``, ``resume``, ``split_chunks``)."""
+    from uqkit.bench.runner import BenchConfig, run_bench
+
+    config = BenchConfig(
+        out=Path(out), tasks=["uci"], methods=methods, data_dir=data_dir, progress=False, **options
+    )
+    return run_bench(config, log=log, executor=executor)
+
+
+@pytest.fixture
+def run_uci():
+    """:func:`run_uci_task`: ``run_uci(out, methods, data_dir, log=..., split_chunks=2, ...)``."""
+    return run_uci_task
+
+
 @pytest.fixture
 def uci_toy_directory(tmp_path) -> Path:
     """A tiny regression table (40 rows) in the UCI directory format: ``tmp_path / "toy"``."""

@@ -77,7 +77,7 @@ def test_resume_without_a_run_and_report_without_results(capsys, tmp_path, monke
     ("argv", "runner"),
     [
         ([], "uqkit.bench.runner.run_bench"),
-        (["--task", "uci-boston"], "uqkit.bench.regression_cells.run_regression_bench"),
+        (["--task", "uci-boston"], "uqkit.bench.runner.run_bench"),  # the one driver, every task
     ],
 )
 def test_ctrl_c_says_how_to_resume(capsys, tmp_path, monkeypatch, argv, runner):

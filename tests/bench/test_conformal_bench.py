@@ -22,7 +22,6 @@ from uqkit.bench.evaluate_conformal import ALPHAS
 from uqkit.bench.evaluate_regression import evaluate_regression
 from uqkit.bench.likelihoods import GAUSSIAN
 from uqkit.bench.registry import Method, MethodContext, build_method
-from uqkit.bench.regression_cells import run_regression_bench
 from uqkit.bench.regression_stack import split_data, train_stack
 from uqkit.bench.report import method_order, validate_results, write_report
 from uqkit.bench.runner import BenchConfig, run_bench
@@ -320,7 +319,7 @@ def test_uci_intervals_never_read_the_test_targets():
             assert block[kind]["width"][index]["mean"] > 0 and block[kind]["width"][index]["se"] is None
 
 
-def test_uci_run_reports_the_conformal_intervals(tmp_path, monkeypatch):
+def test_uci_run_reports_the_conformal_intervals(run_uci, tmp_path, monkeypatch):
     monkeypatch.setitem(regression.REGRESSION_METHODS, "deterministic", _method(epochs=2))
     directory = tmp_path / "toy"
     directory.mkdir()
@@ -329,9 +328,7 @@ def test_uci_run_reports_the_conformal_intervals(tmp_path, monkeypatch):
     np.savetxt(directory / "data.txt", np.column_stack([x, x[:, 0] - x[:, 1] + 0.2 * rng.normal(size=200)]))
     (directory / "index_features.txt").write_text("0\n1\n")
     (directory / "index_target.txt").write_text("2\n")
-    results = run_regression_bench(
-        tmp_path / "run", ["uci"], ["deterministic"], data_dir=directory, log=lambda _: None
-    )
+    results = run_uci(tmp_path / "run", ["deterministic"], data_dir=directory, log=lambda _: None)
     validate_results(json.loads((tmp_path / "run" / "results.json").read_text()))
     block = results["tasks"]["uci-toy"]["methods"]["deterministic"]["conformal"]
     assert block["num_calibration"] == 36  # 20% of the 180 training rows of each split

@@ -29,7 +29,6 @@ from uqkit.bench.regression_cells import (
     merge_chunk_blocks,
     method_chunks,
     partition_splits,
-    run_regression_bench,
 )
 from uqkit.bench.report import validate_results
 from uqkit.bench.run_files import json_safe
@@ -199,11 +198,11 @@ def tiny_methods(monkeypatch):
         monkeypatch.setitem(REGRESSION_METHODS, name, recipe)
 
 
-def test_a_chunked_method_is_its_chunks_run_alone_and_merged(tmp_path, tiny_methods, uci_toy_directory):
+def test_a_chunked_method_is_its_chunks_run_alone_and_merged(
+    run_uci, tmp_path, tiny_methods, uci_toy_directory
+):
     data = uci_toy_directory
-    results = run_regression_bench(
-        tmp_path / "run", ["uci"], ["mc-dropout"], data, seed=3, log=lambda _: None, split_chunks=3
-    )
+    results = run_uci(tmp_path / "run", ["mc-dropout"], data, seed=3, log=lambda _: None, split_chunks=3)
     validate_results(json.loads((tmp_path / "run" / "results.json").read_text()))
     block = results["tasks"]["uci-toy"]["methods"]["mc-dropout"]
     # oracle: each chunk alone, a table of its splits under its own seed
@@ -231,13 +230,13 @@ def test_a_chunked_method_is_its_chunks_run_alone_and_merged(tmp_path, tiny_meth
 
 
 def test_a_chunked_run_resumes_its_unfinished_chunks_only(
-    tmp_path, tiny_methods, monkeypatch, uci_toy_directory
+    run_uci, tmp_path, tiny_methods, monkeypatch, uci_toy_directory
 ):
     data = uci_toy_directory
     run = tmp_path / "run"
-    first = run_regression_bench(run, ["uci"], ["deterministic"], data, log=lambda _: None, split_chunks=2)
+    first = run_uci(run, ["deterministic"], data, log=lambda _: None, split_chunks=2)
     with pytest.raises(RunConfigMismatchError, match="differs in: split_chunks"):
-        run_regression_bench(run, ["uci"], ["deterministic"], data, log=lambda _: None, resume=True)
+        run_uci(run, ["deterministic"], data, log=lambda _: None, resume=True)
     # killed after the first chunk: the method's block and the second chunk never written
     (run / "results.json").unlink()
     (run / "methods" / "uci-toy" / "deterministic.json").unlink()
@@ -250,9 +249,7 @@ def test_a_chunked_run_resumes_its_unfinished_chunks_only(
         return original(method, table, seed, log)
 
     monkeypatch.setattr(regression, "evaluate_regression_method", record)
-    resumed = run_regression_bench(
-        run, ["uci"], ["deterministic"], data, log=lambda _: None, resume=True, split_chunks=2
-    )
+    resumed = run_uci(run, ["deterministic"], data, log=lambda _: None, resume=True, split_chunks=2)
     assert sizes == [10]  # the second chunk only
     _assert_close(first["tasks"]["uci-toy"]["methods"], resumed["tasks"]["uci-toy"]["methods"])
 
@@ -348,13 +345,13 @@ def test_a_worker_killed_mid_cell_is_retried_and_nothing_is_lost(ray_executor, s
 
 
 @pytest.mark.ray
-def test_ray_regression_chunks_equal_the_local_run(ray_executor, tmp_path, tiny_methods, uci_toy_directory):
+def test_ray_regression_chunks_equal_the_local_run(
+    run_uci, ray_executor, tmp_path, tiny_methods, uci_toy_directory
+):
     data = uci_toy_directory
-    arguments = (["uci"], ["deterministic", "mc-dropout"], data)
-    local = run_regression_bench(tmp_path / "local", *arguments, log=lambda _: None, split_chunks=2)
-    remote = run_regression_bench(
-        tmp_path / "ray", *arguments, log=lambda _: None, split_chunks=2, executor=ray_executor
-    )
+    arguments = (["deterministic", "mc-dropout"], data)
+    local = run_uci(tmp_path / "local", *arguments, log=lambda _: None, split_chunks=2)
+    remote = run_uci(tmp_path / "ray", *arguments, log=lambda _: None, split_chunks=2, executor=ray_executor)
     validate_results(json.loads((tmp_path / "ray" / "results.json").read_text()))
     assert remote["environment"]["threads"] == 1
     _assert_close(local["tasks"], remote["tasks"])

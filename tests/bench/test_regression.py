@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -20,10 +21,9 @@ from uqkit.bench.regression import (
     default_regression_methods,
     evaluate_regression_method,
 )
-from uqkit.bench.regression_cells import run_regression_bench
 from uqkit.bench.regression_stack import StackedAdam, split_data, train_stack
 from uqkit.bench.report import format_leaderboard, validate_results, write_report
-from uqkit.bench.runner import RunConfigMismatchError
+from uqkit.bench.runner import BenchConfig, RunConfigMismatchError, run_bench
 from uqkit.cli import main
 from uqkit.data import RegressionTable, load_uci_directory
 from uqkit.nn import StackedBayesianLastLayerMLP
@@ -256,9 +256,9 @@ def small_methods(monkeypatch):
         monkeypatch.setitem(REGRESSION_METHODS, name, _small(name, epochs=2))
 
 
-def test_run_writes_valid_results_and_report(tmp_path, small_methods, uci_toy_directory):
+def test_run_writes_valid_results_and_report(run_uci, tmp_path, small_methods, uci_toy_directory):
     data = uci_toy_directory
-    results = run_regression_bench(tmp_path / "run", ["uci"], data_dir=data, log=lambda _: None)
+    results = run_uci(tmp_path / "run", data_dir=data, log=lambda _: None)
     validate_results(json.loads((tmp_path / "run" / "results.json").read_text()))
     task = results["tasks"]["uci-toy"]
     assert task["kind"] == "regression" and task["num_splits"] == 20 and task["num_train"] == 36
@@ -277,11 +277,9 @@ def test_run_writes_valid_results_and_report(tmp_path, small_methods, uci_toy_di
     assert "deep-ensemble" in format_leaderboard(results)
 
 
-def test_results_validation_catches_regression_mistakes(tmp_path, small_methods, uci_toy_directory):
+def test_results_validation_catches_regression_mistakes(run_uci, tmp_path, small_methods, uci_toy_directory):
     data = uci_toy_directory
-    results = run_regression_bench(
-        tmp_path / "run", ["uci"], ["deterministic"], data_dir=data, log=lambda _: None
-    )
+    results = run_uci(tmp_path / "run", ["deterministic"], data_dir=data, log=lambda _: None)
     bad = json.loads(json.dumps(results))
     bad["tasks"]["uci-toy"]["methods"]["deterministic"]["per_split"]["nll"].pop()
     with pytest.raises(ValueError, match=r"per_split.nll: expected 20 values"):
@@ -297,17 +295,17 @@ def test_results_validation_catches_regression_mistakes(tmp_path, small_methods,
 
 
 def test_resume_keeps_finished_methods_and_refuses_other_runs(
-    tmp_path, small_methods, monkeypatch, uci_toy_directory
+    run_uci, tmp_path, small_methods, monkeypatch, uci_toy_directory
 ):
     data = uci_toy_directory
     run = tmp_path / "run"
-    first = run_regression_bench(run, ["uci"], ["deterministic"], data_dir=data, log=lambda _: None)
+    first = run_uci(run, ["deterministic"], data_dir=data, log=lambda _: None)
     with pytest.raises(RunConfigMismatchError, match="already holds a run; pass --resume"):
-        run_regression_bench(run, ["uci"], ["deterministic"], data_dir=data, log=lambda _: None)
+        run_uci(run, ["deterministic"], data_dir=data, log=lambda _: None)
     with pytest.raises(RunConfigMismatchError, match="differs in: methods, recipes"):
-        run_regression_bench(run, ["uci"], ["mc-dropout"], data_dir=data, log=lambda _: None, resume=True)
+        run_uci(run, ["mc-dropout"], data_dir=data, log=lambda _: None, resume=True)
     with pytest.raises(RunConfigMismatchError, match="differs in: seed"):
-        run_regression_bench(run, ["uci"], ["deterministic"], data_dir=data, seed=1, resume=True)
+        run_uci(run, ["deterministic"], data_dir=data, seed=1, resume=True)
     # a killed run: results.json never written; the finished method must not be trained again
     (run / "results.json").unlink()
 
@@ -315,36 +313,96 @@ def test_resume_keeps_finished_methods_and_refuses_other_runs(
         raise AssertionError("a finished method was retrained")
 
     monkeypatch.setattr(regression, "evaluate_regression_method", fail)
-    resumed = run_regression_bench(
-        run, ["uci"], ["deterministic"], data_dir=data, log=lambda _: None, resume=True
-    )
+    resumed = run_uci(run, ["deterministic"], data_dir=data, log=lambda _: None, resume=True)
     kept, before = resumed["tasks"]["uci-toy"]["methods"], first["tasks"]["uci-toy"]["methods"]
     assert kept["deterministic"]["per_split"] == before["deterministic"]["per_split"]
     validate_results(json.loads((run / "results.json").read_text()))
 
 
 def test_resume_sets_aside_a_corrupt_method_file_and_runs_that_method_again(
-    tmp_path, small_methods, uci_toy_directory
+    run_uci, tmp_path, small_methods, uci_toy_directory
 ):
     data = uci_toy_directory
     run = tmp_path / "run"
     methods = ["deterministic", "mc-dropout"]
-    first = run_regression_bench(run, ["uci"], methods, data_dir=data, log=lambda _: None)
+    first = run_uci(run, methods, data_dir=data, log=lambda _: None)
     (run / "results.json").unlink()  # killed before the end
     bad = run / "methods" / "uci-toy" / "mc-dropout.json"
     cut = bad.read_bytes()[:100]
     bad.write_bytes(cut)  # truncated
     kept = (run / "methods" / "uci-toy" / "deterministic.json").read_bytes()
     messages: list[str] = []
-    resumed = run_regression_bench(run, ["uci"], methods, data_dir=data, log=messages.append, resume=True)
+    resumed = run_uci(run, methods, data_dir=data, log=messages.append, resume=True)
     warnings = [m for m in messages if "warning" in m]
     assert len(warnings) == 1 and str(bad) in warnings[0] and "invalid JSON" in warnings[0]
     assert bad.with_name("mc-dropout.json.corrupt").read_bytes() == cut  # set aside, not deleted
     assert (run / "methods" / "uci-toy" / "deterministic.json").read_bytes() == kept
-    assert any("deterministic: finished in the earlier run, kept" in m for m in messages)
+    assert any("[1/2] deterministic: finished earlier, kept" in m for m in messages)
     again, before = resumed["tasks"]["uci-toy"]["methods"], first["tasks"]["uci-toy"]["methods"]
     assert again["mc-dropout"]["per_split"] == before["mc-dropout"]["per_split"]  # same ops, same process
     validate_results(json.loads((run / "results.json").read_text()))
+
+
+def test_a_run_directory_of_the_driver_before_run_bench_resumes(
+    run_uci, tmp_path, small_methods, uci_toy_directory
+):
+    """A UCI run directory written before run_bench drove the UCI tables (its config.json's identity in the
+    layout below, written by ``regression_cells._run_identity``) is continued by ``--resume``, its finished
+    methods kept; a different recipe still refuses, naming it."""
+    data, run = uci_toy_directory, tmp_path / "run"
+    first = run_uci(run, ["deterministic", "mc-dropout"], data, log=lambda _: None)
+    (run / "results.json").unlink()  # killed before the end
+    (run / "methods" / "uci-toy" / "mc-dropout.json").unlink()  # killed during the second method
+    identity = {  # the earlier driver's layout, spelled out
+        "kind": "regression",
+        "tasks": ["uci"],
+        "methods": ["deterministic", "mc-dropout"],
+        "seed": 0,
+        "data_dir": str(data.resolve()),
+        "recipes": {
+            name: dataclasses.asdict(REGRESSION_METHODS[name]) for name in ("deterministic", "mc-dropout")
+        },
+    }
+    (run / "config.json").write_text(json.dumps({"identity": identity, "command": "uqkit bench ..."}))
+    messages: list[str] = []
+    resumed = run_uci(run, ["deterministic", "mc-dropout"], data, log=messages.append, resume=True)
+    assert any("[1/2] deterministic: finished earlier, kept" in m for m in messages)
+    assert sum("[2/2] mc-dropout" in m and "kept" not in m for m in messages) == 1  # run again
+    again, before = resumed["tasks"]["uci-toy"]["methods"], first["tasks"]["uci-toy"]["methods"]
+    assert again["deterministic"] == before["deterministic"]  # read back
+    assert again["mc-dropout"]["per_split"] == before["mc-dropout"]["per_split"]  # same ops, same process
+    identity["recipes"]["deterministic"]["epochs"] += 1
+    (run / "config.json").write_text(json.dumps({"identity": identity, "command": "uqkit bench ..."}))
+    with pytest.raises(RunConfigMismatchError, match="differs in: recipes"):
+        run_uci(run, ["deterministic", "mc-dropout"], data, log=lambda _: None, resume=True)
+
+
+def test_options_of_a_uci_run_are_checked_before_the_run_directory_is_made(
+    run_uci, tmp_path, uci_toy_directory
+):
+    out = tmp_path / "run"
+    cases = [
+        (
+            {"tasks": ["uci-boston"], "epochs": 3, "learning_rate": 0.1},
+            "--epochs, --lr: not used by regression",
+        ),
+        ({"tasks": ["uci-boston"], "quick": True}, "--quick: not used by regression tasks"),
+        ({"tasks": ["uci-boston", "two-moons"]}, "expected only regression tasks"),
+        ({"tasks": ["uci-boston"], "data_dir": uci_toy_directory}, "--data-dir: only the task 'uci'"),
+        ({"tasks": ["uci"]}, "--data-dir: task 'uci' reads a UCI directory"),
+        ({"tasks": ["uci-boston"], "seeds": [0, 1]}, "take one seed"),
+        ({"tasks": ["uci-boston"], "split_chunks": 0}, "--split-chunks: expected an int >= 1, got 0"),
+        ({"tasks": ["uci-boston"], "methods": ["sngp"]}, "--methods: expected one of 'deterministic'"),
+        ({"tasks": ["two-moons"], "split_chunks": 2}, "--split-chunks: only UCI regression tasks"),
+        (
+            {"tasks": ["two-moons"], "data_dir": uci_toy_directory},
+            "--data-dir: only the regression task 'uci'",
+        ),
+    ]
+    for options, message in cases:
+        with pytest.raises(ValueError, match=re.escape(message)):
+            run_bench(BenchConfig(out=out, progress=False, **options), log=lambda _: None)
+    assert not out.exists()
 
 
 def test_cli_regression_resume(tmp_path, small_methods, capsys, uci_toy_directory):
@@ -354,7 +412,7 @@ def test_cli_regression_resume(tmp_path, small_methods, capsys, uci_toy_director
     assert main([*argv, "--out", str(tmp_path / "run"), "--no-progress"]) == 2
     assert "pass --resume" in capsys.readouterr().err
     assert main([*argv, "--out", str(tmp_path / "run"), "--no-progress", "--resume"]) == 0
-    assert "finished in the earlier run, kept" in capsys.readouterr().out
+    assert "deterministic: finished earlier, kept" in capsys.readouterr().out
 
 
 def test_cli_malformed_directory_names_file_and_line(tmp_path, capsys, uci_toy_directory):
@@ -393,7 +451,7 @@ OPT_IN = ("sgld", "csgmcmc", "csgmcmc-distilled", "apd", "hyper-deep-ensemble")
 
 
 def test_opt_in_methods_are_listed_and_run_only_when_named(
-    tmp_path, small_methods, capsys, monkeypatch, uci_toy_directory
+    run_uci, tmp_path, small_methods, capsys, monkeypatch, uci_toy_directory
 ):
     """The regression twins of the opt-in classification methods are registered for every UCI task but
     left out of a run without --methods; named, they run and write valid results and a report."""
@@ -413,7 +471,7 @@ def test_opt_in_methods_are_listed_and_run_only_when_named(
     for name in OPT_IN:
         assert any(line.split()[:1] == [name] and "[opt-in" in line for line in lines[-12:])
     data = uci_toy_directory
-    results = run_regression_bench(tmp_path / "run", ["uci"], list(OPT_IN), data_dir=data, log=lambda _: None)
+    results = run_uci(tmp_path / "run", list(OPT_IN), data_dir=data, log=lambda _: None)
     validate_results(json.loads((tmp_path / "run" / "results.json").read_text()))
     methods = results["tasks"]["uci-toy"]["methods"]
     assert list(methods) == list(OPT_IN)

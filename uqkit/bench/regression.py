@@ -22,7 +22,8 @@ a regression task of the user's data is). Every model of a phase (split x ensemb
 hyper-parameter configuration) is one network of one stack, each fed its own minibatches of its own split;
 networks never interact, so this is exactly the set of independent trainings, at the cost of a handful of
 batched products per step. A run of tasks x methods (resumable, its cells on an executor) is
-:func:`uqkit.bench.regression_cells.run_regression_bench`.
+:func:`uqkit.bench.runner.run_bench`, the one driver, with the UCI tables' policy
+(:class:`uqkit.bench.regression_cells.UCIPolicy`).
 
 The methods (:data:`REGRESSION_METHODS`, registered with :func:`register_regression_method`):
 ``deterministic`` (one network), ``deep-ensemble`` (5 networks, their Gaussian mixture), ``mc-dropout``

@@ -1,4 +1,10 @@
-"""The UCI regression benchmark's cells: a (table, method, chunk of splits) each, and their merge.
+"""The UCI tables' policy of the one driver: their cells, a (table, method, chunk of splits) each, and
+their merge.
+
+:func:`uqkit.bench.runner.run_bench` drives every run; for the UCI tables (``uqkit bench --task
+uci-boston``, ``uci-concrete``, ``uci --data-dir DIR``) it asks :class:`UCIPolicy` for the cells and for each
+method's block (:mod:`uqkit.bench.task_policy`). The protocol itself (the choice on validation, the
+retraining, the test) is :mod:`uqkit.bench.regression`.
 
 :func:`uqkit.bench.regression.evaluate_regression_method` trains all 20 splits of a (table, method) as one
 stacked model. To spread one method over several workers (``uqkit bench --task uci --split-chunks K``), the
@@ -18,20 +24,15 @@ the same on every executor. ``K`` is part of the run's identity (``--resume`` ke
 from __future__ import annotations
 
 import dataclasses
-import datetime as _dt
-import functools
 import math
 import os
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from uqkit._validation import check_choice, check_positive_int
 from uqkit.bench import regression
-from uqkit.bench.executors import Cell, LocalExecutor
+from uqkit.bench.executors import Cell
 from uqkit.bench.regression import (
     REGRESSION_METHODS,
     REGRESSION_TASKS,
@@ -40,19 +41,20 @@ from uqkit.bench.regression import (
     regression_task_block,
 )
 from uqkit.bench.regression_metrics import summarize_splits
-from uqkit.bench.regression_stack import BATCH_SIZE, HIDDEN_UNITS
-from uqkit.bench.report import SCHEMA_VERSION
-from uqkit.bench.run_files import json_safe, prepare_run_dir, read_or_set_aside, write_json
-from uqkit.bench.runner import environment
-from uqkit.bench.upgrade import read_method_block
+from uqkit.bench.run_files import json_safe, write_json
+from uqkit.bench.task_policy import PlannedCell, TaskPlan
+
+if TYPE_CHECKING:  # the runner imports this policy
+    from uqkit.bench.runner import BenchConfig
 
 __all__ = [
+    "REGRESSION_SEEDS_ERROR",
+    "UCIPolicy",
     "chunk_path",
     "chunk_seed",
     "merge_chunk_blocks",
+    "method_chunks",
     "partition_splits",
-    "run_cells",
-    "run_regression_bench",
     "run_regression_cell",
 ]
 
@@ -285,229 +287,142 @@ def method_chunks(method: Any, num_chunks: int) -> int:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# A run's cells
+# The UCI tables' policy
 # ---------------------------------------------------------------------------------------------------------
-class _MethodChunks:
-    """The chunks of one (task, method) of a run, collected until the method's block can be written."""
+REGRESSION_SEEDS_ERROR = (
+    "--seeds/--num-seeds: regression runs (the UCI tasks, your regression data) take one seed: their "
+    "results.json layout has no per-seed blocks yet, and the UCI tasks' error bars already cover their 20 "
+    "train/test splits, each with its own validation carving and initialisation. Run each seed with "
+    "--seed S --out DIR instead"
+)
+"""Why a regression run refuses several seeds (docs/results-schema.md, "Several seeds")."""
 
-    def __init__(
-        self, task_name: str, name: str, label: str, test_rows: list[int], per_split_details: Sequence[str]
-    ) -> None:
-        self.task_name, self.name, self.label, self.test_rows = task_name, name, label, test_rows
-        self.per_split_details = per_split_details
-        self.blocks: dict[int, dict[str, Any]] = {}
-        self.block: dict[str, Any] | None = None  # the method's block, once every chunk is done
-
-    def add(self, chunk: int, block: dict[str, Any], out: Path, log: Callable[[str], None]) -> None:
-        """Keep a finished chunk; with the last one, merge, write ``methods/<task>/<method>.json`` (when
-        chunked: the one-stack cell wrote it) and log the method's numbers."""
-        self.blocks[chunk] = block
-        if len(self.blocks) < len(self.test_rows):
-            return
-        if len(self.test_rows) == 1:
-            self.done(self.blocks[0], log)
-            return
-        blocks = [self.blocks[c] for c in range(len(self.test_rows))]
-        merged = json_safe(merge_chunk_blocks(blocks, self.test_rows, self.per_split_details))
-        write_json(merged, chunk_path(out, self.task_name, self.name, 0, 1))
-        self.done(merged, log)
-
-    def done(self, block: dict[str, Any], log: Callable[[str], None]) -> None:
-        self.block = block
-        nll, error = block["metrics"]["nll"], block["metrics"]["rmse"]
-        log(
-            f"[uqkit]   {self.name}: NLL {nll['mean']:.3f} ± {nll['se']:.3f}, RMSE {error['mean']:.3f} ± "
-            f"{error['se']:.3f} ({block['train_time_s']:.1f} s)"
-        )
+_FIXED_OPTIONS = {
+    "model": "--model",
+    "epochs": "--epochs",
+    "batch_size": "--batch-size",
+    "learning_rate": "--lr",
+    "target": "--target",
+    "ood": "--ood",
+    "kind": "--kind",
+}
+"""Options of a run that the UCI protocol fixes (network, batch) or chooses per split (learning rate,
+epochs), and those of the user's data: a UCI run leaves them unset."""
 
 
-def run_cells(
-    results: dict[str, Any],
-    out: Path,
-    tasks: Sequence[str],
-    names: Sequence[str],
-    data_dir: str | os.PathLike | None,
-    seed: int,
-    log: Callable[[str], None],
-    resume: bool,
-    executor: Any,
-    num_chunks: int,
-) -> None:
-    """The body of :func:`run_regression_bench`: every (task, method, chunk of
-    splits) not finished earlier is a cell (:func:`run_regression_cell`) run by ``executor``; a method's
-    block goes into ``results`` (and, merged, to its file) once all its chunks are done."""
-    total_started = time.perf_counter()
-    directory = None if data_dir is None else str(data_dir)
-    methods: dict[tuple[str, str], _MethodChunks] = {}
-    cells: list[Cell] = []
-    for task in tasks:
-        table = load_regression_table(task, directory if task == "uci" else None)
+class UCIPolicy:
+    """The policy of the UCI tables (:mod:`uqkit.bench.task_policy`): a cell is one (table, method, chunk of
+    splits) running the UCI protocol (:func:`run_regression_cell`); a method's block is the merge of its
+    chunks (:func:`merge_chunk_blocks`, written to ``methods/<task>/<method>.json`` when chunked), logged
+    with its NLL and RMSE.
+
+    The run uses one torch thread (``torch_threads``): the stacked products are far too small to gain from
+    more, and on a busy machine every OpenMP region can stall. Its identity (:meth:`identity`) keeps the
+    layout of the runs made before :func:`~uqkit.bench.runner.run_bench` drove the UCI tables, so that their
+    run directories resume.
+    """
+
+    torch_threads = 1
+
+    def __init__(self) -> None:
+        self.out: Path | None = None
+        # (task, method) -> the test rows of each chunk, the per-split paths of its details
+        self.chunks: dict[tuple[str, str], tuple[list[int], tuple[str, ...]]] = {}
+
+    def check(self, config: BenchConfig) -> BenchConfig:
+        """Check a UCI run's options (every option the protocol fixes unset, one seed, ``data_dir`` exactly
+        for the ``uci`` task, known methods); ``split_chunks`` defaults to 1."""
+        given = [flag for key, flag in _FIXED_OPTIONS.items() if getattr(config, key) is not None]
+        given += ["--quick"] if config.quick else []
+        given += ["--device"] if config.device != "cpu" else []
+        if given:
+            raise ValueError(
+                f"{', '.join(given)}: not used by regression tasks (the UCI protocol fixes the network and "
+                "batch; learning rates and epochs are chosen on validation)"
+            )
+        for task in config.tasks:
+            check_choice(task, "--task", REGRESSION_TASKS)
+        if config.data_dir is not None and "uci" not in config.tasks:
+            raise ValueError("--data-dir: only the task 'uci' reads a directory; add --task uci")
+        if config.data_dir is None and "uci" in config.tasks:
+            raise ValueError("--data-dir: task 'uci' reads a UCI directory; pass --data-dir DIR")
+        if config.seeds is not None and len(config.seeds) > 1:
+            raise ValueError(REGRESSION_SEEDS_ERROR)
+        check_positive_int(config.seed, "--seed", minimum=0)
+        for name in config.methods or []:
+            check_choice(name, "--methods", REGRESSION_METHODS)
+        split_chunks = 1 if config.split_chunks is None else config.split_chunks
+        check_positive_int(split_chunks, "--split-chunks")
+        return dataclasses.replace(config, split_chunks=split_chunks)
+
+    def prepare(self, config: BenchConfig, log: Callable[[str], None]) -> BenchConfig:
+        """Nothing to read before the run directory is written: the tables are read by :meth:`plan`."""
+        return config
+
+    def identity(self, config: BenchConfig) -> dict[str, Any]:
+        """Tasks, methods (the default ones named), seed, data directory, every method's recipe, and the
+        split chunks when more than one (so that runs made before chunks existed still resume)."""
+        names = _method_names(config)
+        identity = {
+            "kind": "regression",
+            "tasks": list(config.tasks),
+            "methods": names,
+            "seed": config.seed,
+            "data_dir": None if config.data_dir is None else str(Path(config.data_dir).resolve()),
+            "recipes": {name: dataclasses.asdict(REGRESSION_METHODS[name]) for name in names},
+        }
+        if config.split_chunks != 1:
+            identity["split_chunks"] = config.split_chunks
+        return identity
+
+    def plan(self, config: BenchConfig, task: str, log: Callable[[str], None]) -> TaskPlan:
+        """Every (method, chunk of splits) of the table of ``task``: the method's recipe travels with its
+        cells, the table is read on the worker's disk (from an absolute ``data_dir``)."""
+        directory = str(Path(config.data_dir).resolve()) if task == "uci" else None
+        table = load_regression_table(task, directory)
         task_name = task if task != "uci" else f"uci-{table.name}"
-        results["tasks"][task_name] = regression_task_block(task, table)
         log(f"[uqkit] {task_name}: {len(table)} rows, {len(table.splits)} splits")
+        names = _method_names(config)
+        plan = TaskPlan(task_name, regression_task_block(task, table))
+        self.out = Path(config.out)
+        out = str(self.out.resolve())  # a Ray worker may run in another working directory
         for index, name in enumerate(names, start=1):
-            method = REGRESSION_METHODS[name]  # the recipe travels with the cell
-            chunks = method_chunks(method, num_chunks)
+            method = REGRESSION_METHODS[name]
+            chunks = method_chunks(method, config.split_chunks)
             parts = partition_splits(len(table.splits), chunks)
             test_rows = [sum(int(table.splits[i][1].numel()) for i in part) for part in parts]
+            self.chunks[task_name, name] = (test_rows, tuple(getattr(method, "per_split_details", ())))
             label = f"[uqkit] {task_name} [{index}/{len(names)}] {name}"
-            per_split = getattr(method, "per_split_details", ())
-            entry = _MethodChunks(task_name, name, label, test_rows, per_split)
-            methods[task_name, name] = entry
-            redo = f"running {name} again"
-            whole = chunk_path(out, task_name, name, 0, 1)
-            kept = read_or_set_aside(whole, read_method_block, redo, log) if resume else None
-            if kept is not None:
-                log(entry.label)
-                log(f"[uqkit]   {name}: finished in the earlier run, kept ({whole})")
-                entry.done(kept, log)
-                continue
-            if chunks < num_chunks:
-                log(f"{entry.label}: one stack of all splits ({name} draws its search once for all of them)")
+            if chunks < config.split_chunks:
+                log(f"{label}: one stack of all splits ({name} draws its search once for all of them)")
+            plan.methods[name] = []
             for chunk in range(chunks):
-                path = chunk_path(out, task_name, name, chunk, chunks)
-                block = (
-                    read_or_set_aside(path, read_method_block, redo, log) if resume and chunks > 1 else None
-                )
-                if block is not None:
-                    log(f"{entry.label}: splits chunk {chunk + 1} of {chunks} finished earlier, kept")
-                    entry.add(chunk, block, out, log)
-                    continue
-                # a Ray worker may run in another working directory (a cluster node): absolute paths
-                cell_dir = str(Path(directory).resolve()) if task == "uci" and directory is not None else None
-                args = (task, cell_dir, method, seed, chunk, chunks, str(Path(out).resolve()))
-                cells.append(Cell((task_name, name, chunk), args))
+                key = (task_name, name, chunk)
+                args = (run_regression_cell, task, directory, method, config.seed, chunk, chunks, out)
+                line = label + (f": splits chunk {chunk + 1} of {chunks}" if chunks > 1 else "")
+                path = chunk_path(self.out, task_name, name, chunk, chunks)
+                plan.cells.append(PlannedCell(Cell(key, args), path, line))
+                plan.methods[name].append(key)
+        return plan
 
-    def on_start(cell: Cell) -> None:
-        entry, chunk = methods[cell.key[:2]], cell.key[2]
-        chunks = len(entry.test_rows)
-        log(entry.label + (f": splits chunk {chunk + 1} of {chunks}" if chunks > 1 else ""))
-
-    if executor.in_process:  # the cells log to this run's log
-        outcomes = executor.map(functools.partial(run_regression_cell, log=log), cells, on_start)
-    else:  # a Ray worker prints; Ray forwards it to this console
-        if cells:
-            log(f"[uqkit] {len(cells)} cells on {executor.describe()}")
-        outcomes = executor.map(run_regression_cell, cells)
-    for cell, block in outcomes:
-        entry, chunk = methods[cell.key[:2]], cell.key[2]
-        if not executor.in_process:
-            log(
-                f"{entry.label}: splits chunk {chunk + 1} of {len(entry.test_rows)} done "
-                f"({block['train_time_s']:.1f} s)"
-            )
-            path = chunk_path(out, entry.task_name, entry.name, chunk, len(entry.test_rows))
-            if not path.exists():  # a cluster node that does not share the run directory: written here
-                write_json(block, path)
-        entry.add(chunk, block, out, log)
-    for (task_name, name), entry in methods.items():
-        results["tasks"][task_name]["methods"][name] = entry.block
-    results["total_time_s"] = time.perf_counter() - total_started
-    results["environment"]["threads"] = (
-        torch.get_num_threads() if executor.in_process else executor.threads_per_worker
-    )
+    def merge(
+        self, plan: TaskPlan, method: str, blocks: dict[tuple, dict[str, Any]], log: Callable[[str], None]
+    ) -> dict[str, Any]:
+        """The method's chunks merged (:func:`merge_chunk_blocks`) and written to
+        ``methods/<task>/<method>.json``; its NLL and RMSE logged."""
+        test_rows, per_split = self.chunks[plan.name, method]
+        block = next(iter(blocks.values()))  # one chunk: its cell wrote the method's file
+        if len(blocks) > 1:
+            block = json_safe(merge_chunk_blocks(list(blocks.values()), test_rows, per_split))
+            write_json(block, chunk_path(self.out, plan.name, method, 0, 1))
+        nll, error = block["metrics"]["nll"], block["metrics"]["rmse"]
+        log(
+            f"[uqkit]   {method}: NLL {nll['mean']:.3f} ± {nll['se']:.3f}, RMSE {error['mean']:.3f} ± "
+            f"{error['se']:.3f} ({block['train_time_s']:.1f} s)"
+        )
+        return block
 
 
-def _run_identity(
-    tasks: Sequence[str],
-    names: Sequence[str],
-    data_dir: str | os.PathLike | None,
-    seed: int,
-    split_chunks: int = 1,
-) -> dict[str, Any]:
-    """What a resumed run must share with the run it continues (the split chunks only when more than one,
-    so that runs made before chunks existed still resume)."""
-    identity = {
-        "kind": "regression",
-        "tasks": list(tasks),
-        "methods": list(names),
-        "seed": seed,
-        "data_dir": None if data_dir is None else str(Path(data_dir).resolve()),
-        "recipes": {name: dataclasses.asdict(REGRESSION_METHODS[name]) for name in names},
-    }
-    if split_chunks != 1:
-        identity["split_chunks"] = split_chunks
-    return identity
-
-
-def run_regression_bench(
-    out: str | os.PathLike,
-    tasks: Sequence[str],
-    methods: Sequence[str] | None = None,
-    data_dir: str | os.PathLike | None = None,
-    seed: int = 0,
-    command: str = "",
-    log: Callable[[str], None] = print,
-    resume: bool = False,
-    executor: Any = None,
-    split_chunks: int = 1,
-) -> dict[str, Any]:
-    """Run regression ``methods`` (default: :func:`default_regression_methods`) on ``tasks``; write
-    ``results.json`` and the report.
-
-    Each finished method's block is also written (atomically) to ``methods/<task>/<method>.json`` as soon as
-    it is done, and the run's identity (tasks, methods, seed, data directory and every method's recipe) to
-    ``config.json``. A run directory that holds a run is only continued with ``resume=True`` and the same
-    identity; finished methods are then read back instead of retrained.
-    The run uses one torch thread (restored afterwards): its batched products are far too small to gain
-    from more, and on a busy machine every OpenMP region can stall.
-
-    Args:
-        out: the run directory.
-        tasks: names from :data:`REGRESSION_TASKS` (``uci`` reads ``data_dir``).
-        methods: names from :data:`REGRESSION_METHODS`, or None for the default ones (all but the opt-in).
-        data_dir: a UCI-format directory for the ``uci`` task.
-        seed: the run's seed.
-        command: the command line, recorded in the results.
-        log: progress printer.
-        resume: continue the run in ``out`` (``uqkit bench --resume``), keeping its finished methods.
-        executor: where the (table, method, chunk) cells run (:mod:`uqkit.bench.executors`; default: this
-            process, one after the other).
-        split_chunks: train each method's splits as this many stacks, one cell each
-            (the module docstring; 1, the default: one stack of all splits).
-
-    Returns:
-        The results dict written to ``out/results.json``.
-
-    Raises:
-        RunConfigMismatchError: ``out`` holds a run and ``resume`` is False, or it holds a different run.
-    """
-    for task in tasks:
-        check_choice(task, "--task", REGRESSION_TASKS)
-    names = list(methods) if methods else default_regression_methods()
-    for name in names:
-        check_choice(name, "--methods", REGRESSION_METHODS)
-    check_positive_int(seed, "--seed", minimum=0)
-    check_positive_int(split_chunks, "--split-chunks")
-    executor = executor if executor is not None else LocalExecutor()
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    prepare_run_dir(out, _run_identity(tasks, names, data_dir, seed, split_chunks), resume, command)
-    results: dict[str, Any] = {
-        "schema_version": SCHEMA_VERSION,
-        "created": "",
-        "command": command,
-        "environment": {**environment("cpu"), "executor": executor.describe()},
-        "config": {
-            "tasks": list(tasks),
-            "methods": list(methods) if methods else None,
-            "epochs": None,
-            "seed": seed,
-            "quick": False,
-            "batch_size": BATCH_SIZE,
-            "model": f"mlp-{HIDDEN_UNITS}",
-            "device": "cpu",
-            "data_dir": None if data_dir is None else str(data_dir),
-            "split_chunks": split_chunks,
-        },
-        "tasks": {},
-    }
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the stacked products are small: threads only add OpenMP synchronisation
-    try:
-        run_cells(results, out, tasks, names, data_dir, seed, log, resume, executor, split_chunks)
-    finally:
-        torch.set_num_threads(threads)
-    results["created"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-    write_json(results, out / "results.json")
-    return results
+def _method_names(config: BenchConfig) -> list[str]:
+    """The methods of a UCI run: ``config.methods``, else :func:`default_regression_methods`."""
+    return list(config.methods) if config.methods else default_regression_methods()

@@ -22,6 +22,14 @@ Each (task, method, seed) is one cell (:func:`run_cell`), run in this process or
 (:mod:`uqkit.bench.executors`); a method that reuses another's network (``shares_training_with``) runs after
 that method's cell.
 
+:func:`run_bench` is the one driver of every run: what a cell is, and how a method's block is made from its
+cells' blocks, is the policy of the run's tasks (:mod:`uqkit.bench.task_policy`). The classification tasks
+and the user's data follow :class:`SuitePolicy` (the cells above); the UCI tables (``uci-boston``,
+``uci-concrete``, ``uci`` with ``--data-dir``) follow :class:`~uqkit.bench.regression_cells.UCIPolicy`: a
+cell is one (table, method, chunk of splits) of the UCI protocol, written to ``methods/<task>/<method>.json``
+(one chunk, the default) or ``methods/<task>/<method>/chunk-<c>-of-<K>.json`` (``--split-chunks K``, merged
+into ``methods/<task>/<method>.json`` once the method's last chunk is done).
+
 A method is finished once its JSON is written (atomically); ``--resume`` skips finished methods, continues a
 method from its last epoch checkpoint, and never loses a finished result. A truncated or garbled file (a
 disk filled up, a copy cut short) is reported by name and moved aside to ``<name>.corrupt``, never deleted;
@@ -63,6 +71,8 @@ from uqkit.bench.registry import (
     build_method,
     methods_for_task,
 )
+from uqkit.bench.regression import REGRESSION_TASKS
+from uqkit.bench.regression_cells import REGRESSION_SEEDS_ERROR, UCIPolicy
 from uqkit.bench.report import SCHEMA_VERSION
 from uqkit.bench.run_files import (
     RunConfigMismatchError,
@@ -73,6 +83,7 @@ from uqkit.bench.run_files import (
     write_json,
 )
 from uqkit.bench.seeds import aggregate_seed_blocks
+from uqkit.bench.task_policy import PlannedCell, TaskPlan, TaskPolicy
 from uqkit.bench.tasks import TASKS, Task, TaskInfo, build_task
 from uqkit.bench.trainer import (
     TrainConfig,
@@ -88,9 +99,13 @@ __all__ = [
     "REGRESSION_SEEDS_ERROR",
     "BenchConfig",
     "RunConfigMismatchError",
+    "SuitePolicy",
+    "check_config",
     "environment",
     "run_bench",
     "run_cell",
+    "run_planned_cell",
+    "task_policy",
 ]
 
 DEFAULT_TASKS = ("fashion-mnist",)
@@ -101,7 +116,9 @@ class BenchConfig:
     """Configuration of one ``uqkit bench`` run (the command line, parsed).
 
     ``seeds`` (``--seeds``, ``--num-seeds``): run every cell once per seed; when given it replaces ``seed``
-    (``None``: the one seed ``seed``).
+    (``None``: the one seed ``seed``). ``data_dir`` (``--data-dir``, the ``uci`` task's directory) and
+    ``split_chunks`` (``--split-chunks``) are the UCI tables' (:class:`uqkit.bench.regression_cells.
+    UCIPolicy`); the other options of a run on them stay unset (the UCI protocol fixes them).
     """
 
     out: Path
@@ -122,6 +139,8 @@ class BenchConfig:
     target: str | None = None
     ood: Path | None = None
     kind: str | None = None
+    data_dir: Path | None = None
+    split_chunks: int | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.methods, (list, tuple)):  # an old method name warns and runs under its new one
@@ -188,15 +207,6 @@ def _check_user_config(config: BenchConfig) -> None:
             raise ValueError(f"--methods: unknown method {method!r}; known: {', '.join(METHODS)}")
 
 
-REGRESSION_SEEDS_ERROR = (
-    "--seeds/--num-seeds: regression runs (the UCI tasks, your regression data) take one seed: their "
-    "results.json layout has no per-seed blocks yet, and the UCI tasks' error bars already cover their 20 "
-    "train/test splits, each with its own validation carving and initialisation. Run each seed with "
-    "--seed S --out DIR instead"
-)
-"""Why a regression run refuses several seeds (docs/results-schema.md, "Several seeds")."""
-
-
 def _check_seeds(config: BenchConfig) -> None:
     """``seeds``: distinct non-negative ints, at least one; ``seed``: a non-negative int."""
     for name, values in (("--seed", [config.seed]), ("--seeds", config.seeds or [])):
@@ -215,6 +225,12 @@ def _check_seeds(config: BenchConfig) -> None:
 
 def _check_config(config: BenchConfig) -> None:
     _check_seeds(config)
+    if config.data_dir is not None:
+        raise ValueError("--data-dir: only the regression task 'uci' reads a directory; add --task uci")
+    if config.split_chunks is not None:
+        raise ValueError(
+            "--split-chunks: only UCI regression tasks train splits; drop it or add --task uci-..."
+        )
     if config.data is None and is_factory_spec(config.model):
         raise ValueError(f"--model {config.model}: a model factory runs on your own data; add --data PATH")
     if config.data is None and (config.target, config.ood, config.kind) != (None, None, None):
@@ -575,76 +591,38 @@ def run_cell(
     return block
 
 
-def _aggregate_cells(
-    blocks: dict[tuple[str, int], dict[str, Any]], names: list[str], seeds: list[int]
-) -> dict[str, dict[str, Any]]:
-    """``tasks.<task>.methods`` of results.json from the cells' blocks, ``(method, seed) -> block``: the one
-    seed's block, or over several seeds :func:`uqkit.bench.seeds.aggregate_seed_blocks` (means, ``seeds``,
-    ``summary``)."""
-    if len(seeds) == 1:
-        return {name: blocks[name, seeds[0]] for name in names}
-    return {name: aggregate_seed_blocks({seed: blocks[name, seed] for seed in seeds}) for name in names}
+class SuitePolicy:
+    """The policy of the classification tasks and of the user's data (:mod:`uqkit.bench.task_policy`): a
+    cell trains one method once under one seed (:func:`run_cell`), a method that reuses another's network
+    runs after that method's cell, and a method's block is its one seed's block, or over several seeds
+    :func:`uqkit.bench.seeds.aggregate_seed_blocks` (means, ``seeds``, ``summary``)."""
 
+    torch_threads = None
 
-def run_bench(
-    config: BenchConfig, log=print, executor: LocalExecutor | RayExecutor | None = None
-) -> dict[str, Any]:
-    """Run the suite described by ``config``; returns the results dict also written to results.json.
+    def __init__(self) -> None:
+        self.user: tuple[Task, TaskInfo, dict[str, str]] | None = None  # the user's task, once probed
 
-    With ``config.data`` the one task is the user's data and model; it is checked, and the methods that
-    cannot be built on the model are found, before the run directory is written.
+    def check(self, config: BenchConfig) -> BenchConfig:
+        _check_config(config)
+        return config
 
-    Every unfinished (task, method, seed) is a cell (:func:`run_cell`) handed to ``executor`` (default: a
-    :class:`~uqkit.bench.executors.LocalExecutor`, in this process); a method that reuses another method's
-    network (same task and seed) runs after it. ``results.json`` is assembled from the cells' blocks in the
-    run's method order.
-
-    With several seeds (``config.seeds``) every (task, method) cell runs once per seed, each seed exactly as
-    a one-seed run with that ``seed`` would (the task built with it too); ``results.json`` holds each
-    method's mean over seeds with every seed's block (:func:`uqkit.bench.seeds.aggregate_seed_blocks`).
-    """
-    _check_config(config)
-    config = replace(config, seed=config.seed_list()[0])
-    user = _user_task(config, log) if config.data is not None else None
-    if user is not None:
-        config = replace(config, tasks=[user[0].name])
-        if user[0].kind == "regression" and len(config.seed_list()) > 1:
+    def prepare(self, config: BenchConfig, log: Callable[[str], None]) -> BenchConfig:
+        """With ``config.data``, build and probe the user's task (its name replaces ``config.tasks``)."""
+        if config.data is None:
+            return config
+        self.user = _user_task(config, log)
+        config = replace(config, tasks=[self.user[0].name])
+        if self.user[0].kind == "regression" and len(config.seed_list()) > 1:
             raise ValueError(REGRESSION_SEEDS_ERROR)
-    executor = executor if executor is not None else LocalExecutor()
-    config.out.mkdir(parents=True, exist_ok=True)
-    on_main(prepare_run_dir, config.out, config.identity(), config.resume, config.command)
-    results: dict[str, Any] = {
-        "schema_version": SCHEMA_VERSION,
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "command": config.command,
-        "environment": {**environment(config.device), "executor": executor.describe()},
-        "config": {
-            **asdict(config),
-            "out": str(config.out),
-            "tasks": list(config.tasks),
-        },
-        "tasks": {},
-    }
-    results["config"].pop("progress")
-    if len(config.seed_list()) == 1:
-        results["config"].pop("seeds")  # a one-seed run: the layout of every run before seeds existed
-    for key in ("data", "target", "ood", "kind"):
-        if results["config"][key] is None:
-            results["config"].pop(key)
-        elif key in ("data", "ood"):  # paths as the file holds them, so that the returned dict validates
-            results["config"][key] = str(results["config"][key])
-    seeds = config.seed_list()
-    # a Ray worker may run in another working directory (a cluster node): cells get absolute paths
-    absolute = {
-        key: getattr(config, key) for key in ("out", "data", "ood") if getattr(config, key) is not None
-    }
-    cell_config = replace(config, **{key: Path(value).resolve() for key, value in absolute.items()})
-    blocks: dict[tuple, dict] = {}
-    cells: list[Cell] = []
-    started: dict[tuple, str] = {}  # cell key -> its progress line
-    for task_name in config.tasks:
-        if user is not None:
-            task, info, not_applicable = user
+        return config
+
+    def identity(self, config: BenchConfig) -> dict[str, Any]:
+        return config.identity()
+
+    def plan(self, config: BenchConfig, task_name: str, log: Callable[[str], None]) -> TaskPlan:
+        seeds = config.seed_list()
+        if self.user is not None:
+            task, info, not_applicable = self.user
             _keep_task(_task_key(config, task_name, seeds[0]), (task, info))
         else:
             log(f"[uqkit] building task {task_name}{' (quick)' if config.quick else ''}")
@@ -659,62 +637,208 @@ def run_bench(
             "schedule": train_config.schedule,
             "optimizer": "Adam",
         }
-        if user is not None:
+        if self.user is not None:
             header["not_applicable"] = not_applicable
         names = [name for name in _method_names(config, task_name) if name not in not_applicable]
         bases = {name: _training_base(task, name, train_config) for name in names}
+        # a Ray worker may run in another working directory (a cluster node): cells get absolute paths
+        absolute = {
+            key: getattr(config, key) for key in ("out", "data", "ood") if getattr(config, key) is not None
+        }
+        cell_config = replace(config, **{key: Path(value).resolve() for key, value in absolute.items()})
+        plan = TaskPlan(task_name, header, methods={name: [] for name in names})
         count = len(names) * len(seeds)
         for index, (seed, method_name) in enumerate(((s, n) for s in seeds for n in names), start=1):
             key = (task_name, method_name, seed)
-            line = f"[uqkit] {task_name} [{index}/{count}] {method_name}{_seed_text(config, seed)}"
-            done_path = _done_path(config, task_name, method_name, seed)
-            block = read_or_set_aside(done_path, read_method_block, f"evaluating {method_name} again", log)
-            if block is not None:
-                log(f"{line}: finished earlier, kept")
-                blocks[key] = block
-                continue
             base = bases[method_name]
             after = ((task_name, base, seed),) if base in names else ()
-            cells.append(Cell(key, (cell_config, task_name, method_name, seed), after))
-            started[key] = line
-        header["methods"] = names  # replaced by the blocks below, in this order
-        results["tasks"][task_name] = header
+            plan.cells.append(
+                PlannedCell(
+                    Cell(key, (run_cell, cell_config, task_name, method_name, seed), after),
+                    _done_path(config, task_name, method_name, seed),
+                    f"[uqkit] {task_name} [{index}/{count}] {method_name}{_seed_text(config, seed)}",
+                )
+            )
+            plan.methods[method_name].append(key)
+        return plan
+
+    def merge(
+        self, plan: TaskPlan, method: str, blocks: dict[tuple, dict[str, Any]], log: Callable[[str], None]
+    ) -> dict[str, Any]:
+        if len(blocks) == 1:
+            return next(iter(blocks.values()))
+        return aggregate_seed_blocks({key[2]: block for key, block in blocks.items()})
+
+
+def task_policy(config: BenchConfig) -> TaskPolicy:
+    """The policy of ``config``'s tasks (:mod:`uqkit.bench.task_policy`): the UCI tables'
+    (:class:`~uqkit.bench.regression_cells.UCIPolicy`) when every task is one of
+    :data:`~uqkit.bench.regression.REGRESSION_TASKS`, else the suite's (:class:`SuitePolicy`).
+
+    Raises:
+        ValueError: UCI tables mixed with other tasks in one run.
+    """
+    uci = [task in REGRESSION_TASKS for task in config.tasks] if config.data is None else [False]
+    if any(uci) and not all(uci):
+        raise ValueError(
+            f"--task: expected only regression tasks ({', '.join(REGRESSION_TASKS)}) or only classification "
+            f"tasks in one run, got {', '.join(config.tasks)}"
+        )
+    return UCIPolicy() if any(uci) else SuitePolicy()
+
+
+def check_config(config: BenchConfig) -> BenchConfig:
+    """``config`` checked by its tasks' policy (:func:`task_policy`), reading and writing nothing (the CLI
+    calls it before the run directory is made); returned with the policy's defaults filled in.
+
+    Raises:
+        ValueError: a bad option, or one the run's tasks do not take, naming it.
+    """
+    return task_policy(config).check(config)
+
+
+def run_bench(
+    config: BenchConfig, log=print, executor: LocalExecutor | RayExecutor | None = None
+) -> dict[str, Any]:
+    """Run the suite described by ``config``; returns the results dict also written to results.json.
+
+    The one driver of every run. Its tasks' policy (:func:`task_policy`, :mod:`uqkit.bench.task_policy`)
+    lists each task's cells and merges a method's cells into its block: for the classification tasks and the
+    user's data a cell is one (task, method, seed) (:func:`run_cell`); for the UCI tables (``uci-boston``,
+    ``uci-concrete``, ``uci`` with ``config.data_dir``) one (table, method, chunk of splits) of the UCI
+    protocol (``config.split_chunks``; :func:`uqkit.bench.regression_cells.run_regression_cell`). This
+    function owns the rest: the run directory and its identity (``config.json``), resume (a cell whose result
+    file exists is finished and read back, a corrupt one set aside and run again), the executor (default: a
+    :class:`~uqkit.bench.executors.LocalExecutor`, in this process; a method that reuses another method's
+    network runs after it), the log, and ``results.json``, assembled in the run's method order.
+
+    With ``config.data`` the one task is the user's data and model; it is checked, and the methods that
+    cannot be built on the model are found, before the run directory is written.
+
+    With several seeds (``config.seeds``) every (task, method) cell runs once per seed, each seed exactly as
+    a one-seed run with that ``seed`` would (the task built with it too); ``results.json`` holds each
+    method's mean over seeds with every seed's block (:func:`uqkit.bench.seeds.aggregate_seed_blocks`).
+
+    Raises:
+        ValueError: a bad option (naming it), or UCI tables mixed with other tasks.
+        RunConfigMismatchError: ``config.out`` holds a run and ``config.resume`` is False, or it holds a
+            different run.
+    """
+    policy = task_policy(config)
+    config = policy.prepare(policy.check(replace(config, seed=config.seed_list()[0])), log)
+    executor = executor if executor is not None else LocalExecutor()
+    config.out.mkdir(parents=True, exist_ok=True)
+    on_main(prepare_run_dir, config.out, policy.identity(config), config.resume, config.command)
+    threads = torch.get_num_threads()
+    if policy.torch_threads is not None:
+        torch.set_num_threads(policy.torch_threads)
     try:
-        _run_cells(cells, executor, log, started, blocks)
+        return _run_planned(config, policy, log, executor)
     finally:
+        torch.set_num_threads(threads)
         _built_tasks.clear()
+
+
+def _results_config(config: BenchConfig) -> dict[str, Any]:
+    """``results.json``'s ``config``: the run's options; the ones not given (``None``: ``data``, ``target``,
+    ``ood``, ``kind``, ``data_dir``, ``split_chunks``) and ``progress`` left out, ``seeds`` only over several
+    seeds (the layout of every run before seeds existed)."""
+    block = {**asdict(config), "out": str(config.out), "tasks": list(config.tasks)}
+    block.pop("progress")
+    if len(config.seed_list()) == 1:
+        block.pop("seeds")
+    for key in ("data", "target", "ood", "kind", "data_dir", "split_chunks"):
+        if block[key] is None:
+            block.pop(key)
+        elif key in ("data", "ood", "data_dir"):  # paths as the file holds them: the returned dict validates
+            block[key] = str(block[key])
+    return block
+
+
+def _run_planned(
+    config: BenchConfig, policy: TaskPolicy, log: Callable[[str], None], executor: LocalExecutor | RayExecutor
+) -> dict[str, Any]:
+    """The body of :func:`run_bench`, in its prepared run directory."""
+    started_at = time.perf_counter()
+    results: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "command": config.command,
+        "environment": {**environment(config.device), "executor": executor.describe()},
+        "config": _results_config(config),
+        "tasks": {},
+    }
+    if not executor.in_process:  # the threads each cell ran on
+        results["environment"]["threads"] = executor.threads_per_worker
+    plans: list[TaskPlan] = []
+    blocks: dict[tuple, dict] = {}
+    merged: dict[tuple[str, str], dict] = {}  # (task, method) -> the method's block
+    method_of: dict[tuple, tuple[TaskPlan, str]] = {}  # cell key -> its task's plan and its method
+
+    def finished(key: tuple, block: dict) -> None:
+        """Keep a cell's block; with its method's last cell, merge the method's block (logged at once)."""
+        blocks[key] = block
+        plan, name = method_of[key]
+        if is_main_process() and all(other in blocks for other in plan.methods[name]):
+            cell_blocks = {other: blocks[other] for other in plan.methods[name]}
+            merged[plan.name, name] = policy.merge(plan, name, cell_blocks, log)
+
+    cells: list[Cell] = []
+    started: dict[tuple, PlannedCell] = {}
+    for task in config.tasks:
+        plan = policy.plan(config, task, log)
+        plans.append(plan)
+        method_of.update({key: (plan, name) for name, keys in plan.methods.items() for key in keys})
+        results["tasks"][plan.name] = plan.header
+        for planned in plan.cells:
+            key = planned.cell.key
+            block = read_or_set_aside(planned.path, read_method_block, f"running {key[1]} again", log)
+            if block is not None:
+                log(f"{planned.line}: finished earlier, kept")
+                finished(key, block)
+            else:
+                cells.append(planned.cell)
+                started[key] = planned
+    _run_cells(cells, executor, log, started, finished)
     if not is_main_process():  # under torchrun: rank 0 evaluated the cells and writes the results
         return results
-    for task_name, header in results["tasks"].items():
-        names = header["methods"]
-        task_blocks = {(name, seed): blocks[(task_name, name, seed)] for name in names for seed in seeds}
-        header["methods"] = _aggregate_cells(task_blocks, names, seeds)
+    for plan in plans:
+        plan.header["methods"] = {name: merged[plan.name, name] for name in plan.methods}
+    results["total_time_s"] = time.perf_counter() - started_at
     write_json(results, config.out / "results.json")
     return results
+
+
+def run_planned_cell(function: Callable[..., dict[str, Any]], *args: Any, **kwargs: Any) -> dict[str, Any]:
+    """``function(*args, **kwargs)``: the one function an executor maps over a run's cells, whose first
+    argument is the cell's own function (:class:`~uqkit.bench.task_policy.PlannedCell`), so that the cells
+    of any policy run on one executor. Top-level, so that Ray pickles it by reference."""
+    return function(*args, **kwargs)
 
 
 def _run_cells(
     cells: list[Cell],
     executor: LocalExecutor | RayExecutor,
     log: Callable[[str], None],
-    started: dict[tuple, str],
-    blocks: dict[tuple, dict],
+    started: dict[tuple, PlannedCell],
+    finished: Callable[[tuple, dict], None],
 ) -> None:
-    """Run the unfinished ``cells`` on ``executor``; their result blocks go into ``blocks``."""
-    if executor.in_process:
+    """Run the unfinished ``cells`` on ``executor``; each result block goes to ``finished(key, block)`` as
+    its cell finishes."""
+    if executor.in_process:  # the cells log to this run's log
         for cell, block in executor.map(
-            functools.partial(run_cell, log=log), cells, lambda c: log(started[c.key])
+            functools.partial(run_planned_cell, log=log), cells, lambda c: log(started[c.key].line)
         ):
-            blocks[cell.key] = block
+            finished(cell.key, block)
         return
-    if cells:
+    if cells:  # a Ray worker prints; Ray forwards it to this console
         log(f"[uqkit] {len(cells)} cells on {executor.describe()}")
-    for count, (cell, block) in enumerate(executor.map(run_cell, cells), start=1):
-        log(f"{started[cell.key]}: done ({count}/{len(cells)}; trained in {block['train_time_s']:.1f} s)")
-        path = _done_path(cell.args[0], *cell.key)
-        if not path.exists():  # a cluster node that does not share the run directory: written here
-            write_json(block, path)
-        blocks[cell.key] = block
+    for count, (cell, block) in enumerate(executor.map(run_planned_cell, cells), start=1):
+        planned = started[cell.key]
+        log(f"{planned.line}: done ({count}/{len(cells)}; trained in {block['train_time_s']:.1f} s)")
+        if not planned.path.exists():  # a cluster node that does not share the run directory: written here
+            write_json(block, planned.path)
+        finished(cell.key, block)
 
 
 def default_run_dir(root: str | os.PathLike = "runs") -> Path:
