@@ -402,8 +402,11 @@ def _cmd_bench_here(args: argparse.Namespace, argv: list[str]) -> int:
     _resolve_seeds(args)
     if args.data is not None and args.task:
         raise ValueError("--task and --data: the data is the task; pass one of them")
-    # the options are checked before the run directory is made
-    check_config(_bench_config(args, argv, args.out or Path("runs")))
+    # the options are checked before the run directory is made; a renamed method's warning is given once,
+    # in the run's log (_logged)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        check_config(_bench_config(args, argv, args.out or Path("runs")))
     _executor(args)
     return _logged(args, argv, _run_suite)
 
