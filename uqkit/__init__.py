@@ -3,6 +3,7 @@
 from uqkit import calibration, conformal, data, metrics, nn, sgmcmc
 from uqkit._deprecation import renamed_module_attribute
 from uqkit.methods.apd import APD
+from uqkit.methods.apd_mixture import APDMixture
 from uqkit.methods.convert import RENAMED as _RENAMED_CONFIGS
 from uqkit.methods.convert import (
     BatchEnsembleConfig,
@@ -29,6 +30,7 @@ __all__ = [
     "ELBO",
     "MIMO",
     "SNGP",
+    "APDMixture",
     "BatchEnsembleConfig",
     "DeepEnsemble",
     "FlipoutConfig",

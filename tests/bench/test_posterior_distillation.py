@@ -15,6 +15,7 @@ from uqkit.bench.posterior_distillation import (
     APD_DRAWN_NETWORKS,
     DistilledGenerator,
     DistilledStudent,
+    cycle_groups,
     distill_generator,
     distill_student,
 )
@@ -113,3 +114,15 @@ def test_helpers_take_an_ensemble_or_its_vectors():
         from_ensemble.sample(2, generator=torch.Generator().manual_seed(0)),
         from_vectors.sample(2, generator=torch.Generator().manual_seed(0)),
     )
+
+
+def test_cycle_groups_and_a_generator_per_cycle():
+    assert cycle_groups(12, 3).tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3]
+    assert cycle_groups(7, 2).tolist() == [0, 0, 1, 1, 2, 2, 2]  # a lone last sample joins the cycle before
+    assert cycle_groups(8, 1) is None  # one sample per cycle: one generator
+    assert cycle_groups(3, 3) is None  # one cycle
+    torch.manual_seed(0)
+    teacher = uqkit.DeepEnsemble(_backbone, 6)
+    mixture = distill_generator(teacher, _backbone(), groups=cycle_groups(6, 3), steps=2, seed=3)
+    assert isinstance(mixture, uqkit.APDMixture) and mixture.dims == [2, 2]
+    assert mixture.sample(5).shape == (5, parameter_vectors(teacher).shape[1])

@@ -8,7 +8,9 @@ or trains the same chain itself when that run has no ``csgmcmc``) and distil the
   samples' posterior predictive into one network of the backbone's architecture, started from the chain's last
   sample; it predicts at one network's cost (``S = 1``).
 * ``apd``: adversarial posterior distillation (Wang et al. 2018): a weight generator and a WGAN-GP critic
-  fitted to the samples' flattened parameters; ``S`` networks drawn from the generator predict. Only for
+  fitted to the samples' flattened parameters, one generator per cycle (:class:`uqkit.APDMixture`: one
+  generator across the cycles' modes puts mass between them); ``S`` networks drawn from the generators
+  predict, as many from each cycle as it has samples (``S = 12`` of 16 samples: 3 per cycle). Only for
   backbones of at most :data:`APD_MAX_PARAMETERS` parameters (the paper's scale; LeNet-5 has 61,706, the
   default MLP 669,706).
 
@@ -17,6 +19,8 @@ docs/distillation.md).
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import nn
@@ -29,6 +33,7 @@ from uqkit.bench.posterior_distillation import (
     STUDENT_EPOCHS,
     DistilledGenerator,
     DistilledStudent,
+    cycle_groups,
 )
 from uqkit.bench.registry import Method, MethodContext, NotApplicableError, register_method
 from uqkit.methods.prediction_protocol import predict
@@ -96,6 +101,11 @@ class GeneratedCSGMCMC(DistilledGenerator, CyclicalSGMCMC):
         """The collector's ``[K, P]`` samples."""
         return self.network.flat_samples()
 
+    def posterior_groups(self, num_samples: int) -> torch.Tensor | None:
+        """The cycle of each sample (kept in chain order, the same number per cycle: ``samples_per_cycle``,
+        or fewer where the cycles' sampling stages are shorter): one generator per cycle."""
+        return cycle_groups(num_samples, math.ceil(num_samples / self.num_cycles))
+
     def predict(self, inputs: torch.Tensor) -> Prediction | GaussianPrediction:
         """``S`` networks drawn from the generator; the chain's prediction while the chain trains."""
         if self._apd is None:
@@ -122,8 +132,9 @@ def _csgmcmc_distilled(context: MethodContext) -> Method:
 
 @register_method(
     "apd",
-    f"csgmcmc's samples distilled into a weight generator (APD, Wang et al. 2018): WGAN-GP in the samples' "
-    f"principal coordinates, {APD_STEPS} generator steps; {APD_DRAWN_NETWORKS} drawn networks predict; "
+    "csgmcmc's samples distilled into weight generators (APD, Wang et al. 2018), one per cycle: WGAN-GP in "
+    f"the cycle's principal coordinates, {APD_STEPS} generator steps each; {APD_DRAWN_NETWORKS} drawn "
+    "networks predict, stratified over the cycles; "
     f"backbones up to {APD_MAX_PARAMETERS:,} parameters",
     default=False,
 )

@@ -38,6 +38,7 @@ from torch import nn
 
 from uqkit._validation import check_float_tensor, check_positive_int
 from uqkit.methods.apd import APD, parameter_vectors
+from uqkit.methods.apd_mixture import APDMixture
 from uqkit.methods.distillation import distill_predictive
 from uqkit.methods.ensemble import DeepEnsemble
 from uqkit.methods.prediction_protocol import predict
@@ -53,6 +54,7 @@ __all__ = [
     "STUDENT_WARM_START",
     "DistilledGenerator",
     "DistilledStudent",
+    "cycle_groups",
     "distill_generator",
     "distill_student",
 ]
@@ -147,17 +149,21 @@ def distill_generator(
     teacher: DeepEnsemble | torch.Tensor,
     template: nn.Module,
     *,
+    groups: torch.Tensor | None = None,
     steps: int = APD_STEPS,
     learning_rate: float = APD_LEARNING_RATE,
     seed: int = 0,
     **options: Any,
-) -> APD:
-    """An :class:`uqkit.APD` generator fitted to the teacher's samples.
+) -> APD | APDMixture:
+    """An :class:`uqkit.APD` generator fitted to the teacher's samples, or with ``groups`` an
+    :class:`uqkit.APDMixture` of one generator per group (per cycle of a cyclical chain: one generator across
+    the cycles' modes puts mass between them, docs/distillation.md "One generator per cycle").
 
     Args:
         teacher: a ``DeepEnsemble`` of the ``K`` samples, or their ``[K, P]`` flattened parameter vectors.
         template: the architecture of one sample.
-        steps: generator updates (the budget).
+        groups: ``[K]`` the group (cycle) of each sample, or ``None`` for one generator.
+        steps: generator updates (the budget), of each group's generator.
         learning_rate: Adam's step size for both networks.
         seed: seed of the GAN's noise and batches (the networks are built from the global generator).
         **options: further :class:`uqkit.APD` settings (``coordinates``, ``max_rank``, ``latent_dim``,
@@ -169,10 +175,31 @@ def distill_generator(
     settings = {
         k: options.pop(k) for k in ("coordinates", "max_rank", "latent_dim", "hidden") if k in options
     }
-    apd = APD(template, **settings)
     generator = torch.Generator().manual_seed(seed)
-    apd.fit(samples, steps=steps, learning_rate=learning_rate, generator=generator, **options)
-    return apd
+    fit = {"steps": steps, "learning_rate": learning_rate, "generator": generator, **options}
+    if groups is None:
+        apd = APD(template, **settings)
+        apd.fit(samples, **fit)
+        return apd
+    mixture = APDMixture(template, **settings)
+    mixture.fit(samples, groups, **fit)
+    return mixture
+
+
+def cycle_groups(num_samples: int, samples_per_cycle: int) -> torch.Tensor | None:
+    """``[K]`` the cycle of each of ``K`` samples kept in chain order, ``samples_per_cycle`` per cycle (a
+    shortened last cycle's single sample joins the cycle before); ``None`` when that leaves fewer than two
+    cycles or a cycle of one sample (one generator then fits all the samples)."""
+    num_samples = check_positive_int(num_samples, "num_samples")
+    samples_per_cycle = check_positive_int(samples_per_cycle, "samples_per_cycle")
+    groups = torch.arange(num_samples) // samples_per_cycle
+    last = int(groups[-1])
+    if last > 0 and int((groups == last).sum()) == 1:
+        groups[-1] = last - 1
+    counts = torch.bincount(groups)
+    if counts.numel() < 2 or int(counts.min()) < 2:
+        return None
+    return groups
 
 
 class DistilledStudent:
@@ -253,6 +280,11 @@ class DistilledGenerator:
         ``network``)."""
         return parameter_vectors(self.network)
 
+    def posterior_groups(self, num_samples: int) -> torch.Tensor | None:
+        """``[K]`` the cycle (or chain) of each sample, one generator per group (:class:`uqkit.APDMixture`);
+        default ``None``: one generator for all (a collector of a cyclical chain overrides it)."""
+        return None
+
     def fit_post_hoc(
         self,
         inputs: torch.Tensor,
@@ -261,8 +293,13 @@ class DistilledGenerator:
     ) -> None:
         """Fit the generator to :meth:`posterior_vectors` (no data is used)."""
         template = self._template_factory()
+        vectors = self.posterior_vectors()
         apd = distill_generator(
-            self.posterior_vectors(), template, steps=self.apd_steps, seed=self.distillation_seed
+            vectors,
+            template,
+            groups=self.posterior_groups(vectors.shape[0]),
+            steps=self.apd_steps,
+            seed=self.distillation_seed,
         )
         self.__dict__["_apd"] = apd
         self.__dict__["_drawn"] = None
@@ -286,10 +323,15 @@ class DistilledGenerator:
         return predict(drawn, inputs, num_samples=self.num_samples, output=self.likelihood.output)
 
     def get_extra_state(self) -> dict[str, Any]:
-        """The fitted generator (:meth:`uqkit.APD.state`); ``{}`` before the fit."""
+        """The fitted generator (:meth:`uqkit.APD.state` or :meth:`uqkit.APDMixture.state`); ``{}`` before
+        the fit."""
         return {} if self._apd is None else self._apd.state()
 
     def set_extra_state(self, state: dict[str, Any]) -> None:
         """Restore a generator saved by :meth:`get_extra_state` (``{}``: none)."""
         self.__dict__["_drawn"] = None
-        self.__dict__["_apd"] = APD.from_state(state, self._template_factory()) if state else None
+        if not state:
+            self.__dict__["_apd"] = None
+            return
+        kind = APDMixture if state.get("format") == APDMixture.state_format else APD
+        self.__dict__["_apd"] = kind.from_state(state, self._template_factory())

@@ -1,27 +1,31 @@
 """The UCI regression form of ``apd``, an opt-in method of :mod:`uqkit.bench.regression`.
 
 ``csgmcmc``'s samples (:mod:`uqkit.bench.regression_sgmcmc`; the same chains, configurations and seeds, as
-``csgmcmc-distilled`` reruns them) distilled into a generator of weight vectors per split, the
-classification twin's adversarial posterior distillation (Wang et al. 2018, "Adversarial Distillation of
-Bayesian Neural Network Posteriors"; :class:`uqkit.APD`, docs/distillation.md): a generator ``G(z)``,
-``z ~ N(0, I)``, and a critic ``D`` trained as a WGAN-GP (Gulrajani et al. 2017, Algorithm 1) against the
-split's ``K = 12`` samples ``theta_k`` (flattened weights of the protocol's Gaussian-head network),
+``csgmcmc-distilled`` reruns them) distilled into generators of weight vectors per split, the classification
+twin's adversarial posterior distillation (Wang et al. 2018, "Adversarial Distillation of Bayesian Neural
+Network Posteriors"; :class:`uqkit.APD`, docs/distillation.md): a generator ``G(z)``, ``z ~ N(0, I)``, and a
+critic ``D`` trained as a WGAN-GP (Gulrajani et al. 2017, Algorithm 1) against samples ``theta_k``
+(flattened weights of the protocol's Gaussian-head network),
 
     ``min_G max_D  E_k D(theta_k) - E_z D(G(z)) - lambda E_xhat (||grad D(xhat)||_2 - 1)^2``,
 
-in the samples' whitened principal coordinates (``r = K - 1 = 11``). ``S`` networks drawn from ``G``,
-``theta_s = G(z_s)``, predict as an equal-weight Gaussian mixture, as the samples do:
+one generator per cycle of the chain (:class:`uqkit.APDMixture`), each against its cycle's samples (3 of
+the split's ``K = 12``) in their whitened principal coordinates (``r = 2``): the cycles sample separate
+modes, and one generator for all 12 put mass between them (validation NLL 0.47 against the samples' 0.34 on
+Boston's first 4 splits; docs/distillation.md, "One generator per cycle"). ``S`` networks drawn from the
+generators, as many from each cycle as it has samples (3 of ``S = 12``), predict as an equal-weight
+Gaussian mixture, as the samples do:
 
     ``p(y | x, D) ~ (1 / S) sum_s N(y; mu_{theta_s}(x), sigma^2_{theta_s}(x))``.
 
-The GAN's settings are the classification twin's (``distill_generator`` of
-:mod:`uqkit.bench.posterior_distillation`: ``APD_STEPS`` generator updates of 5 critic updates each, Adam at
-``APD_LEARNING_RATE``, ``S = APD_DRAWN_NETWORKS``); nothing here is chosen on test rows. The protocol's
-selection phase gets generators too: fitted to each split's fit-part samples, their drawn networks give the
-split conformal intervals (calibrated on the validation rows, as every method's selection networks) and a
-validation NLL beside the samples' (the block's ``details.apd.splits``), the only numbers on which
-the GAN's settings may be judged. The splits' generators are fitted one after the other (:class:`uqkit.APD`
-fits one generator at a time; times in docs/regression.md).
+The GAN's settings: ``distill_generator`` of :mod:`uqkit.bench.posterior_distillation` with
+:data:`REGRESSION_APD_STEPS` generator updates of 5 critic updates each per generator, hidden layers of
+:data:`REGRESSION_APD_HIDDEN` units, Adam at ``APD_LEARNING_RATE``, ``S = APD_DRAWN_NETWORKS``; nothing here
+is chosen on test rows. The protocol's selection phase gets generators too: fitted to each split's fit-part
+samples, their drawn networks give the split conformal intervals (calibrated on the validation rows, as
+every method's selection networks) and a validation NLL beside the samples' (the block's
+``details.apd.splits``), the only numbers on which the GAN's settings may be judged. The splits' generators
+are fitted one after the other (times in docs/regression.md).
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ import torch
 from uqkit.bench.posterior_distillation import (
     APD_DRAWN_NETWORKS,
     APD_LEARNING_RATE,
-    APD_STEPS,
+    cycle_groups,
     distill_generator,
 )
 from uqkit.bench.regression import (
@@ -53,7 +57,20 @@ from uqkit.data.uci import RegressionTable
 from uqkit.nn.stacked import StackedGaussianMLP
 from uqkit.objectives import gaussian_nll_loss
 
-__all__ = ["GeneratedSGMCMCRegression", "stack_from_vectors", "stack_vectors"]
+__all__ = [
+    "REGRESSION_APD_HIDDEN",
+    "REGRESSION_APD_STEPS",
+    "GeneratedSGMCMCRegression",
+    "stack_from_vectors",
+    "stack_vectors",
+]
+
+REGRESSION_APD_STEPS = 500
+"""Generator updates of each cycle's WGAN-GP (4 generators per split)."""
+REGRESSION_APD_HIDDEN = 64
+"""Width of each generator's and critic's two hidden layers: a cycle's 3 samples span ``r = 2``
+coordinates. With these settings one generator per cycle reached the samples' validation NLL on Boston's
+first 4 splits, and one generator for all 12 samples did not (docs/distillation.md)."""
 
 
 def stack_vectors(stack: StackedGaussianMLP) -> torch.Tensor:
@@ -100,15 +117,16 @@ def _finite(value: float) -> float | None:
 
 @dataclass(frozen=True)
 class GeneratedSGMCMCRegression(CyclicalSGMCMCRegression):
-    """``csgmcmc``'s samples distilled into an APD weight generator per split; ``drawn_networks`` networks
-    drawn from it predict (module docstring).
+    """``csgmcmc``'s samples distilled into APD weight generators per split, one per cycle;
+    ``drawn_networks`` networks drawn from them predict (module docstring).
 
     Attributes:
-        apd_steps: generator updates of each split's WGAN-GP.
-        apd_learning_rate: Adam's step size for the generator and the critic.
-        drawn_networks: ``S``, the networks drawn from each split's generator to predict.
-        apd_hidden: width of the generator's and the critic's two hidden layers (:class:`uqkit.APD`'s
-            default; the GAN's cost per step grows as its square).
+        apd_steps: generator updates of each cycle's WGAN-GP.
+        apd_learning_rate: Adam's step size for the generators and the critics.
+        drawn_networks: ``S``, the networks drawn from each split's generators to predict (stratified over
+            the cycles).
+        apd_hidden: width of the generators' and the critics' two hidden layers (the GAN's cost per step
+            grows as its square).
     """
 
     per_split_details: ClassVar[tuple[str, ...]] = (
@@ -116,10 +134,10 @@ class GeneratedSGMCMCRegression(CyclicalSGMCMCRegression):
         "details.apd.splits",
     )
     """The lists of ``details`` with one entry per split (chunks of splits concatenate them)."""
-    apd_steps: int = APD_STEPS
+    apd_steps: int = REGRESSION_APD_STEPS
     apd_learning_rate: float = APD_LEARNING_RATE
     drawn_networks: int = APD_DRAWN_NETWORKS
-    apd_hidden: int = 256
+    apd_hidden: int = REGRESSION_APD_HIDDEN
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -133,23 +151,27 @@ class GeneratedSGMCMCRegression(CyclicalSGMCMCRegression):
     def generate(
         self, samples: StackedGaussianMLP, splits: int, seed: int
     ) -> tuple[StackedGaussianMLP, list[int], list[float]]:
-        """Fit one generator per split to its samples (a split-major stack of ``splits * K``) and draw
-        :attr:`drawn_networks` networks from each.
+        """Fit each split's generators (one per cycle) to its samples (a split-major stack of ``splits * K``,
+        each split's in chain order) and draw :attr:`drawn_networks` networks from them.
 
         Returns:
-            The drawn networks as one split-major stack of ``splits * S``, each split's generator's
-            coordinate count ``r`` and its fitting time in seconds.
+            The drawn networks as one split-major stack of ``splits * S``, each split's coordinate count
+            (the sum of its generators' ``r``) and its fitting time in seconds.
         """
         vectors = stack_vectors(samples)
         kept = vectors.shape[0] // splits
+        # kept in chain order, the same number per cycle (samples_per_cycle, or fewer when the sampling stages
+        # are shorter)
+        groups = cycle_groups(kept, math.ceil(kept / self.cycles))
         template = build_stack(self, torch.zeros(1), samples.hidden.in_features)
         drawn, ranks, times = [], [], []
         for split in range(splits):
             started = time.perf_counter()
-            torch.manual_seed(seed + split)  # the generator's and critic's initialisation
+            torch.manual_seed(seed + split)  # the generators' and critics' initialisation
             apd = distill_generator(
                 vectors[split * kept : (split + 1) * kept],
                 template,
+                groups=groups,
                 steps=self.apd_steps,
                 learning_rate=self.apd_learning_rate,
                 seed=seed + split,
@@ -158,7 +180,7 @@ class GeneratedSGMCMCRegression(CyclicalSGMCMCRegression):
             drawn.append(
                 apd.sample(self.drawn_networks, generator=torch.Generator().manual_seed(seed + split))
             )
-            ranks.append(apd.dim)
+            ranks.append(sum(apd.dims) if groups is not None else apd.dim)
             times.append(time.perf_counter() - started)
         return stack_from_vectors(torch.cat(drawn), template), ranks, times
 
@@ -188,6 +210,7 @@ class GeneratedSGMCMCRegression(CyclicalSGMCMCRegression):
             **(teacher.details or {}),
             "apd": {
                 "coordinates": "pca",
+                "generators": "one per cycle",
                 "generator_steps": self.apd_steps,
                 "critic_steps_per_generator_step": 5,
                 "learning_rate": self.apd_learning_rate,
@@ -229,9 +252,10 @@ class GeneratedSGMCMCRegression(CyclicalSGMCMCRegression):
 register_regression_method(
     GeneratedSGMCMCRegression(
         "apd",
-        "csgmcmc's 12 samples per split distilled into a weight generator (APD, Wang et al. 2018: WGAN-GP in "
-        f"the samples' principal coordinates, {APD_STEPS} generator steps, Adam lr {APD_LEARNING_RATE:g}); "
-        f"{APD_DRAWN_NETWORKS} drawn networks predict as a Gaussian mixture; csgmcmc's choices on "
+        "csgmcmc's 12 samples per split distilled into weight generators, one per cycle (APD, Wang et al. "
+        f"2018: WGAN-GP in the cycle's principal coordinates, {REGRESSION_APD_STEPS} generator steps each, "
+        f"hidden {REGRESSION_APD_HIDDEN}, Adam lr {APD_LEARNING_RATE:g}); {APD_DRAWN_NETWORKS} drawn "
+        "networks, 3 per cycle, predict as a Gaussian mixture; csgmcmc's choices on "
         f"validation; chains of {CHAIN_EPOCHS} epochs",
         **csgmcmc_recipe(),
     ),

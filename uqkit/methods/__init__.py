@@ -2,6 +2,7 @@
 
 from uqkit._deprecation import renamed_module_attribute
 from uqkit.methods.apd import APD, ensemble_from_vectors, parameter_vectors
+from uqkit.methods.apd_mixture import APDMixture
 from uqkit.methods.convert import RENAMED as _RENAMED_CONFIGS
 from uqkit.methods.convert import (
     BatchEnsembleConfig,
@@ -32,6 +33,7 @@ __all__ = [
     "APD",
     "MIMO",
     "SNGP",
+    "APDMixture",
     "BatchEnsembleConfig",
     "ConversionReport",
     "DeepEnsemble",
