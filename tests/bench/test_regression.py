@@ -319,6 +319,28 @@ def test_resume_keeps_finished_methods_and_refuses_other_runs(
     validate_results(json.loads((run / "results.json").read_text()))
 
 
+def test_result_files_without_the_runs_config_are_not_kept_without_resume(
+    run_uci, tmp_path, small_methods, monkeypatch, uci_toy_directory
+):
+    """A results folder copied without its config.json (e.g. a committed one) holds finished method files;
+    a new run there (no --resume) trains every method again instead of reporting the copied numbers."""
+    data = uci_toy_directory
+    run = tmp_path / "run"
+    run_uci(run, ["deterministic"], data_dir=data, log=lambda _: None)
+    (run / "config.json").unlink()
+    trained = []
+    original = regression.evaluate_regression_method
+    monkeypatch.setattr(
+        regression,
+        "evaluate_regression_method",
+        lambda *args, **kwargs: trained.append(1) or original(*args, **kwargs),
+    )
+    lines: list[str] = []
+    run_uci(run, ["deterministic"], data_dir=data, log=lines.append)
+    assert trained == [1]
+    assert not any("finished earlier, kept" in line for line in lines)
+
+
 def test_resume_sets_aside_a_corrupt_method_file_and_runs_that_method_again(
     run_uci, tmp_path, small_methods, uci_toy_directory
 ):

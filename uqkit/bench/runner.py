@@ -792,7 +792,13 @@ def _run_planned(
         results["tasks"][plan.name] = plan.header
         for planned in plan.cells:
             key = planned.cell.key
-            block = read_or_set_aside(planned.path, read_method_block, f"running {key[1]} again", log)
+            # only a resumed run reads finished cells: result files without the run's config.json (a copied
+            # or committed results folder) are not this run's work
+            block = (
+                read_or_set_aside(planned.path, read_method_block, f"running {key[1]} again", log)
+                if config.resume
+                else None
+            )
             if block is not None:
                 log(f"{planned.line}: finished earlier, kept")
                 finished(key, block)
