@@ -45,7 +45,7 @@ import torch
 from torch import nn
 
 from uqkit._validation import check_float_tensor, check_positive_float, check_positive_int, describe_value
-from uqkit.objectives import gaussian_nll_loss, kl_divergence
+from uqkit.objectives import ELBO, gaussian_nll_loss
 
 __all__ = [
     "NoiseContrastivePrior",
@@ -295,10 +295,11 @@ def ncp_loss(
         if parts is not None:
             parts["divergence"] = divergence.detach()
     if num_data is not None:
-        kl = kl_divergence(model)
-        loss = loss + kl / num_data
+        # the ELBO's weight-space term, KL / N, added by uqkit.ELBO: the NCP objective above is its data term
+        elbo = ELBO(num_data, nll=lambda data_term, _targets: data_term)
+        loss = elbo(loss, targets, model)
         if parts is not None:
-            parts["kl"] = kl.detach()
+            parts["kl"] = elbo.last_kl
     return loss
 
 
