@@ -73,6 +73,7 @@ __all__ = [
     "WeightGenerator",
     "ensemble_from_vectors",
     "parameter_vectors",
+    "predict_drawn_networks",
 ]
 
 COORDINATES = ("pca", "standardized")
@@ -433,12 +434,7 @@ class APD(nn.Module):
     ) -> Prediction | GaussianPrediction:
         """The hook :func:`uqkit.predict` calls: ``S`` (default :data:`DEFAULT_PREDICT_SAMPLES`) freshly drawn
         networks' prediction, ``[S, B, C]``; the other options go to :func:`uqkit.predict` of the ensemble."""
-        if options.get("mean_field") is not None:
-            raise ValueError(f"mean_field: expected None for an APD, got {options['mean_field']}")
-        options.pop("mean_field", None)
-        count = DEFAULT_PREDICT_SAMPLES if num_samples is None else num_samples
-        ensemble = self.sample_ensemble(count, generator=generator)
-        return predict(ensemble, *inputs, num_samples=count, **options)
+        return predict_drawn_networks(self, "an APD", inputs, num_samples, generator, options)
 
     def forward(self, *inputs: Any, **options: Any) -> Prediction | GaussianPrediction:
         """``apd(x)``: :meth:`uqkit_predict`."""
@@ -522,3 +518,27 @@ def _descend(optimizer: torch.optim.Optimizer, loss: torch.Tensor, name: str, st
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
+
+
+def predict_drawn_networks(
+    source: Any,
+    what: str,
+    inputs: tuple[Any, ...],
+    num_samples: int | None,
+    generator: torch.Generator | None,
+    options: dict[str, Any],
+) -> Prediction | GaussianPrediction:
+    """:func:`uqkit.predict` of ``S`` networks freshly drawn from a weight generator (``source``: an
+    :class:`APD` or an :class:`~uqkit.methods.apd_mixture.APDMixture`, anything with ``sample_ensemble``):
+    ``S = num_samples`` (default :data:`DEFAULT_PREDICT_SAMPLES`), ``[S, B, C]``; ``options`` go to
+    :func:`uqkit.predict` of the drawn ensemble (``mean_field`` must be None: the draws are the samples).
+
+    Raises:
+        ValueError: ``mean_field`` is given (``what`` names the generator in the message).
+    """
+    if options.get("mean_field") is not None:
+        raise ValueError(f"mean_field: expected None for {what}, got {options['mean_field']}")
+    options.pop("mean_field", None)
+    count = DEFAULT_PREDICT_SAMPLES if num_samples is None else num_samples
+    ensemble = source.sample_ensemble(count, generator=generator)
+    return predict(ensemble, *inputs, num_samples=count, **options)

@@ -28,9 +28,8 @@ import torch
 from torch import nn
 
 from uqkit._validation import check_float_tensor, check_positive_int
-from uqkit.methods.apd import APD, DEFAULT_PREDICT_SAMPLES, ensemble_from_vectors
+from uqkit.methods.apd import APD, ensemble_from_vectors, predict_drawn_networks
 from uqkit.methods.ensemble import DeepEnsemble
-from uqkit.methods.prediction_protocol import predict
 from uqkit.prediction import GaussianPrediction, Prediction
 
 __all__ = ["APDMixture", "stratified_counts"]
@@ -187,12 +186,7 @@ class APDMixture(nn.Module):
         """The hook :func:`uqkit.predict` calls: ``S`` (default
         :data:`~uqkit.methods.apd.DEFAULT_PREDICT_SAMPLES`) freshly drawn networks' prediction, ``[S, B, C]``
         (stratified over the groups)."""
-        if options.get("mean_field") is not None:
-            raise ValueError(f"mean_field: expected None for an APDMixture, got {options['mean_field']}")
-        options.pop("mean_field", None)
-        count = DEFAULT_PREDICT_SAMPLES if num_samples is None else num_samples
-        ensemble = self.sample_ensemble(count, generator=generator)
-        return predict(ensemble, *inputs, num_samples=count, **options)
+        return predict_drawn_networks(self, "an APDMixture", inputs, num_samples, generator, options)
 
     def forward(self, *inputs: Any, **options: Any) -> Prediction | GaussianPrediction:
         """``mixture(x)``: :meth:`uqkit_predict`."""
