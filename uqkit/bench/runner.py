@@ -707,8 +707,9 @@ def run_bench(
     user's data a cell is one (task, method, seed) (:func:`run_cell`); for the UCI tables (``uci-boston``,
     ``uci-concrete``, ``uci`` with ``config.data_dir``) one (table, method, chunk of splits) of the UCI
     protocol (``config.split_chunks``; :func:`uqkit.bench.regression_cells.run_regression_cell`). This
-    function owns the rest: the run directory and its identity (``config.json``), resume (a cell whose result
-    file exists is finished and read back, a corrupt one set aside and run again), the executor (default: a
+    function owns the rest: the run directory and its identity (``config.json``), resume (with
+    ``config.resume``, a cell whose result file exists is finished and read back, a corrupt one set aside
+    and run again; without it every cell runs), the executor (default: a
     :class:`~uqkit.bench.executors.LocalExecutor`, in this process; a method that reuses another method's
     network runs after it), the log, and ``results.json``, assembled in the run's method order.
 

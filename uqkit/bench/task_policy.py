@@ -1,7 +1,8 @@
 """A task's policy: what :func:`uqkit.bench.runner.run_bench` asks a task for, the one driver of every run.
 
 ``run_bench`` owns the run: the run directory and its ``config.json`` (the identity ``--resume`` checks),
-resume (a cell whose result file exists is finished), the executor, the log and ``results.json``. What a
+resume (with ``--resume``, a cell whose result file exists is finished), the executor, the log and
+``results.json``. What a
 cell *is*, and how a method's block is made from its cells' blocks, is a policy of the task:
 
 * the classification suite and the user's data (:class:`uqkit.bench.runner.SuitePolicy`): a cell trains
