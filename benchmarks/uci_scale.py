@@ -18,8 +18,10 @@ include Python's start and, for Ray, Ray's):
   Ray task each, ``W`` workers of one thread).
 
 The generated table and the run directories go to ``runs/uci-scale/`` (git-ignored);
-``--out``/``results.json`` (written after every run, with the command and environment) gets the times and
-the NLL of each run, and the table is printed.
+``--out``/``results.json`` (written after every run, with the commands and environments) gets the times
+and the NLL of each run, and the table is printed. A results file of the same setting (table, workers,
+chunks) is added to, not replaced, so the modes can run apart: ``--modes sequential`` beside other
+single-threaded work, then ``--modes ray`` when both cores are free.
 
 Full measurement (tens of minutes per method sequentially; run it on a quiet machine)::
 
@@ -106,7 +108,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--table", type=Path, default=ROOT / "runs" / "uci-scale" / "kin8nm-sized")
     parser.add_argument("--rows", type=int, default=8192)
     parser.add_argument("--features", type=int, default=8)
-    parser.add_argument("--methods", default=None, help="comma-separated (default: every regression method)")
+    parser.add_argument(
+        "--methods",
+        default=None,
+        help="comma-separated (default: the UCI task's default methods; the opt-in SG-MCMC, APD and "
+        "hyper-deep-ensemble recipes take hours each at this size)",
+    )
     parser.add_argument("--modes", default="sequential,ray")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--split-chunks", type=int, default=2)
@@ -115,16 +122,18 @@ def main(argv: list[str] | None = None) -> int:
         "--runs", type=Path, default=ROOT / "runs" / "uci-scale", help="the runs' directories"
     )
     args = parser.parse_args(argv)
-    from uqkit.bench.regression import REGRESSION_METHODS
+    from uqkit.bench.regression import REGRESSION_METHODS, default_regression_methods
 
-    methods = args.methods.split(",") if args.methods else list(REGRESSION_METHODS)
+    methods = args.methods.split(",") if args.methods else default_regression_methods()
+    unknown = sorted(set(methods) - set(REGRESSION_METHODS))
+    if unknown:
+        parser.error(f"unknown regression method(s) {unknown}; known: {sorted(REGRESSION_METHODS)}")
     if not (args.table / "data.txt").exists():
         make_table(args.table, args.rows, args.features)
         print(f"[uci-scale] wrote a {args.rows} x {args.features} table to {args.table}")
+    command = shlex.join(["python", "benchmarks/uci_scale.py", *(sys.argv[1:] if argv is None else argv)])
     record = {
-        "command": shlex.join(
-            ["python", "benchmarks/uci_scale.py", *(sys.argv[1:] if argv is None else argv)]
-        ),
+        "commands": [command],
         "table": {"path": str(args.table), "rows": args.rows, "features": args.features},
         "workers": args.workers,
         "split_chunks": args.split_chunks,
@@ -132,6 +141,18 @@ def main(argv: list[str] | None = None) -> int:
         "methods": {},
     }
     args.out.mkdir(parents=True, exist_ok=True)
+    previous = args.out / "results.json"
+    if previous.exists():  # modes run apart (e.g. sequential, then Ray on a quiet machine) add up
+        old = json.loads(previous.read_text())
+        same = {key: old.get(key) for key in ("table", "workers", "split_chunks")}
+        if same != {key: record[key] for key in same}:
+            parser.error(
+                f"{previous} holds a measurement of another setting ({same}); give another --out or remove it"
+            )
+        record["commands"] = [*old.get("commands", [old.get("command")]), command]
+        record["methods"] = old["methods"]
+        record["environments"] = [*old.get("environments", [old["environment"]]), record["environment"]]
+        del record["environment"]
     for method in methods:
         for mode in args.modes.split(","):
             result = run_mode(args.table, method, mode, args, args.runs)
