@@ -61,6 +61,19 @@ def test_search_candidates_are_one_stack_with_the_default_first_and_draws_from_t
         method.use_likelihood(GAUSSIAN)
 
 
+def test_a_wider_search_holds_the_default_searchs_hyperparameters_first():
+    context = _context("mlp", (1, 28, 28), num_train=54_000)
+    torch.manual_seed(3)
+    default = build_method("hyper-deep-ensemble", context).network.hyperparameters
+    torch.manual_seed(3)
+    wider = methods_hyper.build_hyper_deep_ensemble(context, search_candidates=20)
+    assert wider.network.num_members == 20 and wider.num_retrained == methods_hyper.RETRAINED
+    assert wider.network.hyperparameters[:10] == default
+    assert len(set(wider.network.hyperparameters[10:]) - set(default)) == 10  # new draws
+    with pytest.raises(ValueError, match="at least the ensemble's 5 members, got 4"):
+        methods_hyper.build_hyper_deep_ensemble(context, search_candidates=4)
+
+
 def _data(seed: int, n: int):
     generator = torch.Generator().manual_seed(seed)
     centers = torch.randn(3, 6, generator=generator) * 2

@@ -56,6 +56,7 @@ __all__ = [
     "SEARCH_CANDIDATES",
     "HyperCandidates",
     "HyperDeepEnsembleMethod",
+    "build_hyper_deep_ensemble",
     "search_space",
 ]
 
@@ -272,7 +273,25 @@ def _factory(context: MethodContext):
     default=False,
 )
 def _hyper_deep_ensemble(context: MethodContext) -> Method:
+    return build_hyper_deep_ensemble(context)
+
+
+def build_hyper_deep_ensemble(
+    context: MethodContext, search_candidates: int = SEARCH_CANDIDATES, retrained: int = RETRAINED
+) -> HyperDeepEnsembleMethod:
+    """The ``hyper-deep-ensemble`` method with another budget: ``search_candidates`` networks searched (the
+    first the untuned one) and ``retrained`` new initialisations.
+
+    The draws come from one generator seeded from the run's seed, ``search_candidates - 1`` rows at once, so
+    a larger search holds a smaller one's hyperparameters as its first candidates
+    (``benchmarks/hyper_search_size.py`` registers such a variant under another name).
+    """
+    if search_candidates < NUM_MEMBERS:
+        raise ValueError(
+            f"search_candidates must be at least the ensemble's {NUM_MEMBERS} members, got "
+            f"{search_candidates}"
+        )
     generator = torch.Generator().manual_seed(int(torch.randint(2**31 - 1, ())))  # from the run's seed
-    drawn = search_space(context.num_train).sample(SEARCH_CANDIDATES - 1, generator)
+    drawn = search_space(context.num_train).sample(search_candidates - 1, generator)
     candidates = [Hyperparameters(), *drawn]  # the first: the untuned network (a deep ensemble's member)
-    return HyperDeepEnsembleMethod(_factory(context), candidates, NUM_MEMBERS, RETRAINED, context.training)
+    return HyperDeepEnsembleMethod(_factory(context), candidates, NUM_MEMBERS, retrained, context.training)
