@@ -170,8 +170,11 @@ def test_hyper_parameters_never_depend_on_test_data(name):
 def test_members_is_the_deprecated_name_of_num_members():
     """``members=`` (constructor, ``dataclasses.replace``) and ``.members`` still work for one release, with a
     DeprecationWarning; the recipe's fields (the run's identity) hold ``num_members`` only."""
-    with pytest.warns(DeprecationWarning, match=r"RegressionMethod\(members=\.\.\.\).*num_members="):
+    with pytest.warns(
+        DeprecationWarning, match=r"RegressionMethod\(members=\.\.\.\).*removed in uqkit 0\.2\.0"
+    ) as caught:
         old = regression.RegressionMethod("old", "an old recipe", members=3)
+    assert caught[0].filename == __file__  # the warning points at the caller, as uqkit/_deprecation.py's
     assert old.num_members == 3 and "members" not in dataclasses.asdict(old)
     with pytest.warns(DeprecationWarning, match="num_members"):
         assert old.members == 3

@@ -41,7 +41,6 @@ from __future__ import annotations
 import itertools
 import math
 import time
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -49,6 +48,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from uqkit._deprecation import warn_renamed
 from uqkit._validation import check_choice, check_positive_int
 from uqkit.bench.evaluate_conformal import conformal_intervals, summarize_intervals
 from uqkit.bench.registry import register_task_methods
@@ -91,8 +91,7 @@ class _MembersKeyword(type):
 
     def __call__(cls, *args: Any, **kwargs: Any) -> Any:
         if "members" in kwargs:
-            message = f"{cls.__name__}(members=...) is deprecated; use num_members="
-            warnings.warn(message, DeprecationWarning, stacklevel=2)
+            warn_renamed(f"{cls.__name__}(members=...)", f"{cls.__name__}(num_members=...)", stacklevel=3)
             kwargs["num_members"] = kwargs.pop("members")
         return super().__call__(*args, **kwargs)
 
@@ -159,8 +158,8 @@ class RegressionMethod(metaclass=_MembersKeyword):
     @property
     def members(self) -> int:
         """Deprecated name of :attr:`num_members` (one release)."""
-        message = f"{type(self).__name__}.members is deprecated; use num_members"
-        warnings.warn(message, DeprecationWarning, stacklevel=2)
+        owner = type(self).__name__
+        warn_renamed(f"{owner}.members", f"{owner}.num_members")
         return self.num_members
 
     def __post_init__(self) -> None:
