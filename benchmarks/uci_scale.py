@@ -23,7 +23,8 @@ and the NLL of each run, and the table is printed. A results file of the same se
 chunks) is added to, not replaced, so the modes can run apart: ``--modes sequential`` beside other
 single-threaded work, then ``--modes ray`` when both cores are free.
 
-Full measurement (tens of minutes per method sequentially; run it on a quiet machine)::
+Full measurement (2026-12-07, AMD EPYC, 2 cores: 64 min sequentially for the five default methods, 38 min
+with Ray; benchmarks/results/uci-scale/, the README's table). Run the Ray mode on a quiet machine::
 
     OMP_NUM_THREADS=1 PYTHONPATH=. .venv/bin/python benchmarks/uci_scale.py --workers 2 --split-chunks 2
 
