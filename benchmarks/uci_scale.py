@@ -18,10 +18,10 @@ include Python's start and, for Ray, Ray's):
   Ray task each, ``W`` workers of one thread).
 
 The generated table and the run directories go to ``runs/uci-scale/`` (git-ignored);
-``--out``/``results.json`` (written after every run, with the commands and environments) gets the times
-and the NLL of each run, and the table is printed. A results file of the same setting (table, workers,
-chunks) is added to, not replaced, so the modes can run apart: ``--modes sequential`` beside other
-single-threaded work, then ``--modes ray`` when both cores are free.
+``--out``/``uci_scale.json`` (not a ``uqkit bench`` results file; written after every run, with the commands
+and environments) gets the times and the NLL of each run, and the table is printed. A record of the same
+setting (table, workers, chunks) is added to, not replaced, so the modes can run apart:
+``--modes sequential`` beside other single-threaded work, then ``--modes ray`` when both cores are free.
 
 Full measurement (2026-12-07, AMD EPYC, 2 cores: 64 min sequentially for the five default methods, 38 min
 with Ray; benchmarks/results/uci-scale/, the README's table). Run the Ray mode on a quiet machine::
@@ -52,6 +52,7 @@ import numpy as np
 from _env import benchmark_environment
 
 ROOT = Path(__file__).resolve().parents[1]
+RECORD = "uci_scale.json"  # not results.json: the results files under benchmarks/results are uqkit bench runs
 
 
 def make_table(directory: Path, rows: int = 8192, features: int = 8, seed: int = 0) -> Path:
@@ -142,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         "methods": {},
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    previous = args.out / "results.json"
+    previous = args.out / RECORD
     if previous.exists():  # modes run apart (e.g. sequential, then Ray on a quiet machine) add up
         old = json.loads(previous.read_text())
         same = {key: old.get(key) for key in ("table", "workers", "split_chunks")}
@@ -158,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         for mode in args.modes.split(","):
             result = run_mode(args.table, method, mode, args, args.runs)
             record["methods"].setdefault(method, {})[mode] = result
-            (args.out / "results.json").write_text(json.dumps(record, indent=1), encoding="utf-8")
+            (args.out / RECORD).write_text(json.dumps(record, indent=1), encoding="utf-8")
             print(
                 f"[uci-scale] {method:<16} {mode:<10} wall {result['wall_time_s']:7.1f} s, run "
                 f"{result['run_time_s']:7.1f} s, compute {result['compute_time_s']:7.1f} s, NLL "
