@@ -16,6 +16,13 @@ larger stack).
     OMP_NUM_THREADS=1 PYTHONPATH=. .venv/bin/python benchmarks/hyper_search_size.py --candidates 20 \\
         -- --model lenet5 --epochs 20 --out runs/lenet20-hde-search20
 
+``--retrained full`` replaces the 5 retrained initialisations with the paper's full stratification: each
+distinct hyperparameter of the search's selection gets ``5 - 1`` new initialisations (``K = 5`` networks
+each, a pool of up to 25), registered as ``hyper-deep-ensemble-search<N>-full``:
+
+    OMP_NUM_THREADS=1 PYTHONPATH=. .venv/bin/python benchmarks/hyper_search_size.py --candidates 10 \\
+        --retrained full -- --model lenet5 --epochs 20 --out runs/lenet20-hde-full
+
 Everything after ``--`` goes to ``uqkit bench`` (``--methods`` is set here).
 """
 
@@ -29,22 +36,46 @@ from uqkit.bench.registry import MethodContext, register_method
 from uqkit.cli import main as uqkit_main
 
 
-def register_search_size(candidates: int) -> str:
-    """Register the variant with ``candidates`` searched networks; returns its method name."""
+def register_search_size(candidates: int, retrained: int | None = RETRAINED) -> str:
+    """Register the variant with ``candidates`` searched networks and ``retrained`` new initialisations
+    (``None``: the paper's full stratification); returns its method name."""
     name = f"hyper-deep-ensemble-search{candidates}"
+    if retrained is None:
+        name += "-full"
+        budget = (
+            f"{NUM_MEMBERS - 1} retrained initialisations of each distinct selected hyperparameter; up to "
+            f"{candidates + (NUM_MEMBERS - 1) * NUM_MEMBERS} networks x the run's epochs"
+        )
+    else:
+        if retrained != RETRAINED:
+            name += f"-retrained{retrained}"
+        budget = (
+            f"{retrained} retrained initialisations; {candidates + retrained} networks x the run's epochs "
+            f"({(candidates + retrained) / NUM_MEMBERS:g}x a deep ensemble's training)"
+        )
 
     @register_method(
         name,
-        f"hyper-deep ensemble (Wenzel et al. 2020) of {NUM_MEMBERS}: random search of {candidates}, "
-        f"{RETRAINED} retrained initialisations; {candidates + RETRAINED} networks x the run's epochs "
-        f"({(candidates + RETRAINED) / NUM_MEMBERS:g}x a deep ensemble's training)",
+        f"hyper-deep ensemble (Wenzel et al. 2020) of {NUM_MEMBERS}: random search of {candidates}, {budget}",
         tasks=HYPER_TASKS,
         default=False,
     )
     def _build(context: MethodContext):
-        return build_hyper_deep_ensemble(context, search_candidates=candidates)
+        return build_hyper_deep_ensemble(context, search_candidates=candidates, retrained=retrained)
 
     return name
+
+
+def _retrained(text: str) -> int | None:
+    if text == "full":
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive number of networks or 'full', got {text!r}")
+    return value
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -52,10 +83,17 @@ def main(argv: list[str] | None = None) -> int:
     ours, bench = (argv[: argv.index("--")], argv[argv.index("--") + 1 :]) if "--" in argv else (argv, [])
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--candidates", type=int, default=20, help="networks in the random search")
+    parser.add_argument(
+        "--retrained",
+        type=_retrained,
+        default=RETRAINED,
+        help=f"new initialisations of the selected hyperparameters (default {RETRAINED}), or 'full' for "
+        f"{NUM_MEMBERS - 1} of each distinct one (the paper's stratification)",
+    )
     args = parser.parse_args(ours)
     if "--methods" in bench:
         parser.error("--methods is set by this script: give only the other uqkit bench options after --")
-    name = register_search_size(args.candidates)
+    name = register_search_size(args.candidates, args.retrained)
     return uqkit_main(["bench", "--methods", name, *bench])
 
 

@@ -72,6 +72,8 @@ def test_a_wider_search_holds_the_default_searchs_hyperparameters_first():
     assert len(set(wider.network.hyperparameters[10:]) - set(default)) == 10  # new draws
     with pytest.raises(ValueError, match="at least the ensemble's 5 members, got 4"):
         methods_hyper.build_hyper_deep_ensemble(context, search_candidates=4)
+    with pytest.raises(ValueError, match=r"retrained .*None for the paper's full stratification.*got 0"):
+        methods_hyper.build_hyper_deep_ensemble(context, retrained=0)
 
 
 def _data(seed: int, n: int):
@@ -131,3 +133,18 @@ def test_fit_post_hoc_needs_the_runs_training_configuration():
     with pytest.raises(ValueError, match=r"needs the training split and the run's training configuration"):
         method.fit_post_hoc(*_data(1, 8), train=_data(0, 8))
     assert math.isfinite(float(method.training_loss(*_data(0, 4)).detach()))
+
+
+def test_full_stratification_gives_each_selected_hyperparameter_five_initialisations():
+    torch.manual_seed(0)
+    train, val = _data(0, 64), _data(1, 48)
+    method = methods_hyper.build_hyper_deep_ensemble(_context(), retrained=None)
+    assert method.num_retrained is None
+    train_method(method, "hyper-deep-ensemble", *train, *val, TRAINING)
+    method.fit_post_hoc(*val, train=train)
+    details = method.result_details()
+    distinct = set(details["search"]["selection"])
+    retrained_from = details["retraining"]["from_candidates"]
+    assert details["retrained"] == len(retrained_from) == 4 * len(distinct)
+    assert details["networks_trained"] == 10 + 4 * len(distinct)
+    assert {index: retrained_from.count(index) for index in distinct} == dict.fromkeys(distinct, 4)

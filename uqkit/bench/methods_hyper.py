@@ -39,6 +39,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from uqkit._validation import check_positive_int
 from uqkit.bench.models import build_model
 from uqkit.bench.registry import DeepEnsembleMethod, Method, MethodContext, register_method
 from uqkit.methods.hyper_ensemble import (
@@ -111,7 +112,9 @@ class HyperDeepEnsembleMethod(HyperCandidates):
         factory: builds one member (the task's backbone with ``nn.Dropout`` after every hidden activation).
         candidates: the random search's hyperparameters.
         num_members: the final ensemble's size (most distinct selections).
-        num_retrained: the networks of the stratification stage.
+        num_retrained: the networks of the stratification stage; ``None`` retrains each distinct selected
+            hyperparameter ``num_members - 1`` times (the paper's full stratification: ``num_members``
+            initialisations each, up to ``num_members**2`` networks in the pool).
         training: the run's :class:`~uqkit.bench.trainer.TrainConfig` (the retraining stage uses its epochs,
             batch size, learning rate, schedule and device, with batch orders seeded from
             ``seed + len(candidates)``).
@@ -122,7 +125,7 @@ class HyperDeepEnsembleMethod(HyperCandidates):
         factory,
         candidates: list[Hyperparameters],
         num_members: int,
-        num_retrained: int,
+        num_retrained: int | None,
         training=None,
     ) -> None:
         super().__init__(HyperEnsemble(factory, candidates))
@@ -277,10 +280,11 @@ def _hyper_deep_ensemble(context: MethodContext) -> Method:
 
 
 def build_hyper_deep_ensemble(
-    context: MethodContext, search_candidates: int = SEARCH_CANDIDATES, retrained: int = RETRAINED
+    context: MethodContext, search_candidates: int = SEARCH_CANDIDATES, retrained: int | None = RETRAINED
 ) -> HyperDeepEnsembleMethod:
     """The ``hyper-deep-ensemble`` method with another budget: ``search_candidates`` networks searched (the
-    first the untuned one) and ``retrained`` new initialisations.
+    first the untuned one) and ``retrained`` new initialisations (``None``: the paper's full stratification,
+    ``NUM_MEMBERS - 1`` new initialisations of each distinct selected hyperparameter, known after the search).
 
     The draws come from one generator seeded from the run's seed, ``search_candidates - 1`` rows at once, so
     a larger search holds a smaller one's hyperparameters as its first candidates
@@ -291,6 +295,8 @@ def build_hyper_deep_ensemble(
             f"search_candidates must be at least the ensemble's {NUM_MEMBERS} members, got "
             f"{search_candidates}"
         )
+    if retrained is not None:
+        check_positive_int(retrained, "retrained (None for the paper's full stratification)")
     generator = torch.Generator().manual_seed(int(torch.randint(2**31 - 1, ())))  # from the run's seed
     drawn = search_space(context.num_train).sample(search_candidates - 1, generator)
     candidates = [Hyperparameters(), *drawn]  # the first: the untuned network (a deep ensemble's member)
