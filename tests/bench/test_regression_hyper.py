@@ -32,13 +32,19 @@ def test_candidates_alternate_the_protocols_learning_rates_and_draw_l2_and_dropo
         and method.retrained == 5
         and method.num_members == 5
     )
-    assert candidates[0] == {"learning_rate": 1e-3, "l2": 0.0, "dropout": 0.0}  # the untuned network
+    # the untuned network (a deep ensemble's member) at each of the protocol's learning rates
+    assert candidates[:2] == [
+        {"learning_rate": 1e-3, "l2": 0.0, "dropout": 0.0},
+        {"learning_rate": 1e-2, "l2": 0.0, "dropout": 0.0},
+    ]
     assert [c["learning_rate"] for c in candidates] == [1e-3, 1e-2] * 5
-    for c in candidates[1:]:
+    for c in candidates[2:]:
         assert 1e-2 / 400 <= c["l2"] <= 1e2 / 400 and 0.0 <= c["dropout"] <= 0.3
     assert method.candidates(400, seed=3) == candidates and method.candidates(400, seed=4) != candidates
     with pytest.raises(ValueError, match="searches its own dropout"):
         dataclasses.replace(method, dropout_rates=(0.1,))
+    with pytest.raises(ValueError, match=r"untuned network at each of the 2 learning rates .* got 1"):
+        dataclasses.replace(method, search_candidates=1)
 
 
 def _mixture_nll_by_loop(mean, variance, targets, rows) -> float:

@@ -5,12 +5,16 @@ The algorithm is the classification twin's (:mod:`uqkit.bench.methods_hyper`, do
 run per split inside the UCI protocol, every choice on the split's validation part:
 
 1. **Random search**: ``search_candidates`` configurations, the same for every split: the first untuned (no
-   L2, no dropout: a deep ensemble's member), the others drawn from
+   L2, no dropout: a deep ensemble's member), one at each learning rate of the grid, the others drawn from
    :class:`~uqkit.methods.hyper_ensemble.HyperparameterSpace` for the fit part's ``N`` rows (L2 log-uniform
    in ``(1e-2 / N, 1e2 / N)``, dropout uniform in ``(0, 0.3)`` before each layer). Label smoothing has no
    regression analogue (it smooths class targets): the space's draws of it are discarded. The learning
    rate alternates over the protocol's grid ``{1e-3, 1e-2}`` (candidate ``i`` gets ``learning_rates[i mod
-   2]``), so that, as for every other method, it is chosen on validation from that grid. Every candidate of
+   2]``), so that, as for every other method, it is chosen on validation from that grid. The untuned network
+   at every learning rate puts each deep-ensemble member's configuration in the pool: with one untuned
+   network at 1e-3 only, Concrete's pool held no low-dropout network at 1e-2 (the deep ensemble's choice on
+   all 20 splits), and the selection kept 1e-3 networks that underfit in 400 epochs (test RMSE 5.82 against
+   the deep ensemble's 5.09; docs/hyper_ensembles.md). Every candidate of
    every split is one slice of one stack (per-model learning rate, dropout rate and L2 coefficient),
    trained up to 400 epochs on the fit part and kept at its own epoch of lowest validation NLL.
 2. **Greedy selection** of up to ``members`` distinct candidates with replacement on the validation NLL of
@@ -71,7 +75,8 @@ class HyperEnsembleRegression(RegressionMethod):
     """A hyper-deep ensemble of up to ``members`` Gaussian-head networks per split (module docstring).
 
     Attributes:
-        search_candidates: the random search's size (the first candidate untuned).
+        search_candidates: the random search's size (the first ``len(learning_rates)`` untuned, one per
+            learning rate; at least that many).
         retrained: the networks of the stratification stage.
         dropout_range: the search's dropout range.
     """
@@ -95,6 +100,12 @@ class HyperEnsembleRegression(RegressionMethod):
             raise ValueError(f"{self.name}: the hyper-deep ensemble searches its own dropout and L2 only")
         if self.search_candidates < 1 or self.retrained < 1 or self.num_members < 1:
             raise ValueError(f"{self.name}: search_candidates, retrained and members must be >= 1")
+        if self.search_candidates < len(self.learning_rates):
+            raise ValueError(
+                f"{self.name}: search_candidates must hold the untuned network at each of the "
+                f"{len(self.learning_rates)} learning rates {tuple(self.learning_rates)}, got "
+                f"{self.search_candidates}"
+            )
 
     @property
     def uses_dropout(self) -> bool:
@@ -104,14 +115,16 @@ class HyperEnsembleRegression(RegressionMethod):
         """The random search's configurations for a fit part of ``num_train`` rows, drawn from ``seed``."""
         generator = torch.Generator().manual_seed(seed)
         space = HyperparameterSpace.for_training_set(num_train, dropout=self.dropout_range)
-        drawn = space.sample(self.search_candidates - 1, generator) if self.search_candidates > 1 else []
+        untuned = [Hyperparameters()] * len(self.learning_rates)  # a deep ensemble's member at each rate
+        count = self.search_candidates - len(untuned)
+        drawn = space.sample(count, generator) if count > 0 else []
         return [
             {
                 "learning_rate": float(self.learning_rates[index % len(self.learning_rates)]),
                 "l2": hyperparameters.l2,
                 "dropout": hyperparameters.dropout,
             }
-            for index, hyperparameters in enumerate([Hyperparameters(), *drawn])
+            for index, hyperparameters in enumerate([*untuned, *drawn])
         ]
 
     def grid(self) -> list[dict[str, float]]:
