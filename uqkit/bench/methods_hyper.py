@@ -81,14 +81,13 @@ class HyperCandidates(DeepEnsembleMethod):
 
     Each member gets its own batch order (``num_batch_orders = M``, as the deep ensemble's members), its own
     hyperparameters in the loss (:meth:`HyperEnsemble.loss`), and its own epoch of lowest validation NLL
-    (``select_members_separately``). The learning rate is constant, the deep ensemble's recipe
+    (``select_members_separately``). The learning rate is constant, inherited from the deep ensemble's recipe
     (:class:`~uqkit.bench.registry.DeepEnsembleMethod`), so that the untuned candidate is a deep ensemble's
     member: with the task's cosine decay, the search's networks on LeNet-5 at 20 epochs pooled to a
     validation NLL of 0.2128 at best (25 networks, five of them untuned), while the deep ensemble's five
     reached 0.2066 (docs/hyper_ensembles.md, "The learning-rate schedule").
     """
 
-    learning_rate_schedule = "constant"
     select_members_separately = True
     classification_only = "label smoothing and the greedy selection act on class probabilities"
 
