@@ -23,6 +23,13 @@ each, a pool of up to 25), registered as ``hyper-deep-ensemble-search<N>-full``:
     OMP_NUM_THREADS=1 PYTHONPATH=. .venv/bin/python benchmarks/hyper_search_size.py --candidates 10 \\
         --retrained full -- --model lenet5 --epochs 20 --out runs/lenet20-hde-full
 
+``--epoch-selection ensemble`` keeps each stack (the search's, the retraining's) at the epoch where its
+networks' averaged prediction has the lowest validation NLL, the deep ensemble's rule, instead of each
+network at its own best epoch; registered as ``hyper-deep-ensemble-search<N>-ensemble-epoch``:
+
+    OMP_NUM_THREADS=1 PYTHONPATH=. .venv/bin/python benchmarks/hyper_search_size.py --candidates 10 \\
+        --epoch-selection ensemble -- --model lenet5 --epochs 20 --out runs/lenet20-hde-ensemble-epoch
+
 Everything after ``--`` goes to ``uqkit bench`` (``--methods`` is set here).
 """
 
@@ -31,14 +38,22 @@ from __future__ import annotations
 import argparse
 import sys
 
-from uqkit.bench.methods_hyper import HYPER_TASKS, NUM_MEMBERS, RETRAINED, build_hyper_deep_ensemble
+from uqkit.bench.methods_hyper import (
+    EPOCH_SELECTIONS,
+    HYPER_TASKS,
+    NUM_MEMBERS,
+    RETRAINED,
+    build_hyper_deep_ensemble,
+)
 from uqkit.bench.registry import MethodContext, register_method
 from uqkit.cli import main as uqkit_main
 
 
-def register_search_size(candidates: int, retrained: int | None = RETRAINED) -> str:
-    """Register the variant with ``candidates`` searched networks and ``retrained`` new initialisations
-    (``None``: the paper's full stratification); returns its method name."""
+def register_search_size(
+    candidates: int, retrained: int | None = RETRAINED, epoch_selection: str = "member"
+) -> str:
+    """Register the variant with ``candidates`` searched networks, ``retrained`` new initialisations
+    (``None``: the paper's full stratification) and ``epoch_selection``; returns its method name."""
     name = f"hyper-deep-ensemble-search{candidates}"
     if retrained is None:
         name += "-full"
@@ -53,6 +68,9 @@ def register_search_size(candidates: int, retrained: int | None = RETRAINED) -> 
             f"{retrained} retrained initialisations; {candidates + retrained} networks x the run's epochs "
             f"({(candidates + retrained) / NUM_MEMBERS:g}x a deep ensemble's training)"
         )
+    if epoch_selection != "member":
+        name += f"-{epoch_selection}-epoch"
+        budget += f"; each stack at the {epoch_selection}'s best validation epoch"
 
     @register_method(
         name,
@@ -61,7 +79,9 @@ def register_search_size(candidates: int, retrained: int | None = RETRAINED) -> 
         default=False,
     )
     def _build(context: MethodContext):
-        return build_hyper_deep_ensemble(context, search_candidates=candidates, retrained=retrained)
+        return build_hyper_deep_ensemble(
+            context, search_candidates=candidates, retrained=retrained, epoch_selection=epoch_selection
+        )
 
     return name
 
@@ -90,10 +110,17 @@ def main(argv: list[str] | None = None) -> int:
         help=f"new initialisations of the selected hyperparameters (default {RETRAINED}), or 'full' for "
         f"{NUM_MEMBERS - 1} of each distinct one (the paper's stratification)",
     )
+    parser.add_argument(
+        "--epoch-selection",
+        choices=EPOCH_SELECTIONS,
+        default="member",
+        help="'member': each network at its own best validation epoch (the benchmark method's); 'ensemble': "
+        "each stack at the epoch of its averaged prediction's best validation NLL (the deep ensemble's rule)",
+    )
     args = parser.parse_args(ours)
     if "--methods" in bench:
         parser.error("--methods is set by this script: give only the other uqkit bench options after --")
-    name = register_search_size(args.candidates, args.retrained)
+    name = register_search_size(args.candidates, args.retrained, args.epoch_selection)
     return uqkit_main(["bench", "--methods", name, *bench])
 
 

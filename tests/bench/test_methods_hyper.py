@@ -98,6 +98,7 @@ def test_fit_post_hoc_retrains_the_selection_and_records_the_budget(tmp_path):
         details["networks_trained"] == 15 and details["search_candidates"] == 10 and details["retrained"] == 5
     )
     assert details["epochs_each"] == 2 and details["network_epochs"] == 30
+    assert details["epoch_selection"] == "member"
     assert details["deep_ensemble_trainings"] == 3.0 and details["num_members"] == 5 == method.num_members
     assert len(details["retraining"]["selected_epochs"]) == 5
     search = details["search"]["selection"]
@@ -148,3 +149,25 @@ def test_full_stratification_gives_each_selected_hyperparameter_five_initialisat
     assert details["retrained"] == len(retrained_from) == 4 * len(distinct)
     assert details["networks_trained"] == 10 + 4 * len(distinct)
     assert {index: retrained_from.count(index) for index in distinct} == dict.fromkeys(distinct, 4)
+
+
+def test_ensemble_epoch_selection_keeps_each_stack_at_its_averaged_predictions_best_epoch():
+    torch.manual_seed(0)
+    train, val = _data(0, 64), _data(1, 48)
+    training = TrainConfig(epochs=5, batch_size=16, learning_rate=0.1, seed=0, progress=False)  # overfits
+    method = methods_hyper.build_hyper_deep_ensemble(_context(training=training), epoch_selection="ensemble")
+    assert not method.select_members_separately
+    result = train_method(method, "hyper-deep-ensemble", *train, *val, training)
+    val_nlls = [row["val_nll"] for row in result.history]
+    best = min(range(len(val_nlls)), key=val_nlls.__getitem__)
+    assert result.selected_epochs == [best + 1]  # one epoch for the whole stack of 10
+    assert best + 1 < training.epochs  # so that the state below is not simply the last epoch's
+    # the stack loaded is that epoch's: its averaged prediction scores the history's minimum
+    assert method.likelihood.nll(method.predict(val[0]), val[1]) == pytest.approx(val_nlls[best], rel=1e-5)
+    method.fit_post_hoc(*val, train=train)
+    details = method.result_details()
+    assert details["epoch_selection"] == "ensemble"
+    assert len(details["retraining"]["selected_epochs"]) == 1  # the retrained stack: one epoch too
+    expected = r"epoch_selection must be one of \('member', 'ensemble'\), got 'last'"
+    with pytest.raises(ValueError, match=expected):
+        methods_hyper.build_hyper_deep_ensemble(_context(), epoch_selection="last")

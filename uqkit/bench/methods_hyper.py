@@ -68,6 +68,7 @@ RETRAINED = 5
 DROPOUT_RANGE = (0.0, 0.3)
 HYPER_TASKS = ("fashion-mnist", "fashion-mnist-holdout")
 _VALIDATION_BATCH = 1000
+EPOCH_SELECTIONS = ("member", "ensemble")
 
 
 def search_space(num_train: int) -> HyperparameterSpace:
@@ -79,20 +80,28 @@ def search_space(num_train: int) -> HyperparameterSpace:
 class HyperCandidates(DeepEnsembleMethod):
     """A :class:`~uqkit.methods.hyper_ensemble.HyperEnsemble` trained by the benchmark's trainer.
 
-    Each member gets its own batch order (``num_batch_orders = M``, as the deep ensemble's members), its own
-    hyperparameters in the loss (:meth:`HyperEnsemble.loss`), and its own epoch of lowest validation NLL
-    (``select_members_separately``). The learning rate is constant, inherited from the deep ensemble's recipe
-    (:class:`~uqkit.bench.registry.DeepEnsembleMethod`), so that the untuned candidate is a deep ensemble's
-    member: with the task's cosine decay, the search's networks on LeNet-5 at 20 epochs pooled to a
-    validation NLL of 0.2128 at best (25 networks, five of them untuned), while the deep ensemble's five
-    reached 0.2066 (docs/hyper_ensembles.md, "The learning-rate schedule").
+    Each member gets its own batch order (``num_batch_orders = M``, as the deep ensemble's members) and its
+    own hyperparameters in the loss (:meth:`HyperEnsemble.loss`). The learning rate is constant, inherited
+    from the deep ensemble's recipe (:class:`~uqkit.bench.registry.DeepEnsembleMethod`), so that the untuned
+    candidate is a deep ensemble's member: with the task's cosine decay, the search's networks on LeNet-5 at
+    20 epochs pooled to a validation NLL of 0.2128 at best (25 networks, five of them untuned), while the
+    deep ensemble's five reached 0.2066 (docs/hyper_ensembles.md, "The learning-rate schedule").
+
+    Args:
+        network: the stack of candidates.
+        epoch_selection: ``"member"`` keeps each candidate at its own epoch of lowest validation NLL
+            (``select_members_separately``); ``"ensemble"`` keeps the whole stack at the epoch of the lowest
+            validation NLL of its members' averaged probabilities, the deep ensemble's rule.
     """
 
-    select_members_separately = True
     classification_only = "label smoothing and the greedy selection act on class probabilities"
 
-    def __init__(self, network: HyperEnsemble) -> None:
+    def __init__(self, network: HyperEnsemble, epoch_selection: str = "member") -> None:
         super().__init__(network)
+        if epoch_selection not in EPOCH_SELECTIONS:
+            raise ValueError(f"epoch_selection must be one of {EPOCH_SELECTIONS}, got {epoch_selection!r}")
+        self.epoch_selection = epoch_selection
+        self.select_members_separately = epoch_selection == "member"
 
     def training_loss(self, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Sum over members of their label-smoothed cross-entropy plus L2 term; ``[M, B, ...]`` inputs with
@@ -100,11 +109,17 @@ class HyperCandidates(DeepEnsembleMethod):
         return self.network.loss(inputs, labels)
 
     def part_state(self, index: int) -> dict[str, Any]:
-        """Member ``index``'s slice of every stacked tensor of the network."""
+        """Member ``index``'s slice of every stacked tensor of the network (``"member"`` selection), or the
+        whole state (``"ensemble"``)."""
+        if not self.select_members_separately:
+            return super().part_state(index)
         return {name: tensor[index].detach().clone() for name, tensor in self.network.state_dict().items()}
 
     def load_part_states(self, states: list[dict[str, Any]]) -> None:
-        """Load the members' states (member ``m`` from ``states[m]``)."""
+        """Load the members' states (member ``m`` from ``states[m]``), or the whole state."""
+        if not self.select_members_separately:
+            super().load_part_states(states)
+            return
         self.network.load_state_dict({name: torch.stack([s[name] for s in states]) for name in states[0]})
 
 
@@ -122,6 +137,9 @@ class HyperDeepEnsembleMethod(HyperCandidates):
         training: the run's :class:`~uqkit.bench.trainer.TrainConfig` (the retraining stage uses its epochs,
             batch size, learning rate, schedule and device, with batch orders seeded from
             ``seed + len(candidates)``).
+        epoch_selection: how both stacks (search and retraining) keep an epoch: ``"member"`` each network
+            at its own best, ``"ensemble"`` each stack at its averaged prediction's best
+            (:class:`HyperCandidates`).
     """
 
     def __init__(
@@ -131,8 +149,9 @@ class HyperDeepEnsembleMethod(HyperCandidates):
         num_members: int,
         num_retrained: int | None,
         training=None,
+        epoch_selection: str = "member",
     ) -> None:
-        super().__init__(HyperEnsemble(factory, candidates))
+        super().__init__(HyperEnsemble(factory, candidates), epoch_selection)
         self.factory = factory
         self.num_members = num_members
         self.num_retrained = num_retrained
@@ -183,7 +202,7 @@ class HyperDeepEnsembleMethod(HyperCandidates):
         retraining: dict[str, Any] = {}
 
         def fit(stack: HyperEnsemble) -> None:
-            method = HyperCandidates(stack)
+            method = HyperCandidates(stack, self.epoch_selection)
             method.use_likelihood(self.likelihood)
             result = train_method(
                 method, "hyper-deep-ensemble retraining", *train, inputs, labels, retraining_config
@@ -222,6 +241,7 @@ class HyperDeepEnsembleMethod(HyperCandidates):
             "search_candidates": candidates.num_members,
             "retrained": len(result.retrained_from),
             "epochs_each": config.epochs,
+            "epoch_selection": self.epoch_selection,
             "network_epochs": networks * config.epochs,
             "deep_ensemble_trainings": networks / self.num_members,
             "num_members": self.num_members,
@@ -284,11 +304,15 @@ def _hyper_deep_ensemble(context: MethodContext) -> Method:
 
 
 def build_hyper_deep_ensemble(
-    context: MethodContext, search_candidates: int = SEARCH_CANDIDATES, retrained: int | None = RETRAINED
+    context: MethodContext,
+    search_candidates: int = SEARCH_CANDIDATES,
+    retrained: int | None = RETRAINED,
+    epoch_selection: str = "member",
 ) -> HyperDeepEnsembleMethod:
     """The ``hyper-deep-ensemble`` method with another budget: ``search_candidates`` networks searched (the
     first the untuned one) and ``retrained`` new initialisations (``None``: the paper's full stratification,
-    ``NUM_MEMBERS - 1`` new initialisations of each distinct selected hyperparameter, known after the search).
+    ``NUM_MEMBERS - 1`` new initialisations of each distinct selected hyperparameter, known after the search)
+    and ``epoch_selection`` (``"member"`` or ``"ensemble"``, :class:`HyperCandidates`).
 
     The draws come from one generator seeded from the run's seed, ``search_candidates - 1`` rows at once, so
     a larger search holds a smaller one's hyperparameters as its first candidates
@@ -304,4 +328,6 @@ def build_hyper_deep_ensemble(
     generator = torch.Generator().manual_seed(int(torch.randint(2**31 - 1, ())))  # from the run's seed
     drawn = search_space(context.num_train).sample(search_candidates - 1, generator)
     candidates = [Hyperparameters(), *drawn]  # the first: the untuned network (a deep ensemble's member)
-    return HyperDeepEnsembleMethod(_factory(context), candidates, NUM_MEMBERS, retrained, context.training)
+    return HyperDeepEnsembleMethod(
+        _factory(context), candidates, NUM_MEMBERS, retrained, context.training, epoch_selection
+    )
