@@ -88,7 +88,7 @@ def test_fit_post_hoc_retrains_the_selection_and_records_the_budget(tmp_path):
     train, val = _data(0, 64), _data(1, 48)
     method = build_method("hyper-deep-ensemble", _context())
     result = train_method(method, "hyper-deep-ensemble", *train, *val, TRAINING)
-    assert len(result.selected_epochs) == 10  # every candidate at its own best epoch
+    assert len(result.selected_epochs) == 1  # the stack at its averaged prediction's best epoch
     method.fit_post_hoc(*val, train=train)
     details = method.result_details()
     members, selections = details["members_selected"], details["selections"]
@@ -98,9 +98,9 @@ def test_fit_post_hoc_retrains_the_selection_and_records_the_budget(tmp_path):
         details["networks_trained"] == 15 and details["search_candidates"] == 10 and details["retrained"] == 5
     )
     assert details["epochs_each"] == 2 and details["network_epochs"] == 30
-    assert details["epoch_selection"] == "member"
+    assert details["epoch_selection"] == "ensemble"
     assert details["deep_ensemble_trainings"] == 3.0 and details["num_members"] == 5 == method.num_members
-    assert len(details["retraining"]["selected_epochs"]) == 5
+    assert len(details["retraining"]["selected_epochs"]) == 1
     search = details["search"]["selection"]
     assert set(details["retraining"]["from_candidates"]) == set(search)
     for member in details["final"]["members"]:
@@ -151,12 +151,12 @@ def test_full_stratification_gives_each_selected_hyperparameter_five_initialisat
     assert {index: retrained_from.count(index) for index in distinct} == dict.fromkeys(distinct, 4)
 
 
-def test_ensemble_epoch_selection_keeps_each_stack_at_its_averaged_predictions_best_epoch():
+def test_the_default_keeps_each_stack_at_its_averaged_predictions_best_epoch():
     torch.manual_seed(0)
     train, val = _data(0, 64), _data(1, 48)
     training = TrainConfig(epochs=5, batch_size=16, learning_rate=0.1, seed=0, progress=False)  # overfits
-    method = methods_hyper.build_hyper_deep_ensemble(_context(training=training), epoch_selection="ensemble")
-    assert not method.select_members_separately
+    method = build_method("hyper-deep-ensemble", _context(training=training))
+    assert method.epoch_selection == "ensemble" and not method.select_members_separately
     result = train_method(method, "hyper-deep-ensemble", *train, *val, training)
     val_nlls = [row["val_nll"] for row in result.history]
     best = min(range(len(val_nlls)), key=val_nlls.__getitem__)
@@ -168,6 +168,24 @@ def test_ensemble_epoch_selection_keeps_each_stack_at_its_averaged_predictions_b
     details = method.result_details()
     assert details["epoch_selection"] == "ensemble"
     assert len(details["retraining"]["selected_epochs"]) == 1  # the retrained stack: one epoch too
-    expected = r"epoch_selection must be one of \('member', 'ensemble'\), got 'last'"
+    expected = r"epoch_selection must be one of \('ensemble', 'member'\), got 'last'"
     with pytest.raises(ValueError, match=expected):
         methods_hyper.build_hyper_deep_ensemble(_context(), epoch_selection="last")
+
+
+def test_member_epoch_selection_keeps_each_network_at_its_own_best_epoch():
+    torch.manual_seed(0)
+    train, val = _data(0, 64), _data(1, 48)
+    training = TrainConfig(epochs=5, batch_size=16, learning_rate=0.1, seed=0, progress=False)
+    method = methods_hyper.build_hyper_deep_ensemble(_context(training=training), epoch_selection="member")
+    result = train_method(method, "hyper-deep-ensemble", *train, *val, training)
+    assert len(result.selected_epochs) == 10
+    # each candidate's kept state scores its own recorded best validation NLL
+    logits = method.predict(val[0]).logits  # [10, B, C], row m candidate m
+    own = method.likelihood.member_nlls(method.predict(val[0]), val[1])
+    assert logits.shape[0] == 10
+    assert own == pytest.approx(result.selected_nlls, rel=1e-5)
+    assert len(set(result.selected_epochs)) > 1  # the rule is per candidate here, not one epoch in disguise
+    method.fit_post_hoc(*val, train=train)
+    details = method.result_details()
+    assert details["epoch_selection"] == "member" and len(details["retraining"]["selected_epochs"]) == 5
