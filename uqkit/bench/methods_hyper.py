@@ -106,26 +106,15 @@ class HyperCandidates(DeepEnsembleMethod):
         if epoch_selection not in EPOCH_SELECTIONS:
             raise ValueError(f"epoch_selection must be one of {EPOCH_SELECTIONS}, got {epoch_selection!r}")
         self.epoch_selection = epoch_selection
-        self.select_members_separately = epoch_selection == "member"
+
+    @property
+    def select_members_separately(self) -> bool:  # read by the deep ensemble's epoch selection
+        return self.epoch_selection == "member"
 
     def training_loss(self, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Sum over members of their label-smoothed cross-entropy plus L2 term; ``[M, B, ...]`` inputs with
         ``[M, B]`` labels (one batch per member) or ``[B, ...]`` with ``[B]``."""
         return self.network.loss(inputs, labels)
-
-    def part_state(self, index: int) -> dict[str, Any]:
-        """Member ``index``'s slice of every stacked tensor of the network (``"member"`` selection), or the
-        whole state (``"ensemble"``)."""
-        if not self.select_members_separately:
-            return super().part_state(index)
-        return {name: tensor[index].detach().clone() for name, tensor in self.network.state_dict().items()}
-
-    def load_part_states(self, states: list[dict[str, Any]]) -> None:
-        """Load the members' states (member ``m`` from ``states[m]``), or the whole state."""
-        if not self.select_members_separately:
-            super().load_part_states(states)
-            return
-        self.network.load_state_dict({name: torch.stack([s[name] for s in states]) for name in states[0]})
 
 
 class HyperDeepEnsembleMethod(HyperCandidates):

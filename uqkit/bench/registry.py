@@ -455,11 +455,12 @@ class DeepEnsembleMethod(Method):
 
     def part_state(self, index: int) -> dict[str, Any]:
         """The whole state; with ``select_members_separately``, member ``index``'s slice of every stacked
-        parameter and buffer (all carry a leading ``M``)."""
+        parameter and buffer of the network (all carry a leading ``M``; the method's own extra state, if any,
+        is not per member and stays as it is)."""
         if not self.select_members_separately:
             return super().part_state(index)
-        state = self.state_dict()
-        members = self.num_samples
+        state = self.network.state_dict()
+        members = self.network.num_members
         odd = [name for name, tensor in state.items() if tensor.dim() == 0 or tensor.shape[0] != members]
         if odd:
             raise ValueError(
@@ -473,7 +474,9 @@ class DeepEnsembleMethod(Method):
         if not self.select_members_separately:
             super().load_part_states(states)
             return
-        self.load_state_dict({name: torch.stack([state[name] for state in states]) for name in states[0]})
+        self.network.load_state_dict(
+            {name: torch.stack([state[name] for state in states]) for name in states[0]}
+        )
 
     def training_loss(self, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Sum of the members' mean NLLs (cross-entropies for classification); ``[M, B, ...]`` inputs with
